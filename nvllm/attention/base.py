@@ -1,0 +1,79 @@
+"""The attention backend family: kernels that write K/V into the paged cache and attend over it.
+
+The model runner builds one `AttentionMetadata` per step and sets it as the forward context;
+every attention layer reads it. Query tokens of all sequences are packed: sequence b owns
+rows cu_seqlens_q[b]:cu_seqlens_q[b+1] and attends to the first context_lens[b] cached tokens."""
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    # [batch + 1] int32 prefix sums of query lengths
+    cu_seqlens_q: torch.Tensor
+    # [batch] int32 tokens in the cache per sequence after this step's writes
+    context_lens: torch.Tensor
+    # [num_tokens] int64 flat cache slot (block * block_size + offset) of each query token's K/V
+    slot_mapping: torch.Tensor
+    # [batch, max_blocks] int32 block ids, padded with -1
+    block_tables: torch.Tensor
+    # host copies, so backends can loop without device syncs
+    query_lens: list[int]
+    context_lens_host: list[int]
+    # every sequence has exactly one query token
+    is_decode: bool
+    # whatever the backend's `prepare` wants to compute once per step instead of once per layer
+    extra: dict = field(default_factory=dict)
+
+
+class AttentionBackend(ABC):
+    name: str
+
+    def __init__(self, config, device: torch.device, dtype: torch.dtype):
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+
+    def prepare(self, meta: AttentionMetadata, block_size: int) -> None:
+        """Once per step, before the forward pass."""
+
+    @abstractmethod
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        """q [tokens, heads, head_dim], k/v [tokens, kv_heads, head_dim], caches
+        [num_blocks, block_size, kv_heads, head_dim]; writes k/v to the cache, returns
+        [tokens, heads, head_dim]."""
+
+
+@dataclass
+class _Context:
+    backend: AttentionBackend | None = None
+    meta: AttentionMetadata | None = None
+
+
+_context = _Context()
+
+
+def get_context() -> _Context:
+    return _context
+
+
+@contextmanager
+def forward_context(backend: AttentionBackend, meta: AttentionMetadata):
+    _context.backend, _context.meta = backend, meta
+    try:
+        yield
+    finally:
+        _context.backend = _context.meta = None
+
+
+def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  slot_mapping: torch.Tensor):
+    """Write each token's K/V to its slot (no cache yet during the warm-up pass: skip)."""
+    if k_cache.numel() == 0:
+        return
+    k_cache.view(-1, *k.shape[1:]).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, *v.shape[1:]).index_copy_(0, slot_mapping, v)

@@ -1,0 +1,198 @@
+"""The engine loop: admit requests, then step — schedule, run the model, postprocess — until
+every request has finished. Components come from the registry; none of this code sees a
+DictConfig or a plugin."""
+import time
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from nvllm import registry
+from nvllm.config import EngineConfig
+from nvllm.engine.model_runner import ModelRunner
+from nvllm.engine.sequence import Sequence
+from nvllm.models.weights import is_random, resolve_model_path
+from nvllm.plugins import load_plugins
+from nvllm.sampling_params import SamplingParams
+
+
+@dataclass
+class RequestOutput:
+    index: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    # generated tokens only
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    # stop (end-of-sequence), length (max_tokens or max_model_len), rejected (see `error`)
+    finish_reason: str | None = None
+    error: str | None = None
+    # seconds from submission to the first generated token, and per later token
+    ttft: float | None = None
+    tpot: float | None = None
+
+
+@dataclass
+class StepStats:
+    prefill_tokens: int = 0
+    prefill_time: float = 0.0
+    decode_tokens: int = 0
+    decode_time: float = 0.0
+    steps: int = 0
+
+
+class LLMEngine:
+    def __init__(self, cfg):
+        """`cfg`: the composed Hydra config (see nvllm.config.compose)."""
+        load_plugins()
+        requested = EngineConfig.from_cfg(cfg)
+        model_config = registry.typed_config("model", cfg.model)
+        kv_config = registry.typed_config("kv_cache", cfg.kv_cache)
+        self.model_path = resolve_model_path(model_config)
+        self.random_weights = is_random(self.model_path)
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(self.model_path)
+        arch = registry.get("model", model_config.name)
+        if hf_config.model_type not in arch.hf_model_types:
+            raise ValueError(f"{self.model_path} holds a {hf_config.model_type!r} checkpoint, which model="
+                             f"{model_config.name} does not run (it runs {', '.join(arch.hf_model_types)})")
+        self.config = requested.resolve(getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None))
+        self.config.max_model_len = min(self.config.max_model_len, hf_config.max_position_embeddings)
+        if self.config.max_num_batched_tokens < self.config.max_model_len:
+            raise ValueError(f"max_num_batched_tokens ({self.config.max_num_batched_tokens}) must be >= max_model_len "
+                             f"({self.config.max_model_len}): a preempted sequence is recomputed in one step")
+        self.model_config, self.kv_config = model_config, kv_config
+        self.tokenizer = _load_tokenizer(self.model_path)
+        self.model_runner = ModelRunner(self.config, model_config, self.model_path, kv_config,
+                                        cfg.attention, cfg.sampler)
+        self.kv_cache = registry.build("kv_cache", kv_config, num_blocks=self.model_runner.num_blocks,
+                                       block_size=kv_config.block_size)
+        self.scheduler = registry.build(
+            "scheduler", cfg.scheduler, kv_cache=self.kv_cache, max_num_seqs=self.config.max_num_seqs,
+            max_num_batched_tokens=self.config.max_num_batched_tokens, max_model_len=self.config.max_model_len,
+            eos_token_ids=_eos_ids(self.tokenizer, hf_config))
+        self.stats = StepStats()
+
+    # -- requests --------------------------------------------------------------------------
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError(f"{self.model_path} has no tokenizer; pass prompts as lists of token ids")
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def add_request(self, prompt: str | list[int], sampling_params: SamplingParams, priority: int = 0) -> Sequence:
+        """Validate and queue one request; a bad one raises ValueError and changes nothing."""
+        token_ids = self.encode(prompt)
+        if not token_ids:
+            raise ValueError("empty prompt: a prompt needs at least one token")
+        vocab = self.model_runner.hf_config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        max_len = self.config.max_model_len
+        if len(token_ids) >= max_len:
+            raise ValueError(f"prompt has {len(token_ids)} tokens; max_model_len={max_len} leaves no room to "
+                             f"generate. Shorten the prompt or raise max_model_len")
+        final_len = min(len(token_ids) + sampling_params.max_tokens, max_len)
+        blocks_needed = -(-final_len // self.kv_config.block_size)
+        if blocks_needed > self.kv_cache.num_blocks:
+            raise ValueError(
+                f"request needs {blocks_needed} KV blocks ({final_len} tokens) but the whole cache has "
+                f"{self.kv_cache.num_blocks}; raise kv_cache.num_blocks or kv_cache.memory_budget_gb, "
+                f"or lower max_tokens")
+        seq = Sequence(token_ids, sampling_params, self.kv_config.block_size, priority)
+        seq.arrival_time = time.perf_counter()
+        self.scheduler.add(seq)
+        return seq
+
+    # -- the loop -----------------------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        seqs = self.scheduler.schedule()
+        if not seqs:
+            raise RuntimeError("the scheduler picked nothing while requests are pending")
+        num_tokens = sum(seq.num_scheduled_tokens for seq in seqs)
+        is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
+        start = time.perf_counter()
+        token_ids = self.model_runner.run(seqs)
+        now = time.perf_counter()
+        finished = self.scheduler.postprocess(seqs, token_ids)
+        for seq in seqs:
+            if seq.num_completion_tokens and not seq.first_token_time:
+                seq.first_token_time = now
+        for seq in finished:
+            seq.finish_time = now
+            self.model_runner.sampler.release(seq)
+        s = self.stats
+        s.steps += 1
+        if is_decode:
+            s.decode_tokens, s.decode_time = s.decode_tokens + num_tokens, s.decode_time + now - start
+        else:
+            s.prefill_tokens, s.prefill_time = s.prefill_tokens + num_tokens, s.prefill_time + now - start
+        return finished
+
+    def is_finished(self) -> bool:
+        return self.scheduler.is_finished()
+
+    def generate(self, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in prompt order. A prompt that
+        is rejected gets an output with `error` set; the others run as if it was never sent."""
+        outputs, by_seq = [], {}
+        for i, (prompt, sp) in enumerate(zip(prompts, sampling_params, strict=True)):
+            out = RequestOutput(i, prompt if isinstance(prompt, str) else None, [])
+            try:
+                seq = self.add_request(prompt, sp)
+            except ValueError as e:
+                out.finish_reason, out.error = "rejected", str(e)
+            else:
+                out.prompt_token_ids = seq.token_ids[:]
+                by_seq[seq.seq_id] = out
+            outputs.append(out)
+        bar = tqdm(total=len(by_seq), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not by_seq)
+        while not self.is_finished():
+            prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
+            start = time.perf_counter()
+            finished = self.step()
+            elapsed = time.perf_counter() - start
+            if self.stats.prefill_tokens > prefill_before:
+                bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
+            else:
+                bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
+            for seq in finished:
+                self._fill_output(by_seq[seq.seq_id], seq)
+            bar.update(len(finished))
+        bar.close()
+        return outputs
+
+    def _fill_output(self, out: RequestOutput, seq: Sequence):
+        out.token_ids = seq.completion_token_ids
+        out.finish_reason = seq.finish_reason
+        if self.tokenizer is not None:
+            out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        out.ttft = seq.first_token_time - seq.arrival_time
+        if seq.num_completion_tokens > 1:
+            out.tpot = (seq.finish_time - seq.first_token_time) / (seq.num_completion_tokens - 1)
+
+    def close(self):
+        if getattr(self, "model_runner", None) is not None:
+            self.model_runner.close()
+            self.model_runner = None
+
+
+def _load_tokenizer(path: str):
+    import os
+
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _eos_ids(tokenizer, hf_config) -> frozenset[int]:
+    ids = set()
+    for source in (getattr(hf_config, "eos_token_id", None), tokenizer and tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(source)
+    return frozenset(ids)
+

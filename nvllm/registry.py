@@ -1,0 +1,71 @@
+"""Name -> component class, per family. Registering also stores the component's Config
+dataclass in Hydra's ConfigStore under the family's group, so `<family>=<name>` composes."""
+import dataclasses
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+FAMILIES = {  # family (= Hydra config group) -> hook that fills it
+    "model": "register_models",
+    "scheduler": "register_schedulers",
+    "kv_cache": "register_kv_caches",
+    "attention": "register_attention_backends",
+    "sampler": "register_samplers",
+}
+
+_components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}
+_origins: dict[tuple[str, str], str] = {}
+
+
+class UnknownComponentError(ValueError):
+    pass
+
+
+def register(family: str, cls: type, origin: str = "nvllm") -> None:
+    name = getattr(cls, "name", None)
+    config = getattr(cls, "Config", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls!r} registered as a {family} has no string `name` attribute")
+    if config is None or not dataclasses.is_dataclass(config):
+        raise TypeError(f"{family} {name!r} ({cls!r}) needs a `Config` dataclass")
+    known = _components[family].get(name)
+    if known is not None and known is not cls:
+        raise ValueError(
+            f"two plugins register the {family} {name!r}: {_origins[family, name]} "
+            f"({known.__module__}.{known.__qualname__}) and {origin} ({cls.__module__}.{cls.__qualname__})"
+        )
+    _components[family][name] = cls
+    _origins[family, name] = origin
+    # the stored node has `name` filled in, so the composed group says which class to build
+    ConfigStore.instance().store(group=family, name=name, node=config(name=name), provider=origin)
+
+
+def names(family: str) -> list[str]:
+    return sorted(_components[family])
+
+
+def get(family: str, name: str) -> type:
+    try:
+        return _components[family][name]
+    except KeyError:
+        valid = ", ".join(names(family)) or "(none registered)"
+        raise UnknownComponentError(
+            f"unknown {family} {name!r}; valid names: {valid}. "
+            f"A {family} from a plugin package appears here once the package is pip-installed."
+        ) from None
+
+
+def typed_config(family: str, cfg) -> object:
+    """The composed group node (DictConfig or dict) as the component's own Config dataclass."""
+    if isinstance(cfg, str):
+        cfg = {"name": cfg}
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cls = get(family, cfg.get("name"))
+    merged = OmegaConf.merge(OmegaConf.structured(cls.Config), cfg)
+    return OmegaConf.to_object(merged)
+
+
+def build(family: str, cfg, **kwargs):
+    config = cfg if dataclasses.is_dataclass(cfg) else typed_config(family, cfg)
+    return get(family, config.name)(config, **kwargs)

@@ -1,0 +1,21 @@
+"""The sampler family: logits -> next token id, one per sequence."""
+from abc import ABC, abstractmethod
+
+import torch
+
+from nvllm.engine.sequence import Sequence
+
+
+class Sampler(ABC):
+    name: str
+
+    def __init__(self, config, device: torch.device):
+        self.config = config
+        self.device = device
+
+    @abstractmethod
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        """logits [batch, vocab] float32, row b for seqs[b]; returns one token id per row."""
+
+    def release(self, seq: Sequence) -> None:
+        """Forget per-request state once `seq` has finished."""
