@@ -82,22 +82,25 @@ class EngineConfig:
 
 def compose(**overrides) -> DictConfig:
     """The Hydra config the CLI would compose, from Python values: a string for a group picks
-    an option (`scheduler="fcfs"`), a dict sets fields (`kv_cache={"prefix_caching": False}`),
-    anything else sets a top-level key (`max_num_seqs=4`). `model` may also be a model directory."""
+    an option (`scheduler="fcfs"`); a dict sets fields of the group, and its `name`, if any, picks
+    the option first (`model={"name": "qwen3", "path": "/models/q"}`); anything else sets a
+    top-level key (`max_num_seqs=4`). `model` may also be a Hugging Face model directory."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
     from nvllm.plugins import load_plugins
 
     load_plugins()
-    choices, values = [], {}
     model = overrides.get("model")
     if isinstance(model, str) and ("/" in model or os.path.isdir(model)):
-        choices.append(f"model={detect_architecture(model)}")
-        overrides["model"] = {"path": model}
+        overrides["model"] = {"name": detect_architecture(model), "path": model}
+    choices, values = [], {}
     for key, value in overrides.items():
         if key in GROUPS and isinstance(value, str):
             choices.append(f"{key}={value}")
+        elif key in GROUPS and isinstance(value, dict) and "name" in value:
+            choices.append(f"{key}={value['name']}")
+            values[key] = value
         else:
             values[key] = value
     with initialize_config_module("nvllm.conf", version_base="1.3"):

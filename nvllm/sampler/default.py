@@ -52,7 +52,8 @@ class DefaultSampler(Sampler):
         probs = sorted_logits.softmax(dim=-1)
         p = torch.tensor(top_p, device=logits.device, dtype=probs.dtype)
         # drop a token once the more likely ones already reach top_p (the first is always kept)
-        sorted_logits = sorted_logits.masked_fill(probs.cumsum(dim=-1) - probs >= p[:, None], float("-inf"))
+        drop = (probs.cumsum(dim=-1) - probs >= p[:, None]) & (p < 1)[:, None]  # rounding must not touch top_p=1 rows
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
     def _generator(self, seq: Sequence) -> torch.Generator:

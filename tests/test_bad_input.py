@@ -1,0 +1,115 @@
+"""Bad input gets a clear error naming the problem and the fix; a rejected request never costs
+the other requests their results."""
+import pytest
+
+from nvllm import LLM, SamplingParams
+from nvllm.config import ConfigError
+from nvllm.models.weights import MissingWeightsError
+from nvllm.registry import UnknownComponentError
+
+GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_qwen3_path):
+    with LLM(tiny_qwen3_path, max_model_len=64, max_num_batched_tokens=256,
+             kv_cache={"block_size": 8, "num_blocks": 6}) as llm:
+        yield llm
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=-0.5), "temperature must be >= 0"),
+    (dict(top_p=0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(top_k=-1), "top_k must be >= 0"),
+    (dict(max_tokens=0), "max_tokens must be >= 1"),
+    (dict(max_tokens=-3), "max_tokens must be >= 1"),
+])
+def test_bad_sampling_params(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("prompt, params, match", [
+    ([], GREEDY, "empty prompt"),
+    (list(range(64)), GREEDY, "max_model_len=64 leaves no room"),
+    ([1, 2, 3] * 10, SamplingParams(temperature=0, max_tokens=40), "needs 8 KV blocks .* whole cache has 6"),
+    ([1, 99999], GREEDY, r"token ids must be integers in \[0, 512\)"),
+    ("text", GREEDY, "has no tokenizer"),
+])
+def test_rejected_at_add(llm, prompt, params, match):
+    with pytest.raises(ValueError, match=match):
+        llm.engine.add_request(prompt, params)
+    assert llm.engine.is_finished()  # nothing was queued
+
+
+def test_bad_request_does_not_cost_others(llm):
+    good = [[5, 6, 7], [8, 9, 10, 11]]
+    alone = llm.generate(good, GREEDY, use_tqdm=False)
+    mixed = llm.generate([good[0], [], good[1], list(range(70))], GREEDY, use_tqdm=False)
+    assert [o.token_ids for o in (mixed[0], mixed[2])] == [o.token_ids for o in alone]
+    assert mixed[1].finish_reason == "rejected" and "empty prompt" in mixed[1].error
+    assert mixed[3].finish_reason == "rejected" and "max_model_len" in mixed[3].error
+    assert all(len(o.token_ids) == 8 for o in alone)
+
+
+def test_unknown_scheduler_lists_valid_names():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="fcfs"):
+        LLM(scheduler="no-such-policy")
+
+
+def test_unknown_name_in_registry():
+    from nvllm import registry
+    from nvllm.plugins import load_plugins
+
+    load_plugins()
+    with pytest.raises(UnknownComponentError, match=r"unknown scheduler 'nope'; valid names: .*fcfs"):
+        registry.get("scheduler", "nope")
+    with pytest.raises(UnknownComponentError, match=r"unknown model 'gpt9'; valid names: llama, qwen3"):
+        registry.typed_config("model", {"name": "gpt9"})
+
+
+def test_unknown_model_option():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="smollm2"):
+        LLM("gpt9")
+
+
+def test_missing_weights_path(tmp_path):
+    with pytest.raises(MissingWeightsError, match="not a Hugging Face model directory"):
+        LLM(model={"name": "qwen3", "path": str(tmp_path)})
+
+
+def test_missing_hf_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match=r"Qwen/Qwen3-0.6B is not in the local Hugging Face cache .*model.path="):
+        LLM("qwen3")
+
+
+def test_wrong_architecture_for_checkpoint(tiny_qwen3_path):
+    with pytest.raises(ValueError, match="holds a 'qwen3' checkpoint, which model=llama does not run"):
+        LLM(model={"name": "llama", "path": tiny_qwen3_path})
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(cudagraph=True, device="cpu"), "cudagraph=true needs a CUDA device"),
+    (dict(device="cuda"), "torch sees no CUDA device"),
+    (dict(compile=True), "compile=true is not implemented yet"),
+    (dict(tp=2), "tensor parallelism is not implemented yet"),
+    (dict(dtype="float64"), "dtype must be"),
+    (dict(max_num_batched_tokens=32, max_model_len=64), "must be >= max_model_len"),
+])
+def test_switches_that_cannot_run_here(tiny_qwen3_path, overrides, match):
+    with pytest.raises((ConfigError, ValueError), match=match):
+        LLM(tiny_qwen3_path, **overrides)
+
+
+def test_unknown_top_level_key(tiny_qwen3_path):
+    with pytest.raises(ConfigError, match="max_num_seq"):
+        LLM(tiny_qwen3_path, max_num_seq=4)

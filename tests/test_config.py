@@ -1,0 +1,96 @@
+"""Every option of every config group composes, and its component builds."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+
+from nvllm import registry
+from nvllm.config import GROUPS, EngineConfig
+from nvllm.plugins import load_plugins
+from nvllm.workloads import build_requests
+
+load_plugins()
+
+
+def options(group: str) -> list[str]:
+    """Options from both sources Hydra searches: conf/<group>/*.yaml and the ConfigStore."""
+    conf = Path(__import__("nvllm.conf", fromlist=["x"]).__file__).parent / group
+    names = {p.stem for p in conf.glob("*.yaml")}
+    names |= {n.removesuffix(".yaml") for n in ConfigStore.instance().repo.get(group, {})}
+    return sorted(names)
+
+
+def compose_with(*overrides):
+    with initialize_config_module("nvllm.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+ALL = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_every_family_has_options():
+    for group in GROUPS:
+        assert options(group), group
+
+
+@pytest.mark.parametrize("group, option", ALL, ids=[f"{g}={o}" for g, o in ALL])
+def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
+    cfg = compose_with(f"{group}={option}")
+    EngineConfig.from_cfg(cfg)
+    if group == "workload":
+        if cfg.workload.kind == "file":
+            cfg.workload.path = str(tmp_path / "prompts.txt")
+            (tmp_path / "prompts.txt").write_text("hello\nworld\n")
+            cfg.workload.chat = False
+        prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None) if cfg.workload.kind != "chat" \
+            else build_requests(cfg.workload, cfg.sampling, _tokenizer())
+        assert prompts and len(prompts) == len(params)
+        return
+    typed = registry.typed_config(group, cfg[group])
+    assert typed.name in registry.names(group)
+    cls = registry.get(group, typed.name)
+    if group == "model":
+        assert cls.hf_model_types
+    elif group == "kv_cache":
+        kv = registry.build(group, typed, num_blocks=8, block_size=typed.block_size)
+        assert kv.num_free_blocks == 8
+    elif group == "scheduler":
+        kv = registry.build("kv_cache", compose_with().kv_cache, num_blocks=8, block_size=16)
+        registry.build(group, typed, kv_cache=kv, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64,
+                       eos_token_ids=frozenset({0}))
+    elif group == "attention":
+        registry.build(group, typed, device=torch.device("cpu"), dtype=torch.float32)
+    elif group == "sampler":
+        registry.build(group, typed, device=torch.device("cpu"))
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from nvllm.models.weights import smollm2_path
+
+    return AutoTokenizer.from_pretrained(smollm2_path())
+
+
+def test_random_workload_is_seeded():
+    cfg = compose_with("workload=random", "workload.num_seqs=8")
+    a, pa = build_requests(cfg.workload, cfg.sampling, None)
+    b, pb = build_requests(cfg.workload, cfg.sampling, None)
+    assert a == b and [p.max_tokens for p in pa] == [p.max_tokens for p in pb]
+    assert all(100 <= len(p) <= 1024 and max(p) < 10000 for p in a)
+    assert all(p.ignore_eos and 100 <= p.max_tokens <= 1024 for p in pa)
+    c, _ = build_requests(compose_with("workload=random", "workload.num_seqs=8", "workload.seed=1").workload,
+                          cfg.sampling, None)
+    assert c != a
+
+
+def test_help_lists_every_group_and_option(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "nvllm.run", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, check=True).stdout
+    for group, option in ALL:
+        assert f"{group}: " in out
+        assert option in out.split(f"{group}: ", 1)[1].splitlines()[0], (group, option)

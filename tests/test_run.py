@@ -1,0 +1,67 @@
+"""`python -m nvllm.run` end to end, as a user runs it: from any directory, metrics.json written."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def nvllm_run(*overrides, cwd):
+    proc = subprocess.run([sys.executable, "-m", "nvllm.run", f"hydra.run.dir={cwd}/run", *overrides],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads((Path(cwd) / "run" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_default_run_answers_paris(tmp_path):
+    out, metrics = nvllm_run(cwd=tmp_path)
+    answer = out.split(">>> What is the capital of France?\n", 1)[1].splitlines()[0]
+    assert "Paris" in answer
+    assert "5 requests (0 rejected)" in out and "output tok/s" in out
+    assert metrics["requests"] == 5 and metrics["output_tokens"] > 0
+    assert metrics["effective_config"]["device"] == "cpu"
+    assert metrics["effective_config"]["cudagraph"] == "false"  # auto resolved
+    assert metrics["effective_config"]["model"]["random_weights"] is False
+
+
+def test_random_workload_metrics(tmp_path, tiny_qwen3_path):
+    out, m = nvllm_run(f"model.path={tiny_qwen3_path}", "model=qwen3", "workload=random", "workload.num_seqs=6",
+                       "workload.input_len=[4,40]", "workload.output_len=[4,20]", "workload.max_token_id=500",
+                       "kv_cache.block_size=8", "kv_cache.num_blocks=12", "max_model_len=128",
+                       "max_num_batched_tokens=256", cwd=tmp_path)
+    assert "RANDOM WEIGHTS" in out
+    assert m["requests"] == 6 and m["rejected"] == 0
+    assert 6 * 4 <= m["output_tokens"] <= 6 * 20
+    for key in ("wall_time_s", "output_tok_s", "prefill_tok_s", "decode_tok_s", "preemptions",
+                "prefix_cache_hit_rate", "peak_memory_bytes", "versions", "device"):
+        assert m[key] is not None, key
+    for key in ("ttft_s", "tpot_s"):
+        assert m[key]["median"] > 0 and m[key]["p90"] >= m[key]["median"]
+    eff = m["effective_config"]
+    assert eff["model"]["random_weights"] is True and eff["kv_cache"]["num_blocks"] == 12
+    assert eff["scheduler"] == "fcfs" and eff["attention"] == "sdpa" and eff["dtype"] == "float32"
+    assert m["versions"]["torch"] and m["versions"]["hydra-core"]
+
+
+def test_prompts_file(tmp_path, tiny_qwen3_path):
+    from nvllm.models.weights import smollm2_path
+
+    model = tmp_path / "model"
+    # a tiny random llama with the SmolLM2 tokenizer, so text prompts work without the 135M model
+    from nvllm.models.weights import make_random_checkpoint
+
+    make_random_checkpoint("llama", str(model), preset="tiny", vocab_size=49152, tokenizer_from=str(smollm2_path()))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("first prompt\n\nsecond prompt\n")
+    out, m = nvllm_run("model=llama", f"model.path={model}", "workload=file", f"workload.path={prompts}",
+                       "workload.chat=false", "sampling.max_tokens=4", cwd=tmp_path)
+    assert m["requests"] == 2 and ">>> first prompt" in out and ">>> second prompt" in out
+
+
+def test_unknown_option_fails_listing_valid(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nvllm.run", "scheduler=nope"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'scheduler/nope'" in proc.stderr and "fcfs" in proc.stderr
