@@ -21,7 +21,9 @@ class DecoderAttention(nn.Module):
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, cfg.num_attention_heads,
                                           cfg.num_key_value_heads, bias=qkv_bias)
         self.num_heads, self.num_kv_heads, self.head_dim = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, head_dim
-        self.o_proj = RowParallelLinear(cfg.num_attention_heads * head_dim, cfg.hidden_size, bias=False)
+        # attention_bias covers o_proj too (Llama, Qwen3); Qwen2 biases q/k/v only
+        self.o_proj = RowParallelLinear(cfg.num_attention_heads * head_dim, cfg.hidden_size,
+                                        bias=getattr(cfg, "attention_bias", False))
         theta, scaling = rope_parameters(cfg)
         self.rotary_emb = RotaryEmbedding(head_dim, cfg.max_position_embeddings, theta, scaling)
         self.attn = Attention(self.num_heads, head_dim, self.num_kv_heads, head_dim ** -0.5)
@@ -47,8 +49,9 @@ class DecoderMLP(nn.Module):
         super().__init__()
         if getattr(cfg, "hidden_act", "silu") != "silu":
             raise NotImplementedError(f"hidden_act {cfg.hidden_act!r} is not supported (silu is)")
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
-        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, what="intermediate_size")
+        bias = getattr(cfg, "mlp_bias", False)
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias, what="intermediate_size")
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

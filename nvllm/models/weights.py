@@ -129,7 +129,7 @@ def _default_loader(param: nn.Parameter, loaded: torch.Tensor):
 
 
 def make_random_checkpoint(arch: str, out_dir: str, preset: str = "tiny", seed: int = 0,
-                           tokenizer_from: str | None = None, **overrides) -> str:
+                           tokenizer_from: str | None = None, hf_config_class: str | None = None, **overrides) -> str:
     """Write a seeded random-weight Hugging Face checkpoint of a registered architecture. It is
     marked random (a marker file and `nvllm_random_weights` in config.json)."""
     import transformers
@@ -141,7 +141,8 @@ def make_random_checkpoint(arch: str, out_dir: str, preset: str = "tiny", seed: 
     cls = registry.get("model", arch)
     if preset not in cls.random_presets:
         raise ValueError(f"{arch} has no random preset {preset!r}; presets: {', '.join(cls.random_presets)}")
-    config = getattr(transformers, cls.hf_config_class)(**{**cls.random_presets[preset], **overrides})
+    config_class = getattr(transformers, hf_config_class or cls.hf_config_class)
+    config = config_class(**{**cls.random_presets[preset], **overrides})
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     out = Path(out_dir)

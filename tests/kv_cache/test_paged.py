@@ -10,7 +10,7 @@ import copy
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -220,8 +220,10 @@ class PagedMachine(RuleBasedStateMachine):
         assert 0.0 <= self.mgr.hit_rate <= 1.0
 
 
+# no explain phase: on a failure it replays the example for minutes before reporting it
 PagedMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    max_examples=200, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    phases=[p for p in Phase if p != Phase.explain])
 TestPagedStateMachine = PagedMachine.TestCase
 
 

@@ -1,0 +1,123 @@
+"""Plugin discovery through the `nvllm` entry-point group, in fresh processes (as a user gets it).
+The plugin is a real distribution on sys.path (a module plus its .dist-info), found by
+importlib.metadata exactly as a pip-installed one is."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nvllm import registry
+from nvllm.plugins import load_plugins
+
+PLUGIN = '''
+from dataclasses import dataclass
+from nvllm import hookimpl
+from nvllm.scheduler.fcfs import FCFSScheduler
+
+class ReversePolicy(FCFSScheduler):
+    """fcfs, but admits the newest waiting request first."""
+    name = "reverse_fcfs"
+
+    @dataclass
+    class Config:
+        name: str = "reverse_fcfs"
+        # only here to show that a plugin's fields compose
+        note: str = "hello"
+
+    def schedule(self):
+        if self.waiting and not self.running:
+            self.waiting.rotate(1)
+        return super().schedule()
+
+@hookimpl
+def register_schedulers(register):
+    register(ReversePolicy)
+'''
+
+
+def make_distribution(site, name="nvllm-reverse", module="nvllm_reverse", body=PLUGIN, ep_name="reverse"):
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(textwrap.dedent(body))
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[nvllm]\n{ep_name} = {module}\n")
+    return site
+
+
+def python(code, site, **env):
+    full_env = {**os.environ, "PYTHONPATH": str(site), **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=full_env, timeout=300)
+
+
+def test_entry_point_plugin_is_selectable_and_listed(tmp_path, tiny_qwen3_path):
+    site = make_distribution(tmp_path / "site")
+    proc = subprocess.run([sys.executable, "-m", "nvllm.run", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path, check=True)
+    assert "reverse_fcfs" in proc.stdout.split("scheduler: ", 1)[1].splitlines()[0]
+    proc = python(f"""
+        from nvllm import LLM, SamplingParams
+        with LLM({tiny_qwen3_path!r}, scheduler={{"name": "reverse_fcfs", "note": "hi"}}, max_num_seqs=1) as llm:
+            outs = llm.generate([[1, 2], [3, 4]], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+            print(type(llm.engine.scheduler).__name__, llm.engine.scheduler.config.note, [len(o.token_ids) for o in outs])
+    """, site)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ReversePolicy hi [3, 3]"
+
+
+def test_allow_list(tmp_path):
+    site = make_distribution(tmp_path / "site")
+    code = "from nvllm.plugins import load_plugins; from nvllm import registry; load_plugins(); print(registry.names('scheduler'))"
+    assert "reverse_fcfs" in python(code, site).stdout
+    assert "reverse_fcfs" in python(code, site, NVLLM_PLUGINS="reverse,other").stdout
+    assert "reverse_fcfs" not in python(code, site, NVLLM_PLUGINS="other").stdout
+    assert "reverse_fcfs" not in python(code, site, NVLLM_PLUGINS="").stdout
+
+
+def test_broken_plugins_fail_naming_the_distribution(tmp_path):
+    code = "from nvllm.plugins import load_plugins; load_plugins()"
+    site = make_distribution(tmp_path / "a", body="import no_such_module_xyz\n")
+    proc = python(code, site)
+    assert proc.returncode != 0
+    assert "nvllm plugin nvllm-reverse (entry point 'reverse' = nvllm_reverse) failed to import" in proc.stderr
+    raising = "from nvllm import hookimpl\n@hookimpl\ndef register_samplers(register):\n    raise RuntimeError('boom')\n"
+    proc = python(code, make_distribution(tmp_path / "b", body=raising))
+    assert "nvllm plugin nvllm-reverse (entry point 'reverse' = nvllm_reverse) raised in register_samplers" in proc.stderr
+    misspelt = "from nvllm import hookimpl\n@hookimpl\ndef register_schedulerz(register):\n    pass\n"
+    proc = python(code, make_distribution(tmp_path / "c", body=misspelt))
+    assert proc.returncode != 0 and "register_schedulerz" in proc.stderr
+
+
+def test_two_plugins_with_one_name_is_an_error(tmp_path):
+    site = make_distribution(tmp_path / "site")
+    make_distribution(site, name="nvllm-reverse-two", module="nvllm_reverse_two", ep_name="reverse2")
+    proc = python("from nvllm.plugins import load_plugins; load_plugins()", site)
+    assert proc.returncode != 0
+    assert "two plugins register the scheduler 'reverse_fcfs'" in proc.stderr
+    assert "nvllm-reverse (" in proc.stderr and "nvllm-reverse-two (" in proc.stderr
+
+
+def test_load_plugins_is_idempotent():
+    first = {f: registry.names(f) for f in registry.FAMILIES}
+    load_plugins()
+    load_plugins()
+    assert {f: registry.names(f) for f in registry.FAMILIES} == first
+    assert first["scheduler"] == ["fcfs"] or "fcfs" in first["scheduler"]
+
+
+def test_every_hook_has_a_docstring():
+    from nvllm import hookspecs
+
+    for name in registry.FAMILIES.values():
+        assert getattr(hookspecs, name).__doc__, name
+
+
+def test_registering_needs_name_and_config():
+    class NoConfig:
+        name = "x"
+
+    with pytest.raises(TypeError, match="needs a `Config` dataclass"):
+        registry.register("scheduler", NoConfig)
