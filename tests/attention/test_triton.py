@@ -1,0 +1,173 @@
+"""The Triton backend against `sdpa`: the store kernel, decode, prefill with and without a cached
+prefix, GQA, odd block sizes, and greedy tokens end to end. On a CPU the kernels run in Triton's
+interpreter (slow: shapes stay small); the cuda cases compare 16-bit kernels to float32 sdpa."""
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nvllm.config import ConfigError
+from tests.attention.conftest import DEVICE_DTYPES, TOLERANCE, make_batch, run, sdpa_reference, triton_kernels
+from tests.conftest import hf_greedy
+
+# (heads, kv_heads, head_dim): the tiny test model's, GQA, MHA at 128, a group of 3 (padded to 4), MQA
+SHAPES = [(4, 2, 16), (8, 2, 64), (4, 4, 128), (6, 2, 16), (4, 1, 64)]
+SHAPE_IDS = [f"h{h}-kv{kv}-d{d}" for h, kv, d in SHAPES]
+
+
+@pytest.fixture(params=DEVICE_DTYPES)
+def device_dtype(request):
+    device, dtype = request.param
+    triton_kernels(device)
+    return device, dtype
+
+
+def check(batch, device_dtype, empty_cache=False):
+    from nvllm.attention.triton import TritonBackend
+
+    _, dtype = device_dtype
+    out, k_cache, v_cache = run(TritonBackend, batch, dtype=dtype, empty_cache=empty_cache)
+    want, want_k, want_v = sdpa_reference(batch, empty_cache=empty_cache)
+    torch.testing.assert_close(out.float(), want, **TOLERANCE[dtype])
+    # both stores write this step's K/V; the float32 reference holds the same rounded values
+    torch.testing.assert_close(k_cache.float(), want_k, atol=0, rtol=0)
+    torch.testing.assert_close(v_cache.float(), want_v, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kv_heads, head_dim", [(2, 16), (3, 64), (1, 128)])
+def test_store_writes_slots_and_skips_padding(device_dtype, kv_heads, head_dim):
+    from nvllm.attention.triton import store_kvcache
+
+    device, dtype = device_dtype
+    num_blocks, block_size, tokens = 6, 16, 40
+    kv = torch.randn(tokens, 2 * kv_heads * head_dim + 8, device=device, dtype=dtype)  # views, like the models'
+    k = kv[:, :kv_heads * head_dim].view(tokens, kv_heads, head_dim)
+    v = kv[:, kv_heads * head_dim:2 * kv_heads * head_dim].view(tokens, kv_heads, head_dim)
+    slots = torch.randperm(num_blocks * block_size, device=device)[:tokens]
+    padding = torch.rand(tokens, device=device) < 0.3
+    slots[padding] = -1
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, device=device, dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    want_k.view(-1, kv_heads, head_dim)[slots[~padding]] = k[~padding]
+    want_v.view(-1, kv_heads, head_dim)[slots[~padding]] = v[~padding]
+    store_kvcache(k, v, k_cache, v_cache, slots)
+    torch.testing.assert_close(k_cache, want_k, atol=0, rtol=0)
+    torch.testing.assert_close(v_cache, want_v, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("block_size", [8, 16, 12])
+def test_decode(device_dtype, shape, block_size):
+    """One query per sequence; contexts end just before, on and after block boundaries."""
+    bs = block_size
+    ctx_lens = [1, bs - 1, bs, bs + 1, 2 * bs + 3, 5 * bs]
+    check(make_batch([1] * len(ctx_lens), ctx_lens, bs, *shape, device=device_dtype[0]), device_dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=SHAPE_IDS[:3])
+def test_prefill_without_cache(device_dtype, shape):
+    """Whole prompts, some longer than one query tile (64 rows) and one KV tile (64 keys)."""
+    lens = [1, 7, 16, 70, 130]
+    check(make_batch(lens, lens, 16, *shape, device=device_dtype[0]), device_dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("block_size", [16, 12])
+def test_prefill_with_cached_prefix(device_dtype, shape, block_size):
+    """Prefix-cache hits and preempted-then-resumed sequences (q_len < ctx_len) batched with a
+    fresh prompt and a one-token query."""
+    q_lens, ctx_lens = [1, 5, 20, 33, 16], [17, 40, 20, 100, 80]
+    check(make_batch(q_lens, ctx_lens, block_size, *shape, device=device_dtype[0]), device_dtype)
+
+
+def test_warmup_pass_without_cache(device_dtype):
+    """The model runner's memory-measuring pass runs before any cache exists."""
+    lens = [9, 33]
+    check(make_batch(lens, lens, 16, 4, 2, 16, device=device_dtype[0]), device_dtype, empty_cache=True)
+
+
+def test_bfloat16_on_cpu_is_refused():
+    """Triton's interpreter gets bfloat16 dot products wrong: refuse rather than answer garbage."""
+    from nvllm.attention.triton import TritonBackend
+
+    triton_kernels("cpu")
+    with pytest.raises(ConfigError, match="dtype=float32"):
+        TritonBackend(TritonBackend.Config(), device=torch.device("cpu"), dtype=torch.bfloat16)
+
+
+def test_registering_imports_no_kernel_package_and_cpu_needs_the_interpreter():
+    """A fresh process: loading the plugins imports neither triton nor flash_attn (and, without
+    a GPU, picks Triton's interpreter); a CPU backend after triton was imported compiled is
+    refused, saying how to fix it."""
+    pytest.importorskip("triton")
+    script = """
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import torch
+from nvllm import registry
+from nvllm.config import ConfigError
+from nvllm.plugins import load_plugins
+load_plugins()
+assert {"triton", "flash_attn"}.isdisjoint(sys.modules), sorted(m for m in sys.modules if "triton" in m)
+assert torch.cuda.is_available() or os.environ["TRITON_INTERPRET"] == "1"
+os.environ.pop("TRITON_INTERPRET")
+import triton
+try:
+    registry.build("attention", "triton", device=torch.device("cpu"), dtype=torch.float32)
+except ConfigError as e:
+    assert "TRITON_INTERPRET=1" in str(e), e
+    print("refused")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "refused", out.stderr
+
+
+MAX_NEW = 8
+
+
+@pytest.mark.slow
+def test_greedy_tokens_match_sdpa_and_hf(tiny_qwen3_path):
+    """The tiny qwen3 checkpoint with prefix caching and a cache too small for the batch (so
+    sequences are preempted and recomputed, hitting their own cached blocks)."""
+    triton_kernels("cpu")
+    from nvllm import LLM, SamplingParams
+
+    rng = random.Random()
+    shared = [rng.randrange(512) for _ in range(20)]
+    prompts = [shared + [rng.randrange(512) for _ in range(n)] for n in (1, 9, 14)]
+    prompts += [prompts[1], [rng.randrange(512) for _ in range(3)]]
+    greedy = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+
+    def generate(attention):
+        with LLM(tiny_qwen3_path, attention=attention, device="cpu", max_model_len=64, max_num_batched_tokens=256,
+                 kv_cache={"block_size": 16, "num_blocks": 6, "prefix_caching": True}) as llm:
+            outputs = llm.generate(prompts, greedy, use_tqdm=False)
+            return [o.token_ids for o in outputs], llm.engine.scheduler.num_preemptions, llm.engine.kv_cache.hit_rate
+
+    got, preemptions, hit_rate = generate("triton")
+    assert preemptions > 0 and hit_rate > 0
+    assert got == generate("sdpa")[0]
+    assert got == hf_greedy(tiny_qwen3_path, prompts, MAX_NEW)
+
+
+@pytest.mark.gpu
+def test_greedy_tokens_match_sdpa_on_cuda(tiny_qwen3_path):
+    """Compiled kernels in float32 (where tokens must agree exactly), with whatever the engine
+    does on CUDA by default, CUDA graphs included."""
+    triton_kernels("cuda")
+    from nvllm import LLM, SamplingParams
+
+    rng = random.Random()
+    shared = [rng.randrange(512) for _ in range(40)]
+    prompts = [shared + [rng.randrange(512) for _ in range(n)] for n in (1, 20, 70, 150)] + [shared]
+    greedy = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+
+    def generate(attention):
+        with LLM(tiny_qwen3_path, attention=attention, device="cuda", dtype="float32", max_model_len=512,
+                 kv_cache={"block_size": 16, "num_blocks": 24, "prefix_caching": True}) as llm:
+            return [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+
+    assert generate("triton") == generate("sdpa")
