@@ -14,6 +14,7 @@ DEFAULT_PLUGINS = (
     "nvllm.kv_cache.paged",
     "nvllm.attention.sdpa",
     "nvllm.attention.triton",
+    "nvllm.attention.flash_attn",
     "nvllm.sampler.default",
 )
 
