@@ -65,19 +65,27 @@ class EngineConfig:
         cudagraph = self.cudagraph
         if cudagraph == "true" and device != "cuda":
             raise ConfigError("cudagraph=true needs a CUDA device and this run is on the CPU; use cudagraph=false or auto")
-        if cudagraph == "true":
-            raise ConfigError("cudagraph=true is not implemented yet; use cudagraph=false (or auto)")
         if cudagraph == "auto":
-            cudagraph = "false"  # capture is not implemented yet: auto resolves to eager everywhere
-        if self.compile:
-            raise ConfigError("compile=true is not implemented yet; use compile=false")
-        if self.tp > 1:
-            raise ConfigError(f"tp={self.tp}: tensor parallelism is not implemented yet; use tp=1")
+            cudagraph = "true" if device == "cuda" else "false"
+        if device == "cuda" and self.tp > torch.cuda.device_count():
+            raise ConfigError(f"tp={self.tp} needs {self.tp} GPUs; torch sees {torch.cuda.device_count()}")
         return EngineConfig(**{**asdict(self), "device": device, "dtype": dtype, "cudagraph": cudagraph})
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
+
+
+def check_tp(hf_config, tp: int):
+    """Refuse a tp that does not divide the model's head counts and MLP width, naming them."""
+    dims = {name: getattr(hf_config, name, None) for name in
+            ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
+    bad = {name: n for name, n in dims.items() if n is not None and n % tp}
+    if bad:
+        what = ", ".join(f"{name}={n}" for name, n in bad.items())
+        fits = [t for t in range(1, 9) if all(n is None or n % t == 0 for n in dims.values())]
+        raise ConfigError(f"tp={tp} does not divide this model's {what}; tp must divide "
+                          f"{', '.join(f'{k}={v}' for k, v in dims.items() if v)} (tp in {fits} works)")
 
 
 def compose(**overrides) -> DictConfig:

@@ -1,6 +1,8 @@
 """The one PluginManager. Built-ins register through the same hooks as third-party packages,
-which are found through the `nvllm` entry-point group. `load_plugins()` is idempotent."""
+which are found through the `nvllm` entry-point group. `load_plugins()` is idempotent.
+NVLLM_TRACE_PLUGINS=1 prints every hook call, and what it registered, to stderr."""
 import os
+import sys
 from importlib.metadata import entry_points
 
 import pluggy
@@ -42,14 +44,24 @@ def load_plugins() -> pluggy.PluginManager:
             pm.register(plugin, name=ep.name)
             _origins[ep.name] = origin
     pm.check_pending()
+    trace = os.environ.get("NVLLM_TRACE_PLUGINS", "") not in ("", "0")
     for family, hook_name in registry.FAMILIES.items():
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():
             origin = _origins.get(impl.plugin_name, impl.plugin_name)
+            registered = []
+
+            def register(cls, f=family, o=origin, done=registered):
+                registry.register(f, cls, o)
+                done.append(f"{f} {cls.name!r} ({cls.__module__}.{cls.__qualname__})")
+
             try:
-                impl.function(register=lambda cls, f=family, o=origin: registry.register(f, cls, o))
+                impl.function(register=register)
             except Exception as e:
                 raise RuntimeError(f"nvllm plugin {origin} raised in {hook_name}: {e!r}") from e
+            if trace:
+                print(f"nvllm plugin trace: {hook_name} of {origin} registered {', '.join(registered) or 'nothing'}",
+                      file=sys.stderr)
     _loaded = True
     return pm
 

@@ -16,7 +16,8 @@ class AttentionMetadata:
     cu_seqlens_q: torch.Tensor
     # [batch] int32 tokens in the cache per sequence after this step's writes
     context_lens: torch.Tensor
-    # [num_tokens] int64 flat cache slot (block * block_size + offset) of each query token's K/V
+    # [num_tokens] int64 flat cache slot (block * block_size + offset) of each query token's K/V;
+    # -1 marks a padding token (CUDA-graph buckets) whose K/V is thrown away
     slot_mapping: torch.Tensor
     # [batch, max_blocks] int32 block ids, padded with -1
     block_tables: torch.Tensor
@@ -72,8 +73,9 @@ def forward_context(backend: AttentionBackend, meta: AttentionMetadata):
 
 def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   slot_mapping: torch.Tensor):
-    """Write each token's K/V to its slot (no cache yet during the warm-up pass: skip)."""
-    if k_cache.numel() == 0:
+    """Write each token's K/V to its slot. A padding slot (-1) indexes the last slot of the
+    spare block the model runner allocates past the allocator's blocks; nothing reads it."""
+    if k_cache.numel() == 0:  # the warm-up pass runs before the cache exists
         return
-    k_cache.view(-1, *k.shape[1:]).index_copy_(0, slot_mapping, k)
-    v_cache.view(-1, *v.shape[1:]).index_copy_(0, slot_mapping, v)
+    k_cache.view(-1, *k.shape[1:])[slot_mapping] = k
+    v_cache.view(-1, *v.shape[1:])[slot_mapping] = v

@@ -8,7 +8,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from nvllm import registry
-from nvllm.config import EngineConfig
+from nvllm.config import EngineConfig, check_tp
+from nvllm.distributed.workers import Workers
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.engine.sequence import Sequence
 from nvllm.models.weights import is_random, resolve_model_path
@@ -62,10 +63,16 @@ class LLMEngine:
         if self.config.max_num_batched_tokens < self.config.max_model_len:
             raise ValueError(f"max_num_batched_tokens ({self.config.max_num_batched_tokens}) must be >= max_model_len "
                              f"({self.config.max_model_len}): a preempted sequence is recomputed in one step")
+        check_tp(hf_config, self.config.tp)
         self.model_config, self.kv_config = model_config, kv_config
         self.tokenizer = _load_tokenizer(self.model_path)
-        self.model_runner = ModelRunner(self.config, model_config, self.model_path, kv_config,
-                                        cfg.attention, cfg.sampler)
+        runner_args = (self.config, model_config, self.model_path, kv_config,
+                       registry.typed_config("attention", cfg.attention), registry.typed_config("sampler", cfg.sampler))
+        self.workers = Workers(self.config.tp, runner_args) if self.config.tp > 1 else None
+        try:
+            self.model_runner = ModelRunner(*runner_args, control_group=self.workers and self.workers.group)
+        except Exception as e:
+            self._fail(e)
         self.kv_cache = registry.build("kv_cache", kv_config, num_blocks=self.model_runner.num_blocks,
                                        block_size=kv_config.block_size)
         self.scheduler = registry.build(
@@ -114,7 +121,10 @@ class LLMEngine:
         num_tokens = sum(seq.num_scheduled_tokens for seq in seqs)
         is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
         start = time.perf_counter()
-        token_ids = self.model_runner.run(seqs)
+        try:
+            token_ids = self.model_runner.run(seqs)
+        except Exception as e:
+            self._fail(e)
         now = time.perf_counter()
         finished = self.scheduler.postprocess(seqs, token_ids)
         for seq in seqs:
@@ -173,10 +183,28 @@ class LLMEngine:
         if seq.num_completion_tokens > 1:
             out.tpot = (seq.finish_time - seq.first_token_time) / (seq.num_completion_tokens - 1)
 
+    def _fail(self, error: Exception):
+        """Under TP, a failure usually means a worker died: say which, shut down, re-raise."""
+        workers, self.workers = getattr(self, "workers", None), None
+        if workers is None:
+            raise error
+        worker_error = workers.error() if any(p.exitcode for p in workers.processes) or _is_comm_error(error) else None
+        workers.close()
+        if worker_error is not None:
+            raise worker_error from error
+        raise error
+
     def close(self):
         if getattr(self, "model_runner", None) is not None:
             self.model_runner.close()
             self.model_runner = None
+        if getattr(self, "workers", None) is not None:
+            self.workers.close()
+            self.workers = None
+
+
+def _is_comm_error(error: Exception) -> bool:
+    return "gloo" in str(error).lower() or "nccl" in str(error).lower() or "connection" in str(error).lower()
 
 
 def _load_tokenizer(path: str):

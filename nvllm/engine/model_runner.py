@@ -1,6 +1,10 @@
 """Loads the model, sizes and allocates the KV cache, and runs one step: packs the scheduled
 sequences into input tensors (positions, slot mapping, block tables), runs the forward pass with
-the attention backend, and samples from the last position of each sequence."""
+the attention backend, and samples from the last position of each sequence. Under tensor
+parallelism rank 0 sends each step's inputs to the workers, which run the same forward on
+their shard; only rank 0 samples."""
+import bisect
+
 import torch
 from transformers import AutoConfig
 
@@ -12,13 +16,37 @@ from nvllm.models.weights import load_weights
 
 CPU_DEFAULT_BUDGET_GB = 1.0
 
+# one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
+StepInput = tuple[list[int], int, list[int]]
+
+
+def step_inputs(seqs: list[Sequence]) -> list[StepInput]:
+    """Exactly the tokens each sequence runs this step (a re-prefilled preempted sequence sends
+    all of its tokens, not only the last)."""
+    return [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + seq.num_scheduled_tokens],
+             seq.num_computed_tokens, seq.block_table) for seq in seqs]
+
+
+def graph_batch_sizes(max_num_seqs: int) -> list[int]:
+    """Decode CUDA-graph buckets: 1, 2, 4, 8, then every 16 up to max_num_seqs (at most 512)."""
+    top = min(max_num_seqs, 512)
+    return sorted({n for n in (1, 2, 4, 8) if n <= top} | set(range(16, top + 1, 16)) | {top})
+
+
+def graph_bucket(sizes: list[int], n: int) -> int | None:
+    """The smallest captured batch size that holds n sequences; None: run eagerly."""
+    i = bisect.bisect_left(sizes, n)
+    return sizes[i] if i < len(sizes) else None
+
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model_config, path: str, kv_config, attention_config, sampler_config):
+    def __init__(self, config: EngineConfig, model_config, path: str, kv_config, attention_config,
+                 sampler_config, control_group=None):
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype
         self.block_size = kv_config.block_size
+        self.control_group = control_group  # set under tp > 1: the gloo group steps are sent on
         self.hf_config = AutoConfig.from_pretrained(path)
         torch.manual_seed(config.seed)
         default_dtype = torch.get_default_dtype()
@@ -30,14 +58,24 @@ class ModelRunner:
             torch.set_default_dtype(default_dtype)
         load_weights(self.model, path)
         self.model.eval()
+        if config.compile:
+            for module in self.model.modules():
+                if hasattr(module, "compile_hot_path"):
+                    module.compile_hot_path()
         self.attention = registry.build("attention", attention_config, device=self.device, dtype=self.dtype)
         self.sampler = registry.build("sampler", sampler_config, device=self.device)
         self.num_blocks = self._num_blocks(kv_config)
         self._allocate_kv_cache()
+        self.graphs, self.graph_sizes = {}, []
+        if config.cudagraph == "true":
+            self.capture_cudagraphs()
+
+    # -- KV cache ------------------------------------------------------------------------
+    def _attention_layers(self):
+        return [m for m in self.model.modules() if hasattr(m, "k_cache")]
 
     def _block_bytes(self) -> int:
-        attn = [m for m in self.model.modules() if hasattr(m, "k_cache")]
-        per_token = sum(2 * m.num_kv_heads * m.head_dim for m in attn)
+        per_token = sum(2 * m.num_kv_heads * m.head_dim for m in self._attention_layers())
         return per_token * self.block_size * self.dtype.itemsize
 
     def _num_blocks(self, kv_config) -> int:
@@ -54,6 +92,10 @@ class ModelRunner:
         # never more than max_num_seqs full-length sequences could use
         blocks_per_seq = -(-self.config.max_model_len // self.block_size)
         num_blocks = min(int(budget) // self._block_bytes(), self.config.max_num_seqs * blocks_per_seq)
+        if self.control_group is not None:  # every rank must agree: take the smallest
+            agreed = torch.tensor([num_blocks])
+            torch.distributed.all_reduce(agreed, torch.distributed.ReduceOp.MIN, group=self.control_group)
+            num_blocks = int(agreed)
         if num_blocks < 1:
             raise MemoryError(f"the KV cache budget ({budget / 2**30:.2f} GiB) holds no block of "
                               f"{self._block_bytes() / 2**20:.1f} MiB; raise kv_cache.memory_budget_gb")
@@ -63,43 +105,41 @@ class ModelRunner:
         """Activation memory of the largest prefill, measured by a warm-up pass without a cache."""
         seq_len = min(self.config.max_num_batched_tokens, self.config.max_model_len)
         num_seqs = max(1, min(self.config.max_num_batched_tokens // seq_len, self.config.max_num_seqs))
-        lens = [seq_len] * num_seqs
-        meta = AttentionMetadata(
-            cu_seqlens_q=torch.arange(0, num_seqs + 1, device=self.device, dtype=torch.int32) * seq_len,
-            context_lens=torch.full((num_seqs,), seq_len, device=self.device, dtype=torch.int32),
-            slot_mapping=torch.zeros(seq_len * num_seqs, device=self.device, dtype=torch.int64),
-            block_tables=torch.zeros((num_seqs, -(-seq_len // self.block_size)), device=self.device, dtype=torch.int32),
-            query_lens=lens, context_lens_host=lens, is_decode=False,
-        )
-        input_ids = torch.zeros(seq_len * num_seqs, dtype=torch.int64, device=self.device)
-        positions = torch.arange(seq_len, device=self.device).repeat(num_seqs)
+        inputs = [([0] * seq_len, 0, [0] * -(-seq_len // self.block_size))] * num_seqs
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        self.forward(input_ids, positions, meta)
+        self.forward(*self.prepare(inputs))
         peak = torch.cuda.max_memory_allocated(self.device) - before
         torch.cuda.empty_cache()
         return peak
 
     def _allocate_kv_cache(self):
-        attn = [m for m in self.model.modules() if hasattr(m, "k_cache")]
-        for m in attn:
-            shape = (self.num_blocks, self.block_size, m.num_kv_heads, m.head_dim)
+        # one block more than the allocator hands out: padding slots (-1) land in its last slot
+        for m in self._attention_layers():
+            shape = (self.num_blocks + 1, self.block_size, m.num_kv_heads, m.head_dim)
             m.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             m.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
-    def prepare(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    # -- one step ------------------------------------------------------------------------
+    def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None):
+        """Input tensors and attention metadata. `pad_to` adds dummy one-token sequences (slot -1,
+        context 1) and `table_width` pads block tables, for fixed CUDA-graph shapes."""
         input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
         bs = self.block_size
-        for seq in seqs:
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens
-            input_ids.extend(seq.token_ids[start:end])
+        for token_ids, start, block_table in inputs:
+            end = start + len(token_ids)
+            input_ids.extend(token_ids)
             positions.extend(range(start, end))
-            slots.extend(seq.block_table[p // bs] * bs + p % bs for p in range(start, end))
+            slots.extend(block_table[p // bs] * bs + p % bs for p in range(start, end))
             query_lens.append(end - start)
             context_lens.append(end)
-        max_blocks = max(len(seq.block_table) for seq in seqs)
-        block_tables = [seq.block_table + [-1] * (max_blocks - len(seq.block_table)) for seq in seqs]
+        tables = [block_table for _, _, block_table in inputs]
+        for _ in range(len(inputs), pad_to or 0):
+            input_ids.append(0), positions.append(0), slots.append(-1), query_lens.append(1), context_lens.append(1)
+            tables.append([])
+        width = table_width or max(len(t) for t in tables)
+        block_tables = [t + [-1] * (width - len(t)) for t in tables]
         cu_seqlens_q = [0]
         for n in query_lens:
             cu_seqlens_q.append(cu_seqlens_q[-1] + n)
@@ -119,21 +159,75 @@ class ModelRunner:
         return tensor(input_ids, torch.int64), tensor(positions, torch.int64), meta
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Logits at the last query position of each sequence."""
-        self.attention.prepare(meta, self.block_size)
-        with forward_context(self.attention, meta):
-            hidden = self.model(input_ids, positions)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
+        """Logits at the last query position of each sequence (None on TP workers)."""
+        bucket = graph_bucket(self.graph_sizes, len(meta.query_lens)) if meta.is_decode else None
+        if bucket is None:
+            self.attention.prepare(meta, self.block_size)
+            with forward_context(self.attention, meta):
+                hidden = self.model(input_ids, positions)
+        else:
+            hidden = self._replay(bucket, input_ids, positions, meta)
         return self.model.compute_logits(hidden[meta.cu_seqlens_q[1:].long() - 1])
 
     def run(self, seqs: list[Sequence]) -> list[int]:
-        logits = self.forward(*self.prepare(seqs))
+        inputs = step_inputs(seqs)
+        if self.control_group is not None:
+            torch.distributed.broadcast_object_list([inputs], src=0, group=self.control_group)
+        logits = self.forward(*self.prepare(inputs))
         return self.sampler(logits.float(), seqs)
 
+    # -- CUDA graphs (decode) ------------------------------------------------------------
+    @torch.inference_mode()
+    def capture_cudagraphs(self):
+        """Capture one decode graph per batch-size bucket, largest first, sharing one memory pool."""
+        self.graph_sizes = graph_batch_sizes(self.config.max_num_seqs)
+        top = self.graph_sizes[-1]
+        self.table_width = -(-self.config.max_model_len // self.block_size)
+        input_ids, positions, meta = self.prepare([], pad_to=top, table_width=self.table_width)
+        self.graph_inputs = dict(input_ids=input_ids, positions=positions, slot_mapping=meta.slot_mapping,
+                                 context_lens=meta.context_lens, block_tables=meta.block_tables)
+        self.graph_outputs = torch.empty(top, self.hf_config.hidden_size, dtype=self.dtype, device=self.device)
+        pool = None
+        for n in reversed(self.graph_sizes):
+            graph_meta = self._graph_meta(n)
+            self._graph_body(n, graph_meta)  # warm-up outside the capture
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool):
+                self._graph_body(n, graph_meta)
+            pool = pool or graph.pool()
+            self.graphs[n] = graph
+            torch.cuda.synchronize(self.device)
+
+    def _graph_meta(self, n: int) -> AttentionMetadata:
+        g = self.graph_inputs
+        return AttentionMetadata(
+            cu_seqlens_q=torch.arange(n + 1, dtype=torch.int32, device=self.device),
+            context_lens=g["context_lens"][:n], slot_mapping=g["slot_mapping"][:n],
+            block_tables=g["block_tables"][:n], query_lens=[1] * n,
+            context_lens_host=[self.table_width * self.block_size] * n, is_decode=True)
+
+    def _graph_body(self, n: int, meta: AttentionMetadata):
+        self.attention.prepare(meta, self.block_size)
+        with forward_context(self.attention, meta):
+            self.graph_outputs[:n] = self.model(self.graph_inputs["input_ids"][:n], self.graph_inputs["positions"][:n])
+
+    def _replay(self, bucket: int, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
+        n, g = len(meta.query_lens), self.graph_inputs
+        g["input_ids"][:n], g["positions"][:n] = input_ids, positions
+        g["slot_mapping"].fill_(-1)
+        g["slot_mapping"][:n] = meta.slot_mapping
+        g["context_lens"].fill_(1)
+        g["context_lens"][:n] = meta.context_lens
+        g["block_tables"].fill_(-1)
+        g["block_tables"][:n, :meta.block_tables.shape[1]] = meta.block_tables
+        self.graphs[bucket].replay()
+        return self.graph_outputs[:n]
+
     def close(self):
-        for m in self.model.modules():
-            if hasattr(m, "k_cache"):
-                m.k_cache = m.v_cache = torch.tensor([])
+        for m in self._attention_layers():
+            m.k_cache = m.v_cache = torch.tensor([])
+        self.graphs.clear()
         del self.model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

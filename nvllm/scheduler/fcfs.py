@@ -30,7 +30,7 @@ class FCFSScheduler(Scheduler):
         if scheduled:
             return scheduled
 
-        while self.running and len(scheduled) < self.max_num_seqs:
+        while self.running and len(scheduled) < min(self.max_num_seqs, self.max_num_batched_tokens):
             seq = self.running.popleft()
             while not self.kv_cache.can_append(seq):
                 if self.running:

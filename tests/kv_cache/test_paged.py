@@ -112,26 +112,31 @@ class PagedMachine(RuleBasedStateMachine):
         self.shadow = KVShadow(self.mgr)
         self.live: list[Sequence] = []
         self.waiting: list[Sequence] = []  # preempted: re-allocated later with their full token list
-        self.history: list[list[int]] = []  # token lists seen, so new prompts share prefixes
+        self.history: list[list[int]] = []  # computed token lists, so new prompts share prefixes
         self.num_hits = 0
 
-    def _new_prompt(self, data) -> list[int]:
-        tail = data.draw(st.lists(st.integers(0, 3), max_size=2 * self.B + 2), label="tail")
-        tokens = []
-        if self.history and data.draw(st.booleans(), label="share"):
-            base = data.draw(st.sampled_from(self.history), label="base")
-            tokens = base[: data.draw(st.integers(0, len(base)), label="cut")]
-        tokens = tokens + tail
-        return tokens or [data.draw(st.integers(0, 3))]
-
     @rule(data=st.data())
-    def allocate(self, data):
-        mgr = self.mgr
+    def allocate_new(self, data):
         if self.waiting and data.draw(st.booleans(), label="readmit"):
             seq = self.waiting.pop(data.draw(st.integers(0, len(self.waiting) - 1)))
         else:
-            seq = make_seq(self._new_prompt(data), self.B)
-            self.history.append(list(seq.token_ids))
+            tokens = data.draw(st.lists(st.integers(0, 3), min_size=1, max_size=3 * self.B), label="prompt")
+            seq = make_seq(tokens, self.B)
+        self._admit(seq, data)
+
+    @precondition(lambda self: self.mgr is not None and self.history)
+    @rule(data=st.data())
+    def allocate_shared(self, data):
+        """A prefix of a sequence computed before (often all of it) plus a short tail, so that
+        prompts share whole blocks and prefix hits really happen."""
+        base = data.draw(st.sampled_from(self.history), label="base")
+        cut = data.draw(st.one_of(st.just(len(base)), st.integers(0, len(base))), label="cut")
+        tokens = base[:cut] + data.draw(st.lists(st.integers(0, 1), max_size=self.B + 1), label="tail")
+        tokens = tokens[: self.mgr.num_blocks * self.B + 1] or [0]
+        self._admit(make_seq(tokens, self.B), data)
+
+    def _admit(self, seq: Sequence, data):
+        mgr = self.mgr
         if not mgr.can_allocate(seq):
             # can_allocate must be exact, not just safe: the allocation really does not fit
             mgr_copy, seq_copy = copy.deepcopy((mgr, seq))
@@ -152,12 +157,13 @@ class PagedMachine(RuleBasedStateMachine):
         for i in range(hit // B):
             assert mgr.blocks[seq.block_table[i]].token_ids == seq.block(i)
         self.shadow.check_readable(seq, hit)
-        fresh = [b for b in seq.block_table[hit // B:]]
-        for b in fresh:
+        for b in seq.block_table[hit // B:]:
             assert mgr.blocks[b].ref_count == 1 and mgr.blocks[b].hash == -1
         # revived hits and fresh blocks both came out of the free list
         assert free_before - mgr.num_free_blocks == sum(1 for b in seq.block_table if mgr.blocks[b].ref_count == 1)
         self.num_hits += hit // B
+        if data.draw(st.booleans(), label="prefill now"):  # the step that admitted it runs it
+            self._compute(seq, len(seq))
 
     @precondition(lambda self: self.mgr is not None and any(s.num_computed_tokens < len(s) for s in self.live))
     @rule(data=st.data())
@@ -166,9 +172,14 @@ class PagedMachine(RuleBasedStateMachine):
         start = seq.num_computed_tokens
         # usually the whole rest (the FCFS step); sometimes a chunk, as a chunked prefill would
         end = len(seq) if data.draw(st.booleans()) else data.draw(st.integers(start + 1, len(seq)))
+        self._compute(seq, end)
+
+    def _compute(self, seq: Sequence, end: int):
+        start = seq.num_computed_tokens
         self.shadow.check_readable(seq, start)
         self.shadow.write(seq, start, end)
         compute(self.mgr, seq, end)
+        self.history.append(list(seq.token_ids[:end]))
         B = self.B
         for i in range(end // B):
             block = self.mgr.blocks[seq.block_table[i]]
@@ -204,7 +215,6 @@ class PagedMachine(RuleBasedStateMachine):
         self.mgr.deallocate(seq)
         assert seq.block_table == [] and seq.num_computed_tokens == 0 and seq.num_hashed_blocks == 0
         self.live.remove(seq)
-        self.history.append(list(seq.token_ids))
         if preempt:
             self.waiting.append(seq)
 
