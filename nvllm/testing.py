@@ -21,6 +21,7 @@ import torch
 
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
+from nvllm.config import compose
 from nvllm.engine.sequence import Sequence, SequenceStatus
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
@@ -59,8 +60,6 @@ class ComponentSuite:
                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         assert not missing, f"Config fields need defaults (the CLI builds it from nothing): {missing}"
         assert config_cls().name == self.name, "Config's `name` field must default to the component name"
-        from nvllm.config import compose
-
         composed = compose(**{self.family: {"name": self.name, **config_fields}})[self.family]
         assert registry.typed_config(self.family, composed) == config_cls(**config_fields)
 
@@ -353,7 +352,7 @@ class AttentionSuite(ComponentSuite):
     def compare(self, backend, reference, lens, block_size, shape, dtype, device):
         gen = torch.Generator().manual_seed(block_size * 1000 + sum(shape))
         num_heads, num_kv_heads, head_dim = shape
-        tables, num_blocks = _block_tables(lens, block_size, gen)
+        tables, num_blocks = paged_block_tables(lens, block_size, gen)
         layers = []
         for _ in range(2):
             n = sum(q for q, _ in lens)
@@ -363,7 +362,7 @@ class AttentionSuite(ComponentSuite):
                 cache_shape, cache_shape)])
         results = []
         for impl in (backend, reference):
-            meta = _metadata(lens, tables, block_size, device)
+            meta = attention_metadata(lens, tables, block_size, device)
             impl.prepare(meta, block_size)
             outs = []
             for q, k, v, k_cache, v_cache in layers:
@@ -374,11 +373,12 @@ class AttentionSuite(ComponentSuite):
         where = f"lens={lens} block_size={block_size} heads={shape} {dtype}"
         for layer, ((out, kc, vc), (ref, ref_kc, ref_vc)) in enumerate(zip(*results)):
             assert out.shape == ref.shape, where
-            torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol, msg=lambda m: f"{where} layer {layer}: {m}")
+            torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol,
+                                       msg=lambda m: f"{where} layer {layer}: {m}")
             assert torch.equal(kc, ref_kc) and torch.equal(vc, ref_vc), f"{where} layer {layer}: K/V written differently"
 
 
-def _block_tables(lens, block_size: int, gen) -> tuple[list[list[int]], int]:
+def paged_block_tables(lens, block_size: int, gen) -> tuple[list[list[int]], int]:
     """Each sequence gets distinct blocks drawn from a shuffled cache with a few spare blocks."""
     needed = [-(-ctx // block_size) for _, ctx in lens]
     num_blocks = sum(needed) + 3
@@ -390,7 +390,7 @@ def _block_tables(lens, block_size: int, gen) -> tuple[list[list[int]], int]:
     return tables, num_blocks
 
 
-def _metadata(lens, tables, block_size: int, device) -> AttentionMetadata:
+def attention_metadata(lens, tables, block_size: int, device) -> AttentionMetadata:
     """As the model runner builds it (nvllm/engine/model_runner.py)."""
     slots, cu = [], [0]
     for (q, ctx), table in zip(lens, tables):
