@@ -63,6 +63,12 @@ def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
         registry.build(group, typed, kv_cache=kv, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64,
                        eos_token_ids=frozenset({0}))
     elif group == "attention":
+        if option == "flash_attn" and not torch.cuda.is_available():  # refused on a CPU, by design
+            from nvllm.config import ConfigError
+
+            with pytest.raises(ConfigError, match="needs a CUDA device"):
+                registry.build(group, typed, device=torch.device("cpu"), dtype=torch.float32)
+            return
         registry.build(group, typed, device=torch.device("cpu"), dtype=torch.float32)
     elif group == "sampler":
         registry.build(group, typed, device=torch.device("cpu"))
