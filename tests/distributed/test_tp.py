@@ -150,3 +150,14 @@ def test_cli_tp2(tmp_path, tiny_qwen3_path):
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["effective_config"]["tp"] == 2 and metrics["effective_config"]["cudagraph"] == "false"
+
+
+def test_torchrun_launch(tmp_path, tiny_qwen3_path):
+    """Ranks started by torchrun (as across machines): nothing spawned, rank 0 runs the workload."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "nvllm.run", "model=qwen3", f"model.path={tiny_qwen3_path}", "tp=2", "workload=random",
+                           "workload.num_seqs=3", "workload.input_len=[3,9]", "workload.output_len=[3,5]",
+                           "workload.max_token_id=500", f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("3 requests (0 rejected)") == 1  # only rank 0 ran the workload
