@@ -1,4 +1,3 @@
-import inspect
 import os
 
 import pytest
@@ -28,22 +27,4 @@ def tiny_llama_path(tmp_path_factory) -> str:
     return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("tiny-llama")), preset="tiny", seed=1)
 
 
-def hf_greedy(path: str, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Reference: Hugging Face transformers, float32 on CPU, greedy, one prompt at a time, no EOS stop."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    # transformers 5 renamed `past_key_values` to `cache`
-    cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    outputs = []
-    with torch.inference_mode():
-        for prompt in prompts:
-            ids = torch.tensor([prompt])
-            out = model(ids, use_cache=True)
-            generated = []
-            for _ in range(max_new_tokens):
-                token = int(out.logits[0, -1].argmax())
-                generated.append(token)
-                out = model(torch.tensor([[token]]), use_cache=True, **{cache_key: getattr(out, cache_key)})
-            outputs.append(generated)
-    return outputs
+from nvllm.testing import hf_greedy  # noqa: E402  the reference tests and plugin suites share
