@@ -14,7 +14,7 @@ from nvllm.config import EngineConfig
 from nvllm.engine.sequence import Sequence
 from nvllm.models.weights import load_weights
 
-CPU_DEFAULT_BUDGET_GB = 1.0
+CPU_DEFAULT_BUDGET_GB = 2.0  # SmolLM2: 46k tokens, enough for cpu-bench without preemption
 
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
 StepInput = tuple[list[int], int, list[int]]

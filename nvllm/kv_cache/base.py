@@ -14,7 +14,7 @@ class KVCacheConfig:
     block_size: int = 256
     # blocks in the cache; null sizes the cache from the memory budget
     num_blocks: int | None = None
-    # GiB for the cache; null: gpu_memory_utilization on CUDA, 1 GiB on CPU
+    # GiB for the cache; null: gpu_memory_utilization on CUDA, 2 GiB on CPU
     memory_budget_gb: float | None = None
     # fraction of GPU memory the whole engine may use (CUDA, when no budget is given)
     gpu_memory_utilization: float = 0.9
