@@ -19,9 +19,10 @@ class LLM:
         self.tokenizer = self.engine.tokenizer
 
     def generate(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+                 use_tqdm: bool = True, priorities: list[int] | None = None) -> list[RequestOutput]:
         """Prompts are strings or lists of token ids (a single one is accepted too). Returns one
-        output per prompt, in order; a rejected prompt's output carries `error`."""
+        output per prompt, in order; a rejected prompt's output carries `error`. `priorities`, one
+        int per prompt (smaller is more urgent), is what `scheduler="priority"` orders by."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         if sampling_params is None:
@@ -30,7 +31,9 @@ class LLM:
             sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
-        return self.engine.generate(list(prompts), sampling_params, use_tqdm)
+        if priorities is not None and len(priorities) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(priorities)} priorities")
+        return self.engine.generate(list(prompts), sampling_params, use_tqdm, priorities)
 
     def chat_prompt(self, message: str) -> str:
         """`message` as a single user turn through the model's chat template."""

@@ -13,6 +13,8 @@ DEFAULT_PLUGINS = (
     "nvllm.models.llama",
     "nvllm.models.qwen3",
     "nvllm.scheduler.fcfs",
+    "nvllm.scheduler.chunked",
+    "nvllm.scheduler.priority",
     "nvllm.kv_cache.paged",
     "nvllm.attention.sdpa",
     "nvllm.attention.triton",

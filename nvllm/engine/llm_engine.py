@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from nvllm import registry
-from nvllm.config import EngineConfig, check_tp
+from nvllm.config import ConfigError, EngineConfig, check_tp
 from nvllm.distributed.workers import Workers
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.engine.sequence import Sequence
@@ -60,9 +60,12 @@ class LLMEngine:
                              f"{model_config.name} does not run (it runs {', '.join(arch.hf_model_types)})")
         self.config = requested.resolve(getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None))
         self.config.max_model_len = min(self.config.max_model_len, hf_config.max_position_embeddings)
-        if self.config.max_num_batched_tokens < self.config.max_model_len:
-            raise ValueError(f"max_num_batched_tokens ({self.config.max_num_batched_tokens}) must be >= max_model_len "
-                             f"({self.config.max_model_len}): a preempted sequence is recomputed in one step")
+        scheduler_config = registry.typed_config("scheduler", cfg.scheduler)
+        chunked = getattr(registry.get("scheduler", scheduler_config.name), "chunked_prefill", False)
+        if self.config.max_num_batched_tokens < self.config.max_model_len and not chunked:
+            raise ConfigError(f"max_num_batched_tokens ({self.config.max_num_batched_tokens}) must be >= max_model_len "
+                              f"({self.config.max_model_len}): a preempted sequence is recomputed in one step "
+                              f"(scheduler=chunked splits it)")
         check_tp(hf_config, self.config.tp)
         self.model_config, self.kv_config = model_config, kv_config
         self.tokenizer = _load_tokenizer(self.model_path)
@@ -76,7 +79,7 @@ class LLMEngine:
         self.kv_cache = registry.build("kv_cache", kv_config, num_blocks=self.model_runner.num_blocks,
                                        block_size=kv_config.block_size)
         self.scheduler = registry.build(
-            "scheduler", cfg.scheduler, kv_cache=self.kv_cache, max_num_seqs=self.config.max_num_seqs,
+            "scheduler", scheduler_config, kv_cache=self.kv_cache, max_num_seqs=self.config.max_num_seqs,
             max_num_batched_tokens=self.config.max_num_batched_tokens, max_model_len=self.config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
         self.stats = StepStats()
@@ -144,14 +147,17 @@ class LLMEngine:
     def is_finished(self) -> bool:
         return self.scheduler.is_finished()
 
-    def generate(self, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True) -> list[RequestOutput]:
+    def generate(self, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True,
+                 priorities: list[int] | None = None) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in prompt order. A prompt that
-        is rejected gets an output with `error` set; the others run as if it was never sent."""
+        is rejected gets an output with `error` set; the others run as if it was never sent.
+        `priorities` (one per prompt, smaller first) matter to priority-aware schedulers."""
         outputs, by_seq = [], {}
-        for i, (prompt, sp) in enumerate(zip(prompts, sampling_params, strict=True)):
+        priorities = [0] * len(prompts) if priorities is None else priorities
+        for i, (prompt, sp, priority) in enumerate(zip(prompts, sampling_params, priorities, strict=True)):
             out = RequestOutput(i, prompt if isinstance(prompt, str) else None, [])
             try:
-                seq = self.add_request(prompt, sp)
+                seq = self.add_request(prompt, sp, priority)
             except ValueError as e:
                 out.finish_reason, out.error = "rejected", str(e)
             else:
