@@ -1,5 +1,5 @@
 """Workloads: the requests a run sends. Each returns prompts (strings or token-id lists) and one
-SamplingParams per prompt."""
+SamplingParams per prompt; `assign_priorities` gives them priorities when the workload asks."""
 import json
 import random
 from pathlib import Path
@@ -15,7 +15,19 @@ def build_requests(workload, sampling, tokenizer) -> tuple[list, list[SamplingPa
         return _file(workload, sampling, tokenizer)
     if kind == "random":
         return _random(workload, sampling)
-    raise ValueError(f"unknown workload kind {kind!r}; kinds: chat, file, random")
+    if kind == "shared_prefix":
+        return _shared_prefix(workload, sampling)
+    raise ValueError(f"unknown workload kind {kind!r}; kinds: chat, file, random, shared_prefix")
+
+
+def assign_priorities(workload, num_requests: int) -> list[int] | None:
+    """`workload.priorities: [lo, hi]` draws each request's priority uniformly from lo..hi (smaller is
+    more urgent), seeded by `workload.seed` on a stream of its own, so the prompts stay the same."""
+    bounds = workload.get("priorities")
+    if bounds is None:
+        return None
+    rng = random.Random(f"priorities-{workload.get('seed', 0)}")
+    return [rng.randint(*bounds) for _ in range(num_requests)]
 
 
 def _params(sampling, **overrides) -> SamplingParams:
@@ -52,4 +64,23 @@ def _random(workload, sampling):
         prompt_len = rng.randint(*workload.input_len)
         prompts.append([rng.randrange(workload.max_token_id) for _ in range(prompt_len)])
         params.append(_params(sampling, max_tokens=rng.randint(*workload.output_len), ignore_eos=workload.ignore_eos))
+    return prompts, params
+
+
+def _shared_prefix(workload, sampling):
+    """`num_prefixes` long system prompts; a `share_ratio` fraction of the requests starts with one of
+    them, the others with a prefix of the same length of their own, then a random suffix. Every draw
+    is made whatever the ratio, so runs that differ only in share_ratio send the same amount of work."""
+    if not 0 <= workload.share_ratio <= 1:
+        raise ValueError(f"workload.share_ratio must be in [0, 1], got {workload.share_ratio}")
+    rng = random.Random(workload.seed)
+    ids = lambda n: [rng.randrange(workload.max_token_id) for _ in range(n)]  # noqa: E731
+    shared = [ids(workload.prefix_len) for _ in range(workload.num_prefixes)]
+    requests = [(ids(workload.prefix_len), rng.randrange(workload.num_prefixes), ids(rng.randint(*workload.suffix_len)),
+                 rng.randint(*workload.output_len)) for _ in range(workload.num_seqs)]
+    order = list(range(workload.num_seqs))
+    rng.shuffle(order)
+    sharing = set(order[:round(workload.share_ratio * workload.num_seqs)])
+    prompts = [(shared[which] if i in sharing else own) + suffix for i, (own, which, suffix, _) in enumerate(requests)]
+    params = [_params(sampling, max_tokens=out, ignore_eos=workload.ignore_eos) for *_, out in requests]
     return prompts, params
