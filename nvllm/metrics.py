@@ -17,7 +17,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def collect(engine, outputs, wall_time: float, requested: dict) -> dict:
+def collect(engine, outputs, wall_time: float, requested: dict, priorities: list[int] | None = None) -> dict:
     done = [o for o in outputs if o.error is None]
     ttft = [o.ttft for o in done if o.ttft is not None]
     tpot = [o.tpot for o in done if o.tpot is not None]
@@ -25,6 +25,7 @@ def collect(engine, outputs, wall_time: float, requested: dict) -> dict:
     output_tokens = sum(len(o.token_ids) for o in done)
     device = engine.model_runner.device if engine.model_runner else torch.device(engine.config.device)
     return {
+        "status": "ok",
         "requests": len(outputs),
         "rejected": len(outputs) - len(done),
         "prompt_tokens": sum(len(o.prompt_token_ids) for o in done),
@@ -37,6 +38,7 @@ def collect(engine, outputs, wall_time: float, requested: dict) -> dict:
         "ttft_s": {"median": statistics.median(ttft) if ttft else None, "p90": percentile(ttft, 0.9)},
         "tpot_s": {"median": statistics.median(tpot) if tpot else None, "p90": percentile(tpot, 0.9)},
         "peak_memory_bytes": _peak_memory(device),
+        "ttft_s_by_priority": _by_priority(done, priorities),
         "preemptions": engine.scheduler.num_preemptions,
         "prefix_cache_hit_rate": engine.kv_cache.hit_rate,
         "kv_cache_blocks": engine.kv_cache.num_blocks,
@@ -55,6 +57,34 @@ def collect(engine, outputs, wall_time: float, requested: dict) -> dict:
     }
 
 
+def not_run(status: str, error: Exception, requested: dict) -> dict:
+    """metrics.json of a sweep run that was refused ("skipped") or raised ("failed")."""
+    return {"status": status, "reason": f"{type(error).__name__}: {error}", "requested_config": requested,
+            "versions": _versions(), "device": _device_name(torch.device("cpu"))}
+
+
+def reset_peak_memory():
+    """Start this run's peak-memory count afresh (Linux: the process's peak RSS; CUDA: the allocator's)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # elsewhere the host peak spans the whole process
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _by_priority(done, priorities) -> dict | None:
+    if priorities is None:
+        return None
+    ttft: dict[int, list[float]] = {}
+    for o in done:
+        if o.ttft is not None:
+            ttft.setdefault(priorities[o.index], []).append(o.ttft)
+    return {str(p): {"median": statistics.median(v), "p90": percentile(v, 0.9), "requests": len(v)}
+            for p, v in sorted(ttft.items())}
+
+
 def _peak_memory(device: torch.device) -> dict:
     peak = {"host_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
     if device.type == "cuda":
@@ -65,7 +95,15 @@ def _peak_memory(device: torch.device) -> dict:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"cpu: {_cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def _versions() -> dict:
@@ -79,5 +117,7 @@ def _versions() -> dict:
 
 
 def summary_line(m: dict) -> str:
+    if m["status"] != "ok":
+        return f"{m['status']}: {m['reason']}"
     return (f"{m['requests']} requests ({m['rejected']} rejected), {m['prompt_tokens']} prompt + "
             f"{m['output_tokens']} output tokens in {m['wall_time_s']:.2f} s: {m['output_tok_s']:.1f} output tok/s")

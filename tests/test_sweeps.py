@@ -1,0 +1,209 @@
+"""Ablation sweeps end to end: a multirun on a tiny model records every run's status, the report
+lists every run (also the ones made to fail), every named experiment composes cell by cell, and
+the launchers (submitit_local, joblib) run a two-job sweep."""
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from nvllm import registry
+from nvllm.config import GROUPS, EngineConfig
+from nvllm.plugins import load_plugins
+from nvllm.report import main, report
+from nvllm.workloads import assign_priorities, build_requests
+
+load_plugins()
+EXPERIMENTS = sorted(p.stem for p in (Path(__import__("nvllm.conf").conf.__file__).parent / "experiment").glob("*.yaml"))
+
+
+def tiny(path) -> list[str]:
+    return ["model=qwen3", f"model.path={path}", "workload=random_tiny", "workload.max_token_id=500",
+            "workload.num_seqs=4", "workload.output_len=[2,6]", "max_model_len=160"]
+
+
+def nvllm_run(*args, cwd, check=True):
+    proc = subprocess.run([sys.executable, "-m", "nvllm.run", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def metrics(sweep: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(sweep)): json.loads(p.read_text()) for p in sweep.rglob("metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_qwen3_path):
+    """2 schedulers x 2 budgets x 2 temperatures x 2 repeats: fcfs refuses the budget of 64
+    (skipped) and temperature -1 is invalid (failed)."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    nvllm_run("-m", *tiny(tiny_qwen3_path), "workload.priorities=[0,1]", "scheduler=fcfs,chunked",
+              "max_num_batched_tokens=64,256", "sampling.temperature=0,-1", "repeat=0,1", "hydra.sweep.dir=sweep",
+              cwd=cwd)
+    return cwd / "sweep"
+
+
+def test_multirun_records_every_runs_status_and_carries_on(sweep):
+    runs = metrics(sweep)
+    assert len(runs) == 16
+    for m in runs.values():
+        o = dict(x.split("=", 1) for x in m["overrides"])
+        if o["scheduler"] == "fcfs" and o["max_num_batched_tokens"] == "64":
+            assert m["status"] == "skipped" and "must be >= max_model_len" in m["reason"]
+        elif o["sampling.temperature"] == "-1":
+            assert m["status"] == "failed" and m["reason"].startswith("ValueError: temperature must be >= 0")
+        else:
+            assert m["status"] == "ok" and m["output_tokens"] > 0
+            eff = m["effective_config"]
+            assert eff["scheduler"] == o["scheduler"] and eff["max_num_batched_tokens"] == int(o["max_num_batched_tokens"])
+            assert m["requested_config"]["repeat"] == int(o["repeat"])
+            assert set(m["ttft_s_by_priority"]) <= {"0", "1"} and m["ttft_s_by_priority"]
+        assert m["requested_config"]["scheduler"]["name"] == o["scheduler"]
+
+
+def test_report_lists_every_run(sweep, tmp_path):
+    md = report(sweep, tmp_path).read_text()
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert len(rows) == 8, "one row per configuration; repeats fold into one"
+    by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "skipped", "failed")}
+    assert [len(by_status[s]) for s in ("ok", "skipped", "failed")] == [3, 2, 3]
+    for r in rows:
+        assert r["runs"] == "2" and len(r["run_dirs"].split()) == 2
+    for r in by_status["ok"]:
+        assert float(r["output_tok_s_min"]) <= float(r["output_tok_s_median"]) <= float(r["output_tok_s_max"])
+    assert all("temperature must be >= 0" in r["reason"] for r in by_status["failed"])
+    assert "16 runs (6 ok, 4 skipped, 6 failed)" in md
+    for name, m in metrics(sweep).items():  # every unfinished run is listed by its directory, with its reason
+        if m["status"] != "ok":
+            assert f"| `{name}` | {m['status']} |" in md
+    assert "`sampling.temperature`" in md and "`scheduler`" in md and "`max_num_batched_tokens`" in md
+    pytest.importorskip("matplotlib")
+    for axis in ("scheduler", "max_num_batched_tokens", "sampling.temperature"):
+        assert (tmp_path / f"by_{axis}.png").stat().st_size > 1000
+        assert f"(by_{axis}.png)" in md
+
+
+def test_report_command(sweep, tmp_path, capsys):
+    main([str(sweep), "--out", str(tmp_path)])
+    assert f"report: {tmp_path / 'report.md'}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no metrics.json under"):
+        main([str(tmp_path)])
+
+
+def test_single_run_failure_exits_nonzero(tmp_path, tiny_qwen3_path):
+    proc = nvllm_run(*tiny(tiny_qwen3_path), "sampling.temperature=-1", f"hydra.run.dir={tmp_path}/run",
+                     cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "temperature must be >= 0" in proc.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# -- named experiments ----------------------------------------------------------------------
+
+def cells(experiment: str) -> tuple[dict, list[list[str]]]:
+    with initialize_config_module("nvllm.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    grid = itertools.product(*([f"{k}={v.strip()}" for v in str(values).split(",")] for k, values in params.items()))
+    return cfg, [[f"experiment={experiment}", *cell] for cell in grid]
+
+
+def test_experiments_exist():
+    assert {"optimisations", "schedulers", "prefix_sharing", "kv_block_size"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_cell_of_every_experiment_composes(experiment):
+    """Every configuration the sweep would run composes, its components' configs type-check, and
+    its workload builds; nothing runs. Repeats are swept."""
+    cfg, grid = cells(experiment)
+    assert cfg.hydra.sweep.dir.startswith(f"multirun/{experiment}/")
+    assert "repeat" in cfg.hydra.sweeper.params and len(grid) > 1
+    for overrides in grid:
+        with initialize_config_module("nvllm.conf", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        EngineConfig.from_cfg(cfg)
+        for group in GROUPS[:-1]:
+            assert registry.typed_config(group, cfg[group]).name in registry.names(group)
+        prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None)
+        assert prompts and len(prompts) == len(params)
+        assert max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) <= cfg.max_model_len
+
+
+def test_command_line_overrides_an_experiment(tmp_path):
+    out = nvllm_run("experiment=schedulers", "workload=random_small", "max_model_len=300", "--cfg", "job",
+                    cwd=tmp_path).stdout
+    assert "num_seqs: 16" in out and "max_model_len: 300" in out and "- 2" in out  # workload.priorities kept
+
+
+# -- workloads -------------------------------------------------------------------------------
+
+def workload(*overrides):
+    with initialize_config_module("nvllm.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_shared_prefix_share_ratio_changes_only_the_prefixes():
+    prompts = {}
+    for ratio in (0, 0.5, 1):
+        cfg = workload("workload=shared_prefix", f"workload.share_ratio={ratio}")
+        prompts[ratio], params = build_requests(cfg.workload, cfg.sampling, None)
+        assert [p.max_tokens for p in params] == [p.max_tokens for p in build_requests(cfg.workload, cfg.sampling, None)[1]]
+        again, _ = build_requests(cfg.workload, cfg.sampling, None)
+        assert again == prompts[ratio], "same config, same prompts"
+    n, plen = cfg.workload.num_seqs, cfg.workload.prefix_len
+    assert [len(p) for p in prompts[0]] == [len(p) for p in prompts[1]], "the same work at every ratio"
+    assert [p[plen:] for p in prompts[0]] == [p[plen:] for p in prompts[1]]
+    distinct = {r: len({tuple(p[:plen]) for p in prompts[r]}) for r in prompts}
+    assert distinct == {0: n, 0.5: n // 2 + cfg.workload.num_prefixes, 1: cfg.workload.num_prefixes}
+
+
+def test_priorities_are_seeded_and_leave_the_prompts_alone():
+    cfg = workload("workload=random_tiny", "workload.priorities=[0,3]")
+    assert assign_priorities(workload("workload=random_tiny").workload, 8) is None
+    first = assign_priorities(cfg.workload, 8)
+    assert first == assign_priorities(cfg.workload, 8) and set(first) <= {0, 1, 2, 3} and len(set(first)) > 1
+    plain = workload("workload=random_tiny")
+    assert build_requests(cfg.workload, cfg.sampling, None)[0] == build_requests(plain.workload, plain.sampling, None)[0]
+
+
+# -- launchers -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
+def test_launcher_runs_a_two_job_sweep(tmp_path, tiny_qwen3_path, launcher):
+    pytest.importorskip({"submitit_local": "hydra_plugins.hydra_submitit_launcher",
+                         "joblib": "hydra_plugins.hydra_joblib_launcher"}[launcher])
+    extra = ["hydra.launcher.timeout_min=10"] if launcher == "submitit_local" else ["hydra.launcher.n_jobs=2"]
+    nvllm_run("-m", f"hydra/launcher={launcher}", *extra, *tiny(tiny_qwen3_path), "scheduler=fcfs,chunked",
+              "hydra.sweep.dir=sweep", cwd=tmp_path)
+    runs = metrics(tmp_path / "sweep")
+    assert sorted(m["effective_config"]["scheduler"] for m in runs.values()) == ["chunked", "fcfs"]
+    assert all(m["status"] == "ok" for m in runs.values())
+
+
+@pytest.mark.slow
+def test_experiment_runs_from_a_non_editable_install(tmp_path, tiny_qwen3_path):
+    """conf/experiment ships inside the package: a named experiment sweeps from any directory."""
+    target = tmp_path / "site"
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(root)], check=True, capture_output=True)
+    assert (target / "nvllm" / "conf" / "experiment" / "schedulers.yaml").is_file()
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    where = subprocess.run([sys.executable, "-c", "import nvllm.conf; print(nvllm.conf.__file__)"], env=env,
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(target))
+    proc = subprocess.run([sys.executable, "-m", "nvllm.run", "-m", "experiment=schedulers", *tiny(tiny_qwen3_path),
+                           "scheduler=chunked", "max_num_batched_tokens=64", "repeat=0", "hydra.sweep.dir=sweep"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (m,) = metrics(tmp_path / "sweep").values()
+    assert m["status"] == "ok" and m["versions"]["nvllm"]
+    assert "experiment=schedulers" in m["overrides"] and m["requested_config"]["workload"]["priorities"] == [0, 2]
