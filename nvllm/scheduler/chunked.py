@@ -30,15 +30,14 @@ class ChunkedScheduler(Scheduler):
 
     def schedule(self) -> list[Sequence]:
         scheduled, budget = [], self.max_num_batched_tokens
+        admitted = {id(s): i for i, s in enumerate(self.running)}  # running is in admission order
         # decodes before prefill chunks: a decode costs one token and holds a user waiting
-        queue = sorted(self.running, key=lambda s: len(s) - s.num_computed_tokens > 1)
-        order = {id(s): i for i, s in enumerate(self.running)}
-        pending = deque(queue)
+        pending = deque(sorted(self.running, key=lambda s: len(s) - s.num_computed_tokens > 1))
         while pending and budget and len(scheduled) < self.max_num_seqs:
             seq = pending.popleft()
             while not self.kv_cache.can_append(seq):
-                victims = [s for s in pending if s is not seq]
-                victim = max(victims, key=lambda s: order[id(s)], default=seq)  # the newest
+                # the newest admitted of those not yet in this step gives up its blocks, else seq itself
+                victim = max(pending, key=lambda s: admitted[id(s)], default=seq)
                 if victim is not seq:
                     pending.remove(victim)
                 self.running.remove(victim)
