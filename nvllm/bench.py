@@ -1,0 +1,320 @@
+"""Side-by-side throughput: nvllm against Hugging Face transformers `generate` and llama.cpp
+(through llama-cpp-python, when installed), on the same SmolLM2-135M weights and workload.
+
+    python -m nvllm.bench                                   # cpu-bench and single-stream, all peers
+    python -m nvllm.bench --workload cpu-bench --peers nvllm,llamacpp --out bench.json
+    python -m nvllm.bench --num-requests 4 --min-len 4 --max-len 16   # a quick look
+
+Workloads (greedy, ignore EOS, float32 for nvllm and transformers):
+  cpu-bench      64 requests, random prompt ids below 10000, prompt and output lengths uniform in
+                 [32, 256], seed 0 — the same requests as `python -m nvllm.run workload=random
+                 workload.num_seqs=64 workload.input_len=[32,256] workload.output_len=[32,256]`.
+  single-stream  one 128-token prompt, 128 output tokens; decode tok/s is what matters.
+
+Each run happens in a child process of its own, one after another (no two runs share the two
+cores or leave memory behind), with a warm-up before the clock starts; loading is timed apart
+(`load_s`). Throughput is output tokens / wall time. transformers batches statically: see
+nvllm/bench_peers/hf.py for how its padding waste is handled (each request is credited only
+with its own tokens). llama.cpp runs f16 and f32 GGUFs written from the same safetensors,
+all requests in flight at once: see nvllm/bench_peers/llamacpp.py.
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKLOADS = ("cpu-bench", "single-stream")
+PEERS = ("nvllm", "hf", "llamacpp")
+MAX_TOKEN_ID = 10000  # nvllm.run's workload=random default, so that both give the same requests
+# --llamacpp-tune tries these changes to llamacpp.DEFAULTS (f16, the first 16 cpu-bench requests,
+# all in flight) and keeps the fastest for every llama.cpp run
+LLAMACPP_CANDIDATES = [{}, dict(flash_attn=False), dict(kv_unified=False), dict(n_ubatch=256), dict(n_ubatch=1024)]
+
+
+def requests(workload: str, num_requests: int | None, min_len: int, max_len: int, seed: int = 0):
+    """Prompts (token-id lists) and output lengths. Drawn like nvllm.workloads' random workload:
+    per request a prompt length, its ids, then an output length, from one seeded stream."""
+    rng = random.Random(seed)
+    if workload == "single-stream":
+        return [[rng.randrange(MAX_TOKEN_ID) for _ in range(128)]], [128]
+    prompts, max_tokens = [], []
+    for _ in range(64 if num_requests is None else num_requests):
+        prompts.append([rng.randrange(MAX_TOKEN_ID) for _ in range(rng.randint(min_len, max_len))])
+        max_tokens.append(rng.randint(min_len, max_len))
+    return prompts, max_tokens
+
+
+def workload_description(workload: str, args) -> dict:
+    if workload == "single-stream":
+        return dict(num_requests=1, prompt_len=128, output_len=128, max_token_id=MAX_TOKEN_ID, seed=0,
+                    greedy=True, ignore_eos=True)
+    return dict(num_requests=64 if args.num_requests is None else args.num_requests,
+                prompt_and_output_len=[args.min_len, args.max_len], max_token_id=MAX_TOKEN_ID, seed=0,
+                greedy=True, ignore_eos=True)
+
+
+def plan(args) -> list[dict]:
+    """The runs, in order: (workload, peer, variant, options) for each."""
+    runs = []
+    for workload in WORKLOADS if args.workload == "all" else [args.workload]:
+        for peer in args.peers:
+            if peer == "nvllm":
+                runs.append(dict(workload=workload, peer="nvllm", variant="", options=args.nvllm))
+            elif peer == "hf":
+                # single-stream: one request, so batch size 1
+                for bs in [1] if workload == "single-stream" else args.hf_batch_sizes:
+                    runs.append(dict(workload=workload, peer="hf", variant=f"batch={bs}", options=dict(batch_size=bs)))
+            elif peer == "llamacpp":
+                for weights in args.llamacpp_weights:
+                    runs.append(dict(workload=workload, peer="llamacpp", variant=weights,
+                                     options={**args.llamacpp, "weights": weights}))
+    return runs
+
+
+def run_nvllm(spec: dict) -> dict:
+    import torch
+
+    from nvllm import LLM, SamplingParams
+
+    torch.set_num_threads(spec["threads"])
+    prompts, max_tokens = spec["prompts"], spec["max_tokens"]
+    options = {"max_model_len": 1024, "device": "cpu", **_nest(spec.get("options", {}))}
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=n) for n in max_tokens]
+    start = time.perf_counter()
+    with LLM("smollm2", **options) as llm:
+        llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)  # warm-up
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        wall = time.perf_counter() - start
+        effective = {k: str(v) for k, v in vars(llm.engine.config).items()}
+    rejected = [o.error for o in outputs if o.error]
+    if rejected:
+        raise RuntimeError(f"{len(rejected)} requests rejected, e.g. {rejected[0]}")
+    tokens = [o.token_ids for o in outputs]
+    output_tokens = sum(len(t) for t in tokens)
+    decode = [(len(o.token_ids) - 1, o.tpot * (len(o.token_ids) - 1)) for o in outputs if o.tpot]
+    return dict(output_tokens=output_tokens, computed_tokens=output_tokens, wall_s=wall, tok_s=output_tokens / wall,
+                load_s=load_s, ttft_s=sorted(o.ttft for o in outputs)[len(outputs) // 2],
+                decode_tok_s=sum(n for n, _ in decode) / sum(t for _, t in decode) if decode else None,
+                tokens=tokens[:spec["check"]], settings=dict(overrides=options, threads=spec["threads"],
+                                                             engine=effective))
+
+
+def _nest(flat: dict) -> dict:
+    """{"kv_cache.block_size": 16} -> {"kv_cache": {"block_size": 16}}: LLM()'s override form."""
+    nested = {}
+    for key, value in flat.items():
+        *groups, leaf = key.split(".")
+        node = nested
+        for g in groups:
+            node = node.setdefault(g, {})
+        node[leaf] = value
+    return nested
+
+
+def run_child(run: dict, prompts, max_tokens, args) -> dict:
+    """One run in a fresh Python process; its output goes to the terminal, its result to a file."""
+    spec = dict(run, prompts=prompts, max_tokens=max_tokens, threads=args.threads, check=args.check)
+    with tempfile.TemporaryDirectory(prefix="nvllm-bench-") as tmp:
+        spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_file.write_text(json.dumps(spec))
+        proc = subprocess.run([sys.executable, "-m", "nvllm.bench", "--run-one", str(spec_file),
+                               "--result", str(result_file)])
+        if proc.returncode != 0 or not result_file.is_file():
+            return dict(error=f"child process exited with {proc.returncode} (its output is above)")
+        return json.loads(result_file.read_text())
+
+
+def child_main(spec_file: str, result_file: str):
+    spec = json.loads(Path(spec_file).read_text())
+    if spec["peer"] == "nvllm":
+        result = run_nvllm(spec)
+    elif spec["peer"] == "hf":
+        from nvllm.bench_peers import hf
+
+        result = hf.run(spec)
+    else:
+        from nvllm.bench_peers import llamacpp
+
+        result = llamacpp.run(spec)
+    Path(result_file).write_text(json.dumps(result))
+
+
+def tune_llamacpp(args) -> list[dict]:
+    """Run each candidate change (on top of the --llamacpp settings) on a slice of cpu-bench;
+    set args.llamacpp to the fastest. Returns every trial."""
+    prompts, max_tokens = requests("cpu-bench", args.num_requests, args.min_len, args.max_len)
+    prompts, max_tokens = prompts[:16], max_tokens[:16]
+    trials = []
+    for candidate in LLAMACPP_CANDIDATES:
+        options = {**args.llamacpp, **candidate, "weights": "f16"}
+        print(f"\n== tuning llama.cpp: {options} ({len(prompts)} requests) ==", flush=True)
+        result = run_child(dict(workload="tune", peer="llamacpp", variant="f16", options=options), prompts, max_tokens, args)
+        trials.append(dict(options=options, tok_s=result.get("tok_s"), error=result.get("error")))
+        if "tok_s" in result:
+            print(f"== {result['tok_s']:.1f} output tok/s", flush=True)
+    ok = [t for t in trials if t["tok_s"]]
+    if ok:
+        best = max(ok, key=lambda t: t["tok_s"])["options"]
+        args.llamacpp = {k: v for k, v in best.items() if k != "weights"}
+        print(f"bench: llama.cpp runs with {args.llamacpp}", flush=True)
+    return trials
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
+    """Greedy agreement of two runs on the same requests: the share of tokens before the first
+    mismatch (after one, greedy decoding continues from different text), and identical requests."""
+    same = total = identical = 0
+    for x, y in zip(a, b):
+        n = min(len(x), len(y))
+        prefix = next((i for i in range(n) if x[i] != y[i]), n)
+        same, total, identical = same + prefix, total + len(x), identical + (x == y)
+    return dict(requests=len(a), identical=identical, prefix_agreement_pct=100.0 * same / total if total else None)
+
+
+def drop_slower_hf(results: list[dict]) -> list[dict]:
+    """transformers runs once per batch size; the table keeps its best per workload (the JSON
+    keeps all)."""
+    best = {}
+    for r in results:
+        if r["peer"] == "hf" and "tok_s" in r and r["tok_s"] > best.get(r["workload"], {}).get("tok_s", -1):
+            best[r["workload"]] = r
+    return [r for r in results if r["peer"] != "hf" or "tok_s" not in r or best[r["workload"]] is r]
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Per workload: nvllm against each peer run, ratio of output tok/s (and of decode tok/s)."""
+    rows = []
+    for workload in dict.fromkeys(r["workload"] for r in results):
+        runs = [r for r in results if r["workload"] == workload and "tok_s" in r]
+        ours = next((r for r in runs if r["peer"] == "nvllm"), None)
+        for r in runs:
+            row = dict(workload=workload, peer=r["peer"], variant=r["variant"], tok_s=r["tok_s"], wall_s=r["wall_s"],
+                       decode_tok_s=r.get("decode_tok_s"))
+            if ours is not None and r is not ours:
+                row["nvllm_over_peer"] = ours["tok_s"] / r["tok_s"]
+                if workload == "single-stream" and ours.get("decode_tok_s") and r.get("decode_tok_s"):
+                    row["nvllm_over_peer_decode"] = ours["decode_tok_s"] / r["decode_tok_s"]
+                if ours.get("tokens") and r.get("tokens"):
+                    row["agreement"] = agreement(ours["tokens"], r["tokens"])
+            rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict], skipped: dict, failed: list[dict]):
+    print()
+    print(f"{'workload':14} {'peer':9} {'variant':9} {'out tok/s':>9} {'wall s':>8} {'decode tok/s':>12} "
+          f"{'nvllm/peer':>10} {'agree':>6}")
+    for r in rows:
+        ratio = f"{r['nvllm_over_peer']:.2f}x" if "nvllm_over_peer" in r else ""
+        if "nvllm_over_peer_decode" in r and r["workload"] == "single-stream":
+            ratio = f"{r['nvllm_over_peer_decode']:.2f}x"  # single stream: decode speed is the point
+        agree = r.get("agreement", {}).get("prefix_agreement_pct")
+        # a per-request rate: it means decode speed only with one request
+        decode = f"{r['decode_tok_s']:.1f}" if r.get("decode_tok_s") and r["workload"] == "single-stream" else ""
+        print(f"{r['workload']:14} {r['peer']:9} {r['variant']:9} {r['tok_s']:9.1f} {r['wall_s']:8.1f} {decode:>12} "
+              f"{ratio:>10} {'' if agree is None else f'{agree:.0f}%':>6}")
+    for f in failed:
+        print(f"{f['workload']:14} {f['peer']:9} {f['variant']:9} FAILED: {f['error']}")
+    for peer, reason in skipped.items():
+        print(f"skipped {peer}: {reason}")
+    print("out tok/s: output tokens / wall time (transformers: each request credited with its own max_tokens "
+          "only, though a static batch computes up to the batch's longest). nvllm/peer: output tok/s ratio "
+          "(single-stream: decode tok/s ratio, decode = tokens after the first / time after the first). agree: greedy tokens equal to nvllm's before the first "
+          "mismatch, on the first requests.")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m nvllm.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", default="all", choices=[*WORKLOADS, "all"])
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, from: " + ", ".join(PEERS))
+    parser.add_argument("--num-requests", type=int, help="cpu-bench requests (default 64); fewer for a quick run")
+    parser.add_argument("--min-len", type=int, default=32, help="cpu-bench shortest prompt and output")
+    parser.add_argument("--max-len", type=int, default=256, help="cpu-bench longest prompt and output")
+    parser.add_argument("--out", default="bench.json", help="where the JSON results go")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for every peer")
+    parser.add_argument("--check", type=int, default=4, help="compare greedy tokens on this many first requests")
+    parser.add_argument("--hf-batch-sizes", default="16,64", help="transformers batch sizes to try; best is kept")
+    parser.add_argument("--llamacpp-weights", default="f16,f32", help="GGUF types to run: f16, f32")
+    parser.add_argument("--llamacpp", action="append", default=[], metavar="KEY=VALUE",
+                        help="llama.cpp context setting: n_batch, n_ubatch, flash_attn, kv_unified, kv (auto|f16|f32), "
+                             "max_in_flight (0 = all)")
+    parser.add_argument("--llamacpp-tune", action="store_true",
+                        help="first try a few llama.cpp settings on 16 requests and keep the fastest (about 3 min)")
+    parser.add_argument("--nvllm", action="append", default=[], metavar="KEY=VALUE",
+                        help="nvllm override, as for LLM(): max_num_seqs=64, kv_cache.block_size=16, ...")
+    parser.add_argument("--run-one", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = set(args.peers) - set(PEERS)
+    if unknown:
+        parser.error(f"unknown peers {sorted(unknown)}; peers: {', '.join(PEERS)}")
+    args.hf_batch_sizes = [int(b) for b in args.hf_batch_sizes.split(",")]
+    args.llamacpp_weights = [w.strip() for w in args.llamacpp_weights.split(",")]
+    if set(args.llamacpp_weights) - {"f16", "f32"}:
+        parser.error("--llamacpp-weights takes f16 and/or f32")
+    args.llamacpp = _key_values(parser, args.llamacpp)
+    args.nvllm = _key_values(parser, args.nvllm)
+    if args.min_len < 1 or args.max_len < args.min_len:
+        parser.error("need 1 <= --min-len <= --max-len")
+    return args
+
+
+def _key_values(parser, items: list[str]) -> dict:
+    import yaml  # comes with hydra (omegaconf); parses 64, 0.5, true, f16 into int, float, bool, str
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.run_one:
+        child_main(args.run_one, args.result)
+        return 0
+    from nvllm.bench_peers import llamacpp
+
+    skipped = {}
+    if "llamacpp" in args.peers and (reason := llamacpp.unavailable_reason()):
+        print(f"bench: skipping llama.cpp: {reason}", flush=True)
+        skipped["llamacpp"] = reason
+        args.peers.remove("llamacpp")
+    tuning = tune_llamacpp(args) if args.llamacpp_tune and "llamacpp" in args.peers else None
+    results = []
+    for run in plan(args):
+        prompts, max_tokens = requests(run["workload"], args.num_requests, args.min_len, args.max_len)
+        label = f"{run['workload']}: {run['peer']} {run['variant']}".strip()
+        print(f"\n== {label} ({len(prompts)} requests, {sum(max_tokens)} output tokens) ==", flush=True)
+        result = {**run, "requests": len(prompts), **run_child(run, prompts, max_tokens, args)}
+        if "tok_s" in result:
+            print(f"== {label}: {result['tok_s']:.1f} output tok/s, {result['wall_s']:.1f} s", flush=True)
+        results.append(result)
+    shown = drop_slower_hf(results)
+    rows = summarize(shown)
+    failed = [r for r in results if "error" in r]
+    print_table(rows, skipped, failed)
+    report = dict(
+        argv=sys.argv[1:], threads=args.threads, cpu_count=os.cpu_count(),
+        note="noisy unless the machine was otherwise idle; output tok/s = output tokens / wall time",
+        workloads={w: workload_description(w, args) for w in dict.fromkeys(r["workload"] for r in results)},
+        summary=rows, runs=results, skipped=skipped, llamacpp_tuning=tuning)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
