@@ -101,11 +101,13 @@ def write_csv(path: Path, axes: list[str], rows: list[dict]):
 def write_markdown(path: Path, sweep_dir: Path, runs: list[dict], axes, fixed, rows, plots: list[str]):
     ok = [r for r in runs if r["status"] == "ok"]
     counts = ", ".join(f"{sum(r['status'] == s for r in runs)} {s}" for s in ("ok", "skipped", "failed"))
-    lines = [f"# Sweep report: {sweep_dir.name}", "",
+    title = f"{fixed['experiment']} ({sweep_dir.name})" if "experiment" in fixed else sweep_dir.name
+    lines = [f"# Sweep report: {title}", "",
              f"{len(runs)} runs ({counts}) in `{sweep_dir}`; swept: {', '.join(f'`{a}`' for a in axes) or 'nothing'}.",
              f"Set for every run: {', '.join(f'`{k}={v}`' for k, v in fixed.items()) or 'nothing'}.",
-             "Cells: median [min–max] over repeats (`repeat=`) of each run's own median. Each run's "
-             "metrics.json (in `<sweep dir>/<run>/`) holds its effective and requested configuration."]
+             "Cells: median [min–max] over repeats (`repeat=`) of each run's value; for TTFT and TPOT that "
+             "value is the run's median over its requests. Each run's metrics.json (in `<sweep dir>/<run>/`) "
+             "holds its effective and requested configuration."]
     if ok:
         m = ok[0]["metrics"]
         lines.append(f"Device: {m['device']}; torch {m['versions'].get('torch')}, nvllm {m['versions'].get('nvllm')}.")
@@ -115,6 +117,7 @@ def write_markdown(path: Path, sweep_dir: Path, runs: list[dict], axes, fixed, r
         n_ok = sum(r["status"] == "ok" for r in row["runs"])
         cells = [_cell(row["values"][n]) for n in METRICS] if n_ok else [f"**{row['status']}**"] + [""] * (len(METRICS) - 1)
         lines.append("| " + " | ".join([*row["config"].values(), f"{n_ok}/{len(row['runs'])}", *cells]) + " |")
+    lines += _by_priority(axes, rows)
     not_ok = [r for r in runs if r["status"] != "ok"]
     if not_ok:
         lines += ["", "## Runs that did not finish", "", "| run | status | configuration | reason |", "|---|---|---|---|"]
@@ -124,6 +127,27 @@ def write_markdown(path: Path, sweep_dir: Path, runs: list[dict], axes, fixed, r
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _by_priority(axes: list[str], rows: list[dict]) -> list[str]:
+    """TTFT per request priority, for workloads that assign priorities (workload.priorities)."""
+    per_row = []
+    for row in rows:
+        ttft: dict[str, list[float]] = {}
+        for r in row["runs"]:
+            for prio, stats in (r["metrics"].get("ttft_s_by_priority") or {}).items():
+                ttft.setdefault(prio, []).append(stats["median"] * 1e3)
+        per_row.append(ttft)
+    prios = sorted({p for t in per_row for p in t}, key=int)
+    if not prios:
+        return []
+    lines = ["", "## TTFT p50 (ms) by request priority (smaller is more urgent)", "",
+             "| " + " | ".join([*(f"`{a}`" for a in axes), *(f"priority {p}" for p in prios)]) + " |",
+             "|" + "---|" * (len(axes) + len(prios))]
+    for row, ttft in zip(rows, per_row):
+        cells = [_cell((statistics.median(v), min(v), max(v))) if (v := ttft.get(p)) else "—" for p in prios]
+        lines.append("| " + " | ".join([*row["config"].values(), *cells]) + " |")
+    return lines
 
 
 def plot(out_dir: Path, title: str, axes: list[str], rows: list[dict]) -> list[str]:
@@ -138,9 +162,13 @@ def plot(out_dir: Path, title: str, axes: list[str], rows: list[dict]) -> list[s
     for axis in axes:
         xs = list(dict.fromkeys(row["config"][axis] for row in rows))
         series: dict[str, dict] = {}
+        missing: dict[str, list[str]] = {}
         for row in rows:
             label = ", ".join(f"{a}={v}" for a, v in row["config"].items() if a != axis) or axis
             series.setdefault(label, {})[row["config"][axis]] = row["values"]
+            if row["values"][PLOTTED[0]] is None:
+                missing.setdefault(label, []).append(f"{row['config'][axis]}: {row['status']}")
+        series = {f"{k} ({', '.join(missing[k])})" if k in missing else k: v for k, v in series.items()}
         numeric = all(_is_number(x) for x in xs)
         fig, panels = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4), squeeze=False)
         for panel, name in zip(panels[0], PLOTTED):
@@ -160,7 +188,7 @@ def plot(out_dir: Path, title: str, axes: list[str], rows: list[dict]) -> list[s
             panel.grid(alpha=0.3)
         fig.suptitle(f"{title}: median and min–max over repeats, by {axis}")
         handles, labels = panels[0][0].get_legend_handles_labels()
-        if len(series) > 1 and handles:
+        if (len(series) > 1 or missing) and handles:
             fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small")
             fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
         else:
