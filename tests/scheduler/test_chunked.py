@@ -305,3 +305,16 @@ def test_parity_under_preemption(cases, model, prefix_caching):
     assert preemptions > 0
     assert any(is_mixed(s) for s in steps)
     assert_same(got, reference(path, shared))
+
+
+@pytest.mark.xfail(strict=True, reason="known: the sampler draws a seeded request's noise for every prefill chunk, "
+                   "not only the last, so seeded (temperature > 0) tokens depend on the chunking; the fix belongs in "
+                   "nvllm/sampler/default.py (or the model runner): sample only when a step completes the sequence")
+def test_seeded_sampling_does_not_depend_on_chunking(tiny_qwen3_path):
+    sp = SamplingParams(temperature=1.0, seed=5, max_tokens=8, ignore_eos=True)
+    tokens = []
+    for budget in (512, 32):  # the 99-token prompt in one step, then in four chunks
+        with LLM(tiny_qwen3_path, scheduler="chunked", max_model_len=256, max_num_batched_tokens=budget,
+                 kv_cache={"block_size": 16, "num_blocks": 64}) as llm:
+            tokens.append(llm.generate([list(range(1, 100))], sp, use_tqdm=False)[0].token_ids)
+    assert tokens[0] == tokens[1]
