@@ -17,6 +17,7 @@ DEFAULT_PLUGINS = (
     "nvllm.scheduler.priority",
     "nvllm.kv_cache.paged",
     "nvllm.attention.sdpa",
+    "nvllm.attention.cpu",
     "nvllm.attention.triton",
     "nvllm.attention.flash_attn",
     "nvllm.sampler.default",

@@ -44,6 +44,13 @@ class TestSDPA(AttentionSuite):
                 start += q_len
 
 
+class TestCPU(AttentionSuite):
+    """The C decode kernel: head sizes it unrolls (64, 128) and one it does not (32), groups of 1-4."""
+    name = "cpu"
+    head_shapes = ((9, 3, 64), (4, 1, 128), (2, 2, 32), (8, 2, 40))
+    block_sizes = (1, 4, 16)
+
+
 class TestDefaultSampler(SamplerSuite):
     name = "default"
 
