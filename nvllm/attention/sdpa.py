@@ -46,16 +46,18 @@ class SDPABackend(AttentionBackend):
             return o.view(q.shape)
         out, start = [], 0
         for b, (q_len, ctx_len) in enumerate(zip(meta.query_lens, meta.context_lens_host)):
-            qb = q[start:start + q_len].transpose(0, 1)
+            # [1, heads, tokens, head_dim]: with a batch dimension the CPU takes its flash kernel,
+            # without one its slow reference path
+            qb = q[start:start + q_len].transpose(0, 1)[None]
             mask = meta.extra["masks"][b]
             if mask is None:
-                kb, vb = k[start:start + q_len].transpose(0, 1), v[start:start + q_len].transpose(0, 1)
+                kb, vb = k[start:start + q_len].transpose(0, 1)[None], v[start:start + q_len].transpose(0, 1)[None]
             else:
                 used = blocks[b, :-(-ctx_len // k_cache.shape[1])]
-                kb = k_cache[used].view(-1, num_kv_heads, head_dim)[:ctx_len].transpose(0, 1)
-                vb = v_cache[used].view(-1, num_kv_heads, head_dim)[:ctx_len].transpose(0, 1)
+                kb = k_cache[used].view(-1, num_kv_heads, head_dim)[:ctx_len].transpose(0, 1)[None]
+                vb = v_cache[used].view(-1, num_kv_heads, head_dim)[:ctx_len].transpose(0, 1)[None]
             out.append(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, is_causal=mask is None,
-                                                      scale=scale, enable_gqa=True).transpose(0, 1))
+                                                      scale=scale, enable_gqa=True)[0].transpose(0, 1))
             start += q_len
         return torch.cat(out)
 
