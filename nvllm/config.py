@@ -21,6 +21,8 @@ class EngineConfig:
     compile: bool = False
     # decode CUDA graphs: auto (on for CUDA), true, false
     cudagraph: str = "auto"
+    # CPU linears through oneDNN with weights prepacked once: auto (on for float32 on the CPU), true, false
+    onednn: str = "auto"
     # auto (float32 on CPU; the checkpoint's 16-bit dtype or bfloat16 on CUDA), float32, bfloat16, float16
     dtype: str = "auto"
     # auto (cuda when present), cpu, cuda
@@ -39,9 +41,11 @@ class EngineConfig:
         return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
 
     def __post_init__(self):
-        if str(self.cudagraph).lower() not in ("auto", "true", "false"):
-            raise ConfigError(f"cudagraph must be auto, true or false, got {self.cudagraph!r}")
-        self.cudagraph = str(self.cudagraph).lower()
+        for name in ("cudagraph", "onednn"):
+            value = str(getattr(self, name)).lower()
+            if value not in ("auto", "true", "false"):
+                raise ConfigError(f"{name} must be auto, true or false, got {getattr(self, name)!r}")
+            setattr(self, name, value)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -67,9 +71,17 @@ class EngineConfig:
             raise ConfigError("cudagraph=true needs a CUDA device and this run is on the CPU; use cudagraph=false or auto")
         if cudagraph == "auto":
             cudagraph = "true" if device == "cuda" else "false"
+        onednn = self.onednn
+        if onednn == "true" and (device != "cpu" or dtype != "float32" or not torch.backends.mkldnn.is_available()):
+            raise ConfigError(f"onednn=true packs float32 weights for CPU matmuls and this run is {dtype} on {device}"
+                              f"{'' if torch.backends.mkldnn.is_available() else ' with a torch built without oneDNN'}; "
+                              f"use onednn=false or auto")
+        if onednn == "auto":
+            onednn = str(device == "cpu" and dtype == "float32" and torch.backends.mkldnn.is_available()).lower()
         if device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"tp={self.tp} needs {self.tp} GPUs; torch sees {torch.cuda.device_count()}")
-        return EngineConfig(**{**asdict(self), "device": device, "dtype": dtype, "cudagraph": cudagraph})
+        return EngineConfig(**{**asdict(self), "device": device, "dtype": dtype, "cudagraph": cudagraph,
+                                            "onednn": onednn})
 
     @property
     def torch_dtype(self) -> torch.dtype:

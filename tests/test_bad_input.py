@@ -105,6 +105,9 @@ def test_wrong_architecture_for_checkpoint(tiny_qwen3_path):
     (dict(tp=3), r"tp=3 does not divide this model's num_attention_heads=4, num_key_value_heads=2, "
                  r"intermediate_size=128; .* \(tp in \[1, 2\] works\)"),
     (dict(dtype="float64"), "dtype must be"),
+    (dict(onednn=True, dtype="bfloat16", device="cpu"), "onednn=true packs float32 weights .* bfloat16 on cpu"),
+    (dict(onednn="maybe"), "onednn must be auto, true or false"),
+    (dict(attention="cpu", dtype="bfloat16", device="cpu"), "decode kernel is float32 only.*dtype=float32"),
     (dict(max_num_batched_tokens=32, max_model_len=64), "must be >= max_model_len"),
 ])
 def test_switches_that_cannot_run_here(tiny_qwen3_path, overrides, match):

@@ -108,3 +108,16 @@ def test_shared_prefixes(models, model):
     got, _, hit_rate = run(path, batch, max_num_seqs=2, kv_cache={"block_size": 16})
     assert hit_rate > 0.2
     assert_same(got, want)
+
+
+@pytest.mark.parametrize("model", ["smollm2", "qwen3-tiny"])
+@pytest.mark.parametrize("switches", [dict(attention="cpu"), dict(onednn=False)], ids=["attention=cpu", "onednn=false"])
+def test_cpu_switches(models, model, switches):
+    """The CPU decode kernel and plain F.linear (the default packs weights for oneDNN on a CPU),
+    under preemption, so decode, prefill and re-prefill all run."""
+    path, prompts, want = models[model]
+    longest = max(len(p) for p in prompts) + MAX_NEW
+    got, preemptions, _ = run(path, prompts, kv_cache={"block_size": 16, "num_blocks": -(-longest // 16) + 4},
+                              **switches)
+    assert preemptions > 0
+    assert_same(got, want)

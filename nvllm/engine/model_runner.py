@@ -58,6 +58,10 @@ class ModelRunner:
             torch.set_default_dtype(default_dtype)
         load_weights(self.model, path)
         self.model.eval()
+        if config.onednn == "true":
+            for module in self.model.modules():
+                if hasattr(module, "pack_weights"):
+                    module.pack_weights()
         if config.compile:
             for module in self.model.modules():
                 if hasattr(module, "compile_hot_path"):

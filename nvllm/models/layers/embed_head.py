@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nvllm.distributed import all_reduce, tp_rank, tp_size
+from nvllm.models.layers.linear import linear, pack
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -31,9 +32,14 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
+    packed = None
+
+    def pack_weights(self):
+        self.packed = pack(self.weight)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Full logits on rank 0 (gathered), None elsewhere."""
-        logits = F.linear(hidden, self.weight)
+        logits = linear(hidden, self.weight, self.packed, None)
         if self.tp_size == 1:
             return logits[:, : self.vocab_size]
         parts = [torch.empty_like(logits) for _ in range(self.tp_size)] if self.tp_rank == 0 else None

@@ -13,6 +13,18 @@ def divide(numerator: int, denominator: int, what: str) -> int:
     return numerator // denominator
 
 
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """onednn=true: a copy of the weight laid out once in oneDNN's blocked format, which its CPU
+    matmul kernels read directly (the plain weight stays, for loading and for tests)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None, bias: torch.Tensor | None):
+    if packed is None:
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 class LinearBase(nn.Module):
     def __init__(self, input_size: int, output_size: int, bias: bool, tp_dim: int | None):
         super().__init__()
@@ -31,8 +43,13 @@ class LinearBase(nn.Module):
             loaded = loaded.narrow(self.tp_dim, self.tp_rank * shard, shard)
         param.data.copy_(loaded)
 
+    packed = None
+
+    def pack_weights(self):
+        self.packed = pack(self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.packed, self.bias)
 
 
 class ReplicatedLinear(LinearBase):
@@ -79,5 +96,5 @@ class RowParallelLinear(LinearBase):
         super().__init__(divide(input_size, tp_size(), what), output_size, bias, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias if self.tp_rank == 0 else None)
+        y = linear(x, self.weight, self.packed, self.bias if self.tp_rank == 0 else None)
         return all_reduce(y)
