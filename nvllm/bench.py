@@ -36,6 +36,11 @@ MAX_TOKEN_ID = 10000  # nvllm.run's workload=random default, so that both give t
 LLAMACPP_CANDIDATES = [{}, dict(flash_attn=False), dict(kv_unified=False), dict(n_ubatch=256), dict(n_ubatch=1024)]
 
 
+# nvllm as tuned for a CPU: the C decode kernel, and prefill steps of at most 1024 tokens (smaller
+# activations stay in cache: cpu-bench's prefill took 17 s in 11 steps, 21 s in one of 10,001 tokens)
+NVLLM_DEFAULTS = {"max_model_len": 1024, "max_num_batched_tokens": 1024, "device": "cpu", "attention": "cpu"}
+
+
 def requests(workload: str, num_requests: int | None, min_len: int, max_len: int, seed: int = 0):
     """Prompts (token-id lists) and output lengths. Drawn like nvllm.workloads' random workload:
     per request a prompt length, its ids, then an output length, from one seeded stream."""
@@ -83,7 +88,7 @@ def run_nvllm(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     prompts, max_tokens = spec["prompts"], spec["max_tokens"]
-    options = {"max_model_len": 1024, "device": "cpu", **_nest(spec.get("options", {}))}
+    options = {**NVLLM_DEFAULTS, **_nest(spec.get("options", {}))}
     params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=n) for n in max_tokens]
     start = time.perf_counter()
     with LLM("smollm2", **options) as llm:
@@ -249,7 +254,8 @@ def parse_args(argv=None):
     parser.add_argument("--llamacpp-tune", action="store_true",
                         help="first try a few llama.cpp settings on 16 requests and keep the fastest (about 3 min)")
     parser.add_argument("--nvllm", action="append", default=[], metavar="KEY=VALUE",
-                        help="nvllm override, as for LLM(): max_num_seqs=64, kv_cache.block_size=16, ...")
+                        help="nvllm override, as for LLM(), over the bench's "
+                             + " ".join(f"{k}={v}" for k, v in NVLLM_DEFAULTS.items()) + ": attention=sdpa, ...")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
