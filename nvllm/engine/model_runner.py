@@ -179,7 +179,17 @@ class ModelRunner:
         if self.control_group is not None:
             torch.distributed.broadcast_object_list([inputs], src=0, group=self.control_group)
         logits = self.forward(*self.prepare(inputs))
-        return self.sampler(logits.float(), seqs)
+        # only a sequence whose tokens are all computed after this step keeps its sample; a prefill
+        # chunk's would be thrown away, and drawing it would still advance a seeded request's noise
+        done = [i for i, seq in enumerate(seqs) if seq.num_computed_tokens + seq.num_scheduled_tokens >= len(seq)]
+        if len(done) == len(seqs):
+            return self.sampler(logits.float(), seqs)
+        token_ids = [-1] * len(seqs)  # postprocess skips the unfinished prefills' entries
+        if done:
+            sampled = self.sampler(logits[done].float(), [seqs[i] for i in done])
+            for i, token_id in zip(done, sampled):
+                token_ids[i] = token_id
+        return token_ids
 
     # -- CUDA graphs (decode) ------------------------------------------------------------
     @torch.inference_mode()

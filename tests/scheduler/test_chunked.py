@@ -307,9 +307,6 @@ def test_parity_under_preemption(cases, model, prefix_caching):
     assert_same(got, reference(path, shared))
 
 
-@pytest.mark.xfail(strict=True, reason="known: the sampler draws a seeded request's noise for every prefill chunk, "
-                   "not only the last, so seeded (temperature > 0) tokens depend on the chunking; the fix belongs in "
-                   "nvllm/sampler/default.py (or the model runner): sample only when a step completes the sequence")
 def test_seeded_sampling_does_not_depend_on_chunking(tiny_qwen3_path):
     sp = SamplingParams(temperature=1.0, seed=5, max_tokens=8, ignore_eos=True)
     tokens = []
