@@ -18,7 +18,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 /* One sequence, one KV head: its `group` query rows against the sequence's `ctx` cached tokens.
  * Inlined with a constant head_dim for the common sizes, so the loops over it are unrolled into
