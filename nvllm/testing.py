@@ -22,7 +22,7 @@ import torch
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
 from nvllm.config import compose
-from nvllm.engine.sequence import Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 

@@ -11,7 +11,7 @@ from nvllm import registry
 from nvllm.config import ConfigError, EngineConfig, check_tp
 from nvllm.distributed.workers import Workers
 from nvllm.engine.model_runner import ModelRunner
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.models.weights import is_random, resolve_model_path
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams

@@ -11,7 +11,7 @@ from transformers import AutoConfig
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata, forward_context
 from nvllm.config import EngineConfig
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.models.weights import load_weights
 
 CPU_DEFAULT_BUDGET_GB = 2.0  # SmolLM2: 46k tokens, enough for cpu-bench without preemption

@@ -2,7 +2,7 @@
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 
 
 @dataclass

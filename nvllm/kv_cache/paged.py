@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.hookspecs import hookimpl
 from nvllm.kv_cache.base import KVCacheAllocator, KVCacheConfig
 

@@ -3,7 +3,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 
 
 class Sampler(ABC):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.hookspecs import hookimpl
 from nvllm.sampler.base import Sampler
 

@@ -2,7 +2,7 @@
 from abc import ABC, abstractmethod
 from collections import deque
 
-from nvllm.engine.sequence import Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.kv_cache.base import KVCacheAllocator
 
 

@@ -9,7 +9,7 @@ when a decode cannot get a block, the newest running sequence is preempted (reco
 from collections import deque
 from dataclasses import dataclass
 
-from nvllm.engine.sequence import Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.hookspecs import hookimpl
 from nvllm.scheduler.base import Scheduler
 

@@ -2,7 +2,7 @@
 be appended, preempt the newest running sequence (recompute)."""
 from dataclasses import dataclass
 
-from nvllm.engine.sequence import Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.hookspecs import hookimpl
 from nvllm.scheduler.base import Scheduler
 

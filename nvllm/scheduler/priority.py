@@ -5,7 +5,7 @@ fit may preempt running requests of strictly lower priority to make room, so an 
 never waits behind a long, unimportant one; equals never preempt each other, so nothing thrashes."""
 from dataclasses import dataclass
 
-from nvllm.engine.sequence import Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.hookspecs import hookimpl
 from nvllm.scheduler.base import Scheduler
 

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from nvllm import hookimpl
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.kv_cache.paged import PagedBlockManager
 
 

@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from nvllm import hookimpl
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.sampler.default import DefaultSampler
 
 

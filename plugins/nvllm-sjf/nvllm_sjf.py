@@ -5,7 +5,7 @@ times by later arrivals is admitted next, so long requests never starve."""
 from dataclasses import dataclass
 
 from nvllm import hookimpl
-from nvllm.engine.sequence import Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.scheduler.base import Scheduler
 
 

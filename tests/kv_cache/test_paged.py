@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.kv_cache.paged import PagedBlockManager
 from nvllm.sampling_params import SamplingParams
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.sampler.default import DefaultSampler
 from nvllm.sampling_params import SamplingParams
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from nvllm import LLM, SamplingParams
 from nvllm.config import ConfigError
-from nvllm.engine.sequence import Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.kv_cache.paged import PagedBlockManager
 from nvllm.scheduler.chunked import ChunkedScheduler
 from nvllm.testing import SchedulerSuite, hf_greedy

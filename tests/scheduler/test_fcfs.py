@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from nvllm.engine.sequence import Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.kv_cache.paged import PagedBlockManager
 from nvllm.sampling_params import SamplingParams
 from nvllm.scheduler.fcfs import FCFSScheduler

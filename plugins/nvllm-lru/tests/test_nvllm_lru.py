@@ -2,7 +2,7 @@
 import pytest
 
 from nvllm import LLM, SamplingParams, registry
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.plugins import load_plugins
 from nvllm.testing import KVCacheSuite
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nvllm import LLM, SamplingParams, registry
-from nvllm.engine.sequence import Sequence
+from nvllm.sequence import Sequence
 from nvllm.plugins import load_plugins
 from nvllm.testing import SamplerSuite
 

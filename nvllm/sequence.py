@@ -1,0 +1,69 @@
+"""The request as every component family sees it: its tokens, how many are computed and
+scheduled, its cache block table, its sampling parameters and timestamps. The scheduler, the KV
+cache allocator, the sampler and the engine all import down to this module."""
+from copy import copy
+from enum import Enum, auto
+from itertools import count
+
+from nvllm.sampling_params import SamplingParams
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+class Sequence:
+    counter = count()
+
+    def __init__(self, token_ids: list[int], sampling_params: SamplingParams, block_size: int, priority: int = 0):
+        self.seq_id = next(Sequence.counter)
+        self.block_size = block_size
+        self.status = SequenceStatus.WAITING
+        self.token_ids = copy(token_ids)
+        self.last_token = token_ids[-1]
+        self.num_tokens = len(token_ids)
+        self.num_prompt_tokens = len(token_ids)
+        # tokens whose K/V are in the cache (prefix hits count); the model runs the rest
+        self.num_computed_tokens = 0
+        # tokens the scheduler asked for in the current step
+        self.num_scheduled_tokens = 0
+        self.block_table: list[int] = []
+        # full blocks of this sequence already entered in the prefix cache
+        self.num_hashed_blocks = 0
+        self.sampling_params = sampling_params
+        self.priority = priority
+        self.finish_reason: str | None = None
+        self.arrival_time = self.first_token_time = self.finish_time = 0.0
+
+    def __len__(self):
+        return self.num_tokens
+
+    def __getitem__(self, key):
+        return self.token_ids[key]
+
+    @property
+    def is_finished(self):
+        return self.status == SequenceStatus.FINISHED
+
+    @property
+    def num_completion_tokens(self):
+        return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def completion_token_ids(self):
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_blocks(self):
+        return (self.num_tokens + self.block_size - 1) // self.block_size
+
+    def block(self, i: int) -> list[int]:
+        assert 0 <= i < self.num_blocks
+        return self.token_ids[i * self.block_size : (i + 1) * self.block_size]
+
+    def append_token(self, token_id: int):
+        self.token_ids.append(token_id)
+        self.last_token = token_id
+        self.num_tokens += 1
