@@ -6,11 +6,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
+
 GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "workload")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass

@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from nvllm.config import ConfigError
+    from nvllm.errors import ConfigError
     from nvllm.metrics import not_run, reset_peak_memory, summary_line
     from nvllm.models.weights import MissingWeightsError
 

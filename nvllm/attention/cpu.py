@@ -17,7 +17,7 @@ import torch
 
 from nvllm.attention.base import AttentionMetadata, store_kvcache
 from nvllm.attention.sdpa import SDPABackend
-from nvllm.config import ConfigError
+from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")

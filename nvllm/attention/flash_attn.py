@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from nvllm.attention.base import AttentionBackend, AttentionMetadata
 from nvllm.attention.base import store_kvcache as index_store
-from nvllm.config import ConfigError
+from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 
 INSTALL_HINT = ("pip install flash-attn (on a CUDA machine; nvllm[cuda]), or use attention=sdpa or "

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 
 from nvllm.attention.base import AttentionBackend, AttentionMetadata
-from nvllm.config import ConfigError
+from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 
 tl = None  # triton.language, bound by kernels_for()
