@@ -69,7 +69,7 @@ def main():
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from nvllm.models.weights import make_random_checkpoint
+    from nvllm.tools.checkpoint import make_random_checkpoint
 
     checkpoint = out / "ckpt"
     if not (checkpoint / "config.json").exists():

@@ -518,7 +518,7 @@ class ModelSuite(ComponentSuite):
     @pytest.fixture(scope="class")
     @classmethod
     def checkpoint(cls, tmp_path_factory) -> str:
-        from nvllm.models.weights import make_random_checkpoint
+        from nvllm.tools.checkpoint import make_random_checkpoint
 
         load_plugins()
         arch = registry.get("model", cls.name)

@@ -15,14 +15,14 @@ def smollm2_path() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_path(tmp_path_factory) -> str:
-    from nvllm.models.weights import make_random_checkpoint
+    from nvllm.tools.checkpoint import make_random_checkpoint
 
     return make_random_checkpoint("qwen3", str(tmp_path_factory.mktemp("tiny-qwen3")), preset="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_path(tmp_path_factory) -> str:
-    from nvllm.models.weights import make_random_checkpoint
+    from nvllm.tools.checkpoint import make_random_checkpoint
 
     return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("tiny-llama")), preset="tiny", seed=1)
 

@@ -1,4 +1,4 @@
-"""`python -m nvllm.bench`: a scaled-down run writes its JSON; the llama.cpp peer is skipped with a
+"""`python -m nvllm.tools.bench`: a scaled-down run writes its JSON; the llama.cpp peer is skipped with a
 reason where llama_cpp is missing (pretended with NVLLM_BENCH_NO_LLAMACPP=1), and, where it is
 installed, runs batched and agrees with nvllm on greedy tokens."""
 import importlib.util
@@ -10,15 +10,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from nvllm import bench
-from nvllm.bench_peers import llamacpp
+from nvllm.tools import bench
+from nvllm.tools.bench_peers import llamacpp
 
 
 @pytest.mark.slow
 def test_small_run_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "NVLLM_BENCH_NO_LLAMACPP": "1"}
-    proc = subprocess.run([sys.executable, "-m", "nvllm.bench", "--workload", "cpu-bench", "--num-requests", "4",
+    proc = subprocess.run([sys.executable, "-m", "nvllm.tools.bench", "--workload", "cpu-bench", "--num-requests", "4",
                            "--min-len", "4", "--max-len", "8", "--peers", "nvllm,hf,llamacpp", "--hf-batch-sizes", "2,4", "--threads", "1",
                            "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -50,7 +50,7 @@ def test_prompts_file(tmp_path, tiny_qwen3_path):
 
     model = tmp_path / "model"
     # a tiny random llama with the SmolLM2 tokenizer, so text prompts work without the 135M model
-    from nvllm.models.weights import make_random_checkpoint
+    from nvllm.tools.checkpoint import make_random_checkpoint
 
     make_random_checkpoint("llama", str(model), preset="tiny", vocab_size=49152, tokenizer_from=str(smollm2_path()))
     prompts = tmp_path / "prompts.txt"

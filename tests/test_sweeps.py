@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 from nvllm import registry
 from nvllm.config import GROUPS, EngineConfig
 from nvllm.plugins import load_plugins
-from nvllm.report import main, report
+from nvllm.tools.report import main, report
 from nvllm.workloads import assign_priorities, build_requests
 
 load_plugins()

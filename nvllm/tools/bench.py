@@ -1,9 +1,9 @@
 """Side-by-side throughput: nvllm against Hugging Face transformers `generate` and llama.cpp
 (through llama-cpp-python, when installed), on the same SmolLM2-135M weights and workload.
 
-    python -m nvllm.bench                                   # cpu-bench and single-stream, all peers
-    python -m nvllm.bench --workload cpu-bench --peers nvllm,llamacpp --out bench.json
-    python -m nvllm.bench --num-requests 4 --min-len 4 --max-len 16   # a quick look
+    python -m nvllm.tools.bench                                   # cpu-bench and single-stream, all peers
+    python -m nvllm.tools.bench --workload cpu-bench --peers nvllm,llamacpp --out bench.json
+    python -m nvllm.tools.bench --num-requests 4 --min-len 4 --max-len 16   # a quick look
 
 Workloads (greedy, ignore EOS, float32 for nvllm and transformers):
   cpu-bench      64 requests, random prompt ids below 10000, prompt and output lengths uniform in
@@ -14,9 +14,9 @@ Workloads (greedy, ignore EOS, float32 for nvllm and transformers):
 Each run happens in a child process of its own, one after another (no two runs share the two
 cores or leave memory behind), with a warm-up before the clock starts; loading is timed apart
 (`load_s`). Throughput is output tokens / wall time. transformers batches statically: see
-nvllm/bench_peers/hf.py for how its padding waste is handled (each request is credited only
+nvllm/tools/bench_peers/hf.py for how its padding waste is handled (each request is credited only
 with its own tokens). llama.cpp runs f16 and f32 GGUFs written from the same safetensors,
-all requests in flight at once: see nvllm/bench_peers/llamacpp.py.
+all requests in flight at once: see nvllm/tools/bench_peers/llamacpp.py.
 """
 import argparse
 import json
@@ -129,7 +129,7 @@ def run_child(run: dict, prompts, max_tokens, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="nvllm-bench-") as tmp:
         spec_file, result_file = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_file.write_text(json.dumps(spec))
-        proc = subprocess.run([sys.executable, "-m", "nvllm.bench", "--run-one", str(spec_file),
+        proc = subprocess.run([sys.executable, "-m", "nvllm.tools.bench", "--run-one", str(spec_file),
                                "--result", str(result_file)])
         if proc.returncode != 0 or not result_file.is_file():
             return dict(error=f"child process exited with {proc.returncode} (its output is above)")
@@ -141,11 +141,11 @@ def child_main(spec_file: str, result_file: str):
     if spec["peer"] == "nvllm":
         result = run_nvllm(spec)
     elif spec["peer"] == "hf":
-        from nvllm.bench_peers import hf
+        from nvllm.tools.bench_peers import hf
 
         result = hf.run(spec)
     else:
-        from nvllm.bench_peers import llamacpp
+        from nvllm.tools.bench_peers import llamacpp
 
         result = llamacpp.run(spec)
     Path(result_file).write_text(json.dumps(result))
@@ -236,7 +236,7 @@ def print_table(rows: list[dict], skipped: dict, failed: list[dict]):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m nvllm.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m nvllm.tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="all", choices=[*WORKLOADS, "all"])
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, from: " + ", ".join(PEERS))
@@ -291,7 +291,7 @@ def main(argv=None):
     if args.run_one:
         child_main(args.run_one, args.result)
         return 0
-    from nvllm.bench_peers import llamacpp
+    from nvllm.tools.bench_peers import llamacpp
 
     skipped = {}
     if "llamacpp" in args.peers and (reason := llamacpp.unavailable_reason()):

@@ -33,7 +33,7 @@ _GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.w
                  "lm_head.weight": "output.weight"}
 SHIPPED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _log_callback = None
-# context settings; `python -m nvllm.bench --llamacpp KEY=VALUE` changes them, --llamacpp-tune tries some
+# context settings; `python -m nvllm.tools.bench --llamacpp KEY=VALUE` changes them, --llamacpp-tune tries some
 DEFAULTS = dict(
     weights="f16",      # GGUF type: f16 or f32
     kv="auto",          # KV cache type: auto (that of the weights), f16, f32
