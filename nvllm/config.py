@@ -1,21 +1,25 @@
-"""Engine-wide switches (the top level of the Hydra config), their `auto` resolution, and the
-compose helper the Python API shares with the CLI."""
+"""The configuration at the edge: the schema Hydra composes against, the typed `Config` an engine is
+built from (one conversion, `Config.from_cfg`), its `auto` resolution, and the compose helper the
+Python API shares with the CLI."""
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
+from nvllm.sampling_params import SamplingParams
 
 GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "workload")
 
 
 @dataclass
 class EngineConfig:
+    """The engine-wide switches: the top level of the Hydra config (their defaults live here only)."""
     # tensor-parallel ranks
     tp: int = 1
-    # torch.compile the model
+    # torch.compile the model's hot pieces
     compile: bool = False
     # decode CUDA graphs: auto (on for CUDA), true, false
     cudagraph: str = "auto"
@@ -34,27 +38,78 @@ class EngineConfig:
     # global seed for unseeded sampling
     seed: int = 0
 
-    @classmethod
-    def from_cfg(cls, cfg: DictConfig) -> "EngineConfig":
-        return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
-
     def __post_init__(self):
         for name in ("cudagraph", "onednn"):
             value = str(getattr(self, name)).lower()
             if value not in ("auto", "true", "false"):
-                raise ConfigError(f"{name} must be auto, true or false, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not allowed: use auto, true or false")
             setattr(self, name, value)
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+            raise ConfigError(f"device={self.device!r} is not allowed: use auto, cpu or cuda")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+            raise ConfigError(f"dtype={self.dtype!r} is not allowed: use auto, float32, bfloat16 or float16")
         for name in ("tp", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name}={getattr(self, name)} is not allowed: it must be an integer >= 1")
 
-    def resolve(self, checkpoint_dtype: torch.dtype | None = None) -> "EngineConfig":
-        """Return the configuration that will really run: every `auto` replaced, every switch
-        that cannot take effect here refused."""
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+@dataclass
+class Schema(EngineConfig):
+    """The primary config's schema (stored in the ConfigStore as `nvllm_schema`, first in
+    conf/config.yaml's defaults list): Hydra checks every key's type when it composes, so
+    `max_num_seqs=abc` or `compile=maybe` is refused naming the key. The groups are typed by their
+    components' own Config dataclasses, stored when the components register."""
+    model: Any = None
+    scheduler: Any = None
+    kv_cache: Any = None
+    attention: Any = None
+    sampler: Any = None
+    workload: Any = None
+    # per-request sampling defaults for workloads that do not set their own
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # print each answer (chat and file workloads)
+    print_outputs: bool = True
+    # repetition index: sweep repeat=0,1,2 for medians and spreads (changes nothing else)
+    repeat: int = 0
+
+
+def store_schema():
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="nvllm_schema", node=Schema, provider="nvllm")
+
+
+@dataclass
+class Config(EngineConfig):
+    """What an engine is built from, typed: the switches and one Config per component family.
+    `from_cfg` is the one conversion from the composed Hydra config; `resolve` replaces every
+    `auto` once the checkpoint is known. Past this point no code sees a DictConfig."""
+    model: Any = None
+    scheduler: Any = None
+    kv_cache: Any = None
+    attention: Any = None
+    sampler: Any = None
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> "Config":
+        from nvllm import registry
+
+        switches = {f.name: cfg[f.name] for f in fields(EngineConfig) if f.name in cfg}
+        return cls(**switches, **{family: registry.typed_config(family, cfg[family]) for family in registry.FAMILIES})
+
+    def resolve(self, hf_config) -> "Config":
+        """The configuration that will really run: every `auto` replaced, every switch that cannot
+        take effect here (or with this checkpoint) refused."""
+        from nvllm import registry
+
+        arch = registry.get("model", self.model.name)
+        if hf_config.model_type not in arch.hf_model_types:
+            raise ConfigError(f"the checkpoint holds a {hf_config.model_type!r} model, which model={self.model.name} "
+                              f"does not run (it runs {', '.join(arch.hf_model_types)})")
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,6 +117,7 @@ class EngineConfig:
             raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
         dtype = self.dtype
         if dtype == "auto":
+            checkpoint_dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
             sixteen = checkpoint_dtype in (torch.bfloat16, torch.float16)
             dtype = "float32" if device == "cpu" else (str(checkpoint_dtype).removeprefix("torch.") if sixteen else "bfloat16")
         cudagraph = self.cudagraph
@@ -78,12 +134,13 @@ class EngineConfig:
             onednn = str(device == "cpu" and dtype == "float32" and torch.backends.mkldnn.is_available()).lower()
         if device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"tp={self.tp} needs {self.tp} GPUs; torch sees {torch.cuda.device_count()}")
-        return EngineConfig(**{**asdict(self), "device": device, "dtype": dtype, "cudagraph": cudagraph,
-                                            "onednn": onednn})
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
+        check_tp(hf_config, self.tp)
+        max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
+        if self.max_num_batched_tokens < max_model_len and not registry.get("scheduler", self.scheduler.name).chunked_prefill:
+            raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
+                              f"({max_model_len}): a preempted sequence is recomputed in one step "
+                              f"(scheduler=chunked splits it)")
+        return replace(self, device=device, dtype=dtype, cudagraph=cudagraph, onednn=onednn, max_model_len=max_model_len)
 
 
 def check_tp(hf_config, tp: int):

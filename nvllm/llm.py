@@ -1,5 +1,5 @@
 """The Python API: `LLM(model=..., **overrides).generate(prompts, sampling_params)`."""
-from nvllm.config import compose
+from nvllm.config import Config, compose
 from nvllm.engine.llm_engine import LLMEngine, RequestOutput
 from nvllm.sampling_params import SamplingParams
 
@@ -15,7 +15,7 @@ class LLM:
 
     def __init__(self, model: str = "smollm2", **overrides):
         self.config = compose(model=model, **overrides)
-        self.engine = LLMEngine(self.config)
+        self.engine = LLMEngine(Config.from_cfg(self.config))
         self.tokenizer = self.engine.tokenizer
 
     def generate(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,

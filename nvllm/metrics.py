@@ -44,9 +44,9 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         "kv_cache_blocks": engine.kv_cache.num_blocks,
         "effective_config": {
             **asdict(engine.config),
-            "model": {**asdict(engine.model_config), "resolved_path": engine.model_path,
+            "model": {**asdict(engine.config.model), "resolved_path": engine.model_path,
                       "random_weights": engine.random_weights},
-            "kv_cache": asdict(engine.kv_config),
+            "kv_cache": asdict(engine.config.kv_cache),
             "scheduler": type(engine.scheduler).name,
             "attention": type(engine.model_runner.attention).name if engine.model_runner else None,
             "sampler": type(engine.model_runner.sampler).name if engine.model_runner else None,

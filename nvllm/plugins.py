@@ -47,6 +47,9 @@ def load_plugins() -> pluggy.PluginManager:
             pm.register(plugin, name=ep.name)
             _origins[ep.name] = origin
     pm.check_pending()
+    from nvllm.config import store_schema
+
+    store_schema()
     trace = os.environ.get("NVLLM_TRACE_PLUGINS", "") not in ("", "0")
     for family, hook_name in registry.FAMILIES.items():
         hook = getattr(pm.hook, hook_name)

@@ -3,7 +3,9 @@ dataclass in Hydra's ConfigStore under the family's group, so `<family>=<name>` 
 import dataclasses
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, ValidationError
+
+from nvllm.errors import ConfigError
 
 FAMILIES = {  # family (= Hydra config group) -> hook that fills it
     "model": "register_models",
@@ -56,14 +58,17 @@ def get(family: str, name: str) -> type:
 
 
 def typed_config(family: str, cfg) -> object:
-    """The composed group node (DictConfig or dict) as the component's own Config dataclass."""
+    """The composed group node (DictConfig or dict) as the component's own Config dataclass; a
+    field of the wrong type or out of range is a ConfigError naming the key."""
     if isinstance(cfg, str):
         cfg = {"name": cfg}
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     cls = get(family, cfg.get("name"))
-    merged = OmegaConf.merge(OmegaConf.structured(cls.Config), cfg)
-    return OmegaConf.to_object(merged)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), cfg))
+    except (ValidationError, AssertionError, ValueError, TypeError) as e:
+        raise ConfigError(f"{family}={cls.name}: {e}".strip()) from None
 
 
 def build(family: str, cfg, **kwargs):

@@ -48,11 +48,12 @@ def main(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, requested: dict) -> dict:
+    from nvllm.config import Config
     from nvllm.engine.llm_engine import LLMEngine
     from nvllm.metrics import collect
     from nvllm.workloads import assign_priorities, build_requests
 
-    engine = LLMEngine(cfg)
+    engine = LLMEngine(Config.from_cfg(cfg))
     try:
         if engine.random_weights:
             print("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")

@@ -30,8 +30,6 @@ class Sequence:
         # tokens the scheduler asked for in the current step
         self.num_scheduled_tokens = 0
         self.block_table: list[int] = []
-        # full blocks of this sequence already entered in the prefix cache
-        self.num_hashed_blocks = 0
         self.sampling_params = sampling_params
         self.priority = priority
         self.finish_reason: str | None = None

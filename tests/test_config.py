@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 
 from nvllm import registry
-from nvllm.config import GROUPS, EngineConfig
+from nvllm.config import GROUPS, Config
 from nvllm.plugins import load_plugins
 from nvllm.workloads import build_requests
 
@@ -40,7 +40,7 @@ def test_every_family_has_options():
 @pytest.mark.parametrize("group, option", ALL, ids=[f"{g}={o}" for g, o in ALL])
 def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
     cfg = compose_with(f"{group}={option}")
-    EngineConfig.from_cfg(cfg)
+    Config.from_cfg(cfg)
     if group == "workload":
         if cfg.workload.kind == "file":
             cfg.workload.path = str(tmp_path / "prompts.txt")

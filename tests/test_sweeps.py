@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from nvllm import registry
-from nvllm.config import GROUPS, EngineConfig
+from nvllm.config import GROUPS, Config
 from nvllm.plugins import load_plugins
 from nvllm.tools.report import main, report
 from nvllm.workloads import assign_priorities, build_requests
@@ -129,7 +129,7 @@ def test_every_cell_of_every_experiment_composes(experiment):
     for overrides in grid:
         with initialize_config_module("nvllm.conf", version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-        EngineConfig.from_cfg(cfg)
+        Config.from_cfg(cfg)
         for group in GROUPS[:-1]:
             assert registry.typed_config(group, cfg[group]).name in registry.names(group)
         prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None)

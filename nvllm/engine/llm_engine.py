@@ -5,10 +5,10 @@ import time
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from nvllm import registry
-from nvllm.config import ConfigError, EngineConfig, check_tp
+from nvllm.config import Config
 from nvllm.distributed.workers import Workers
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.sequence import Sequence
@@ -43,44 +43,25 @@ class StepStats:
 
 
 class LLMEngine:
-    def __init__(self, cfg):
-        """`cfg`: the composed Hydra config (see nvllm.config.compose)."""
+    def __init__(self, config: Config):
+        """`config`: the typed configuration (`Config.from_cfg` of a composed Hydra config)."""
         load_plugins()
-        requested = EngineConfig.from_cfg(cfg)
-        model_config = registry.typed_config("model", cfg.model)
-        kv_config = registry.typed_config("kv_cache", cfg.kv_cache)
-        self.model_path = resolve_model_path(model_config)
+        self.model_path = resolve_model_path(config.model)
         self.random_weights = is_random(self.model_path)
-        from transformers import AutoConfig
-
         hf_config = AutoConfig.from_pretrained(self.model_path)
-        arch = registry.get("model", model_config.name)
-        if hf_config.model_type not in arch.hf_model_types:
-            raise ValueError(f"{self.model_path} holds a {hf_config.model_type!r} checkpoint, which model="
-                             f"{model_config.name} does not run (it runs {', '.join(arch.hf_model_types)})")
-        self.config = requested.resolve(getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None))
-        self.config.max_model_len = min(self.config.max_model_len, hf_config.max_position_embeddings)
-        scheduler_config = registry.typed_config("scheduler", cfg.scheduler)
-        chunked = getattr(registry.get("scheduler", scheduler_config.name), "chunked_prefill", False)
-        if self.config.max_num_batched_tokens < self.config.max_model_len and not chunked:
-            raise ConfigError(f"max_num_batched_tokens ({self.config.max_num_batched_tokens}) must be >= max_model_len "
-                              f"({self.config.max_model_len}): a preempted sequence is recomputed in one step "
-                              f"(scheduler=chunked splits it)")
-        check_tp(hf_config, self.config.tp)
-        self.model_config, self.kv_config = model_config, kv_config
+        self.config = config = config.resolve(hf_config)
         self.tokenizer = _load_tokenizer(self.model_path)
-        runner_args = (self.config, model_config, self.model_path, kv_config,
-                       registry.typed_config("attention", cfg.attention), registry.typed_config("sampler", cfg.sampler))
-        self.workers = Workers(self.config.tp, runner_args) if self.config.tp > 1 else None
+        runner_args = (config, self.model_path)
+        self.workers = Workers(config.tp, runner_args) if config.tp > 1 else None
         try:
             self.model_runner = ModelRunner(*runner_args, control_group=self.workers and self.workers.group)
         except Exception as e:
             self._fail(e)
-        self.kv_cache = registry.build("kv_cache", kv_config, num_blocks=self.model_runner.num_blocks,
-                                       block_size=kv_config.block_size)
+        self.kv_cache = registry.build("kv_cache", config.kv_cache, num_blocks=self.model_runner.num_blocks,
+                                       block_size=config.kv_cache.block_size)
         self.scheduler = registry.build(
-            "scheduler", scheduler_config, kv_cache=self.kv_cache, max_num_seqs=self.config.max_num_seqs,
-            max_num_batched_tokens=self.config.max_num_batched_tokens, max_model_len=self.config.max_model_len,
+            "scheduler", config.scheduler, kv_cache=self.kv_cache, max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
         self.stats = StepStats()
 
@@ -105,13 +86,13 @@ class LLMEngine:
             raise ValueError(f"prompt has {len(token_ids)} tokens; max_model_len={max_len} leaves no room to "
                              f"generate. Shorten the prompt or raise max_model_len")
         final_len = min(len(token_ids) + sampling_params.max_tokens, max_len)
-        blocks_needed = -(-final_len // self.kv_config.block_size)
+        blocks_needed = -(-final_len // self.config.kv_cache.block_size)
         if blocks_needed > self.kv_cache.num_blocks:
             raise ValueError(
                 f"request needs {blocks_needed} KV blocks ({final_len} tokens) but the whole cache has "
                 f"{self.kv_cache.num_blocks}; raise kv_cache.num_blocks or kv_cache.memory_budget_gb, "
                 f"or lower max_tokens")
-        seq = Sequence(token_ids, sampling_params, self.kv_config.block_size, priority)
+        seq = Sequence(token_ids, sampling_params, self.config.kv_cache.block_size, priority)
         seq.arrival_time = time.perf_counter()
         self.scheduler.add(seq)
         return seq

@@ -10,7 +10,7 @@ from transformers import AutoConfig
 
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata, forward_context
-from nvllm.config import EngineConfig
+from nvllm.config import Config
 from nvllm.sequence import Sequence
 from nvllm.models.weights import load_weights
 
@@ -40,12 +40,11 @@ def graph_bucket(sizes: list[int], n: int) -> int | None:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, model_config, path: str, kv_config, attention_config,
-                 sampler_config, control_group=None):
+    def __init__(self, config: Config, path: str, control_group=None):
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype
-        self.block_size = kv_config.block_size
+        self.block_size = config.kv_cache.block_size
         self.control_group = control_group  # set under tp > 1: the gloo group steps are sent on
         self.hf_config = AutoConfig.from_pretrained(path)
         torch.manual_seed(config.seed)
@@ -53,7 +52,7 @@ class ModelRunner:
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(self.device):
-                self.model = registry.get("model", model_config.name)(self.hf_config)
+                self.model = registry.get("model", config.model.name)(self.hf_config)
         finally:
             torch.set_default_dtype(default_dtype)
         load_weights(self.model, path)
@@ -66,9 +65,9 @@ class ModelRunner:
             for module in self.model.modules():
                 if hasattr(module, "compile_hot_path"):
                     module.compile_hot_path()
-        self.attention = registry.build("attention", attention_config, device=self.device, dtype=self.dtype)
-        self.sampler = registry.build("sampler", sampler_config, device=self.device)
-        self.num_blocks = self._num_blocks(kv_config)
+        self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
+        self.sampler = registry.build("sampler", config.sampler, device=self.device)
+        self.num_blocks = self._num_blocks(config.kv_cache)
         self._allocate_kv_cache()
         self.graphs, self.graph_sizes = {}, []
         if config.cudagraph == "true":

@@ -48,13 +48,30 @@ class PagedBlockManager(KVCacheAllocator):
         self.hash_to_block_id: dict[int, int] = {}
         self.free_block_ids: deque[int] = deque(range(num_blocks))
         self.used_block_ids: set[int] = set()
+        # seq id -> its full blocks already entered in the prefix cache
+        self.num_hashed_blocks: dict[int, int] = {}
 
+    # -- the free list. Which free block is overwritten next is the one thing an allocator built on
+    # this one changes (plugins/nvllm-lru): it overrides these four and nothing else.
     @property
     def num_free_blocks(self) -> int:
         return len(self.free_block_ids)
 
+    def push_free(self, block_id: int):
+        """`block_id` just lost its last reference (it keeps its hash: a hit can revive it)."""
+        self.free_block_ids.append(block_id)
+
+    def pop_free(self) -> int:
+        """The free block to overwrite next."""
+        return self.free_block_ids.popleft()
+
+    def remove_free(self, block_id: int):
+        """A prefix hit takes back the free block `block_id`."""
+        self.free_block_ids.remove(block_id)
+
+    # -- blocks ----------------------------------------------------------------------------
     def _take_free_block(self) -> int:
-        block = self.blocks[self.free_block_ids.popleft()]
+        block = self.blocks[self.pop_free()]
         assert block.ref_count == 0
         if block.hash != -1 and self.hash_to_block_id.get(block.hash) == block.block_id:
             del self.hash_to_block_id[block.hash]  # its old contents are about to be overwritten
@@ -90,27 +107,29 @@ class PagedBlockManager(KVCacheAllocator):
             if block_id in self.used_block_ids:
                 block.ref_count += 1
             else:
-                self.free_block_ids.remove(block_id)
+                self.remove_free(block_id)
                 block.ref_count = 1
                 self.used_block_ids.add(block_id)
             seq.block_table.append(block_id)
         for _ in range(seq.num_blocks - len(hits)):
             seq.block_table.append(self._take_free_block())
-        seq.num_computed_tokens = seq.num_hashed_blocks = len(hits)
-        seq.num_computed_tokens *= self.block_size
+        self.num_hashed_blocks[seq.seq_id] = len(hits)
+        seq.num_computed_tokens = len(hits) * self.block_size
         self.num_lookup_tokens += len(seq)
         self.num_hit_tokens += seq.num_computed_tokens
 
     def deallocate(self, seq: Sequence):
+        # the tail first: it becomes older than the prefix it extends, and a tail without its prefix is useless
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]
             block.ref_count -= 1
             assert block.ref_count >= 0
             if block.ref_count == 0:
                 self.used_block_ids.remove(block_id)
-                self.free_block_ids.append(block_id)
+                self.push_free(block_id)
         seq.block_table.clear()
-        seq.num_computed_tokens = seq.num_hashed_blocks = 0
+        seq.num_computed_tokens = 0
+        self.num_hashed_blocks.pop(seq.seq_id, None)
 
     def can_append(self, seq: Sequence) -> bool:
         return self.num_free_blocks >= seq.num_blocks - len(seq.block_table)
@@ -123,13 +142,14 @@ class PagedBlockManager(KVCacheAllocator):
         if not self.prefix_caching:
             return
         num_full = seq.num_computed_tokens // self.block_size
-        for i in range(seq.num_hashed_blocks, num_full):
+        hashed = self.num_hashed_blocks.get(seq.seq_id, 0)
+        for i in range(hashed, num_full):
             prefix = self.blocks[seq.block_table[i - 1]].hash if i > 0 else -1
             block = self.blocks[seq.block_table[i]]
             block.token_ids = seq.block(i)
             block.hash = compute_hash(block.token_ids, prefix)
             self.hash_to_block_id[block.hash] = block.block_id
-        seq.num_hashed_blocks = max(seq.num_hashed_blocks, num_full)
+        self.num_hashed_blocks[seq.seq_id] = max(hashed, num_full)
 
 
 @hookimpl

@@ -5,8 +5,8 @@ times by later arrivals is admitted next, so long requests never starve."""
 from dataclasses import dataclass
 
 from nvllm import hookimpl
-from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.scheduler.base import Scheduler
+from nvllm.sequence import Sequence
 
 
 class SJFScheduler(Scheduler):
@@ -32,46 +32,31 @@ class SJFScheduler(Scheduler):
     def starved(self, seq: Sequence) -> bool:
         return 0 < self.config.max_skips <= self.skips.get(seq.seq_id, 0)
 
+    def next_to_admit(self, passed: set[int]) -> Sequence | None:
+        candidates = (s for s in self.waiting if s.seq_id not in passed)
+        return min(candidates, key=lambda s: (not self.starved(s), self.work_left(s), s.seq_id), default=None)
+
+    def skip_blocked(self, seq: Sequence) -> bool:
+        return not self.starved(seq)  # a starved request holds what is left instead of letting shorter jobs take it
+
+    def running_order(self) -> list[Sequence]:
+        return sorted(self.running, key=self.work_left)  # when max_num_seqs cuts the batch, the nearly finished go
+
+    def victim(self, seq: Sequence, candidates: list[Sequence]) -> Sequence | None:
+        victim = max(candidates, key=self.work_left, default=None)
+        return victim if victim is not None and self.work_left(victim) >= self.work_left(seq) else None
+
     def schedule(self) -> list[Sequence]:
-        scheduled, num_batched_tokens = [], 0
-        for seq in sorted(self.waiting, key=lambda s: (not self.starved(s), self.work_left(s), s.seq_id)):
-            if len(scheduled) == self.max_num_seqs:
-                break
-            if num_batched_tokens + len(seq) > self.max_num_batched_tokens or not self.kv_cache.can_allocate(seq):
-                if self.starved(seq):
-                    break  # hold what is left for it instead of letting shorter jobs take it again
-                continue
-            self.kv_cache.allocate(seq)
-            seq.num_scheduled_tokens = len(seq) - seq.num_computed_tokens
-            num_batched_tokens += seq.num_scheduled_tokens
-            seq.status = SequenceStatus.RUNNING
-            self.waiting.remove(seq)
-            self.running.append(seq)
-            scheduled.append(seq)
-            self.skips.pop(seq.seq_id, None)
-        if scheduled:
-            newest = max(s.seq_id for s in scheduled)
+        waiting = {s.seq_id for s in self.waiting}
+        scheduled = super().schedule()
+        admitted = [s.seq_id for s in scheduled if s.seq_id in waiting]
+        for seq_id in admitted:
+            self.skips.pop(seq_id, None)
+        if admitted:
+            newest = max(admitted)
             for seq in self.waiting:  # seq ids grow with arrival: a larger one admitted first overtook it
                 if seq.seq_id < newest:
                     self.skips[seq.seq_id] = self.skips.get(seq.seq_id, 0) + 1
-            return scheduled
-
-        # decode: shortest first, so when max_num_seqs cuts the batch the nearly finished go
-        self.running = type(self.running)(sorted(self.running, key=self.work_left))
-        while self.running and len(scheduled) < self.max_num_seqs:
-            seq = self.running.popleft()
-            while not self.kv_cache.can_append(seq):
-                victim = max(self.running, key=self.work_left, default=None)
-                if victim is None or self.work_left(victim) < self.work_left(seq):
-                    self.preempt(seq)
-                    break
-                self.running.remove(victim)
-                self.preempt(victim)
-            else:
-                self.kv_cache.may_append(seq)
-                seq.num_scheduled_tokens = 1
-                scheduled.append(seq)
-        self.running.extendleft(reversed(scheduled))
         return scheduled
 
 

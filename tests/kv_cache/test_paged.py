@@ -58,7 +58,7 @@ def check_manager(mgr: PagedBlockManager, live: list[Sequence]):
         assert seq.num_computed_tokens <= len(seq)
         assert len(seq.block_table) * mgr.block_size >= seq.num_computed_tokens
         if mgr.prefix_caching:
-            assert seq.num_hashed_blocks <= seq.num_computed_tokens // mgr.block_size
+            assert mgr.num_hashed_blocks.get(seq.seq_id, 0) <= seq.num_computed_tokens // mgr.block_size
 
 
 class KVShadow:
@@ -213,7 +213,7 @@ class PagedMachine(RuleBasedStateMachine):
 
     def _release(self, seq: Sequence, preempt: bool):
         self.mgr.deallocate(seq)
-        assert seq.block_table == [] and seq.num_computed_tokens == 0 and seq.num_hashed_blocks == 0
+        assert seq.block_table == [] and seq.num_computed_tokens == 0 and seq.seq_id not in self.mgr.num_hashed_blocks
         self.live.remove(seq)
         if preempt:
             self.waiting.append(seq)
