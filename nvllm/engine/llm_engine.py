@@ -4,10 +4,12 @@ DictConfig or a plugin."""
 import time
 from dataclasses import dataclass, field
 
+import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from nvllm import registry
+from nvllm.attention.select import select_backend
 from nvllm.config import ConfigError, EngineConfig, check_tp
 from nvllm.distributed.workers import Workers
 from nvllm.engine.model_runner import ModelRunner
@@ -69,8 +71,10 @@ class LLMEngine:
         check_tp(hf_config, self.config.tp)
         self.model_config, self.kv_config = model_config, kv_config
         self.tokenizer = _load_tokenizer(self.model_path)
+        attention_config, self.attention_choice = select_backend(
+            cfg.attention, torch.device(self.config.device), self.config.torch_dtype, kv_config.block_size)
         runner_args = (self.config, model_config, self.model_path, kv_config,
-                       registry.typed_config("attention", cfg.attention), registry.typed_config("sampler", cfg.sampler))
+                       attention_config, registry.typed_config("sampler", cfg.sampler))
         self.workers = Workers(self.config.tp, runner_args) if self.config.tp > 1 else None
         try:
             self.model_runner = ModelRunner(*runner_args, control_group=self.workers and self.workers.group)
