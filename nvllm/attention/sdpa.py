@@ -23,11 +23,11 @@ from nvllm.hookspecs import hookimpl
 DECODE_GATHER_BYTES = 256 * 2**20  # most bytes of gathered K and V per decode group, per layer
 
 
-def decode_groups(batch: int, width_tokens: int, kv_heads: int, head_dim: int, itemsize: int,
-                  budget: int = DECODE_GATHER_BYTES) -> int:
-    """Sequences per decode group: as many as keep the K and V copies within `budget` (at least one)."""
+def decode_groups(batch: int, width_tokens: int, kv_heads: int, head_dim: int, itemsize: int) -> int:
+    """Sequences per decode group: as many as keep the K and V copies within DECODE_GATHER_BYTES
+    (at least one)."""
     per_seq = 2 * width_tokens * kv_heads * head_dim * itemsize
-    return max(1, min(batch, budget // max(per_seq, 1)))
+    return max(1, min(batch, DECODE_GATHER_BYTES // max(per_seq, 1)))
 
 
 class SDPABackend(AttentionBackend):
