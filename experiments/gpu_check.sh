@@ -17,7 +17,8 @@ OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 SCRATCH=$(mktemp -d)
 export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
+WHEELS=${WHEEL_DIR:-.whl}  # the smoke test points it elsewhere to use its own environment
+if [ -d "$WHEELS" ]; then
   "$ROOT/experiments/gpu_install.sh" "$SCRATCH/site" || { echo "gpu_check: installing .whl/ and nvllm failed" >&2; exit 1; }
   export PYTHONPATH=$SCRATCH/site
 fi
