@@ -22,9 +22,10 @@ if [ -d "$WHEELS" ]; then
   "$ROOT/experiments/gpu_install.sh" "$SCRATCH/site" || { echo "gpu_check: installing .whl/ and nvllm failed" >&2; exit 1; }
   export PYTHONPATH=$SCRATCH/site
 fi
-# run from the scratch directory, with a copy of the tests: `nvllm` is then the installed package
-# (with nvllm.conf), never the checkout's source tree, which has no nvllm.conf
-cp -r "$ROOT/tests" "$ROOT/pyproject.toml" "$SCRATCH/"
+# run from the scratch directory, with a copy of the checkout but its nvllm/ (the tests read docs/,
+# plugins/, experiments/): `nvllm` is then the installed package (with nvllm.conf), never the
+# checkout's source tree, which has no nvllm.conf
+for entry in "$ROOT"/*; do [ "$(basename "$entry")" = nvllm ] || cp -r "$entry" "$SCRATCH/"; done
 cd "$SCRATCH"
 "$PY" -c "import nvllm.conf, hydra, omegaconf, xxhash, hypothesis, torch, transformers; print('nvllm from', nvllm.__file__)" \
   || { echo "gpu_check: a package nvllm needs is missing (bash experiments/gpu_wheels.sh, then carry .whl)" >&2; exit 1; }
