@@ -46,7 +46,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     from nvllm import LLM, SamplingParams
-    from nvllm.models.weights import make_random_checkpoint
+    from nvllm.tools.checkpoint import make_random_checkpoint
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
