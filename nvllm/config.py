@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nvllm.attention.select import AUTO, select_backend
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
 from nvllm.sampling_params import SamplingParams
 
@@ -93,13 +94,17 @@ class Config(EngineConfig):
     kv_cache: Any = None
     attention: Any = None
     sampler: Any = None
+    # what attention=auto chose and why (None: the backend was named)
+    attention_choice: str | None = None
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> "Config":
         from nvllm import registry
 
         switches = {f.name: cfg[f.name] for f in fields(EngineConfig) if f.name in cfg}
-        return cls(**switches, **{family: registry.typed_config(family, cfg[family]) for family in registry.FAMILIES})
+        components = {family: registry.typed_config(family, cfg[family]) for family in registry.FAMILIES
+                      if not (family == "attention" and cfg.attention.name == AUTO)}  # resolve() chooses it
+        return cls(**switches, attention=components.pop("attention", AUTO), **components)
 
     def resolve(self, hf_config) -> "Config":
         """The configuration that will really run: every `auto` replaced, every switch that cannot
@@ -135,12 +140,15 @@ class Config(EngineConfig):
         if device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"tp={self.tp} needs {self.tp} GPUs; torch sees {torch.cuda.device_count()}")
         check_tp(hf_config, self.tp)
+        attention, attention_choice = select_backend(self.attention, torch.device(device), getattr(torch, dtype),
+                                                     self.kv_cache.block_size)
         max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
         if self.max_num_batched_tokens < max_model_len and not registry.get("scheduler", self.scheduler.name).chunked_prefill:
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
                               f"({max_model_len}): a preempted sequence is recomputed in one step "
                               f"(scheduler=chunked splits it)")
-        return replace(self, device=device, dtype=dtype, cudagraph=cudagraph, onednn=onednn, max_model_len=max_model_len)
+        return replace(self, device=device, dtype=dtype, cudagraph=cudagraph, onednn=onednn, max_model_len=max_model_len,
+                       attention=attention, attention_choice=attention_choice)
 
 
 def check_tp(hf_config, tp: int):

@@ -49,6 +49,7 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
             "kv_cache": asdict(engine.config.kv_cache),
             "scheduler": type(engine.scheduler).name,
             "attention": type(engine.model_runner.attention).name if engine.model_runner else None,
+            "attention_auto": engine.config.attention_choice,  # what attention=auto chose and why; None: chosen by name
             "sampler": type(engine.model_runner.sampler).name if engine.model_runner else None,
         },
         "requested_config": requested,

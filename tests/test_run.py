@@ -41,7 +41,9 @@ def test_random_workload_metrics(tmp_path, tiny_qwen3_path):
         assert m[key]["median"] > 0 and m[key]["p90"] >= m[key]["median"]
     eff = m["effective_config"]
     assert eff["model"]["random_weights"] is True and eff["kv_cache"]["num_blocks"] == 12
-    assert eff["scheduler"] == "fcfs" and eff["attention"] == "sdpa" and eff["dtype"] == "float32"
+    assert eff["scheduler"] == "fcfs" and eff["dtype"] == "float32"
+    # attention=auto, the default: on this CPU (a C compiler, float32) the cpu kernel, and it says so
+    assert eff["attention"] == "cpu" and eff["attention_auto"].startswith("attention=auto chose cpu (cpu, float32")
     assert m["versions"]["torch"] and m["versions"]["hydra-core"]
 
 

@@ -6,6 +6,7 @@ rows cu_seqlens_q[b]:cu_seqlens_q[b+1] and attends to the first context_lens[b] 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -32,8 +33,18 @@ class AttentionMetadata:
 
 class AttentionBackend(ABC):
     name: str
+    # attention=auto's order of preference per device type ("cuda", "cpu"), lowest first; a
+    # backend that does not rank a device type is never auto's choice there (but may be asked for)
+    auto_rank: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    def check(cls, device: torch.device, dtype: torch.dtype, block_size: int | None = None) -> None:
+        """Raise (ConfigError, or ImportError for a missing package) with a message naming the
+        fix when this backend cannot run on `device` in `dtype` with KV blocks of `block_size`
+        tokens (None: not known yet). attention=auto chooses with it; building calls it."""
 
     def __init__(self, config, device: torch.device, dtype: torch.dtype):
+        type(self).check(device, dtype)  # refuse at build time, not mid-run
         self.config = config
         self.device = device
         self.dtype = dtype

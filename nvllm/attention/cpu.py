@@ -70,19 +70,25 @@ def decode_kernel():
 
 class CPUBackend(SDPABackend):
     name = "cpu"
+    auto_rank = {"cpu": 0}
 
     @dataclass
     class Config:
         name: str = "cpu"
 
-    def __init__(self, config, device: torch.device, dtype: torch.dtype):
-        super().__init__(config, device, dtype)
+    @classmethod
+    def check(cls, device: torch.device, dtype: torch.dtype, block_size: int | None = None) -> None:
+        """Raise naming the fix unless this is a float32 CPU run whose C compiler builds the kernel."""
         if device.type != "cpu":
             raise ConfigError(f"attention=cpu runs on the CPU and this run is on {device.type}; use attention=sdpa, "
                               f"triton or flash_attn there")
         if dtype != torch.float32:
             raise ConfigError(f"attention=cpu's decode kernel is float32 only, not {dtype}; use dtype=float32 "
                               f"(the CPU default) or attention=sdpa")
+        decode_kernel()
+
+    def __init__(self, config, device: torch.device, dtype: torch.dtype):
+        super().__init__(config, device, dtype)
         self.kernel = decode_kernel()
 
     def prepare(self, meta: AttentionMetadata, block_size: int):

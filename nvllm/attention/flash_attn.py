@@ -18,6 +18,7 @@ INSTALL_HINT = ("pip install flash-attn (on a CUDA machine; nvllm[cuda]), or use
 
 class FlashAttnBackend(AttentionBackend):
     name = "flash_attn"
+    auto_rank = {"cuda": 0}
 
     @dataclass
     class Config:
@@ -36,16 +37,11 @@ class FlashAttnBackend(AttentionBackend):
             raise ConfigError(f"attention=flash_attn reads a paged KV cache only in blocks of a multiple of 256 "
                               f"tokens, not kv_cache.block_size={block_size}; use kv_cache.block_size=256, or "
                               f"attention=triton for smaller blocks")
+        _kernels()
 
     def __init__(self, config, device: torch.device, dtype: torch.dtype):
         super().__init__(config, device, dtype)
-        self.check(device, dtype)
-        try:
-            from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
-        except ImportError as e:
-            raise ImportError(f"attention=flash_attn needs the `flash-attn` package, which is not installed "
-                              f"({e}): {INSTALL_HINT}") from e
-        self.varlen, self.with_kvcache = flash_attn_varlen_func, flash_attn_with_kvcache
+        self.varlen, self.with_kvcache = _kernels()
         self.store = _store_for(device)
         self.checked_block_size = None
 
@@ -79,11 +75,20 @@ class FlashAttnBackend(AttentionBackend):
                            causal=True, block_table=x["block_tables"])
 
 
+def _kernels():
+    try:
+        from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
+    except ImportError as e:
+        raise ImportError(f"attention=flash_attn needs the `flash-attn` package, which is not installed "
+                          f"({e}): {INSTALL_HINT}") from e
+    return flash_attn_varlen_func, flash_attn_with_kvcache
+
+
 def _store_for(device: torch.device):
     """The Triton store kernel when triton can compile here (it skips -1 padding slots in-kernel),
     else the index-copy store."""
     try:
-        from nvllm.attention.triton import kernels_for, store_kvcache
+        from nvllm.attention.triton_common import kernels_for, store_kvcache
 
         kernels_for(device)
         return store_kvcache

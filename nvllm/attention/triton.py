@@ -1,51 +1,26 @@
-"""Attention with our own Triton kernels: one writes K/V into the paged cache, one attends over
-it for decode and varlen prefill alike (cached prefix, then this step's tokens, causal).
+"""Attention with our own Triton kernels: one writes K/V into the paged cache (shared with
+flash_attn, in triton_common.py), one attends over it for decode and varlen prefill alike
+(cached prefix, then this step's tokens, causal).
 
 Triton is imported when the backend is built, never at registration. On a CPU the kernels run
-in Triton's interpreter (slow; for tests and learning). Triton picks interpreter or compiler
-once per process, at import: nvllm sets TRITON_INTERPRET=1 itself where it can (no GPU, or a CPU
-backend built before triton is imported) and refuses a device the process's mode cannot serve."""
+in Triton's interpreter (slow; for tests and learning): see triton_common.py for how the mode
+is chosen."""
 # the kernels' `tl.constexpr` annotations must stay strings: `tl` is bound only on first use
 from __future__ import annotations
 
-import functools
 import math
-import os
-import sys
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
 from nvllm.attention.base import AttentionBackend, AttentionMetadata
+from nvllm.attention.triton_common import jit, kernels_for, store_kvcache
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 
-tl = None  # triton.language, bound by kernels_for()
+__all__ = ["TritonBackend", "kernels_for", "paged_attention", "store_kvcache"]
 
-# Triton picks interpreter or compiler when it is first imported, and torch._dynamo imports it
-# (transformers reaches dynamo when saving or loading models). Where no GPU can run compiled
-# kernels the interpreter is the only mode that works: pick it at registration, importing nothing.
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-def _store_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
-                  k_stride_t, k_stride_h, v_stride_t, v_stride_h, c_stride_b, c_stride_s, c_stride_h,
-                  block_size, num_kv_heads,
-                  HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slot_ptr + t)
-    if slot < 0:  # CUDA-graph padding: this row has no slot
-        return
-    h = tl.arange(0, BLOCK_H)
-    d = tl.arange(0, BLOCK_D)
-    mask = (h[:, None] < num_kv_heads) & (d[None, :] < HEAD_DIM)
-    cache = (slot // block_size) * c_stride_b + (slot % block_size) * c_stride_s + h[:, None] * c_stride_h + d[None, :]
-    k = tl.load(k_ptr + t * k_stride_t + h[:, None] * k_stride_h + d[None, :], mask=mask)
-    v = tl.load(v_ptr + t * v_stride_t + h[:, None] * v_stride_h + d[None, :], mask=mask)
-    tl.store(k_cache_ptr + cache, k, mask=mask)
-    tl.store(v_cache_ptr + cache, v, mask=mask)
+tl = None  # triton.language, bound by _attention_jit()
 
 
 def _attention_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, o_ptr,
@@ -128,62 +103,10 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, o_ptr,
              out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@functools.cache
-def kernels_for(device: torch.device) -> SimpleNamespace:
-    """Import triton and return the kernels for tensors on `device`, or say why they cannot run."""
+def _attention_jit(kernels):
     global tl
-    if device.type == "cpu" and "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton
-        import triton.language
-    except ImportError as e:
-        raise ImportError("attention=triton needs the `triton` package, which is not installed: "
-                          "pip install triton (or nvllm[triton]), or use attention=sdpa") from e
-    tl = triton.language
-    # triton.language's own helpers were jitted at import: they tell which mode this process has
-    interpreted = type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
-    if device.type == "cpu" and not interpreted:
-        raise ConfigError("attention=triton on the CPU runs in Triton's interpreter, which must be chosen before "
-                          "triton is imported, and triton was already imported without it in this process: set "
-                          "TRITON_INTERPRET=1 in the environment (or load nvllm's plugins before anything imports "
-                          "triton), or use attention=sdpa")
-    if device.type != "cpu" and interpreted:
-        raise ConfigError(f"attention=triton on {device}: TRITON_INTERPRET=1 was set when triton was imported, so "
-                          "the kernels would run in the (CPU) interpreter; unset it to compile them for the GPU")
-    return _kernels(interpreted)
-
-
-@functools.cache
-def _kernels(interpret: bool) -> SimpleNamespace:
-    import triton
-
-    # jit reads the variable now: match triton.language's helpers, whatever the env says today
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-    try:
-        return SimpleNamespace(store=triton.jit(_store_kernel), attention=triton.jit(_attention_kernel),
-                               next_power_of_2=triton.next_power_of_2)
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-
-
-def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                  slot_mapping: torch.Tensor) -> None:
-    """Write each token's K/V to its cache slot; slot -1 (padding) is skipped."""
-    if k_cache.numel() == 0:
-        return
-    assert k.stride(-1) == v.stride(-1) == k_cache.stride(-1) == 1 and k_cache.stride() == v_cache.stride()
-    kernels = kernels_for(k.device)
-    num_tokens, num_kv_heads, head_dim = k.shape
-    kernels.store[(num_tokens,)](
-        k, v, k_cache, v_cache, slot_mapping, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        *k_cache.stride()[:3], k_cache.shape[1], num_kv_heads,
-        HEAD_DIM=head_dim, BLOCK_H=kernels.next_power_of_2(num_kv_heads),
-        BLOCK_D=kernels.next_power_of_2(head_dim))
+    tl = kernels.language
+    return jit(_attention_kernel, kernels.interpreted)
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -191,6 +114,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     """Attention of the packed queries over each sequence's cached prefix and its own new K/V."""
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and k_cache.stride() == v_cache.stride()
     kernels = kernels_for(q.device)
+    attention = _attention_jit(kernels)
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     assert num_heads % num_kv_heads == 0, (num_heads, num_kv_heads)
@@ -206,7 +130,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     batch = meta.context_lens.shape[0]
     grid = (batch, num_kv_heads, 1 if meta.is_decode else -(-max_query_len // block_q))
-    kernels.attention[grid](
+    attention[grid](
         q, k, v, k_cache, v_cache, out, meta.cu_seqlens_q, meta.context_lens, meta.block_tables,
         scale * math.log2(math.e),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
@@ -220,6 +144,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
 
 class TritonBackend(AttentionBackend):
     name = "triton"
+    auto_rank = {"cuda": 1}  # on a CPU it runs interpreted: never auto's choice there
 
     @dataclass
     class Config:
@@ -232,10 +157,6 @@ class TritonBackend(AttentionBackend):
         if device.type == "cpu" and dtype == torch.bfloat16:
             raise ConfigError("attention=triton on the CPU runs in Triton's interpreter, whose bfloat16 dot products "
                               "are wrong; use dtype=float32 (or float16) on the CPU, or attention=sdpa")
-
-    def __init__(self, config, device: torch.device, dtype: torch.dtype):
-        super().__init__(config, device, dtype)
-        self.check(device, dtype)  # fail at build time, not mid-run
 
     def prepare(self, meta: AttentionMetadata, block_size: int):
         meta.extra["max_query_len"] = max(meta.query_lens)

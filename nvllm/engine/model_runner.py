@@ -39,6 +39,19 @@ def graph_bucket(sizes: list[int], n: int) -> int | None:
     return sizes[i] if i < len(sizes) else None
 
 
+def warmup_steps(config: Config, block_size: int) -> tuple[list[StepInput], list[StepInput]]:
+    """The two steps that sizing measures: the largest prefill, and a decode of the largest batch
+    (eager, or the top CUDA-graph bucket) with every sequence at max_model_len."""
+    seq_len = min(config.max_num_batched_tokens, config.max_model_len)
+    num_seqs = max(1, min(config.max_num_batched_tokens // seq_len, config.max_num_seqs))
+    prefill = [([0] * seq_len, 0, [0] * -(-seq_len // block_size))] * num_seqs
+    batch = min(config.max_num_seqs, config.max_num_batched_tokens)
+    if config.cudagraph == "true":
+        batch = max(batch, graph_batch_sizes(config.max_num_seqs)[-1])
+    table = list(range(-(-config.max_model_len // block_size)))
+    return prefill, [([0], config.max_model_len - 1, table)] * batch
+
+
 class ModelRunner:
     def __init__(self, config: Config, path: str, control_group=None):
         self.config = config
@@ -104,23 +117,33 @@ class ModelRunner:
                               f"{self._block_bytes() / 2**20:.1f} MiB; raise kv_cache.memory_budget_gb")
         return num_blocks
 
-    def _peak_forward_bytes(self) -> int:
-        """Activation memory of the largest prefill, measured by a warm-up pass without a cache."""
-        seq_len = min(self.config.max_num_batched_tokens, self.config.max_model_len)
-        num_seqs = max(1, min(self.config.max_num_batched_tokens // seq_len, self.config.max_num_seqs))
-        inputs = [([0] * seq_len, 0, [0] * -(-seq_len // self.block_size))] * num_seqs
+    def _peak_forward_bytes(self, measure=None) -> int:
+        """Activation memory the KV cache must leave room for: the larger of the largest prefill
+        and decode at the largest batch (the top CUDA-graph bucket) with every sequence at
+        max_model_len, measured by warm-up passes (sdpa's decode copy grows with both)."""
+        measure = measure or self._cuda_peak_bytes
+        prefill, decode = warmup_steps(self.config, self.block_size)
+        peak = measure(lambda: self.forward(*self.prepare(prefill)))  # no cache yet: nothing cached is read
+        self._allocate_kv_cache(num_blocks=len(decode[0][2]))  # decode reads a cache: a stand-in, every row shares it
+        try:
+            return max(peak, measure(lambda: self.forward(*self.prepare(decode))))
+        finally:
+            for m in self._attention_layers():
+                m.k_cache = m.v_cache = torch.tensor([], dtype=self.dtype, device=self.device)
+
+    def _cuda_peak_bytes(self, fn) -> int:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        self.forward(*self.prepare(inputs))
+        fn()
         peak = torch.cuda.max_memory_allocated(self.device) - before
         torch.cuda.empty_cache()
         return peak
 
-    def _allocate_kv_cache(self):
+    def _allocate_kv_cache(self, num_blocks: int | None = None):
         # one block more than the allocator hands out: padding slots (-1) land in its last slot
         for m in self._attention_layers():
-            shape = (self.num_blocks + 1, self.block_size, m.num_kv_heads, m.head_dim)
+            shape = ((num_blocks or self.num_blocks) + 1, self.block_size, m.num_kv_heads, m.head_dim)
             m.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
             m.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
 

@@ -31,9 +31,17 @@ def test_block_sizes_not_a_multiple_of_256_are_refused(block_size):
         FlashAttnBackend.check(CUDA, torch.bfloat16, block_size)
 
 
-def test_block_size_256_passes_the_check():
-    FlashAttnBackend.check(CUDA, torch.bfloat16, 256)
-    FlashAttnBackend.check(CUDA, torch.float16, 512)
+def test_block_size_256_passes_to_the_package_check():
+    """Past device, dtype and block size, check() asks for the package itself (what auto needs)."""
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        for dtype, block_size in ((torch.bfloat16, 256), (torch.float16, 512)):
+            with pytest.raises(ImportError, match="pip install flash-attn"):
+                FlashAttnBackend.check(CUDA, dtype, block_size)
+    else:
+        FlashAttnBackend.check(CUDA, torch.bfloat16, 256)
+        FlashAttnBackend.check(CUDA, torch.float16, 512)
 
 
 def test_missing_package_names_the_fix(monkeypatch):

@@ -1,0 +1,95 @@
+"""The device check's parts, each in its own process under its own time cap, so one slow part
+cannot eat the others: the GPU tests, greedy parity with transformers (gpu_parity.py) and
+nano-vllm's benchmark (bench_gpu.py). Writes check.json under --out and prints one table last,
+with whatever finished when a part hit its cap. Run through experiments/gpu_check.sh.
+
+    python experiments/gpu_check.py --out DIR [--tests DIR] [--smoke]
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUDGETS = dict(tests=75, parity=100, bench=280)  # seconds per part: under 8 minutes with the install
+SMOKE_BUDGETS = dict(tests=120, parity=240, bench=300)
+
+
+def run_part(name: str, cmd: list[str], budget: float, out: Path) -> dict:
+    print(f"== {name} (cap {budget:.0f} s): {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    log = (out / f"{name}.log").open("w")
+    try:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=budget)
+        status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        status = f"timed out at {budget:.0f} s"
+    log.close()
+    lines = (out / f"{name}.log").read_text().splitlines()
+    return dict(part=name, status=status, seconds=round(time.perf_counter() - start, 1), last_lines=lines[-40:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tests", default=str(HERE.parent / "tests"), help="the test tree to run with -m gpu")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny workloads: checks the check")
+    parser.add_argument("--parts", default="tests,parity,bench")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budgets = SMOKE_BUDGETS if args.smoke else BUDGETS
+    smoke = ["--smoke"] if args.smoke else []
+    py = sys.executable
+    commands = {
+        "tests": [py, "-m", "pytest", args.tests, "-m", "gpu", "-q", "-p", "no:cacheprovider"],
+        "parity": [py, str(HERE / "gpu_parity.py"), "--out", str(out / "parity"), *smoke],
+        # per configuration: 35 s of generate (the defaults need about 14 s on an H200), 40 s of set-up
+        "bench": [py, str(HERE / "bench_gpu.py"), "--out", str(out / "bench"), "--budget-s", "35",
+                  "--setup-budget-s", "40", *smoke],
+    }
+    parts = []
+    for name in args.parts.split(","):
+        parts.append(run_part(name, commands[name], budgets[name], out))
+        (out / "check.json").write_text(json.dumps(dict(parts=parts), indent=2))
+    _attach(out, parts)
+    print("\n== GPU check: parts ==" if not args.smoke else "\n== GPU check (smoke: CPU) ==")
+    for p in parts:
+        print(f"{p['part']:<8} {p['status']:<22} {p['seconds']:>6.1f} s   {_summary(p)}")
+    for p in parts:
+        if p.get("table"):
+            print(f"\n-- {p['part']} --\n" + "\n".join(p["table"]))
+
+
+def _attach(out: Path, parts: list[dict]):
+    """Each part's own table (the lines after its last blank line) and JSON, into check.json."""
+    for p in parts:
+        lines = p["last_lines"]
+        if p["part"] != "tests" and "" in lines:
+            p["table"] = lines[len(lines) - lines[::-1].index(""):]
+        for path in (out / "parity" / "parity.json", out / "bench" / "bench_gpu.json"):
+            if path.parent.name == p["part"] and path.exists():
+                p["results"] = json.loads(path.read_text())
+                if "table" not in p:  # cut off by its cap: list what finished
+                    p["table"] = [json.dumps({k: v for k, v in r.items() if k not in ("stderr", "first_mismatch")})
+                                  for r in p["results"]]
+    (out / "check.json").write_text(json.dumps(dict(parts=parts), indent=2))
+
+
+def _summary(part: dict) -> str:
+    lines = [line for line in part["last_lines"] if line.strip()]
+    if part["part"] == "tests":
+        return lines[-1] if lines else ""
+    results = part.get("results", [])
+    if part["part"] == "parity":
+        cells = [r for r in results if "status" in r]
+        return ", ".join(f"{sum(r['status'] == s for r in cells)} {s}" for s in ("match", "MISMATCH", "refused", "error")
+                         if any(r["status"] == s for r in cells))
+    done = [r for r in results if "tok_s" in r]
+    return ", ".join(f"{r['config']} {'>=' if r.get('lower_bound') else ''}{r['tok_s']:.0f} tok/s" for r in done)
+
+
+if __name__ == "__main__":
+    main()
