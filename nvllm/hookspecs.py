@@ -1,4 +1,5 @@
-"""The hooks a plugin may implement. Hooks only register: each receives the family's `register`."""
+"""The hooks a plugin may implement. Hooks only register: each receives the family's `register`
+and calls it with component classes, each carrying a string `name` and a `Config` dataclass."""
 import pluggy
 
 hookspec = pluggy.HookspecMarker("nvllm")
@@ -7,24 +8,24 @@ hookimpl = pluggy.HookimplMarker("nvllm")
 
 @hookspec
 def register_models(register):
-    """Register model architectures: ``register(cls)`` with ``cls.name`` and ``cls.Config``."""
+    """Register model architectures: subclasses of ``nvllm.models.base.CausalLM``."""
 
 
 @hookspec
 def register_schedulers(register):
-    """Register scheduler policies: ``register(cls)`` with ``cls.name`` and ``cls.Config``."""
+    """Register scheduler policies: subclasses of ``nvllm.scheduler.base.Scheduler``."""
 
 
 @hookspec
 def register_kv_caches(register):
-    """Register KV cache allocators: ``register(cls)`` with ``cls.name`` and ``cls.Config``."""
+    """Register KV cache allocators: subclasses of ``nvllm.kv_cache.base.KVCacheAllocator``."""
 
 
 @hookspec
 def register_attention_backends(register):
-    """Register attention backends: ``register(cls)`` with ``cls.name`` and ``cls.Config``."""
+    """Register attention backends: subclasses of ``nvllm.attention.base.AttentionBackend``."""
 
 
 @hookspec
 def register_samplers(register):
-    """Register samplers: ``register(cls)`` with ``cls.name`` and ``cls.Config``."""
+    """Register samplers: subclasses of ``nvllm.sampler.base.Sampler``."""

@@ -10,7 +10,7 @@ def test_overrides_reach_the_engine(tiny_qwen3_path):
              max_model_len=128, max_num_batched_tokens=256) as llm:
         engine = llm.engine
         assert engine.scheduler.max_num_seqs == 4 and engine.config.max_model_len == 128
-        assert engine.kv_config.prefix_caching is False and engine.kv_config.block_size == 8
+        assert engine.config.kv_cache.prefix_caching is False and engine.config.kv_cache.block_size == 8
         assert llm.config.model.name == "qwen3" and llm.config.model.path == tiny_qwen3_path
 
 

@@ -1,4 +1,5 @@
 """Every option of every config group composes, and its component builds."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,35 @@ def test_help_lists_every_group_and_option(tmp_path):
     for group, option in ALL:
         assert f"{group}: " in out
         assert option in out.split(f"{group}: ", 1)[1].splitlines()[0], (group, option)
+
+
+@pytest.mark.parametrize("override", ["compile=maybe", "max_num_seqs=abc", "tp=1.5", "sampling.max_tokens=abc",
+                                      "kv_cache.block_size=big"])
+def test_switches_are_typed_at_composition(override):
+    """The schema (nvllm_schema in the ConfigStore) refuses a value of the wrong type, naming the key."""
+    key, value = override.split("=")
+    with pytest.raises(Exception) as e:
+        compose_with(override)
+    message = f"{e.value} {e.value.__cause__}"
+    assert f"full_key: {key}" in message and value in message
+
+
+@pytest.mark.parametrize("override, says", [
+    ("cudagraph=maybe", "cudagraph='maybe' is not allowed: use auto, true or false"),
+    ("max_num_seqs=0", "max_num_seqs=0 is not allowed: it must be an integer >= 1"),
+    ("dtype=float8", "dtype='float8' is not allowed"),
+    ("scheduler=chunked scheduler.max_chunk=-1", "scheduler.max_chunk=-1 is not allowed"),
+    ("kv_cache.block_size=0", "kv_cache.block_size must be positive"),
+])
+def test_out_of_range_values_are_refused_naming_key_and_value(override, says):
+    from nvllm.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        Config.from_cfg(compose_with(*override.split()))
+
+
+def test_python_overrides_are_typed_too():
+    from nvllm.config import ConfigError, compose
+
+    with pytest.raises(ConfigError, match="full_key: max_num_seqs"):
+        compose(max_num_seqs="abc")

@@ -51,25 +51,21 @@ class PagedBlockManager(KVCacheAllocator):
         # seq id -> its full blocks already entered in the prefix cache
         self.num_hashed_blocks: dict[int, int] = {}
 
-    # -- the free list. Which free block is overwritten next is the one thing an allocator built on
-    # this one changes (plugins/nvllm-lru): it overrides these four and nothing else.
+    # -- the free list: which free block is overwritten next. An allocator built on this one
+    # (plugins/nvllm-lru) overrides these four: a freed block keeps its hash until it is popped.
     @property
     def num_free_blocks(self) -> int:
         return len(self.free_block_ids)
 
     def push_free(self, block_id: int):
-        """`block_id` just lost its last reference (it keeps its hash: a hit can revive it)."""
         self.free_block_ids.append(block_id)
 
     def pop_free(self) -> int:
-        """The free block to overwrite next."""
         return self.free_block_ids.popleft()
 
-    def remove_free(self, block_id: int):
-        """A prefix hit takes back the free block `block_id`."""
+    def remove_free(self, block_id: int):  # a prefix hit takes a free block back
         self.free_block_ids.remove(block_id)
 
-    # -- blocks ----------------------------------------------------------------------------
     def _take_free_block(self) -> int:
         block = self.blocks[self.pop_free()]
         assert block.ref_count == 0
@@ -119,8 +115,7 @@ class PagedBlockManager(KVCacheAllocator):
         self.num_hit_tokens += seq.num_computed_tokens
 
     def deallocate(self, seq: Sequence):
-        # the tail first: it becomes older than the prefix it extends, and a tail without its prefix is useless
-        for block_id in reversed(seq.block_table):
+        for block_id in reversed(seq.block_table):  # the tail first: useless without its prefix
             block = self.blocks[block_id]
             block.ref_count -= 1
             assert block.ref_count >= 0

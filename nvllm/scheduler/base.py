@@ -1,20 +1,9 @@
-"""The scheduler family: which sequences run in each step, and who is preempted.
+"""The scheduler family: which sequences run in each step, and who is preempted (by recompute).
 
-The loop is written once, here. A step either admits waiting requests first and, if any were
-admitted, runs only their prefills (nano-vllm's prefill-first order), or, with `chunked_prefill`,
-continues the running requests first and fills what is left of the token budget with new ones,
-whose prompts may be split across steps. A policy says only what differs, by overriding:
-
-- `next_to_admit`: which waiting request is admitted next (default: the head of the queue);
-- `skip_blocked`: whether a request that does not fit may be passed over (default: no, it waits
-  at the head and nothing behind it is admitted);
-- `admission_victim`: a running request to preempt so that a waiting one fits (default: none);
-- `running_order`: the order running requests are given the step (default: decodes, then the
-  prefill chunks under way, in admission order);
-- `victim`: the running request to preempt when one cannot get a block (default: the newest
-  admitted); None preempts the request itself.
-
-Preemption is by recompute: the victim's blocks are freed and it rejoins the front of the queue."""
+The loop is written once, here: prefill-first (nano-vllm: a step that admits runs only prefills)
+or, with `chunked_prefill`, running requests first and new prompts, split if need be, in what is
+left of the token budget. A policy overrides only what differs: `next_to_admit`, `skip_blocked`,
+`admission_victim`, `running_order`, `victim`, `chunk` (docs/plugins.md)."""
 from abc import ABC
 from collections import deque
 
@@ -45,26 +34,23 @@ class Scheduler(ABC):
     def is_finished(self) -> bool:
         return not self.waiting and not self.running
 
-    # -- policy ------------------------------------------------------------------------------
-    def next_to_admit(self, passed: set[int]) -> Sequence | None:
-        """The waiting request to admit next; `passed` holds the seq ids skipped this step."""
+    # -- policy: the defaults are fcfs ------------------------------------------------------------
+    def next_to_admit(self, passed: set[int]) -> Sequence | None:  # passed: seq ids skipped this step
         return next((seq for seq in self.waiting if seq.seq_id not in passed), None)
 
-    def skip_blocked(self, seq: Sequence) -> bool:
+    def skip_blocked(self, seq: Sequence) -> bool:  # False: a request that does not fit blocks the queue
         return False
 
     def admission_victim(self, seq: Sequence, candidates: list[Sequence]) -> Sequence | None:
         return None
 
-    def running_order(self) -> list[Sequence]:
+    def running_order(self) -> list[Sequence]:  # decodes, then prefill chunks under way
         return sorted(self.running, key=lambda s: len(s) - s.num_computed_tokens > 1)
 
     def victim(self, seq: Sequence, candidates: list[Sequence]) -> Sequence | None:
-        """`candidates`: running requests not yet given this step, in admission order."""
-        return candidates[-1] if candidates else None
+        return candidates[-1] if candidates else None  # the newest admitted; None: seq itself
 
     def chunk(self, seq: Sequence, budget: int) -> int:
-        """Tokens `seq` computes this step out of `budget`."""
         return min(len(seq) - seq.num_computed_tokens, budget)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -125,7 +111,7 @@ class Scheduler(ABC):
                 scheduled.append(seq)
         return budget
 
-    def _unscheduled(self, seq: Sequence) -> list[Sequence]:
+    def _unscheduled(self, seq: Sequence) -> list[Sequence]:  # running, not yet given this step, in admission order
         return [s for s in self.running if s is not seq and not s.num_scheduled_tokens]
 
     def preempt(self, seq: Sequence):

@@ -24,7 +24,8 @@ class ChunkedScheduler(Scheduler):
         max_chunk: int = 0
 
         def __post_init__(self):
-            assert self.max_chunk >= 0, "scheduler.max_chunk must be >= 0"
+            if self.max_chunk < 0:
+                raise ValueError(f"scheduler.max_chunk={self.max_chunk} is not allowed: use 0 (no limit) or more")
 
     def chunk(self, seq: Sequence, budget: int) -> int:
         left = len(seq) - seq.num_computed_tokens
