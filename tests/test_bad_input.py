@@ -95,7 +95,7 @@ def test_missing_hf_cache(tmp_path, monkeypatch):
 
 
 def test_wrong_architecture_for_checkpoint(tiny_qwen3_path):
-    with pytest.raises(ValueError, match="holds a 'qwen3' checkpoint, which model=llama does not run"):
+    with pytest.raises(ValueError, match="holds a 'qwen3' model, which model=llama does not run"):
         LLM(model={"name": "llama", "path": tiny_qwen3_path})
 
 
@@ -104,9 +104,9 @@ def test_wrong_architecture_for_checkpoint(tiny_qwen3_path):
     pytest.param(dict(device="cuda"), "torch sees no CUDA device", marks=NO_CUDA),
     (dict(tp=3), r"tp=3 does not divide this model's num_attention_heads=4, num_key_value_heads=2, "
                  r"intermediate_size=128; .* \(tp in \[1, 2\] works\)"),
-    (dict(dtype="float64"), "dtype must be"),
+    (dict(dtype="float64"), "dtype='float64' is not allowed: use auto, float32, bfloat16 or float16"),
     (dict(onednn=True, dtype="bfloat16", device="cpu"), "onednn=true packs float32 weights .* bfloat16 on cpu"),
-    (dict(onednn="maybe"), "onednn must be auto, true or false"),
+    (dict(onednn="maybe"), "onednn='maybe' is not allowed: use auto, true or false"),
     (dict(attention="cpu", dtype="bfloat16", device="cpu"), "decode kernel is float32 only.*dtype=float32"),
     (dict(max_num_batched_tokens=32, max_model_len=64), "must be >= max_model_len"),
 ])
