@@ -65,13 +65,11 @@ def test_decode_in_groups_matches_one_piece(monkeypatch):
 def test_sizing_measures_decode_at_the_largest_bucket(tiny_qwen3_path):
     """The warm-up the KV budget is cut from runs the largest prefill and a decode of the top
     CUDA-graph bucket with every sequence at max_model_len; the larger peak is kept."""
-    from nvllm.config import EngineConfig
-    from nvllm.engine.model_runner import ModelRunner, graph_batch_sizes, warmup_steps
-    from nvllm.kv_cache.paged import PagedBlockManager
-    from nvllm.models.qwen3 import Qwen3ForCausalLM
-    from nvllm.plugins import load_plugins
+    from transformers import AutoConfig
 
-    load_plugins()
+    from nvllm.config import Config, EngineConfig, compose
+    from nvllm.engine.model_runner import ModelRunner, graph_batch_sizes, warmup_steps
+
     graphs = dataclasses.replace(EngineConfig(), cudagraph="true", max_num_seqs=512, max_model_len=4096)
     prefill, decode = warmup_steps(graphs, 16)
     assert sum(len(t) for t, _, _ in prefill) == 16384
@@ -80,10 +78,10 @@ def test_sizing_measures_decode_at_the_largest_bucket(tiny_qwen3_path):
     eager = dataclasses.replace(graphs, cudagraph="false", max_num_seqs=64)
     assert len(warmup_steps(eager, 16)[1]) == 64
 
-    config = EngineConfig(device="cpu", dtype="float32", max_num_seqs=12, max_num_batched_tokens=128,
-                          max_model_len=128).resolve()
-    runner = ModelRunner(config, Qwen3ForCausalLM.Config(), tiny_qwen3_path, PagedBlockManager.Config(num_blocks=8, block_size=8),
-                         SDPABackend.Config(), _default_sampler_config())
+    cfg = compose(model=tiny_qwen3_path, attention="sdpa", device="cpu", dtype="float32", max_num_seqs=12,
+                  max_num_batched_tokens=128, max_model_len=128, kv_cache={"num_blocks": 8, "block_size": 8})
+    config = Config.from_cfg(cfg).resolve(AutoConfig.from_pretrained(tiny_qwen3_path))
+    runner = ModelRunner(config, tiny_qwen3_path)
     seen = []
 
     def measure(fn):  # stands in for CUDA's allocator statistics: which step ran, how much it would take
@@ -103,8 +101,3 @@ def test_sizing_measures_decode_at_the_largest_bucket(tiny_qwen3_path):
     assert all(m.k_cache.numel() == 0 for m in runner._attention_layers())  # the stand-in cache is gone
     runner.close()
 
-
-def _default_sampler_config():
-    from nvllm import registry
-
-    return registry.typed_config("sampler", {"name": "default"})
