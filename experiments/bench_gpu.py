@@ -28,7 +28,8 @@ CONFIGS = {  # name -> engine overrides on top of the defaults; the most telling
     "triton": dict(attention="triton"),
     "cudagraph": dict(cudagraph="true"),
 }
-SMOKE_CONFIGS = {"defaults": {}, "sdpa": dict(attention="sdpa"), "compile": dict(compile=True)}
+# compile is proved on the CPU by gpu_parity --smoke: compiling again here would take the cap
+SMOKE_CONFIGS = {"defaults": {}, "sdpa": dict(attention="sdpa")}
 NANO_VLLM_OUTPUT_TOKENS = 133_966
 
 

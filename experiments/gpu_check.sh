@@ -19,7 +19,7 @@ SCRATCH=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 WHEELS=${WHEEL_DIR:-.whl}  # the smoke test points it elsewhere to use its own environment
 if [ -d "$WHEELS" ]; then
-  "$ROOT/experiments/gpu_install.sh" "$SCRATCH/site" || { echo "gpu_check: installing .whl/ and nvllm failed" >&2; exit 1; }
+  bash "$ROOT/experiments/gpu_install.sh" "$SCRATCH/site" || { echo "gpu_check: installing .whl/ and nvllm failed" >&2; exit 1; }
   export PYTHONPATH=$SCRATCH/site
 fi
 # run from the scratch directory, with a copy of the checkout but its nvllm/ (the tests read docs/,

@@ -1,10 +1,13 @@
 """The prepared GPU scripts run their logic here: the whole device check in --smoke mode on the
 CPU (tiny model, tiny workloads), nano-vllm's workload drawn exactly, and the wheel set
 installing, offline, into an empty directory where `import nvllm.conf` then works."""
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -47,24 +50,92 @@ def test_gpu_check_smoke(tmp_path):
     assert "-- bench --" in proc.stdout and proc.stdout.rstrip().splitlines()[-1].startswith("machine:")
 
 
+# what the GPU image lacks and the wheels bring: hidden from the image-like Python below
+NOT_ON_THE_IMAGE = ("hydra", "omegaconf", "antlr4", "hypothesis", "attrs", "sortedcontainers", "gguf", "setuptools",
+                    "_distutils_hack", "distutils-precedence", "accelerate", "submitit", "nvllm", "__editable__")
+
+
+def image_like_python(root: Path) -> Path:
+    """A Python 3.11 venv that sees this venv's packages but none of NOT_ON_THE_IMAGE (nor the
+    editable nvllm and its plugins): torch, transformers, pytest, pyyaml, xxhash, pip... as on
+    the GPU image, where PyYAML and xxhash are the carried cp312 wheels instead."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    farm = root / "farm"
+    farm.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.lower().replace("-", "_").startswith(tuple(n.replace("-", "_") for n in NOT_ON_THE_IMAGE)):
+            (farm / entry.name).symlink_to(entry)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    (Path(purelib) / "farm.pth").write_text(str(farm) + "\n")
+    return python
+
+
 @pytest.mark.slow
 def test_wheels_install_into_an_empty_target(tmp_path):
-    """gpu_wheels.sh (PyPI) for this Python, then gpu_install.sh offline into an empty directory:
-    nvllm (with nvllm.conf) and hydra come from there, and the default config composes."""
+    """gpu_wheels.sh's set for the GPU image (needs PyPI): Python 3.12, pure-python or cp312
+    manylinux x86_64, under the carry's 64 MiB. Then, as gpu_check.sh does on the device, offline:
+    gpu_install.sh into an empty directory from a Python without hydra, omegaconf or nvllm;
+    `import nvllm.conf` and `python -m nvllm.run --help` work from there, and the check's tests
+    part collects and runs. The binary wheels are cp312: where a Python 3.12 is at hand they are
+    installed and imported under it; the 3.11 Python here uses its own PyYAML and xxhash."""
     wheels, target = tmp_path / "wheels", tmp_path / "site"
-    env = {**os.environ, "WHEEL_DIR": str(wheels), "PYTHON": sys.executable,
-           "PY_VERSION": f"{sys.version_info.major}.{sys.version_info.minor}"}
+    env = {**os.environ, "WHEEL_DIR": str(wheels), "PYTHON": sys.executable}
     subprocess.run(["bash", str(ROOT / "experiments" / "gpu_wheels.sh")], env=env, check=True, timeout=600,
                    capture_output=True)
     names = sorted(p.name for p in wheels.iterdir())
-    assert any(n.startswith("antlr4_python3_runtime-4.9.3") for n in names) and any(n.startswith("hydra_core") for n in names)
+    assert {n.split("-")[0].lower() for n in names} == {
+        "antlr4_python3_runtime", "attrs", "gguf", "hydra_core", "hypothesis", "omegaconf", "pyyaml", "setuptools",
+        "sortedcontainers", "xxhash"}, names
+    binary = [n for n in names if not n.endswith("-none-any.whl")]
+    assert sorted(n.split("-")[0].lower() for n in binary) == ["pyyaml", "xxhash"]
+    assert all("-cp312-cp312-" in n and "manylinux" in n and n.endswith("x86_64.whl") for n in binary), binary
     assert sum(p.stat().st_size for p in wheels.iterdir()) < 64 * 2**20
+
+    python312 = _python312()
+    if python312:  # the binaries, under the image's Python version
+        subprocess.run([python312, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                        str(tmp_path / "site312"), *map(str, wheels.iterdir())], check=True, timeout=300)
+        imports = "import yaml, yaml._yaml, xxhash, omegaconf, hydra, hypothesis; omegaconf.OmegaConf.create('a: 1')"
+        subprocess.run([python312, "-c", imports], env={**os.environ, "PYTHONPATH": str(tmp_path / "site312")},
+                       cwd=tmp_path, check=True, timeout=120)
+
+    pure = tmp_path / "pure"
+    pure.mkdir()
+    for name in set(names) - set(binary):
+        (pure / name).symlink_to(wheels / name)
+    python = image_like_python(tmp_path)
+    bare = subprocess.run([str(python), "-c", "import hydra"], capture_output=True, timeout=120)
+    assert bare.returncode != 0  # the image has no hydra: the wheels must bring it
+    env = {**os.environ, "WHEEL_DIR": str(pure), "PYTHON": str(python)}
     subprocess.run(["bash", str(ROOT / "experiments" / "gpu_install.sh"), str(target)], env=env, check=True,
                    timeout=600, capture_output=True)
+    run_env = {**os.environ, "PYTHONPATH": str(target)}
     script = ("import hydra, nvllm, nvllm.conf; from nvllm.config import compose; "
               "print(nvllm.__file__, hydra.__file__, compose().attention.name)")
-    out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(target)},
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([str(python), "-c", script], env=run_env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     nvllm_file, hydra_file, attention = out.stdout.split()
     assert nvllm_file.startswith(str(target)) and hydra_file.startswith(str(target)) and attention == "auto"
+    helped = subprocess.run([str(python), "-m", "nvllm.run", "--help"], env=run_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and "attention" in helped.stdout, helped.stdout[-2000:] + helped.stderr[-2000:]
+
+    # the check's own install and tests part, from this image-like Python and the pure wheels
+    check = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_check.sh"), "--smoke", "--parts", "tests"],
+                           env={**env, "OUT": str(tmp_path / "out")}, capture_output=True, text=True, timeout=600)
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+    assert "/site/nvllm/__init__.py" in check.stdout and "skipped" in check.stdout  # installed nvllm; no CUDA: skips
+
+
+def _python312() -> str | None:
+    """A Python 3.12 on this machine, if any (pyenv keeps them out of PATH)."""
+    candidates = [shutil.which("python3.12"), *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")))]
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-m", "pip", "--version"], capture_output=True, timeout=60).returncode == 0:
+            return candidate
+    return None
