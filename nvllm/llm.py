@@ -23,6 +23,9 @@ class LLM:
         """Prompts are strings or lists of token ids (a single one is accepted too). Returns one
         output per prompt, in order; a rejected prompt's output carries `error`. `priorities`, one
         int per prompt (smaller is more urgent), is what `scheduler="priority"` orders by."""
+        if self.engine is None:
+            raise RuntimeError("the engine is closed (close() or the end of its `with` block freed it); "
+                               "create a new LLM to generate again")
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         if sampling_params is None:

@@ -1,7 +1,9 @@
 """What a run measured, as the dict written to metrics.json."""
 import platform
+import re
 import resource
 import statistics
+from collections import Counter
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 
@@ -24,10 +26,14 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
     stats = engine.stats
     output_tokens = sum(len(o.token_ids) for o in done)
     device = engine.model_runner.device if engine.model_runner else torch.device(engine.config.device)
+    rejected = [o.error for o in outputs if o.finish_reason == "rejected"]
     return {
         "status": "ok",
         "requests": len(outputs),
-        "rejected": len(outputs) - len(done),
+        "completed": len(done),
+        "rejected": len(rejected),
+        # each reason with its numbers as N, so that alike rejections count together
+        "rejected_by_reason": dict(sorted(Counter(re.sub(r"\d+", "N", e.split(". ")[0]) for e in rejected).items())),
         "prompt_tokens": sum(len(o.prompt_token_ids) for o in done),
         "output_tokens": output_tokens,
         "wall_time_s": wall_time,
@@ -119,6 +125,7 @@ def _versions() -> dict:
 
 def summary_line(m: dict) -> str:
     if m["status"] != "ok":
-        return f"{m['status']}: {m['reason']}"
+        done = f" ({m['completed']} of {m['requests']} requests completed before it)" if "completed" in m else ""
+        return f"{m['status']}: {m['reason']}{done}"
     return (f"{m['requests']} requests ({m['rejected']} rejected), {m['prompt_tokens']} prompt + "
             f"{m['output_tokens']} output tokens in {m['wall_time_s']:.2f} s: {m['output_tok_s']:.1f} output tok/s")

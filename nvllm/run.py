@@ -6,6 +6,8 @@ says `status: skipped` (a refusal: the configuration cannot run here) or `status
 the reason. A single run raises instead, so the command exits non-zero."""
 import json
 import os
+import signal
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +25,7 @@ def main(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from nvllm.distributed.workers import WorkerError
     from nvllm.errors import ConfigError
     from nvllm.metrics import not_run, reset_peak_memory, summary_line
     from nvllm.models.weights import MissingWeightsError
@@ -34,6 +37,8 @@ def main(cfg: DictConfig) -> dict:
         metrics = run(cfg, requested)
     except Exception as e:
         if hydra_cfg.mode != RunMode.MULTIRUN:
+            if isinstance(e, WorkerError):  # one clear message; its own text names the rank and cause
+                sys.exit(f"nvllm: {e}")
             raise
         refused = isinstance(e, (ConfigError, MissingWeightsError))
         if not refused:
@@ -44,6 +49,8 @@ def main(cfg: DictConfig) -> dict:
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"\n{summary_line(metrics)}")
     print(f"metrics: {os.path.relpath(out_dir / 'metrics.json')}")
+    if metrics["status"] == "failed" and hydra_cfg.mode != RunMode.MULTIRUN:
+        sys.exit(1)  # what completed is in metrics.json; the reason was printed above
     return metrics
 
 
@@ -51,7 +58,7 @@ def run(cfg: DictConfig, requested: dict) -> dict:
     from nvllm.config import Config
     from nvllm.engine.llm_engine import LLMEngine
     from nvllm.metrics import collect
-    from nvllm.workloads import assign_priorities, build_requests
+    from nvllm.workloads import assign_priorities, build_requests, prompt_texts
 
     engine = LLMEngine(Config.from_cfg(cfg))
     try:
@@ -63,13 +70,43 @@ def run(cfg: DictConfig, requested: dict) -> dict:
         outputs = engine.generate(prompts, params, priorities=priorities)
         wall = time.perf_counter() - start
         if cfg.print_outputs and cfg.workload.kind in ("chat", "file"):
+            texts = prompt_texts(cfg.workload)
             for out in outputs:
-                shown = cfg.workload.prompts[out.index] if cfg.workload.kind == "chat" else out.prompt
-                print(f"\n>>> {shown}\n{out.error or out.text}")
-        return collect(engine, outputs, wall, requested, priorities)
+                answer = f"[{out.finish_reason}: {out.error}]" if out.error else out.text
+                print(f"\n>>> {shorten(texts[out.index])}\n{answer}")
+        metrics = collect(engine, outputs, wall, requested, priorities)
+        reasons = [f"request {o.index}: {o.error}" for o in outputs if o.finish_reason == "rejected"]
+        if reasons:
+            print(f"\n{len(reasons)} rejected:", *(f"  {shorten(r, 300)}" for r in reasons[:3]),
+                  *([f"  ... ({len(reasons) - 3} more: see rejected_by_reason in metrics.json)"] if len(reasons) > 3 else []),
+                  sep="\n")
+        if engine.failure is not None:
+            metrics.update(status="failed", reason=f"{type(engine.failure).__name__}: {engine.failure}")
+        return metrics
     finally:
         engine.close()
 
 
+def shorten(text: str, limit: int = 200) -> str:
+    """A long prompt as its head and tail, with its length: a terminal-sized line."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit * 2 // 3]} ...[{len(text)} characters]... {text[-limit // 4:]}"
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def cli():
+    """Ctrl-C or SIGTERM: every rank stops (see nvllm.distributed.workers), one line says so."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        print(f"\nnvllm: stopped by {e.args[0] if e.args else 'Ctrl-C'}", file=sys.stderr)
+        sys.exit(130 if not e.args else 143)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

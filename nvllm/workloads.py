@@ -43,14 +43,38 @@ def _chat(messages: list[str], sampling, tokenizer):
     return prompts, [_params(sampling) for _ in prompts]
 
 
-def _file(workload, sampling, tokenizer):
-    path = Path(workload.path).expanduser()
+def prompt_texts(workload) -> list[str]:
+    """The prompts of a chat or file workload as the user wrote them (to print beside the answers)."""
+    return list(workload.prompts) if workload.kind == "chat" else _file_texts(workload.path)
+
+
+def _file_texts(path_value: str) -> list[str]:
+    path = Path(path_value).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"workload.path={workload.path!r}: no such file")
-    if path.suffix == ".jsonl":
-        texts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
-    else:
-        texts = [line for line in path.read_text().splitlines() if line.strip()]
+        raise FileNotFoundError(f"workload.path={path_value!r}: no such file")
+    data = path.read_bytes()
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"workload.path={path_value!r} is not UTF-8 text: line {line} has the byte "
+                         f"{data[e.start:e.start + 1]!r} ({e.reason}). Save the file as UTF-8 (for example "
+                         f"`iconv -f latin1 -t utf-8 {path} > prompts-utf8{path.suffix}`)") from None
+    if path.suffix != ".jsonl":
+        return [line for line in lines if line.strip()]
+    texts = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                texts.append(json.loads(line)["prompt"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"workload.path={path_value!r} line {number}: each line of a .jsonl prompts file "
+                                 f"must be an object with a \"prompt\" string ({type(e).__name__}: {e})") from None
+    return texts
+
+
+def _file(workload, sampling, tokenizer):
+    texts = _file_texts(workload.path)
     if workload.chat:
         return _chat(texts, sampling, tokenizer)
     return texts, [_params(sampling) for _ in texts]

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from nvllm import registry
 from nvllm.config import Config
-from nvllm.distributed.workers import Workers
+from nvllm.distributed.workers import WorkerError, Workers
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.sequence import Sequence
 from nvllm.models.weights import is_random, resolve_model_path
@@ -45,6 +45,7 @@ class StepStats:
 class LLMEngine:
     def __init__(self, config: Config):
         """`config`: the typed configuration (`Config.from_cfg` of a composed Hydra config)."""
+        self.failure = None  # set when a fault stopped the engine
         load_plugins()
         self.model_path = resolve_model_path(config.model)
         self.random_weights = is_random(self.model_path)
@@ -55,7 +56,7 @@ class LLMEngine:
         self.workers = Workers(config.tp, runner_args) if config.tp > 1 else None
         try:
             self.model_runner = ModelRunner(*runner_args, control_group=self.workers and self.workers.group)
-        except Exception as e:
+        except BaseException as e:  # Ctrl-C included: the workers must not outlive it
             self._fail(e)
         self.kv_cache = registry.build("kv_cache", config.kv_cache, num_blocks=self.model_runner.num_blocks,
                                        block_size=config.kv_cache.block_size)
@@ -75,6 +76,10 @@ class LLMEngine:
 
     def add_request(self, prompt: str | list[int], sampling_params: SamplingParams, priority: int = 0) -> Sequence:
         """Validate and queue one request; a bad one raises ValueError and changes nothing."""
+        if getattr(self, "model_runner", None) is None:
+            raise RuntimeError("the engine is closed: create a new LLM to generate again")
+        if self.failure is not None:
+            raise RuntimeError(f"the engine stopped after a failure ({self.failure}); create a new LLM")
         token_ids = self.encode(prompt)
         if not token_ids:
             raise ValueError("empty prompt: a prompt needs at least one token")
@@ -107,7 +112,7 @@ class LLMEngine:
         start = time.perf_counter()
         try:
             token_ids = self.model_runner.run(seqs)
-        except Exception as e:
+        except BaseException as e:  # Ctrl-C mid-step included: the workers are mid-step too
             self._fail(e)
         now = time.perf_counter()
         finished = self.scheduler.postprocess(seqs, token_ids)
@@ -149,7 +154,13 @@ class LLMEngine:
         while not self.is_finished():
             prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
             start = time.perf_counter()
-            finished = self.step()
+            try:
+                finished = self.step()
+            except WorkerError as e:  # what finished is kept; the rest carry the error
+                for out in by_seq.values():
+                    if out.finish_reason is None:
+                        out.finish_reason, out.error = "abort", str(e)
+                break
             elapsed = time.perf_counter() - start
             if self.stats.prefill_tokens > prefill_before:
                 bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
@@ -170,15 +181,17 @@ class LLMEngine:
         if seq.num_completion_tokens > 1:
             out.tpot = (seq.finish_time - seq.first_token_time) / (seq.num_completion_tokens - 1)
 
-    def _fail(self, error: Exception):
-        """Under TP, a failure usually means a worker died: say which, shut down, re-raise."""
+    def _fail(self, error: BaseException):
+        """Under TP, a failure usually means a worker died: say which, stop every rank, re-raise."""
         workers, self.workers = getattr(self, "workers", None), None
         if workers is None:
             raise error
-        worker_error = workers.error() if any(p.exitcode for p in workers.processes) or _is_comm_error(error) else None
-        workers.close()
+        worker_error = workers.error() if workers.dead() or _is_comm_error(error) else None
+        workers.abort()
         if worker_error is not None:
+            self.failure = worker_error
             raise worker_error from error
+        self.failure = error
         raise error
 
     def close(self):

@@ -1,0 +1,300 @@
+"""Faults a user can cause, injected for real: each ends within seconds in one clear message,
+with nothing left running (no worker, no resource tracker), no temporary file left behind and
+nothing that finished lost. Every run is a subprocess in a session of its own, bounded by a
+timeout (a hang fails the test, not the CI run); afterwards the session must be empty and the
+run's TMPDIR must hold nothing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.test_plugins import make_distribution
+
+FAULTS = '''
+"""sdpa that injects the fault NVLLM_FAULT names, from rank 0 unless said otherwise."""
+import multiprocessing, os, signal, threading, time
+from dataclasses import dataclass
+from nvllm import hookimpl
+from nvllm.attention.sdpa import SDPABackend
+from nvllm.distributed import tp_rank
+
+FAULT = os.environ.get("NVLLM_FAULT", "").split(":")
+
+
+def kill(rank):
+    for p in multiprocessing.active_children():
+        if p.name == f"nvllm-tp{rank}":
+            os.kill(p.pid, signal.SIGKILL)
+
+
+def kill_at_spawn(rank, delay):
+    while not any(p.name == f"nvllm-tp{rank}" for p in multiprocessing.active_children()):
+        time.sleep(0.01)
+    time.sleep(delay)
+    kill(rank)
+
+
+if FAULT[0] == "kill-at-spawn" and multiprocessing.parent_process() is None:
+    threading.Thread(target=kill_at_spawn, args=(int(FAULT[1]), float(FAULT[2])), daemon=True).start()
+
+
+class FaultBackend(SDPABackend):
+    name = "fault_sdpa"
+
+    @dataclass
+    class Config:
+        name: str = "fault_sdpa"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+        if tp_rank() == 0 and FAULT[0] == "kill-at-build":
+            kill(int(FAULT[1]))
+        if tp_rank() == 0 and FAULT[0] == "pause-at-build":
+            print("FAULT paused at build", flush=True)
+            time.sleep(120)
+
+    def prepare(self, meta, block_size):
+        self.steps += 1
+        if tp_rank() == 0 and FAULT[0] == "kill-at-step" and self.steps == int(FAULT[1]):
+            kill(int(FAULT[2]))
+        if FAULT[0] == "raise-at-step" and self.steps == int(FAULT[1]) and tp_rank() == int(FAULT[2]):
+            raise RuntimeError(f"injected failure on rank {tp_rank()}")
+        if tp_rank() == 0 and FAULT[0] == "pause-at-step" and self.steps == int(FAULT[1]):
+            print("FAULT paused mid-step", flush=True)
+            time.sleep(120)
+        return super().prepare(meta, block_size)
+
+
+@hookimpl
+def register_attention_backends(register):
+    register(FaultBackend)
+'''
+
+
+@pytest.fixture(scope="module")
+def fault_site(tmp_path_factory):
+    return make_distribution(tmp_path_factory.mktemp("faults"), name="nvllm-faults", module="nvllm_faults",
+                             body=FAULTS, ep_name="faults")
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float  # from start, or from the signal when one was sent
+    leftovers: list[str]
+
+
+class Session:
+    """One command in a session of its own, its TMPDIR private: what it leaves is checkable."""
+
+    def __init__(self, args, tmp_path: Path, env=None, cwd=None):
+        self.tmp = tmp_path / "tmp"
+        self.tmp.mkdir(exist_ok=True)
+        self.out, self.err = [], []
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd or tmp_path,
+                                     start_new_session=True,
+                                     env={**os.environ, "TMPDIR": str(self.tmp), "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.start = time.monotonic()
+        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=lambda s=stream, k=sink: k.extend(iter(lambda: s.read(1), "")), daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while text not in "".join(self.out) + "".join(self.err):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.finish(5)
+                raise AssertionError(f"never printed {text!r}:\n{''.join(self.out)}\n{''.join(self.err)[-3000:]}")
+            time.sleep(0.05)
+
+    def pids(self) -> list[int]:
+        return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _session(p) == self.proc.pid]
+
+    def signal(self, sig, group=True):
+        self.start = time.monotonic()
+        (os.killpg if group else os.kill)(self.proc.pid, sig)
+
+    def finish(self, timeout: float) -> Run:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        seconds = time.monotonic() - self.start
+        hung = self.proc.poll() is None
+        deadline = time.monotonic() + 5  # orphans get a moment to notice their parent is gone
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        leftovers = [f"process {pid}: {_cmdline(pid)}" for pid in self.pids()]
+        for pid in self.pids():
+            os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+        time.sleep(0.1)
+        leftovers += [f"temporary file {p}" for p in self.tmp.iterdir()]
+        if hung:
+            leftovers.insert(0, f"HUNG: still running after {timeout} s")
+        return Run(self.proc.returncode, "".join(self.out), "".join(self.err), seconds, leftovers)
+
+
+def _session(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[4])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:200]
+    except OSError:
+        return "?"
+
+
+def script(tmp_path, code: str, guard=True, **kwargs) -> Session:
+    body = textwrap.dedent(code)
+    if guard:
+        body = "if __name__ == '__main__':\n" + textwrap.indent(body, "    ")
+    (tmp_path / "run.py").write_text(body)
+    return Session([sys.executable, "run.py"], tmp_path, **kwargs)
+
+
+def cli(tmp_path, *overrides, **kwargs) -> Session:
+    return Session([sys.executable, "-m", "nvllm.run", *overrides, f"hydra.run.dir={tmp_path}/run"], tmp_path, **kwargs)
+
+
+def clean(run: Run, within: float):
+    assert not run.leftovers, "\n".join(run.leftovers) + f"\n--- stdout\n{run.stdout}\n--- stderr\n{run.stderr[-3000:]}"
+    assert run.seconds < within, f"took {run.seconds:.1f} s\n{run.stdout}\n{run.stderr[-3000:]}"
+
+
+def tp2(path):
+    return ["model=qwen3", f"model.path={path}", "tp=2"]
+
+
+# -- tensor parallelism: a worker dies, never starts, or the user stops the run --------------
+def test_missing_main_guard_is_named(tmp_path, tiny_qwen3_path):
+    run = script(tmp_path, f"""
+        from nvllm import LLM
+        LLM({tiny_qwen3_path!r}, tp=2)
+    """, guard=False).finish(120)
+    clean(run, 60)
+    assert run.returncode != 0
+    assert "WorkerError: a tensor-parallel worker failed: rank 1" in run.stderr
+    assert 'no `if __name__ == "__main__":` guard' in run.stderr
+
+
+LLM_GENERATE = """
+    from nvllm import LLM, SamplingParams
+    llm = LLM({path!r}, tp=2, attention="fault_sdpa")
+    outs = llm.generate([[1, 2, 3], [4, 5, 6]], [SamplingParams(max_tokens=2), SamplingParams(max_tokens=40)],
+                        use_tqdm=False)
+    for o in outs:
+        print("OUT", o.finish_reason, len(o.token_ids), o.error)
+    try:
+        llm.generate([[1, 2]], use_tqdm=False)
+    except RuntimeError as e:
+        print("AGAIN", e)
+    llm.close()
+    try:
+        llm.generate([[1, 2]], use_tqdm=False)
+    except RuntimeError as e:
+        print("CLOSED", e)
+"""
+
+
+@pytest.mark.parametrize("fault, phase", [
+    ("kill-at-spawn:1:0", "while starting"),
+    ("kill-at-build:1", "while loading its shard of the model"),
+])
+def test_worker_killed_while_the_engine_builds(tmp_path, tiny_qwen3_path, fault_site, fault, phase):
+    run = script(tmp_path, LLM_GENERATE.format(path=tiny_qwen3_path),
+                 env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": fault}).finish(120)
+    clean(run, 60)
+    assert f"WorkerError: a tensor-parallel worker failed: rank 1 (exit code -9): killed by SIGKILL {phase}" in run.stderr
+
+
+def test_worker_killed_mid_run_keeps_what_finished(tmp_path, tiny_qwen3_path, fault_site):
+    run = script(tmp_path, LLM_GENERATE.format(path=tiny_qwen3_path),
+                 env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "kill-at-step:6:1"}).finish(120)
+    clean(run, 60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert "OUT length 2 None" in lines  # finished before the failure: kept
+    assert any(line.startswith("OUT abort ") and "rank 1 (exit code -9): killed by SIGKILL while running a step" in line
+               for line in lines), run.stdout
+    assert "AGAIN the engine stopped after a failure" in run.stdout
+    assert "CLOSED the engine is closed" in run.stdout
+
+
+def test_worker_raising_mid_run_reports_its_traceback(tmp_path, tiny_qwen3_path, fault_site):
+    run = script(tmp_path, LLM_GENERATE.format(path=tiny_qwen3_path),
+                 env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "raise-at-step:4:1"}).finish(120)
+    clean(run, 60)
+    assert "OUT length 2 None" in run.stdout
+    assert "a tensor-parallel worker failed: rank 1" in run.stdout and "raised while running a step" in run.stdout
+    assert "RuntimeError: injected failure on rank 1" in run.stdout
+
+
+def test_cli_worker_killed_mid_run_writes_failed_metrics(tmp_path, tiny_qwen3_path, fault_site):
+    run = cli(tmp_path, *tp2(tiny_qwen3_path), "attention=fault_sdpa", "workload=random", "workload.num_seqs=4",
+              "workload.input_len=[3,9]", "workload.output_len=[2,60]", "workload.max_token_id=500",
+              env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "kill-at-step:20:1"}).finish(120)
+    clean(run, 60)
+    assert run.returncode == 1
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "killed by SIGKILL while running a step" in metrics["reason"]
+    assert 0 < metrics["completed"] < 4 and metrics["output_tokens"] > 0
+    assert "Traceback" not in run.stderr
+    assert f"failed: WorkerError: a tensor-parallel worker failed: rank 1" in run.stdout
+
+
+@pytest.mark.parametrize("fault, marker", [
+    ("pause-at-build", "FAULT paused at build"),
+    ("pause-at-step:3", "FAULT paused mid-step"),
+])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_stopped_by_a_signal(tmp_path, tiny_qwen3_path, fault_site, fault, marker, sig):
+    """Ctrl-C reaches every process of the terminal's group; SIGTERM only the one it was sent to."""
+    session = cli(tmp_path, *tp2(tiny_qwen3_path), "attention=fault_sdpa", "workload=random", "workload.num_seqs=2",
+                  "workload.input_len=[3,9]", "workload.output_len=[20,20]", "workload.max_token_id=500",
+                  env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": fault})
+    session.wait_for(marker)
+    session.signal(sig, group=sig == signal.SIGINT)
+    run = session.finish(60)
+    clean(run, 10)
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert run.stderr.strip().splitlines()[-1] == f"nvllm: stopped by {name}", run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert run.returncode == (130 if sig == signal.SIGINT else 143)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signal_while_workers_spawn(tmp_path, tiny_qwen3_path, sig):
+    session = cli(tmp_path, *tp2(tiny_qwen3_path), "workload=random")
+    deadline = time.monotonic() + 120
+    while len(session.pids()) < 3 and time.monotonic() < deadline:  # rank 0, the resource tracker, a worker
+        time.sleep(0.02)
+    session.signal(sig, group=sig == signal.SIGINT)
+    run = session.finish(60)
+    clean(run, 10)
+    if sig != signal.SIGKILL:
+        assert "Traceback" not in run.stderr, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_rank0_killed_mid_run_leaves_nothing(tmp_path, tiny_qwen3_path, fault_site, sig):
+    """The Python API installs no signal handler: the workers notice rank 0's death themselves."""
+    session = script(tmp_path, LLM_GENERATE.format(path=tiny_qwen3_path),
+                     env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "pause-at-step:3"})
+    session.wait_for("FAULT paused mid-step")
+    session.signal(sig, group=False)
+    clean(session.finish(30), 10)
