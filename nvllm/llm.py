@@ -1,6 +1,9 @@
 """The Python API: `LLM(model=..., **overrides).generate(prompts, sampling_params)`."""
+import os
+
 from nvllm.config import Config, compose
 from nvllm.engine.llm_engine import LLMEngine, RequestOutput
+from nvllm.plugins import check_requested
 from nvllm.sampling_params import SamplingParams
 
 
@@ -14,6 +17,7 @@ class LLM:
     the model and KV cache."""
 
     def __init__(self, model: str = "smollm2", **overrides):
+        check_requested({**({} if os.path.isdir(model) else {"model": model}), **overrides})
         self.config = compose(model=model, **overrides)
         self.engine = LLMEngine(Config.from_cfg(self.config))
         self.tokenizer = self.engine.tokenizer

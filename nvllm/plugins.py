@@ -29,7 +29,10 @@ _loaded = False
 
 
 def load_plugins() -> pluggy.PluginManager:
-    """Register built-ins and installed entry points once per process, then run the hooks."""
+    """Register built-ins and installed entry points once per process, then run the hooks. A
+    plugin that fails to import, or raises in a hook, is reported in one line and skipped:
+    the others (and `--help`) still work; asking for a component it may have provided says why
+    it is missing (see `failed_plugins`)."""
     global _loaded
     if _loaded:
         return pm
@@ -37,12 +40,13 @@ def load_plugins() -> pluggy.PluginManager:
 
     for module_name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
-    for ep in _allowed(entry_points(group="nvllm")):
-        origin = f"{ep.dist.name if ep.dist else '?'} (entry point {ep.name!r} = {ep.value})"
+    for ep in _unique(_allowed(entry_points(group="nvllm"))):
+        origin = _origin(ep)
         try:
             plugin = ep.load()
         except Exception as e:
-            raise RuntimeError(f"nvllm plugin {origin} failed to import: {e!r}") from e
+            _skip(origin, f"failed to import: {e!r}")
+            continue
         if pm.get_plugin(ep.name) is None:
             pm.register(plugin, name=ep.name)
             _origins[ep.name] = origin
@@ -64,7 +68,9 @@ def load_plugins() -> pluggy.PluginManager:
             try:
                 impl.function(register=register)
             except Exception as e:
-                raise RuntimeError(f"nvllm plugin {origin} raised in {hook_name}: {e!r}") from e
+                if impl.plugin_name not in _origins:  # a built-in: a bug in nvllm itself
+                    raise RuntimeError(f"nvllm plugin {origin} raised in {hook_name}: {e!r}") from e
+                _skip(origin, f"raised in {hook_name}: {e!r}")
             if trace:
                 print(f"nvllm plugin trace: {hook_name} of {origin} registered {', '.join(registered) or 'nothing'}",
                       file=sys.stderr)
@@ -72,13 +78,60 @@ def load_plugins() -> pluggy.PluginManager:
     return pm
 
 
+def _origin(ep) -> str:
+    return f"{ep.dist.name if ep.dist else '?'} (entry point {ep.name!r} = {ep.value})"
+
+
+def _skip(origin: str, why: str):
+    registry.failed_plugins[origin] = why
+    print(f"nvllm: warning: plugin {origin} {why}; skipped (its components are unavailable)", file=sys.stderr)
+
+
 _origins: dict[str, str] = {}
 
 
 def _allowed(eps):
-    """NVLLM_PLUGINS=a,b narrows the entry points that load; an empty value loads none."""
+    """NVLLM_PLUGINS=a,b narrows the entry points that load; an empty value loads none. A name
+    that matches no installed entry point is a warning (a typo would otherwise drop the plugin)."""
+    eps = list(eps)
     allow = os.environ.get("NVLLM_PLUGINS")
     if allow is None:
-        return list(eps)
+        return eps
     wanted = {name.strip() for name in allow.split(",") if name.strip()}
+    unknown = sorted(wanted - {ep.name for ep in eps})
+    if unknown:
+        installed = ", ".join(sorted(f"{ep.name} ({ep.dist.name if ep.dist else '?'})" for ep in eps)) or "none"
+        print(f"nvllm: warning: NVLLM_PLUGINS names {', '.join(map(repr, unknown))}, which no installed plugin "
+              f"provides; installed entry points: {installed}", file=sys.stderr)
     return [ep for ep in eps if ep.name in wanted]
+
+
+def _unique(eps):
+    """One entry point per name: the same distribution seen twice on sys.path counts once; two
+    distributions claiming one name is an error naming both (one would silently shadow the other)."""
+    by_name = {}
+    for ep in eps:
+        seen = by_name.setdefault(ep.name, ep)
+        if seen is not ep and (seen.dist and seen.dist.name) != (ep.dist and ep.dist.name):
+            raise RuntimeError(f"two nvllm plugins use the entry-point name {ep.name!r}: {_origin(seen)} and "
+                               f"{_origin(ep)}; uninstall one, or rename the entry point in its pyproject.toml")
+    return list(by_name.values())
+
+
+def check_requested(choices: dict) -> None:
+    """`family=name` choices naming no registered component or config option, while a plugin was
+    skipped: an error naming that plugin and why (instead of a bare "not found")."""
+    from importlib.resources import files
+
+    from nvllm.registry import UnknownComponentError, failed_plugins_note
+
+    load_plugins()
+    if not registry.failed_plugins:
+        return
+    for family, name in choices.items():
+        if family not in registry.FAMILIES or not isinstance(name, str):
+            continue
+        options = {f.name.removesuffix(".yaml") for f in files("nvllm.conf").joinpath(family).iterdir()}
+        if name not in registry.names(family) and name not in options:
+            raise UnknownComponentError(f"{family}={name}: no {family} of that name is available. {failed_plugins_note()}"
+                                        f"Fix or uninstall that plugin.")

@@ -17,6 +17,7 @@ FAMILIES = {  # family (= Hydra config group) -> hook that fills it
 
 _components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}
 _origins: dict[tuple[str, str], str] = {}
+failed_plugins: dict[str, str] = {}  # plugin origin -> why it was skipped (filled by nvllm.plugins)
 
 
 class UnknownComponentError(ValueError):
@@ -52,9 +53,14 @@ def get(family: str, name: str) -> type:
     except KeyError:
         valid = ", ".join(names(family)) or "(none registered)"
         raise UnknownComponentError(
-            f"unknown {family} {name!r}; valid names: {valid}. "
-            f"A {family} from a plugin package appears here once the package is pip-installed."
+            f"unknown {family} {name!r}; valid names: {valid}. " + (failed_plugins_note() or
+            f"A {family} from a plugin package appears here once the package is pip-installed.")
         ) from None
+
+
+def failed_plugins_note() -> str:
+    """Why a component a plugin provides may be missing: the plugins that were skipped."""
+    return "".join(f"The plugin {origin} {why}, and may have provided it. " for origin, why in failed_plugins.items())
 
 
 def typed_config(family: str, cfg) -> object:

@@ -100,7 +100,14 @@ def _stop_on_sigterm(signum, frame):
 
 def cli():
     """Ctrl-C or SIGTERM: every rank stops (see nvllm.distributed.workers), one line says so."""
+    from nvllm.plugins import check_requested
+    from nvllm.registry import UnknownComponentError
+
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        check_requested(dict(arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")))
+    except UnknownComponentError as e:
+        sys.exit(f"nvllm: {e}")
     try:
         main()
     except KeyboardInterrupt as e:

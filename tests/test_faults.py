@@ -124,16 +124,17 @@ class Session:
         self.start = time.monotonic()
         (os.killpg if group else os.kill)(self.proc.pid, sig)
 
-    def finish(self, timeout: float) -> Run:
+    def finish(self, timeout: float, grace: float = 5) -> Run:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             pass
         seconds = time.monotonic() - self.start
         hung = self.proc.poll() is None
-        deadline = time.monotonic() + 5  # orphans get a moment to notice their parent is gone
+        deadline = time.monotonic() + grace  # orphans get a moment to notice their parent is gone
         while self.pids() and time.monotonic() < deadline:
             time.sleep(0.1)
+        self.orphans_s = time.monotonic() - self.start
         leftovers = [f"process {pid}: {_cmdline(pid)}" for pid in self.pids()]
         for pid in self.pids():
             os.kill(pid, signal.SIGKILL)
@@ -147,7 +148,7 @@ class Session:
 
 def _session(proc_dir: Path) -> int | None:
     try:
-        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[4])
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[3])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -284,10 +285,12 @@ def test_signal_while_workers_spawn(tmp_path, tiny_qwen3_path, sig):
     while len(session.pids()) < 3 and time.monotonic() < deadline:  # rank 0, the resource tracker, a worker
         time.sleep(0.02)
     session.signal(sig, group=sig == signal.SIGINT)
-    run = session.finish(60)
+    # a worker still importing when rank 0 is SIGKILLed can only notice once its imports are done
+    run = session.finish(60, grace=60 if sig == signal.SIGKILL else 5)
     clean(run, 10)
     if sig != signal.SIGKILL:
         assert "Traceback" not in run.stderr, run.stderr[-3000:]
+        assert run.stderr.strip().splitlines()[-1].startswith("nvllm: stopped by"), run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -298,3 +301,61 @@ def test_rank0_killed_mid_run_leaves_nothing(tmp_path, tiny_qwen3_path, fault_si
     session.wait_for("FAULT paused mid-step")
     session.signal(sig, group=False)
     clean(session.finish(30), 10)
+
+
+# -- plugins: nothing vanishes without a word ------------------------------------------------
+def test_allow_list_name_that_matches_nothing_is_a_warning(tmp_path, fault_site):
+    run = Session([sys.executable, "-c", "from nvllm.plugins import load_plugins; load_plugins()"], tmp_path,
+                  env={"PYTHONPATH": str(fault_site), "NVLLM_PLUGINS": "fautls"}).finish(120)
+    clean(run, 60)
+    assert run.returncode == 0
+    assert "nvllm: warning: NVLLM_PLUGINS names 'fautls', which no installed plugin provides" in run.stderr
+    assert "faults (nvllm-faults)" in run.stderr  # what is installed
+
+
+def test_duplicate_entry_point_name_names_both_distributions(tmp_path, fault_site):
+    site = make_distribution(tmp_path / "site", name="nvllm-other", module="nvllm_other", ep_name="faults",
+                             body="")
+    run = Session([sys.executable, "-c", "from nvllm.plugins import load_plugins; load_plugins()"], tmp_path,
+                  env={"PYTHONPATH": f"{fault_site}:{site}"}).finish(120)
+    clean(run, 60)
+    assert run.returncode != 0
+    assert "two nvllm plugins use the entry-point name 'faults': nvllm-" in run.stderr
+    assert "nvllm-faults (entry point" in run.stderr and "nvllm-other (entry point" in run.stderr
+
+
+def test_broken_plugin_is_skipped_unless_asked_for(tmp_path, fault_site, tiny_qwen3_path):
+    broken = make_distribution(tmp_path / "broken", name="nvllm-broken", module="nvllm_broken", ep_name="broken",
+                               body="import no_such_module_xyz\n")
+    env = {"PYTHONPATH": f"{fault_site}:{broken}"}
+    run = cli(tmp_path, "--help", env=env).finish(120)
+    clean(run, 60)
+    assert run.returncode == 0 and "fault_sdpa" in run.stdout  # the other plugin still loads
+    assert run.stderr.count("nvllm: warning: plugin nvllm-broken (entry point 'broken' = nvllm_broken) failed to "
+                            "import: ModuleNotFoundError") == 1
+    run = cli(tmp_path, "attention=broken_attention", env=env).finish(120)
+    clean(run, 60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert ("nvllm: attention=broken_attention: no attention of that name is available. The plugin nvllm-broken "
+            "(entry point 'broken' = nvllm_broken) failed to import: ModuleNotFoundError") in run.stderr
+    run = script(tmp_path, f"""
+        from nvllm import LLM
+        try:
+            LLM({tiny_qwen3_path!r}, scheduler="broken_policy")
+        except Exception as e:
+            print("ERROR", type(e).__name__, e)
+    """, env=env).finish(120)
+    clean(run, 60)
+    assert "ERROR UnknownComponentError scheduler=broken_policy: no scheduler of that name" in run.stdout
+    assert "nvllm-broken (entry point 'broken' = nvllm_broken) failed to import" in run.stdout
+
+
+def test_plugin_raising_in_its_register_hook_is_skipped(tmp_path, fault_site):
+    raising = make_distribution(tmp_path / "raising", name="nvllm-raising", module="nvllm_raising", ep_name="raising",
+                                body="from nvllm import hookimpl\n@hookimpl\ndef register_samplers(register):\n"
+                                     "    raise RuntimeError('boom')\n")
+    run = cli(tmp_path, "--help", env={"PYTHONPATH": f"{fault_site}:{raising}"}).finish(120)
+    clean(run, 60)
+    assert run.returncode == 0 and "fault_sdpa" in run.stdout
+    assert "plugin nvllm-raising (entry point 'raising' = nvllm_raising) raised in register_samplers: " \
+           "RuntimeError('boom'); skipped" in run.stderr

@@ -77,15 +77,19 @@ def test_allow_list(tmp_path):
     assert "reverse_fcfs" not in python(code, site, NVLLM_PLUGINS="").stdout
 
 
-def test_broken_plugins_fail_naming_the_distribution(tmp_path):
-    code = "from nvllm.plugins import load_plugins; load_plugins()"
+def test_broken_plugins_are_skipped_naming_the_distribution(tmp_path):
+    """Reported in one line and skipped, so that the other plugins still load (tests/test_faults.py
+    shows the error when a component of the broken plugin is asked for)."""
+    code = "from nvllm.plugins import load_plugins; load_plugins(); print('LOADED')"
     site = make_distribution(tmp_path / "a", body="import no_such_module_xyz\n")
     proc = python(code, site)
-    assert proc.returncode != 0
-    assert "nvllm plugin nvllm-reverse (entry point 'reverse' = nvllm_reverse) failed to import" in proc.stderr
+    assert proc.returncode == 0 and "LOADED" in proc.stdout
+    assert ("nvllm: warning: plugin nvllm-reverse (entry point 'reverse' = nvllm_reverse) failed to import: "
+            "ModuleNotFoundError") in proc.stderr
     raising = "from nvllm import hookimpl\n@hookimpl\ndef register_samplers(register):\n    raise RuntimeError('boom')\n"
     proc = python(code, make_distribution(tmp_path / "b", body=raising))
-    assert "nvllm plugin nvllm-reverse (entry point 'reverse' = nvllm_reverse) raised in register_samplers" in proc.stderr
+    assert proc.returncode == 0
+    assert "plugin nvllm-reverse (entry point 'reverse' = nvllm_reverse) raised in register_samplers" in proc.stderr
     misspelt = "from nvllm import hookimpl\n@hookimpl\ndef register_schedulerz(register):\n    pass\n"
     proc = python(code, make_distribution(tmp_path / "c", body=misspelt))
     assert proc.returncode != 0 and "register_schedulerz" in proc.stderr

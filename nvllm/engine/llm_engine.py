@@ -150,26 +150,25 @@ class LLMEngine:
                 out.prompt_token_ids = seq.token_ids[:]
                 by_seq[seq.seq_id] = out
             outputs.append(out)
-        bar = tqdm(total=len(by_seq), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not by_seq)
-        while not self.is_finished():
-            prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
-            start = time.perf_counter()
-            try:
-                finished = self.step()
-            except WorkerError as e:  # what finished is kept; the rest carry the error
-                for out in by_seq.values():
-                    if out.finish_reason is None:
-                        out.finish_reason, out.error = "abort", str(e)
-                break
-            elapsed = time.perf_counter() - start
-            if self.stats.prefill_tokens > prefill_before:
-                bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
-            else:
-                bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
-            for seq in finished:
-                self._fill_output(by_seq[seq.seq_id], seq)
-            bar.update(len(finished))
-        bar.close()
+        with tqdm(total=len(by_seq), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not by_seq) as bar:
+            while not self.is_finished():
+                prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
+                start = time.perf_counter()
+                try:
+                    finished = self.step()
+                except WorkerError as e:  # what finished is kept; the rest carry the error
+                    for out in by_seq.values():
+                        if out.finish_reason is None:
+                            out.finish_reason, out.error = "abort", str(e)
+                    break
+                elapsed = time.perf_counter() - start
+                if self.stats.prefill_tokens > prefill_before:
+                    bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
+                else:
+                    bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
+                for seq in finished:
+                    self._fill_output(by_seq[seq.seq_id], seq)
+                bar.update(len(finished))
         return outputs
 
     def _fill_output(self, out: RequestOutput, seq: Sequence):
