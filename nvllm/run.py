@@ -28,7 +28,9 @@ def main(cfg: DictConfig) -> dict:
     from nvllm.distributed.workers import WorkerError
     from nvllm.errors import ConfigError
     from nvllm.metrics import not_run, reset_peak_memory, summary_line
-    from nvllm.models.weights import MissingWeightsError
+    from nvllm.models.weights import MissingWeightsError, WeightsError
+    from nvllm.registry import UnknownComponentError
+    from nvllm.workloads import WorkloadError
 
     hydra_cfg = HydraConfig.get()
     requested = OmegaConf.to_container(cfg, resolve=True)
@@ -37,8 +39,9 @@ def main(cfg: DictConfig) -> dict:
         metrics = run(cfg, requested)
     except Exception as e:
         if hydra_cfg.mode != RunMode.MULTIRUN:
-            if isinstance(e, WorkerError):  # one clear message; its own text names the rank and cause
-                sys.exit(f"nvllm: {e}")
+            if isinstance(e, (WorkerError, WeightsError, MissingWeightsError, ConfigError, UnknownComponentError,
+                              WorkloadError, FileNotFoundError)):
+                sys.exit(f"nvllm: {e}")  # the user's to fix, and the message names what: no traceback
             raise
         refused = isinstance(e, (ConfigError, MissingWeightsError))
         if not refused:

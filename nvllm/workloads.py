@@ -7,6 +7,10 @@ from pathlib import Path
 from nvllm.sampling_params import SamplingParams
 
 
+class WorkloadError(ValueError):
+    pass
+
+
 def build_requests(workload, sampling, tokenizer) -> tuple[list, list[SamplingParams]]:
     kind = workload.kind
     if kind == "chat":
@@ -57,7 +61,7 @@ def _file_texts(path_value: str) -> list[str]:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"workload.path={path_value!r} is not UTF-8 text: line {line} has the byte "
+        raise WorkloadError(f"workload.path={path_value!r} is not UTF-8 text: line {line} has the byte "
                          f"{data[e.start:e.start + 1]!r} ({e.reason}). Save the file as UTF-8 (for example "
                          f"`iconv -f latin1 -t utf-8 {path} > prompts-utf8{path.suffix}`)") from None
     if path.suffix != ".jsonl":
@@ -68,7 +72,7 @@ def _file_texts(path_value: str) -> list[str]:
             try:
                 texts.append(json.loads(line)["prompt"])
             except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"workload.path={path_value!r} line {number}: each line of a .jsonl prompts file "
+                raise WorkloadError(f"workload.path={path_value!r} line {number}: each line of a .jsonl prompts file "
                                  f"must be an object with a \"prompt\" string ({type(e).__name__}: {e})") from None
     return texts
 

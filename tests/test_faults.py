@@ -359,3 +359,95 @@ def test_plugin_raising_in_its_register_hook_is_skipped(tmp_path, fault_site):
     assert run.returncode == 0 and "fault_sdpa" in run.stdout
     assert "plugin nvllm-raising (entry point 'raising' = nvllm_raising) raised in register_samplers: " \
            "RuntimeError('boom'); skipped" in run.stderr
+
+
+# -- weights and inputs: errors that name the file, the weight or the line --------------------
+def _copy_checkpoint(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_safetensors_names_the_file(tmp_path, tiny_qwen3_path):
+    bad = _copy_checkpoint(tiny_qwen3_path, tmp_path / "ckpt")
+    weights = bad / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    run = cli(tmp_path, "model=qwen3", f"model.path={bad}", "workload=random_tiny").finish(120)
+    clean(run, 60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"nvllm: {weights} is not a readable safetensors file" in run.stderr
+    assert "truncated" in run.stderr and "Download or copy it again" in run.stderr
+
+
+def test_config_and_weights_that_disagree_name_the_weight(tmp_path, tiny_qwen3_path):
+    bad = _copy_checkpoint(tiny_qwen3_path, tmp_path / "ckpt")
+    config = json.loads((bad / "config.json").read_text())
+    config["intermediate_size"] //= 2
+    (bad / "config.json").write_text(json.dumps(config))
+    from nvllm import LLM
+    from nvllm.models.weights import WeightsError
+
+    with pytest.raises(WeightsError, match=rf"{bad}/model.safetensors: weight 'model.layers.0.mlp.\w+.weight' has "
+                                           rf"shape \(\d+, \d+\), but config.json .* has shape \(\d+, \d+\)"):
+        LLM(str(bad))
+
+
+def test_prompts_file_that_is_not_utf8_names_path_and_line(tmp_path, tiny_qwen3_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("first\nsecond caf\xe9\n".encode("latin-1"))
+    run = cli(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "workload=file", f"workload.path={prompts}",
+              "workload.chat=false").finish(120)
+    clean(run, 60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"nvllm: workload.path='{prompts}' is not UTF-8 text: line 2 has the byte b'\\xe9'" in run.stderr
+
+
+def test_missing_prompts_file(tmp_path, tiny_qwen3_path):
+    run = cli(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "workload=file",
+              f"workload.path={tmp_path}/nope.txt").finish(120)
+    clean(run, 60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"nvllm: workload.path='{tmp_path}/nope.txt': no such file" in run.stderr
+
+
+def test_huge_prompt_line_is_rejected_with_its_reason(tmp_path, smollm2_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Say hi.\n" + "word " * 20_000 + "\n")
+    run = cli(tmp_path, f"workload.path={prompts}", "workload=file", "sampling.max_tokens=4", "max_model_len=512").finish(180)
+    clean(run, 120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert ">>> None" not in run.stdout
+    assert ">>> word word" in run.stdout and "...[100000 characters]..." in run.stdout
+    assert "[rejected: prompt has 20" in run.stdout and "max_model_len=512 leaves no room" in run.stdout
+    assert "1 rejected:\n  request 1: prompt has 20" in run.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["rejected"] == 1 and metrics["completed"] == 1
+    assert metrics["rejected_by_reason"] == {"prompt has N tokens; max_model_len=N leaves no room to generate": 1}
+
+
+def test_cache_too_small_for_any_request_says_why(tmp_path, tiny_qwen3_path):
+    run = cli(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "workload=random", "workload.num_seqs=5",
+              "workload.input_len=[20,30]", "workload.output_len=[8,8]", "workload.max_token_id=500",
+              "kv_cache.block_size=8", "kv_cache.num_blocks=2").finish(120)
+    clean(run, 60)
+    assert run.returncode == 0
+    assert "5 rejected:\n  request 0: request needs" in run.stdout and "more: see rejected_by_reason" in run.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["rejected_by_reason"] == {
+        "request needs N KV blocks (N tokens) but the whole cache has N; raise kv_cache.num_blocks or "
+        "kv_cache.memory_budget_gb, or lower max_tokens": 5}
+
+
+def test_generate_after_close_says_the_engine_is_closed(tiny_qwen3_path):
+    from nvllm import LLM
+
+    llm = LLM(tiny_qwen3_path)
+    llm.close()
+    with pytest.raises(RuntimeError, match="the engine is closed"):
+        llm.generate([[1, 2, 3]])
+    engine = LLM(tiny_qwen3_path).engine
+    engine.close()
+    with pytest.raises(RuntimeError, match="the engine is closed"):
+        engine.generate([[1, 2, 3]], [None])

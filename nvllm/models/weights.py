@@ -98,10 +98,12 @@ def is_random(path: str) -> bool:
 def load_weights(model: nn.Module, path: str):
     packed = getattr(model, "packed_modules_mapping", {})
     params = dict(model.named_parameters(remove_duplicate=False))
+    expected = _checkpoint_shapes(path)
     loaded = set()
     for file in sorted(glob(os.path.join(path, "*.safetensors"))):
-        with safe_open(file, "pt", "cpu") as f:
+        with _open_safetensors(file) as f:
             for name in f.keys():
+                _check_shape(file, name, f.get_slice(name).get_shape(), expected)
                 if name not in params and "rotary_emb.inv_freq" in name:
                     continue
                 for fragment, (fused, shard_id) in packed.items():
@@ -125,3 +127,39 @@ def load_weights(model: nn.Module, path: str):
 
 def _default_loader(param: nn.Parameter, loaded: torch.Tensor):
     param.data.copy_(loaded)
+
+
+class WeightsError(ValueError):
+    pass
+
+
+def _open_safetensors(file: str):
+    try:
+        return safe_open(file, "pt", "cpu")
+    except Exception as e:
+        raise WeightsError(f"{file} is not a readable safetensors file ({e}): most likely it is truncated, by an "
+                           f"interrupted download or copy, or the disk filled up. Download or copy it again"
+                           + (f" (or delete {os.path.dirname(file)}: nvllm converts the embedded model again)"
+                              if Path(file).parent == cache_root() / "smollm2-135m-instruct" else "")) from None
+
+
+def _checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Every weight's shape as transformers would build it from config.json (on the meta device:
+    no memory, well under a second). Empty when transformers does not know the architecture."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    except Exception:
+        return {}
+    return {name: tuple(p.shape) for name, p in model.state_dict().items()}
+
+
+def _check_shape(file: str, name: str, shape, expected: dict):
+    want = expected.get(name)
+    if want is not None and tuple(shape) != want:
+        raise WeightsError(f"{file}: weight {name!r} has shape {tuple(shape)}, but config.json (in the same directory) "
+                           f"describes a model whose {name} has shape {want}: the weights and config.json come from "
+                           f"different models. Put the config.json that came with these weights beside them")
