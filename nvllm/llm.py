@@ -17,7 +17,7 @@ class LLM:
     the model and KV cache."""
 
     def __init__(self, model: str = "smollm2", **overrides):
-        check_requested({**({} if os.path.isdir(model) else {"model": model}), **overrides})
+        check_requested({**({} if isinstance(model, str) and os.path.isdir(model) else {"model": model}), **overrides})
         self.config = compose(model=model, **overrides)
         self.engine = LLMEngine(Config.from_cfg(self.config))
         self.tokenizer = self.engine.tokenizer

@@ -59,15 +59,21 @@ def load_plugins() -> pluggy.PluginManager:
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():
             origin = _origins.get(impl.plugin_name, impl.plugin_name)
-            registered = []
+            registered, refused = [], []
 
-            def register(cls, f=family, o=origin, done=registered):
-                registry.register(f, cls, o)
+            def register(cls, f=family, o=origin, done=registered, no=refused):
+                try:
+                    registry.register(f, cls, o)
+                except Exception as e:  # a collision or a class without name/Config: an error, not a skip
+                    no.append(e)
+                    raise
                 done.append(f"{f} {cls.name!r} ({cls.__module__}.{cls.__qualname__})")
 
             try:
                 impl.function(register=register)
             except Exception as e:
+                if refused:
+                    raise refused[0] from None
                 if impl.plugin_name not in _origins:  # a built-in: a bug in nvllm itself
                     raise RuntimeError(f"nvllm plugin {origin} raised in {hook_name}: {e!r}") from e
                 _skip(origin, f"raised in {hook_name}: {e!r}")

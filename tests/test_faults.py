@@ -93,6 +93,7 @@ class Run:
     stderr: str
     seconds: float  # from start, or from the signal when one was sent
     leftovers: list[str]
+    signalled: bool = False
 
 
 class Session:
@@ -120,8 +121,10 @@ class Session:
     def pids(self) -> list[int]:
         return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _session(p) == self.proc.pid]
 
+    signalled = False
+
     def signal(self, sig, group=True):
-        self.start = time.monotonic()
+        self.start, self.signalled = time.monotonic(), True
         (os.killpg if group else os.kill)(self.proc.pid, sig)
 
     def finish(self, timeout: float, grace: float = 5) -> Run:
@@ -143,7 +146,7 @@ class Session:
         leftovers += [f"temporary file {p}" for p in self.tmp.iterdir()]
         if hung:
             leftovers.insert(0, f"HUNG: still running after {timeout} s")
-        return Run(self.proc.returncode, "".join(self.out), "".join(self.err), seconds, leftovers)
+        return Run(self.proc.returncode, "".join(self.out), "".join(self.err), seconds, leftovers, self.signalled)
 
 
 def _session(proc_dir: Path) -> int | None:
@@ -173,6 +176,7 @@ def cli(tmp_path, *overrides, **kwargs) -> Session:
 
 
 def clean(run: Run, within: float):
+    print(f"ended {run.seconds:.1f} s after {'the signal' if run.signalled else 'its start'}")
     assert not run.leftovers, "\n".join(run.leftovers) + f"\n--- stdout\n{run.stdout}\n--- stderr\n{run.stderr[-3000:]}"
     assert run.seconds < within, f"took {run.seconds:.1f} s\n{run.stdout}\n{run.stderr[-3000:]}"
 
@@ -443,3 +447,16 @@ def test_generate_after_close_says_the_engine_is_closed(tiny_qwen3_path):
     engine.close()
     with pytest.raises(RuntimeError, match="the engine is closed"):
         engine.generate([[1, 2, 3]], [None])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("tp=1.5", "tp"),
+    pytest.param("compile=maybe", "compile", marks=pytest.mark.slow),
+    pytest.param("sampling.max_tokens=abc", "sampling.max_tokens", marks=pytest.mark.slow),
+])
+def test_mistyped_switch_names_the_key(tmp_path, override, key):
+    """The typed schema (issue 12) refuses it at composition, before anything is built."""
+    run = cli(tmp_path, override).finish(120)
+    clean(run, 60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"full_key: {key}" in run.stderr and override.split("=")[1] in run.stderr
