@@ -49,7 +49,7 @@ def _init(rank: int, tp: int, device: str, store: str | None):
     return dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
 
 
-def _worker(rank: int, tp: int, store: str, runner_args: tuple, conn):
+def _worker(rank: int, tp: int, store: str, runner_cls: type, runner_args: tuple, conn):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when the workers stop
     threading.Thread(target=_exit_with_parent, args=(os.path.dirname(store),), daemon=True).start()
     try:
@@ -60,7 +60,7 @@ def _worker(rank: int, tp: int, store: str, runner_args: tuple, conn):
         from nvllm.plugins import load_plugins
 
         load_plugins()
-        _serve(runner_args, group, on_ready=lambda: conn.send(("ready", None)))
+        _serve(runner_cls, runner_args, group, on_ready=lambda: conn.send(("ready", None)))
     except BaseException:
         try:
             conn.send(("error", traceback.format_exc()))
@@ -79,11 +79,10 @@ def _exit_with_parent(rendezvous_dir: str):
     os._exit(1)
 
 
-def _serve(runner_args: tuple, group, on_ready=None):
-    """A worker's life: build the shard, then run each step rank 0 broadcasts until None."""
-    from nvllm.engine.model_runner import ModelRunner
-
-    runner = ModelRunner(*runner_args, control_group=group)
+def _serve(runner_cls: type, runner_args: tuple, group, on_ready=None):
+    """A worker's life: build the shard (`runner_cls(*runner_args, control_group=group)`: the
+    engine's model runner), then run each step rank 0 broadcasts until None."""
+    runner = runner_cls(*runner_args, control_group=group)
     if on_ready:
         on_ready()
     while True:
@@ -143,7 +142,7 @@ class Workers:
     """Spawns ranks 1..tp-1 and joins the process group as rank 0 (or, under torchrun, joins as
     the rank torchrun gave: a rank other than 0 serves steps here and exits)."""
 
-    def __init__(self, tp: int, runner_args: tuple):
+    def __init__(self, tp: int, runner_cls: type, runner_args: tuple):
         self.tp, self.processes, self.conns, self.dir = tp, [], [], None
         self.phase, self.reports, self.first_dead, self.stopping = {}, {}, None, False
         self.threads = torch.get_num_threads()  # _init lowers it while ranks share the cores
@@ -151,7 +150,7 @@ class Workers:
             rank = int(os.environ["RANK"])
             self.group = _init(rank, tp, runner_args[0].device, None)
             if rank != 0:
-                _serve(runner_args, self.group)
+                _serve(runner_cls, runner_args, self.group)
                 dist.destroy_process_group()
                 sys.exit(0)
             return
@@ -163,7 +162,7 @@ class Workers:
             with _spawning(self.dir):
                 for rank in range(1, tp):
                     receive, send = ctx.Pipe(duplex=False)
-                    p = ctx.Process(target=_worker, args=(rank, tp, store, runner_args, send), daemon=True,
+                    p = ctx.Process(target=_worker, args=(rank, tp, store, runner_cls, runner_args, send), daemon=True,
                                     name=f"nvllm-tp{rank}")
                     self.processes.append(p)
                     self.conns.append(receive)

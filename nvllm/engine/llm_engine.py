@@ -53,7 +53,7 @@ class LLMEngine:
         self.config = config = config.resolve(hf_config)
         self.tokenizer = _load_tokenizer(self.model_path)
         runner_args = (config, self.model_path)
-        self.workers = Workers(config.tp, runner_args) if config.tp > 1 else None
+        self.workers = Workers(config.tp, ModelRunner, runner_args) if config.tp > 1 else None
         try:
             self.model_runner = ModelRunner(*runner_args, control_group=self.workers and self.workers.group)
         except BaseException as e:  # Ctrl-C included: the workers must not outlive it
