@@ -231,7 +231,7 @@ class LLMEngine:
         """The delta of a request that advanced or finished; a stop string found in its text
         finishes it here. A finished request leaves the engine."""
         seq = request.seq
-        new_ids = seq.completion_token_ids[request.num_sent:]
+        new_ids = seq.token_ids[seq.num_prompt_tokens + request.num_sent:]
         request.num_sent += len(new_ids)
         finished = seq.is_finished
         text_ids = new_ids[:-1] if seq.finish_reason == "stop" and new_ids else new_ids  # a stop token's text is left out
