@@ -27,6 +27,7 @@ METRICS = {
     "p99_ttft_ms": ("TTFT p99 (ms)", 1, lambda m: m["p99_ttft_ms"]),
     "p99_itl_ms": ("ITL p99 (ms)", 1, lambda m: m["p99_itl_ms"]),
     "goodput": ("goodput (req/s)", 1, lambda m: m["request_goodput"]),
+    "req_throughput": ("completed req/s", 1, lambda m: m["request_throughput"]),
 }
 PLOTTED = ("output_tok_s", "ttft_ms", "tpot_ms")
 LOAD_AXIS, LOAD_PLOTTED = "workload.request_rate", ("p99_ttft_ms", "p99_itl_ms", "goodput")
@@ -227,11 +228,19 @@ def plot_load(out_dir: Path, title: str, axes: list[str], rows: list[dict], slo:
         for label, points in series.items():
             pts = sorted((x, v[name][0]) for x, v in points if v[name] is not None)
             if pts:
-                panel.plot(*zip(*pts), marker="o", label=label)
-        if name != "goodput":
+                line, = panel.plot(*zip(*pts), marker="o", label=label)
+            done = sorted((x, v["req_throughput"][0]) for x, v in points if v["req_throughput"] is not None)
+            if name == "goodput" and done:  # what was served at all, whatever its latency
+                panel.plot(*zip(*done), linestyle="--", marker=".", color=line.get_color() if pts else None)
+        if name == "goodput":
+            top = max((x for points in series.values() for x, _ in points), default=1)
+            panel.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
+            panel.set_ylim(bottom=0)
+        else:
             panel.set_yscale("log")
         panel.set_xlabel("achieved request rate (req/s)")
-        panel.set_title(METRICS[name][0] + (f"\n{slo}" if name == "goodput" and slo else ""))
+        panel.set_title("goodput (solid), completed (dashed), req/s" + (f"\n{slo}" if slo else "")
+                        if name == "goodput" else METRICS[name][0])
         panel.grid(alpha=0.3, which="both")
     fig.suptitle(f"{title}: latency and goodput against load (medians over repeats)")
     handles, labels = panels[0][0].get_legend_handles_labels()
