@@ -188,7 +188,7 @@ def test_open_loop_arrivals_keep_the_tokens(llm):
         assert [o.text for o in outs] == [o.text for o in closed]
     start = opened[0].arrival_time
     for o, offset in zip(opened, [0.0, 0.3, 0.6]):
-        assert o.arrival_time == pytest.approx(start + offset, abs=1e-6)
+        assert o.arrival_time == pytest.approx(start + offset, abs=1e-3)  # the first arrives "now", just after the start
         assert o.first_scheduled_time >= o.arrival_time  # admitted at its time, not before
         assert o.ttft == pytest.approx(o.token_times[0] - o.arrival_time)
     # one at a time: each arrives when the previous has finished
