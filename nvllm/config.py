@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nvllm.attention.select import AUTO, select_backend
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
+from nvllm.metrics import MetricsConfig, SLOConfig
 from nvllm.sampling_params import SamplingParams
 
 GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "workload")
@@ -74,6 +75,10 @@ class Schema(EngineConfig):
     sampling: SamplingParams = field(default_factory=SamplingParams)
     # print each answer (chat and file workloads)
     print_outputs: bool = True
+    # serving metrics in metrics.json: percentiles, per-request arrays
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # latency bounds for request_goodput
+    slo: SLOConfig = field(default_factory=SLOConfig)
     # repetition index: sweep repeat=0,1,2 for medians and spreads (changes nothing else)
     repeat: int = 0
 

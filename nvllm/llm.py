@@ -1,8 +1,10 @@
-"""The Python API: `LLM(model=..., **overrides).generate(prompts, sampling_params)`."""
+"""The Python API: `LLM(model=..., **overrides).generate(prompts, sampling_params)`, or
+`.stream(...)` for the text as it comes; `LLM(...).engine` is the request-level LLMEngine."""
 import os
+from collections.abc import Iterator
 
 from nvllm.config import Config, compose
-from nvllm.engine.llm_engine import LLMEngine, RequestOutput
+from nvllm.engine.llm_engine import LLMEngine, RequestDelta, RequestOutput
 from nvllm.plugins import check_requested
 from nvllm.sampling_params import SamplingParams
 
@@ -23,24 +25,48 @@ class LLM:
         self.tokenizer = self.engine.tokenizer
 
     def generate(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = True, priorities: list[int] | None = None) -> list[RequestOutput]:
+                 use_tqdm: bool = True, priorities: list[int] | None = None, arrival_times: list[float] | None = None,
+                 max_concurrency: int | None = None) -> list[RequestOutput]:
         """Prompts are strings or lists of token ids (a single one is accepted too). Returns one
         output per prompt, in order; a rejected prompt's output carries `error`. `priorities`, one
-        int per prompt (smaller is more urgent), is what `scheduler="priority"` orders by."""
+        int per prompt (smaller is more urgent), is what `scheduler="priority"` orders by.
+        `arrival_times` (seconds after the call, one per prompt, non-decreasing) send the requests
+        open-loop, TTFT counting from each one's arrival; `max_concurrency` caps those in flight."""
+        self._check_open()
+        prompts, sampling_params, priorities = _requests(prompts, sampling_params, priorities)
+        if arrival_times is not None and len(arrival_times) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(arrival_times)} arrival times")
+        return self.engine.generate(prompts, sampling_params, use_tqdm, priorities, arrival_times, max_concurrency)
+
+    def stream(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
+               priorities: list[int] | None = None) -> Iterator[RequestDelta]:
+        """Yield each request's deltas as the engine makes them; request ids are "0", "1", ... in
+        prompt order. A rejected prompt yields one finished delta with finish_reason "rejected" and
+        `error`. Leaving the loop early aborts the requests still running."""
+        self._check_open()
+        prompts, sampling_params, priorities = _requests(prompts, sampling_params, priorities)
+        engine, live = self.engine, []
+        try:
+            for i, (prompt, sp, priority) in enumerate(zip(prompts, sampling_params, priorities)):
+                try:
+                    seq = engine.add_request(str(i), prompt, sp, priority=priority)
+                except ValueError as e:
+                    yield RequestDelta(str(i), [], "", True, "rejected", 0, 0, error=str(e))
+                else:
+                    live.append(seq.request_id)
+            unfinished = set(live)
+            while unfinished:
+                for delta in engine.step():
+                    if delta.finished:
+                        unfinished.discard(delta.request_id)
+                    yield delta
+        finally:
+            engine.abort_requests(live, quiet=True)  # those still running; nobody reads their last delta
+
+    def _check_open(self):
         if self.engine is None:
             raise RuntimeError("the engine is closed (close() or the end of its `with` block freed it); "
                                "create a new LLM to generate again")
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        if sampling_params is None:
-            sampling_params = SamplingParams()
-        if isinstance(sampling_params, SamplingParams):
-            sampling_params = [sampling_params] * len(prompts)
-        if len(sampling_params) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
-        if priorities is not None and len(priorities) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(priorities)} priorities")
-        return self.engine.generate(list(prompts), sampling_params, use_tqdm, priorities)
 
     def chat_prompt(self, message: str) -> str:
         """`message` as a single user turn through the model's chat template."""
@@ -63,3 +89,18 @@ class LLM:
             self.close()
         except Exception:
             pass
+
+
+def _requests(prompts, sampling_params, priorities):
+    """One prompt or a list; one SamplingParams for all or one each; priorities one each."""
+    if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        prompts = [prompts]
+    if sampling_params is None:
+        sampling_params = SamplingParams()
+    if isinstance(sampling_params, SamplingParams):
+        sampling_params = [sampling_params] * len(prompts)
+    if len(sampling_params) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(sampling_params)} sampling params")
+    if priorities is not None and len(priorities) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(priorities)} priorities")
+    return list(prompts), list(sampling_params), [0] * len(prompts) if priorities is None else list(priorities)

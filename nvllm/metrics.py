@@ -1,13 +1,18 @@
-"""What a run measured, as the dict written to metrics.json."""
+"""What a run measured, as the dict written to metrics.json. `serving_metrics` computes vLLM's
+serving metrics (`vllm bench serve`'s names and definitions) from per-request timings; the
+engine's runs and the HTTP benchmark client both call it."""
+import math
 import platform
 import re
 import resource
 import statistics
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
+
+from nvllm.errors import ConfigError
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -19,7 +24,145 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def collect(engine, outputs, wall_time: float, requested: dict, priorities: list[int] | None = None) -> dict:
+@dataclass
+class MetricsConfig:
+    """`metrics.*` in the primary config."""
+    # pNN_{ttft,tpot,itl,e2el}_ms written for each
+    percentiles: list[float] = field(default_factory=lambda: [50, 90, 99])
+    # also the per-request arrays: ttfts, itls, latencies, start_times, input_lens, output_lens
+    detailed: bool = False
+
+
+@dataclass
+class SLOConfig:
+    """`slo.*`: request_goodput counts the requests that meet every bound given (null: no bound)."""
+    # time to first token, ms
+    ttft_ms: float | None = None
+    # time per output token after the first, ms
+    tpot_ms: float | None = None
+    # end-to-end latency, ms
+    e2el_ms: float | None = None
+
+
+@dataclass
+class RequestTiming:
+    """One request's times, in seconds on one clock (any clock, the same for every field)."""
+    # scheduled arrival: TTFT and E2EL count from here, so queueing is measured
+    arrival: float
+    # when output arrived: one entry per token, or per chunk of tokens as a streaming client sees
+    # them (vLLM's client records one per chunk); token_times[0] - arrival = TTFT; ITLs are the gaps
+    token_times: list[float] = field(default_factory=list)
+    input_len: int = 0
+    # tokens generated (a chunk counts its tokens here); TPOT divides by output_len - 1
+    output_len: int = 0
+    success: bool = True
+    error: str | None = None
+    # engine side only: queue wait = first_scheduled - arrival
+    first_scheduled: float | None = None
+    # engine side only: times the request was preempted (recompute)
+    preemptions: int = 0
+
+
+def _stats(name: str, values: list[float], percentiles, scale: float = 1e3) -> dict:
+    """mean_, median_, std_ and pNN_ of `values` (vLLM: numpy's mean, median, std, percentile with
+    linear interpolation; an empty list counts as [0])."""
+    values = sorted(values) or [0.0]
+    out = {f"mean_{name}": statistics.fmean(values) * scale, "median_" + name: percentile(values, 0.5) * scale,
+           f"std_{name}": statistics.pstdev(values) * scale}
+    for p in percentiles:
+        out[f"p{p:g}_{name}"] = percentile(values, p / 100) * scale
+    return out
+
+
+def serving_metrics(timings: list[RequestTiming], duration: float, percentiles=(50, 90, 99),
+                    slo: dict | None = None, detailed: bool = False, request_rate: float | None = None) -> dict:
+    """vLLM `bench serve`'s metrics: TTFT, TPOT per request = (E2EL - TTFT) / (output_len - 1)
+    for requests of more than one token, ITL = every gap between outputs of every request, pooled,
+    E2EL = last output - arrival; throughputs over `duration` (seconds). `slo` ({"ttft_ms",
+    "tpot_ms", "e2el_ms"}, None or absent = no bound): a completed request is good when it meets
+    every bound given (a one-token request's TPOT counts as 0). `request_rate`: the configured one
+    (None or inf: all at once)."""
+    done = [t for t in timings if t.success]
+    ttfts = [t.token_times[0] - t.arrival if t.token_times else 0.0 for t in done]
+    e2els = [t.token_times[-1] - t.arrival if t.token_times else 0.0 for t in done]
+    all_tpots = [(e - f) / (t.output_len - 1) if t.output_len > 1 else 0.0 for t, f, e in zip(done, ttfts, e2els)]
+    tpots = [v for v, t in zip(all_tpots, done) if t.output_len > 1]
+    itls = [b - a for t in done for a, b in zip(t.token_times, t.token_times[1:])]
+    bounds = [(values, (slo or {}).get(key)) for key, values in
+              (("ttft_ms", ttfts), ("tpot_ms", all_tpots), ("e2el_ms", e2els))]
+    bounds = [(values, bound / 1e3) for values, bound in bounds if bound is not None]
+    good = sum(all(values[i] <= bound for values, bound in bounds) for i in range(len(done))) if bounds else None
+    input_tokens, output_tokens = sum(t.input_len for t in done), sum(t.output_len for t in done)
+    arrivals = sorted(t.arrival for t in timings)
+    span = arrivals[-1] - arrivals[0] if arrivals else 0.0
+    configured = None if request_rate is None or math.isinf(request_rate) else request_rate
+    out = {
+        "duration": duration, "completed": len(done), "failed": len(timings) - len(done),
+        "total_input_tokens": input_tokens, "total_output_tokens": output_tokens,
+        "request_throughput": len(done) / duration if duration else None,
+        "request_goodput": good / duration if good is not None and duration else None,
+        "output_throughput": output_tokens / duration if duration else None,
+        "total_token_throughput": (input_tokens + output_tokens) / duration if duration else None,
+        # configured (null: all at t=0) and achieved: arrivals after the first / the span they took
+        "request_rate": configured,
+        "achieved_request_rate": (len(arrivals) - 1) / span if span > 0 else None,
+        **_stats("ttft_ms", ttfts, percentiles), **_stats("tpot_ms", tpots, percentiles),
+        **_stats("itl_ms", itls, percentiles), **_stats("e2el_ms", e2els, percentiles),
+        "max_concurrent_requests": _max_concurrent(done, e2els),
+    }
+    waits = [t.first_scheduled - t.arrival for t in done if t.first_scheduled is not None]
+    if waits:
+        out.update(_stats("queue_wait_ms", waits, percentiles))
+        out["preemptions_per_request"] = [t.preemptions for t in timings]
+    if detailed:
+        out.update(ttfts=ttfts, itls=[[b - a for a, b in zip(t.token_times, t.token_times[1:])] for t in done],
+                   latencies=e2els, start_times=[t.arrival for t in done], input_lens=[t.input_len for t in done],
+                   output_lens=[t.output_len for t in done], errors=[t.error for t in timings if not t.success])
+    return out
+
+
+def _max_concurrent(done: list[RequestTiming], e2els: list[float]) -> int:
+    """vLLM's: the most requests active within one one-second bucket of the run."""
+    if not done:
+        return 0
+    start = min(t.arrival for t in done)
+    buckets: dict[int, int] = {}
+    for t, e2el in zip(done, e2els):
+        for second in range(int(t.arrival - start), int(t.arrival + e2el - start) + 1):
+            buckets[second] = buckets.get(second, 0) + 1
+    return max(buckets.values())
+
+
+def timing_of(output) -> RequestTiming:
+    """The RequestTiming of an engine RequestOutput (a rejected one counts as failed)."""
+    return RequestTiming(output.arrival_time or 0.0, output.token_times, len(output.prompt_token_ids),
+                         len(output.token_ids), output.error is None, output.error, output.first_scheduled_time,
+                         output.num_preemptions)
+
+
+def serving_options(cfg) -> dict:
+    """serving_metrics' keyword arguments from the config's `metrics` and `slo`, checked."""
+    metrics, slo = cfg.get("metrics") or {}, cfg.get("slo") or {}
+    percentiles = list(metrics.get("percentiles", (50, 90, 99)))
+    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0 < p <= 100 for p in percentiles):
+        raise ConfigError(f"metrics.percentiles must be a list of numbers in (0, 100], got {percentiles!r}")
+    detailed = metrics.get("detailed", False)
+    if not isinstance(detailed, bool):
+        raise ConfigError(f"metrics.detailed must be true or false, got {detailed!r}")
+    bounds = {}
+    for key, value in slo.items():
+        if key not in ("ttft_ms", "tpot_ms", "e2el_ms"):
+            raise ConfigError(f"slo.{key} is not an SLO; the SLOs are slo.ttft_ms, slo.tpot_ms, slo.e2el_ms")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ConfigError(f"slo.{key} must be null (no bound) or a number of milliseconds > 0, got {value!r}")
+        if value is not None:
+            bounds[key] = value
+    return {"percentiles": percentiles, "detailed": detailed, "slo": bounds or None}
+
+
+def collect(engine, outputs, wall_time: float, requested: dict, priorities: list[int] | None = None,
+            serving: dict | None = None) -> dict:
+    """`serving`: serving_metrics' keyword arguments (see serving_options); its keys join the dict."""
     done = [o for o in outputs if o.error is None]
     ttft = [o.ttft for o in done if o.ttft is not None]
     tpot = [o.tpot for o in done if o.tpot is not None]
@@ -61,6 +204,7 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         "requested_config": requested,
         "versions": _versions(),
         "device": _device_name(device),
+        **serving_metrics([timing_of(o) for o in outputs], wall_time, **(serving or {})),
     }
 
 

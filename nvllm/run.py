@@ -60,24 +60,30 @@ def main(cfg: DictConfig) -> dict:
 def run(cfg: DictConfig, requested: dict) -> dict:
     from nvllm.config import Config
     from nvllm.engine.llm_engine import LLMEngine
-    from nvllm.metrics import collect
-    from nvllm.workloads import assign_priorities, build_requests, prompt_texts
+    from nvllm.metrics import collect, serving_options
+    from nvllm.workloads import arrival_offsets, assign_priorities, build_requests, max_concurrency, prompt_texts
 
+    serving, concurrency = serving_options(cfg), max_concurrency(cfg.workload)
+    arrival_offsets(cfg.workload, 0)  # refuses a bad arrival field before the model loads
     engine = LLMEngine(Config.from_cfg(cfg))
     try:
         if engine.random_weights:
             print("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
         prompts, params = build_requests(cfg.workload, cfg.sampling, engine.tokenizer)
         priorities = assign_priorities(cfg.workload, len(prompts))
+        arrivals = arrival_offsets(cfg.workload, len(prompts))
         start = time.perf_counter()
-        outputs = engine.generate(prompts, params, priorities=priorities)
+        outputs = engine.generate(prompts, params, priorities=priorities, arrival_times=arrivals,
+                                  max_concurrency=concurrency)
         wall = time.perf_counter() - start
         if cfg.print_outputs and cfg.workload.kind in ("chat", "file"):
             texts = prompt_texts(cfg.workload)
             for out in outputs:
                 answer = f"[{out.finish_reason}: {out.error}]" if out.error else out.text
                 print(f"\n>>> {shorten(texts[out.index])}\n{answer}")
-        metrics = collect(engine, outputs, wall, requested, priorities)
+        rate = cfg.workload.get("request_rate") if arrivals is not None and cfg.workload.kind != "trace" else None
+        metrics = collect(engine, outputs, wall, requested, priorities, {**serving, "request_rate": rate})
+        metrics.update(burstiness=cfg.workload.get("burstiness"), max_concurrency=concurrency)
         reasons = [f"request {o.index}: {o.error}" for o in outputs if o.finish_reason == "rejected"]
         if reasons:
             print(f"\n{len(reasons)} rejected:", *(f"  {shorten(r, 300)}" for r in reasons[:3]),

@@ -15,6 +15,10 @@ class SamplingParams:
     ignore_eos: bool = False
     # per-request seed: the same seed gives the same tokens whatever the batch
     seed: int | None = None
+    # stop strings: generation ends when the text contains one; the text ends before it
+    stop: list[str] | None = None
+    # token ids that end generation besides end-of-sequence (even with ignore_eos); their text is left out
+    stop_token_ids: list[int] | None = None
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -25,3 +29,13 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if self.max_tokens <= 0:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if self.stop is not None:
+            self.stop = list(self.stop)
+            if not all(isinstance(s, str) and s for s in self.stop):
+                raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+        if self.stop_token_ids is not None:
+            self.stop_token_ids = list(self.stop_token_ids)
+            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.stop_token_ids):
+                raise ValueError(f"stop_token_ids must be a list of token ids (integers >= 0), got {self.stop_token_ids!r}")

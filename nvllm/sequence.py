@@ -19,6 +19,7 @@ class Sequence:
 
     def __init__(self, token_ids: list[int], sampling_params: SamplingParams, block_size: int, priority: int = 0):
         self.seq_id = next(Sequence.counter)
+        self.request_id: str | None = None  # the engine API's name for it
         self.block_size = block_size
         self.status = SequenceStatus.WAITING
         self.token_ids = copy(token_ids)
@@ -33,7 +34,16 @@ class Sequence:
         self.sampling_params = sampling_params
         self.priority = priority
         self.finish_reason: str | None = None
-        self.arrival_time = self.first_token_time = self.finish_time = 0.0
+        # perf_counter() times: arrival (TTFT counts from it), first step that scheduled it, finish
+        self.arrival_time = self.finish_time = 0.0
+        self.first_scheduled_time: float | None = None
+        # when each generated token came out of the model (one entry per completion token)
+        self.token_times: list[float] = []
+        self.num_preemptions = 0
+
+    @property
+    def first_token_time(self) -> float:
+        return self.token_times[0] if self.token_times else 0.0
 
     def __len__(self):
         return self.num_tokens

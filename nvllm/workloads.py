@@ -1,9 +1,12 @@
 """Workloads: the requests a run sends. Each returns prompts (strings or token-id lists) and one
-SamplingParams per prompt; `assign_priorities` gives them priorities when the workload asks."""
+SamplingParams per prompt; `assign_priorities` gives them priorities when the workload asks, and
+`arrival_offsets` their arrival times (open loop: `request_rate`, `burstiness`, or a trace's)."""
 import json
+import math
 import random
 from pathlib import Path
 
+from nvllm.errors import ConfigError
 from nvllm.sampling_params import SamplingParams
 
 
@@ -21,7 +24,46 @@ def build_requests(workload, sampling, tokenizer) -> tuple[list, list[SamplingPa
         return _random(workload, sampling)
     if kind == "shared_prefix":
         return _shared_prefix(workload, sampling)
-    raise ValueError(f"unknown workload kind {kind!r}; kinds: chat, file, random, shared_prefix")
+    if kind == "trace":
+        return _trace(workload, sampling)
+    raise ValueError(f"unknown workload kind {kind!r}; kinds: chat, file, random, shared_prefix, trace")
+
+
+def arrival_offsets(workload, num_requests: int) -> list[float] | None:
+    """Seconds after the start at which each request arrives, in request order; None: all at
+    once (request_rate inf, the default). Gaps as vLLM draws them: Gamma(shape=burstiness,
+    scale=1/(request_rate*burstiness)), the first request at 0, seeded by `workload.seed` on a
+    stream of its own (the prompts stay the same whatever the rate). A trace gives its own."""
+    if workload.kind == "trace":
+        return [a for a, _ in _trace_lines(workload)]
+    rate = _number(workload, "request_rate", math.inf, "a number > 0, or inf (all at once)", lambda v: v > 0)
+    burstiness = _number(workload, "burstiness", 1.0, "a number > 0 (1 = Poisson; < 1 burstier)", lambda v: 0 < v < math.inf)
+    if math.isinf(rate):
+        return None
+    rng = random.Random(f"arrivals-{workload.get('seed', 0)}")
+    offsets, t = [], 0.0
+    for i in range(num_requests):
+        if i:
+            t += rng.gammavariate(burstiness, 1 / (rate * burstiness))
+        offsets.append(t)
+    return offsets
+
+
+def max_concurrency(workload) -> int | None:
+    """`workload.max_concurrency`: most requests in flight (a later one waits for a slot); null: no cap."""
+    value = workload.get("max_concurrency")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"workload.max_concurrency must be null (no cap) or an integer >= 1, got {value!r}")
+    return value
+
+
+def _number(workload, key: str, default: float, allowed: str, ok) -> float:
+    value = workload.get(key, default)
+    if isinstance(value, str) and value.lower() in ("inf", "infinity"):
+        value = math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or not ok(value):
+        raise ConfigError(f"workload.{key} must be {allowed}, got {value!r}")
+    return float(value)
 
 
 def assign_priorities(workload, num_requests: int) -> list[int] | None:
@@ -111,4 +153,42 @@ def _shared_prefix(workload, sampling):
     sharing = set(order[:round(workload.share_ratio * workload.num_seqs)])
     prompts = [(shared[which] if i in sharing else own) + suffix for i, (own, which, suffix, _) in enumerate(requests)]
     params = [_params(sampling, max_tokens=out, ignore_eos=workload.ignore_eos) for *_, out in requests]
+    return prompts, params
+
+
+def _trace_lines(workload) -> list[tuple[float, dict]]:
+    """(arrival offset in seconds, the line) per line of a JSONL trace: `arrival` (seconds; the
+    first line's arrival is time 0) and `output_len`, with `input_len` or `prompt`. Offsets are
+    multiplied by `workload.time_scale` (0.5 replays twice as fast)."""
+    scale = _number(workload, "time_scale", 1.0, "a number > 0 (it multiplies the trace's arrival times)",
+                    lambda v: 0 < v < math.inf)
+    path = Path(workload.path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"workload.path={workload.path!r}: no such file")
+    lines = []
+    for n, text in enumerate(path.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        line = json.loads(text)
+        if not isinstance(line.get("arrival"), (int, float)) or not isinstance(line.get("output_len"), int) or \
+                not (isinstance(line.get("input_len"), int) or isinstance(line.get("prompt"), str)):
+            raise ValueError(f"{path}:{n}: a trace line needs arrival (seconds), output_len and input_len or "
+                             f"prompt, got {text.strip()[:120]}")
+        lines.append((float(line["arrival"]), line))
+    if not lines:
+        raise ValueError(f"{path}: the trace has no requests")
+    if any(b[0] < a[0] for a, b in zip(lines, lines[1:])):
+        raise ValueError(f"{path}: arrival times must not decrease from line to line")
+    first = lines[0][0]
+    return [((a - first) * scale, line) for a, line in lines]
+
+
+def _trace(workload, sampling):
+    """A JSONL trace's requests: its prompt, or `input_len` random token ids (seeded)."""
+    rng = random.Random(workload.seed)
+    prompts, params = [], []
+    for _, line in _trace_lines(workload):
+        prompts.append(line["prompt"] if "prompt" in line else
+                       [rng.randrange(workload.max_token_id) for _ in range(line["input_len"])])
+        params.append(_params(sampling, max_tokens=line["output_len"], ignore_eos=workload.ignore_eos))
     return prompts, params

@@ -41,7 +41,7 @@ def test_bad_sampling_params(kwargs, match):
 ])
 def test_rejected_at_add(llm, prompt, params, match):
     with pytest.raises(ValueError, match=match):
-        llm.engine.add_request(prompt, params)
+        llm.engine.add_request("r", prompt, params)
     assert llm.engine.is_finished()  # nothing was queued
 
 

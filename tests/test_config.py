@@ -47,6 +47,9 @@ def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
             cfg.workload.path = str(tmp_path / "prompts.txt")
             (tmp_path / "prompts.txt").write_text("hello\nworld\n")
             cfg.workload.chat = False
+        if cfg.workload.kind == "trace":
+            cfg.workload.path = str(tmp_path / "trace.jsonl")
+            (tmp_path / "trace.jsonl").write_text('{"arrival": 0, "input_len": 4, "output_len": 2}\n')
         prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None) if cfg.workload.kind != "chat" \
             else build_requests(cfg.workload, cfg.sampling, _tokenizer())
         assert prompts and len(prompts) == len(params)

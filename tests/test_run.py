@@ -67,3 +67,33 @@ def test_unknown_option_fails_listing_valid(tmp_path):
                           cwd=tmp_path)
     assert proc.returncode != 0
     assert "Could not find 'scheduler/nope'" in proc.stderr and "fcfs" in proc.stderr
+
+
+def test_open_loop_run_writes_serving_metrics(tmp_path, tiny_qwen3_path):
+    _, m = nvllm_run(f"model.path={tiny_qwen3_path}", "model=qwen3", "workload=random", "workload.num_seqs=5",
+                     "workload.input_len=[4,20]", "workload.output_len=[3,8]", "workload.max_token_id=500",
+                     "workload.request_rate=20", "workload.max_concurrency=3", "kv_cache.block_size=8",
+                     "kv_cache.num_blocks=16", "max_model_len=64", "max_num_batched_tokens=256",
+                     "slo.ttft_ms=60000", "metrics.percentiles=[50,99]", "metrics.detailed=true", cwd=tmp_path)
+    assert m["completed"] == 5 and m["failed"] == 0 and m["request_rate"] == 20 and m["max_concurrency"] == 3
+    assert m["burstiness"] == 1.0 and m["achieved_request_rate"] > 0 and m["max_concurrent_requests"] >= 1
+    for stat in ("mean", "median", "std", "p50", "p99"):
+        for metric in ("ttft", "tpot", "itl", "e2el", "queue_wait"):
+            assert m[f"{stat}_{metric}_ms"] is not None, (stat, metric)
+    assert "p90_ttft_ms" not in m and m["p99_ttft_ms"] >= m["p50_ttft_ms"] > 0
+    assert m["request_goodput"] == m["completed"] / m["duration"]  # a 60 s TTFT bound: every request is good
+    assert len(m["ttfts"]) == len(m["itls"]) == len(m["latencies"]) == len(m["output_lens"]) == 5
+    assert sum(m["output_lens"]) == m["total_output_tokens"] == m["output_tokens"]
+    assert len(m["preemptions_per_request"]) == 5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("workload.request_rate=0", "workload.request_rate must be a number > 0, or inf (all at once), got 0"),
+    ("workload.max_concurrency=0", "workload.max_concurrency must be null (no cap) or an integer >= 1, got 0"),
+    ("slo.tpot_ms=-1", "slo.tpot_ms must be null (no bound) or a number of milliseconds > 0, got -1.0"),
+])
+def test_bad_serving_fields_refused(tmp_path, tiny_qwen3_path, override, message):
+    proc = subprocess.run([sys.executable, "-m", "nvllm.run", f"hydra.run.dir={tmp_path}/run", "model=qwen3",
+                           f"model.path={tiny_qwen3_path}", "workload=random", override],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]

@@ -115,8 +115,28 @@ def cells(experiment: str) -> tuple[dict, list[list[str]]]:
     return cfg, [[f"experiment={experiment}", *cell] for cell in grid]
 
 
+def test_load_report_plots_against_the_achieved_rate(tmp_path):
+    """A request_rate sweep gets load.png and the serving columns; made-up runs, no model."""
+    from nvllm.metrics import RequestTiming, serving_metrics
+
+    for n, (scheduler, rate) in enumerate(itertools.product(("fcfs", "chunked"), (1, 2, 4))):
+        timings = [RequestTiming(i / rate, [i / rate + 0.1 * rate, i / rate + 0.3 * rate], 8, 2) for i in range(6)]
+        m = {"status": "ok", "overrides": [f"scheduler={scheduler}", f"workload.request_rate={rate}"],
+             "device": "cpu", "versions": {}, "requested_config": {"slo": {"ttft_ms": 250, "tpot_ms": None}},
+             **serving_metrics(timings, duration=6 / rate + 1, slo={"ttft_ms": 250}, request_rate=rate)}
+        (tmp_path / str(n)).mkdir()
+        (tmp_path / str(n) / "metrics.json").write_text(json.dumps(m))
+    md = report(tmp_path).read_text()
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [float(r["achieved_rate_median"]) for r in rows] == pytest.approx([1, 2, 4] * 2)
+    assert [float(r["goodput_median"]) for r in rows[:3]] == pytest.approx([6 / 7, 1.5, 0])  # TTFT 0.1, 0.2, 0.4 s
+    assert "TTFT p99 (ms)" in md and "ITL p99 (ms)" in md
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "load.png").stat().st_size > 1000 and "(load.png)" in md
+
+
 def test_experiments_exist():
-    assert {"optimisations", "schedulers", "prefix_sharing", "kv_block_size"} <= set(EXPERIMENTS)
+    assert {"optimisations", "schedulers", "prefix_sharing", "kv_block_size", "load_sweep"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -1,6 +1,7 @@
 """The engine loop: admit requests, then step — schedule, run the model, postprocess — until
 every request has finished. Components come from the registry; none of this code sees a
 DictConfig or a plugin."""
+import heapq
 import time
 from dataclasses import dataclass, field
 
@@ -10,8 +11,9 @@ from transformers import AutoConfig, AutoTokenizer
 from nvllm import registry
 from nvllm.config import Config
 from nvllm.distributed.workers import WorkerError, Workers
+from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
-from nvllm.sequence import Sequence
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.models.weights import is_random, resolve_model_path
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
@@ -22,15 +24,44 @@ class RequestOutput:
     index: int
     prompt: str | None
     prompt_token_ids: list[int]
-    # generated tokens only
+    # generated tokens only (a stop token, EOS included, is the last of them; its text is not in `text`)
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    # stop (end-of-sequence), length (max_tokens or max_model_len), rejected (see `error`)
+    # stop (EOS, stop string or stop token), length (max_tokens), max_model_len (cut by the length
+    # cap), abort, rejected (see `error`)
     finish_reason: str | None = None
     error: str | None = None
-    # seconds from submission to the first generated token, and per later token
+    # seconds from arrival to the first generated token, and per later token
     ttft: float | None = None
     tpot: float | None = None
+    # perf_counter() times: arrival, first scheduled, each generated token, finish
+    arrival_time: float | None = None
+    first_scheduled_time: float | None = None
+    token_times: list[float] = field(default_factory=list)
+    finish_time: float | None = None
+    num_preemptions: int = 0
+
+
+@dataclass
+class RequestDelta:
+    """What one step added to one request; the `new_text` of all its deltas joined is its text."""
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    # None until finished; then stop, length, max_model_len, abort (or rejected, from LLM.stream)
+    finish_reason: str | None
+    num_prompt_tokens: int
+    # generated so far
+    num_output_tokens: int
+    error: str | None = None
+
+
+@dataclass
+class _Request:
+    seq: Sequence
+    detokenizer: Detokenizer
+    num_sent: int = 0  # generated tokens already in a delta
 
 
 @dataclass
@@ -65,6 +96,9 @@ class LLMEngine:
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
         self.stats = StepStats()
+        self._requests: dict[str, _Request] = {}
+        self._arrivals: list[tuple[float, int, Sequence]] = []  # a heap of requests not yet due
+        self._aborted: list[RequestDelta] = []  # deltas the next step returns
 
     # -- requests --------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -74,8 +108,14 @@ class LLMEngine:
             return self.tokenizer.encode(prompt)
         return list(prompt)
 
-    def add_request(self, prompt: str | list[int], sampling_params: SamplingParams, priority: int = 0) -> Sequence:
-        """Validate and queue one request; a bad one raises ValueError and changes nothing."""
+    def add_request(self, request_id: str, prompt: str | list[int], sampling_params: SamplingParams,
+                    arrival_time: float | None = None, priority: int = 0, stream: bool = True) -> Sequence:
+        """Validate and queue one request; a bad one raises ValueError and changes nothing.
+        `arrival_time` (time.perf_counter() clock, default now) may be in the future: the request
+        is held until then, and its TTFT counts from then. `stream=False` decodes its text once at
+        the end (its deltas carry the tokens; the last one the whole text). Returns the request."""
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already running; ids must be unique among live requests")
         if getattr(self, "model_runner", None) is None:
             raise RuntimeError("the engine is closed: create a new LLM to generate again")
         if self.failure is not None:
@@ -86,6 +126,10 @@ class LLMEngine:
         vocab = self.model_runner.hf_config.vocab_size
         if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
             raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        if sampling_params.stop_token_ids and not all(t < vocab for t in sampling_params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be below the vocabulary size {vocab}, got {sampling_params.stop_token_ids}")
+        if sampling_params.stop and self.tokenizer is None:
+            raise ValueError(f"stop strings need a tokenizer and {self.model_path} has none; use stop_token_ids")
         max_len = self.config.max_model_len
         if len(token_ids) >= max_len:
             raise ValueError(f"prompt has {len(token_ids)} tokens; max_model_len={max_len} leaves no room to "
@@ -98,12 +142,55 @@ class LLMEngine:
                 f"{self.kv_cache.num_blocks}; raise kv_cache.num_blocks or kv_cache.memory_budget_gb, "
                 f"or lower max_tokens")
         seq = Sequence(token_ids, sampling_params, self.config.kv_cache.block_size, priority)
-        seq.arrival_time = time.perf_counter()
-        self.scheduler.add(seq)
+        seq.request_id = request_id
+        now = time.perf_counter()
+        seq.arrival_time = now if arrival_time is None else arrival_time
+        self._requests[request_id] = _Request(seq, Detokenizer(self.tokenizer, sampling_params.stop, stream))
+        if seq.arrival_time > now:
+            heapq.heappush(self._arrivals, (seq.arrival_time, seq.seq_id, seq))
+        else:
+            self.scheduler.add(seq)
         return seq
 
+    def abort_request(self, request_id: str) -> None:
+        """Finish a live request with finish_reason "abort" and free its blocks now; its last delta
+        comes with the next step. An unknown or finished id is ignored."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return
+        seq = request.seq
+        if any(s is seq for *_, s in self._arrivals):
+            self._arrivals = [a for a in self._arrivals if a[2] is not seq]
+            heapq.heapify(self._arrivals)
+            seq.status = SequenceStatus.FINISHED
+        else:
+            self.scheduler.finish(seq, "abort")
+        seq.finish_reason = "abort"
+        self._aborted.append(self._delta(request, time.perf_counter()))
+
+    def abort_requests(self, request_ids, quiet: bool = False) -> None:
+        """abort_request for each id; `quiet`: no deltas for them (a reader that went away)."""
+        for request_id in request_ids:
+            self.abort_request(request_id)
+        if quiet:
+            ids = set(request_ids)
+            self._aborted = [d for d in self._aborted if d.request_id not in ids]
+
+    def has_unfinished_requests(self) -> bool:
+        """Whether any request is waiting, running, not yet arrived, or has a delta to come."""
+        return bool(self._requests or self._aborted)
+
+    def is_finished(self) -> bool:
+        return not self.has_unfinished_requests()
+
     # -- the loop -----------------------------------------------------------------------------
-    def step(self) -> list[Sequence]:
+    def step(self) -> list["RequestDelta"]:
+        """One scheduling step; sleeps until the next arrival when nothing is due. Returns a delta
+        for each request that advanced or finished."""
+        deltas, self._aborted = self._aborted, []
+        self._admit_arrivals(wait=not deltas)
+        if self.scheduler.is_finished():
+            return deltas
         seqs = self.scheduler.schedule()
         if not seqs:
             raise RuntimeError("the scheduler picked nothing while requests are pending")
@@ -115,70 +202,117 @@ class LLMEngine:
         except BaseException as e:  # Ctrl-C mid-step included: the workers are mid-step too
             self._fail(e)
         now = time.perf_counter()
-        finished = self.scheduler.postprocess(seqs, token_ids)
+        self.scheduler.postprocess(seqs, token_ids)
         for seq in seqs:
-            if seq.num_completion_tokens and not seq.first_token_time:
-                seq.first_token_time = now
-        for seq in finished:
-            seq.finish_time = now
-            self.model_runner.sampler.release(seq)
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = start
+            if len(seq.token_times) < seq.num_completion_tokens:
+                seq.token_times.append(now)
+                deltas.append(self._delta(self._requests[seq.request_id], now))
         s = self.stats
         s.steps += 1
         if is_decode:
             s.decode_tokens, s.decode_time = s.decode_tokens + num_tokens, s.decode_time + now - start
         else:
             s.prefill_tokens, s.prefill_time = s.prefill_tokens + num_tokens, s.prefill_time + now - start
-        return finished
+        return deltas
 
-    def is_finished(self) -> bool:
-        return self.scheduler.is_finished()
+    def _admit_arrivals(self, wait: bool):
+        if not self._arrivals:
+            return
+        now = time.perf_counter()
+        if wait and self.scheduler.is_finished() and self._arrivals[0][0] > now:
+            time.sleep(self._arrivals[0][0] - now)
+            now = time.perf_counter()
+        while self._arrivals and self._arrivals[0][0] <= now:
+            self.scheduler.add(heapq.heappop(self._arrivals)[2])
+
+    def _delta(self, request: _Request, now: float) -> RequestDelta:
+        """The delta of a request that advanced or finished; a stop string found in its text
+        finishes it here. A finished request leaves the engine."""
+        seq = request.seq
+        new_ids = seq.token_ids[seq.num_prompt_tokens + request.num_sent:]
+        request.num_sent += len(new_ids)
+        finished = seq.is_finished
+        text_ids = new_ids[:-1] if seq.finish_reason == "stop" and new_ids else new_ids  # a stop token's text is left out
+        text, stopped = request.detokenizer.update(text_ids, finished)
+        if stopped:
+            if not finished:
+                self.scheduler.finish(seq, "stop")
+            seq.finish_reason, finished = "stop", True
+        if finished:
+            seq.finish_time = now
+            self.model_runner.sampler.release(seq)
+            del self._requests[seq.request_id]
+        return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
+                            seq.num_prompt_tokens, seq.num_completion_tokens)
 
     def generate(self, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True,
-                 priorities: list[int] | None = None) -> list[RequestOutput]:
+                 priorities: list[int] | None = None, arrival_times: list[float] | None = None,
+                 max_concurrency: int | None = None) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in prompt order. A prompt that
         is rejected gets an output with `error` set; the others run as if it was never sent.
-        `priorities` (one per prompt, smaller first) matter to priority-aware schedulers."""
-        outputs, by_seq = [], {}
+        `priorities` (one per prompt, smaller first) matter to priority-aware schedulers.
+        `arrival_times` (seconds after the call, one per prompt, in order) make it open-loop;
+        with `max_concurrency` a request arrives no earlier than a slot is free (as vLLM's client)."""
         priorities = [0] * len(prompts) if priorities is None else priorities
-        for i, (prompt, sp, priority) in enumerate(zip(prompts, sampling_params, priorities, strict=True)):
-            out = RequestOutput(i, prompt if isinstance(prompt, str) else None, [])
-            try:
-                seq = self.add_request(prompt, sp, priority)
-            except ValueError as e:
-                out.finish_reason, out.error = "rejected", str(e)
-            else:
-                out.prompt_token_ids = seq.token_ids[:]
-                by_seq[seq.seq_id] = out
-            outputs.append(out)
-        with tqdm(total=len(by_seq), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not by_seq) as bar:
-            while not self.is_finished():
-                prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
-                start = time.perf_counter()
+        outputs = [RequestOutput(i, prompt if isinstance(prompt, str) else None, [])
+                   for i, prompt in enumerate(prompts)]
+        pending = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
+        live: dict[str, tuple[Sequence, list[str]]] = {}  # request id -> (request, its text pieces)
+        start = time.perf_counter()
+
+        def admit():
+            while pending and (max_concurrency is None or len(live) < max_concurrency):
+                i = pending.pop()
+                arrival = None if arrival_times is None else max(start + arrival_times[i], time.perf_counter())
                 try:
-                    finished = self.step()
-                except WorkerError as e:  # what finished is kept; the rest carry the error
-                    for out in by_seq.values():
-                        if out.finish_reason is None:
-                            out.finish_reason, out.error = "abort", str(e)
-                    break
-                elapsed = time.perf_counter() - start
-                if self.stats.prefill_tokens > prefill_before:
-                    bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
+                    seq = self.add_request(str(i), prompts[i], sampling_params[i], arrival, priorities[i], stream=False)
+                except ValueError as e:
+                    outputs[i].finish_reason, outputs[i].error = "rejected", str(e)
                 else:
-                    bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
-                for seq in finished:
-                    self._fill_output(by_seq[seq.seq_id], seq)
-                bar.update(len(finished))
+                    outputs[i].prompt_token_ids = seq.token_ids[:]
+                    live[str(i)] = (seq, [])
+
+        admit()
+        bar = tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live)
+        while live:
+            prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
+            step_start = time.perf_counter()
+            try:
+                deltas = self.step()
+            except WorkerError as e:  # what finished is kept; the rest carry the error
+                for i in live:
+                    outputs[int(i)].finish_reason, outputs[int(i)].error = "abort", str(e)
+                for i in pending:
+                    outputs[i].finish_reason, outputs[i].error = "abort", str(e)
+                break
+            elapsed = time.perf_counter() - step_start
+            if self.stats.prefill_tokens > prefill_before:
+                bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
+            elif self.stats.decode_tokens > decode_before:
+                bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
+            for d in deltas:
+                live[d.request_id][1].append(d.new_text)
+                if d.finished:
+                    seq, pieces = live.pop(d.request_id)
+                    self._fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
+                    bar.update(1)
+            admit()
+        bar.close()
         return outputs
 
-    def _fill_output(self, out: RequestOutput, seq: Sequence):
+    @staticmethod
+    def _fill_output(out: RequestOutput, seq: Sequence, text: str):
         out.token_ids = seq.completion_token_ids
         out.finish_reason = seq.finish_reason
-        if self.tokenizer is not None:
-            out.text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
-        out.ttft = seq.first_token_time - seq.arrival_time
-        if seq.num_completion_tokens > 1:
-            out.tpot = (seq.finish_time - seq.first_token_time) / (seq.num_completion_tokens - 1)
+        out.text = text
+        out.arrival_time, out.first_scheduled_time = seq.arrival_time, seq.first_scheduled_time
+        out.token_times, out.finish_time, out.num_preemptions = seq.token_times, seq.finish_time, seq.num_preemptions
+        if seq.token_times:
+            out.ttft = seq.token_times[0] - seq.arrival_time
+        if len(seq.token_times) > 1:
+            out.tpot = (seq.token_times[-1] - seq.token_times[0]) / (len(seq.token_times) - 1)
 
     def _fail(self, error: BaseException):
         """Under TP, a failure usually means a worker died: say which, stop every rank, re-raise."""

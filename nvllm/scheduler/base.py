@@ -118,6 +118,7 @@ class Scheduler(ABC):
         """Recompute-style preemption: drop the cache, requeue at the front."""
         self.num_preemptions += 1
         self.running.remove(seq)
+        seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.kv_cache.deallocate(seq)
         self.waiting.appendleft(seq)
@@ -133,14 +134,23 @@ class Scheduler(ABC):
                 continue  # a prefill chunk: its sampled token is not the next one
             seq.append_token(token_id)
             sp = seq.sampling_params
-            if not sp.ignore_eos and token_id in self.eos_token_ids:
-                seq.finish_reason = "stop"
-            elif seq.num_completion_tokens >= sp.max_tokens or len(seq) >= self.max_model_len:
-                seq.finish_reason = "length"
+            if (not sp.ignore_eos and token_id in self.eos_token_ids) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
+                self.finish(seq, "stop")
+            elif seq.num_completion_tokens >= sp.max_tokens:
+                self.finish(seq, "length")
+            elif len(seq) >= self.max_model_len:
+                self.finish(seq, "max_model_len")
             else:
                 continue
-            seq.status = SequenceStatus.FINISHED
-            self.kv_cache.deallocate(seq)
-            self.running.remove(seq)
             finished.append(seq)
         return finished
+
+    def finish(self, seq: Sequence, reason: str):
+        """End `seq` now, running or waiting (a stop condition, an abort): its blocks are freed."""
+        seq.finish_reason = reason
+        seq.status = SequenceStatus.FINISHED
+        self.kv_cache.deallocate(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)

@@ -1,11 +1,12 @@
 """`python -m nvllm.tools.report <sweep dir>`: one table row per configuration of a sweep, and a plot
-per swept axis.
+per swept axis; a sweep over `workload.request_rate` also gets the latency-throughput curve.
 
 Reads every run's metrics.json under the sweep directory. A configuration is a run's overrides
 without `repeat`; the swept axes are the overrides that differ between runs. Each row gives the
 median and min-max over repeats; runs that were skipped or failed are listed with their reason,
 never dropped. Writes report.md, report.csv and by_<axis>.png (needs matplotlib: the `report`
-extra) into the sweep directory or --out."""
+extra) into the sweep directory or --out, and load.png when `workload.request_rate` is swept:
+p99 TTFT, p99 ITL and goodput against the achieved request rate, a line per configuration."""
 import argparse
 import csv
 import json
@@ -22,8 +23,14 @@ METRICS = {
         "cuda_max_allocated_bytes", m["peak_memory_bytes"]["host_max_rss_bytes"])),
     "prefix_hit_rate": ("prefix hit rate", 1, lambda m: m["prefix_cache_hit_rate"]),
     "preemptions": ("preemptions", 1, lambda m: m["preemptions"]),
+    "achieved_rate": ("achieved req/s", 1, lambda m: m["achieved_request_rate"]),
+    "p99_ttft_ms": ("TTFT p99 (ms)", 1, lambda m: m["p99_ttft_ms"]),
+    "p99_itl_ms": ("ITL p99 (ms)", 1, lambda m: m["p99_itl_ms"]),
+    "goodput": ("goodput (req/s)", 1, lambda m: m["request_goodput"]),
+    "req_throughput": ("completed req/s", 1, lambda m: m["request_throughput"]),
 }
 PLOTTED = ("output_tok_s", "ttft_ms", "tpot_ms")
+LOAD_AXIS, LOAD_PLOTTED = "workload.request_rate", ("p99_ttft_ms", "p99_itl_ms", "goodput")
 
 
 def load_runs(sweep_dir: Path) -> list[dict]:
@@ -200,6 +207,61 @@ def plot(out_dir: Path, title: str, axes: list[str], rows: list[dict]) -> list[s
     return written
 
 
+def plot_load(out_dir: Path, title: str, axes: list[str], rows: list[dict], slo: str) -> list[str]:
+    """The latency-throughput curve: LOAD_PLOTTED against the achieved request rate (medians over
+    repeats), a line per combination of the other axes, points in order of the configured rate."""
+    if LOAD_AXIS not in axes:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[float, dict]]] = {}
+    for row in rows:
+        label = ", ".join(f"{a}={v}" for a, v in row["config"].items() if a != LOAD_AXIS) or "runs"
+        rate = row["values"]["achieved_rate"]
+        if rate is not None:
+            series.setdefault(label, []).append((rate[0], row["values"]))
+    fig, panels = plt.subplots(1, len(LOAD_PLOTTED), figsize=(5 * len(LOAD_PLOTTED), 4.2), squeeze=False)
+    for panel, name in zip(panels[0], LOAD_PLOTTED):
+        for label, points in series.items():
+            pts = sorted((x, v[name][0]) for x, v in points if v[name] is not None)
+            if pts:
+                line, = panel.plot(*zip(*pts), marker="o", label=label)
+            done = sorted((x, v["req_throughput"][0]) for x, v in points if v["req_throughput"] is not None)
+            if name == "goodput" and done:  # what was served at all, whatever its latency
+                panel.plot(*zip(*done), linestyle="--", marker=".", color=line.get_color() if pts else None)
+        if name == "goodput":
+            top = max((x for points in series.values() for x, _ in points), default=1)
+            panel.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
+            panel.set_ylim(bottom=0)
+        else:
+            panel.set_yscale("log")
+        panel.set_xlabel("achieved request rate (req/s)")
+        panel.set_title("goodput (solid), completed (dashed), req/s" + (f"\n{slo}" if slo else "")
+                        if name == "goodput" else METRICS[name][0])
+        panel.grid(alpha=0.3, which="both")
+    fig.suptitle(f"{title}: latency and goodput against load (medians over repeats)")
+    handles, labels = panels[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small")
+        fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
+    fig.savefig(out_dir / "load.png", dpi=110)
+    plt.close(fig)
+    return ["load.png"]
+
+
+def _slo(runs: list[dict]) -> str:
+    """The SLOs the runs' goodput counts, as text."""
+    for r in runs:
+        slo = (r["metrics"].get("requested_config") or {}).get("slo") or {}
+        given = [f"{k.removesuffix('_ms').upper()} <= {v:g} ms" for k, v in slo.items() if v is not None]
+        if given:
+            return "SLO: " + ", ".join(given)
+    return ""
+
+
 def _is_number(x: str) -> bool:
     try:
         float(x)
@@ -216,7 +278,8 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
         raise SystemExit(f"no metrics.json under {sweep_dir}: is it the directory a sweep (-m) wrote?")
     axes, fixed, rows = summarise(runs)
     try:
-        plots = plot(out_dir, fixed.get("experiment", sweep_dir.name), axes, rows)
+        title = fixed.get("experiment", sweep_dir.name)
+        plots = plot(out_dir, title, axes, rows) + plot_load(out_dir, title, axes, rows, _slo(runs))
     except ImportError:
         print("nvllm.tools.report: matplotlib is not installed, so no plots (pip install 'nvllm[report]')", file=sys.stderr)
         plots = []

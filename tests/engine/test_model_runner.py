@@ -28,8 +28,8 @@ def test_padded_decode_matches_unpadded(tiny_qwen3_path):
     prompts = [[rng.randrange(512) for _ in range(n)] for n in (3, 17, 40)]
     with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=128, max_num_batched_tokens=256) as llm:
         engine = llm.engine
-        for p in prompts:
-            engine.add_request(p, SamplingParams(temperature=0, max_tokens=4))
+        for i, p in enumerate(prompts):
+            engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=4))
         engine.step()  # prefill
         seqs = engine.scheduler.schedule()  # the first decode step
         assert all(s.num_scheduled_tokens == 1 for s in seqs)

@@ -254,10 +254,10 @@ def generate(path, prompts, priorities=None, late=(), **overrides):
 
         engine.scheduler.schedule = recorded
         priorities = priorities or [0] * len(prompts)
-        seqs = {i: engine.add_request(p, GREEDY, priorities[i]) for i, p in enumerate(prompts) if i not in late}
+        seqs = {i: engine.add_request(str(i), p, GREEDY, priority=priorities[i]) for i, p in enumerate(prompts) if i not in late}
         for _ in range(3):
             engine.step()
-        seqs |= {i: engine.add_request(prompts[i], GREEDY, priorities[i]) for i in late}
+        seqs |= {i: engine.add_request(str(i), prompts[i], GREEDY, priority=priorities[i]) for i in late}
         while not engine.is_finished():
             engine.step()
         tokens = [seqs[i].completion_token_ids for i in range(len(prompts))]

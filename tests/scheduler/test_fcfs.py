@@ -212,7 +212,7 @@ def test_max_model_len_ends_a_sequence():
     sched = make_scheduler(num_blocks=16, block_size=4, max_model_len=6, max_num_batched_tokens=6)
     s = add(sched, [1, 2, 3, 4], max_tokens=10)
     run_all(sched)
-    assert s.finish_reason == "length" and len(s) == 6 and s.num_completion_tokens == 2
+    assert s.finish_reason == "max_model_len" and len(s) == 6 and s.num_completion_tokens == 2
 
 
 def test_decode_step_respects_max_num_batched_tokens():
