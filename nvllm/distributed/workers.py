@@ -155,7 +155,10 @@ class Workers:
                 sys.exit(0)
             return
         _refuse_nested_spawn()
+        # the private directory exists only once every worker has its start-up data: a rank 0 killed
+        # while spawning leaves no file (after that, a worker removes it when rank 0 dies)
         self.dir = tempfile.mkdtemp(prefix="nvllm-tp-")
+        os.rmdir(self.dir)
         store = os.path.join(self.dir, "rendezvous")
         ctx = mp.get_context("spawn")
         try:
@@ -168,6 +171,7 @@ class Workers:
                     self.conns.append(receive)
                     p.start()
                     send.close()
+            os.mkdir(self.dir, 0o700)
             self.group = self._rendezvous(runner_args[0].device, store)
             dist.barrier(group=self.group)
         except BaseException as e:
