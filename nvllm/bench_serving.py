@@ -1,0 +1,5 @@
+"""`python -m nvllm.bench_serving`: the serving benchmark client (nvllm/tools/bench_serving.py)."""
+from nvllm.tools.bench_serving import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""The OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions (streamed
+as server-sent events or not), /v1/models, /health and /metrics. Every request goes to the one
+engine loop (nvllm.server.engine_loop), which batches them all."""
+import asyncio
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from nvllm.server.engine_loop import EngineFault, EngineLoop, RequestStream
+from nvllm.server.protocol import ChatCompletionRequest, CompletionRequest, RequestError, parse
+
+# the engine's finish reasons as OpenAI names them
+FINISH_REASONS = {"stop": "stop", "length": "length", "max_model_len": "length", "abort": "abort"}
+ROUTES = "POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics"
+
+
+class _Completions:
+    prefix, object, chunk_object = "cmpl", "text_completion", "text_completion"
+    default_max_tokens = 16  # OpenAI's
+
+    @staticmethod
+    def opening():
+        return None
+
+    @staticmethod
+    def piece(text: str) -> dict:
+        return {"text": text}
+
+    answer = piece
+
+
+class _Chat:
+    prefix, object, chunk_object = "chatcmpl", "chat.completion", "chat.completion.chunk"
+    default_max_tokens = None  # up to max_model_len
+
+    @staticmethod
+    def opening():
+        return {"delta": {"role": "assistant", "content": ""}}
+
+    @staticmethod
+    def piece(text: str) -> dict:
+        return {"delta": {"content": text} if text else {}}
+
+    @staticmethod
+    def answer(text: str) -> dict:
+        return {"message": {"role": "assistant", "content": text}}
+
+
+def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
+    engine = engine_loop.engine
+    max_model_len = engine.config.max_model_len
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        engine_loop.attach(asyncio.get_running_loop())
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, engine_loop.stop)
+
+    app = FastAPI(title="nvllm", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, e: RequestError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        message = (f"no route {request.method} {request.url.path}; nvllm serves {ROUTES}"
+                   if e.status_code in (404, 405) else str(e.detail))
+        return JSONResponse(RequestError(message, status=e.status_code, code="not_found").body(),
+                            status_code=e.status_code)
+
+    @app.get("/health")
+    async def health():
+        stats = engine_loop.stats
+        alive = engine_loop._thread.is_alive() and stats is not None
+        body = {"status": "ok" if alive else "engine stopped", "model": model_name, "last_fault": engine_loop.fault,
+                **(asdict(stats) if stats else {})}
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    @app.get("/metrics")
+    async def metrics(skip: int = 0, percentiles: str = "50,90,99", slo: str = "{}", request_rate: float | None = None):
+        """vLLM's serving metrics of the requests the engine finished after the first `skip`
+        (GET /health says how many it has finished), measured inside the engine."""
+        from nvllm.metrics import serving_metrics
+
+        try:
+            quantiles, bounds = tuple(float(q) for q in percentiles.split(",")), json.loads(slo)
+        except ValueError:
+            raise RequestError("percentiles takes numbers like 50,90,99 and slo a JSON object like "
+                               '{"ttft_ms": 500}', param="percentiles") from None
+        timings = engine_loop.timings_since(skip)
+        times = [t for timing in timings for t in (timing.arrival, *timing.token_times)]
+        duration = max(times) - min(times) if times else 0.0
+        return {"requests": len(timings),
+                **serving_metrics(timings, duration, quantiles, bounds or None, request_rate=request_rate)}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
+                                            "owned_by": "nvllm", "max_model_len": max_model_len}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = parse(CompletionRequest, await request.body())
+        return await respond(request, req, req.prompt, _Completions)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = parse(ChatCompletionRequest, await request.body())
+        if engine.tokenizer is None or not getattr(engine.tokenizer, "chat_template", None):
+            raise RequestError(f"{model_name} has no chat template; use /v1/completions", param="messages")
+        try:
+            prompt = engine.tokenizer.apply_chat_template(req.conversation(), tokenize=False,
+                                                          add_generation_prompt=True)
+        except Exception as e:  # the template refuses the conversation (roles out of order, ...)
+            raise RequestError(f"the chat template refuses these messages: {e}", param="messages") from None
+        return await respond(request, req, prompt, _Chat)
+
+    async def respond(request: Request, req, prompt, kind):
+        if req.model is not None and req.model != model_name:
+            raise RequestError(f"model {req.model!r} is not served here; this server serves {model_name!r} "
+                               f"(GET /v1/models)", param="model", status=404, code="model_not_found")
+        params = req.sampling_params(kind.default_max_tokens or max_model_len)
+        request_id = f"{kind.prefix}-{uuid.uuid4().hex}"
+        try:
+            stream = await engine_loop.add(request_id, prompt, params)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        head = {"id": request_id, "created": int(time.time()), "model": model_name}
+        if req.stream:
+            return StreamingResponse(_events(stream, req, kind, head), media_type="text/event-stream")
+        return await _answer(request, stream, req, kind, head)
+
+    return app
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _usage(delta) -> dict:
+    return {"prompt_tokens": delta.num_prompt_tokens, "completion_tokens": delta.num_output_tokens,
+            "total_tokens": delta.num_prompt_tokens + delta.num_output_tokens}
+
+
+async def _events(stream: RequestStream, req, kind, head: dict):
+    """The SSE body of a streamed request. If the client goes away, the response task is
+    cancelled (or this generator closed) and `finally` aborts the request in the engine."""
+    head = {**head, "object": kind.chunk_object}
+    extra = {"usage": None} if req.include_usage else {}
+    last = None
+    try:
+        if opening := kind.opening():
+            yield _sse({**head, "choices": [{"index": 0, **opening, "logprobs": None, "finish_reason": None}], **extra})
+        async for delta in stream:
+            last = delta
+            if not (delta.new_text or delta.new_token_ids or delta.finished):
+                continue
+            choice = {"index": 0, **kind.piece(delta.new_text), "logprobs": None,
+                      "finish_reason": FINISH_REASONS.get(delta.finish_reason, delta.finish_reason)}
+            if req.return_token_ids:
+                choice["token_ids"] = delta.new_token_ids
+            yield _sse({**head, "choices": [choice], **extra})
+        if req.include_usage and last is not None:
+            yield _sse({**head, "choices": [], "usage": _usage(last)})
+    except EngineFault as e:
+        yield _sse(RequestError(str(e), status=500, type="internal_error").body())
+    finally:
+        stream.close()
+    yield "data: [DONE]\n\n"
+
+
+async def _answer(request: Request, stream: RequestStream, req, kind, head: dict) -> Response:
+    """The whole answer of a request that is not streamed; a client that disconnects while it
+    waits has its request aborted."""
+
+    async def collect():
+        text, token_ids, last = [], [], None
+        async for delta in stream:
+            text.append(delta.new_text)
+            token_ids.extend(delta.new_token_ids)
+            last = delta
+        return "".join(text), token_ids, last
+
+    async def disconnected():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    answer, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not answer.done():  # the client is gone: nobody reads what we would send
+            answer.cancel()
+            return Response(status_code=499)
+        try:
+            text, token_ids, last = answer.result()
+        except EngineFault as e:
+            raise RequestError(str(e), status=500, type="internal_error") from None
+    finally:
+        gone.cancel()
+        stream.close()
+    choice = {"index": 0, **kind.answer(text), "logprobs": None,
+              "finish_reason": FINISH_REASONS.get(last.finish_reason, last.finish_reason)}
+    if req.return_token_ids:
+        choice["token_ids"] = token_ids
+    return JSONResponse({**head, "object": kind.object, "choices": [choice], "usage": _usage(last)})
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, printing the address it really listens on once it accepts requests."""
+
+    ready_message = "listening on"
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets)
+        if self.started:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            print(f"{self.ready_message} http://{host}:{port} (OpenAI API under /v1; Ctrl-C stops)", flush=True)
+
+
+def run_server(app: FastAPI, host: str, port: int, ready_message: str):
+    """Serve `app` until Ctrl-C (or SIGTERM); streams still open then get 5 s to finish."""
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                    timeout_graceful_shutdown=5))
+    server.ready_message = ready_message
+    server.run()

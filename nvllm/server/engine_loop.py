@@ -1,0 +1,216 @@
+"""The bridge between the HTTP event loop and the engine: one thread owns the engine for its
+whole life (builds it, steps it, closes it), so every HTTP client is batched by the same
+continuous-batching loop. Requests and aborts cross to it on a thread-safe queue, drained
+between steps; what each step produced goes back to each request's asyncio queue through
+`loop.call_soon_threadsafe` (one call per step). Nothing here imports the web framework."""
+import asyncio
+import queue
+import signal
+import threading
+import traceback
+from collections import deque
+from dataclasses import dataclass
+
+from nvllm.sampling_params import SamplingParams
+
+ACCEPTED = "accepted"  # first item on a request's queue once the engine took it
+
+
+class EngineFault(RuntimeError):
+    """The engine failed while running this request (the engine itself goes on)."""
+
+
+@dataclass
+class EngineStats:
+    """A snapshot the engine thread publishes after every step (read by /health)."""
+
+    free_kv_blocks: int
+    total_kv_blocks: int
+    # requests added and not finished (waiting or running)
+    live_requests: int
+    # requests finished since the server started (aborted ones included): GET /metrics?skip= counts these
+    finished_requests: int
+
+
+class EngineLoop:
+    def __init__(self, build_engine):
+        """`build_engine()` returns the engine; it runs on the engine thread."""
+        self._build_engine = build_engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, asyncio.Queue] = {}  # touched only on the event loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nvllm-engine", daemon=True)
+        self.startup_error: BaseException | None = None
+        self.fault: str | None = None  # the last step failure, for /health
+        self.stats: EngineStats | None = None
+        self._num_finished = 0
+        # engine-side timings of finished requests, in finishing order (aborted ones as failed);
+        # the oldest are dropped past the bound
+        self.finished_timings: deque = deque(maxlen=100_000)
+        self.engine = None  # for read-only facts (tokenizer, config); only the engine thread steps it
+
+    # -- on the main thread ---------------------------------------------------------------------
+    def start(self):
+        """Build the engine on its thread; raise what building it raised."""
+        self._thread.start()
+        self._ready.wait()
+        if self.startup_error is not None:
+            self._thread.join()
+            raise self.startup_error
+
+    def stop(self, timeout: float = 60):
+        """Finish the step in flight, close the engine (and its tensor-parallel ranks)."""
+        if self._thread.is_alive():
+            self._commands.put(("stop",))
+            self._thread.join(timeout)
+
+    # -- on the event loop ------------------------------------------------------------------------
+    def attach(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+
+    async def add(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> "RequestStream":
+        """Queue a request; once the engine took it, its stream of deltas. A request the engine
+        refuses raises its ValueError here."""
+        stream = asyncio.Queue()
+        self._streams[request_id] = stream
+        self._commands.put(("add", request_id, prompt, params))
+        first = await stream.get()
+        if isinstance(first, BaseException):
+            self._streams.pop(request_id, None)
+            raise first
+        return RequestStream(self, request_id, stream)
+
+    def abort(self, request_id: str):
+        self._streams.pop(request_id, None)
+        self._commands.put(("abort", request_id))
+
+    def timings_since(self, skip: int) -> list:
+        """Engine-side timings of the requests that finished after the first `skip`."""
+        timings = list(self.finished_timings)
+        dropped = self._num_finished - len(timings)
+        return timings[max(0, skip - dropped):]
+
+    def _deliver(self, events: list):
+        for request_id, item in events:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                stream.put_nowait(item)
+
+    # -- on the engine thread ---------------------------------------------------------------------
+    def _run(self):
+        # Signals go to the main thread (uvicorn's Ctrl-C handling), and tensor-parallel ranks
+        # spawned from this thread inherit the mask: Ctrl-C on the terminal reaches the server
+        # alone, which then closes the ranks in order.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            engine = self.engine = self._build_engine()
+        except BaseException as e:
+            self.startup_error = e
+            self._ready.set()
+            return
+        live: dict[str, object] = {}  # request id -> the engine's record of it (for its timings)
+        self._publish_stats(engine, live)
+        self._ready.set()
+        try:
+            while True:
+                events: list = []
+                if not self._drain(engine, live, events, block=not engine.has_unfinished_requests()):
+                    break
+                if engine.has_unfinished_requests():
+                    self._step(engine, live, events)
+                if events and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._deliver, events)
+                self._publish_stats(engine, live)
+        finally:
+            engine.close()
+
+    def _drain(self, engine, live: dict, events: list, block: bool) -> bool:
+        """Apply every queued command (waiting for one if `block`); False once told to stop."""
+        while True:
+            try:
+                command = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if command[0] == "stop":
+                return False
+            request_id = command[1]
+            if command[0] == "add":
+                try:
+                    live[request_id] = engine.add_request(request_id, command[2], command[3])
+                except ValueError as e:
+                    events.append((request_id, e))
+                else:
+                    events.append((request_id, ACCEPTED))
+            elif request_id in live:  # abort: the reader is gone; the engine frees its blocks now
+                engine.abort_request(request_id)
+                self._finished(live.pop(request_id), "aborted: the client went away")
+
+    def _step(self, engine, live: dict, events: list):
+        try:
+            deltas = engine.step()
+        except Exception as e:  # a bug or a dead rank: fail the requests in flight, keep serving
+            self.fault = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+            for request_id, seq in live.items():
+                try:
+                    engine.abort_request(request_id)
+                except Exception:
+                    pass
+                events.append((request_id, EngineFault(f"the engine failed while running this request: {self.fault}")))
+                self._finished(seq, self.fault)
+            live.clear()
+            return
+        for delta in deltas:
+            events.append((delta.request_id, delta))
+            if delta.finished and delta.request_id in live:  # an aborted one was counted at its abort
+                self._finished(live.pop(delta.request_id))
+
+    def _finished(self, seq, error: str | None = None):
+        self.finished_timings.append(engine_timing(seq, error))
+        self._num_finished += 1
+
+    def _publish_stats(self, engine, live: dict):
+        self.stats = EngineStats(free_kv_blocks=engine.kv_cache.num_free_blocks,
+                                 total_kv_blocks=engine.kv_cache.num_blocks, live_requests=len(live),
+                                 finished_requests=self._num_finished)
+
+
+def engine_timing(seq, error: str | None = None):
+    """The engine-side RequestTiming of a finished request, from the engine's record of it."""
+    from nvllm.metrics import RequestTiming
+
+    return RequestTiming(seq.arrival_time, list(seq.token_times), seq.num_prompt_tokens, seq.num_completion_tokens,
+                         success=error is None, error=error, first_scheduled=seq.first_scheduled_time,
+                         preemptions=seq.num_preemptions)
+
+
+class RequestStream:
+    """One request's deltas, in order, until it finishes. Closing it before then aborts the
+    request in the engine (its KV blocks are freed at once)."""
+
+    def __init__(self, engine_loop: EngineLoop, request_id: str, items: asyncio.Queue):
+        self._engine_loop, self.request_id, self._items = engine_loop, request_id, items
+        self.finished = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._items.get()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        if item.finished:
+            self.finished = True
+        return item
+
+    def close(self):
+        if self.finished:
+            self._engine_loop._streams.pop(self.request_id, None)
+        else:
+            self.finished = True
+            self._engine_loop.abort(self.request_id)

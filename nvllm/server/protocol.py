@@ -1,0 +1,185 @@
+"""The OpenAI request bodies nvllm's server accepts (pydantic models), and the error body it
+answers with. A field OpenAI defines but nvllm does not implement is accepted only at its neutral
+value (what a client sends when it does not use it); any other value, and any unknown field, is
+refused naming the field: a request never runs differently from what it asked for."""
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nvllm.sampling_params import SamplingParams
+
+
+class RequestError(Exception):
+    """A request the server refuses: becomes an HTTP 4xx with an OpenAI-style error body."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.status, self.type, self.code = message, param, status, type, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # a last chunk with the request's token counts (choices: [])
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    """Fields common to /v1/completions and /v1/chat/completions."""
+
+    model_config = ConfigDict(extra="forbid")
+    # the served model's name (GET /v1/models); null: that one
+    model: str | None = None
+    # null: 16 for completions, up to max_model_len for chat
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    # 0 or -1: off
+    top_k: int = Field(0, ge=-1)
+    seed: int | None = None
+    # strings that end the answer (not included in it)
+    stop: str | list[str] | None = None
+    # token ids that end the answer (nvllm/vLLM extension)
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # each choice (and stream chunk) carries the generated token ids (vLLM's extension)
+    return_token_ids: bool = False
+    # an end-user id: accepted and not used
+    user: str | None = None
+    # OpenAI fields nvllm does not implement: accepted only at their neutral value
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: Any = None
+
+    NEUTRAL: ClassVar[dict] = {"presence_penalty": (0,), "frequency_penalty": (0,), "repetition_penalty": (1,),
+                "logit_bias": ({},), "logprobs": (False, 0)}
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(f"n={n}: nvllm's server returns one choice per request; send n=1 "
+                             f"(or {n} requests, each with its own seed)")
+        return n
+
+    @model_validator(mode="after")
+    def _neutral_only(self):
+        for name, neutral in self.NEUTRAL.items():
+            value = getattr(self, name)
+            if value is not None and value not in neutral:
+                raise ValueError(f"{name}={value!r} is not supported by nvllm's server; leave it out "
+                                 f"(or send {neutral[0]!r})")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options needs stream=true")
+        return self
+
+    def sampling_params(self, default_max_tokens: int) -> SamplingParams:
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        try:
+            return SamplingParams(temperature=self.temperature, top_k=max(self.top_k, 0), top_p=self.top_p,
+                                  max_tokens=self.max_tokens or default_max_tokens, ignore_eos=self.ignore_eos,
+                                  seed=self.seed, stop=stop or None, stop_token_ids=self.stop_token_ids or None)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_Request):
+    # one prompt: a string or a list of token ids
+    prompt: str | list[int]
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    NEUTRAL: ClassVar[dict] = {**_Request.NEUTRAL, "echo": (False,), "best_of": (1,), "suffix": ("",)}
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, prompt):
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+            if len(prompt) != 1:
+                raise ValueError(f"{len(prompt)} prompts in one request: nvllm's server takes one prompt "
+                                 f"per request (a string or a list of token ids); send one request each")
+            return prompt[0]
+        return prompt
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the chat template may use more keys (name, ...)
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    # OpenAI's newer name for max_tokens
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list | None = None
+    response_format: dict | None = None
+    top_logprobs: int | None = None
+
+    NEUTRAL: ClassVar[dict] = {**_Request.NEUTRAL, "tools": ([],), "top_logprobs": (0,), "response_format": ({"type": "text"},)}
+
+    @model_validator(mode="after")
+    def _max_completion_tokens(self):
+        if self.max_completion_tokens is not None:
+            if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
+                raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
+            self.max_tokens = self.max_completion_tokens
+        return self
+
+    def conversation(self) -> list[dict]:
+        return [{**msg.model_dump(exclude={"content"}), "content": msg.text()} for msg in self.messages]
+
+
+def parse(model: type[BaseModel], body: bytes) -> BaseModel:
+    """The request `body` as `model`, or a RequestError naming the first bad field."""
+    import json
+
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"the request body is not valid JSON ({e}); send a JSON object", code="invalid_json")
+    if not isinstance(data, dict):
+        raise RequestError(f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = [str(part) for part in err["loc"] if not _is_type_tag(part)]
+        param = ".".join(loc) or None
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            message = f"{param} is required"
+        elif err["type"] == "extra_forbidden":
+            message = f"unknown field {param!r}: nvllm's server does not know it; leave it out"
+        elif err["type"] != "value_error":
+            message = f"{param}: {message} (got {err['input']!r})" if param else message
+        raise RequestError(message, param=param, code="invalid_value") from None
+
+
+def _is_type_tag(part) -> bool:
+    """pydantic names the union member that failed inside `loc` ('str', 'list[int]'): not a field."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)

@@ -1,0 +1,234 @@
+"""A serving benchmark client for any OpenAI-compatible server (nvllm.serve, vLLM, SGLang):
+random token-id prompts sent as streamed /v1/completions at seeded Poisson (or gamma) arrivals,
+measured on the client side by vLLM's `bench serve` definitions — TTFT, TPOT, ITL, E2EL — with
+the same function and names as the engine's own metrics (nvllm.metrics.serving_metrics).
+Against nvllm.serve it also fetches the engine-side numbers of the same requests (GET
+/metrics), so the two can be read side by side.
+
+    python -m nvllm.tools.bench_serving --base-url http://127.0.0.1:8000 --request-rate 2 \\
+        --num-prompts 32 --random-input-len 128 --random-output-len 32
+
+Needs the `serve` extra (httpx)."""
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+
+from nvllm.metrics import RequestTiming, serving_metrics
+
+METRICS = ("ttft", "tpot", "itl", "e2el")
+NAMES = {"ttft": "Time to first token", "tpot": "Time per output token (excl. 1st)",
+         "itl": "Inter-token latency", "e2el": "End-to-end latency"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m nvllm.tools.bench_serving", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server's address")
+    p.add_argument("--model", default=None, help="model name to send (default: the server's first, GET /v1/models)")
+    p.add_argument("--num-prompts", type=int, default=32, help="requests to send")
+    p.add_argument("--request-rate", type=float, default=math.inf,
+                   help="requests per second (inf: all at once); arrival gaps are Gamma(burstiness, 1/(rate*burstiness))")
+    p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the arrival gaps (1: Poisson)")
+    p.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight (default: no limit)")
+    p.add_argument("--random-input-len", type=int, default=128, help="prompt tokens per request")
+    p.add_argument("--random-output-len", type=int, default=32, help="max_tokens per request")
+    p.add_argument("--random-range-ratio", type=float, default=0.0,
+                   help="lengths uniform in [len*(1-r), len*(1+r)]")
+    p.add_argument("--max-token-id", type=int, default=10000, help="prompt token ids are drawn below this")
+    p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
+                   help="let requests stop at end-of-sequence (default: ignore_eos, every request runs to max_tokens)")
+    p.add_argument("--seed", type=int, default=0, help="seeds prompts, lengths and arrivals")
+    p.add_argument("--metric-percentiles", default="50,90,99", help="comma-separated percentiles")
+    p.add_argument("--goodput", nargs="*", default=[], metavar="METRIC:MS",
+                   help="SLOs for request_goodput, e.g. ttft:500 tpot:100 e2el:5000")
+    p.add_argument("--timeout", type=float, default=600, help="seconds one request may take")
+    p.add_argument("--save-result", default=None, metavar="FILE", help="write the client (and engine) metrics as JSON")
+    args = p.parse_args(argv)
+    for name in ("num_prompts", "random_input_len", "random_output_len", "max_token_id"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.request_rate > 0 or not args.burstiness > 0:
+        p.error("--request-rate and --burstiness must be > 0")
+    if not 0 <= args.random_range_ratio < 1:
+        p.error(f"--random-range-ratio must be in [0, 1), got {args.random_range_ratio}")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        p.error(f"--max-concurrency must be >= 1, got {args.max_concurrency}")
+    try:
+        args.percentiles = tuple(float(q) for q in args.metric_percentiles.split(","))
+        args.slo = {f"{k}_ms": float(v) for k, v in (g.split(":") for g in args.goodput)}
+    except ValueError:
+        p.error("--metric-percentiles takes numbers like 50,90,99; --goodput takes METRIC:MS like ttft:500")
+    if not set(args.slo) <= {f"{m}_ms" for m in ("ttft", "tpot", "e2el")}:
+        p.error(f"--goodput metrics are ttft, tpot and e2el, got {', '.join(args.goodput)}")
+    return args
+
+
+def random_requests(args) -> list[tuple[list[int], int]]:
+    """(prompt token ids, max_tokens) per request, seeded."""
+    rng = random.Random(args.seed)
+
+    def length(n):
+        return rng.randint(max(1, int(n * (1 - args.random_range_ratio))), int(n * (1 + args.random_range_ratio)))
+
+    requests = []
+    for _ in range(args.num_prompts):
+        prompt = [rng.randrange(args.max_token_id) for _ in range(length(args.random_input_len))]
+        requests.append((prompt, length(args.random_output_len)))
+    return requests
+
+
+def arrival_offsets(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
+    """Seconds after the start at which each request is sent: gaps Gamma(shape=burstiness,
+    scale=1/(rate*burstiness)), as vLLM draws them; all 0 when rate is inf."""
+    if math.isinf(rate):
+        return [0.0] * n
+    rng, t, out = random.Random(f"arrivals-{seed}"), 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.gammavariate(burstiness, 1 / (rate * burstiness))
+    return out
+
+
+async def send(client, model: str, prompt: list[int], max_tokens: int, ignore_eos: bool, timeout: float) -> RequestTiming:
+    """One streamed completion; a time is taken for every chunk that carries tokens."""
+    payload = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
+               "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos, "return_token_ids": True}
+    timing = RequestTiming(arrival=time.perf_counter(), input_len=len(prompt))
+    counted = 0
+    try:
+        async with client.stream("POST", "/v1/completions", json=payload, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread()).decode()[:300]}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                now, data = time.perf_counter(), line[len("data: "):]
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise RuntimeError(chunk["error"]["message"])
+                for choice in chunk.get("choices") or []:
+                    # a server without return_token_ids: a chunk with text counts as one token
+                    n = len(choice["token_ids"]) if "token_ids" in choice else int(bool(choice.get("text")))
+                    if n:
+                        timing.token_times.append(now)
+                        counted += n
+                if chunk.get("usage"):
+                    timing.output_len = chunk["usage"]["completion_tokens"]
+        timing.output_len = timing.output_len or counted
+        if not timing.token_times:
+            raise RuntimeError("the stream ended without a token")
+    except Exception as e:
+        timing.success, timing.error = False, f"{type(e).__name__}: {e}"
+    return timing
+
+
+async def benchmark(args) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=args.base_url, limits=limits, timeout=30) as client:
+        served = (await client.get("/v1/models")).raise_for_status().json()["data"]
+        model = args.model or served[0]["id"]
+        finished_before = await _engine_finished(client)
+        requests = random_requests(args)
+        offsets = arrival_offsets(args.num_prompts, args.request_rate, args.burstiness, args.seed)
+        slots = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
+
+        async def one(prompt, max_tokens, offset):
+            await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
+            if slots is None:
+                return await send(client, model, prompt, max_tokens, args.ignore_eos, args.timeout)
+            async with slots:
+                return await send(client, model, prompt, max_tokens, args.ignore_eos, args.timeout)
+
+        start = time.perf_counter()
+        timings = await asyncio.gather(*(one(p, m, o) for (p, m), o in zip(requests, offsets)))
+        duration = time.perf_counter() - start
+        client_side = serving_metrics(timings, duration, args.percentiles, args.slo or None,
+                                      request_rate=args.request_rate)
+        client_side["errors"] = sorted({t.error for t in timings if not t.success})
+        engine_side = None
+        if finished_before is not None:
+            response = await client.get("/metrics", params={"skip": finished_before, "percentiles": args.metric_percentiles,
+                                                             "slo": json.dumps(args.slo), "request_rate": args.request_rate})
+            engine_side = response.json() if response.status_code == 200 else None
+    return {"model": model, "base_url": args.base_url, "num_prompts": args.num_prompts,
+            "random_input_len": args.random_input_len, "random_output_len": args.random_output_len,
+            "random_range_ratio": args.random_range_ratio, "burstiness": args.burstiness,
+            "max_concurrency": args.max_concurrency, "seed": args.seed, "client": client_side, "engine": engine_side}
+
+
+async def _engine_finished(client) -> int | None:
+    """How many requests nvllm's engine had finished before this run (None: not an nvllm server)."""
+    try:
+        response = await client.get("/health")
+        return response.json().get("finished_requests") if response.status_code == 200 else None
+    except Exception:
+        return None
+
+
+def table(result: dict, percentiles) -> str:
+    """vLLM's result table, the client's column beside the engine's when there is one."""
+    c, e = result["client"], result["engine"] or {}
+    cols = ("client", "engine") if e else ("client",)
+    rows = [("Successful requests", "completed", "{:.0f}"), ("Failed requests", "failed", "{:.0f}"),
+            ("Benchmark duration (s)", "duration", "{:.2f}"), ("Total input tokens", "total_input_tokens", "{:.0f}"),
+            ("Total generated tokens", "total_output_tokens", "{:.0f}"),
+            ("Request throughput (req/s)", "request_throughput", "{:.2f}"),
+            ("Output token throughput (tok/s)", "output_throughput", "{:.2f}"),
+            ("Total token throughput (tok/s)", "total_token_throughput", "{:.2f}"),
+            ("Achieved request rate (req/s)", "achieved_request_rate", "{:.2f}")]
+    if c.get("request_goodput") is not None:
+        rows.append(("Request goodput (req/s)", "request_goodput", "{:.2f}"))
+    for m in METRICS:
+        rows.append((f"-- {NAMES[m]} (ms)", None, None))
+        for stat in ("mean", "median") + tuple(f"p{q:g}" for q in percentiles):
+            rows.append((f"{stat.capitalize() if stat[0] != 'p' else stat.upper()} {m.upper()}", f"{stat}_{m}_ms", "{:.2f}"))
+    if e.get("mean_queue_wait_ms") is not None:
+        rows.append(("-- Engine only (ms)", None, None))
+        rows += [("Mean queue wait", "mean_queue_wait_ms", "{:.2f}"), ("P99 queue wait", "p99_queue_wait_ms", "{:.2f}")]
+
+    def cell(side, key, fmt):
+        value = side.get(key)
+        return "-" if value is None else fmt.format(value)
+
+    lines = [f"{'':<36}" + "".join(f"{col:>12}" for col in cols)]
+    for label, key, fmt in rows:
+        if key is None:
+            lines.append(label)
+        else:
+            lines.append(f"{label:<36}" + "".join(f"{cell(side, key, fmt):>12}" for side in (c, e)[:len(cols)]))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        sys.exit("nvllm.tools.bench_serving needs httpx: pip install 'nvllm[serve]'")
+    rate = "inf" if math.isinf(args.request_rate) else f"{args.request_rate:g}"
+    print(f"{args.num_prompts} requests at {rate} req/s (burstiness {args.burstiness:g}) to {args.base_url}, "
+          f"~{args.random_input_len} prompt + {args.random_output_len} output tokens each", flush=True)
+    try:
+        result = asyncio.run(benchmark(args))
+    except Exception as e:  # the server is not there, or is not an OpenAI-compatible one
+        sys.exit(f"bench_serving: cannot benchmark {args.base_url}: {type(e).__name__}: {e}")
+    print(table(result, args.percentiles))
+    for error in result["client"]["errors"][:5]:
+        print(f"error: {error}")
+    if args.save_result:
+        with open(args.save_result, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"saved: {args.save_result}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
