@@ -258,7 +258,8 @@ BAD_REQUESTS = {
     "n > 1": ("/v1/completions", {"prompt": "hi", "n": 3}, 400, "n", "one choice per request"),
     "temperature < 0": ("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature", "greater than"),
     "unknown field": ("/v1/completions", {"prompt": "hi", "max_tokenz": 3}, 400, "max_tokenz", "unknown field"),
-    "unsupported penalty": ("/v1/completions", {"prompt": "hi", "presence_penalty": 0.5}, 400, None, "presence_penalty"),
+    "unsupported penalty": ("/v1/completions", {"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty",
+                            "not supported"),
     "bad role": ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role", "role"),
     "unknown route": ("/v1/embeddings", {"input": "hi"}, 404, None, "no route"),
 }

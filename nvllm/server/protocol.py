@@ -70,13 +70,17 @@ class _Request(BaseModel):
                              f"(or {n} requests, each with its own seed)")
         return n
 
+    @field_validator("*")
+    @classmethod
+    def _neutral_only(cls, value, info):
+        neutral = cls.NEUTRAL.get(info.field_name)
+        if neutral is not None and value is not None and value not in neutral:
+            raise ValueError(f"{info.field_name}={value!r} is not supported by nvllm's server; leave it out "
+                             f"(or send {neutral[0]!r})")
+        return value
+
     @model_validator(mode="after")
-    def _neutral_only(self):
-        for name, neutral in self.NEUTRAL.items():
-            value = getattr(self, name)
-            if value is not None and value not in neutral:
-                raise ValueError(f"{name}={value!r} is not supported by nvllm's server; leave it out "
-                                 f"(or send {neutral[0]!r})")
+    def _stream_options(self):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options needs stream=true")
         return self
