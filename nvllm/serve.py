@@ -43,10 +43,11 @@ def main(cfg: DictConfig) -> None:
 
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise ConfigError("python -m nvllm.serve runs one server: drop -m/--multirun")
-    serve(cfg, ServeConfig(**cfg.serve))
+    serve(cfg, ServeConfig(**cfg.serve), HydraConfig.get().runtime.choices["model"])
 
 
-def serve(cfg: DictConfig, serve_config: ServeConfig) -> None:
+def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
+    """Serve the engine `cfg` composes, under `model_name` (what clients send as `model`)."""
     try:
         from nvllm.server.app import build_app, run_server
     except ImportError as e:
@@ -59,8 +60,8 @@ def serve(cfg: DictConfig, serve_config: ServeConfig) -> None:
     try:
         if engine_loop.engine.random_weights:
             print("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
-        app = build_app(engine_loop, cfg.model.name)
-        run_server(app, serve_config.host, serve_config.port, f"nvllm.serve: {cfg.model.name} ready on")
+        app = build_app(engine_loop, model_name)
+        run_server(app, serve_config.host, serve_config.port, f"nvllm.serve: {model_name} ready on")
     finally:
         engine_loop.stop()
     print("nvllm.serve: stopped", flush=True)

@@ -232,4 +232,7 @@ def run_server(app: FastAPI, host: str, port: int, ready_message: str):
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                     timeout_graceful_shutdown=5))
     server.ready_message = ready_message
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has shut down
+        pass
