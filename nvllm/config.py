@@ -60,6 +60,28 @@ class EngineConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`python -m nvllm.serve`'s own switches (serve.host, serve.port)."""
+    # address to listen on (0.0.0.0: every interface)
+    host: str = "127.0.0.1"
+    # TCP port; 0 takes any free one (the address printed says which)
+    port: int = 8000
+
+    def __post_init__(self):
+        import socket
+
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"serve.host={self.host!r} is not allowed: use a host name or an IP address such as 127.0.0.1")
+        try:
+            socket.getaddrinfo(self.host, None)
+        except OSError as e:
+            raise ConfigError(f"serve.host={self.host!r} does not resolve here ({e}); use 127.0.0.1, 0.0.0.0 "
+                              f"or a name this machine knows") from None
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port={self.port!r} is not allowed: use an integer in 0..65535 (0: any free port)")
+
+
+@dataclass
 class Schema(EngineConfig):
     """The primary config's schema (stored in the ConfigStore as `nvllm_schema`, first in
     conf/config.yaml's defaults list): Hydra checks every key's type when it composes, so
@@ -79,6 +101,8 @@ class Schema(EngineConfig):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # latency bounds for request_goodput
     slo: SLOConfig = field(default_factory=SLOConfig)
+    # python -m nvllm.serve: where it listens
+    serve: ServeConfig = field(default_factory=ServeConfig)
     # repetition index: sweep repeat=0,1,2 for medians and spreads (changes nothing else)
     repeat: int = 0
 

@@ -5,35 +5,14 @@ same Hydra config as `nvllm.run` (every group and switch) plus `serve.host` and 
 
 It prints the address once it is ready; Ctrl-C stops it cleanly (tensor-parallel ranks too).
 Needs the `serve` extra: pip install 'nvllm[serve]'."""
-import socket
-from dataclasses import dataclass
-
 import hydra
 from omegaconf import DictConfig
 
+from nvllm.config import ServeConfig
 from nvllm.errors import ConfigError
 from nvllm.plugins import load_plugins
 
 load_plugins()  # registers every component's config before Hydra composes
-
-
-@dataclass
-class ServeConfig:
-    # address to listen on (0.0.0.0: every interface)
-    host: str = "127.0.0.1"
-    # TCP port; 0 takes any free one (the printed address says which)
-    port: int = 8000
-
-    def __post_init__(self):
-        if not isinstance(self.host, str) or not self.host:
-            raise ConfigError(f"serve.host must be a host name or IP address such as 127.0.0.1, got {self.host!r}")
-        try:
-            socket.getaddrinfo(self.host, None)
-        except OSError as e:
-            raise ConfigError(f"serve.host={self.host!r} does not resolve here ({e}); use 127.0.0.1, "
-                              f"0.0.0.0 or a name this machine knows") from None
-        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
-            raise ConfigError(f"serve.port must be an integer in 0..65535 (0: any free port), got {self.port!r}")
 
 
 @hydra.main(config_path="pkg://nvllm.conf", config_name="config", version_base="1.3")
@@ -52,10 +31,12 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
         from nvllm.server.app import build_app, run_server
     except ImportError as e:
         raise SystemExit(f"nvllm.serve needs the serve extra ({e}): pip install 'nvllm[serve]'") from None
+    from nvllm.config import Config
     from nvllm.engine.llm_engine import LLMEngine
     from nvllm.server.engine_loop import EngineLoop
 
-    engine_loop = EngineLoop(lambda: LLMEngine(cfg))
+    config = Config.from_cfg(cfg)  # a bad component config is refused here, before the model loads
+    engine_loop = EngineLoop(lambda: LLMEngine(config))
     engine_loop.start()
     try:
         if engine_loop.engine.random_weights:

@@ -304,16 +304,16 @@ def test_bench_serving_against_the_server(server, tmp_path):
 
 def test_serve_config_is_validated(tmp_path):
     from nvllm.errors import ConfigError
-    from nvllm.serve import ServeConfig
+    from nvllm.config import ServeConfig
 
-    for bad, match in (({"port": 70000}, "serve.port must be an integer in 0..65535"),
+    for bad, match in (({"port": 70000}, "serve.port=70000 is not allowed: use an integer in 0..65535"),
                        ({"port": "http"}, "serve.port"), ({"host": ""}, "serve.host"),
                        ({"host": "no-such-host.invalid"}, "serve.host='no-such-host.invalid' does not resolve")):
         with pytest.raises(ConfigError, match=re.escape(match)):
             ServeConfig(**bad)
     done = subprocess.run([sys.executable, "-m", "nvllm.serve", "serve.port=-1"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode != 0 and "serve.port must be an integer in 0..65535" in done.stderr
+    assert done.returncode != 0 and "serve.port=-1 is not allowed: use an integer in 0..65535" in done.stderr
 
 
 def test_ctrl_c_stops_the_server_and_its_tensor_parallel_ranks(tiny_qwen3_path, tmp_path):
