@@ -77,6 +77,11 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
         return JSONResponse(RequestError(message, status=e.status_code, code="not_found").body(),
                             status_code=e.status_code)
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception):  # still an OpenAI error body (and logged)
+        return JSONResponse(RequestError(f"internal error: {type(e).__name__}: {e}", status=500,
+                                         type="internal_error").body(), status_code=500)
+
     @app.get("/health")
     async def health():
         stats = engine_loop.stats
@@ -134,6 +139,8 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
             stream = await engine_loop.add(request_id, prompt, params)
         except ValueError as e:
             raise RequestError(str(e)) from None
+        except EngineFault as e:
+            raise RequestError(str(e), status=500, type="internal_error") from None
         head = {"id": request_id, "created": int(time.time()), "model": model_name}
         if req.stream:
             return StreamingResponse(_events(stream, req, kind, head), media_type="text/event-stream")

@@ -71,7 +71,9 @@ class EngineLoop:
 
     async def add(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> "RequestStream":
         """Queue a request; once the engine took it, its stream of deltas. A request the engine
-        refuses raises its ValueError here."""
+        refuses raises its ValueError here; one it failed on, EngineFault."""
+        if not self._thread.is_alive():
+            raise EngineFault(self.fault or "the engine loop has stopped")
         stream = asyncio.Queue()
         self._streams[request_id] = stream
         self._commands.put(("add", request_id, prompt, params))
@@ -90,6 +92,10 @@ class EngineLoop:
         timings = list(self.finished_timings)
         dropped = self._num_finished - len(timings)
         return timings[max(0, skip - dropped):]
+
+    def _fail_all(self, error: EngineFault):
+        for stream in self._streams.values():
+            stream.put_nowait(error)
 
     def _deliver(self, events: list):
         for request_id, item in events:
@@ -122,6 +128,11 @@ class EngineLoop:
                 if events and self._loop is not None:
                     self._loop.call_soon_threadsafe(self._deliver, events)
                 self._publish_stats(engine, live)
+        except BaseException as e:  # never leave a reader waiting on a loop that is gone
+            self.fault = f"the engine loop stopped: {type(e).__name__}: {e}"
+            traceback.print_exc()
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._fail_all, EngineFault(self.fault))
         finally:
             engine.close()
 
@@ -141,6 +152,9 @@ class EngineLoop:
                     live[request_id] = engine.add_request(request_id, command[2], command[3])
                 except ValueError as e:
                     events.append((request_id, e))
+                except Exception as e:  # not a refusal: a bug the request ran into
+                    traceback.print_exc()
+                    events.append((request_id, EngineFault(f"the engine failed to add this request: {type(e).__name__}: {e}")))
                 else:
                     events.append((request_id, ACCEPTED))
             elif request_id in live:  # abort: the reader is gone; the engine frees its blocks now
