@@ -191,6 +191,7 @@ def test_sse_wire_format(server):
     assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, "length"]
 
 
+@pytest.mark.slow
 def test_64_concurrent_streams_all_complete_and_free_every_block(server):
     """Continuous batching across HTTP clients: mixed prompt and output lengths, up to more
     than the cache holds at once; each gets exactly its tokens, once, and the cache ends empty."""
@@ -286,6 +287,7 @@ def test_bad_requests_through_the_openai_client_and_the_engine_goes_on(client):
     assert client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
 
 
+@pytest.mark.slow
 def test_bench_serving_against_the_server(server, tmp_path):
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, "-m", "nvllm.bench_serving", "--base-url", server.url, "--num-prompts", "6",
@@ -316,6 +318,7 @@ def test_serve_config_is_validated(tmp_path):
     assert done.returncode != 0 and "serve.port=-1 is not allowed: use an integer in 0..65535" in done.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_server_and_its_tensor_parallel_ranks(tiny_qwen3_path, tmp_path):
     server = Server(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "tp=2", "max_model_len=128")
     try:

@@ -114,11 +114,13 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        arrival = time.perf_counter()
         req = parse(CompletionRequest, await request.body())
-        return await respond(request, req, req.prompt, _Completions)
+        return await respond(request, req, req.prompt, _Completions, arrival)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        arrival = time.perf_counter()
         req = parse(ChatCompletionRequest, await request.body())
         if engine.tokenizer is None or not getattr(engine.tokenizer, "chat_template", None):
             raise RequestError(f"{model_name} has no chat template; use /v1/completions", param="messages")
@@ -127,16 +129,16 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
                                                           add_generation_prompt=True)
         except Exception as e:  # the template refuses the conversation (roles out of order, ...)
             raise RequestError(f"the chat template refuses these messages: {e}", param="messages") from None
-        return await respond(request, req, prompt, _Chat)
+        return await respond(request, req, prompt, _Chat, arrival)
 
-    async def respond(request: Request, req, prompt, kind):
+    async def respond(request: Request, req, prompt, kind, arrival: float):
         if req.model is not None and req.model != model_name:
             raise RequestError(f"model {req.model!r} is not served here; this server serves {model_name!r} "
                                f"(GET /v1/models)", param="model", status=404, code="model_not_found")
         params = req.sampling_params(kind.default_max_tokens or max_model_len)
         request_id = f"{kind.prefix}-{uuid.uuid4().hex}"
         try:
-            stream = await engine_loop.add(request_id, prompt, params)
+            stream = await engine_loop.add(request_id, prompt, params, arrival)
         except ValueError as e:
             raise RequestError(str(e)) from None
         except EngineFault as e:

@@ -69,14 +69,17 @@ class EngineLoop:
     def attach(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
 
-    async def add(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> "RequestStream":
+    async def add(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                  arrival: float | None = None) -> "RequestStream":
         """Queue a request; once the engine took it, its stream of deltas. A request the engine
-        refuses raises its ValueError here; one it failed on, EngineFault."""
+        refuses raises its ValueError here; one it failed on, EngineFault. `arrival`
+        (time.perf_counter()): when the server received it, so the engine's TTFT counts the time
+        it waited for the engine thread too."""
         if not self._thread.is_alive():
             raise EngineFault(self.fault or "the engine loop has stopped")
         stream = asyncio.Queue()
         self._streams[request_id] = stream
-        self._commands.put(("add", request_id, prompt, params))
+        self._commands.put(("add", request_id, prompt, params, arrival))
         first = await stream.get()
         if isinstance(first, BaseException):
             self._streams.pop(request_id, None)
@@ -149,7 +152,7 @@ class EngineLoop:
             request_id = command[1]
             if command[0] == "add":
                 try:
-                    live[request_id] = engine.add_request(request_id, command[2], command[3])
+                    live[request_id] = engine.add_request(request_id, *command[2:])
                 except ValueError as e:
                     events.append((request_id, e))
                 except Exception as e:  # not a refusal: a bug the request ran into
