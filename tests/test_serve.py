@@ -263,14 +263,19 @@ BAD_REQUESTS = {
                             "not supported"),
     "bad role": ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role", "role"),
     "unknown route": ("/v1/embeddings", {"input": "hi"}, 404, None, "no route"),
+    "bad metrics query": ("/metrics?skip=many", None, 400, "skip", "integer"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_bad_request_gets_an_openai_error(server, case):
     path, body, status, param, message = BAD_REQUESTS[case]
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = httpx.post(f"{server.url}{path}", content=content, headers={"content-type": "application/json"}, timeout=30)
+    if body is None:
+        response = httpx.get(f"{server.url}{path}", timeout=30)
+    else:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        response = httpx.post(f"{server.url}{path}", content=content, headers={"content-type": "application/json"},
+                              timeout=30)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["param"] == param

@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -77,6 +78,13 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
         return JSONResponse(RequestError(message, status=e.status_code, code="not_found").body(),
                             status_code=e.status_code)
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_query(request: Request, e: RequestValidationError):  # /metrics?skip=abc
+        err = e.errors()[0]
+        param = str(err["loc"][-1])
+        return JSONResponse(RequestError(f"{param}: {err['msg']}", param=param, code="invalid_value").body(),
+                            status_code=400)
+
     @app.exception_handler(Exception)
     async def bug(request: Request, e: Exception):  # still an OpenAI error body (and logged)
         return JSONResponse(RequestError(f"internal error: {type(e).__name__}: {e}", status=500,
@@ -85,7 +93,7 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
     @app.get("/health")
     async def health():
         stats = engine_loop.stats
-        alive = engine_loop._thread.is_alive() and stats is not None
+        alive = engine_loop.alive and stats is not None
         body = {"status": "ok" if alive else "engine stopped", "model": model_name, "last_fault": engine_loop.fault,
                 **(asdict(stats) if stats else {})}
         return JSONResponse(body, status_code=200 if alive else 503)

@@ -65,6 +65,10 @@ class EngineLoop:
             self._commands.put(("stop",))
             self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     # -- on the event loop ------------------------------------------------------------------------
     def attach(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
@@ -75,7 +79,7 @@ class EngineLoop:
         refuses raises its ValueError here; one it failed on, EngineFault. `arrival`
         (time.perf_counter()): when the server received it, so the engine's TTFT counts the time
         it waited for the engine thread too."""
-        if not self._thread.is_alive():
+        if not self.alive:
             raise EngineFault(self.fault or "the engine loop has stopped")
         stream = asyncio.Queue()
         self._streams[request_id] = stream
