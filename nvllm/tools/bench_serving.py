@@ -1,7 +1,8 @@
 """A serving benchmark client for any OpenAI-compatible server (nvllm.serve, vLLM, SGLang):
-random token-id prompts sent as streamed /v1/completions at seeded Poisson (or gamma) arrivals,
-measured on the client side by vLLM's `bench serve` definitions — TTFT, TPOT, ITL, E2EL — with
-the same function and names as the engine's own metrics (nvllm.metrics.serving_metrics).
+random token-id prompts (nvllm.run's workload=random) sent as streamed /v1/completions at
+seeded Poisson (or gamma) arrivals (nvllm.workloads.arrival_offsets), measured on the client
+side by vLLM's `bench serve` definitions — TTFT, TPOT, ITL, E2EL — with the same function and
+names as the engine's own metrics (nvllm.metrics.serving_metrics).
 Against nvllm.serve it also fetches the engine-side numbers of the same requests (GET
 /metrics), so the two can be read side by side.
 
@@ -13,7 +14,6 @@ import argparse
 import asyncio
 import json
 import math
-import random
 import sys
 import time
 
@@ -67,30 +67,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def random_requests(args) -> list[tuple[list[int], int]]:
-    """(prompt token ids, max_tokens) per request, seeded."""
-    rng = random.Random(args.seed)
+def random_workload(args):
+    """The bench's requests as `nvllm.run`'s `workload=random` (same generator, same seed: the
+    same prompts, lengths and arrivals as the in-process run with these settings)."""
+    from omegaconf import OmegaConf
 
-    def length(n):
-        return rng.randint(max(1, int(n * (1 - args.random_range_ratio))), int(n * (1 + args.random_range_ratio)))
+    r = args.random_range_ratio
 
-    requests = []
-    for _ in range(args.num_prompts):
-        prompt = [rng.randrange(args.max_token_id) for _ in range(length(args.random_input_len))]
-        requests.append((prompt, length(args.random_output_len)))
-    return requests
+    def span(n):
+        return [max(1, int(n * (1 - r))), int(n * (1 + r))]
+
+    return OmegaConf.create({"kind": "random", "num_seqs": args.num_prompts, "input_len": span(args.random_input_len),
+                             "output_len": span(args.random_output_len), "max_token_id": args.max_token_id,
+                             "seed": args.seed, "ignore_eos": args.ignore_eos, "request_rate": args.request_rate,
+                             "burstiness": args.burstiness})
 
 
-def arrival_offsets(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
-    """Seconds after the start at which each request is sent: gaps Gamma(shape=burstiness,
-    scale=1/(rate*burstiness)), as vLLM draws them; all 0 when rate is inf."""
-    if math.isinf(rate):
-        return [0.0] * n
-    rng, t, out = random.Random(f"arrivals-{seed}"), 0.0, []
-    for _ in range(n):
-        out.append(t)
-        t += rng.gammavariate(burstiness, 1 / (rate * burstiness))
-    return out
+def requests_and_arrivals(args) -> tuple[list[tuple[list[int], int]], list[float]]:
+    """(prompt token ids, max_tokens) per request, and when to send each (seconds after the start)."""
+    from nvllm.workloads import arrival_offsets, build_requests
+
+    workload = random_workload(args)
+    prompts, params = build_requests(workload, {"temperature": 0.0}, tokenizer=None)
+    offsets = arrival_offsets(workload, len(prompts)) or [0.0] * len(prompts)
+    return [(p, sp.max_tokens) for p, sp in zip(prompts, params)], offsets
 
 
 async def send(client, model: str, prompt: list[int], max_tokens: int, ignore_eos: bool, timeout: float) -> RequestTiming:
@@ -136,8 +136,7 @@ async def benchmark(args) -> dict:
         served = (await client.get("/v1/models")).raise_for_status().json()["data"]
         model = args.model or served[0]["id"]
         finished_before = await _engine_finished(client)
-        requests = random_requests(args)
-        offsets = arrival_offsets(args.num_prompts, args.request_rate, args.burstiness, args.seed)
+        requests, offsets = requests_and_arrivals(args)
         slots = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
 
         async def one(prompt, max_tokens, offset):
