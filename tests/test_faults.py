@@ -250,7 +250,7 @@ def test_cli_worker_killed_mid_run_writes_failed_metrics(tmp_path, tiny_qwen3_pa
     assert metrics["status"] == "failed" and "killed by SIGKILL while running a step" in metrics["reason"]
     assert 0 < metrics["completed"] < 4 and metrics["output_tokens"] > 0
     assert "Traceback" not in run.stderr
-    assert f"failed: WorkerError: a tensor-parallel worker failed: rank 1" in run.stdout
+    assert "failed: WorkerError: a tensor-parallel worker failed: rank 1" in run.stdout
 
 
 @pytest.mark.parametrize("sig, fault, marker", [

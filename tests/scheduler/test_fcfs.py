@@ -7,7 +7,6 @@ that what each scheduled sequence reads from its block table is its own prefix, 
 preemption, recompute and prefix hits."""
 from collections import Counter
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
