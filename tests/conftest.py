@@ -27,3 +27,4 @@ def tiny_llama_path(tmp_path_factory) -> str:
     return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("tiny-llama")), preset="tiny", seed=1)
 
 
+from nvllm.testing import hf_greedy  # noqa: E402, F401  the reference tests and plugin suites share
