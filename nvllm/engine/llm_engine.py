@@ -275,31 +275,30 @@ class LLMEngine:
                     live[str(i)] = (seq, [])
 
         admit()
-        bar = tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live)
-        while live:
-            prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
-            step_start = time.perf_counter()
-            try:
-                deltas = self.step()
-            except WorkerError as e:  # what finished is kept; the rest carry the error
-                for i in live:
-                    outputs[int(i)].finish_reason, outputs[int(i)].error = "abort", str(e)
-                for i in pending:
-                    outputs[i].finish_reason, outputs[i].error = "abort", str(e)
-                break
-            elapsed = time.perf_counter() - step_start
-            if self.stats.prefill_tokens > prefill_before:
-                bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
-            elif self.stats.decode_tokens > decode_before:
-                bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
-            for d in deltas:
-                live[d.request_id][1].append(d.new_text)
-                if d.finished:
-                    seq, pieces = live.pop(d.request_id)
-                    self._fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
-                    bar.update(1)
-            admit()
-        bar.close()
+        with tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live) as bar:  # closed on Ctrl-C too
+            while live:
+                prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
+                step_start = time.perf_counter()
+                try:
+                    deltas = self.step()
+                except WorkerError as e:  # what finished is kept; the rest carry the error
+                    for i in live:
+                        outputs[int(i)].finish_reason, outputs[int(i)].error = "abort", str(e)
+                    for i in pending:
+                        outputs[i].finish_reason, outputs[i].error = "abort", str(e)
+                    break
+                elapsed = time.perf_counter() - step_start
+                if self.stats.prefill_tokens > prefill_before:
+                    bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
+                elif self.stats.decode_tokens > decode_before:
+                    bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
+                for d in deltas:
+                    live[d.request_id][1].append(d.new_text)
+                    if d.finished:
+                        seq, pieces = live.pop(d.request_id)
+                        self._fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
+                        bar.update(1)
+                admit()
         return outputs
 
     @staticmethod
