@@ -64,11 +64,11 @@ def run_one(args):
                          kv_cache_blocks=engine.kv_cache.num_blocks)
         print("SETUP " + json.dumps(dict(setup_s=setup, effective=effective)), flush=True)
         start = last = time.perf_counter()
-        for p, n in zip(prompts, max_tokens):
-            engine.add_request(p, SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n))
+        for i, (p, n) in enumerate(zip(prompts, max_tokens)):  # text decoded once at the end, as generate does
+            engine.add_request(str(i), p, SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n), stream=False)
         tokens = 0
-        while not engine.is_finished():
-            tokens += sum(seq.num_completion_tokens for seq in engine.step())
+        while engine.has_unfinished_requests():
+            tokens += sum(len(d.new_token_ids) for d in engine.step())
             if time.perf_counter() - last > 1:
                 last = time.perf_counter()
                 print(f"PROGRESS {json.dumps(dict(output_tokens=tokens, wall_s=last - start))}", flush=True)
