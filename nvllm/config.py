@@ -129,7 +129,9 @@ class Config(EngineConfig):
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> "Config":
         from nvllm import registry
+        from nvllm.plugins import load_plugins
 
+        load_plugins()  # a launcher's job process (joblib, submitit) starts without them
         switches = {f.name: cfg[f.name] for f in fields(EngineConfig) if f.name in cfg}
         components = {family: registry.typed_config(family, cfg[family]) for family in registry.FAMILIES
                       if not (family == "attention" and cfg.attention.name == AUTO)}  # resolve() chooses it
