@@ -40,28 +40,35 @@ def kernel_cache_dir() -> Path:
 
 
 @functools.cache
-def decode_kernel():
-    """The compiled `nvllm_paged_decode_attention`, built once per source, compiler and CPU."""
+def load_library(source: Path, what: str) -> ctypes.CDLL:
+    """`source` compiled once per source text (its includes' too), compiler and CPU, and loaded.
+    `what` names the switch that needs it, for the error message."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or shutil.which(compiler) is None:
-        raise ConfigError("attention=cpu compiles a small C kernel on first use and found no C compiler "
+        raise ConfigError(f"{what} compiles a small C kernel on first use and found no C compiler "
                           "(cc, gcc or $CC); install one (Debian: apt install gcc) or use attention=sdpa")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(),
+    texts = [source.read_bytes()] + [p.read_bytes() for p in sorted(source.parent.parent.glob("*/*.c")) if p != source]
+    key = hashlib.sha256(b"\0".join([*texts, compiler.encode(), " ".join(FLAGS).encode(),
                                      platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
-    library = kernel_cache_dir() / f"cpu_decode-{key}.so"
+    library = kernel_cache_dir() / f"{source.stem}-{key}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         partial = library.with_name(f"{library.name}.{os.getpid()}.tmp")  # concurrent builds never collide
-        proc = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"],
+        proc = subprocess.run([compiler, *FLAGS, str(source), "-o", str(partial), "-lm"],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             partial.unlink(missing_ok=True)
-            raise ConfigError(f"attention=cpu: compiling {SOURCE} with {compiler} failed (exit status "
+            raise ConfigError(f"{what}: compiling {source} with {compiler} failed (exit status "
                               f"{proc.returncode}):\n{proc.stderr[-3000:]}\n"
                               "fix the compiler set-up (it needs OpenMP: gcc's libgomp) or use attention=sdpa")
         os.replace(partial, library)
-    fn = ctypes.CDLL(str(library)).nvllm_paged_decode_attention
+    return ctypes.CDLL(str(library))
+
+
+@functools.cache
+def decode_kernel():
+    """The compiled `nvllm_paged_decode_attention`."""
+    fn = load_library(SOURCE, "attention=cpu").nvllm_paged_decode_attention
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64, i64, i64, ctypes.c_float, ptr, ctypes.c_int]
     fn.restype = ctypes.c_int

@@ -71,44 +71,65 @@ static inline __attribute__((always_inline)) void attend(
     }
 }
 
+/* Every (sequence, KV head) pair of one decode step, shared out over the threads of the caller's
+ * parallel region (an orphaned `omp for`); `scores` is this thread's scratch of group * max_ctx floats. */
+static void paged_attention(const float *q, const float *k_cache, const float *v_cache,
+                            const int32_t *block_tables, int64_t table_width, const int32_t *context_lens,
+                            int64_t num_seqs, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
+                            int64_t block_size, float scale, float *out, float *scores)
+{
+    const int64_t group = num_heads / num_kv_heads;
+    const int64_t row = num_kv_heads * head_dim; /* floats between consecutive cache slots */
+    /* (sequence, KV head) pairs, longest contexts cost most: hand them out one at a time */
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t b = 0; b < num_seqs; ++b) {
+        for (int64_t h = 0; h < num_kv_heads; ++h) {
+            const int64_t ctx = context_lens[b];
+            const int32_t *table = block_tables + b * table_width;
+            if (table[0] < 0) { /* a padding row (fixed-shape batches): no cache to read */
+                for (int64_t i = 0; i < group * head_dim; ++i) out[(b * num_heads + h * group) * head_dim + i] = 0.f;
+                continue;
+            }
+            const float *kc = k_cache + h * head_dim, *vc = v_cache + h * head_dim;
+            const float *qh = q + (b * num_heads + h * group) * head_dim;
+            float *oh = out + (b * num_heads + h * group) * head_dim;
+            if (head_dim == 64)
+                attend(qh, kc, vc, table, ctx, group, row, 64, block_size, scale, scores, oh);
+            else if (head_dim == 128)
+                attend(qh, kc, vc, table, ctx, group, row, 128, block_size, scale, scores, oh);
+            else
+                attend(qh, kc, vc, table, ctx, group, row, head_dim, block_size, scale, scores, oh);
+        }
+    }
+}
+
+static int64_t longest(const int32_t *context_lens, int64_t num_seqs)
+{
+    int64_t max_ctx = 0;
+    for (int64_t b = 0; b < num_seqs; ++b)
+        if (context_lens[b] > max_ctx) max_ctx = context_lens[b];
+    return max_ctx;
+}
+
 int nvllm_paged_decode_attention(const float *q, const float *k_cache, const float *v_cache,
                                  const int32_t *block_tables, int64_t table_width,
                                  const int32_t *context_lens, int64_t num_seqs, int64_t num_heads,
                                  int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
                                  float scale, float *out, int num_threads)
 {
-    const int64_t group = num_heads / num_kv_heads;
-    const int64_t row = num_kv_heads * head_dim; /* floats between consecutive cache slots */
-    int64_t max_ctx = 0;
-    for (int64_t b = 0; b < num_seqs; ++b)
-        if (context_lens[b] > max_ctx) max_ctx = context_lens[b];
+    const int64_t scratch = num_heads / num_kv_heads * longest(context_lens, num_seqs) + 1;
     int failed = 0;
-
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = malloc(sizeof(float) * (size_t)(group * max_ctx + 1));
+        float *scores = malloc(sizeof(float) * (size_t)scratch);
         if (!scores) {
 #pragma omp atomic write
             failed = 1;
         }
-        /* (sequence, KV head) pairs, longest contexts cost most: hand them out one at a time */
-#pragma omp for schedule(dynamic, 1) collapse(2)
-        for (int64_t b = 0; b < num_seqs; ++b) {
-            for (int64_t h = 0; h < num_kv_heads; ++h) {
-                if (!scores) continue;
-                const int64_t ctx = context_lens[b];
-                const int32_t *table = block_tables + b * table_width;
-                const float *kc = k_cache + h * head_dim, *vc = v_cache + h * head_dim;
-                const float *qh = q + (b * num_heads + h * group) * head_dim;
-                float *oh = out + (b * num_heads + h * group) * head_dim;
-                if (head_dim == 64)
-                    attend(qh, kc, vc, table, ctx, group, row, 64, block_size, scale, scores, oh);
-                else if (head_dim == 128)
-                    attend(qh, kc, vc, table, ctx, group, row, 128, block_size, scale, scores, oh);
-                else
-                    attend(qh, kc, vc, table, ctx, group, row, head_dim, block_size, scale, scores, oh);
-            }
-        }
+#pragma omp barrier
+        if (!failed)
+            paged_attention(q, k_cache, v_cache, block_tables, table_width, context_lens, num_seqs, num_heads,
+                            num_kv_heads, head_dim, block_size, scale, out, scores);
         free(scores);
     }
     return failed ? -1 : 0;

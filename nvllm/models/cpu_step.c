@@ -1,0 +1,200 @@
+/* One whole decode step of a Llama-family decoder (SmolLM2, Llama 2/3, Qwen2/3) on a CPU, float32,
+ * in a single call: embedding, every layer (RMSNorm, QKV, QK-norm, rotary, KV-cache store, paged
+ * attention, O, RMSNorm, gate/up, SiLU, down) and the LM head. It computes what models/llama.py
+ * computes, operation for operation; only the order of the sums inside a dot product differs.
+ *
+ * Why it exists: at one to a few sequences every torch operation is tiny, so a step is ~1,000
+ * dispatches of several microseconds, and a one-row matmul through oneDNN or MKL reads the weights
+ * well below the machine's bandwidth. Here each weight row is read once per step for all the
+ * step's sequences, and one OpenMP parallel region covers the whole step.
+ *
+ * Compiled on first use by nvllm/models/cpu_step.py (the same compiler set-up as attention=cpu,
+ * whose paged attention it includes) and called through ctypes. Shapes are the torch modules':
+ * weights [out, in] row-major, the cache [num_blocks, block_size, num_kv_heads, head_dim]. */
+#include "../attention/cpu_decode.c"
+
+#include <string.h>
+
+typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, unaligned loads allowed */
+
+typedef struct {
+    const float *input_norm, *qkv, *qkv_bias, *q_norm, *k_norm, *o, *o_bias;
+    const float *post_norm, *gate_up, *gate_up_bias, *down, *down_bias;
+    float *k_cache, *v_cache;
+} Layer;
+
+typedef struct {
+    int64_t hidden, num_heads, num_kv_heads, head_dim, intermediate, vocab, num_layers, block_size;
+    float eps, scale;
+    const float *embed, *norm, *lm_head, *cos_sin; /* cos_sin [max_position, head_dim]: cos | sin */
+    const Layer *layers;
+} Model;
+
+static inline float hsum(v8 v)
+{
+    float s = 0.f;
+    for (int i = 0; i < 8; ++i) s += v[i];
+    return s;
+}
+
+/* y[b, n] = bias[n] + x[b, :] . w[n, :] for BT input rows and NT weight rows: BT * NT sums held
+ * in registers, each weight vector loaded once for all BT rows. */
+static inline __attribute__((always_inline)) void tile(const float *restrict x, const float *restrict w,
+                                                       int64_t K, int64_t N, const float *bias,
+                                                       float *restrict y, const int BT, const int NT)
+{
+    v8 acc[4][3];
+    for (int b = 0; b < BT; ++b)
+        for (int n = 0; n < NT; ++n) acc[b][n] = (v8){0};
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        v8 wv[3];
+        for (int n = 0; n < NT; ++n) wv[n] = *(const v8 *)(w + n * K + k);
+        for (int b = 0; b < BT; ++b) {
+            const v8 xv = *(const v8 *)(x + b * K + k);
+            for (int n = 0; n < NT; ++n) acc[b][n] += xv * wv[n];
+        }
+    }
+    for (int b = 0; b < BT; ++b)
+        for (int n = 0; n < NT; ++n) {
+            float s = hsum(acc[b][n]);
+            for (int64_t r = k; r < K; ++r) s += x[b * K + r] * w[n * K + r];
+            y[b * N + n] = bias ? s + bias[n] : s;
+        }
+}
+
+/* every input row (fours, then the rest) against NT weight rows */
+static inline __attribute__((always_inline)) void tile_rows(const float *x, int64_t B, int64_t K, const float *w,
+                                                            const float *bias, int64_t N, float *y, const int NT)
+{
+    int64_t b0 = 0;
+    for (; b0 + 4 <= B; b0 += 4) tile(x + b0 * K, w, K, N, bias, y + b0 * N, 4, NT);
+    switch (B - b0) {
+    case 3: tile(x + b0 * K, w, K, N, bias, y + b0 * N, 3, NT); break;
+    case 2: tile(x + b0 * K, w, K, N, bias, y + b0 * N, 2, NT); break;
+    case 1: tile(x + b0 * K, w, K, N, bias, y + b0 * N, 1, NT); break;
+    }
+}
+
+/* y [B, N] = x [B, K] w[N, K]^T (+ bias), the weight rows split over the threads in contiguous
+ * runs of three, so each thread streams its part of w once for all B rows. */
+static void linear(const float *x, int64_t B, int64_t K, const float *w, const float *bias, int64_t N, float *y)
+{
+    const int64_t tiles = (N + 2) / 3;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t n0 = 3 * t, left = N - n0;
+        const float *bn = bias ? bias + n0 : NULL;
+        if (left >= 3)
+            tile_rows(x, B, K, w + n0 * K, bn, N, y + n0, 3);
+        else if (left == 2)
+            tile_rows(x, B, K, w + n0 * K, bn, N, y + n0, 2);
+        else
+            tile_rows(x, B, K, w + n0 * K, bn, N, y + n0, 1);
+    }
+}
+
+/* out[b] = w * (x[b] / rms(x[b])), over each of `rows` rows of `width` (RMSNorm) */
+static inline void rms_norm_row(const float *x, const float *w, int64_t width, float eps, float *out)
+{
+    float ss = 0.f;
+    for (int64_t i = 0; i < width; ++i) ss += x[i] * x[i];
+    const float inv = 1.f / sqrtf(ss / (float)width + eps);
+    for (int64_t i = 0; i < width; ++i) out[i] = w[i] * (x[i] * inv);
+}
+
+/* Neox-style rotary: the first and second halves of a head rotated by the position's angles */
+static inline void rotate(float *x, const float *cs, int64_t head_dim)
+{
+    const int64_t half = head_dim / 2;
+    for (int64_t i = 0; i < half; ++i) {
+        const float x1 = x[i], x2 = x[i + half], c = cs[i], s = cs[half + i];
+        x[i] = x1 * c - x2 * s;
+        x[i + half] = x2 * c + x1 * s;
+    }
+}
+
+/* After a layer's output h: residual += h, x = norm(residual) (the first layer: residual = h). */
+static void add_norm(float *h, float *residual, const float *w, const Model *m, int64_t B, int first, float *x)
+{
+    const int64_t H = m->hidden;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+        float *r = residual + b * H;
+        const float *hb = h + b * H;
+        if (first)
+            memcpy(r, hb, sizeof(float) * (size_t)H);
+        else
+            for (int64_t i = 0; i < H; ++i) r[i] += hb[i];
+        rms_norm_row(r, w, H, m->eps, x + b * H);
+    }
+}
+
+/* Returns 0, or -1 when a thread's attention scratch could not be allocated.
+ * work: B * (3 hidden + 2 q + 2 kv + 3 intermediate) floats (cpu_step.py sizes it); logits: [B, vocab]. */
+int nvllm_llama_decode_step(const Model *m, const int64_t *ids, const int64_t *positions, const int64_t *slots,
+                            const int32_t *block_tables, int64_t table_width, const int32_t *context_lens,
+                            int64_t B, float *work, float *logits, int num_threads)
+{
+    const int64_t H = m->hidden, D = m->head_dim, NQ = m->num_heads * D, NKV = m->num_kv_heads * D;
+    const int64_t QKV = NQ + 2 * NKV, I = m->intermediate;
+    float *h = work, *residual = h + B * H, *x = residual + B * H, *qkv = x + B * H, *attn = qkv + B * QKV;
+    float *gate_up = attn + B * NQ, *act = gate_up + B * 2 * I, *q = act + B * I; /* q: [B, NQ] for attention */
+    const int64_t scratch = m->num_heads / m->num_kv_heads * longest(context_lens, B) + 1;
+    int failed = 0;
+
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *scores = malloc(sizeof(float) * (size_t)scratch);
+        if (!scores) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; ++b) memcpy(h + b * H, m->embed + ids[b] * H, sizeof(float) * (size_t)H);
+        /* the implicit barrier above also makes `failed` seen by all */
+        if (!failed) {
+            for (int64_t l = 0; l < m->num_layers; ++l) {
+                const Layer *L = m->layers + l;
+                add_norm(h, residual, L->input_norm, m, B, l == 0, x);
+                linear(x, B, H, L->qkv, L->qkv_bias, QKV, qkv);
+                /* per (sequence, head): QK-norm, rotary, then k and v into the cache */
+#pragma omp for schedule(static)
+                for (int64_t bh = 0; bh < B * (m->num_heads + m->num_kv_heads); ++bh) {
+                    const int64_t b = bh / (m->num_heads + m->num_kv_heads), hd = bh % (m->num_heads + m->num_kv_heads);
+                    const float *cs = m->cos_sin + positions[b] * D;
+                    const int is_q = hd < m->num_heads;
+                    float *src = qkv + b * QKV + hd * D;
+                    float *dst = is_q ? q + b * NQ + hd * D : src;
+                    const float *norm_w = is_q ? L->q_norm : L->k_norm;
+                    if (norm_w)
+                        rms_norm_row(src, norm_w, D, m->eps, dst);
+                    else if (dst != src)
+                        memcpy(dst, src, sizeof(float) * (size_t)D);
+                    rotate(dst, cs, D);
+                    if (!is_q && slots[b] >= 0) {
+                        const int64_t kvh = hd - m->num_heads;
+                        memcpy(L->k_cache + slots[b] * NKV + kvh * D, dst, sizeof(float) * (size_t)D);
+                        memcpy(L->v_cache + slots[b] * NKV + kvh * D, qkv + b * QKV + NQ + NKV + kvh * D,
+                               sizeof(float) * (size_t)D);
+                    }
+                }
+                paged_attention(q, L->k_cache, L->v_cache, block_tables, table_width, context_lens, B,
+                                m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
+                linear(attn, B, NQ, L->o, L->o_bias, H, h);
+                add_norm(h, residual, L->post_norm, m, B, 0, x);
+                linear(x, B, H, L->gate_up, L->gate_up_bias, 2 * I, gate_up);
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < B; ++b) {
+                    const float *g = gate_up + b * 2 * I;
+                    for (int64_t i = 0; i < I; ++i) act[b * I + i] = g[i] / (1.f + expf(-g[i])) * g[I + i];
+                }
+                linear(act, B, I, L->down, L->down_bias, H, h);
+            }
+            add_norm(h, residual, m->norm, m, B, 0, x);
+            linear(x, B, H, m->lm_head, NULL, m->vocab, logits);
+        }
+        free(scores);
+    }
+    return failed ? -1 : 0;
+}
