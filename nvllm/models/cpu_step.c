@@ -10,7 +10,8 @@
  *
  * Compiled on first use by nvllm/models/cpu_step.py (the same compiler set-up as attention=cpu,
  * whose paged attention it includes) and called through ctypes. Shapes are the torch modules':
- * weights [out, in] row-major, the cache [num_blocks, block_size, num_kv_heads, head_dim]. */
+ * the cache [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed copies
+ * (see `linear`). */
 #include "../attention/cpu_decode.c"
 
 #include <string.h>
@@ -30,67 +31,56 @@ typedef struct {
     const Layer *layers;
 } Model;
 
-static inline float hsum(v8 v)
-{
-    float s = 0.f;
-    for (int i = 0; i < 8; ++i) s += v[i];
-    return s;
-}
+/* Weights are packed once (cpu_step.py `pack`) into panels of 16 output rows laid out k-major:
+ * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream. */
+#define PANEL 16
+#define SEQS 6 /* input rows per tile: 6 x 2 vectors = 12 sums in registers */
 
-/* y[b, n] = bias[n] + x[b, :] . w[n, :] for BT input rows and NT weight rows: BT * NT sums held
- * in registers, each weight vector loaded once for all BT rows. */
-static inline __attribute__((always_inline)) void tile(const float *restrict x, const float *restrict w,
-                                                       int64_t K, int64_t N, const float *bias,
-                                                       float *restrict y, const int BT, const int NT)
+/* y[b, n0 + j] for BT input rows and one panel: for each k, two vector loads of the panel and a
+ * broadcast of x[b, k] per row. Every sum runs over k in order, the same for any BT, so a
+ * sequence's logits do not depend on what else is in the batch. */
+static inline __attribute__((always_inline)) void tile(const float *restrict x, int64_t K,
+                                                       const float *restrict panel, const float *bias,
+                                                       int64_t cols, float *restrict y, int64_t N, const int BT)
 {
-    v8 acc[4][3];
-    for (int b = 0; b < BT; ++b)
-        for (int n = 0; n < NT; ++n) acc[b][n] = (v8){0};
-    int64_t k = 0;
-    for (; k + 8 <= K; k += 8) {
-        v8 wv[3];
-        for (int n = 0; n < NT; ++n) wv[n] = *(const v8 *)(w + n * K + k);
+    v8 acc[SEQS][2];
+    for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
+    for (int64_t k = 0; k < K; ++k) {
+        const v8 w0 = *(const v8 *)(panel + k * PANEL), w1 = *(const v8 *)(panel + k * PANEL + 8);
         for (int b = 0; b < BT; ++b) {
-            const v8 xv = *(const v8 *)(x + b * K + k);
-            for (int n = 0; n < NT; ++n) acc[b][n] += xv * wv[n];
+            const float xk = x[b * K + k];
+            acc[b][0] += xk * w0;
+            acc[b][1] += xk * w1;
         }
     }
     for (int b = 0; b < BT; ++b)
-        for (int n = 0; n < NT; ++n) {
-            float s = hsum(acc[b][n]);
-            for (int64_t r = k; r < K; ++r) s += x[b * K + r] * w[n * K + r];
-            y[b * N + n] = bias ? s + bias[n] : s;
+        for (int64_t j = 0; j < cols; ++j) {
+            const float s = j < 8 ? acc[b][0][j] : acc[b][1][j - 8];
+            y[b * N + j] = bias ? s + bias[j] : s;
         }
 }
 
-/* every input row (fours, then the rest) against NT weight rows */
-static inline __attribute__((always_inline)) void tile_rows(const float *x, int64_t B, int64_t K, const float *w,
-                                                            const float *bias, int64_t N, float *y, const int NT)
-{
-    int64_t b0 = 0;
-    for (; b0 + 4 <= B; b0 += 4) tile(x + b0 * K, w, K, N, bias, y + b0 * N, 4, NT);
-    switch (B - b0) {
-    case 3: tile(x + b0 * K, w, K, N, bias, y + b0 * N, 3, NT); break;
-    case 2: tile(x + b0 * K, w, K, N, bias, y + b0 * N, 2, NT); break;
-    case 1: tile(x + b0 * K, w, K, N, bias, y + b0 * N, 1, NT); break;
-    }
-}
-
-/* y [B, N] = x [B, K] w[N, K]^T (+ bias), the weight rows split over the threads in contiguous
- * runs of three, so each thread streams its part of w once for all B rows. */
+/* y [B, N] = x [B, K] w[N, K]^T (+ bias) from the packed panels, shared out over the threads in
+ * contiguous runs, each panel read once from memory for all B rows (SEQS at a time). */
 static void linear(const float *x, int64_t B, int64_t K, const float *w, const float *bias, int64_t N, float *y)
 {
-    const int64_t tiles = (N + 2) / 3;
+#ifdef SKIP_LINEAR
+    return;
+#endif
+    const int64_t panels = (N + PANEL - 1) / PANEL;
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t n0 = 3 * t, left = N - n0;
-        const float *bn = bias ? bias + n0 : NULL;
-        if (left >= 3)
-            tile_rows(x, B, K, w + n0 * K, bn, N, y + n0, 3);
-        else if (left == 2)
-            tile_rows(x, B, K, w + n0 * K, bn, N, y + n0, 2);
-        else
-            tile_rows(x, B, K, w + n0 * K, bn, N, y + n0, 1);
+    for (int64_t p = 0; p < panels; ++p) {
+        const int64_t n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
+        const float *panel = w + n0 * K, *bn = bias ? bias + n0 : NULL;
+        int64_t b0 = 0;
+        for (; b0 + SEQS <= B; b0 += SEQS) tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, SEQS);
+        switch (B - b0) {
+        case 5: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 5); break;
+        case 4: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 4); break;
+        case 3: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 3); break;
+        case 2: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 2); break;
+        case 1: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 1); break;
+        }
     }
 }
 

@@ -34,6 +34,18 @@ def kernel():
     return fn
 
 
+PANEL = 16  # cpu_step.c's PANEL
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """[N, K] -> panels of 16 rows, k-major ([ceil(N/16), K, 16], zero rows past N): the layout
+    cpu_step.c's `linear` streams."""
+    n, k = weight.shape
+    padded = torch.zeros(-(-n // PANEL) * PANEL, k, dtype=weight.dtype)
+    padded[:n] = weight.detach()
+    return padded.view(-1, PANEL, k).transpose(1, 2).contiguous()
+
+
 def _p(t: torch.Tensor | None) -> int | None:
     if t is None:
         return None
@@ -48,14 +60,20 @@ class FusedDecodeStep:
         self.fn = kernel()
         decoder, first = model.model, model.model.layers[0]
         attn0 = first.self_attn
+        self.packed = []  # the packed copies the step reads (kept alive here)
+
+        def packed(weight):
+            self.packed.append(pack(weight))
+            return _p(self.packed[-1])
+
         layers = []
         for layer in decoder.layers:
             a, mlp = layer.self_attn, layer.mlp
             layers.append(_Layer(
-                _p(layer.input_layernorm.weight), _p(a.qkv_proj.weight), _p(a.qkv_proj.bias),
+                _p(layer.input_layernorm.weight), packed(a.qkv_proj.weight), _p(a.qkv_proj.bias),
                 _p(a.q_norm.weight) if a.qk_norm else None, _p(a.k_norm.weight) if a.qk_norm else None,
-                _p(a.o_proj.weight), _p(a.o_proj.bias), _p(layer.post_attention_layernorm.weight),
-                _p(mlp.gate_up_proj.weight), _p(mlp.gate_up_proj.bias), _p(mlp.down_proj.weight),
+                packed(a.o_proj.weight), _p(a.o_proj.bias), _p(layer.post_attention_layernorm.weight),
+                packed(mlp.gate_up_proj.weight), _p(mlp.gate_up_proj.bias), packed(mlp.down_proj.weight),
                 _p(mlp.down_proj.bias), _p(a.attn.k_cache), _p(a.attn.v_cache)))
         self.layers = (_Layer * len(layers))(*layers)
         eps = {layer.input_layernorm.eps for layer in decoder.layers}
@@ -65,7 +83,7 @@ class FusedDecodeStep:
             decoder.embed_tokens.weight.shape[1], attn0.num_heads, attn0.num_kv_heads, attn0.head_dim,
             first.mlp.down_proj.weight.shape[1], self.vocab, len(decoder.layers), block_size,
             eps.pop(), attn0.attn.scale, _p(decoder.embed_tokens.weight), _p(decoder.norm.weight),
-            _p(model.lm_head.weight), _p(attn0.rotary_emb.cos_sin_cache), self.layers)
+            packed(model.lm_head.weight[:self.vocab]), _p(attn0.rotary_emb.cos_sin_cache), self.layers)
         m = self.model
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
         self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate
