@@ -3,7 +3,7 @@ built from (one conversion, `Config.from_cfg`), its `auto` resolution, and the c
 Python API shares with the CLI."""
 import os
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -36,8 +36,10 @@ class EngineConfig:
     device: str = "auto"
     # most sequences in one step
     max_num_seqs: int = 512
-    # most tokens in one step
-    max_num_batched_tokens: int = 16384
+    # most tokens in one step; null = auto: 16384 on CUDA, max(4096, max_model_len) on a CPU (where
+    # steps of a few thousand rows keep the activations in cache: cpu-bench's prefill ran 30 s in one
+    # 10,001-token step, 24 s in steps of 4096)
+    max_num_batched_tokens: Optional[int] = None
     # longest sequence (prompt + output); capped by the model's max_position_embeddings
     max_model_len: int = 4096
     # global seed for unseeded sampling
@@ -54,7 +56,7 @@ class EngineConfig:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype={self.dtype!r} is not allowed: use auto, float32, bfloat16 or float16")
         for name in ("tp", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} is not allowed: it must be an integer >= 1")
 
     @property
@@ -183,12 +185,16 @@ class Config(EngineConfig):
         if fused_decode == "auto":
             fused_decode = "false" if why_not or self.compile else "true"
         max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
-        if self.max_num_batched_tokens < max_model_len and not registry.get("scheduler", self.scheduler.name).chunked_prefill:
-            raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_model_len "
+        max_num_batched_tokens = self.max_num_batched_tokens
+        if max_num_batched_tokens is None:
+            max_num_batched_tokens = 16384 if device == "cuda" else max(4096, max_model_len)
+        if max_num_batched_tokens < max_model_len and not registry.get("scheduler", self.scheduler.name).chunked_prefill:
+            raise ConfigError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_model_len "
                               f"({max_model_len}): a preempted sequence is recomputed in one step "
                               f"(scheduler=chunked splits it)")
         return replace(self, device=device, dtype=dtype, cudagraph=cudagraph, onednn=onednn,
                        fused_decode=fused_decode, max_model_len=max_model_len,
+                       max_num_batched_tokens=max_num_batched_tokens,
                        attention=attention, attention_choice=attention_choice)
 
 
