@@ -27,9 +27,9 @@ class EngineConfig:
     cudagraph: str = "auto"
     # CPU linears through oneDNN with weights prepacked once: auto (on for float32 on the CPU), true, false
     onednn: str = "auto"
-    # a CPU decode step as one C call (nvllm/models/cpu_step.c): auto (on where it can run: float32 on
+    # a CPU step's forward pass in C (nvllm/models/cpu_step.c): auto (on where it can run: float32 on
     # the CPU, attention=cpu, tp=1, a Llama-family model, compile off), true, false
-    fused_decode: str = "auto"
+    fused_step: str = "auto"
     # auto (float32 on CPU; the checkpoint's 16-bit dtype or bfloat16 on CUDA), float32, bfloat16, float16
     dtype: str = "auto"
     # auto (cuda when present), cpu, cuda
@@ -46,7 +46,7 @@ class EngineConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("cudagraph", "onednn", "fused_decode"):
+        for name in ("cudagraph", "onednn", "fused_step"):
             value = str(getattr(self, name)).lower()
             if value not in ("auto", "true", "false"):
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not allowed: use auto, true or false")
@@ -178,12 +178,12 @@ class Config(EngineConfig):
         check_tp(hf_config, self.tp)
         attention, attention_choice = select_backend(self.attention, torch.device(device), getattr(torch, dtype),
                                                      self.kv_cache.block_size)
-        fused_decode = self.fused_decode
-        why_not = fused_decode_blocker(arch, device, dtype, self.tp, attention.name)
-        if fused_decode == "true" and why_not:
-            raise ConfigError(f"fused_decode=true cannot run here: {why_not}; use fused_decode=false or auto")
-        if fused_decode == "auto":
-            fused_decode = "false" if why_not or self.compile else "true"
+        fused_step = self.fused_step
+        why_not = fused_step_blocker(arch, device, dtype, self.tp, attention.name)
+        if fused_step == "true" and why_not:
+            raise ConfigError(f"fused_step=true cannot run here: {why_not}; use fused_step=false or auto")
+        if fused_step == "auto":
+            fused_step = "false" if why_not or self.compile else "true"
         max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
         max_num_batched_tokens = self.max_num_batched_tokens
         if max_num_batched_tokens is None:
@@ -193,15 +193,15 @@ class Config(EngineConfig):
                               f"({max_model_len}): a preempted sequence is recomputed in one step "
                               f"(scheduler=chunked splits it)")
         return replace(self, device=device, dtype=dtype, cudagraph=cudagraph, onednn=onednn,
-                       fused_decode=fused_decode, max_model_len=max_model_len,
+                       fused_step=fused_step, max_model_len=max_model_len,
                        max_num_batched_tokens=max_num_batched_tokens,
                        attention=attention, attention_choice=attention_choice)
 
 
-def fused_decode_blocker(arch, device: str, dtype: str, tp: int, attention: str) -> str | None:
-    """Why the C decode step cannot run this configuration (None: it can)."""
-    if getattr(arch, "fused_decode_step", None) is None:
-        return f"model={arch.name} has no C decode step (the Llama family has)"
+def fused_step_blocker(arch, device: str, dtype: str, tp: int, attention: str) -> str | None:
+    """Why the C step cannot run this configuration (None: it can)."""
+    if getattr(arch, "fused_step", None) is None:
+        return f"model={arch.name} has no C step (the Llama family has)"
     if device != "cpu" or dtype != "float32":
         return f"it is a float32 CPU kernel and this run is {dtype} on {device}"
     if tp != 1:

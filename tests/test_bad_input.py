@@ -108,10 +108,10 @@ def test_wrong_architecture_for_checkpoint(tiny_qwen3_path):
     (dict(onednn=True, dtype="bfloat16", device="cpu"), "onednn=true packs float32 weights .* bfloat16 on cpu"),
     (dict(onednn="maybe"), "onednn='maybe' is not allowed: use auto, true or false"),
     (dict(attention="cpu", dtype="bfloat16", device="cpu"), "decode kernel is float32 only.*dtype=float32"),
-    (dict(fused_decode=True, attention="sdpa"), "fused_decode=true cannot run here: it computes attention=cpu's "
-                                                "kernel and this run chose attention=sdpa; use fused_decode=false"),
-    (dict(fused_decode=True, tp=2), "fused_decode=true cannot run here: it runs one process and this run has tp=2"),
-    (dict(fused_decode="maybe"), "fused_decode='maybe' is not allowed: use auto, true or false"),
+    (dict(fused_step=True, attention="sdpa"), "fused_step=true cannot run here: it computes attention=cpu's "
+                                                "kernel and this run chose attention=sdpa; use fused_step=false"),
+    (dict(fused_step=True, tp=2), "fused_step=true cannot run here: it runs one process and this run has tp=2"),
+    (dict(fused_step="maybe"), "fused_step='maybe' is not allowed: use auto, true or false"),
     (dict(max_num_batched_tokens=32, max_model_len=64), "must be >= max_model_len"),
 ])
 def test_switches_that_cannot_run_here(tiny_qwen3_path, overrides, match):

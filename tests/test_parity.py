@@ -111,8 +111,8 @@ def test_shared_prefixes(models, model):
 
 
 @pytest.mark.parametrize("model", ["smollm2", "qwen3-tiny"])
-@pytest.mark.parametrize("switches", [dict(fused_decode=False), dict(attention="sdpa"), dict(onednn=False)],
-                         ids=["fused_decode=false", "attention=sdpa", "onednn=false"])
+@pytest.mark.parametrize("switches", [dict(fused_step=False), dict(attention="sdpa"), dict(onednn=False)],
+                         ids=["fused_step=false", "attention=sdpa", "onednn=false"])
 def test_cpu_switches(models, model, switches):
     """The CPU defaults switched off one at a time — the C decode step (then the torch modules run
     decode with attention=cpu's kernel), the C attention kernel (sdpa; no fused step either), and

@@ -82,10 +82,10 @@ class ModelRunner:
         self.sampler = registry.build("sampler", config.sampler, device=self.device)
         self.num_blocks = self._num_blocks(config.kv_cache)
         self._allocate_kv_cache()
-        # fused_decode: decode steps in one C call over these weights and this cache
-        self.fused_decode = None
-        if config.fused_decode == "true":
-            self.fused_decode = self.model.fused_decode_step(self.model, self.block_size)
+        # fused_step: each step's forward pass in C over these weights and this cache
+        self.fused_step = None
+        if config.fused_step == "true":
+            self.fused_step = self.model.fused_step(self.model, self.block_size)
         self.graphs, self.graph_sizes = {}, []
         if config.cudagraph == "true":
             self.capture_cudagraphs()
@@ -191,8 +191,8 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
         """Logits at the last query position of each sequence (None on TP workers)."""
-        if meta.is_decode and self.fused_decode is not None:
-            return self.fused_decode(input_ids, positions, meta)
+        if self.fused_step is not None and self.fused_step.runs(meta):
+            return self.fused_step(input_ids, positions, meta)
         bucket = graph_bucket(self.graph_sizes, len(meta.query_lens)) if meta.is_decode else None
         if bucket is None:
             self.attention.prepare(meta, self.block_size)

@@ -120,11 +120,15 @@ static void add_norm(float *h, float *residual, const float *w, const Model *m, 
     }
 }
 
-/* Returns 0, or -1 when a thread's attention scratch could not be allocated.
- * work: B * (3 hidden + 2 q + 2 kv + 3 intermediate) floats (cpu_step.py sizes it); logits: [B, vocab]. */
-int nvllm_llama_decode_step(const Model *m, const int64_t *ids, const int64_t *positions, const int64_t *slots,
-                            const int32_t *block_tables, int64_t table_width, const int32_t *context_lens,
-                            int64_t B, float *work, float *logits, int num_threads)
+/* One step over B rows: each row is one token with its own position, cache slot, block table and
+ * context length (its position + 1), so a decode step has a row per sequence and a prefill a row
+ * per prompt token, all of whose K/V are stored before any row attends. Rows may come in several
+ * calls (a long prefill in chunks): a later call reads the earlier rows' K/V from the cache.
+ * logits: [num_logits, vocab] for rows logit_rows. work: cpu_step.py sizes it.
+ * Returns 0, or -1 when a thread's attention scratch could not be allocated. */
+int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *positions, const int64_t *slots,
+                     const int32_t *block_tables, int64_t table_width, const int32_t *context_lens, int64_t B,
+                     const int64_t *logit_rows, int64_t num_logits, float *work, float *logits, int num_threads)
 {
     const int64_t H = m->hidden, D = m->head_dim, NQ = m->num_heads * D, NKV = m->num_kv_heads * D;
     const int64_t QKV = NQ + 2 * NKV, I = m->intermediate;
@@ -182,7 +186,11 @@ int nvllm_llama_decode_step(const Model *m, const int64_t *ids, const int64_t *p
                 linear(act, B, I, L->down, L->down_bias, H, h);
             }
             add_norm(h, residual, m->norm, m, B, 0, x);
-            linear(x, B, H, m->lm_head, NULL, m->vocab, logits);
+            /* logits only for the rows that are sampled (a prompt's last token), gathered into h */
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < num_logits; ++i)
+                memcpy(h + i * H, x + logit_rows[i] * H, sizeof(float) * (size_t)H);
+            linear(h, num_logits, H, m->lm_head, NULL, m->vocab, logits);
         }
         free(scores);
     }

@@ -1,7 +1,10 @@
-"""fused_decode: a Llama-family decode step as one C call on a CPU (cpu_step.c), in place of the
-model's ~1,000 torch operations. It reads the model's own parameters and KV cache in place (no
-copy) and returns the logits; prefill still runs the torch modules. Measurements that motivated it
-are in experiments/results/ (the CPU single-stream and batched benchmarks)."""
+"""fused_step: a Llama-family forward pass as one C call on a CPU (cpu_step.c), in place of the
+model's ~1,000 torch operations a step. Decode steps run as one call; a prefill runs as calls of at
+most CHUNK tokens (its rows are tokens, which read each other's K/V through the cache), unless its
+context is long (`runs`). It reads
+the model's norms, biases and KV cache in place, its matmul weights from packed copies, and
+returns the logits of the sampled rows. The measurements behind it are in
+experiments/results/2026-11-29-cpu-2core-epyc/."""
 import ctypes
 from pathlib import Path
 
@@ -28,13 +31,20 @@ class _Model(ctypes.Structure):
 
 
 def kernel():
-    fn = load_library(SOURCE, "fused_decode").nvllm_llama_decode_step
-    fn.argtypes = [ctypes.POINTER(_Model), _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _ptr, ctypes.c_int]
+    fn = load_library(SOURCE, "fused_step").nvllm_llama_step
+    fn.argtypes = [ctypes.POINTER(_Model), _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr,
+                   ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
 
 
 PANEL = 16  # cpu_step.c's PANEL
+CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
+# Longest context of a prefill the C step takes: each row attends over its whole context from the
+# cache, so long prompts cost more here than in SDPA. Measured on the 2-core EPYC: cpu-bench's
+# prefill (prompts <= 256 tokens) 23.9 s torch, 21.7 s here; one 4000-token prompt 17.1 s torch,
+# 29.7 s here.
+MAX_PREFILL_CONTEXT = 512
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
@@ -53,7 +63,7 @@ def _p(t: torch.Tensor | None) -> int | None:
     return t.data_ptr()
 
 
-class FusedDecodeStep:
+class FusedStep:
     """Built for one model and its allocated KV cache (rebuild if the cache is reallocated)."""
 
     def __init__(self, model, block_size: int):
@@ -89,15 +99,31 @@ class FusedDecodeStep:
         self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate
         self.keep = model  # the pointers above live as long as the model's tensors
 
+    def runs(self, meta: AttentionMetadata) -> bool:
+        """Whether this step is faster here than through the torch modules."""
+        return meta.is_decode or max(meta.context_lens_host) <= MAX_PREFILL_CONTEXT
+
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Logits at the last token of each sequence, as ModelRunner.forward returns them."""
         n = input_ids.shape[0]
-        work = torch.empty(n * self.work_per_seq, dtype=torch.float32)
-        logits = torch.empty(n, self.vocab, dtype=torch.float32)
-        tables = meta.block_tables
-        status = self.fn(ctypes.byref(self.model), input_ids.data_ptr(), positions.data_ptr(),
-                         meta.slot_mapping.data_ptr(), tables.data_ptr(), tables.shape[1],
-                         meta.context_lens.data_ptr(), n, work.data_ptr(), logits.data_ptr(),
-                         torch.get_num_threads())
-        if status != 0:
-            raise MemoryError("fused_decode: the decode step could not allocate its attention scores")
+        last = meta.cu_seqlens_q[1:].long() - 1
+        if meta.is_decode:
+            tables, context_lens = meta.block_tables, meta.context_lens
+        else:  # a row per token: its sequence's block table, and the tokens up to it as context
+            per_row = torch.tensor(meta.query_lens)
+            tables = meta.block_tables.repeat_interleave(per_row, dim=0)
+            context_lens = (positions + 1).to(torch.int32)
+        logits = torch.empty(len(meta.query_lens), self.vocab, dtype=torch.float32)
+        work = torch.empty(min(n, CHUNK) * self.work_per_seq, dtype=torch.float32)
+        for start in range(0, n, CHUNK):
+            end = min(start + CHUNK, n)
+            sampled = ((last >= start) & (last < end)).nonzero().flatten()
+            rows = last[sampled] - start
+            out = logits[sampled[0]:sampled[-1] + 1] if len(sampled) else logits[:0]
+            status = self.fn(ctypes.byref(self.model), input_ids[start:].data_ptr(), positions[start:].data_ptr(),
+                             meta.slot_mapping[start:].data_ptr(), tables[start:].data_ptr(), tables.shape[1],
+                             context_lens[start:].data_ptr(), end - start, rows.data_ptr(), len(rows),
+                             work.data_ptr(), out.data_ptr(), torch.get_num_threads())
+            if status != 0:
+                raise MemoryError("fused_step: the step could not allocate its attention scores")
         return logits

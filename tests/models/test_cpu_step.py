@@ -1,6 +1,7 @@
-"""fused_decode (nvllm/models/cpu_step.c): one C call computes the decode step that the torch
-modules compute — the same logits (to float32 rounding) and the same K/V written to the cache —
-for every Llama-family variant, at batch sizes that exercise each tile shape."""
+"""fused_step (nvllm/models/cpu_step.c): the C forward pass computes what the torch modules
+compute — the same logits (to float32 rounding) and the same K/V written to the cache — for every
+Llama-family variant, in prefill (whole, and split into calls of a few rows) and decode, at batch
+sizes that exercise each tile shape."""
 import random
 
 import pytest
@@ -8,47 +9,60 @@ import torch
 
 from nvllm import LLM, SamplingParams
 from nvllm.engine.model_runner import step_inputs
+from nvllm.models import cpu_step
 from nvllm.tools.checkpoint import make_random_checkpoint
 from tests.models.test_architectures import VARIANTS
 
 
+def compare_step(runner, seqs):
+    """One scheduled step through the C step and through the torch modules, from the same cache."""
+    inputs = runner.prepare(step_inputs(seqs))
+    layers = runner._attention_layers()
+    before = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
+    fused = runner.fused_step(*inputs)
+    after_fused = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
+    for m, (k, v) in zip(layers, before):
+        m.k_cache.copy_(k), m.v_cache.copy_(v)
+    step, runner.fused_step = runner.fused_step, None
+    try:
+        plain = runner.forward(*inputs)
+    finally:
+        runner.fused_step = step
+    for m, (k, v) in zip(layers, after_fused):
+        torch.testing.assert_close(k, m.k_cache, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v, m.v_cache, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+    assert fused.argmax(-1).tolist() == plain.argmax(-1).tolist()
+
+
 @pytest.mark.parametrize("variant", ["llama", "llama-bias", "llama3-rope-scaling", "qwen3", "qwen2"])
 @pytest.mark.parametrize("num_seqs", [1, 2, 7])
-def test_step_matches_the_torch_modules(variant, num_seqs, tmp_path):
+def test_step_matches_the_torch_modules(variant, num_seqs, tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_step, "CHUNK", 16 if num_seqs == 7 else cpu_step.CHUNK)  # prefill in several calls
     spec = dict(VARIANTS[variant])
     path = make_random_checkpoint(spec.pop("arch"), str(tmp_path), preset="tiny", seed=5, **spec)
     rng = random.Random(num_seqs)
     prompts = [[rng.randrange(512) for _ in range(rng.randint(1, 70))] for _ in range(num_seqs)]
     with LLM(path, kv_cache={"block_size": 8}, max_model_len=128, max_num_batched_tokens=512,
-             fused_decode=True) as llm:
+             fused_step=True) as llm:
         engine, runner = llm.engine, llm.engine.model_runner
         for i, p in enumerate(prompts):
             engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=4))
-        engine.step()  # prefill (the torch modules)
-        engine.step()  # a fused decode step, so the cache holds fused-written rows too
+        seqs = engine.scheduler.schedule()
+        assert len(seqs) == num_seqs and [s.num_scheduled_tokens for s in seqs] == [len(p) for p in prompts]
+        compare_step(runner, seqs)
+        engine.scheduler.postprocess(seqs, runner.run(seqs))  # the prefill, through the C step
+        engine.step()  # a decode step, so the cache holds C-written rows of both kinds
         seqs = engine.scheduler.schedule()
         assert len(seqs) == num_seqs and all(s.num_scheduled_tokens == 1 for s in seqs)
-        inputs = runner.prepare(step_inputs(seqs))
-        layers = runner._attention_layers()
-        before = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
-        fused = runner.fused_decode(*inputs)
-        after_fused = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
-        for m, (k, v) in zip(layers, before):
-            m.k_cache.copy_(k), m.v_cache.copy_(v)
-        runner.fused_decode = None
-        plain = runner.forward(*inputs)
-        for m, (k, v) in zip(layers, after_fused):
-            torch.testing.assert_close(k, m.k_cache, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(v, m.v_cache, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
-    assert fused.argmax(-1).tolist() == plain.argmax(-1).tolist()
+        compare_step(runner, seqs)
 
 
 def test_auto_picks_it_where_it_runs(tiny_qwen3_path):
     with LLM(tiny_qwen3_path) as llm:
-        assert llm.engine.config.fused_decode == "true"
-        assert llm.engine.model_runner.fused_decode is not None
+        assert llm.engine.config.fused_step == "true"
+        assert llm.engine.model_runner.fused_step is not None
     for overrides in (dict(attention="sdpa"), dict(compile=True)):
         with LLM(tiny_qwen3_path, **overrides) as llm:
-            assert llm.engine.config.fused_decode == "false", overrides
-            assert llm.engine.model_runner.fused_decode is None
+            assert llm.engine.config.fused_step == "false", overrides
+            assert llm.engine.model_runner.fused_step is None
