@@ -66,3 +66,21 @@ def test_auto_picks_it_where_it_runs(tiny_qwen3_path):
         with LLM(tiny_qwen3_path, **overrides) as llm:
             assert llm.engine.config.fused_step == "false", overrides
             assert llm.engine.model_runner.fused_step is None
+
+
+def test_long_prefill_through_torch_then_decode_in_c(tiny_qwen3_path, monkeypatch):
+    """A prefill longer than MAX_PREFILL_CONTEXT runs through the torch modules (SDPA) and its
+    decode in C: the two write the same cache, so the tokens stay Hugging Face's."""
+    from tests.conftest import hf_greedy
+
+    monkeypatch.setattr(cpu_step, "MAX_PREFILL_CONTEXT", 20)
+    rng = random.Random(3)
+    prompts = [[rng.randrange(512) for _ in range(n)] for n in (5, 40, 90)]
+    calls = []
+    with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=256, max_num_batched_tokens=512) as llm:
+        step = llm.engine.model_runner.fused_step
+        runs = step.runs
+        monkeypatch.setattr(step, "runs", lambda meta: calls.append(runs(meta)) or calls[-1])
+        outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
+    assert calls[0] is False and all(calls[1:])  # the prefill went to torch, every decode step to C
+    assert [o.token_ids for o in outs] == hf_greedy(tiny_qwen3_path, prompts, 12)
