@@ -111,6 +111,18 @@ static int64_t longest(const int32_t *context_lens, int64_t num_seqs)
     return max_ctx;
 }
 
+/* This thread's scratch for scores (inside a parallel region); on failure it sets the shared flag,
+ * which every thread reads after the next barrier. */
+static float *score_scratch(int64_t floats, int *failed)
+{
+    float *scores = malloc(sizeof(float) * (size_t)floats);
+    if (!scores) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+    return scores;
+}
+
 int nvllm_paged_decode_attention(const float *q, const float *k_cache, const float *v_cache,
                                  const int32_t *block_tables, int64_t table_width,
                                  const int32_t *context_lens, int64_t num_seqs, int64_t num_heads,
@@ -121,11 +133,7 @@ int nvllm_paged_decode_attention(const float *q, const float *k_cache, const flo
     int failed = 0;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = malloc(sizeof(float) * (size_t)scratch);
-        if (!scores) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        float *scores = score_scratch(scratch, &failed);
 #pragma omp barrier
         if (!failed)
             paged_attention(q, k_cache, v_cache, block_tables, table_width, context_lens, num_seqs, num_heads,

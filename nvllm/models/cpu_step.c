@@ -1,17 +1,18 @@
-/* One whole decode step of a Llama-family decoder (SmolLM2, Llama 2/3, Qwen2/3) on a CPU, float32,
- * in a single call: embedding, every layer (RMSNorm, QKV, QK-norm, rotary, KV-cache store, paged
- * attention, O, RMSNorm, gate/up, SiLU, down) and the LM head. It computes what models/llama.py
- * computes, operation for operation; only the order of the sums inside a dot product differs.
+/* A step's whole forward pass of a Llama-family decoder (SmolLM2, Llama 2/3, Qwen2/3) on a CPU,
+ * float32, in a single call: embedding, every layer (RMSNorm, QKV, QK-norm, rotary, KV-cache store,
+ * paged attention, O, RMSNorm, gate/up, SiLU, down) and the LM head. It computes what
+ * models/llama.py computes, operation for operation; only the order of the terms inside a matmul's
+ * sums differs (here: k in order, for every output).
  *
  * Why it exists: at one to a few sequences every torch operation is tiny, so a step is ~1,000
  * dispatches of several microseconds, and a one-row matmul through oneDNN or MKL reads the weights
- * well below the machine's bandwidth. Here each weight row is read once per step for all the
- * step's sequences, and one OpenMP parallel region covers the whole step.
+ * at about half the machine's bandwidth. Here each packed weight panel is read once per call for
+ * all of its rows, and one OpenMP parallel region covers the whole call.
  *
  * Compiled on first use by nvllm/models/cpu_step.py (the same compiler set-up as attention=cpu,
- * whose paged attention it includes) and called through ctypes. Shapes are the torch modules':
- * the cache [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed copies
- * (see `linear`). */
+ * whose paged attention it includes) and called through ctypes. The cache is the torch modules'
+ * [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed copies (see
+ * `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out. */
 #include "../attention/cpu_decode.c"
 
 #include <string.h>
@@ -139,11 +140,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
 
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = malloc(sizeof(float) * (size_t)scratch);
-        if (!scores) {
-#pragma omp atomic write
-            failed = 1;
-        }
+        float *scores = score_scratch(scratch, &failed);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) memcpy(h + b * H, m->embed + ids[b] * H, sizeof(float) * (size_t)H);
         /* the implicit barrier above also makes `failed` seen by all */

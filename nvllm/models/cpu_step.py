@@ -1,10 +1,9 @@
 """fused_step: a Llama-family forward pass as one C call on a CPU (cpu_step.c), in place of the
 model's ~1,000 torch operations a step. Decode steps run as one call; a prefill runs as calls of at
 most CHUNK tokens (its rows are tokens, which read each other's K/V through the cache), unless its
-context is long (`runs`). It reads
-the model's norms, biases and KV cache in place, its matmul weights from packed copies, and
-returns the logits of the sampled rows. The measurements behind it are in
-experiments/results/2026-11-29-cpu-2core-epyc/."""
+context is long (`runs`). It reads the model's norms, biases and KV cache in place, its matmul
+weights from packed copies (made once here), and returns the logits of the sampled rows. The
+measurements behind it are in experiments/results/2026-11-29-cpu-2core-epyc/."""
 import ctypes
 from pathlib import Path
 
