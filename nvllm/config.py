@@ -208,6 +208,10 @@ def fused_step_blocker(arch, device: str, dtype: str, tp: int, attention: str) -
         return f"it runs one process and this run has tp={tp}"
     if attention != "cpu":
         return f"it computes attention=cpu's kernel and this run chose attention={attention}"
+    try:
+        arch.fused_step.check()
+    except ConfigError as e:
+        return str(e)
     return None
 
 

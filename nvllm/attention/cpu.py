@@ -39,10 +39,9 @@ def kernel_cache_dir() -> Path:
     return Path(os.environ.get("NVLLM_CACHE", Path.home() / ".cache" / "nvllm")) / "kernels"
 
 
-@functools.cache
 def load_library(source: Path, what: str) -> ctypes.CDLL:
-    """`source` compiled once per source text (its includes' too), compiler and CPU, and loaded.
-    `what` names the switch that needs it, for the error message."""
+    """`source` compiled once per source text (its includes' too), compiler and CPU into the kernel
+    cache, and loaded. `what` names the switch that needs it, for the error message."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or shutil.which(compiler) is None:
         raise ConfigError(f"{what} compiles a small C kernel on first use and found no C compiler "

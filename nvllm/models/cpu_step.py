@@ -65,6 +65,11 @@ def _p(t: torch.Tensor | None) -> int | None:
 class FusedStep:
     """Built for one model and its allocated KV cache (rebuild if the cache is reallocated)."""
 
+    @staticmethod
+    def check() -> None:
+        """Raise ConfigError naming the fix unless the C step compiles here."""
+        kernel()
+
     def __init__(self, model, block_size: int):
         self.fn = kernel()
         decoder, first = model.model, model.model.layers[0]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nvllm import LLM, SamplingParams
+from nvllm.errors import ConfigError
 from nvllm.engine.model_runner import step_inputs
 from nvllm.models import cpu_step
 from nvllm.tools.checkpoint import make_random_checkpoint
@@ -84,3 +85,14 @@ def test_long_prefill_through_torch_then_decode_in_c(tiny_qwen3_path, monkeypatc
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
     assert calls[0] is False and all(calls[1:])  # the prefill went to torch, every decode step to C
     assert [o.token_ids for o in outs] == hf_greedy(tiny_qwen3_path, prompts, 12)
+
+
+def test_auto_stays_off_where_it_cannot_build(tiny_qwen3_path, monkeypatch):
+    def cannot_build():
+        raise ConfigError("fused_step: compiling cpu_step.c failed")
+
+    monkeypatch.setattr(cpu_step.FusedStep, "check", staticmethod(cannot_build))
+    with LLM(tiny_qwen3_path) as llm:
+        assert llm.engine.config.fused_step == "false" and llm.engine.model_runner.fused_step is None
+    with pytest.raises(ConfigError, match="fused_step=true cannot run here: fused_step: compiling cpu_step.c failed"):
+        LLM(tiny_qwen3_path, fused_step=True)
