@@ -85,7 +85,7 @@ static void linear(const float *x, int64_t B, int64_t K, const float *w, const f
     }
 }
 
-/* out[b] = w * (x[b] / rms(x[b])), over each of `rows` rows of `width` (RMSNorm) */
+/* out = w * (x / rms(x)) over one row of `width` floats (RMSNorm) */
 static inline void rms_norm_row(const float *x, const float *w, int64_t width, float eps, float *out)
 {
     float ss = 0.f;
