@@ -70,7 +70,8 @@ def test_sizing_measures_decode_at_the_largest_bucket(tiny_qwen3_path):
     from nvllm.config import Config, EngineConfig, compose
     from nvllm.engine.model_runner import ModelRunner, graph_batch_sizes, warmup_steps
 
-    graphs = dataclasses.replace(EngineConfig(), cudagraph="true", max_num_seqs=512, max_model_len=4096)
+    graphs = dataclasses.replace(EngineConfig(), cudagraph="true", max_num_seqs=512, max_model_len=4096,
+                                 max_num_batched_tokens=16384)  # what auto resolves to on CUDA
     prefill, decode = warmup_steps(graphs, 16)
     assert sum(len(t) for t, _, _ in prefill) == 16384
     assert len(decode) == graph_batch_sizes(512)[-1] == 512
