@@ -1,6 +1,6 @@
 # `make run` and `make test` create .venv on first use (torch pinned to the CPU build first, so
 # nothing pulls a CUDA build), then reuse it. ARGS passes overrides: make run ARGS="max_num_seqs=4"
-# `make test` runs nvllm's tests and those of the plugin packages in plugins/ (installed editable
+# `make test` runs nvllm's tests (but those marked slow: `make test-slow`) and those of the plugin packages in plugins/ (installed editable
 # into the venv); TESTS narrows it, ARGS adds pytest options: make test TESTS=tests/test_api.py ARGS=-x
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,12 +9,18 @@ STAMP := $(VENV)/.nvllm-installed
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 TESTS ?= tests $(addsuffix /tests,$(PLUGINS))
 
-.PHONY: run test setup clean
+.PHONY: run test test-slow setup clean
 run: $(STAMP)
 	$(PY) -m nvllm.run $(ARGS)
 
+# `make test`: everything but the tests marked slow (under 20 min on 2 cores); `make test-slow`:
+# those (wheel builds, the device-check smoke, fault injection with timeouts, tp=3, sweeps).
+# CI (.ci/run) runs both.
 test: $(STAMP)
-	$(PY) -m pytest $(TESTS) $(ARGS)
+	$(PY) -m pytest $(TESTS) -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest $(TESTS) -m slow $(ARGS)
 
 setup: $(STAMP)
 

@@ -96,6 +96,12 @@ class Run:
     signalled: bool = False
 
 
+def _default_sigint():
+    """A job started in the background (`cmd &` in a script) inherits SIGINT ignored, and Python then
+    never turns Ctrl-C into KeyboardInterrupt: the command under test gets the default, as from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Session:
     """One command in a session of its own, its TMPDIR private: what it leaves is checkable."""
 
@@ -104,7 +110,7 @@ class Session:
         self.tmp.mkdir(exist_ok=True)
         self.out, self.err = [], []
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd or tmp_path,
-                                     start_new_session=True,
+                                     start_new_session=True, preexec_fn=_default_sigint,
                                      env={**os.environ, "TMPDIR": str(self.tmp), "PYTHONUNBUFFERED": "1", **(env or {})})
         self.start = time.monotonic()
         for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
