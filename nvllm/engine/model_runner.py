@@ -270,6 +270,7 @@ class ModelRunner:
         for m in self._attention_layers():
             m.k_cache = m.v_cache = torch.tensor([])
         self.graphs.clear()
+        self.fused_step = None  # its packed weights, and its pointers into the cache just freed
         del self.model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
