@@ -8,6 +8,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -40,13 +41,15 @@ def kernel_cache_dir() -> Path:
 
 
 def load_library(source: Path, what: str) -> ctypes.CDLL:
-    """`source` compiled once per source text (its includes' too), compiler and CPU into the kernel
+    """`source` compiled once per source text (and its own "quoted" includes'), compiler and CPU into the kernel
     cache, and loaded. `what` names the switch that needs it, for the error message."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None or shutil.which(compiler) is None:
         raise ConfigError(f"{what} compiles a small C kernel on first use and found no C compiler "
                           "(cc, gcc or $CC); install one (Debian: apt install gcc) or use attention=sdpa")
-    texts = [source.read_bytes()] + [p.read_bytes() for p in sorted(source.parent.parent.glob("*/*.c")) if p != source]
+    text = source.read_bytes()
+    includes = re.findall(rb'^#include "([^"]+)"', text, re.MULTILINE)  # e.g. cpu_step.c includes cpu_decode.c
+    texts = [text] + [(source.parent / name.decode()).read_bytes() for name in includes]
     key = hashlib.sha256(b"\0".join([*texts, compiler.encode(), " ".join(FLAGS).encode(),
                                      platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
     library = kernel_cache_dir() / f"{source.stem}-{key}.so"
