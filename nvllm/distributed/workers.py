@@ -93,6 +93,12 @@ def _serve(runner_cls: type, runner_args: tuple, group, on_ready=None):
         runner.forward(*runner.prepare(message[0]))
 
 
+def _exited(p) -> bool:
+    """Has the process ended? Read from its sentinel, which (unlike exitcode) does not depend on
+    which thread reaps it."""
+    return p.sentinel is not None and bool(multiprocessing.connection.wait([p.sentinel], timeout=0))
+
+
 def launched_by_torchrun(tp: int) -> bool:
     return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) == tp
 
@@ -145,6 +151,9 @@ class Workers:
     def __init__(self, tp: int, runner_cls: type, runner_args: tuple):
         self.tp, self.processes, self.conns, self.dir = tp, [], [], None
         self.phase, self.reports, self.first_dead, self.stopping = {}, {}, None, False
+        # the monitor thread and the engine's thread both read the pipes and exit codes when a worker
+        # dies: one at a time (two readers of one pipe can split a message and lose the phase)
+        self.lock = threading.RLock()
         self.threads = torch.get_num_threads()  # _init lowers it while ranks share the cores
         if launched_by_torchrun(tp):
             rank = int(os.environ["RANK"])
@@ -212,6 +221,7 @@ class Workers:
         return result["group"]
 
     def _drain(self):
+        """Read every report the workers sent so far (the caller holds self.lock)."""
         for rank, conn in enumerate(self.conns, 1):
             try:
                 while conn.poll():
@@ -225,11 +235,12 @@ class Workers:
 
     def dead(self) -> bool:
         """Has any worker exited (or reported an error)? Also records the first one seen."""
-        self._drain()
-        for rank, p in enumerate(self.processes, 1):
-            if self.first_dead is None and (p.exitcode is not None or rank in self.reports):
-                self.first_dead = rank
-        return self.first_dead is not None
+        with self.lock:
+            self._drain()
+            for rank, p in enumerate(self.processes, 1):
+                if self.first_dead is None and (_exited(p) or rank in self.reports):
+                    self.first_dead = rank
+            return self.first_dead is not None
 
     def _monitor(self):
         """Once the group stands: when a worker dies, stop the others, so that no rank waits in a
@@ -247,13 +258,15 @@ class Workers:
         """The failure of a worker, as one clear error naming the rank, the phase and the likely cause."""
         deadline = time.monotonic() + 2  # a failing worker's report arrives just before it exits
         for p in self.processes:
-            p.join(timeout=max(0.0, deadline - time.monotonic()))
-        self.dead()
-        if self.first_dead is None:
-            return WorkerError("a tensor-parallel worker failed: unknown rank (every worker is still running)")
-        rank = self.first_dead
-        p = self.processes[rank - 1]
-        phase = self.phase.get(rank)
+            multiprocessing.connection.wait([p.sentinel], timeout=max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            self.dead()
+            if self.first_dead is None:
+                return WorkerError("a tensor-parallel worker failed: unknown rank (every worker is still running)")
+            rank = self.first_dead
+            p = self.processes[rank - 1]
+            p.join(timeout=1)  # it has exited: this reaps it, for its exit code
+            phase = self.phase.get(rank)
         head = f"a tensor-parallel worker failed: rank {rank}" + (f" (exit code {p.exitcode})" if p.exitcode is not None else "")
         guard_notes = [f for f in os.listdir(self.dir) if f.startswith(GUARD_NOTE)] if self.dir and os.path.isdir(self.dir) else []
         if guard_notes:
@@ -272,11 +285,12 @@ class Workers:
 
     # -- stopping --------------------------------------------------------------------------------
     def _kill(self):
-        for p in self.processes:
-            if p.is_alive():
-                p.kill()
-        for p in self.processes:
-            p.join(timeout=STOP_GRACE_S)
+        with self.lock:
+            for p in self.processes:
+                if not _exited(p):
+                    p.kill()
+            for p in self.processes:
+                p.join(timeout=STOP_GRACE_S)
 
     def abort(self):
         """Stop every worker now (a rank failed, or rank 0 was interrupted mid-step): no goodbye."""
