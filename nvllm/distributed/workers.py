@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.constants import default_pg_timeout
 
 RENDEZVOUS_TIMEOUT_S = 300  # a live worker that never joins (a stopped process, a stuck import)
 STOP_GRACE_S = 5  # how long close() waits for a worker to leave on its own before killing it
@@ -38,14 +39,29 @@ class WorkerError(RuntimeError):
     pass
 
 
-def _init(rank: int, tp: int, device: str, store: str | None):
-    """Join the process group: a file rendezvous, or torchrun's environment when store is None."""
+def _file_store(path: str, tp: int) -> dist.Store:
+    """The rendezvous file's store, made on the calling thread. FileStore's constructor holds the GIL
+    while it retries a file it cannot open, so it must not run on the rendezvous thread (rank 0 removes
+    the directory when it aborts, and its main thread could then never exit) nor before rank 0 has
+    made the directory (a worker waits here, where its watching thread can still run)."""
+    while not os.path.isdir(os.path.dirname(path)):  # rank 0 makes it once every worker is spawned
+        time.sleep(0.01)
+    store = dist.FileStore(path, tp)
+    store.set_timeout(default_pg_timeout)
+    return dist.PrefixStore("default_pg", store)  # as init_process_group's own file:// rendezvous does
+
+
+def _init(rank: int, tp: int, device: str, store: dist.Store | None):
+    """Join the process group: through a store (`_file_store`), or torchrun's environment when None."""
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
     elif torch.get_num_threads() * tp > (os.cpu_count() or 1):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp))  # ranks share the cores
-    dist.init_process_group(backend, init_method=f"file://{store}" if store else "env://", rank=rank, world_size=tp)
+    if store is None:
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=tp)
+    else:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=tp)
     return dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
 
 
@@ -54,7 +70,7 @@ def _worker(rank: int, tp: int, store: str, runner_cls: type, runner_args: tuple
     threading.Thread(target=_exit_with_parent, args=(os.path.dirname(store),), daemon=True).start()
     try:
         conn.send(("started", os.getpid()))
-        group = _init(rank, tp, runner_args[0].device, store)
+        group = _init(rank, tp, runner_args[0].device, _file_store(store, tp))
         dist.barrier(group=group)  # every rank has joined: rank 0 may remove the rendezvous file
         conn.send(("joined", None))
         from nvllm.plugins import load_plugins
@@ -64,19 +80,21 @@ def _worker(rank: int, tp: int, store: str, runner_cls: type, runner_args: tuple
     except BaseException:
         try:
             conn.send(("error", traceback.format_exc()))
-        except OSError:
-            pass  # rank 0 is gone
+        except OSError:  # rank 0 is gone: remove its files now (exiting would stop the watching thread)
+            _exit_with_parent(os.path.dirname(store), timeout=STOP_GRACE_S)
         raise SystemExit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _exit_with_parent(rendezvous_dir: str):
+def _exit_with_parent(rendezvous_dir: str, timeout: float | None = None):
     """A worker outlives no rank 0: when it dies (even by SIGKILL), remove its files and exit."""
-    mp.parent_process().join()
-    shutil.rmtree(rendezvous_dir, ignore_errors=True)
-    os._exit(1)
+    parent = mp.parent_process()
+    parent.join(timeout)
+    if not parent.is_alive():
+        shutil.rmtree(rendezvous_dir, ignore_errors=True)
+        os._exit(1)
 
 
 def _serve(runner_cls: type, runner_args: tuple, group, on_ready=None):
@@ -197,11 +215,11 @@ class Workers:
         never starts, ends the wait within a fraction of a second (and Ctrl-C works meanwhile)."""
         if device == "cuda":
             torch.cuda.set_device(0)
-        result = {}
+        result, file_store = {}, _file_store(store, self.tp)
 
         def join():
             try:
-                result["group"] = _init(0, self.tp, device, store)
+                result["group"] = _init(0, self.tp, device, file_store)
             except BaseException as e:
                 result["error"] = e
 
