@@ -25,7 +25,8 @@ class EngineConfig:
     compile: bool = False
     # decode CUDA graphs: auto (on for CUDA), true, false
     cudagraph: str = "auto"
-    # CPU linears through oneDNN with weights prepacked once: auto (on for float32 on the CPU), true, false
+    # CPU linears through oneDNN with weights prepacked once: auto (on for float32 on the CPU unless
+    # fused_step runs the steps), true, false
     onednn: str = "auto"
     # a CPU step's forward pass in C (nvllm/models/cpu_step.c): auto (on where it can run: float32 on
     # the CPU, attention=cpu, tp=1, a Llama-family model, compile off), true, false
@@ -171,8 +172,6 @@ class Config(EngineConfig):
             raise ConfigError(f"onednn=true packs float32 weights for CPU matmuls and this run is {dtype} on {device}"
                               f"{'' if torch.backends.mkldnn.is_available() else ' with a torch built without oneDNN'}; "
                               f"use onednn=false or auto")
-        if onednn == "auto":
-            onednn = str(device == "cpu" and dtype == "float32" and torch.backends.mkldnn.is_available()).lower()
         if device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"tp={self.tp} needs {self.tp} GPUs; torch sees {torch.cuda.device_count()}")
         check_tp(hf_config, self.tp)
@@ -184,6 +183,10 @@ class Config(EngineConfig):
             raise ConfigError(f"fused_step=true cannot run here: {why_not}; use fused_step=false or auto")
         if fused_step == "auto":
             fused_step = "false" if why_not or self.compile else "true"
+        if onednn == "auto":  # not beside the C step: it has its own packed copy, and the torch modules
+            # it leaves (prefills over MAX_PREFILL_CONTEXT) are many-row matmuls, as fast through F.linear
+            onednn = str(device == "cpu" and dtype == "float32" and torch.backends.mkldnn.is_available()
+                         and fused_step != "true").lower()
         max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
         max_num_batched_tokens = self.max_num_batched_tokens
         if max_num_batched_tokens is None:

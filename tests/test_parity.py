@@ -111,13 +111,13 @@ def test_shared_prefixes(models, model):
 
 
 @pytest.mark.parametrize("model", ["smollm2", "qwen3-tiny"])
-@pytest.mark.parametrize("switches", [dict(fused_step=False), dict(attention="sdpa"), dict(onednn=False)],
-                         ids=["fused_step=false", "attention=sdpa", "onednn=false"])
+@pytest.mark.parametrize("switches", [dict(fused_step=False), dict(attention="sdpa"), dict(fused_step=False, onednn=False)],
+                         ids=["fused_step=false", "attention=sdpa", "fused_step=false onednn=false"])
 def test_cpu_switches(models, model, switches):
-    """The CPU defaults switched off one at a time — the C decode step (then the torch modules run
-    decode with attention=cpu's kernel), the C attention kernel (sdpa; no fused step either), and
-    oneDNN's packed weights (plain F.linear) — under preemption, so decode, prefill and re-prefill
-    all run."""
+    """The CPU defaults switched off one at a time — the C step (then the torch modules run every
+    step, with oneDNN's packed weights and attention=cpu's kernel), the C attention kernel (sdpa; no
+    fused step either), and then oneDNN's packed weights too (plain F.linear) — under preemption, so
+    decode, prefill and re-prefill all run."""
     path, prompts, want = models[model]
     longest = max(len(p) for p in prompts) + MAX_NEW
     got, preemptions, _ = run(path, prompts, kv_cache={"block_size": 16, "num_blocks": -(-longest // 16) + 4},

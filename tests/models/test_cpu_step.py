@@ -60,13 +60,20 @@ def test_step_matches_the_torch_modules(variant, num_seqs, tmp_path, monkeypatch
 
 
 def test_auto_picks_it_where_it_runs(tiny_qwen3_path):
+    """fused_step=auto runs the C step where it can; onednn=auto packs oneDNN's copy of the weights
+    only where the C step does not run."""
+    def packed(llm):
+        return any(getattr(m, "packed", None) is not None for m in llm.engine.model_runner.model.modules())
+
     with LLM(tiny_qwen3_path) as llm:
-        assert llm.engine.config.fused_step == "true"
-        assert llm.engine.model_runner.fused_step is not None
-    for overrides in (dict(attention="sdpa"), dict(compile=True)):
+        assert llm.engine.config.fused_step == "true" and llm.engine.config.onednn == "false"
+        assert llm.engine.model_runner.fused_step is not None and not packed(llm)
+    for overrides in (dict(attention="sdpa"), dict(compile=True), dict(fused_step=False)):
         with LLM(tiny_qwen3_path, **overrides) as llm:
-            assert llm.engine.config.fused_step == "false", overrides
-            assert llm.engine.model_runner.fused_step is None
+            assert llm.engine.config.fused_step == "false" and llm.engine.config.onednn == "true", overrides
+            assert llm.engine.model_runner.fused_step is None and packed(llm)
+    with LLM(tiny_qwen3_path, onednn=True) as llm:  # asked for: both
+        assert llm.engine.model_runner.fused_step is not None and packed(llm)
 
 
 def test_long_prefill_through_torch_then_decode_in_c(tiny_qwen3_path, monkeypatch):
