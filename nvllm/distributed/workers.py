@@ -111,10 +111,14 @@ def _serve(runner_cls: type, runner_args: tuple, group, on_ready=None):
         runner.forward(*runner.prepare(message[0]))
 
 
-def _exited(p) -> bool:
-    """Has the process ended? Read from its sentinel, which (unlike exitcode) does not depend on
-    which thread reaps it."""
-    return p.sentinel is not None and bool(multiprocessing.connection.wait([p.sentinel], timeout=0))
+def _exited(p, timeout: float = 0) -> bool:
+    """Has the process ended (waiting at most timeout s)? Read from its sentinel, which (unlike
+    exitcode) does not depend on which thread reaps it. A process never started has not ended."""
+    try:
+        sentinel = p.sentinel
+    except ValueError:  # its start failed: the spawn loop's error is the one to report
+        return False
+    return bool(multiprocessing.connection.wait([sentinel], timeout=timeout))
 
 
 def launched_by_torchrun(tp: int) -> bool:
@@ -276,7 +280,7 @@ class Workers:
         """The failure of a worker, as one clear error naming the rank, the phase and the likely cause."""
         deadline = time.monotonic() + 2  # a failing worker's report arrives just before it exits
         for p in self.processes:
-            multiprocessing.connection.wait([p.sentinel], timeout=max(0.0, deadline - time.monotonic()))
+            _exited(p, timeout=max(0.0, deadline - time.monotonic()))
         with self.lock:
             self.dead()
             if self.first_dead is None:
