@@ -60,6 +60,7 @@ def run_one(args):
         engine = llm.engine
         config = engine.config
         effective = dict(device=config.device, dtype=config.dtype, compile=config.compile, cudagraph=config.cudagraph,
+                         forward=config.forward.name, forward_auto=config.forward_choice,
                          attention=type(engine.model_runner.attention).name, attention_auto=config.attention_choice,
                          kv_cache_blocks=engine.kv_cache.num_blocks)
         print("SETUP " + json.dumps(dict(setup_s=setup, effective=effective)), flush=True)
@@ -151,10 +152,10 @@ def spawn(args, checkpoint: Path, name: str, hf: bool = False) -> dict:
 
 def table(results: list[dict]) -> str:
     base = next((r["tok_s"] for r in results if r["config"] == "eager" and "tok_s" in r), None)
-    rows = [f"{'config':<12} {'attention':<10} {'graphs':<6} {'output tokens':>13} {'wall s':>7} {'tok/s':>9} {'vs eager':>8}"]
+    rows = [f"{'config':<12} {'attention':<10} {'forward':<10} {'output tokens':>13} {'wall s':>7} {'tok/s':>9} {'vs eager':>8}"]
     for r in results:
         eff = r.get("effective", {})
-        head = f"{r['config']:<12} {eff.get('attention', '-'):<10} {eff.get('cudagraph', '-'):<6}"
+        head = f"{r['config']:<12} {eff.get('attention', '-'):<10} {eff.get('forward', '-'):<10}"
         if "error" in r:
             rows.append(f"{head} failed: {r['error'][:90]}")
             continue

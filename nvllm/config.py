@@ -2,18 +2,24 @@
 built from (one conversion, `Config.from_cfg`), its `auto` resolution, and the compose helper the
 Python API shares with the CLI."""
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nvllm.attention.select import AUTO, select_backend
+from nvllm import registry
+from nvllm.attention.select import select_backend
+from nvllm.auto import AUTO, choose, tristate
+from nvllm.forward.base import ForwardTarget
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
 from nvllm.metrics import MetricsConfig, SLOConfig
 from nvllm.sampling_params import SamplingParams
 
-GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "workload")
+GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "workload")
+# families whose `auto` option is decided in Config.resolve, once the checkpoint and device are known
+AUTO_FAMILIES = ("attention", "forward")
 
 
 @dataclass
@@ -21,16 +27,10 @@ class EngineConfig:
     """The engine-wide switches: the top level of the Hydra config (their defaults live here only)."""
     # tensor-parallel ranks
     tp: int = 1
-    # torch.compile the model's hot pieces
+    # torch.compile the model's hot pieces (forward=eager and cudagraph run them; auto then skips fused_cpu)
     compile: bool = False
-    # decode CUDA graphs: auto (on for CUDA), true, false
-    cudagraph: str = "auto"
-    # CPU linears through oneDNN with weights prepacked once: auto (on for float32 on the CPU unless
-    # fused_step runs the steps), true, false
-    onednn: str = "auto"
-    # a CPU step's forward pass in C (nvllm/models/cpu_step.c): auto (on where it can run: float32 on
-    # the CPU, attention=cpu, tp=1, a Llama-family model, compile off), true, false
-    fused_step: str = "auto"
+    # decode CUDA graphs: auto (as forward=auto decides), true (= forward=cudagraph), false (never)
+    cudagraph: Any = "auto"
     # auto (float32 on CPU; the checkpoint's 16-bit dtype or bfloat16 on CUDA), float32, bfloat16, float16
     dtype: str = "auto"
     # auto (cuda when present), cpu, cuda
@@ -38,8 +38,7 @@ class EngineConfig:
     # most sequences in one step
     max_num_seqs: int = 512
     # most tokens in one step; null = auto: 16384 on CUDA, max(4096, max_model_len) on a CPU (where
-    # steps of a few thousand rows keep the activations in cache: cpu-bench's prefill ran 30 s in one
-    # 10,001-token step, 24 s in steps of 4096)
+    # steps of a few thousand rows keep the activations in cache)
     max_num_batched_tokens: Optional[int] = None
     # longest sequence (prompt + output); capped by the model's max_position_embeddings
     max_model_len: int = 4096
@@ -47,11 +46,7 @@ class EngineConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("cudagraph", "onednn", "fused_step"):
-            value = str(getattr(self, name)).lower()
-            if value not in ("auto", "true", "false"):
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not allowed: use auto, true or false")
-            setattr(self, name, value)
+        self.cudagraph = tristate("cudagraph", self.cudagraph)  # None: auto
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device={self.device!r} is not allowed: use auto, cpu or cuda")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -98,6 +93,7 @@ class Schema(EngineConfig):
     kv_cache: Any = None
     attention: Any = None
     sampler: Any = None
+    forward: Any = None
     workload: Any = None
     # per-request sampling defaults for workloads that do not set their own
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -117,6 +113,28 @@ def store_schema():
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="nvllm_schema", node=Schema, provider="nvllm")
+    if not OmegaConf.has_resolver("nvllm_components"):  # `--help` lists each component with one line on it
+        OmegaConf.register_new_resolver("nvllm_components", components_help)
+
+
+def components_help() -> str:
+    """Every registered component, a line each: `family=name: the first line of its docstring`
+    (its class's, else its module's first sentence)."""
+    import sys
+
+    lines = []
+    for family in registry.FAMILIES:
+        if family in AUTO_FAMILIES:
+            lines.append(f"  {family}=auto: the best-ranked {family} whose own check passes here "
+                         f"(metrics.json says which and why)")
+        for name in registry.names(family):
+            cls = registry.get(family, name)
+            doc = (cls.__doc__ or "").strip() or " ".join((sys.modules[cls.__module__].__doc__ or "").split())
+            first = doc.splitlines()[0] if cls.__doc__ else re.split(r"(?<=\.)\s", doc, maxsplit=1)[0]
+            if len(first) > 110:
+                first = first[:107].rsplit(" ", 1)[0] + " ..."
+            lines.append(f"  {family}={name}: {first}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -129,8 +147,10 @@ class Config(EngineConfig):
     kv_cache: Any = None
     attention: Any = None
     sampler: Any = None
-    # what attention=auto chose and why (None: the backend was named)
+    forward: Any = None
+    # what attention=auto and forward=auto chose and why (None: named)
     attention_choice: str | None = None
+    forward_choice: str | None = None
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> "Config":
@@ -139,9 +159,9 @@ class Config(EngineConfig):
 
         load_plugins()  # a launcher's job process (joblib, submitit) starts without them
         switches = {f.name: cfg[f.name] for f in fields(EngineConfig) if f.name in cfg}
-        components = {family: registry.typed_config(family, cfg[family]) for family in registry.FAMILIES
-                      if not (family == "attention" and cfg.attention.name == AUTO)}  # resolve() chooses it
-        return cls(**switches, attention=components.pop("attention", AUTO), **components)
+        components = {family: AUTO if cfg[family].name == AUTO and family in AUTO_FAMILIES  # resolve() chooses
+                      else registry.typed_config(family, cfg[family]) for family in registry.FAMILIES}
+        return cls(**switches, **components)
 
     def resolve(self, hf_config) -> "Config":
         """The configuration that will really run: every `auto` replaced, every switch that cannot
@@ -162,31 +182,13 @@ class Config(EngineConfig):
             checkpoint_dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
             sixteen = checkpoint_dtype in (torch.bfloat16, torch.float16)
             dtype = "float32" if device == "cpu" else (str(checkpoint_dtype).removeprefix("torch.") if sixteen else "bfloat16")
-        cudagraph = self.cudagraph
-        if cudagraph == "true" and device != "cuda":
-            raise ConfigError("cudagraph=true needs a CUDA device and this run is on the CPU; use cudagraph=false or auto")
-        if cudagraph == "auto":
-            cudagraph = "true" if device == "cuda" else "false"
-        onednn = self.onednn
-        if onednn == "true" and (device != "cpu" or dtype != "float32" or not torch.backends.mkldnn.is_available()):
-            raise ConfigError(f"onednn=true packs float32 weights for CPU matmuls and this run is {dtype} on {device}"
-                              f"{'' if torch.backends.mkldnn.is_available() else ' with a torch built without oneDNN'}; "
-                              f"use onednn=false or auto")
         if device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"tp={self.tp} needs {self.tp} GPUs; torch sees {torch.cuda.device_count()}")
         check_tp(hf_config, self.tp)
         attention, attention_choice = select_backend(self.attention, torch.device(device), getattr(torch, dtype),
                                                      self.kv_cache.block_size)
-        fused_step = self.fused_step
-        why_not = fused_step_blocker(arch, device, dtype, self.tp, attention.name)
-        if fused_step == "true" and why_not:
-            raise ConfigError(f"fused_step=true cannot run here: {why_not}; use fused_step=false or auto")
-        if fused_step == "auto":
-            fused_step = "false" if why_not or self.compile else "true"
-        if onednn == "auto":  # not beside the C step: it has its own packed copy, and the torch modules
-            # it leaves (prefills over MAX_PREFILL_CONTEXT) are many-row matmuls, as fast through F.linear
-            onednn = str(device == "cpu" and dtype == "float32" and torch.backends.mkldnn.is_available()
-                         and fused_step != "true").lower()
+        target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile)
+        forward, forward_choice = self._forward(target)
         max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
         max_num_batched_tokens = self.max_num_batched_tokens
         if max_num_batched_tokens is None:
@@ -195,27 +197,38 @@ class Config(EngineConfig):
             raise ConfigError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_model_len "
                               f"({max_model_len}): a preempted sequence is recomputed in one step "
                               f"(scheduler=chunked splits it)")
-        return replace(self, device=device, dtype=dtype, cudagraph=cudagraph, onednn=onednn,
-                       fused_step=fused_step, max_model_len=max_model_len,
-                       max_num_batched_tokens=max_num_batched_tokens,
-                       attention=attention, attention_choice=attention_choice)
+        return replace(self, device=device, dtype=dtype, cudagraph=forward.name == "cudagraph",
+                       max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
+                       attention=attention, attention_choice=attention_choice,
+                       forward=forward, forward_choice=forward_choice)
 
-
-def fused_step_blocker(arch, device: str, dtype: str, tp: int, attention: str) -> str | None:
-    """Why the C step cannot run this configuration (None: it can)."""
-    if getattr(arch, "fused_step", None) is None:
-        return f"model={arch.name} has no C step (the Llama family has)"
-    if device != "cpu" or dtype != "float32":
-        return f"it is a float32 CPU kernel and this run is {dtype} on {device}"
-    if tp != 1:
-        return f"it runs one process and this run has tp={tp}"
-    if attention != "cpu":
-        return f"it computes attention=cpu's kernel and this run chose attention={attention}"
-    try:
-        arch.fused_step.check()
-    except ConfigError as e:
-        return str(e)
-    return None
+    def _forward(self, target: ForwardTarget) -> tuple[object, str | None]:
+        """The forward strategy's Config, its autos filled in, and what forward=auto chose and why
+        (None: named). cudagraph=true asks for forward=cudagraph; cudagraph=false rules it out."""
+        name, choice = self.forward if isinstance(self.forward, str) else self.forward.name, None
+        if self.cudagraph and name not in (AUTO, "cudagraph"):
+            raise ConfigError(f"cudagraph=true asks for decode CUDA graphs and forward={name} runs none; "
+                              f"use forward=cudagraph (or auto), or drop cudagraph=true")
+        if self.cudagraph is False and name == "cudagraph":
+            raise ConfigError("forward=cudagraph and cudagraph=false contradict each other; drop one")
+        asked = f"forward={name}"
+        if name == AUTO and self.cudagraph:
+            name, asked = "cudagraph", "cudagraph=true"  # as if named: refused with its reason where it cannot run
+        if name == AUTO:
+            where = (f"{target.device.type}, {str(target.dtype).removeprefix('torch.')}, tp={target.tp}, "
+                     f"model={target.model.name}, attention={target.attention}"
+                     + (", compile=true" if target.compile else ""))
+            name, choice = choose("forward", target.device.type, lambda cls: cls.check(target), where,
+                                  {"cudagraph": "cudagraph=false rules it out"} if self.cudagraph is False else None)
+        cls = registry.get("forward", name)
+        config = self.forward if not isinstance(self.forward, str) and self.forward.name == name \
+            else registry.typed_config("forward", {"name": name})
+        if choice is None:
+            try:
+                cls.check(target)
+            except ConfigError as e:
+                raise ConfigError(f"{asked} cannot run here: {e}") from None
+        return cls.resolve(config, target), choice
 
 
 def check_tp(hf_config, tp: int):

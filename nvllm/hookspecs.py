@@ -29,3 +29,8 @@ def register_attention_backends(register):
 @hookspec
 def register_samplers(register):
     """Register samplers: subclasses of ``nvllm.sampler.base.Sampler``."""
+
+
+@hookspec
+def register_forward_strategies(register):
+    """Register ways of running a step's forward pass: subclasses of ``nvllm.forward.base.ForwardStrategy``."""

@@ -200,6 +200,7 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
             "attention": type(engine.model_runner.attention).name if engine.model_runner else None,
             "attention_auto": engine.config.attention_choice,  # what attention=auto chose and why; None: chosen by name
             "sampler": type(engine.model_runner.sampler).name if engine.model_runner else None,
+            "forward_auto": engine.config.forward_choice,  # what forward=auto chose and why; None: chosen by name
         },
         "requested_config": requested,
         "versions": _versions(),

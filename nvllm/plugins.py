@@ -21,6 +21,9 @@ DEFAULT_PLUGINS = (
     "nvllm.attention.triton",
     "nvllm.attention.flash_attn",
     "nvllm.sampler.default",
+    "nvllm.forward.eager",
+    "nvllm.forward.cudagraph",
+    "nvllm.forward.fused_cpu",
 )
 
 pm = pluggy.PluginManager("nvllm")

@@ -13,6 +13,7 @@ FAMILIES = {  # family (= Hydra config group) -> hook that fills it
     "kv_cache": "register_kv_caches",
     "attention": "register_attention_backends",
     "sampler": "register_samplers",
+    "forward": "register_forward_strategies",
 }
 
 _components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}

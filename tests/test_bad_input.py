@@ -100,18 +100,25 @@ def test_wrong_architecture_for_checkpoint(tiny_qwen3_path):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(cudagraph=True, device="cpu"), "cudagraph=true needs a CUDA device"),
+    (dict(cudagraph=True, device="cpu"), "cudagraph=true cannot run here: decode CUDA graphs need a CUDA device "
+                                         "and this run is on cpu; use cudagraph=false or auto"),
+    (dict(cudagraph=True, forward="eager"), "cudagraph=true asks for decode CUDA graphs and forward=eager runs none"),
+    (dict(cudagraph=False, forward="cudagraph"), "forward=cudagraph and cudagraph=false contradict each other"),
+    (dict(cudagraph="maybe"), "cudagraph='maybe' is not allowed: use auto, true or false"),
     pytest.param(dict(device="cuda"), "torch sees no CUDA device", marks=NO_CUDA),
     (dict(tp=3), r"tp=3 does not divide this model's num_attention_heads=4, num_key_value_heads=2, "
                  r"intermediate_size=128; .* \(tp in \[1, 2\] works\)"),
     (dict(dtype="float64"), "dtype='float64' is not allowed: use auto, float32, bfloat16 or float16"),
-    (dict(onednn=True, dtype="bfloat16", device="cpu"), "onednn=true packs float32 weights .* bfloat16 on cpu"),
-    (dict(onednn="maybe"), "onednn='maybe' is not allowed: use auto, true or false"),
+    (dict(forward={"name": "eager", "onednn": True}, dtype="bfloat16", device="cpu"),
+     "forward.onednn=true packs float32 weights .* bfloat16 on cpu"),
+    (dict(forward={"name": "eager", "onednn": "maybe"}), "forward.onednn='maybe' is not allowed: use auto, true or false"),
     (dict(attention="cpu", dtype="bfloat16", device="cpu"), "decode kernel is float32 only.*dtype=float32"),
-    (dict(fused_step=True, attention="sdpa"), "fused_step=true cannot run here: it computes attention=cpu's "
-                                                "kernel and this run chose attention=sdpa; use fused_step=false"),
-    (dict(fused_step=True, tp=2), "fused_step=true cannot run here: it runs one process and this run has tp=2"),
-    (dict(fused_step="maybe"), "fused_step='maybe' is not allowed: use auto, true or false"),
+    (dict(forward="fused_cpu", attention="sdpa"), "forward=fused_cpu cannot run here: it computes attention=cpu's "
+                                                    "kernel and this run chose attention=sdpa; use forward=eager"),
+    (dict(forward="fused_cpu", tp=2), "forward=fused_cpu cannot run here: it runs one process and this run has tp=2"),
+    (dict(forward="fused_cpu", compile=True), "forward=fused_cpu cannot run here: compile=true compiles the torch "
+                                              "modules, which it does not run"),
+    (dict(forward={"name": "fused_cpu", "max_prefill_context": -1}), "forward.max_prefill_context=-1 is not allowed"),
     (dict(max_num_batched_tokens=32, max_model_len=64), "must be >= max_model_len"),
 ])
 def test_switches_that_cannot_run_here(tiny_qwen3_path, overrides, match):

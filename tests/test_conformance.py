@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from nvllm import registry
-from nvllm.testing import (ATTENTION_CASES, AttentionSuite, KVCacheSuite, ModelSuite, SamplerSuite, SchedulerSuite,
-                           attention_metadata, paged_block_tables)
+from nvllm.testing import (ATTENTION_CASES, AttentionSuite, ForwardSuite, KVCacheSuite, ModelSuite, SamplerSuite,
+                           SchedulerSuite, attention_metadata, paged_block_tables)
 
 
 class TestFCFS(SchedulerSuite):
@@ -61,3 +61,25 @@ class TestLlama(ModelSuite):
 
 class TestQwen3(ModelSuite):
     name = "qwen3"
+
+
+class TestEager(ForwardSuite):
+    name = "eager"
+    configs = [{"onednn": True}, {"onednn": False}]
+
+
+class TestEagerSDPA(ForwardSuite):
+    name = "eager"
+    overrides = {"attention": "sdpa"}
+
+
+class TestFusedCPU(ForwardSuite):
+    """The C step: prefill in C (max_prefill_context covers every prompt) and eagerly (it covers none)."""
+    name = "fused_cpu"
+    overrides = {"attention": "cpu"}
+    configs = [{}, {"max_prefill_context": 0}]
+
+
+class TestCUDAGraph(ForwardSuite):
+    name = "cudagraph"
+    device = "cuda"

@@ -111,13 +111,16 @@ def test_shared_prefixes(models, model):
 
 
 @pytest.mark.parametrize("model", ["smollm2", "qwen3-tiny"])
-@pytest.mark.parametrize("switches", [dict(fused_step=False), dict(attention="sdpa"), dict(fused_step=False, onednn=False)],
-                         ids=["fused_step=false", "attention=sdpa", "fused_step=false onednn=false"])
+@pytest.mark.parametrize("switches", [dict(forward="eager"), dict(attention="sdpa"),
+                                      dict(forward={"name": "eager", "onednn": False})],
+                         ids=["forward=eager", "attention=sdpa", "forward=eager forward.onednn=false"])
 def test_cpu_switches(models, model, switches):
-    """The CPU defaults switched off one at a time — the C step (then the torch modules run every
-    step, with oneDNN's packed weights and attention=cpu's kernel), the C attention kernel (sdpa; no
-    fused step either), and then oneDNN's packed weights too (plain F.linear) — under preemption, so
-    decode, prefill and re-prefill all run."""
+    """Every forward strategy x attention backend this CPU runs fast enough for real weights, beside
+    the defaults (forward=fused_cpu, attention=cpu) that the other tests run: the torch modules
+    every step (forward=eager, with oneDNN's packed weights and attention=cpu's kernel), sdpa (auto
+    then picks eager), and eager without oneDNN (plain F.linear) — under preemption, so decode,
+    prefill and re-prefill all run. forward=cudagraph needs CUDA (tests/engine/test_model_runner.py);
+    attention=triton runs in Triton's interpreter on tiny shapes (tests/attention/test_triton.py)."""
     path, prompts, want = models[model]
     longest = max(len(p) for p in prompts) + MAX_NEW
     got, preemptions, _ = run(path, prompts, kv_cache={"block_size": 16, "num_blocks": -(-longest // 16) + 4},

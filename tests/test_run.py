@@ -22,7 +22,9 @@ def test_default_run_answers_paris(tmp_path):
     assert "5 requests (0 rejected)" in out and "output tok/s" in out
     assert metrics["requests"] == 5 and metrics["output_tokens"] > 0
     assert metrics["effective_config"]["device"] == "cpu"
-    assert metrics["effective_config"]["cudagraph"] == "false"  # auto resolved
+    assert metrics["effective_config"]["cudagraph"] is False  # auto resolved
+    assert metrics["effective_config"]["forward"]["name"] == "fused_cpu"
+    assert metrics["effective_config"]["forward_auto"].startswith("forward=auto chose fused_cpu")
     assert metrics["effective_config"]["model"]["random_weights"] is False
 
 

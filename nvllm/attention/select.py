@@ -1,18 +1,17 @@
 """`attention=auto` and the early check of an explicit choice: both ask the backends themselves.
 
 auto takes, among the registered backends that rank this device type in their `auto_rank`, the
-best-ranked one whose `check(device, dtype, block_size)` passes: on CUDA flash_attn (when
-importable and the blocks allow it), else triton, else sdpa; on a CPU the `cpu` C kernel (when
-it compiles, float32), else sdpa. Falling back to sdpa prints a one-line notice saying why."""
+best-ranked one whose `check(device, dtype, block_size)` passes (nvllm/auto.py): on CUDA
+flash_attn (when importable and the blocks allow it), else triton, else sdpa; on a CPU the `cpu`
+C kernel (when it compiles, float32), else sdpa. Falling back to sdpa prints a one-line notice
+saying why."""
 import dataclasses
 import sys
 
 import torch
 
 from nvllm import registry
-from nvllm.errors import ConfigError
-
-AUTO = "auto"
+from nvllm.auto import AUTO, choose
 
 
 def select_backend(cfg, device: torch.device, dtype: torch.dtype, block_size: int) -> tuple[object, str | None]:
@@ -24,21 +23,8 @@ def select_backend(cfg, device: torch.device, dtype: torch.dtype, block_size: in
         config = cfg if dataclasses.is_dataclass(cfg) else registry.typed_config("attention", cfg)
         registry.get("attention", config.name).check(device, dtype, block_size)
         return config, None
-    backends = [registry.get("attention", n) for n in registry.names("attention")]
-    ranked = sorted((cls.auto_rank[device.type], cls.name, cls) for cls in backends if device.type in cls.auto_rank)
-    passed_over = []
-    for _, candidate, cls in ranked:
-        try:
-            cls.check(device, dtype, block_size)
-        except (ConfigError, ImportError) as e:
-            passed_over.append(f"{candidate}: {str(e).splitlines()[0]}")
-            continue
-        where = f"{device.type}, {str(dtype).removeprefix('torch.')}, kv_cache.block_size={block_size}"
-        note = f"attention=auto chose {candidate} ({where})"
-        if passed_over:
-            note += "; passed over " + "; ".join(passed_over)
-            if candidate == "sdpa":
-                print(f"nvllm: {note}", file=sys.stderr)
-        return registry.typed_config("attention", {"name": candidate}), note
-    raise ConfigError(f"attention=auto found no backend that runs on {device.type} in {dtype}: "
-                      + ("; ".join(passed_over) or "none ranks this device type (auto_rank)"))
+    where = f"{device.type}, {str(dtype).removeprefix('torch.')}, kv_cache.block_size={block_size}"
+    name, note = choose("attention", device.type, lambda cls: cls.check(device, dtype, block_size), where)
+    if name == "sdpa" and "passed over" in note:
+        print(f"nvllm: {note}", file=sys.stderr)
+    return registry.typed_config("attention", {"name": name}), note

@@ -1,15 +1,13 @@
 """Loads the model, sizes and allocates the KV cache, and runs one step: packs the scheduled
-sequences into input tensors (positions, slot mapping, block tables), runs the forward pass with
-the attention backend, and samples from the last position of each sequence. Under tensor
-parallelism rank 0 sends each step's inputs to the workers, which run the same forward on
-their shard; only rank 0 samples."""
-import bisect
-
+sequences into input tensors (positions, slot mapping, block tables), hands them to the forward
+strategy (nvllm/forward/: eager, cudagraph, fused_cpu, ...), and samples from the last position
+of each sequence. Under tensor parallelism rank 0 sends each step's inputs to the workers, which
+run the same forward on their shard; only rank 0 samples."""
 import torch
 from transformers import AutoConfig
 
 from nvllm import registry
-from nvllm.attention.base import AttentionMetadata, forward_context
+from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
 from nvllm.sequence import Sequence
 from nvllm.models.weights import load_weights
@@ -27,27 +25,12 @@ def step_inputs(seqs: list[Sequence]) -> list[StepInput]:
              seq.num_computed_tokens, seq.block_table) for seq in seqs]
 
 
-def graph_batch_sizes(max_num_seqs: int) -> list[int]:
-    """Decode CUDA-graph buckets: 1, 2, 4, 8, then every 16 up to max_num_seqs (at most 512)."""
-    top = min(max_num_seqs, 512)
-    return sorted({n for n in (1, 2, 4, 8) if n <= top} | set(range(16, top + 1, 16)) | {top})
-
-
-def graph_bucket(sizes: list[int], n: int) -> int | None:
-    """The smallest captured batch size that holds n sequences; None: run eagerly."""
-    i = bisect.bisect_left(sizes, n)
-    return sizes[i] if i < len(sizes) else None
-
-
-def warmup_steps(config: Config, block_size: int) -> tuple[list[StepInput], list[StepInput]]:
+def warmup_steps(config: Config, block_size: int, batch: int) -> tuple[list[StepInput], list[StepInput]]:
     """The two steps that sizing measures: the largest prefill, and a decode of the largest batch
-    (eager, or the top CUDA-graph bucket) with every sequence at max_model_len."""
+    the forward strategy runs (`batch`) with every sequence at max_model_len."""
     seq_len = min(config.max_num_batched_tokens, config.max_model_len)
     num_seqs = max(1, min(config.max_num_batched_tokens // seq_len, config.max_num_seqs))
     prefill = [([0] * seq_len, 0, [0] * -(-seq_len // block_size))] * num_seqs
-    batch = min(config.max_num_seqs, config.max_num_batched_tokens)
-    if config.cudagraph == "true":
-        batch = max(batch, graph_batch_sizes(config.max_num_seqs)[-1])
     table = list(range(-(-config.max_model_len // block_size)))
     return prefill, [([0], config.max_model_len - 1, table)] * batch
 
@@ -70,25 +53,12 @@ class ModelRunner:
             torch.set_default_dtype(default_dtype)
         load_weights(self.model, path)
         self.model.eval()
-        if config.onednn == "true":
-            for module in self.model.modules():
-                if hasattr(module, "pack_weights"):
-                    module.pack_weights()
-        if config.compile:
-            for module in self.model.modules():
-                if hasattr(module, "compile_hot_path"):
-                    module.compile_hot_path()
         self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
         self.sampler = registry.build("sampler", config.sampler, device=self.device)
+        self.forward_strategy = registry.build("forward", config.forward, runner=self)
         self.num_blocks = self._num_blocks(config.kv_cache)
         self._allocate_kv_cache()
-        # fused_step: each step's forward pass in C over these weights and this cache
-        self.fused_step = None
-        if config.fused_step == "true":
-            self.fused_step = self.model.fused_step(self.model, self.block_size)
-        self.graphs, self.graph_sizes = {}, []
-        if config.cudagraph == "true":
-            self.capture_cudagraphs()
+        self.forward_strategy.bind_kv_cache()
 
     # -- KV cache ------------------------------------------------------------------------
     def _attention_layers(self):
@@ -123,10 +93,10 @@ class ModelRunner:
 
     def _peak_forward_bytes(self, measure=None) -> int:
         """Activation memory the KV cache must leave room for: the larger of the largest prefill
-        and decode at the largest batch (the top CUDA-graph bucket) with every sequence at
-        max_model_len, measured by warm-up passes (sdpa's decode copy grows with both)."""
+        and decode at the forward strategy's largest batch (cudagraph: its top bucket) with every
+        sequence at max_model_len, measured by warm-up passes (sdpa's decode copy grows with both)."""
         measure = measure or self._cuda_peak_bytes
-        prefill, decode = warmup_steps(self.config, self.block_size)
+        prefill, decode = warmup_steps(self.config, self.block_size, self.forward_strategy.decode_batch)
         peak = measure(lambda: self.forward(*self.prepare(prefill)))  # no cache yet: nothing cached is read
         self._allocate_kv_cache(num_blocks=len(decode[0][2]))  # decode reads a cache: a stand-in, every row shares it
         try:
@@ -191,16 +161,7 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
         """Logits at the last query position of each sequence (None on TP workers)."""
-        if self.fused_step is not None and self.fused_step.runs(meta):
-            return self.fused_step(input_ids, positions, meta)
-        bucket = graph_bucket(self.graph_sizes, len(meta.query_lens)) if meta.is_decode else None
-        if bucket is None:
-            self.attention.prepare(meta, self.block_size)
-            with forward_context(self.attention, meta):
-                hidden = self.model(input_ids, positions)
-        else:
-            hidden = self._replay(bucket, input_ids, positions, meta)
-        return self.model.compute_logits(hidden[meta.cu_seqlens_q[1:].long() - 1])
+        return self.forward_strategy(input_ids, positions, meta)
 
     def run(self, seqs: list[Sequence]) -> list[int]:
         inputs = step_inputs(seqs)
@@ -219,58 +180,10 @@ class ModelRunner:
                 token_ids[i] = token_id
         return token_ids
 
-    # -- CUDA graphs (decode) ------------------------------------------------------------
-    @torch.inference_mode()
-    def capture_cudagraphs(self):
-        """Capture one decode graph per batch-size bucket, largest first, sharing one memory pool."""
-        self.graph_sizes = graph_batch_sizes(self.config.max_num_seqs)
-        top = self.graph_sizes[-1]
-        self.table_width = -(-self.config.max_model_len // self.block_size)
-        input_ids, positions, meta = self.prepare([], pad_to=top, table_width=self.table_width)
-        self.graph_inputs = dict(input_ids=input_ids, positions=positions, slot_mapping=meta.slot_mapping,
-                                 context_lens=meta.context_lens, block_tables=meta.block_tables)
-        self.graph_outputs = torch.empty(top, self.hf_config.hidden_size, dtype=self.dtype, device=self.device)
-        pool = None
-        for n in reversed(self.graph_sizes):
-            graph_meta = self._graph_meta(n)
-            self._graph_body(n, graph_meta)  # warm-up outside the capture
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool):
-                self._graph_body(n, graph_meta)
-            pool = pool or graph.pool()
-            self.graphs[n] = graph
-            torch.cuda.synchronize(self.device)
-
-    def _graph_meta(self, n: int) -> AttentionMetadata:
-        g = self.graph_inputs
-        return AttentionMetadata(
-            cu_seqlens_q=torch.arange(n + 1, dtype=torch.int32, device=self.device),
-            context_lens=g["context_lens"][:n], slot_mapping=g["slot_mapping"][:n],
-            block_tables=g["block_tables"][:n], query_lens=[1] * n,
-            context_lens_host=[self.table_width * self.block_size] * n, is_decode=True)
-
-    def _graph_body(self, n: int, meta: AttentionMetadata):
-        self.attention.prepare(meta, self.block_size)
-        with forward_context(self.attention, meta):
-            self.graph_outputs[:n] = self.model(self.graph_inputs["input_ids"][:n], self.graph_inputs["positions"][:n])
-
-    def _replay(self, bucket: int, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
-        n, g = len(meta.query_lens), self.graph_inputs
-        g["input_ids"][:n], g["positions"][:n] = input_ids, positions
-        g["slot_mapping"].fill_(-1)
-        g["slot_mapping"][:n] = meta.slot_mapping
-        g["context_lens"].fill_(1)
-        g["context_lens"][:n] = meta.context_lens
-        g["block_tables"].fill_(-1)
-        g["block_tables"][:n, :meta.block_tables.shape[1]] = meta.block_tables
-        self.graphs[bucket].replay()
-        return self.graph_outputs[:n]
-
     def close(self):
         for m in self._attention_layers():
             m.k_cache = m.v_cache = torch.tensor([])
-        self.graphs.clear()
-        self.fused_step = None  # its packed weights, and its pointers into the cache just freed
+        self.forward_strategy.close()  # graphs, packed copies, its pointers into the cache just freed
         del self.model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -28,10 +28,6 @@ class CausalLM(nn.Module):
     random_presets: dict[str, dict] = {}
     # checkpoint name fragment -> (fused parameter fragment, shard id)
     packed_modules_mapping: dict[str, tuple[str, str | int]] = {}
-    # fused_step: a class whose instance(model, block_size) runs a step's whole forward pass on a
-    # CPU in C, (input_ids, positions, meta) -> logits, like ModelRunner.forward, and whose static
-    # check() raises ConfigError where it cannot build; None: the architecture has none
-    fused_step = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -6,7 +6,6 @@ from torch import nn
 
 from nvllm.hookspecs import hookimpl
 from nvllm.models.base import CausalLM, ModelConfig
-from nvllm.models.cpu_step import FusedStep
 from nvllm.models.layers.activation import SiluAndMul
 from nvllm.models.layers.attention import Attention
 from nvllm.models.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
@@ -100,7 +99,6 @@ class LlamaForCausalLM(CausalLM):
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
-    fused_step = FusedStep
     random_presets = {
         "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,

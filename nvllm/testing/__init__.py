@@ -11,10 +11,11 @@ The component is looked up by name after `load_plugins()`, so the suites also pr
 package's entry point registers it. Needs pytest (nvllm's `dev` extra)."""
 from nvllm.testing.attention import ATTENTION_CASES, AttentionSuite, attention_metadata, paged_block_tables
 from nvllm.testing.common import ComponentSuite
+from nvllm.testing.forward import ForwardSuite
 from nvllm.testing.kv_cache import KVCacheSuite
 from nvllm.testing.model import ModelSuite, hf_greedy
 from nvllm.testing.sampler import SamplerSuite
 from nvllm.testing.scheduler import SchedulerSuite, Workload
 
-__all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "KVCacheSuite", "ModelSuite", "SamplerSuite", "SchedulerSuite",
+__all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "ForwardSuite", "KVCacheSuite", "ModelSuite", "SamplerSuite", "SchedulerSuite",
            "Workload", "attention_metadata", "hf_greedy", "paged_block_tables"]

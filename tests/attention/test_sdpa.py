@@ -2,6 +2,7 @@
 kernels return one), decode's gathered copy bounded at any batch and table width, and the KV
 cache sized for decode at the largest CUDA-graph bucket as well as for the largest prefill."""
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -68,16 +69,22 @@ def test_sizing_measures_decode_at_the_largest_bucket(tiny_qwen3_path):
     from transformers import AutoConfig
 
     from nvllm.config import Config, EngineConfig, compose
-    from nvllm.engine.model_runner import ModelRunner, graph_batch_sizes, warmup_steps
+    from nvllm.engine.model_runner import ModelRunner, warmup_steps
+    from nvllm.forward.cudagraph import CUDAGraphForward, graph_batch_sizes
+    from nvllm.forward.eager import EagerForward
 
-    graphs = dataclasses.replace(EngineConfig(), cudagraph="true", max_num_seqs=512, max_model_len=4096,
-                                 max_num_batched_tokens=16384)  # what auto resolves to on CUDA
-    prefill, decode = warmup_steps(graphs, 16)
+    def strategy(cls, config):  # its decode_batch only: no model, no CUDA
+        s = cls.__new__(cls)
+        s.runner, s.sizes = SimpleNamespace(config=config), graph_batch_sizes(config.max_num_seqs)
+        return s
+
+    cuda = dataclasses.replace(EngineConfig(), max_num_seqs=512, max_model_len=4096,
+                               max_num_batched_tokens=16384)  # what auto resolves to on CUDA
+    prefill, decode = warmup_steps(cuda, 16, strategy(CUDAGraphForward, cuda).decode_batch)
     assert sum(len(t) for t, _, _ in prefill) == 16384
     assert len(decode) == graph_batch_sizes(512)[-1] == 512
     assert all(start + len(t) == 4096 and len(table) == 256 for t, start, table in decode)
-    eager = dataclasses.replace(graphs, cudagraph="false", max_num_seqs=64)
-    assert len(warmup_steps(eager, 16)[1]) == 64
+    assert strategy(EagerForward, dataclasses.replace(cuda, max_num_seqs=64)).decode_batch == 64
 
     cfg = compose(model=tiny_qwen3_path, attention="sdpa", device="cpu", dtype="float32", max_num_seqs=12,
                   max_num_batched_tokens=128, max_model_len=128, kv_cache={"num_blocks": 8, "block_size": 8})

@@ -146,7 +146,9 @@ def test_cli_tp2(tmp_path, tiny_qwen3_path):
     import json
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["effective_config"]["tp"] == 2 and metrics["effective_config"]["cudagraph"] == "false"
+    effective = metrics["effective_config"]
+    assert effective["tp"] == 2 and effective["cudagraph"] is False and effective["forward"]["name"] == "eager"
+    assert "passed over fused_cpu: it runs one process and this run has tp=2" in effective["forward_auto"]
 
 
 def test_torchrun_launch(tmp_path, tiny_qwen3_path):

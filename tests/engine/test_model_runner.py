@@ -1,12 +1,13 @@
-"""Model-runner logic that CUDA graphs depend on, checked on the CPU: bucket choice and padded
-decode inputs compute the same logits and leave the allocator's cache blocks alone."""
+"""Model-runner logic that CUDA graphs depend on, checked on the CPU: bucket choice (forward=cudagraph)
+and padded decode inputs compute the same logits and leave the allocator's cache blocks alone."""
 import random
 
 import pytest
 import torch
 
 from nvllm import LLM, SamplingParams
-from nvllm.engine.model_runner import graph_batch_sizes, graph_bucket, step_inputs
+from nvllm.engine.model_runner import step_inputs
+from nvllm.forward.cudagraph import graph_batch_sizes, graph_bucket
 from tests.conftest import hf_greedy
 
 
@@ -71,9 +72,9 @@ def test_cudagraph_matches_eager_on_cuda(tiny_qwen3_path, attention):
     prompts = [[rng.randrange(512) for _ in range(n)] for n in (1, 5, 30, 70, 9)]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     tokens = {}
-    for cudagraph in ("false", "true"):
-        with LLM(tiny_qwen3_path, device="cuda", dtype="float32", cudagraph=cudagraph, attention=attention,
+    for forward in ("eager", "cudagraph"):
+        with LLM(tiny_qwen3_path, device="cuda", dtype="float32", forward=forward, attention=attention,
                  max_num_seqs=16, kv_cache={"block_size": 16}, max_model_len=256, max_num_batched_tokens=512) as llm:
-            tokens[cudagraph] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-            assert bool(llm.engine.model_runner.graphs) == (cudagraph == "true")
-    assert tokens["true"] == tokens["false"]
+            tokens[forward] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+            assert bool(getattr(llm.engine.model_runner.forward_strategy, "graphs", None)) == (forward == "cudagraph")
+    assert tokens["cudagraph"] == tokens["eager"]

@@ -1,4 +1,4 @@
-"""fused_step (nvllm/models/cpu_step.c): the C forward pass computes what the torch modules
+"""forward=fused_cpu (nvllm/kernels/cpu_step.c): the C forward pass computes what the torch modules
 compute — the same logits (to float32 rounding) and the same K/V written to the cache — for every
 Llama-family variant, in prefill (whole, and split into calls of a few rows) and decode, at batch
 sizes that exercise each tile shape."""
@@ -10,7 +10,8 @@ import torch
 from nvllm import LLM, SamplingParams
 from nvllm.errors import ConfigError
 from nvllm.engine.model_runner import step_inputs
-from nvllm.models import cpu_step
+from nvllm.forward import fused_cpu
+from nvllm.forward.eager import EagerForward
 from nvllm.tools.checkpoint import make_random_checkpoint
 from tests.models.test_architectures import VARIANTS
 
@@ -20,15 +21,12 @@ def compare_step(runner, seqs):
     inputs = runner.prepare(step_inputs(seqs))
     layers = runner._attention_layers()
     before = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
-    fused = runner.fused_step(*inputs)
+    fused = runner.forward(*inputs)
     after_fused = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
     for m, (k, v) in zip(layers, before):
         m.k_cache.copy_(k), m.v_cache.copy_(v)
-    step, runner.fused_step = runner.fused_step, None
-    try:
-        plain = runner.forward(*inputs)
-    finally:
-        runner.fused_step = step
+    with torch.inference_mode():
+        plain = EagerForward.__call__(runner.forward_strategy, *inputs)  # the same step through the torch modules
     for m, (k, v) in zip(layers, after_fused):
         torch.testing.assert_close(k, m.k_cache, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(v, m.v_cache, rtol=1e-5, atol=1e-5)
@@ -39,13 +37,13 @@ def compare_step(runner, seqs):
 @pytest.mark.parametrize("variant", ["llama", "llama-bias", "llama3-rope-scaling", "qwen3", "qwen2"])
 @pytest.mark.parametrize("num_seqs", [1, 2, 7])
 def test_step_matches_the_torch_modules(variant, num_seqs, tmp_path, monkeypatch):
-    monkeypatch.setattr(cpu_step, "CHUNK", 16 if num_seqs == 7 else cpu_step.CHUNK)  # prefill in several calls
+    monkeypatch.setattr(fused_cpu, "CHUNK", 16 if num_seqs == 7 else fused_cpu.CHUNK)  # prefill in several calls
     spec = dict(VARIANTS[variant])
     path = make_random_checkpoint(spec.pop("arch"), str(tmp_path), preset="tiny", seed=5, **spec)
     rng = random.Random(num_seqs)
     prompts = [[rng.randrange(512) for _ in range(rng.randint(1, 70))] for _ in range(num_seqs)]
     with LLM(path, kv_cache={"block_size": 8}, max_model_len=128, max_num_batched_tokens=512,
-             fused_step=True) as llm:
+             forward="fused_cpu") as llm:
         engine, runner = llm.engine, llm.engine.model_runner
         for i, p in enumerate(prompts):
             engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=4))
@@ -60,33 +58,35 @@ def test_step_matches_the_torch_modules(variant, num_seqs, tmp_path, monkeypatch
 
 
 def test_auto_picks_it_where_it_runs(tiny_qwen3_path):
-    """fused_step=auto runs the C step where it can; onednn=auto packs oneDNN's copy of the weights
-    only where the C step does not run."""
+    """forward=auto runs the C step where it can, and says why it passed over it elsewhere; eager's
+    onednn=auto packs oneDNN's copy of the weights (the C step packs its own)."""
     def packed(llm):
         return any(getattr(m, "packed", None) is not None for m in llm.engine.model_runner.model.modules())
 
     with LLM(tiny_qwen3_path) as llm:
-        assert llm.engine.config.fused_step == "true" and llm.engine.config.onednn == "false"
-        assert llm.engine.model_runner.fused_step is not None and not packed(llm)
-    for overrides in (dict(attention="sdpa"), dict(compile=True), dict(fused_step=False)):
+        assert llm.engine.config.forward.name == "fused_cpu" and not packed(llm)
+        assert llm.engine.config.forward_choice.startswith("forward=auto chose fused_cpu (cpu, float32, tp=1")
+    for overrides, why in ((dict(attention="sdpa"), "it computes attention=cpu's kernel"),
+                           (dict(compile=True), "compile=true compiles the torch modules")):
         with LLM(tiny_qwen3_path, **overrides) as llm:
-            assert llm.engine.config.fused_step == "false" and llm.engine.config.onednn == "true", overrides
-            assert llm.engine.model_runner.fused_step is None and packed(llm)
-    with LLM(tiny_qwen3_path, onednn=True) as llm:  # asked for: both
-        assert llm.engine.model_runner.fused_step is not None and packed(llm)
+            config = llm.engine.config
+            assert config.forward == EagerForward.Config(onednn=True) and packed(llm), overrides
+            assert f"passed over fused_cpu: {why}" in config.forward_choice
+    with LLM(tiny_qwen3_path, forward={"name": "eager", "onednn": False}) as llm:  # asked for: plain F.linear
+        assert llm.engine.config.forward_choice is None and not packed(llm)
 
 
 def test_long_prefill_through_torch_then_decode_in_c(tiny_qwen3_path, monkeypatch):
-    """A prefill longer than MAX_PREFILL_CONTEXT runs through the torch modules (SDPA) and its
-    decode in C: the two write the same cache, so the tokens stay Hugging Face's."""
+    """A prefill longer than forward.max_prefill_context runs through the torch modules (SDPA) and
+    its decode in C: the two write the same cache, so the tokens stay Hugging Face's."""
     from tests.conftest import hf_greedy
 
-    monkeypatch.setattr(cpu_step, "MAX_PREFILL_CONTEXT", 20)
     rng = random.Random(3)
     prompts = [[rng.randrange(512) for _ in range(n)] for n in (5, 40, 90)]
     calls = []
-    with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=256, max_num_batched_tokens=512) as llm:
-        step = llm.engine.model_runner.fused_step
+    with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=256, max_num_batched_tokens=512,
+             forward={"name": "fused_cpu", "max_prefill_context": 20}) as llm:
+        step = llm.engine.model_runner.forward_strategy
         runs = step.runs
         monkeypatch.setattr(step, "runs", lambda meta: calls.append(runs(meta)) or calls[-1])
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
@@ -94,12 +94,13 @@ def test_long_prefill_through_torch_then_decode_in_c(tiny_qwen3_path, monkeypatc
     assert [o.token_ids for o in outs] == hf_greedy(tiny_qwen3_path, prompts, 12)
 
 
-def test_auto_stays_off_where_it_cannot_build(tiny_qwen3_path, monkeypatch):
+def test_auto_passes_it_over_where_it_cannot_build(tiny_qwen3_path, monkeypatch):
     def cannot_build():
-        raise ConfigError("fused_step: compiling cpu_step.c failed")
+        raise ConfigError("forward=fused_cpu: compiling cpu_step.c failed")
 
-    monkeypatch.setattr(cpu_step.FusedStep, "check", staticmethod(cannot_build))
+    monkeypatch.setattr(fused_cpu, "kernel", cannot_build)
     with LLM(tiny_qwen3_path) as llm:
-        assert llm.engine.config.fused_step == "false" and llm.engine.model_runner.fused_step is None
-    with pytest.raises(ConfigError, match="fused_step=true cannot run here: fused_step: compiling cpu_step.c failed"):
-        LLM(tiny_qwen3_path, fused_step=True)
+        assert llm.engine.config.forward.name == "eager"
+        assert "passed over fused_cpu: forward=fused_cpu: compiling cpu_step.c failed" in llm.engine.config.forward_choice
+    with pytest.raises(ConfigError, match="forward=fused_cpu cannot run here: forward=fused_cpu: compiling cpu_step.c failed"):
+        LLM(tiny_qwen3_path, forward="fused_cpu")

@@ -1,8 +1,7 @@
-/* Decode attention straight from the paged KV cache on a CPU: one query token per sequence.
- *
- * Compiled on first use by nvllm/attention/cpu.py (cc -O3 -march=native -ffast-math -fopenmp) and called
- * through ctypes with the tensors' data pointers. It reads each cached K/V row once, where the
- * pure-torch path first gathers every sequence's blocks into a padded copy and then reads that.
+/* Paged decode attention on a CPU, float32: the code shared by attention=cpu (cpu_decode.c) and
+ * forward=fused_cpu (cpu_step.c). Each query row reads its sequence's cached K/V in place through
+ * the block table, where the pure-torch path first gathers every sequence's blocks into a padded
+ * copy and then reads that.
  *
  * Shapes (all contiguous, float32):
  *   q            [num_seqs, num_heads, head_dim]        this step's query, rotary applied
@@ -14,7 +13,10 @@
  * rows h*group .. h*group+group-1, so every K/V row is loaded once for the whole group.
  * Softmax is taken the plain way, in two passes over a scratch row of scores (float32, no running
  * rescale). -ffast-math lets gcc vectorise the reductions and expf; no value here is inf or NaN
- * (the row maximum starts from the first score), so only the summation order differs from torch. */
+ * (the row maximum starts from the first score), so only the summation order differs from torch.
+ * Everything here is static: each kernel that includes it gets its own copy. */
+#ifndef NVLLM_PAGED_ATTENTION_H
+#define NVLLM_PAGED_ATTENTION_H
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -123,22 +125,4 @@ static float *score_scratch(int64_t floats, int *failed)
     return scores;
 }
 
-int nvllm_paged_decode_attention(const float *q, const float *k_cache, const float *v_cache,
-                                 const int32_t *block_tables, int64_t table_width,
-                                 const int32_t *context_lens, int64_t num_seqs, int64_t num_heads,
-                                 int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
-                                 float scale, float *out, int num_threads)
-{
-    const int64_t scratch = num_heads / num_kv_heads * longest(context_lens, num_seqs) + 1;
-    int failed = 0;
-#pragma omp parallel num_threads(num_threads)
-    {
-        float *scores = score_scratch(scratch, &failed);
-#pragma omp barrier
-        if (!failed)
-            paged_attention(q, k_cache, v_cache, block_tables, table_width, context_lens, num_seqs, num_heads,
-                            num_kv_heads, head_dim, block_size, scale, out, scores);
-        free(scores);
-    }
-    return failed ? -1 : 0;
-}
+#endif

@@ -1,7 +1,7 @@
 /* A step's whole forward pass of a Llama-family decoder (SmolLM2, Llama 2/3, Qwen2/3) on a CPU,
  * float32, in a single call: embedding, every layer (RMSNorm, QKV, QK-norm, rotary, KV-cache store,
  * paged attention, O, RMSNorm, gate/up, SiLU, down) and the LM head. It computes what
- * models/llama.py computes, operation for operation; only the order of the terms inside a matmul's
+ * nvllm/models/llama.py computes, operation for operation; only the order of the terms inside a matmul's
  * sums differs (here: k in order, for every output).
  *
  * Why it exists: at one to a few sequences every torch operation is tiny, so a step is ~1,000
@@ -9,11 +9,11 @@
  * at about half the machine's bandwidth. Here each packed weight panel is read once per call for
  * all of its rows, and one OpenMP parallel region covers the whole call.
  *
- * Compiled on first use by nvllm/models/cpu_step.py (the same compiler set-up as attention=cpu,
- * whose paged attention it includes) and called through ctypes. The cache is the torch modules'
- * [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed copies (see
- * `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out. */
-#include "../attention/cpu_decode.c"
+ * Compiled on first use by nvllm/kernels/__init__.py and called through ctypes by forward=fused_cpu
+ * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h). The cache is
+ * the torch modules' [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed
+ * copies (see `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out. */
+#include "paged_attention.h"
 
 #include <string.h>
 
@@ -32,7 +32,7 @@ typedef struct {
     const Layer *layers;
 } Model;
 
-/* Weights are packed once (cpu_step.py `pack`) into panels of 16 output rows laid out k-major:
+/* Weights are packed once (fused_cpu.py `pack`) into panels of 16 output rows laid out k-major:
  * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream. */
 #define PANEL 16
 #define SEQS 6 /* input rows per tile: 6 x 2 vectors = 12 sums in registers */
@@ -125,7 +125,7 @@ static void add_norm(float *h, float *residual, const float *w, const Model *m, 
  * context length (its position + 1), so a decode step has a row per sequence and a prefill a row
  * per prompt token, all of whose K/V are stored before any row attends. Rows may come in several
  * calls (a long prefill in chunks): a later call reads the earlier rows' K/V from the cache.
- * logits: [num_logits, vocab] for rows logit_rows. work: cpu_step.py sizes it.
+ * logits: [num_logits, vocab] for rows logit_rows. work: fused_cpu.py sizes it.
  * Returns 0, or -1 when a thread's attention scratch could not be allocated. */
 int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *positions, const int64_t *slots,
                      const int32_t *block_tables, int64_t table_width, const int32_t *context_lens, int64_t B,

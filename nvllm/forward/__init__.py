@@ -1,0 +1,1 @@
+"""How a step's forward pass runs: one strategy per module (base.py holds the contract)."""

@@ -1,0 +1,81 @@
+"""The forward family: how a step's forward pass runs, from packed inputs to logits.
+
+The model runner loads the model, builds the attention backend, packs each step's inputs and
+samples; what lies between — running the model's torch modules (`eager`), replaying a captured
+decode CUDA graph (`cudagraph`), one C call for the whole step (`fused_cpu`) — is a forward
+strategy. `forward=auto` takes the best-ranked one whose `check` passes where the run happens
+(nvllm/auto.py). A strategy's life in the runner:
+
+    cls.check(target)          can it run here? raise ConfigError naming the reason and the fix
+    cls.resolve(config, target)  its Config with every `auto` option filled in (metrics.json shows it)
+    strategy = cls(config, runner)  after the weights are loaded and the attention backend built
+    strategy.decode_batch      the largest decode batch it runs (the KV-cache sizing warms up with it)
+    strategy.bind_kv_cache()   once the cache is allocated: capture graphs, take pointers into it
+    strategy(input_ids, positions, meta) -> logits at `logits_rows(meta)`, every step
+    strategy.close()"""
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from nvllm.attention.base import AttentionMetadata
+
+
+@dataclass(frozen=True)
+class ForwardTarget:
+    """What a strategy's `check` and `resolve` see: where the run happens and what else it chose."""
+    device: torch.device
+    dtype: torch.dtype
+    tp: int
+    # the architecture class (a nvllm.models.base.CausalLM subclass)
+    model: type
+    # the attention backend's name, after attention=auto
+    attention: str
+    # compile=true: the torch modules' hot pieces are torch.compile'd
+    compile: bool
+
+
+def logits_rows(meta: AttentionMetadata) -> torch.Tensor:
+    """The packed rows whose logits a step returns: each sequence's last query token."""
+    return meta.cu_seqlens_q[1:].long() - 1
+
+
+class ForwardStrategy(ABC):
+    name: ClassVar[str]
+    # forward=auto's order of preference per device type ("cuda", "cpu"), lowest first; a strategy
+    # that does not rank a device type is never auto's choice there (but may be asked for)
+    auto_rank: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    def check(cls, target: ForwardTarget) -> None:
+        """Raise ConfigError naming the reason and the fix where this strategy cannot run."""
+
+    @classmethod
+    def resolve(cls, config, target: ForwardTarget):
+        """`config` with its `auto` options decided for `target` (refusing those that cannot be)."""
+        return config
+
+    def __init__(self, config, runner):
+        """`runner`: the engine's ModelRunner, its model loaded and attention backend built; the
+        KV cache does not exist yet."""
+        self.config = config
+        self.runner = runner
+        self.model = runner.model
+
+    @property
+    def decode_batch(self) -> int:
+        """The largest decode batch this strategy runs."""
+        c = self.runner.config
+        return min(c.max_num_seqs, c.max_num_batched_tokens)
+
+    def bind_kv_cache(self) -> None:
+        """Called once the KV cache is allocated (and before the first step)."""
+
+    @abstractmethod
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
+        """Logits [len(logits_rows(meta)), vocab] (None on a tensor-parallel worker); writes this
+        step's K/V into the cache."""
+
+    def close(self) -> None:
+        """Drop what the strategy holds (graphs, packed copies, pointers into the cache)."""

@@ -1,0 +1,178 @@
+"""forward=fused_cpu: a Llama-family step's whole forward pass as one C call on a CPU
+(nvllm/kernels/cpu_step.c), float32, in place of the torch modules' ~1,000 small operations a
+step. Decode steps run as one call; a prefill runs as calls of at most CHUNK token rows (its rows
+read each other's K/V through the cache) unless its context is longer than
+`forward.max_prefill_context`, where the torch modules (forward=eager, SDPA) are faster. It reads
+the model's norms, biases and KV cache in place and its matmul weights from packed copies made
+once, and returns the logits of the sampled rows only. Its attention is attention=cpu's kernel
+(nvllm/kernels/paged_attention.h), so it runs with attention=cpu."""
+import ctypes
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from nvllm.errors import ConfigError
+from nvllm.forward.base import ForwardTarget, logits_rows
+from nvllm.forward.eager import EagerForward
+from nvllm.hookspecs import hookimpl
+from nvllm.kernels import load_library
+from nvllm.models.llama import LlamaForCausalLM
+
+_ptr, _i64, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, _ptr) for name in (
+        "input_norm", "qkv", "qkv_bias", "q_norm", "k_norm", "o", "o_bias",
+        "post_norm", "gate_up", "gate_up_bias", "down", "down_bias", "k_cache", "v_cache")]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [(name, _i64) for name in (
+        "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate", "vocab", "num_layers", "block_size")] + [
+        ("eps", _f32), ("scale", _f32),
+        ("embed", _ptr), ("norm", _ptr), ("lm_head", _ptr), ("cos_sin", _ptr), ("layers", ctypes.POINTER(_Layer))]
+
+
+@functools.cache
+def kernel():
+    """The compiled `nvllm_llama_step`."""
+    fn = load_library("cpu_step.c", "forward=fused_cpu", "forward=eager").nvllm_llama_step
+    fn.argtypes = [ctypes.POINTER(_Model), _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _ptr, _i64, _ptr, _ptr,
+                   ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+PANEL = 16  # cpu_step.c's PANEL
+CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """[N, K] -> panels of 16 rows, k-major ([ceil(N/16), K, 16], zero rows past N): the layout
+    cpu_step.c's `linear` streams."""
+    n, k = weight.shape
+    padded = torch.zeros(-(-n // PANEL) * PANEL, k, dtype=weight.dtype)
+    padded[:n] = weight.detach()
+    return padded.view(-1, PANEL, k).transpose(1, 2).contiguous()
+
+
+def _p(t: torch.Tensor | None) -> int | None:
+    if t is None:
+        return None
+    assert t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
+    return t.data_ptr()
+
+
+class FusedCPUForward(EagerForward):
+    """A Llama-family step as one C call (float32 CPU, attention=cpu, tp=1); long prefills run eagerly."""
+
+    name = "fused_cpu"
+    auto_rank = {"cpu": 0}
+
+    @dataclass
+    class Config:
+        name: str = "fused_cpu"
+        # longest context of a prefill the C step runs (each row attends over its whole context from
+        # the cache, so long prompts cost more here than in SDPA); longer prefills run eagerly
+        max_prefill_context: int = 512
+
+        def __post_init__(self):
+            if isinstance(self.max_prefill_context, bool) or self.max_prefill_context < 0:
+                raise ConfigError(f"forward.max_prefill_context={self.max_prefill_context!r} is not allowed: "
+                                  f"use an integer >= 0 (0: every prefill runs eagerly)")
+
+    @classmethod
+    def check(cls, target: ForwardTarget) -> None:
+        dtype = str(target.dtype).removeprefix("torch.")
+        if not issubclass(target.model, LlamaForCausalLM):
+            why = f"model={target.model.name} is not a Llama-family decoder (the modules cpu_step.c reads)"
+        elif target.device.type != "cpu" or target.dtype != torch.float32:
+            why = f"it is a float32 CPU kernel and this run is {dtype} on {target.device.type}"
+        elif target.tp != 1:
+            why = f"it runs one process and this run has tp={target.tp}"
+        elif target.attention != "cpu":
+            why = f"it computes attention=cpu's kernel and this run chose attention={target.attention}"
+        elif target.compile:
+            why = "compile=true compiles the torch modules, which it does not run"
+        else:
+            kernel()  # raises ConfigError naming the fix where the C step does not compile
+            return
+        raise ConfigError(f"{why}; use forward=eager or auto")
+
+    def __init__(self, config, runner):
+        super().__init__(config, runner)
+        self.fn = kernel()
+        self.packed: list[torch.Tensor] = []  # the packed copies the step reads (kept alive here)
+
+    def bind_kv_cache(self):
+        """Pack the matmul weights and point the C model at the weights and this cache."""
+        model = self.model
+        decoder, first = model.model, model.model.layers[0]
+        attn0 = first.self_attn
+
+        def packed(weight):
+            self.packed.append(pack(weight))
+            return _p(self.packed[-1])
+
+        layers = []
+        for layer in decoder.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            layers.append(_Layer(
+                _p(layer.input_layernorm.weight), packed(a.qkv_proj.weight), _p(a.qkv_proj.bias),
+                _p(a.q_norm.weight) if a.qk_norm else None, _p(a.k_norm.weight) if a.qk_norm else None,
+                packed(a.o_proj.weight), _p(a.o_proj.bias), _p(layer.post_attention_layernorm.weight),
+                packed(mlp.gate_up_proj.weight), _p(mlp.gate_up_proj.bias), packed(mlp.down_proj.weight),
+                _p(mlp.down_proj.bias), _p(a.attn.k_cache), _p(a.attn.v_cache)))
+        self.layers = (_Layer * len(layers))(*layers)
+        eps = {layer.input_layernorm.eps for layer in decoder.layers}
+        assert len(eps) == 1
+        self.vocab = decoder.embed_tokens.vocab_size
+        self.c_model = _Model(
+            decoder.embed_tokens.weight.shape[1], attn0.num_heads, attn0.num_kv_heads, attn0.head_dim,
+            first.mlp.down_proj.weight.shape[1], self.vocab, len(decoder.layers), self.runner.block_size,
+            eps.pop(), attn0.attn.scale, _p(decoder.embed_tokens.weight), _p(decoder.norm.weight),
+            packed(model.lm_head.weight[:self.vocab]), _p(attn0.rotary_emb.cos_sin_cache), self.layers)
+        m = self.c_model
+        q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
+        self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate
+
+    def runs(self, meta) -> bool:
+        """Whether the C step takes this step (else the torch modules do)."""
+        return meta.is_decode or max(meta.context_lens_host) <= self.config.max_prefill_context
+
+    def __call__(self, input_ids, positions, meta):
+        if not self.runs(meta):
+            return super().__call__(input_ids, positions, meta)
+        n = input_ids.shape[0]
+        last = logits_rows(meta)
+        if meta.is_decode:
+            tables, context_lens = meta.block_tables, meta.context_lens
+        else:  # a row per token: its sequence's block table, and the tokens up to it as context
+            per_row = torch.tensor(meta.query_lens)
+            tables = meta.block_tables.repeat_interleave(per_row, dim=0)
+            context_lens = (positions + 1).to(torch.int32)
+        logits = torch.empty(len(last), self.vocab, dtype=torch.float32)
+        work = torch.empty(min(n, CHUNK) * self.work_per_seq, dtype=torch.float32)
+        for start in range(0, n, CHUNK):
+            end = min(start + CHUNK, n)
+            sampled = ((last >= start) & (last < end)).nonzero().flatten()
+            rows = last[sampled] - start
+            out = logits[sampled[0]:sampled[-1] + 1] if len(sampled) else logits[:0]
+            status = self.fn(ctypes.byref(self.c_model), input_ids[start:].data_ptr(), positions[start:].data_ptr(),
+                             meta.slot_mapping[start:].data_ptr(), tables[start:].data_ptr(), tables.shape[1],
+                             context_lens[start:].data_ptr(), end - start, rows.data_ptr(), len(rows),
+                             work.data_ptr(), out.data_ptr(), torch.get_num_threads())
+            if status != 0:
+                raise MemoryError("forward=fused_cpu: the step could not allocate its attention scores")
+        return logits
+
+    def close(self):
+        self.packed.clear()
+        self.layers = self.c_model = None  # pointers into the weights and the cache
+
+
+@hookimpl
+def register_forward_strategies(register):
+    register(FusedCPUForward)

@@ -1,0 +1,67 @@
+"""The C kernels nvllm runs on a CPU, in one place because more than one family uses them:
+
+- paged_attention.h  decode attention straight from the paged cache (shared code)
+- cpu_decode.c       attention=cpu's decode kernel (nvllm/attention/cpu.py)
+- cpu_step.c         a Llama-family step's whole forward pass, forward=fused_cpu (nvllm/forward/fused_cpu.py)
+
+Each .c is compiled on first use with the system's C compiler and OpenMP into a per-user cache,
+keyed on its source (and its quoted includes), the compiler, the flags and the CPU, and loaded
+with ctypes."""
+import hashlib
+import os
+import platform
+import re
+import shutil
+import subprocess
+from ctypes import CDLL
+from pathlib import Path
+
+from nvllm.errors import ConfigError
+
+HERE = Path(__file__).parent
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+
+
+def _cpu_signature() -> str:
+    """Compiled with -march=native: a cached build is only reused on a CPU with the same flags."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def kernel_cache_dir() -> Path:
+    return Path(os.environ.get("NVLLM_CACHE", Path.home() / ".cache" / "nvllm")) / "kernels"
+
+
+def load_library(name: str, what: str, instead: str) -> CDLL:
+    """nvllm/kernels/`name` compiled once per source text (and its own "quoted" includes'),
+    compiler and CPU into the kernel cache, and loaded. `what` names the choice that needs it
+    (attention=cpu) and `instead` the one that needs no compiler (attention=sdpa), for the
+    error message."""
+    source = HERE / name
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or shutil.which(compiler) is None:
+        raise ConfigError(f"{what} compiles a small C kernel on first use and found no C compiler "
+                          f"(cc, gcc or $CC); install one (Debian: apt install gcc) or use {instead}")
+    text = source.read_bytes()
+    includes = re.findall(rb'^#include "([^"]+)"', text, re.MULTILINE)
+    texts = [text] + [(HERE / include.decode()).read_bytes() for include in includes]
+    key = hashlib.sha256(b"\0".join([*texts, compiler.encode(), " ".join(FLAGS).encode(),
+                                     platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
+    library = kernel_cache_dir() / f"{source.stem}-{key}.so"
+    if not library.is_file():
+        library.parent.mkdir(parents=True, exist_ok=True)
+        partial = library.with_name(f"{library.name}.{os.getpid()}.tmp")  # concurrent builds never collide
+        proc = subprocess.run([compiler, *FLAGS, str(source), "-o", str(partial), "-lm"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise ConfigError(f"{what}: compiling {source} with {compiler} failed (exit status "
+                              f"{proc.returncode}):\n{proc.stderr[-3000:]}\n"
+                              f"fix the compiler set-up (it needs OpenMP: gcc's libgomp) or use {instead}")
+        os.replace(partial, library)
+    return CDLL(str(library))
