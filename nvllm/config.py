@@ -1,16 +1,19 @@
-"""The configuration at the edge: the schema Hydra composes against, the typed `Config` an engine is
-built from (one conversion, `Config.from_cfg`), its `auto` resolution, and the compose helper the
-Python API shares with the CLI."""
+"""The configuration at the edge: `setup()`, which loads the plugins and stores the schema and every
+component's Config in Hydra's ConfigStore; the schema Hydra composes against; the typed `Config` an
+engine is built from (one conversion, `Config.from_cfg`), its `auto` resolution; and the compose
+helper the Python API shares with the CLI."""
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, ValidationError
 
+from nvllm import registry
 from nvllm.attention.select import AUTO, select_backend
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
 from nvllm.metrics import MetricsConfig, SLOConfig
+from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 
 GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "workload")
@@ -92,7 +95,7 @@ class Schema(EngineConfig):
     """The primary config's schema (stored in the ConfigStore as `nvllm_schema`, first in
     conf/config.yaml's defaults list): Hydra checks every key's type when it composes, so
     `max_num_seqs=abc` or `compile=maybe` is refused naming the key. The groups are typed by their
-    components' own Config dataclasses, stored when the components register."""
+    components' own Config dataclasses, which `setup()` stores beside it."""
     model: Any = None
     scheduler: Any = None
     kv_cache: Any = None
@@ -113,10 +116,44 @@ class Schema(EngineConfig):
     repeat: int = 0
 
 
-def store_schema():
+_stored = False
+
+
+def setup() -> None:
+    """The one place the components meet Hydra, called by every entry point before Hydra composes
+    (`python -m nvllm.run`, also in its task function since a launcher's job process starts without
+    the module body; `python -m nvllm.serve`; `compose()`, and so `LLM(...)`). Loads the plugins,
+    then stores in Hydra's ConfigStore the schema (`nvllm_schema`) and each registered component's
+    Config under its family's group, so `<family>=<name>` composes, shows in `--help` and sweeps.
+    Once per process: a component registered later is not stored."""
+    global _stored
+    load_plugins()
+    if _stored:
+        return
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="nvllm_schema", node=Schema, provider="nvllm")
+    store = ConfigStore.instance()
+    store.store(name="nvllm_schema", node=Schema, provider="nvllm")
+    for family in registry.FAMILIES:
+        for name in registry.names(family):
+            # the stored node has `name` filled in, so the composed group says which class to build
+            store.store(group=family, name=name, node=registry.get(family, name).Config(name=name),
+                        provider=registry.origin(family, name))
+    _stored = True
+
+
+def typed_config(family: str, cfg) -> object:
+    """A composed group node (DictConfig, dict or a name) as the component's own Config dataclass;
+    a field of the wrong type or out of range is a ConfigError naming the key."""
+    if isinstance(cfg, str):
+        cfg = {"name": cfg}
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cls = registry.get(family, cfg.get("name"))
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), cfg))
+    except (ValidationError, AssertionError, ValueError, TypeError) as e:
+        raise ConfigError(f"{family}={cls.name}: {e}".strip()) from None
 
 
 @dataclass
@@ -134,12 +171,8 @@ class Config(EngineConfig):
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> "Config":
-        from nvllm import registry
-        from nvllm.plugins import load_plugins
-
-        load_plugins()  # a launcher's job process (joblib, submitit) starts without them
         switches = {f.name: cfg[f.name] for f in fields(EngineConfig) if f.name in cfg}
-        components = {family: registry.typed_config(family, cfg[family]) for family in registry.FAMILIES
+        components = {family: typed_config(family, cfg[family]) for family in registry.FAMILIES
                       if not (family == "attention" and cfg.attention.name == AUTO)}  # resolve() chooses it
         return cls(**switches, attention=components.pop("attention", AUTO), **components)
 
@@ -238,9 +271,7 @@ def compose(**overrides) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from nvllm.plugins import load_plugins
-
-    load_plugins()
+    setup()
     model = overrides.get("model")
     if isinstance(model, str) and ("/" in model or os.path.isdir(model)):
         overrides["model"] = {"name": detect_architecture(model), "path": model}
@@ -265,8 +296,6 @@ def detect_architecture(path: str) -> str:
     """The registered architecture that runs the model_type in `path`/config.json."""
     import json
     from pathlib import Path
-
-    from nvllm import registry
 
     config_file = Path(path).expanduser() / "config.json"
     if not config_file.is_file():

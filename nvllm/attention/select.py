@@ -4,7 +4,6 @@ auto takes, among the registered backends that rank this device type in their `a
 best-ranked one whose `check(device, dtype, block_size)` passes: on CUDA flash_attn (when
 importable and the blocks allow it), else triton, else sdpa; on a CPU the `cpu` C kernel (when
 it compiles, float32), else sdpa. Falling back to sdpa prints a one-line notice saying why."""
-import dataclasses
 import sys
 
 import torch
@@ -21,7 +20,7 @@ def select_backend(cfg, device: torch.device, dtype: torch.dtype, block_size: in
     model is loaded."""
     name = cfg if isinstance(cfg, str) else getattr(cfg, "name", None) or cfg["name"]
     if name != AUTO:
-        config = cfg if dataclasses.is_dataclass(cfg) else registry.typed_config("attention", cfg)
+        config = registry.make_config("attention", cfg)
         registry.get("attention", config.name).check(device, dtype, block_size)
         return config, None
     backends = [registry.get("attention", n) for n in registry.names("attention")]
@@ -39,6 +38,6 @@ def select_backend(cfg, device: torch.device, dtype: torch.dtype, block_size: in
             note += "; passed over " + "; ".join(passed_over)
             if candidate == "sdpa":
                 print(f"nvllm: {note}", file=sys.stderr)
-        return registry.typed_config("attention", {"name": candidate}), note
+        return registry.make_config("attention", candidate), note
     raise ConfigError(f"attention=auto found no backend that runs on {device.type} in {dtype}: "
                       + ("; ".join(passed_over) or "none ranks this device type (auto_rank)"))
