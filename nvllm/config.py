@@ -1,13 +1,14 @@
-"""The configuration at the edge: the schema Hydra composes against, the typed `Config` an engine is
-built from (one conversion, `Config.from_cfg`), its `auto` resolution, and the compose helper the
-Python API shares with the CLI."""
+"""The configuration at the edge: `setup()`, which loads the plugins and stores the schema and every
+component's Config in Hydra's ConfigStore; the schema Hydra composes against; the typed `Config` an
+engine is built from (one conversion, `Config.from_cfg`), its `auto` resolution; and the compose
+helper the Python API shares with the CLI."""
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, ValidationError
 
 from nvllm import registry
 from nvllm.attention.select import select_backend
@@ -15,6 +16,7 @@ from nvllm.auto import AUTO, choose, tristate
 from nvllm.forward.base import ForwardTarget
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
 from nvllm.metrics import MetricsConfig, SLOConfig
+from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 
 GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "workload")
@@ -87,7 +89,7 @@ class Schema(EngineConfig):
     """The primary config's schema (stored in the ConfigStore as `nvllm_schema`, first in
     conf/config.yaml's defaults list): Hydra checks every key's type when it composes, so
     `max_num_seqs=abc` or `compile=maybe` is refused naming the key. The groups are typed by their
-    components' own Config dataclasses, stored when the components register."""
+    components' own Config dataclasses, which `setup()` stores beside it."""
     model: Any = None
     scheduler: Any = None
     kv_cache: Any = None
@@ -109,12 +111,46 @@ class Schema(EngineConfig):
     repeat: int = 0
 
 
-def store_schema():
+_stored = False
+
+
+def setup() -> None:
+    """The one place the components meet Hydra, called by every entry point before Hydra composes
+    (`python -m nvllm.run`, also in its task function since a launcher's job process starts without
+    the module body; `python -m nvllm.serve`; `compose()`, and so `LLM(...)`). Loads the plugins,
+    then stores in Hydra's ConfigStore the schema (`nvllm_schema`) and each registered component's
+    Config under its family's group, so `<family>=<name>` composes, shows in `--help` and sweeps.
+    Once per process: a component registered later is not stored."""
+    global _stored
+    load_plugins()
+    if _stored:
+        return
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="nvllm_schema", node=Schema, provider="nvllm")
+    store = ConfigStore.instance()
+    store.store(name="nvllm_schema", node=Schema, provider="nvllm")
+    for family in registry.FAMILIES:
+        for name in registry.names(family):
+            # the stored node has `name` filled in, so the composed group says which class to build
+            store.store(group=family, name=name, node=registry.get(family, name).Config(name=name),
+                        provider=registry.origin(family, name))
     if not OmegaConf.has_resolver("nvllm_components"):  # `--help` lists each component with one line on it
         OmegaConf.register_new_resolver("nvllm_components", components_help)
+    _stored = True
+
+
+def typed_config(family: str, cfg) -> object:
+    """A composed group node (DictConfig, dict or a name) as the component's own Config dataclass;
+    a field of the wrong type or out of range is a ConfigError naming the key."""
+    if isinstance(cfg, str):
+        cfg = {"name": cfg}
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    cls = registry.get(family, cfg.get("name"))
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), cfg))
+    except (ValidationError, AssertionError, ValueError, TypeError) as e:
+        raise ConfigError(f"{family}={cls.name}: {e}".strip()) from None
 
 
 def components_help() -> str:
@@ -154,20 +190,14 @@ class Config(EngineConfig):
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> "Config":
-        from nvllm import registry
-        from nvllm.plugins import load_plugins
-
-        load_plugins()  # a launcher's job process (joblib, submitit) starts without them
         switches = {f.name: cfg[f.name] for f in fields(EngineConfig) if f.name in cfg}
         components = {family: AUTO if cfg[family].name == AUTO and family in AUTO_FAMILIES  # resolve() chooses
-                      else registry.typed_config(family, cfg[family]) for family in registry.FAMILIES}
+                      else typed_config(family, cfg[family]) for family in registry.FAMILIES}
         return cls(**switches, **components)
 
     def resolve(self, hf_config) -> "Config":
         """The configuration that will really run: every `auto` replaced, every switch that cannot
         take effect here (or with this checkpoint) refused."""
-        from nvllm import registry
-
         arch = registry.get("model", self.model.name)
         if hf_config.model_type not in arch.hf_model_types:
             raise ConfigError(f"the checkpoint holds a {hf_config.model_type!r} model, which model={self.model.name} "
@@ -222,7 +252,7 @@ class Config(EngineConfig):
                                   {"cudagraph": "cudagraph=false rules it out"} if self.cudagraph is False else None)
         cls = registry.get("forward", name)
         config = self.forward if not isinstance(self.forward, str) and self.forward.name == name \
-            else registry.typed_config("forward", {"name": name})
+            else typed_config("forward", {"name": name})
         if choice is None:
             try:
                 cls.check(target)
@@ -251,9 +281,7 @@ def compose(**overrides) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from nvllm.plugins import load_plugins
-
-    load_plugins()
+    setup()
     model = overrides.get("model")
     if isinstance(model, str) and ("/" in model or os.path.isdir(model)):
         overrides["model"] = {"name": detect_architecture(model), "path": model}
@@ -278,8 +306,6 @@ def detect_architecture(path: str) -> str:
     """The registered architecture that runs the model_type in `path`/config.json."""
     import json
     from pathlib import Path
-
-    from nvllm import registry
 
     config_file = Path(path).expanduser() / "config.json"
     if not config_file.is_file():

@@ -3,7 +3,7 @@
 import os
 from collections.abc import Iterator
 
-from nvllm.config import Config, compose
+from nvllm.config import Config, compose, setup
 from nvllm.engine.llm_engine import LLMEngine, RequestDelta, RequestOutput
 from nvllm.plugins import check_requested
 from nvllm.sampling_params import SamplingParams
@@ -19,6 +19,7 @@ class LLM:
     the model and KV cache."""
 
     def __init__(self, model: str = "smollm2", **overrides):
+        setup()
         check_requested({**({} if isinstance(model, str) and os.path.isdir(model) else {"model": model}), **overrides})
         self.config = compose(model=model, **overrides)
         self.engine = LLMEngine(Config.from_cfg(self.config))

@@ -1,6 +1,7 @@
 """The one PluginManager. Built-ins register through the same hooks as third-party packages,
-which are found through the `nvllm` entry-point group. `load_plugins()` is idempotent.
-NVLLM_TRACE_PLUGINS=1 prints every hook call, and what it registered, to stderr."""
+which are found through the `nvllm` entry-point group. `load_plugins()` is idempotent; a process's
+edge calls it (`nvllm.config.setup()` for the entry points, which also hands the registered configs
+to Hydra). NVLLM_TRACE_PLUGINS=1 prints every hook call, and what it registered, to stderr."""
 import os
 import sys
 from importlib.metadata import entry_points
@@ -54,9 +55,6 @@ def load_plugins() -> pluggy.PluginManager:
             pm.register(plugin, name=ep.name)
             _origins[ep.name] = origin
     pm.check_pending()
-    from nvllm.config import store_schema
-
-    store_schema()
     trace = os.environ.get("NVLLM_TRACE_PLUGINS", "") not in ("", "0")
     for family, hook_name in registry.FAMILIES.items():
         hook = getattr(pm.hook, hook_name)
@@ -129,12 +127,12 @@ def _unique(eps):
 
 def check_requested(choices: dict) -> None:
     """`family=name` choices naming no registered component or config option, while a plugin was
-    skipped: an error naming that plugin and why (instead of a bare "not found")."""
+    skipped: an error naming that plugin and why (instead of a bare "not found"). Call it once the
+    plugins are loaded."""
     from importlib.resources import files
 
     from nvllm.registry import UnknownComponentError, failed_plugins_note
 
-    load_plugins()
     if not registry.failed_plugins:
         return
     for family, name in choices.items():

@@ -1,11 +1,6 @@
-"""Name -> component class, per family. Registering also stores the component's Config
-dataclass in Hydra's ConfigStore under the family's group, so `<family>=<name>` composes."""
+"""Name -> component class, per family. It knows nothing of Hydra: `nvllm.config.setup()` stores
+each registered component's Config dataclass in Hydra's ConfigStore, so `<family>=<name>` composes."""
 import dataclasses
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf, ValidationError
-
-from nvllm.errors import ConfigError
 
 FAMILIES = {  # family (= Hydra config group) -> hook that fills it
     "model": "register_models",
@@ -40,12 +35,15 @@ def register(family: str, cls: type, origin: str = "nvllm") -> None:
         )
     _components[family][name] = cls
     _origins[family, name] = origin
-    # the stored node has `name` filled in, so the composed group says which class to build
-    ConfigStore.instance().store(group=family, name=name, node=config(name=name), provider=origin)
 
 
 def names(family: str) -> list[str]:
     return sorted(_components[family])
+
+
+def origin(family: str, name: str) -> str:
+    """Who registered the component: "nvllm" for a built-in, else the plugin's distribution."""
+    return _origins[family, name]
 
 
 def get(family: str, name: str) -> type:
@@ -64,20 +62,19 @@ def failed_plugins_note() -> str:
     return "".join(f"The plugin {origin} {why}, and may have provided it. " for origin, why in failed_plugins.items())
 
 
-def typed_config(family: str, cfg) -> object:
-    """The composed group node (DictConfig or dict) as the component's own Config dataclass; a
-    field of the wrong type or out of range is a ConfigError naming the key."""
+def make_config(family: str, cfg) -> object:
+    """The component's Config: a Config instance as it is, a name as `Config(name=name)`, a dict
+    as `Config(**cfg)`. A composed Hydra node goes through `nvllm.config.typed_config` instead,
+    which checks each field's type."""
+    if dataclasses.is_dataclass(cfg):
+        return cfg
     if isinstance(cfg, str):
-        cfg = {"name": cfg}
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    cls = get(family, cfg.get("name"))
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), cfg))
-    except (ValidationError, AssertionError, ValueError, TypeError) as e:
-        raise ConfigError(f"{family}={cls.name}: {e}".strip()) from None
+        return get(family, cfg).Config(name=cfg)
+    return get(family, cfg.get("name")).Config(**cfg)
 
 
 def build(family: str, cfg, **kwargs):
-    config = cfg if dataclasses.is_dataclass(cfg) else typed_config(family, cfg)
+    """The component `cfg` names (a Config instance, a name or a dict: see `make_config`), built
+    with its Config and `kwargs`."""
+    config = make_config(family, cfg)
     return get(family, config.name)(config, **kwargs)

@@ -15,9 +15,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from nvllm.plugins import load_plugins
+from nvllm.config import setup
 
-load_plugins()  # registers every component's config before Hydra composes
+setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes
 
 
 @hydra.main(config_path="pkg://nvllm.conf", config_name="config", version_base="1.3")
@@ -32,6 +32,7 @@ def main(cfg: DictConfig) -> dict:
     from nvllm.registry import UnknownComponentError
     from nvllm.workloads import WorkloadError
 
+    setup()  # a launcher's job process (joblib, submitit) runs this function without the module body
     hydra_cfg = HydraConfig.get()
     requested = OmegaConf.to_container(cfg, resolve=True)
     reset_peak_memory()  # a sweep's runs share this process under the basic launcher
@@ -113,7 +114,7 @@ def cli():
     from nvllm.registry import UnknownComponentError
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    try:
+    try:  # the plugins are loaded: setup() ran with this module's body
         check_requested(dict(arg.split("=", 1) for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")))
     except UnknownComponentError as e:
         sys.exit(f"nvllm: {e}")

@@ -8,11 +8,10 @@ Needs the `serve` extra: pip install 'nvllm[serve]'."""
 import hydra
 from omegaconf import DictConfig
 
-from nvllm.config import ServeConfig
+from nvllm.config import ServeConfig, setup
 from nvllm.errors import ConfigError
-from nvllm.plugins import load_plugins
 
-load_plugins()  # registers every component's config before Hydra composes
+setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes
 
 
 @hydra.main(config_path="pkg://nvllm.conf", config_name="config", version_base="1.3")

@@ -64,13 +64,14 @@ def test_unknown_scheduler_lists_valid_names():
 
 def test_unknown_name_in_registry():
     from nvllm import registry
+    from nvllm.config import typed_config
     from nvllm.plugins import load_plugins
 
     load_plugins()
     with pytest.raises(UnknownComponentError, match=r"unknown scheduler 'nope'; valid names: .*fcfs"):
         registry.get("scheduler", "nope")
     with pytest.raises(UnknownComponentError, match=r"unknown model 'gpt9'; valid names: llama, qwen3"):
-        registry.typed_config("model", {"name": "gpt9"})
+        typed_config("model", {"name": "gpt9"})
 
 
 def test_unknown_model_option():

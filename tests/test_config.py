@@ -10,11 +10,10 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 
 from nvllm import registry
-from nvllm.config import GROUPS, Config
-from nvllm.plugins import load_plugins
+from nvllm.config import GROUPS, Config, setup, typed_config
 from nvllm.workloads import build_requests
 
-load_plugins()
+setup()
 
 
 def options(group: str) -> list[str]:
@@ -59,7 +58,7 @@ def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
 
         typed, _ = select_backend(cfg[group], torch.device("cpu"), torch.float32, 16)
     else:
-        typed = registry.typed_config(group, cfg[group])
+        typed = typed_config(group, cfg[group])
     assert typed.name in registry.names(group)
     cls = registry.get(group, typed.name)
     if group == "model":
@@ -68,7 +67,7 @@ def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
         kv = registry.build(group, typed, num_blocks=8, block_size=typed.block_size)
         assert kv.num_free_blocks == 8
     elif group == "scheduler":
-        kv = registry.build("kv_cache", compose_with().kv_cache, num_blocks=8, block_size=16)
+        kv = registry.build("kv_cache", typed_config("kv_cache", compose_with().kv_cache), num_blocks=8, block_size=16)
         registry.build(group, typed, kv_cache=kv, max_num_seqs=4, max_num_batched_tokens=64, max_model_len=64,
                        eos_token_ids=frozenset({0}))
     elif group == "attention":

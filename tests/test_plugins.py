@@ -10,6 +10,7 @@ import pytest
 
 from nvllm import registry
 from nvllm.plugins import load_plugins
+from nvllm.registry import UnknownComponentError
 
 PLUGIN = '''
 from dataclasses import dataclass
@@ -125,3 +126,14 @@ def test_registering_needs_name_and_config():
 
     with pytest.raises(TypeError, match="needs a `Config` dataclass"):
         registry.register("scheduler", NoConfig)
+
+
+def test_build_takes_a_config_a_name_or_a_dict():
+    load_plugins()
+    paged = registry.get("kv_cache", "paged")
+    for cfg in (paged.Config(prefix_caching=False), {"name": "paged", "prefix_caching": False}):
+        kv = registry.build("kv_cache", cfg, num_blocks=4, block_size=16)
+        assert type(kv) is paged and kv.config == paged.Config(prefix_caching=False)
+    assert registry.build("kv_cache", "paged", num_blocks=4, block_size=16).config == paged.Config()
+    with pytest.raises(UnknownComponentError, match="unknown kv_cache 'nope'; valid names: .*paged"):
+        registry.build("kv_cache", "nope", num_blocks=4, block_size=16)

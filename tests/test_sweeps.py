@@ -13,12 +13,11 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from nvllm import registry
-from nvllm.config import GROUPS, Config
-from nvllm.plugins import load_plugins
+from nvllm.config import GROUPS, Config, setup
 from nvllm.tools.report import main, report
 from nvllm.workloads import assign_priorities, build_requests
 
-load_plugins()
+setup()
 EXPERIMENTS = sorted(p.stem for p in (Path(__import__("nvllm.conf").conf.__file__).parent / "experiment").glob("*.yaml"))
 
 

@@ -5,7 +5,6 @@ best-ranked one whose `check(device, dtype, block_size)` passes (nvllm/auto.py):
 flash_attn (when importable and the blocks allow it), else triton, else sdpa; on a CPU the `cpu`
 C kernel (when it compiles, float32), else sdpa. Falling back to sdpa prints a one-line notice
 saying why."""
-import dataclasses
 import sys
 
 import torch
@@ -20,11 +19,11 @@ def select_backend(cfg, device: torch.device, dtype: torch.dtype, block_size: in
     model is loaded."""
     name = cfg if isinstance(cfg, str) else getattr(cfg, "name", None) or cfg["name"]
     if name != AUTO:
-        config = cfg if dataclasses.is_dataclass(cfg) else registry.typed_config("attention", cfg)
+        config = registry.make_config("attention", cfg)
         registry.get("attention", config.name).check(device, dtype, block_size)
         return config, None
     where = f"{device.type}, {str(dtype).removeprefix('torch.')}, kv_cache.block_size={block_size}"
     name, note = choose("attention", device.type, lambda cls: cls.check(device, dtype, block_size), where)
     if name == "sdpa" and "passed over" in note:
         print(f"nvllm: {note}", file=sys.stderr)
-    return registry.typed_config("attention", {"name": name}), note
+    return registry.make_config("attention", name), note

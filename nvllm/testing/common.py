@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from nvllm import registry
-from nvllm.config import compose
+from nvllm.config import compose, typed_config
 from nvllm.plugins import load_plugins
 
 
@@ -42,7 +42,7 @@ class ComponentSuite:
         assert not missing, f"Config fields need defaults (the CLI builds it from nothing): {missing}"
         assert config_cls().name == self.name, "Config's `name` field must default to the component name"
         composed = compose(**{self.family: {"name": self.name, **config_fields}})[self.family]
-        assert registry.typed_config(self.family, composed) == config_cls(**config_fields)
+        assert typed_config(self.family, composed) == config_cls(**config_fields)
 
 
 def _id(fields: dict) -> str:

@@ -8,7 +8,7 @@ from nvllm.attention import cpu
 from nvllm.attention.flash_attn import FlashAttnBackend
 from nvllm.attention.select import select_backend
 from nvllm.attention.triton import TritonBackend
-from nvllm.config import ConfigError, compose
+from nvllm.config import ConfigError, compose, typed_config
 from nvllm.plugins import load_plugins
 
 load_plugins()
@@ -78,7 +78,7 @@ def test_flash_attn_block_size_is_part_of_the_choice():
 
 
 def test_explicit_choices_are_checked_up_front(fresh_kernel_cache, monkeypatch):
-    assert select_backend({"name": "sdpa"}, CPU, torch.float32, 16) == (registry.typed_config("attention", "sdpa"), None)
+    assert select_backend({"name": "sdpa"}, CPU, torch.float32, 16) == (typed_config("attention", "sdpa"), None)
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         select_backend({"name": "flash_attn"}, CPU, torch.float32, 256)
     monkeypatch.setenv("CC", "/bin/false")
