@@ -57,6 +57,8 @@ def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
         from nvllm.attention.select import select_backend
 
         typed, _ = select_backend(cfg[group], torch.device("cpu"), torch.float32, 16)
+    elif group == "forward" and option == "auto":  # resolved when the engine starts, by the strategies' checks
+        typed, _ = Config.from_cfg(cfg)._forward(cpu_target())
     else:
         typed = typed_config(group, cfg[group])
     assert typed.name in registry.names(group)
@@ -80,6 +82,20 @@ def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
         registry.build(group, typed, device=torch.device("cpu"), dtype=torch.float32)
     elif group == "sampler":
         registry.build(group, typed, device=torch.device("cpu"))
+    elif group == "forward":  # built by the model runner: tests/test_conformance.py builds each one
+        if option == "cudagraph" and not torch.cuda.is_available():  # refused on a CPU, by design
+            from nvllm.config import ConfigError
+
+            with pytest.raises(ConfigError, match="need a CUDA device"):
+                cls.check(cpu_target())
+            return
+        cls.check(cpu_target())
+
+
+def cpu_target():
+    from nvllm.forward.base import ForwardTarget
+
+    return ForwardTarget(torch.device("cpu"), torch.float32, 1, registry.get("model", "llama"), "cpu", False)
 
 
 def _tokenizer():

@@ -150,8 +150,8 @@ def test_every_cell_of_every_experiment_composes(experiment):
             cfg = compose("config", overrides=overrides)
         typed = Config.from_cfg(cfg)
         for group in GROUPS[:-1]:
-            component = getattr(typed, group)  # attention=auto stays "auto" until the engine resolves it
-            assert component == "auto" if group == "attention" and cfg.attention.name == "auto" \
+            component = getattr(typed, group)  # attention=auto, forward=auto stay "auto" until the engine resolves them
+            assert component == "auto" if group in ("attention", "forward") and cfg[group].name == "auto" \
                 else component.name in registry.names(group)
         prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None)
         assert prompts and len(prompts) == len(params)
