@@ -46,7 +46,7 @@ def main():
     commands = {
         "tests": [py, "-m", "pytest", args.tests, "-m", "gpu", "-q", "-p", "no:cacheprovider"],
         "parity": [py, str(HERE / "gpu_parity.py"), "--out", str(out / "parity"), *smoke],
-        # per configuration: 35 s of generate (the defaults need about 14 s on an H200), 40 s of set-up
+        # per configuration: 35 s of generate (room for the defaults to finish on one datacenter GPU; a slower configuration reports a lower bound), 40 s of set-up
         "bench": [py, str(HERE / "bench_gpu.py"), "--out", str(out / "bench"), "--budget-s", "35",
                   "--setup-budget-s", "40", *smoke],
     }

@@ -12,7 +12,7 @@ from nvllm.config import Config
 from nvllm.sequence import Sequence
 from nvllm.models.weights import load_weights
 
-CPU_DEFAULT_BUDGET_GB = 2.0  # SmolLM2: 46k tokens, enough for cpu-bench without preemption
+CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
 
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
 StepInput = tuple[list[int], int, list[int]]

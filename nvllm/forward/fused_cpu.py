@@ -1,5 +1,5 @@
 """forward=fused_cpu: a Llama-family step's whole forward pass as one C call on a CPU
-(nvllm/kernels/cpu_step.c), float32, in place of the torch modules' ~1,000 small operations a
+(nvllm/kernels/cpu_step.c), float32, in place of the torch modules' many small operations a
 step. Decode steps run as one call; a prefill runs as calls of at most CHUNK token rows (its rows
 read each other's K/V through the cache) unless its context is longer than
 `forward.max_prefill_context`, where the torch modules (forward=eager, SDPA) are faster. It reads

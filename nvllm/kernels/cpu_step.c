@@ -4,10 +4,10 @@
  * nvllm/models/llama.py computes, operation for operation; only the order of the terms inside a matmul's
  * sums differs (here: k in order, for every output).
  *
- * Why it exists: at one to a few sequences every torch operation is tiny, so a step is ~1,000
- * dispatches of several microseconds, and a one-row matmul through oneDNN or MKL reads the weights
- * at about half the machine's bandwidth. Here each packed weight panel is read once per call for
- * all of its rows, and one OpenMP parallel region covers the whole call.
+ * Why it exists: at one to a few sequences a step through torch is mostly the dispatch of many tiny
+ * operations, and small-batch matmuls through oneDNN or MKL do not stream the weights at the memory
+ * bandwidth (the profile: experiments/results/2026-11-29-cpu-2core-epyc/). Here each packed weight
+ * panel is read once per call for all of its rows, and one OpenMP parallel region covers the whole call.
  *
  * Compiled on first use by nvllm/kernels/__init__.py and called through ctypes by forward=fused_cpu
  * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h). The cache is

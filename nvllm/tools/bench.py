@@ -253,7 +253,7 @@ def parse_args(argv=None):
                         help="llama.cpp context setting: n_batch, n_ubatch, flash_attn, kv_unified, kv (auto|f16|f32), "
                              "max_in_flight (0 = all)")
     parser.add_argument("--llamacpp-tune", action="store_true",
-                        help="first try a few llama.cpp settings on 16 requests and keep the fastest (about 3 min)")
+                        help="first try a few llama.cpp settings on 16 requests and keep the fastest (five extra runs on 16 requests)")
     parser.add_argument("--nvllm", action="append", default=[], metavar="KEY=VALUE",
                         help="nvllm override, as for LLM(), over the bench's "
                              + " ".join(f"{k}={v}" for k, v in NVLLM_DEFAULTS.items()) + ": attention=sdpa, ...")

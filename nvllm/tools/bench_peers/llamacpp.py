@@ -52,7 +52,7 @@ def unavailable_reason() -> str | None:
         return "llama_cpp disabled by NVLLM_BENCH_NO_LLAMACPP=1"
     if importlib.util.find_spec("llama_cpp") is None:
         return ("llama_cpp is not importable; install it with `pip install llama-cpp-python` "
-                "(builds llama.cpp from source, about 6.5 min on 2 cores)")
+                "(it builds llama.cpp from source, which takes minutes)")
     return None
 
 
