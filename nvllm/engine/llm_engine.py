@@ -15,7 +15,6 @@ from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.models.weights import is_random, resolve_model_path
-from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 
 
@@ -77,7 +76,6 @@ class LLMEngine:
     def __init__(self, config: Config):
         """`config`: the typed configuration (`Config.from_cfg` of a composed Hydra config)."""
         self.failure = None  # set when a fault stopped the engine
-        load_plugins()
         self.model_path = resolve_model_path(config.model)
         self.random_weights = is_random(self.model_path)
         hf_config = AutoConfig.from_pretrained(self.model_path)
