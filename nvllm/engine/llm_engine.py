@@ -3,7 +3,6 @@ every request has finished. Components come from the registry; none of this code
 DictConfig or a plugin."""
 import heapq
 import time
-from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer
@@ -13,63 +12,10 @@ from nvllm.config import Config
 from nvllm.distributed.workers import WorkerError, Workers
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
+from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats, fill_output
 from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.models.weights import is_random, resolve_model_path
 from nvllm.sampling_params import SamplingParams
-
-
-@dataclass
-class RequestOutput:
-    index: int
-    prompt: str | None
-    prompt_token_ids: list[int]
-    # generated tokens only (a stop token, EOS included, is the last of them; its text is not in `text`)
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    # stop (EOS, stop string or stop token), length (max_tokens), max_model_len (cut by the length
-    # cap), abort, rejected (see `error`)
-    finish_reason: str | None = None
-    error: str | None = None
-    # seconds from arrival to the first generated token, and per later token
-    ttft: float | None = None
-    tpot: float | None = None
-    # perf_counter() times: arrival, first scheduled, each generated token, finish
-    arrival_time: float | None = None
-    first_scheduled_time: float | None = None
-    token_times: list[float] = field(default_factory=list)
-    finish_time: float | None = None
-    num_preemptions: int = 0
-
-
-@dataclass
-class RequestDelta:
-    """What one step added to one request; the `new_text` of all its deltas joined is its text."""
-    request_id: str
-    new_token_ids: list[int]
-    new_text: str
-    finished: bool
-    # None until finished; then stop, length, max_model_len, abort (or rejected, from LLM.stream)
-    finish_reason: str | None
-    num_prompt_tokens: int
-    # generated so far
-    num_output_tokens: int
-    error: str | None = None
-
-
-@dataclass
-class _Request:
-    seq: Sequence
-    detokenizer: Detokenizer
-    num_sent: int = 0  # generated tokens already in a delta
-
-
-@dataclass
-class StepStats:
-    prefill_tokens: int = 0
-    prefill_time: float = 0.0
-    decode_tokens: int = 0
-    decode_time: float = 0.0
-    steps: int = 0
 
 
 class LLMEngine:
@@ -94,7 +40,7 @@ class LLMEngine:
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
         self.stats = StepStats()
-        self._requests: dict[str, _Request] = {}
+        self._requests: dict[str, LiveRequest] = {}
         self._arrivals: list[tuple[float, int, Sequence]] = []  # a heap of requests not yet due
         self._aborted: list[RequestDelta] = []  # deltas the next step returns
 
@@ -143,7 +89,7 @@ class LLMEngine:
         seq.request_id = request_id
         now = time.perf_counter()
         seq.arrival_time = now if arrival_time is None else arrival_time
-        self._requests[request_id] = _Request(seq, Detokenizer(self.tokenizer, sampling_params.stop, stream))
+        self._requests[request_id] = LiveRequest(seq, Detokenizer(self.tokenizer, sampling_params.stop, stream))
         if seq.arrival_time > now:
             heapq.heappush(self._arrivals, (seq.arrival_time, seq.seq_id, seq))
         else:
@@ -182,7 +128,7 @@ class LLMEngine:
         return not self.has_unfinished_requests()
 
     # -- the loop -----------------------------------------------------------------------------
-    def step(self) -> list["RequestDelta"]:
+    def step(self) -> list[RequestDelta]:
         """One scheduling step; sleeps until the next arrival when nothing is due. Returns a delta
         for each request that advanced or finished."""
         deltas, self._aborted = self._aborted, []
@@ -207,12 +153,7 @@ class LLMEngine:
             if len(seq.token_times) < seq.num_completion_tokens:
                 seq.token_times.append(now)
                 deltas.append(self._delta(self._requests[seq.request_id], now))
-        s = self.stats
-        s.steps += 1
-        if is_decode:
-            s.decode_tokens, s.decode_time = s.decode_tokens + num_tokens, s.decode_time + now - start
-        else:
-            s.prefill_tokens, s.prefill_time = s.prefill_tokens + num_tokens, s.prefill_time + now - start
+        self.stats.record(num_tokens, now - start, is_decode)
         return deltas
 
     def _admit_arrivals(self, wait: bool):
@@ -225,25 +166,15 @@ class LLMEngine:
         while self._arrivals and self._arrivals[0][0] <= now:
             self.scheduler.add(heapq.heappop(self._arrivals)[2])
 
-    def _delta(self, request: _Request, now: float) -> RequestDelta:
-        """The delta of a request that advanced or finished; a stop string found in its text
-        finishes it here. A finished request leaves the engine."""
-        seq = request.seq
-        new_ids = seq.token_ids[seq.num_prompt_tokens + request.num_sent:]
-        request.num_sent += len(new_ids)
-        finished = seq.is_finished
-        text_ids = new_ids[:-1] if seq.finish_reason == "stop" and new_ids else new_ids  # a stop token's text is left out
-        text, stopped = request.detokenizer.update(text_ids, finished)
-        if stopped:
-            if not finished:
+    def _delta(self, request: LiveRequest, now: float) -> RequestDelta:
+        """The request's delta; a finished request (a stop string may finish it here) leaves the engine."""
+        seq, delta = request.seq, request.delta(now)
+        if delta.finished:
+            if not seq.is_finished:  # a stop string ended it
                 self.scheduler.finish(seq, "stop")
-            seq.finish_reason, finished = "stop", True
-        if finished:
-            seq.finish_time = now
             self.model_runner.sampler.release(seq)
             del self._requests[seq.request_id]
-        return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
-                            seq.num_prompt_tokens, seq.num_completion_tokens)
+        return delta
 
     def generate(self, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True,
                  priorities: list[int] | None = None, arrival_times: list[float] | None = None,
@@ -294,22 +225,10 @@ class LLMEngine:
                     live[d.request_id][1].append(d.new_text)
                     if d.finished:
                         seq, pieces = live.pop(d.request_id)
-                        self._fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
+                        fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
                         bar.update(1)
                 admit()
         return outputs
-
-    @staticmethod
-    def _fill_output(out: RequestOutput, seq: Sequence, text: str):
-        out.token_ids = seq.completion_token_ids
-        out.finish_reason = seq.finish_reason
-        out.text = text
-        out.arrival_time, out.first_scheduled_time = seq.arrival_time, seq.first_scheduled_time
-        out.token_times, out.finish_time, out.num_preemptions = seq.token_times, seq.finish_time, seq.num_preemptions
-        if seq.token_times:
-            out.ttft = seq.token_times[0] - seq.arrival_time
-        if len(seq.token_times) > 1:
-            out.tpot = (seq.token_times[-1] - seq.token_times[0]) / (len(seq.token_times) - 1)
 
     def _fail(self, error: BaseException):
         """Under TP, a failure usually means a worker died: say which, stop every rank, re-raise."""
