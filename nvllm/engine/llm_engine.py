@@ -1,56 +1,56 @@
-"""The engine loop: admit requests, then step — schedule, run the model, postprocess — until
-every request has finished. Components come from the registry; none of this code sees a
-DictConfig or a plugin."""
-import heapq
+"""The engine loop: add requests, abort them, and step — schedule, run the model, postprocess —
+until every request has finished. Intake checks live in intake.py, deltas and outputs in
+outputs.py. Components come from the registry; none of this code sees a DictConfig or a plugin."""
 import time
 
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 from nvllm import registry
 from nvllm.config import Config
 from nvllm.distributed.workers import WorkerError, Workers
+from nvllm.engine import intake
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats, fill_output
-from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.models.weights import is_random, resolve_model_path
 from nvllm.sampling_params import SamplingParams
+from nvllm.sequence import Sequence, SequenceStatus
 
 
 class LLMEngine:
     def __init__(self, config: Config):
         """`config`: the typed configuration (`Config.from_cfg` of a composed Hydra config)."""
         self.failure = None  # set when a fault stopped the engine
+        # -- the model: weights, config resolved against it, tokenizer
         self.model_path = resolve_model_path(config.model)
         self.random_weights = is_random(self.model_path)
         hf_config = AutoConfig.from_pretrained(self.model_path)
         self.config = config = config.resolve(hf_config)
-        self.tokenizer = _load_tokenizer(self.model_path)
+        self.tokenizer = intake.load_tokenizer(self.model_path)
+        # -- the model runner on rank 0, and under TP the other ranks' workers
         runner_args = (config, self.model_path)
         self.workers = Workers(config.tp, ModelRunner, runner_args) if config.tp > 1 else None
         try:
             self.model_runner = ModelRunner(*runner_args, control_group=self.workers and self.workers.group)
         except BaseException as e:  # Ctrl-C included: the workers must not outlive it
             self._fail(e)
+        # -- the KV cache and the scheduler that allocates from it
         self.kv_cache = registry.build("kv_cache", config.kv_cache, num_blocks=self.model_runner.num_blocks,
                                        block_size=config.kv_cache.block_size)
         self.scheduler = registry.build(
             "scheduler", config.scheduler, kv_cache=self.kv_cache, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
+        # -- requests: live ones by id, those not yet due, the last deltas of aborted ones
         self.stats = StepStats()
         self._requests: dict[str, LiveRequest] = {}
-        self._arrivals: list[tuple[float, int, Sequence]] = []  # a heap of requests not yet due
-        self._aborted: list[RequestDelta] = []  # deltas the next step returns
+        self._arrivals = intake.Arrivals()
+        self._aborted: list[RequestDelta] = []  # the next step returns them
 
-    # -- requests --------------------------------------------------------------------------
+    # -- add / abort ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError(f"{self.model_path} has no tokenizer; pass prompts as lists of token ids")
-            return self.tokenizer.encode(prompt)
-        return list(prompt)
+        return intake.encode(prompt, self.tokenizer, self.model_path)
 
     def add_request(self, request_id: str, prompt: str | list[int], sampling_params: SamplingParams,
                     arrival_time: float | None = None, priority: int = 0, stream: bool = True) -> Sequence:
@@ -64,34 +64,13 @@ class LLMEngine:
             raise RuntimeError("the engine is closed: create a new LLM to generate again")
         if self.failure is not None:
             raise RuntimeError(f"the engine stopped after a failure ({self.failure}); create a new LLM")
-        token_ids = self.encode(prompt)
-        if not token_ids:
-            raise ValueError("empty prompt: a prompt needs at least one token")
-        vocab = self.model_runner.hf_config.vocab_size
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
-        if sampling_params.stop_token_ids and not all(t < vocab for t in sampling_params.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be below the vocabulary size {vocab}, got {sampling_params.stop_token_ids}")
-        if sampling_params.stop and self.tokenizer is None:
-            raise ValueError(f"stop strings need a tokenizer and {self.model_path} has none; use stop_token_ids")
-        max_len = self.config.max_model_len
-        if len(token_ids) >= max_len:
-            raise ValueError(f"prompt has {len(token_ids)} tokens; max_model_len={max_len} leaves no room to "
-                             f"generate. Shorten the prompt or raise max_model_len")
-        final_len = min(len(token_ids) + sampling_params.max_tokens, max_len)
-        blocks_needed = -(-final_len // self.config.kv_cache.block_size)
-        if blocks_needed > self.kv_cache.num_blocks:
-            raise ValueError(
-                f"request needs {blocks_needed} KV blocks ({final_len} tokens) but the whole cache has "
-                f"{self.kv_cache.num_blocks}; raise kv_cache.num_blocks or kv_cache.memory_budget_gb, "
-                f"or lower max_tokens")
-        seq = Sequence(token_ids, sampling_params, self.config.kv_cache.block_size, priority)
-        seq.request_id = request_id
-        now = time.perf_counter()
-        seq.arrival_time = now if arrival_time is None else arrival_time
+        seq = intake.new_sequence(
+            request_id, prompt, sampling_params, priority, arrival_time, tokenizer=self.tokenizer,
+            model_path=self.model_path, vocab_size=self.model_runner.hf_config.vocab_size,
+            max_model_len=self.config.max_model_len, kv_cache=self.kv_cache)
         self._requests[request_id] = LiveRequest(seq, Detokenizer(self.tokenizer, sampling_params.stop, stream))
-        if seq.arrival_time > now:
-            heapq.heappush(self._arrivals, (seq.arrival_time, seq.seq_id, seq))
+        if seq.arrival_time > time.perf_counter():
+            self._arrivals.add(seq)  # held until it is due
         else:
             self.scheduler.add(seq)
         return seq
@@ -103,9 +82,7 @@ class LLMEngine:
         if request is None:
             return
         seq = request.seq
-        if any(s is seq for *_, s in self._arrivals):
-            self._arrivals = [a for a in self._arrivals if a[2] is not seq]
-            heapq.heapify(self._arrivals)
+        if self._arrivals.remove(seq):
             seq.status = SequenceStatus.FINISHED
         else:
             self.scheduler.finish(seq, "abort")
@@ -127,12 +104,13 @@ class LLMEngine:
     def is_finished(self) -> bool:
         return not self.has_unfinished_requests()
 
-    # -- the loop -----------------------------------------------------------------------------
+    # -- step -------------------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
         """One scheduling step; sleeps until the next arrival when nothing is due. Returns a delta
         for each request that advanced or finished."""
         deltas, self._aborted = self._aborted, []
-        self._admit_arrivals(wait=not deltas)
+        for seq in self._arrivals.due(wait=not deltas and self.scheduler.is_finished()):
+            self.scheduler.add(seq)
         if self.scheduler.is_finished():
             return deltas
         seqs = self.scheduler.schedule()
@@ -155,16 +133,6 @@ class LLMEngine:
                 deltas.append(self._delta(self._requests[seq.request_id], now))
         self.stats.record(num_tokens, now - start, is_decode)
         return deltas
-
-    def _admit_arrivals(self, wait: bool):
-        if not self._arrivals:
-            return
-        now = time.perf_counter()
-        if wait and self.scheduler.is_finished() and self._arrivals[0][0] > now:
-            time.sleep(self._arrivals[0][0] - now)
-            now = time.perf_counter()
-        while self._arrivals and self._arrivals[0][0] <= now:
-            self.scheduler.add(heapq.heappop(self._arrivals)[2])
 
     def _delta(self, request: LiveRequest, now: float) -> RequestDelta:
         """The request's delta; a finished request (a stop string may finish it here) leaves the engine."""
@@ -230,12 +198,14 @@ class LLMEngine:
                 admit()
         return outputs
 
+    # -- faults and the end -----------------------------------------------------------------------
     def _fail(self, error: BaseException):
         """Under TP, a failure usually means a worker died: say which, stop every rank, re-raise."""
         workers, self.workers = getattr(self, "workers", None), None
         if workers is None:
             raise error
-        worker_error = workers.error() if workers.dead() or _is_comm_error(error) else None
+        comm_error = any(word in str(error).lower() for word in ("gloo", "nccl", "connection"))
+        worker_error = workers.error() if workers.dead() or comm_error else None
         workers.abort()
         if worker_error is not None:
             self.failure = worker_error
@@ -252,18 +222,6 @@ class LLMEngine:
             self.workers = None
 
 
-def _is_comm_error(error: Exception) -> bool:
-    return "gloo" in str(error).lower() or "nccl" in str(error).lower() or "connection" in str(error).lower()
-
-
-def _load_tokenizer(path: str):
-    import os
-
-    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    return AutoTokenizer.from_pretrained(path)
-
-
 def _eos_ids(tokenizer, hf_config) -> frozenset[int]:
     ids = set()
     for source in (getattr(hf_config, "eos_token_id", None), tokenizer and tokenizer.eos_token_id):
@@ -272,4 +230,3 @@ def _eos_ids(tokenizer, hf_config) -> frozenset[int]:
         elif isinstance(source, (list, tuple)):
             ids.update(source)
     return frozenset(ids)
-
