@@ -1,18 +1,18 @@
 """The engine loop: add requests, abort them, and step — schedule, run the model, postprocess —
 until every request has finished. Intake checks live in intake.py, deltas and outputs in
-outputs.py. Components come from the registry; none of this code sees a DictConfig or a plugin."""
+outputs.py, the offline `generate` driver in driver.py. Components come from the registry; none of
+this code sees a DictConfig or a plugin."""
 import time
 
-from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from nvllm import registry
 from nvllm.config import Config
-from nvllm.distributed.workers import WorkerError, Workers
-from nvllm.engine import intake
+from nvllm.distributed.workers import Workers
+from nvllm.engine import driver, intake
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
-from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats, fill_output
+from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
 from nvllm.models.weights import is_random, resolve_model_path
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence, SequenceStatus
@@ -147,56 +147,8 @@ class LLMEngine:
     def generate(self, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True,
                  priorities: list[int] | None = None, arrival_times: list[float] | None = None,
                  max_concurrency: int | None = None) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs come back in prompt order. A prompt that
-        is rejected gets an output with `error` set; the others run as if it was never sent.
-        `priorities` (one per prompt, smaller first) matter to priority-aware schedulers.
-        `arrival_times` (seconds after the call, one per prompt, in order) make it open-loop;
-        with `max_concurrency` a request arrives no earlier than a slot is free (as vLLM's client)."""
-        priorities = [0] * len(prompts) if priorities is None else priorities
-        outputs = [RequestOutput(i, prompt if isinstance(prompt, str) else None, [])
-                   for i, prompt in enumerate(prompts)]
-        pending = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
-        live: dict[str, tuple[Sequence, list[str]]] = {}  # request id -> (request, its text pieces)
-        start = time.perf_counter()
-
-        def admit():
-            while pending and (max_concurrency is None or len(live) < max_concurrency):
-                i = pending.pop()
-                arrival = None if arrival_times is None else max(start + arrival_times[i], time.perf_counter())
-                try:
-                    seq = self.add_request(str(i), prompts[i], sampling_params[i], arrival, priorities[i], stream=False)
-                except ValueError as e:
-                    outputs[i].finish_reason, outputs[i].error = "rejected", str(e)
-                else:
-                    outputs[i].prompt_token_ids = seq.token_ids[:]
-                    live[str(i)] = (seq, [])
-
-        admit()
-        with tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live) as bar:  # closed on Ctrl-C too
-            while live:
-                prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
-                step_start = time.perf_counter()
-                try:
-                    deltas = self.step()
-                except WorkerError as e:  # what finished is kept; the rest carry the error
-                    for i in live:
-                        outputs[int(i)].finish_reason, outputs[int(i)].error = "abort", str(e)
-                    for i in pending:
-                        outputs[i].finish_reason, outputs[i].error = "abort", str(e)
-                    break
-                elapsed = time.perf_counter() - step_start
-                if self.stats.prefill_tokens > prefill_before:
-                    bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
-                elif self.stats.decode_tokens > decode_before:
-                    bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
-                for d in deltas:
-                    live[d.request_id][1].append(d.new_text)
-                    if d.finished:
-                        seq, pieces = live.pop(d.request_id)
-                        fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
-                        bar.update(1)
-                admit()
-        return outputs
+        """Every prompt run to completion, outputs in prompt order (see nvllm.engine.driver)."""
+        return driver.generate(self, prompts, sampling_params, use_tqdm, priorities, arrival_times, max_concurrency)
 
     # -- faults and the end -----------------------------------------------------------------------
     def _fail(self, error: BaseException):
