@@ -4,7 +4,8 @@ import os
 from collections.abc import Iterator
 
 from nvllm.config import Config, compose, setup
-from nvllm.engine.llm_engine import LLMEngine, RequestDelta, RequestOutput
+from nvllm.engine.llm_engine import LLMEngine
+from nvllm.engine.outputs import RequestDelta, RequestOutput
 from nvllm.plugins import check_requested
 from nvllm.sampling_params import SamplingParams
 

@@ -1,110 +1,56 @@
-"""The engine loop: admit requests, then step — schedule, run the model, postprocess — until
-every request has finished. Components come from the registry; none of this code sees a
-DictConfig or a plugin."""
-import heapq
+"""The engine loop: add requests, abort them, and step — schedule, run the model, postprocess —
+until every request has finished. Intake checks live in intake.py, deltas and outputs in
+outputs.py, the offline `generate` driver in driver.py. Components come from the registry; none of
+this code sees a DictConfig or a plugin."""
 import time
-from dataclasses import dataclass, field
 
-from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig
 
 from nvllm import registry
 from nvllm.config import Config
-from nvllm.distributed.workers import WorkerError, Workers
+from nvllm.distributed.workers import Workers
+from nvllm.engine import driver, intake
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
-from nvllm.sequence import Sequence, SequenceStatus
+from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
 from nvllm.models.weights import is_random, resolve_model_path
 from nvllm.sampling_params import SamplingParams
-
-
-@dataclass
-class RequestOutput:
-    index: int
-    prompt: str | None
-    prompt_token_ids: list[int]
-    # generated tokens only (a stop token, EOS included, is the last of them; its text is not in `text`)
-    token_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    # stop (EOS, stop string or stop token), length (max_tokens), max_model_len (cut by the length
-    # cap), abort, rejected (see `error`)
-    finish_reason: str | None = None
-    error: str | None = None
-    # seconds from arrival to the first generated token, and per later token
-    ttft: float | None = None
-    tpot: float | None = None
-    # perf_counter() times: arrival, first scheduled, each generated token, finish
-    arrival_time: float | None = None
-    first_scheduled_time: float | None = None
-    token_times: list[float] = field(default_factory=list)
-    finish_time: float | None = None
-    num_preemptions: int = 0
-
-
-@dataclass
-class RequestDelta:
-    """What one step added to one request; the `new_text` of all its deltas joined is its text."""
-    request_id: str
-    new_token_ids: list[int]
-    new_text: str
-    finished: bool
-    # None until finished; then stop, length, max_model_len, abort (or rejected, from LLM.stream)
-    finish_reason: str | None
-    num_prompt_tokens: int
-    # generated so far
-    num_output_tokens: int
-    error: str | None = None
-
-
-@dataclass
-class _Request:
-    seq: Sequence
-    detokenizer: Detokenizer
-    num_sent: int = 0  # generated tokens already in a delta
-
-
-@dataclass
-class StepStats:
-    prefill_tokens: int = 0
-    prefill_time: float = 0.0
-    decode_tokens: int = 0
-    decode_time: float = 0.0
-    steps: int = 0
+from nvllm.sequence import Sequence, SequenceStatus
 
 
 class LLMEngine:
     def __init__(self, config: Config):
         """`config`: the typed configuration (`Config.from_cfg` of a composed Hydra config)."""
         self.failure = None  # set when a fault stopped the engine
+        # -- the model: weights, config resolved against it, tokenizer
         self.model_path = resolve_model_path(config.model)
         self.random_weights = is_random(self.model_path)
         hf_config = AutoConfig.from_pretrained(self.model_path)
         self.config = config = config.resolve(hf_config)
-        self.tokenizer = _load_tokenizer(self.model_path)
+        self.tokenizer = intake.load_tokenizer(self.model_path)
+        # -- the model runner on rank 0, and under TP the other ranks' workers
         runner_args = (config, self.model_path)
         self.workers = Workers(config.tp, ModelRunner, runner_args) if config.tp > 1 else None
         try:
             self.model_runner = ModelRunner(*runner_args, control_group=self.workers and self.workers.group)
         except BaseException as e:  # Ctrl-C included: the workers must not outlive it
             self._fail(e)
+        # -- the KV cache and the scheduler that allocates from it
         self.kv_cache = registry.build("kv_cache", config.kv_cache, num_blocks=self.model_runner.num_blocks,
                                        block_size=config.kv_cache.block_size)
         self.scheduler = registry.build(
             "scheduler", config.scheduler, kv_cache=self.kv_cache, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
+        # -- requests: live ones by id, those not yet due, the last deltas of aborted ones
         self.stats = StepStats()
-        self._requests: dict[str, _Request] = {}
-        self._arrivals: list[tuple[float, int, Sequence]] = []  # a heap of requests not yet due
-        self._aborted: list[RequestDelta] = []  # deltas the next step returns
+        self._requests: dict[str, LiveRequest] = {}
+        self._arrivals = intake.Arrivals()
+        self._aborted: list[RequestDelta] = []  # the next step returns them
 
-    # -- requests --------------------------------------------------------------------------
+    # -- add / abort ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError(f"{self.model_path} has no tokenizer; pass prompts as lists of token ids")
-            return self.tokenizer.encode(prompt)
-        return list(prompt)
+        return intake.encode(prompt, self.tokenizer, self.model_path)
 
     def add_request(self, request_id: str, prompt: str | list[int], sampling_params: SamplingParams,
                     arrival_time: float | None = None, priority: int = 0, stream: bool = True) -> Sequence:
@@ -118,34 +64,13 @@ class LLMEngine:
             raise RuntimeError("the engine is closed: create a new LLM to generate again")
         if self.failure is not None:
             raise RuntimeError(f"the engine stopped after a failure ({self.failure}); create a new LLM")
-        token_ids = self.encode(prompt)
-        if not token_ids:
-            raise ValueError("empty prompt: a prompt needs at least one token")
-        vocab = self.model_runner.hf_config.vocab_size
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in token_ids):
-            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
-        if sampling_params.stop_token_ids and not all(t < vocab for t in sampling_params.stop_token_ids):
-            raise ValueError(f"stop_token_ids must be below the vocabulary size {vocab}, got {sampling_params.stop_token_ids}")
-        if sampling_params.stop and self.tokenizer is None:
-            raise ValueError(f"stop strings need a tokenizer and {self.model_path} has none; use stop_token_ids")
-        max_len = self.config.max_model_len
-        if len(token_ids) >= max_len:
-            raise ValueError(f"prompt has {len(token_ids)} tokens; max_model_len={max_len} leaves no room to "
-                             f"generate. Shorten the prompt or raise max_model_len")
-        final_len = min(len(token_ids) + sampling_params.max_tokens, max_len)
-        blocks_needed = -(-final_len // self.config.kv_cache.block_size)
-        if blocks_needed > self.kv_cache.num_blocks:
-            raise ValueError(
-                f"request needs {blocks_needed} KV blocks ({final_len} tokens) but the whole cache has "
-                f"{self.kv_cache.num_blocks}; raise kv_cache.num_blocks or kv_cache.memory_budget_gb, "
-                f"or lower max_tokens")
-        seq = Sequence(token_ids, sampling_params, self.config.kv_cache.block_size, priority)
-        seq.request_id = request_id
-        now = time.perf_counter()
-        seq.arrival_time = now if arrival_time is None else arrival_time
-        self._requests[request_id] = _Request(seq, Detokenizer(self.tokenizer, sampling_params.stop, stream))
-        if seq.arrival_time > now:
-            heapq.heappush(self._arrivals, (seq.arrival_time, seq.seq_id, seq))
+        seq = intake.new_sequence(
+            request_id, prompt, sampling_params, priority, arrival_time, tokenizer=self.tokenizer,
+            model_path=self.model_path, vocab_size=self.model_runner.hf_config.vocab_size,
+            max_model_len=self.config.max_model_len, kv_cache=self.kv_cache)
+        self._requests[request_id] = LiveRequest(seq, Detokenizer(self.tokenizer, sampling_params.stop, stream))
+        if seq.arrival_time > time.perf_counter():
+            self._arrivals.add(seq)  # held until it is due
         else:
             self.scheduler.add(seq)
         return seq
@@ -157,9 +82,7 @@ class LLMEngine:
         if request is None:
             return
         seq = request.seq
-        if any(s is seq for *_, s in self._arrivals):
-            self._arrivals = [a for a in self._arrivals if a[2] is not seq]
-            heapq.heapify(self._arrivals)
+        if self._arrivals.remove(seq):
             seq.status = SequenceStatus.FINISHED
         else:
             self.scheduler.finish(seq, "abort")
@@ -181,12 +104,13 @@ class LLMEngine:
     def is_finished(self) -> bool:
         return not self.has_unfinished_requests()
 
-    # -- the loop -----------------------------------------------------------------------------
-    def step(self) -> list["RequestDelta"]:
+    # -- step -------------------------------------------------------------------------------------
+    def step(self) -> list[RequestDelta]:
         """One scheduling step; sleeps until the next arrival when nothing is due. Returns a delta
         for each request that advanced or finished."""
         deltas, self._aborted = self._aborted, []
-        self._admit_arrivals(wait=not deltas)
+        for seq in self._arrivals.due(wait=not deltas and self.scheduler.is_finished()):
+            self.scheduler.add(seq)
         if self.scheduler.is_finished():
             return deltas
         seqs = self.scheduler.schedule()
@@ -207,116 +131,33 @@ class LLMEngine:
             if len(seq.token_times) < seq.num_completion_tokens:
                 seq.token_times.append(now)
                 deltas.append(self._delta(self._requests[seq.request_id], now))
-        s = self.stats
-        s.steps += 1
-        if is_decode:
-            s.decode_tokens, s.decode_time = s.decode_tokens + num_tokens, s.decode_time + now - start
-        else:
-            s.prefill_tokens, s.prefill_time = s.prefill_tokens + num_tokens, s.prefill_time + now - start
+        self.stats.record(num_tokens, now - start, is_decode)
         return deltas
 
-    def _admit_arrivals(self, wait: bool):
-        if not self._arrivals:
-            return
-        now = time.perf_counter()
-        if wait and self.scheduler.is_finished() and self._arrivals[0][0] > now:
-            time.sleep(self._arrivals[0][0] - now)
-            now = time.perf_counter()
-        while self._arrivals and self._arrivals[0][0] <= now:
-            self.scheduler.add(heapq.heappop(self._arrivals)[2])
-
-    def _delta(self, request: _Request, now: float) -> RequestDelta:
-        """The delta of a request that advanced or finished; a stop string found in its text
-        finishes it here. A finished request leaves the engine."""
-        seq = request.seq
-        new_ids = seq.token_ids[seq.num_prompt_tokens + request.num_sent:]
-        request.num_sent += len(new_ids)
-        finished = seq.is_finished
-        text_ids = new_ids[:-1] if seq.finish_reason == "stop" and new_ids else new_ids  # a stop token's text is left out
-        text, stopped = request.detokenizer.update(text_ids, finished)
-        if stopped:
-            if not finished:
+    def _delta(self, request: LiveRequest, now: float) -> RequestDelta:
+        """The request's delta; a finished request (a stop string may finish it here) leaves the engine."""
+        seq, delta = request.seq, request.delta(now)
+        if delta.finished:
+            if not seq.is_finished:  # a stop string ended it
                 self.scheduler.finish(seq, "stop")
-            seq.finish_reason, finished = "stop", True
-        if finished:
-            seq.finish_time = now
             self.model_runner.sampler.release(seq)
             del self._requests[seq.request_id]
-        return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
-                            seq.num_prompt_tokens, seq.num_completion_tokens)
+        return delta
 
     def generate(self, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True,
                  priorities: list[int] | None = None, arrival_times: list[float] | None = None,
                  max_concurrency: int | None = None) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs come back in prompt order. A prompt that
-        is rejected gets an output with `error` set; the others run as if it was never sent.
-        `priorities` (one per prompt, smaller first) matter to priority-aware schedulers.
-        `arrival_times` (seconds after the call, one per prompt, in order) make it open-loop;
-        with `max_concurrency` a request arrives no earlier than a slot is free (as vLLM's client)."""
-        priorities = [0] * len(prompts) if priorities is None else priorities
-        outputs = [RequestOutput(i, prompt if isinstance(prompt, str) else None, [])
-                   for i, prompt in enumerate(prompts)]
-        pending = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
-        live: dict[str, tuple[Sequence, list[str]]] = {}  # request id -> (request, its text pieces)
-        start = time.perf_counter()
+        """Every prompt run to completion, outputs in prompt order (see nvllm.engine.driver)."""
+        return driver.generate(self, prompts, sampling_params, use_tqdm, priorities, arrival_times, max_concurrency)
 
-        def admit():
-            while pending and (max_concurrency is None or len(live) < max_concurrency):
-                i = pending.pop()
-                arrival = None if arrival_times is None else max(start + arrival_times[i], time.perf_counter())
-                try:
-                    seq = self.add_request(str(i), prompts[i], sampling_params[i], arrival, priorities[i], stream=False)
-                except ValueError as e:
-                    outputs[i].finish_reason, outputs[i].error = "rejected", str(e)
-                else:
-                    outputs[i].prompt_token_ids = seq.token_ids[:]
-                    live[str(i)] = (seq, [])
-
-        admit()
-        with tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live) as bar:  # closed on Ctrl-C too
-            while live:
-                prefill_before, decode_before = self.stats.prefill_tokens, self.stats.decode_tokens
-                step_start = time.perf_counter()
-                try:
-                    deltas = self.step()
-                except WorkerError as e:  # what finished is kept; the rest carry the error
-                    for i in live:
-                        outputs[int(i)].finish_reason, outputs[int(i)].error = "abort", str(e)
-                    for i in pending:
-                        outputs[i].finish_reason, outputs[i].error = "abort", str(e)
-                    break
-                elapsed = time.perf_counter() - step_start
-                if self.stats.prefill_tokens > prefill_before:
-                    bar.set_postfix_str(f"prefill {(self.stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
-                elif self.stats.decode_tokens > decode_before:
-                    bar.set_postfix_str(f"decode {(self.stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
-                for d in deltas:
-                    live[d.request_id][1].append(d.new_text)
-                    if d.finished:
-                        seq, pieces = live.pop(d.request_id)
-                        self._fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
-                        bar.update(1)
-                admit()
-        return outputs
-
-    @staticmethod
-    def _fill_output(out: RequestOutput, seq: Sequence, text: str):
-        out.token_ids = seq.completion_token_ids
-        out.finish_reason = seq.finish_reason
-        out.text = text
-        out.arrival_time, out.first_scheduled_time = seq.arrival_time, seq.first_scheduled_time
-        out.token_times, out.finish_time, out.num_preemptions = seq.token_times, seq.finish_time, seq.num_preemptions
-        if seq.token_times:
-            out.ttft = seq.token_times[0] - seq.arrival_time
-        if len(seq.token_times) > 1:
-            out.tpot = (seq.token_times[-1] - seq.token_times[0]) / (len(seq.token_times) - 1)
-
+    # -- faults and the end -----------------------------------------------------------------------
     def _fail(self, error: BaseException):
         """Under TP, a failure usually means a worker died: say which, stop every rank, re-raise."""
         workers, self.workers = getattr(self, "workers", None), None
         if workers is None:
             raise error
-        worker_error = workers.error() if workers.dead() or _is_comm_error(error) else None
+        comm_error = any(word in str(error).lower() for word in ("gloo", "nccl", "connection"))
+        worker_error = workers.error() if workers.dead() or comm_error else None
         workers.abort()
         if worker_error is not None:
             self.failure = worker_error
@@ -333,18 +174,6 @@ class LLMEngine:
             self.workers = None
 
 
-def _is_comm_error(error: Exception) -> bool:
-    return "gloo" in str(error).lower() or "nccl" in str(error).lower() or "connection" in str(error).lower()
-
-
-def _load_tokenizer(path: str):
-    import os
-
-    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    return AutoTokenizer.from_pretrained(path)
-
-
 def _eos_ids(tokenizer, hf_config) -> frozenset[int]:
     ids = set()
     for source in (getattr(hf_config, "eos_token_id", None), tokenizer and tokenizer.eos_token_id):
@@ -353,4 +182,3 @@ def _eos_ids(tokenizer, hf_config) -> frozenset[int]:
         elif isinstance(source, (list, tuple)):
             ids.update(source)
     return frozenset(ids)
-

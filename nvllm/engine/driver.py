@@ -1,0 +1,66 @@
+"""The offline driver behind `LLM.generate`: run a list of prompts through an engine's
+add_request / step loop to completion, with a progress bar, and hand back one RequestOutput per
+prompt in prompt order. Open-loop runs (arrival times, a concurrency cap) go through here too."""
+import time
+
+from tqdm.auto import tqdm
+
+from nvllm.distributed.workers import WorkerError
+from nvllm.engine.outputs import RequestOutput, fill_output
+from nvllm.sampling_params import SamplingParams
+from nvllm.sequence import Sequence
+
+
+def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True,
+             priorities: list[int] | None = None, arrival_times: list[float] | None = None,
+             max_concurrency: int | None = None) -> list[RequestOutput]:
+    """Run every prompt to completion on `engine` (an LLMEngine); outputs come back in prompt
+    order. A prompt that is rejected gets an output with `error` set; the others run as if it was
+    never sent. `priorities` (one per prompt, smaller first) matter to priority-aware schedulers.
+    `arrival_times` (seconds after the call, one per prompt, in order) make it open-loop; with
+    `max_concurrency` a request arrives no earlier than a slot is free (as vLLM's client). A
+    worker that dies ends the run: what finished is kept, the rest carry the error."""
+    priorities = [0] * len(prompts) if priorities is None else priorities
+    outputs = [RequestOutput(i, prompt if isinstance(prompt, str) else None, [])
+               for i, prompt in enumerate(prompts)]
+    pending = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
+    live: dict[str, tuple[Sequence, list[str]]] = {}  # request id -> (request, its text pieces)
+    start = time.perf_counter()
+
+    def admit():
+        while pending and (max_concurrency is None or len(live) < max_concurrency):
+            i = pending.pop()
+            arrival = None if arrival_times is None else max(start + arrival_times[i], time.perf_counter())
+            try:
+                seq = engine.add_request(str(i), prompts[i], sampling_params[i], arrival, priorities[i], stream=False)
+            except ValueError as e:
+                outputs[i].finish_reason, outputs[i].error = "rejected", str(e)
+            else:
+                outputs[i].prompt_token_ids = seq.token_ids[:]
+                live[str(i)] = (seq, [])
+
+    admit()
+    stats = engine.stats
+    with tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live) as bar:  # closed on Ctrl-C too
+        while live:
+            prefill_before, decode_before = stats.prefill_tokens, stats.decode_tokens
+            step_start = time.perf_counter()
+            try:
+                deltas = engine.step()
+            except WorkerError as e:
+                for i in [*map(int, live), *pending]:
+                    outputs[i].finish_reason, outputs[i].error = "abort", str(e)
+                break
+            elapsed = time.perf_counter() - step_start
+            if stats.prefill_tokens > prefill_before:
+                bar.set_postfix_str(f"prefill {(stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
+            elif stats.decode_tokens > decode_before:
+                bar.set_postfix_str(f"decode {(stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
+            for d in deltas:
+                live[d.request_id][1].append(d.new_text)
+                if d.finished:
+                    seq, pieces = live.pop(d.request_id)
+                    fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
+                    bar.update(1)
+            admit()
+    return outputs

@@ -1,0 +1,88 @@
+"""Request intake: a prompt and its SamplingParams checked against the model and the KV cache and
+made into a Sequence (a bad request raises ValueError saying what to change), and the queue of
+requests whose arrival time has not come yet."""
+import heapq
+import os
+import time
+
+from transformers import AutoTokenizer
+
+from nvllm.kv_cache.base import KVCacheAllocator
+from nvllm.sampling_params import SamplingParams
+from nvllm.sequence import Sequence
+
+
+def load_tokenizer(path: str):
+    """The model directory's tokenizer, or None where it ships none (prompts are then token ids)."""
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    return AutoTokenizer.from_pretrained(path)
+
+
+def encode(prompt: str | list[int], tokenizer, model_path: str) -> list[int]:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError(f"{model_path} has no tokenizer; pass prompts as lists of token ids")
+        return tokenizer.encode(prompt)
+    return list(prompt)
+
+
+def new_sequence(request_id: str, prompt: str | list[int], params: SamplingParams, priority: int,
+                 arrival_time: float | None, *, tokenizer, model_path: str, vocab_size: int, max_model_len: int,
+                 kv_cache: KVCacheAllocator) -> Sequence:
+    """The Sequence of one request, or ValueError: a prompt that is empty, out of the vocabulary,
+    too long to generate from or too long ever to fit the whole cache; stop token ids out of the
+    vocabulary; stop strings without a tokenizer. `arrival_time` defaults to now."""
+    token_ids = encode(prompt, tokenizer, model_path)
+    if not token_ids:
+        raise ValueError("empty prompt: a prompt needs at least one token")
+    if not all(isinstance(t, int) and 0 <= t < vocab_size for t in token_ids):
+        raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
+    if params.stop_token_ids and not all(t < vocab_size for t in params.stop_token_ids):
+        raise ValueError(f"stop_token_ids must be below the vocabulary size {vocab_size}, got {params.stop_token_ids}")
+    if params.stop and tokenizer is None:
+        raise ValueError(f"stop strings need a tokenizer and {model_path} has none; use stop_token_ids")
+    if len(token_ids) >= max_model_len:
+        raise ValueError(f"prompt has {len(token_ids)} tokens; max_model_len={max_model_len} leaves no room to "
+                         f"generate. Shorten the prompt or raise max_model_len")
+    final_len = min(len(token_ids) + params.max_tokens, max_model_len)
+    blocks_needed = -(-final_len // kv_cache.block_size)
+    if blocks_needed > kv_cache.num_blocks:
+        raise ValueError(
+            f"request needs {blocks_needed} KV blocks ({final_len} tokens) but the whole cache has "
+            f"{kv_cache.num_blocks}; raise kv_cache.num_blocks or kv_cache.memory_budget_gb, or lower max_tokens")
+    seq = Sequence(token_ids, params, kv_cache.block_size, priority)
+    seq.request_id = request_id
+    seq.arrival_time = time.perf_counter() if arrival_time is None else arrival_time
+    return seq
+
+
+class Arrivals:
+    """Requests whose arrival time (time.perf_counter() clock) is still to come, soonest first."""
+
+    def __init__(self):
+        self._heap: list[tuple[float, int, Sequence]] = []
+
+    def add(self, seq: Sequence):
+        heapq.heappush(self._heap, (seq.arrival_time, seq.seq_id, seq))
+
+    def remove(self, seq: Sequence) -> bool:
+        """Take `seq` out; False if it is not here."""
+        if not any(s is seq for *_, s in self._heap):
+            return False
+        self._heap = [a for a in self._heap if a[2] is not seq]
+        heapq.heapify(self._heap)
+        return True
+
+    def due(self, wait: bool) -> list[Sequence]:
+        """Those whose time has come, taken out; `wait`: sleep until the next one is due first."""
+        if not self._heap:
+            return []
+        now = time.perf_counter()
+        if wait and self._heap[0][0] > now:
+            time.sleep(self._heap[0][0] - now)
+            now = time.perf_counter()
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            due.append(heapq.heappop(self._heap)[2])
+        return due
