@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -73,10 +72,10 @@ def run(cfg: DictConfig, requested: dict) -> dict:
         prompts, params = build_requests(cfg.workload, cfg.sampling, engine.tokenizer)
         priorities = assign_priorities(cfg.workload, len(prompts))
         arrivals = arrival_offsets(cfg.workload, len(prompts))
-        start = time.perf_counter()
+        start = engine.clock.now()
         outputs = engine.generate(prompts, params, priorities=priorities, arrival_times=arrivals,
                                   max_concurrency=concurrency)
-        wall = time.perf_counter() - start
+        wall = engine.clock.now() - start
         if cfg.print_outputs and cfg.workload.kind in ("chat", "file"):
             texts = prompt_texts(cfg.workload)
             for out in outputs:

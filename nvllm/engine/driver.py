@@ -1,8 +1,6 @@
 """The offline driver behind `LLM.generate`: run a list of prompts through an engine's
 add_request / step loop to completion, with a progress bar, and hand back one RequestOutput per
 prompt in prompt order. Open-loop runs (arrival times, a concurrency cap) go through here too."""
-import time
-
 from tqdm.auto import tqdm
 
 from nvllm.distributed.workers import WorkerError
@@ -25,12 +23,12 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
                for i, prompt in enumerate(prompts)]
     pending = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
     live: dict[str, tuple[Sequence, list[str]]] = {}  # request id -> (request, its text pieces)
-    start = time.perf_counter()
+    start = engine.clock.now()
 
     def admit():
         while pending and (max_concurrency is None or len(live) < max_concurrency):
             i = pending.pop()
-            arrival = None if arrival_times is None else max(start + arrival_times[i], time.perf_counter())
+            arrival = None if arrival_times is None else max(start + arrival_times[i], engine.clock.now())
             try:
                 seq = engine.add_request(str(i), prompts[i], sampling_params[i], arrival, priorities[i], stream=False)
             except ValueError as e:
@@ -44,14 +42,14 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
     with tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live) as bar:  # closed on Ctrl-C too
         while live:
             prefill_before, decode_before = stats.prefill_tokens, stats.decode_tokens
-            step_start = time.perf_counter()
+            step_start = engine.clock.now()
             try:
                 deltas = engine.step()
             except WorkerError as e:
                 for i in [*map(int, live), *pending]:
                     outputs[i].finish_reason, outputs[i].error = "abort", str(e)
                 break
-            elapsed = time.perf_counter() - step_start
+            elapsed = engine.clock.now() - step_start
             if stats.prefill_tokens > prefill_before:
                 bar.set_postfix_str(f"prefill {(stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
             elif stats.decode_tokens > decode_before:

@@ -3,10 +3,10 @@ made into a Sequence (a bad request raises ValueError saying what to change), an
 requests whose arrival time has not come yet."""
 import heapq
 import os
-import time
 
 from transformers import AutoTokenizer
 
+from nvllm.engine.clock import Clock
 from nvllm.kv_cache.base import KVCacheAllocator
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence
@@ -28,11 +28,11 @@ def encode(prompt: str | list[int], tokenizer, model_path: str) -> list[int]:
 
 
 def new_sequence(request_id: str, prompt: str | list[int], params: SamplingParams, priority: int,
-                 arrival_time: float | None, *, tokenizer, model_path: str, vocab_size: int, max_model_len: int,
+                 arrival_time: float, *, tokenizer, model_path: str, vocab_size: int, max_model_len: int,
                  kv_cache: KVCacheAllocator) -> Sequence:
     """The Sequence of one request, or ValueError: a prompt that is empty, out of the vocabulary,
     too long to generate from or too long ever to fit the whole cache; stop token ids out of the
-    vocabulary; stop strings without a tokenizer. `arrival_time` defaults to now."""
+    vocabulary; stop strings without a tokenizer."""
     token_ids = encode(prompt, tokenizer, model_path)
     if not token_ids:
         raise ValueError("empty prompt: a prompt needs at least one token")
@@ -53,14 +53,15 @@ def new_sequence(request_id: str, prompt: str | list[int], params: SamplingParam
             f"{kv_cache.num_blocks}; raise kv_cache.num_blocks or kv_cache.memory_budget_gb, or lower max_tokens")
     seq = Sequence(token_ids, params, kv_cache.block_size, priority)
     seq.request_id = request_id
-    seq.arrival_time = time.perf_counter() if arrival_time is None else arrival_time
+    seq.arrival_time = arrival_time
     return seq
 
 
 class Arrivals:
-    """Requests whose arrival time (time.perf_counter() clock) is still to come, soonest first."""
+    """Requests whose arrival time (on the engine's clock) is still to come, soonest first."""
 
-    def __init__(self):
+    def __init__(self, clock: Clock):
+        self.clock = clock
         self._heap: list[tuple[float, int, Sequence]] = []
 
     def add(self, seq: Sequence):
@@ -78,10 +79,9 @@ class Arrivals:
         """Those whose time has come, taken out; `wait`: sleep until the next one is due first."""
         if not self._heap:
             return []
-        now = time.perf_counter()
-        if wait and self._heap[0][0] > now:
-            time.sleep(self._heap[0][0] - now)
-            now = time.perf_counter()
+        if wait:
+            self.clock.sleep_until(self._heap[0][0])
+        now = self.clock.now()
         due = []
         while self._heap and self._heap[0][0] <= now:
             due.append(heapq.heappop(self._heap)[2])

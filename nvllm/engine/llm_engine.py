@@ -2,14 +2,13 @@
 until every request has finished. Intake checks live in intake.py, deltas and outputs in
 outputs.py, the offline `generate` driver in driver.py. Components come from the registry; none of
 this code sees a DictConfig or a plugin."""
-import time
-
 from transformers import AutoConfig
 
 from nvllm import registry
 from nvllm.config import Config
 from nvllm.distributed.workers import Workers
 from nvllm.engine import driver, intake
+from nvllm.engine.clock import Clock
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
@@ -22,6 +21,7 @@ class LLMEngine:
     def __init__(self, config: Config):
         """`config`: the typed configuration (`Config.from_cfg` of a composed Hydra config)."""
         self.failure = None  # set when a fault stopped the engine
+        self.clock = Clock()  # every timestamp below reads it (nvllm/engine/clock.py)
         # -- the model: weights, config resolved against it, tokenizer
         self.model_path = resolve_model_path(config.model)
         self.random_weights = is_random(self.model_path)
@@ -45,7 +45,7 @@ class LLMEngine:
         # -- requests: live ones by id, those not yet due, the last deltas of aborted ones
         self.stats = StepStats()
         self._requests: dict[str, LiveRequest] = {}
-        self._arrivals = intake.Arrivals()
+        self._arrivals = intake.Arrivals(self.clock)
         self._aborted: list[RequestDelta] = []  # the next step returns them
 
     # -- add / abort ------------------------------------------------------------------------------
@@ -55,21 +55,23 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: str | list[int], sampling_params: SamplingParams,
                     arrival_time: float | None = None, priority: int = 0, stream: bool = True) -> Sequence:
         """Validate and queue one request; a bad one raises ValueError and changes nothing.
-        `arrival_time` (time.perf_counter() clock, default now) may be in the future: the request
-        is held until then, and its TTFT counts from then. `stream=False` decodes its text once at
-        the end (its deltas carry the tokens; the last one the whole text). Returns the request."""
+        `arrival_time` (on `self.clock`; default now) may be in the future: the request is held
+        until then, and its TTFT counts from then. `stream=False` decodes its text once at the end
+        (its deltas carry the tokens; the last one the whole text). Returns the request."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running; ids must be unique among live requests")
         if getattr(self, "model_runner", None) is None:
             raise RuntimeError("the engine is closed: create a new LLM to generate again")
         if self.failure is not None:
             raise RuntimeError(f"the engine stopped after a failure ({self.failure}); create a new LLM")
+        now = self.clock.now()
         seq = intake.new_sequence(
-            request_id, prompt, sampling_params, priority, arrival_time, tokenizer=self.tokenizer,
+            request_id, prompt, sampling_params, priority, now if arrival_time is None else arrival_time,
+            tokenizer=self.tokenizer,
             model_path=self.model_path, vocab_size=self.model_runner.hf_config.vocab_size,
             max_model_len=self.config.max_model_len, kv_cache=self.kv_cache)
         self._requests[request_id] = LiveRequest(seq, Detokenizer(self.tokenizer, sampling_params.stop, stream))
-        if seq.arrival_time > time.perf_counter():
+        if seq.arrival_time > now:
             self._arrivals.add(seq)  # held until it is due
         else:
             self.scheduler.add(seq)
@@ -87,7 +89,7 @@ class LLMEngine:
         else:
             self.scheduler.finish(seq, "abort")
         seq.finish_reason = "abort"
-        self._aborted.append(self._delta(request, time.perf_counter()))
+        self._aborted.append(self._delta(request, self.clock.now()))
 
     def abort_requests(self, request_ids, quiet: bool = False) -> None:
         """abort_request for each id; `quiet`: no deltas for them (a reader that went away)."""
@@ -118,12 +120,12 @@ class LLMEngine:
             raise RuntimeError("the scheduler picked nothing while requests are pending")
         num_tokens = sum(seq.num_scheduled_tokens for seq in seqs)
         is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
-        start = time.perf_counter()
+        start = self.clock.now()
         try:
             token_ids = self.model_runner.run(seqs)
         except BaseException as e:  # Ctrl-C mid-step included: the workers are mid-step too
             self._fail(e)
-        now = time.perf_counter()
+        now = self.clock.now()
         self.scheduler.postprocess(seqs, token_ids)
         for seq in seqs:
             if seq.first_scheduled_time is None:
