@@ -1,4 +1,5 @@
-"""The Python API: `LLM(model=..., **overrides).generate(prompts, sampling_params)`, or
+"""The Python API: `LLM(model=..., **overrides).generate(prompts, sampling_params)` (vLLM's
+RequestOutput with `outputs[0].text`), `.chat(messages)` through the chat template, or
 `.stream(...)` for the text as it comes; `LLM(...).engine` is the request-level LLMEngine."""
 import os
 from collections.abc import Iterator
@@ -53,7 +54,8 @@ class LLM:
                 try:
                     seq = engine.add_request(str(i), prompt, sp, priority=priority)
                 except ValueError as e:
-                    yield RequestDelta(str(i), [], "", True, "rejected", 0, 0, error=str(e))
+                    for k in range(sp.n):
+                        yield RequestDelta(str(i), [], "", k == sp.n - 1, "rejected", 0, 0, error=str(e), index=k)
                 else:
                     live.append(seq.request_id)
             unfinished = set(live)
@@ -69,6 +71,30 @@ class LLM:
         if self.engine is None:
             raise RuntimeError("the engine is closed (close() or the end of its `with` block freed it); "
                                "create a new LLM to generate again")
+
+    def chat(self, messages, sampling_params: SamplingParams | list[SamplingParams] | None = None,
+             use_tqdm: bool = True, add_generation_prompt: bool = True,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """vLLM's `LLM.chat`: `messages` is one conversation (a list of {"role", "content"} dicts) or
+        a list of them; each goes through the model's chat template and is generated from like
+        `generate`, one RequestOutput per conversation (its `prompt` is the templated text)."""
+        self._check_open()
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.engine.model_path} has no chat template (its tokenizer_config.json sets none); "
+                             f"use generate() with plain prompts")
+        texts, prompts = [], []
+        for conversation in conversations:
+            if not isinstance(conversation, list) or not all(isinstance(m, dict) and "role" in m for m in conversation):
+                raise ValueError("LLM.chat takes a conversation, a list of {'role': ..., 'content': ...} dicts, or a "
+                                 f"list of conversations; got {conversation!r:.120}")
+            kwargs = dict(add_generation_prompt=add_generation_prompt, **(chat_template_kwargs or {}))
+            texts.append(self.tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs))
+            prompts.append(self.tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False, **kwargs))
+        outputs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        for out, text in zip(outputs, texts):
+            out.prompt = text
+        return outputs
 
     def chat_prompt(self, message: str) -> str:
         """`message` as a single user turn through the model's chat template."""

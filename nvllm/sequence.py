@@ -40,6 +40,11 @@ class Sequence:
         # when each generated token came out of the model (one entry per completion token)
         self.token_times: list[float] = []
         self.num_preemptions = 0
+        # which of its request's n completions (SamplingParams.n); its siblings share the prompt's blocks
+        self.index = 0
+        # with SamplingParams.logprobs: per generated token {token id: (logprob, rank)}, and their sum
+        self.logprobs: list[dict[int, tuple[float, int]]] | None = None if sampling_params.logprobs is None else []
+        self.cumulative_logprob: float | None = None if sampling_params.logprobs is None else 0.0
 
     @property
     def first_token_time(self) -> float:

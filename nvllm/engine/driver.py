@@ -4,7 +4,7 @@ prompt in prompt order. Open-loop runs (arrival times, a concurrency cap) go thr
 from tqdm.auto import tqdm
 
 from nvllm.distributed.workers import WorkerError
-from nvllm.engine.outputs import RequestOutput, fill_output
+from nvllm.engine.outputs import CompletionOutput, RequestOutput, fill_output
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence
 
@@ -19,10 +19,12 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
     `max_concurrency` a request arrives no earlier than a slot is free (as vLLM's client). A
     worker that dies ends the run: what finished is kept, the rest carry the error."""
     priorities = [0] * len(prompts) if priorities is None else priorities
-    outputs = [RequestOutput(i, prompt if isinstance(prompt, str) else None, [])
-               for i, prompt in enumerate(prompts)]
+    outputs = [RequestOutput(str(i), prompt if isinstance(prompt, str) else None, [],
+                             [CompletionOutput(k) for k in range(sp.n)])
+               for i, (prompt, sp) in enumerate(zip(prompts, sampling_params))]
     pending = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
-    live: dict[str, tuple[Sequence, list[str]]] = {}  # request id -> (request, its text pieces)
+    live: dict[str, dict[int, tuple[list[str], list]]] = {}  # request id -> completion -> (text pieces, logprobs)
+    seqs: dict[str, list[Sequence]] = {}  # request id -> its completions' Sequences
     start = engine.clock.now()
 
     def admit():
@@ -32,10 +34,11 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
             try:
                 seq = engine.add_request(str(i), prompts[i], sampling_params[i], arrival, priorities[i], stream=False)
             except ValueError as e:
-                outputs[i].finish_reason, outputs[i].error = "rejected", str(e)
+                outputs[i].end("rejected", str(e))
             else:
                 outputs[i].prompt_token_ids = seq.token_ids[:]
-                live[str(i)] = (seq, [])
+                live[str(i)] = {k: ([], []) for k in range(sampling_params[i].n)}
+                seqs[str(i)] = engine.sequences(str(i))
 
     admit()
     stats = engine.stats
@@ -47,7 +50,7 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
                 deltas = engine.step()
             except WorkerError as e:
                 for i in [*map(int, live), *pending]:
-                    outputs[i].finish_reason, outputs[i].error = "abort", str(e)
+                    outputs[i].end("abort", str(e))
                 break
             elapsed = engine.clock.now() - step_start
             if stats.prefill_tokens > prefill_before:
@@ -55,10 +58,15 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
             elif stats.decode_tokens > decode_before:
                 bar.set_postfix_str(f"decode {(stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
             for d in deltas:
-                live[d.request_id][1].append(d.new_text)
+                pieces, logprobs = live[d.request_id][d.index]
+                pieces.append(d.new_text)
+                logprobs.extend(d.logprobs or ())
+                if d.finish_reason is not None:
+                    seq = seqs[d.request_id][d.index]
+                    fill_output(outputs[int(d.request_id)], seq, "".join(pieces),
+                                logprobs if seq.logprobs is not None else None)
                 if d.finished:
-                    seq, pieces = live.pop(d.request_id)
-                    fill_output(outputs[int(d.request_id)], seq, "".join(pieces))
+                    del live[d.request_id], seqs[d.request_id]
                     bar.update(1)
             admit()
     return outputs

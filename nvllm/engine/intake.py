@@ -3,6 +3,7 @@ made into a Sequence (a bad request raises ValueError saying what to change), an
 requests whose arrival time has not come yet."""
 import heapq
 import os
+from dataclasses import replace
 
 from transformers import AutoTokenizer
 
@@ -55,6 +56,19 @@ def new_sequence(request_id: str, prompt: str | list[int], params: SamplingParam
     seq.request_id = request_id
     seq.arrival_time = arrival_time
     return seq
+
+
+def siblings(seq: Sequence) -> list[Sequence]:
+    """The other n - 1 completions of `seq`'s request (SamplingParams.n), each a Sequence of the same
+    prompt; a seeded request's completion i draws with seed + i (as vLLM), so they differ."""
+    params = seq.sampling_params
+    out = []
+    for i in range(1, params.n):
+        sibling = Sequence(seq.token_ids, params if params.seed is None else replace(params, seed=params.seed + i),
+                           seq.block_size, seq.priority)
+        sibling.request_id, sibling.arrival_time, sibling.index = seq.request_id, seq.arrival_time, i
+        out.append(sibling)
+    return out
 
 
 class Arrivals:

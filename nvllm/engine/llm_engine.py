@@ -2,6 +2,9 @@
 until every request has finished. Intake checks live in intake.py, deltas and outputs in
 outputs.py, the offline `generate` driver in driver.py. Components come from the registry; none of
 this code sees a DictConfig or a plugin."""
+import logging
+import time
+
 from transformers import AutoConfig
 
 from nvllm import registry
@@ -12,9 +15,12 @@ from nvllm.engine.clock import Clock
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
+from nvllm.engine.warmup import warm_up
 from nvllm.models.weights import is_random, resolve_model_path
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence, SequenceStatus
+
+logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
@@ -22,6 +28,7 @@ class LLMEngine:
         """`config`: the typed configuration (`Config.from_cfg` of a composed Hydra config)."""
         self.failure = None  # set when a fault stopped the engine
         self.clock = Clock()  # every timestamp below reads it (nvllm/engine/clock.py)
+        started = time.perf_counter()
         # -- the model: weights, config resolved against it, tokenizer
         self.model_path = resolve_model_path(config.model)
         self.random_weights = is_random(self.model_path)
@@ -42,9 +49,22 @@ class LLMEngine:
             "scheduler", config.scheduler, kv_cache=self.kv_cache, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
+        self.model_runner.sampler.eos_token_ids = self.scheduler.eos_token_ids  # min_tokens masks them
+        # -- warm-up (torch.compile compiles here), timed apart from every request
+        loaded = time.perf_counter()
+        if config.compile:
+            logger.info("compiling the model with torch.compile (compile=true): the first time takes a minute "
+                        "or more, later runs read the compile cache")
+        try:
+            warm_up(self.model_runner, self.kv_cache.num_blocks, self.kv_cache.block_size, config.max_model_len)
+        except BaseException as e:
+            self._fail(e)
+        self.startup_s = {"load": loaded - started, "warmup": time.perf_counter() - loaded}
+        logger.info(startup_line(self))
         # -- requests: live ones by id, those not yet due, the last deltas of aborted ones
         self.stats = StepStats()
-        self._requests: dict[str, LiveRequest] = {}
+        self._requests: dict[str, dict[int, LiveRequest]] = {}  # id -> its live completions by index
+        self._held: dict[int, list[Sequence]] = {}  # a first completion's seq id -> its siblings, not yet added
         self._arrivals = intake.Arrivals(self.clock)
         self._aborted: list[RequestDelta] = []  # the next step returns them
 
@@ -57,7 +77,9 @@ class LLMEngine:
         """Validate and queue one request; a bad one raises ValueError and changes nothing.
         `arrival_time` (on `self.clock`; default now) may be in the future: the request is held
         until then, and its TTFT counts from then. `stream=False` decodes its text once at the end
-        (its deltas carry the tokens; the last one the whole text). Returns the request."""
+        (its deltas carry the tokens; the last one the whole text). With `sampling_params.n > 1` its
+        other completions wait until the first has computed the prompt, then find its full blocks in
+        the prefix cache. Returns the request's (first) Sequence."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running; ids must be unique among live requests")
         if getattr(self, "model_runner", None) is None:
@@ -70,26 +92,34 @@ class LLMEngine:
             tokenizer=self.tokenizer,
             model_path=self.model_path, vocab_size=self.model_runner.hf_config.vocab_size,
             max_model_len=self.config.max_model_len, kv_cache=self.kv_cache)
-        self._requests[request_id] = LiveRequest(seq, Detokenizer(self.tokenizer, sampling_params.stop, stream))
-        if seq.arrival_time > now:
-            self._arrivals.add(seq)  # held until it is due
-        else:
-            self.scheduler.add(seq)
+        others = intake.siblings(seq)
+        self._requests[request_id] = {s.index: LiveRequest(s, Detokenizer(self.tokenizer, sampling_params.stop, stream))
+                                      for s in (seq, *others)}
+        if others and getattr(self.config.kv_cache, "prefix_caching", False):
+            self._held[seq.seq_id], others = others, []  # added once `seq` has computed the prompt
+        for s in (seq, *others):
+            if s.arrival_time > now:
+                self._arrivals.add(s)  # held until it is due
+            else:
+                self.scheduler.add(s)
         return seq
 
     def abort_request(self, request_id: str) -> None:
-        """Finish a live request with finish_reason "abort" and free its blocks now; its last delta
-        comes with the next step. An unknown or finished id is ignored."""
-        request = self._requests.get(request_id)
-        if request is None:
+        """Finish a live request (every completion) with finish_reason "abort" and free its blocks
+        now; its last deltas come with the next step. An unknown or finished id is ignored."""
+        completions = self._requests.get(request_id)
+        if completions is None:
             return
-        seq = request.seq
-        if self._arrivals.remove(seq):
-            seq.status = SequenceStatus.FINISHED
-        else:
-            self.scheduler.finish(seq, "abort")
-        seq.finish_reason = "abort"
-        self._aborted.append(self._delta(request, self.clock.now()))
+        now = self.clock.now()
+        held = self._held.pop(completions[0].seq.seq_id, []) if 0 in completions else []
+        for request in list(completions.values()):
+            seq = request.seq
+            if any(s is seq for s in held) or self._arrivals.remove(seq):
+                seq.status = SequenceStatus.FINISHED  # never reached the scheduler
+            else:
+                self.scheduler.finish(seq, "abort")
+            seq.finish_reason = "abort"
+            self._aborted.append(self._delta(request, now))
 
     def abort_requests(self, request_ids, quiet: bool = False) -> None:
         """abort_request for each id; `quiet`: no deltas for them (a reader that went away)."""
@@ -98,6 +128,10 @@ class LLMEngine:
         if quiet:
             ids = set(request_ids)
             self._aborted = [d for d in self._aborted if d.request_id not in ids]
+
+    def sequences(self, request_id: str) -> list[Sequence]:
+        """A live request's completions (SamplingParams.n of them, finished ones left out), by index."""
+        return [live.seq for _, live in sorted(self._requests.get(request_id, {}).items())]
 
     def has_unfinished_requests(self) -> bool:
         """Whether any request is waiting, running, not yet arrived, or has a delta to come."""
@@ -132,18 +166,25 @@ class LLMEngine:
                 seq.first_scheduled_time = start
             if len(seq.token_times) < seq.num_completion_tokens:
                 seq.token_times.append(now)
-                deltas.append(self._delta(self._requests[seq.request_id], now))
+                for sibling in self._held.pop(seq.seq_id, ()):  # the prompt's full blocks are cached now
+                    self.scheduler.add(sibling)
+                deltas.append(self._delta(self._requests[seq.request_id][seq.index], now))
         self.stats.record(num_tokens, now - start, is_decode)
         return deltas
 
     def _delta(self, request: LiveRequest, now: float) -> RequestDelta:
-        """The request's delta; a finished request (a stop string may finish it here) leaves the engine."""
+        """The completion's delta; a finished completion (a stop string may finish it here) leaves
+        the engine, and the request with its last one (`delta.finished`)."""
         seq, delta = request.seq, request.delta(now)
-        if delta.finished:
+        if delta.finish_reason is not None:
             if not seq.is_finished:  # a stop string ended it
                 self.scheduler.finish(seq, "stop")
             self.model_runner.sampler.release(seq)
-            del self._requests[seq.request_id]
+            completions = self._requests[seq.request_id]
+            del completions[seq.index]
+            delta.finished = not completions
+            if delta.finished:
+                del self._requests[seq.request_id]
         return delta
 
     def generate(self, prompts: list, sampling_params: list[SamplingParams], use_tqdm: bool = True,
@@ -184,3 +225,15 @@ def _eos_ids(tokenizer, hf_config) -> frozenset[int]:
         elif isinstance(source, (list, tuple)):
             ids.update(source)
     return frozenset(ids)
+
+
+def startup_line(engine) -> str:
+    """One line on what really runs: model, device, dtype, forward strategy, attention backend, KV cache."""
+    c, runner, kv = engine.config, engine.model_runner, engine.kv_cache
+    gib = kv.num_blocks * runner._block_bytes() / 2**30
+    auto = lambda choice: " (auto)" if choice else ""  # noqa: E731
+    return (f"nvllm: model={c.model.name} ({engine.model_path}{', RANDOM WEIGHTS' if engine.random_weights else ''}) "
+            f"on {c.device}, {c.dtype}, tp={c.tp}; forward={c.forward.name}{auto(c.forward_choice)}, "
+            f"attention={c.attention.name}{auto(c.attention_choice)}{', compile' if c.compile else ''}; "
+            f"KV cache {kv.num_blocks} blocks x {kv.block_size} tokens = {gib:.2f} GiB; max_model_len={c.max_model_len}; "
+            f"loaded in {engine.startup_s['load']:.1f} s, warmed up in {engine.startup_s['warmup']:.1f} s")

@@ -11,6 +11,7 @@ from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
 from nvllm.sequence import Sequence
 from nvllm.models.weights import load_weights
+from nvllm.sampler.logprobs import record_logprobs
 
 CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
 
@@ -172,12 +173,15 @@ class ModelRunner:
         # chunk's would be thrown away, and drawing it would still advance a seeded request's noise
         done = [i for i, seq in enumerate(seqs) if seq.num_computed_tokens + seq.num_scheduled_tokens >= len(seq)]
         if len(done) == len(seqs):
-            return self.sampler(logits.float(), seqs)
-        token_ids = [-1] * len(seqs)  # postprocess skips the unfinished prefills' entries
-        if done:
-            sampled = self.sampler(logits[done].float(), [seqs[i] for i in done])
-            for i, token_id in zip(done, sampled):
-                token_ids[i] = token_id
+            token_ids = self.sampler(logits.float(), seqs)
+        else:
+            token_ids = [-1] * len(seqs)  # postprocess skips the unfinished prefills' entries
+            if done:
+                sampled = self.sampler(logits[done].float(), [seqs[i] for i in done])
+                for i, token_id in zip(done, sampled):
+                    token_ids[i] = token_id
+        if any(seqs[i].logprobs is not None for i in done):
+            record_logprobs(logits, seqs, done, token_ids)
         return token_ids
 
     def close(self):

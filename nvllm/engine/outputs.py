@@ -1,6 +1,6 @@
-"""What the engine hands back: a RequestDelta for each request a step advanced or finished (its
-new tokens and text, stop strings applied), a finished request copied into its RequestOutput,
-and the engine's running totals of prefill and decode steps."""
+"""What the engine hands back: a RequestDelta for each completion a step advanced or finished (its
+new tokens, text and logprobs, stop strings applied), finished requests copied into vLLM's
+RequestOutput / CompletionOutput, and the engine's running totals of prefill and decode steps."""
 from dataclasses import dataclass, field
 
 from nvllm.engine.detokenizer import Detokenizer
@@ -8,56 +8,121 @@ from nvllm.sequence import Sequence
 
 
 @dataclass
-class RequestOutput:
+class Logprob:
+    """One token's log-probability (vLLM's): from the model's raw logits, before penalties,
+    temperature or top-k/top-p; `rank` 1 is the most likely token."""
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
+class CompletionOutput:
+    """One of a request's `n` completions (vLLM's CompletionOutput)."""
     index: int
-    prompt: str | None
-    prompt_token_ids: list[int]
+    text: str = ""
     # generated tokens only (a stop token, EOS included, is the last of them; its text is not in `text`)
     token_ids: list[int] = field(default_factory=list)
-    text: str = ""
+    # the sum of the sampled tokens' logprobs; None unless SamplingParams.logprobs was set
+    cumulative_logprob: float | None = None
+    # one {token id: Logprob} per generated token: the sampled one and the `logprobs` most likely
+    logprobs: list[dict[int, Logprob]] | None = None
     # stop (EOS, stop string or stop token), length (max_tokens), max_model_len (cut by the length
-    # cap), abort, rejected (see `error`)
+    # cap), abort, rejected (see RequestOutput.error); None while it runs
     finish_reason: str | None = None
-    error: str | None = None
-    # seconds from arrival to the first generated token, and per later token
-    ttft: float | None = None
-    tpot: float | None = None
-    # perf_counter() times: arrival, first scheduled, each generated token, finish
+    # when each token came out of the model (the engine's clock, seconds)
+    token_times: list[float] = field(default_factory=list)
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestMetrics:
+    """A request's timings in seconds on the engine's clock (vLLM's RequestMetrics, plus TTFT and
+    TPOT). With n > 1 the first token and TPOT are the first completion's."""
     arrival_time: float | None = None
     first_scheduled_time: float | None = None
-    token_times: list[float] = field(default_factory=list)
-    finish_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finished_time: float | None = None
+    # first scheduled - arrival
+    time_in_queue: float | None = None
+    # first token - arrival
+    ttft: float | None = None
+    # per token after the first
+    tpot: float | None = None
     num_preemptions: int = 0
 
 
 @dataclass
+class RequestOutput:
+    """What `LLM.generate` returns per prompt (vLLM's shape): the prompt, and `outputs`, one
+    CompletionOutput per completion (`SamplingParams.n`). `text`, `token_ids`, `finish_reason`,
+    `ttft` and `tpot` read `outputs[0]` and `metrics` (nvllm's earlier names, kept)."""
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=lambda: [CompletionOutput(0)])
+    finished: bool = False
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    # why the request was rejected (finish_reason "rejected") or ended by a fault ("abort")
+    error: str | None = None
+
+    text = property(lambda self: self.outputs[0].text, doc="outputs[0].text")
+    token_ids = property(lambda self: self.outputs[0].token_ids, doc="outputs[0].token_ids")
+    finish_reason = property(lambda self: self.outputs[0].finish_reason, doc="outputs[0].finish_reason")
+    ttft = property(lambda self: self.metrics.ttft, doc="metrics.ttft (seconds)")
+    tpot = property(lambda self: self.metrics.tpot, doc="metrics.tpot (seconds)")
+    token_times = property(lambda self: self.outputs[0].token_times, doc="outputs[0].token_times")
+    arrival_time = property(lambda self: self.metrics.arrival_time, doc="metrics.arrival_time")
+    first_scheduled_time = property(lambda self: self.metrics.first_scheduled_time, doc="metrics.first_scheduled_time")
+    finish_time = property(lambda self: self.metrics.finished_time, doc="metrics.finished_time")
+    num_preemptions = property(lambda self: self.metrics.num_preemptions, doc="metrics.num_preemptions")
+
+    def end(self, reason: str, error: str):
+        """Finish every completion not yet finished with `reason`, the request with `error`."""
+        for c in self.outputs:
+            c.finish_reason = c.finish_reason or reason
+        self.finished, self.error = True, error
+
+
+@dataclass
 class RequestDelta:
-    """What one step added to one request; the `new_text` of all its deltas joined is its text."""
+    """What one step added to one completion of a request; the `new_text` of all its deltas
+    joined is that completion's text."""
     request_id: str
     new_token_ids: list[int]
     new_text: str
+    # the whole request has finished (every one of its n completions)
     finished: bool
-    # None until finished; then stop, length, max_model_len, abort (or rejected, from LLM.stream)
+    # this completion's, once it has finished: stop, length, max_model_len, abort (or rejected, from LLM.stream)
     finish_reason: str | None
     num_prompt_tokens: int
-    # generated so far
+    # generated so far by this completion
     num_output_tokens: int
     error: str | None = None
+    # which of the request's n completions
+    index: int = 0
+    # one {token id: Logprob} per new token (SamplingParams.logprobs set), and the running sum
+    logprobs: list[dict[int, Logprob]] | None = None
+    cumulative_logprob: float | None = None
 
 
 @dataclass
 class LiveRequest:
-    """The engine's record of a request it has taken and not yet finished."""
+    """The engine's record of one completion it has taken and not yet finished."""
     seq: Sequence
     detokenizer: Detokenizer
     num_sent: int = 0  # generated tokens already in a delta
 
     def delta(self, now: float) -> RequestDelta:
         """The tokens and text added since the last delta, however many. A stop string found in
-        the text finishes the request here (finish_reason "stop"); the caller frees what a
-        finished request holds."""
+        the text finishes the completion here (finish_reason "stop"); the caller frees what a
+        finished one holds and sets `finished` once every completion of the request has."""
         seq = self.seq
-        new_ids = seq.token_ids[seq.num_prompt_tokens + self.num_sent:]
+        start = self.num_sent
+        new_ids = seq.token_ids[seq.num_prompt_tokens + start:]
         self.num_sent += len(new_ids)
         finished = seq.is_finished
         text_ids = new_ids[:-1] if seq.finish_reason == "stop" and new_ids else new_ids  # a stop token's text is left out
@@ -66,21 +131,37 @@ class LiveRequest:
             seq.finish_reason, finished = "stop", True
         if finished:
             seq.finish_time = now
+        logprobs = None
+        if seq.logprobs is not None:
+            logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
         return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
-                            seq.num_prompt_tokens, seq.num_completion_tokens)
+                            seq.num_prompt_tokens, seq.num_completion_tokens, index=seq.index, logprobs=logprobs,
+                            cumulative_logprob=seq.cumulative_logprob)
+
+    def _logprobs(self, entry: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
+        tokenizer = self.detokenizer.tokenizer
+        return {t: Logprob(lp, rank, tokenizer.decode([t]) if tokenizer is not None else None)
+                for t, (lp, rank) in entry.items()}
 
 
-def fill_output(out: RequestOutput, seq: Sequence, text: str):
-    """Copy a finished request's tokens, text, finish reason and timings into its output."""
-    out.token_ids = seq.completion_token_ids
-    out.finish_reason = seq.finish_reason
-    out.text = text
-    out.arrival_time, out.first_scheduled_time = seq.arrival_time, seq.first_scheduled_time
-    out.token_times, out.finish_time, out.num_preemptions = seq.token_times, seq.finish_time, seq.num_preemptions
-    if seq.token_times:
-        out.ttft = seq.token_times[0] - seq.arrival_time
-    if len(seq.token_times) > 1:
-        out.tpot = (seq.token_times[-1] - seq.token_times[0]) / (len(seq.token_times) - 1)
+def fill_output(out: RequestOutput, seq: Sequence, text: str, logprobs: list | None):
+    """Copy a finished completion's tokens, text, finish reason, logprobs and timings into `out`."""
+    c = out.outputs[seq.index]
+    c.token_ids, c.finish_reason, c.text, c.token_times = seq.completion_token_ids, seq.finish_reason, text, seq.token_times
+    c.logprobs, c.cumulative_logprob = logprobs, seq.cumulative_logprob
+    m = out.metrics
+    m.num_preemptions += seq.num_preemptions
+    m.finished_time = max(m.finished_time or seq.finish_time, seq.finish_time)
+    if seq.index == 0:
+        m.arrival_time, m.first_scheduled_time = seq.arrival_time, seq.first_scheduled_time
+        if seq.first_scheduled_time is not None:
+            m.time_in_queue = seq.first_scheduled_time - seq.arrival_time
+        if seq.token_times:
+            m.first_token_time, m.last_token_time = seq.token_times[0], seq.token_times[-1]
+            m.ttft = seq.token_times[0] - seq.arrival_time
+        if len(seq.token_times) > 1:
+            m.tpot = (seq.token_times[-1] - seq.token_times[0]) / (len(seq.token_times) - 1)
+    out.finished = all(c.finished() for c in out.outputs)
 
 
 @dataclass

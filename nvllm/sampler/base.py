@@ -8,6 +8,8 @@ from nvllm.sequence import Sequence
 
 class Sampler(ABC):
     name: str
+    # the model's end-of-sequence ids (the engine sets them): SamplingParams.min_tokens masks them
+    eos_token_ids: frozenset[int] = frozenset()
 
     def __init__(self, config, device: torch.device):
         self.config = config

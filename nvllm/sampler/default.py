@@ -1,15 +1,22 @@
-"""Greedy (temperature 0), temperature, top-k, top-p and per-request seeds.
+"""Greedy (temperature 0), temperature, top-k, top-p, min-p, per-request seeds, min_tokens, and
+the repetition (Hugging Face), presence and frequency (OpenAI) penalties: every SamplingParams
+field, per request, vectorised over the batch.
 
-Sampling is the exponential race (Gumbel-max): argmax(p / E) with E ~ Exp(1) draws from p
-without a host sync. A seeded request draws its noise from its own generator, so its tokens do
-not depend on what else is in the batch."""
+Order, as vLLM's: penalties and min_tokens change the logits (greedy takes the argmax after them),
+then temperature, min_p, top-k and top-p. Sampling is the exponential race (Gumbel-max):
+argmax(p / E) with E ~ Exp(1) draws from p without a host sync. A seeded request draws its noise
+from its own generator, so its tokens do not depend on what else is in the batch."""
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-from nvllm.sequence import Sequence
 from nvllm.hookspecs import hookimpl
 from nvllm.sampler.base import Sampler
+from nvllm.sequence import Sequence
+
+
+NO_PENALTIES = (1.0, 0.0, 0.0)
 
 
 class DefaultSampler(Sampler):
@@ -22,14 +29,17 @@ class DefaultSampler(Sampler):
     def __init__(self, config, device):
         super().__init__(config, device)
         self.generators: dict[int, torch.Generator] = {}
+        self.history: dict[int, torch.Tensor] = {}  # seq id -> its token ids on the device (penalties)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         params = [seq.sampling_params for seq in seqs]
+        logits = self.process(logits, seqs)
         greedy = logits.argmax(dim=-1)
         if all(sp.temperature == 0 for sp in params):
             return greedy.tolist()
         temperatures = torch.tensor([sp.temperature or 1.0 for sp in params], device=logits.device)
-        probs = self.filter_top_k_top_p(logits.float() / temperatures[:, None], params).softmax(dim=-1)
+        logits = self.filter_min_p(logits.float() / temperatures[:, None], params)
+        probs = self.filter_top_k_top_p(logits, params).softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_(1)
         for b, (seq, sp) in enumerate(zip(seqs, params)):
             if sp.seed is not None and sp.temperature > 0:
@@ -37,6 +47,55 @@ class DefaultSampler(Sampler):
         sampled = (probs / noise.clamp_min(1e-10)).argmax(dim=-1)
         is_greedy = torch.tensor([sp.temperature == 0 for sp in params], device=logits.device)
         return torch.where(is_greedy, greedy, sampled).tolist()
+
+    def process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """The logits after the penalties and min_tokens, for the rows that ask for them."""
+        penalties = [self.penalties(seq) for seq in seqs]
+        rows = [b for b, p in enumerate(penalties) if p != NO_PENALTIES]
+        if rows:
+            logits = logits.clone()
+            logits[rows] = self.penalize(logits[rows], [seqs[b] for b in rows], [penalties[b] for b in rows])
+        masked = [(b, t) for b, seq in enumerate(seqs) if seq.num_completion_tokens < seq.sampling_params.min_tokens
+                  for t in self.eos_token_ids | set(seq.sampling_params.stop_token_ids or ())]
+        if masked:
+            logits = logits.clone() if not rows else logits
+            b, t = zip(*masked)
+            logits[list(b), list(t)] = float("-inf")
+        return logits
+
+    def penalties(self, seq: Sequence) -> tuple[float, float, float]:
+        """(repetition, frequency, presence) penalties for `seq`: its request's. A sampler that sets
+        them another way (plugins/nvllm-penalties: one setting for a whole run) overrides this."""
+        sp = seq.sampling_params
+        return sp.repetition_penalty, sp.frequency_penalty, sp.presence_penalty
+
+    def penalize(self, logits: torch.Tensor, seqs: list[Sequence], penalties: list[tuple[float, float, float]]) -> torch.Tensor:
+        """Repetition penalty over the prompt and output (transformers' RepetitionPenaltyLogitsProcessor:
+        a positive logit divided by it, a negative one multiplied), then the presence and frequency
+        penalties over the output only (OpenAI's: logit - frequency * count - presence * [count > 0])."""
+        vocab, dev = logits.shape[-1], logits.device
+        # padding points at an extra column that is dropped, so it counts for nothing
+        ids = pad_sequence([self._history(seq) for seq in seqs], batch_first=True, padding_value=vocab)
+        repetition, frequency, presence = torch.tensor(penalties, dtype=logits.dtype, device=dev).T[:, :, None]
+        seen = torch.zeros(len(seqs), vocab + 1, dtype=torch.bool, device=dev).scatter_(1, ids, True)[:, :vocab]
+        logits = torch.where(seen, torch.where(logits > 0, logits / repetition, logits * repetition), logits)
+        if frequency.any() or presence.any():
+            num_prompt = torch.tensor([seq.num_prompt_tokens for seq in seqs], device=dev)
+            generated = ids.masked_fill(torch.arange(ids.shape[1], device=dev)[None, :] < num_prompt[:, None], vocab)
+            counts = torch.zeros(len(seqs), vocab + 1, dtype=logits.dtype, device=dev)
+            counts = counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=logits.dtype))[:, :vocab]
+            logits = logits - frequency * counts - presence * (counts > 0)
+        return logits
+
+    @staticmethod
+    def filter_min_p(logits: torch.Tensor, params) -> torch.Tensor:
+        """Drop tokens whose probability is below min_p times the most likely one's (transformers'
+        MinPLogitsWarper)."""
+        if not any(sp.min_p for sp in params):
+            return logits
+        min_p = torch.tensor([sp.min_p for sp in params], dtype=logits.dtype, device=logits.device)[:, None]
+        probs = logits.softmax(dim=-1)
+        return logits.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
 
     @staticmethod
     def filter_top_k_top_p(logits: torch.Tensor, params) -> torch.Tensor:
@@ -56,6 +115,15 @@ class DefaultSampler(Sampler):
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
+    def _history(self, seq: Sequence) -> torch.Tensor:
+        """`seq`'s token ids on the device, grown by the new tokens only (one small copy a step)."""
+        cached = self.history.get(seq.seq_id)
+        done = 0 if cached is None else len(cached)
+        if done < len(seq):
+            new = torch.tensor(seq.token_ids[done:], dtype=torch.int64, device=self.device)
+            cached = self.history[seq.seq_id] = new if cached is None else torch.cat([cached, new])
+        return cached
+
     def _generator(self, seq: Sequence) -> torch.Generator:
         gen = self.generators.get(seq.seq_id)
         if gen is None:
@@ -65,6 +133,7 @@ class DefaultSampler(Sampler):
 
     def release(self, seq: Sequence):
         self.generators.pop(seq.seq_id, None)
+        self.history.pop(seq.seq_id, None)
 
 
 @hookimpl

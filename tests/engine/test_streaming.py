@@ -79,7 +79,7 @@ def test_abort_frees_every_block(llm):
     engine.add_request("late", [9] * 5, params, arrival_time=time.perf_counter() + 60)
     deltas = engine.step() + engine.step()
     assert {d.request_id for d in deltas} == {"r0", "r1", "r2"}
-    free, held = engine.kv_cache.num_free_blocks, len(engine._requests["r1"].seq.block_table)
+    free, held = engine.kv_cache.num_free_blocks, len(engine.sequences("r1")[0].block_table)
     assert held == 3  # 20 prompt tokens + 2 generated, 8 a block
     engine.abort_request("r1")
     assert engine.kv_cache.num_free_blocks == free + held  # at once

@@ -398,3 +398,77 @@ def test_sampling_params_validation(kwargs, name):
 )
 def test_sampling_params_valid_edges(kwargs):
     SamplingParams(**kwargs)
+
+
+# -- penalties, min_p and min_tokens: exact against transformers' logits processors ------------------
+
+def grown(prompt, generated, **params) -> Sequence:
+    s = Sequence(prompt, SamplingParams(**params), block_size=16)
+    for token in generated:
+        s.append_token(token)
+    return s
+
+
+def test_repetition_penalty_per_request_matches_transformers():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(0)
+    history = [torch.randint(0, 50, (12,), generator=g).tolist() for _ in range(4)]
+    penalties = [1.3, 1.0, 0.8, 2.0]  # one per request, a neutral one among them
+    seqs = [grown(h[:9], h[9:], temperature=0, repetition_penalty=p) for h, p in zip(history, penalties)]
+    logits = torch.randn(4, 50, generator=g) * 3
+    got = make_sampler().process(logits, seqs)
+    for b, p in enumerate(penalties):
+        want = RepetitionPenaltyLogitsProcessor(p)(torch.tensor([history[b]]), logits[b:b + 1].clone())[0]
+        torch.testing.assert_close(got[b], want, rtol=0, atol=0)
+
+
+def test_presence_and_frequency_penalties_count_generated_tokens_only():
+    """OpenAI's definition (vLLM's too): logit - frequency * count - presence * [count > 0], over the output."""
+    s = grown([5, 5, 6], [6, 7, 7, 7], frequency_penalty=0.5, presence_penalty=0.25)
+    got = make_sampler().process(torch.zeros(1, 10), [s])[0]
+    want = torch.zeros(10)
+    want[6] = -(0.5 * 1 + 0.25)  # once in the output; its prompt occurrence does not count
+    want[7] = -(0.5 * 3 + 0.25)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_min_p_matches_transformers():
+    from transformers import MinPLogitsWarper
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 64, generator=g) * 2
+    for min_p in (0.05, 0.3):
+        got = DefaultSampler.filter_min_p(logits, [SamplingParams(min_p=min_p)] * 3)
+        want = MinPLogitsWarper(min_p)(None, logits.clone())
+        assert torch.equal(got.isinf(), want.isinf()) and torch.equal(got[~got.isinf()], want[~want.isinf()])
+
+
+def test_min_p_keeps_sampling_inside_the_kept_set():
+    logits = torch.tensor([[4.0, 3.9, 0.0, -1.0, -2.0] * 4])
+    s = seq(temperature=1.0, min_p=0.5)
+    kept = {i for i in range(20) if i % 5 in (0, 1)}
+    sampler = make_sampler()
+    assert {sampler(logits, [s])[0] for _ in range(200)} <= kept
+
+
+def test_min_tokens_masks_eos_and_stop_tokens_like_transformers():
+    from transformers import MinNewTokensLengthLogitsProcessor
+
+    sampler = make_sampler()
+    sampler.eos_token_ids = frozenset({2})
+    logits = torch.randn(1, 8)
+    logits[0, 2] = logits[0, 6] = 50  # the model wants to stop
+    early = grown([1, 3], [4], temperature=0, min_tokens=3, stop_token_ids=[6])
+    want = MinNewTokensLengthLogitsProcessor(prompt_length_to_skip=2, min_new_tokens=3, eos_token_id=[2, 6])(
+        torch.tensor([early.token_ids]), logits.clone())
+    torch.testing.assert_close(sampler.process(logits, [early]), want, rtol=0, atol=0)
+    assert sampler(logits, [early])[0] not in (2, 6)
+    done = grown([1, 3], [4, 5, 4], temperature=0, min_tokens=3, stop_token_ids=[6])
+    assert sampler(logits, [done])[0] in (2, 6)  # from the third token on, stopping is allowed
+
+
+def test_neutral_settings_change_nothing():
+    logits = torch.randn(3, 40)
+    seqs = [seq(temperature=0), seq(temperature=0, repetition_penalty=1.0, min_p=0.0), seq(temperature=0)]
+    assert torch.equal(make_sampler().process(logits, seqs), logits)

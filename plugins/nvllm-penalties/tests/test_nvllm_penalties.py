@@ -1,5 +1,5 @@
-"""nvllm-penalties: nvllm's sampler contract, then the penalties against transformers and the
-OpenAI formula."""
+"""nvllm-penalties: nvllm's sampler contract, then its run-wide penalties against transformers and
+the OpenAI formula, and a request's own penalties taking precedence."""
 import random
 
 import pytest
@@ -37,13 +37,15 @@ def test_repetition_penalty_matches_transformers():
     seqs = [grown([rng.randrange(50) for _ in range(9)], [rng.randrange(50) for _ in range(3)]) for _ in range(4)]
     logits = torch.randn(4, 50) * 3
     want = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([s.token_ids for s in seqs]), logits.clone())
-    torch.testing.assert_close(make(repetition_penalty=1.3).penalize(logits, seqs), want)
+    sampler = make(repetition_penalty=1.3)
+    torch.testing.assert_close(sampler.penalize(logits, seqs, [sampler.penalties(s) for s in seqs]), want)
 
 
 def test_frequency_and_presence_count_generated_tokens_only():
     seq = grown([5, 5, 6], [6, 7, 7, 7])
     logits = torch.zeros(1, 10)
-    got = make(repetition_penalty=1.0, frequency_penalty=0.5, presence_penalty=0.25).penalize(logits, [seq])[0]
+    sampler = make(repetition_penalty=1.0, frequency_penalty=0.5, presence_penalty=0.25)
+    got = sampler.penalize(logits, [seq], [sampler.penalties(seq)])[0]
     want = torch.zeros(10)
     want[6] = -(0.5 * 1 + 0.25)  # once in the output (its prompt occurrence does not count)
     want[7] = -(0.5 * 3 + 0.25)
@@ -54,9 +56,9 @@ def test_history_follows_the_sequence_across_steps_and_release():
     sampler = make(repetition_penalty=2.0)
     seq = grown([1], [])
     logits = torch.ones(1, 4)
-    assert sampler.penalize(logits, [seq])[0].tolist() == [1.0, 0.5, 1.0, 1.0]
+    assert sampler.penalize(logits, [seq], [sampler.penalties(seq)])[0].tolist() == [1.0, 0.5, 1.0, 1.0]
     seq.append_token(3)
-    assert sampler.penalize(logits, [seq])[0].tolist() == [1.0, 0.5, 1.0, 0.5]
+    assert sampler.penalize(logits, [seq], [sampler.penalties(seq)])[0].tolist() == [1.0, 0.5, 1.0, 0.5]
     sampler.release(seq)
     assert seq.seq_id not in sampler.history
 
@@ -96,3 +98,10 @@ def test_greedy_with_repetition_penalty_matches_transformers_generate(tiny_model
         plain = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
     assert got == want
     assert got != plain, "the penalty changed nothing: the test would not notice a no-op sampler"
+
+
+def test_a_request_that_sets_its_own_penalties_keeps_them():
+    sampler = make(repetition_penalty=1.3)
+    own = Sequence([1, 2], SamplingParams(temperature=0, repetition_penalty=2.0, presence_penalty=0.5), 16)
+    assert sampler.penalties(own) == (2.0, 0.0, 0.5)
+    assert sampler.penalties(grown([1, 2], [])) == (1.3, 0.0, 0.0)
