@@ -1,6 +1,7 @@
 """What a run measured, as the dict written to metrics.json. `serving_metrics` computes vLLM's
 serving metrics (`vllm bench serve`'s names and definitions) from per-request timings; the
 engine's runs and the HTTP benchmark client both call it."""
+import json
 import math
 import platform
 import re
@@ -75,13 +76,17 @@ def _stats(name: str, values: list[float], percentiles, scale: float = 1e3) -> d
 
 
 def serving_metrics(timings: list[RequestTiming], duration: float, percentiles=(50, 90, 99),
-                    slo: dict | None = None, detailed: bool = False, request_rate: float | None = None) -> dict:
+                    slo: dict | None = None, detailed: bool = False, request_rate: float | None = None,
+                    open_loop: bool | None = None) -> dict:
     """vLLM `bench serve`'s metrics: TTFT, TPOT per request = (E2EL - TTFT) / (output_len - 1)
     for requests of more than one token, ITL = every gap between outputs of every request, pooled,
     E2EL = last output - arrival; throughputs over `duration` (seconds). `slo` ({"ttft_ms",
     "tpot_ms", "e2el_ms"}, None or absent = no bound): a completed request is good when it meets
     every bound given (a one-token request's TPOT counts as 0). `request_rate`: the configured one
-    (None or inf: all at once)."""
+    (None or inf: all at once). `open_loop`: the requests arrived over time (a rate, a trace, HTTP
+    clients); default: whether a finite rate was configured. An offline batch (all at once) has no
+    request rate: its request_rate and achieved_request_rate are null (the spread of its arrivals is
+    the time to queue them, not a rate anyone asked for)."""
     done = [t for t in timings if t.success]
     ttfts = [t.token_times[0] - t.arrival if t.token_times else 0.0 for t in done]
     e2els = [t.token_times[-1] - t.arrival if t.token_times else 0.0 for t in done]
@@ -96,6 +101,8 @@ def serving_metrics(timings: list[RequestTiming], duration: float, percentiles=(
     arrivals = sorted(t.arrival for t in timings)
     span = arrivals[-1] - arrivals[0] if arrivals else 0.0
     configured = None if request_rate is None or math.isinf(request_rate) else request_rate
+    if open_loop is None:
+        open_loop = configured is not None
     out = {
         "duration": duration, "completed": len(done), "failed": len(timings) - len(done),
         "total_input_tokens": input_tokens, "total_output_tokens": output_tokens,
@@ -104,8 +111,9 @@ def serving_metrics(timings: list[RequestTiming], duration: float, percentiles=(
         "output_throughput": output_tokens / duration if duration else None,
         "total_token_throughput": (input_tokens + output_tokens) / duration if duration else None,
         # configured (null: all at t=0) and achieved: arrivals after the first / the span they took
+        # (null for an offline batch: see the docstring)
         "request_rate": configured,
-        "achieved_request_rate": (len(arrivals) - 1) / span if span > 0 else None,
+        "achieved_request_rate": (len(arrivals) - 1) / span if open_loop and span > 0 else None,
         **_stats("ttft_ms", ttfts, percentiles), **_stats("tpot_ms", tpots, percentiles),
         **_stats("itl_ms", itls, percentiles), **_stats("e2el_ms", e2els, percentiles),
         "max_concurrent_requests": _max_concurrent(done, e2els),
@@ -134,10 +142,11 @@ def _max_concurrent(done: list[RequestTiming], e2els: list[float]) -> int:
 
 
 def timing_of(output) -> RequestTiming:
-    """The RequestTiming of an engine RequestOutput (a rejected one counts as failed)."""
-    return RequestTiming(output.arrival_time or 0.0, output.token_times, len(output.prompt_token_ids),
-                         len(output.token_ids), output.error is None, output.error, output.first_scheduled_time,
-                         output.num_preemptions)
+    """The RequestTiming of an engine RequestOutput (a rejected one counts as failed); with n > 1,
+    its first completion's tokens and times."""
+    first, m = output.outputs[0], output.metrics
+    return RequestTiming(m.arrival_time or 0.0, first.token_times, len(output.prompt_token_ids), len(first.token_ids),
+                         output.error is None, output.error, m.first_scheduled_time, m.num_preemptions)
 
 
 def serving_options(cfg) -> dict:
@@ -162,32 +171,35 @@ def serving_options(cfg) -> dict:
 
 def collect(engine, outputs, wall_time: float, requested: dict, priorities: list[int] | None = None,
             serving: dict | None = None) -> dict:
-    """`serving`: serving_metrics' keyword arguments (see serving_options); its keys join the dict."""
+    """metrics.json of a run: vLLM's serving metrics (`serving`: serving_metrics' keyword arguments,
+    see serving_options) and nvllm's own, one unit each (latencies in ms, rates per second, sizes in
+    bytes). `wall_time` is the generate loop's: loading, compiling and warming up are before it (in
+    `startup_s`), so throughputs count generation only."""
     done = [o for o in outputs if o.error is None]
-    ttft = [o.ttft for o in done if o.ttft is not None]
-    tpot = [o.tpot for o in done if o.tpot is not None]
     stats = engine.stats
-    output_tokens = sum(len(o.token_ids) for o in done)
     device = engine.model_runner.device if engine.model_runner else torch.device(engine.config.device)
     rejected = [o.error for o in outputs if o.finish_reason == "rejected"]
+    serving = serving_metrics([timing_of(o) for o in outputs], wall_time, **(serving or {}))
+    # every completion counts its tokens (n > 1 makes several per request)
+    serving["total_output_tokens"] = sum(len(c.token_ids) for o in done for c in o.outputs)
+    serving["output_throughput"] = serving["total_output_tokens"] / wall_time if wall_time else None
+    serving["total_token_throughput"] = ((serving["total_input_tokens"] + serving["total_output_tokens"]) / wall_time
+                                         if wall_time else None)
     return {
         "status": "ok",
         "requests": len(outputs),
-        "completed": len(done),
         "rejected": len(rejected),
         # each reason with its numbers as N, so that alike rejections count together
         "rejected_by_reason": dict(sorted(Counter(re.sub(r"\d+", "N", e.split(". ")[0]) for e in rejected).items())),
-        "prompt_tokens": sum(len(o.prompt_token_ids) for o in done),
-        "output_tokens": output_tokens,
-        "wall_time_s": wall_time,
-        "output_tok_s": output_tokens / wall_time if wall_time else None,
-        "prefill_tok_s": stats.prefill_tokens / stats.prefill_time if stats.prefill_time else None,
-        "decode_tok_s": stats.decode_tokens / stats.decode_time if stats.decode_time else None,
+        **serving,
+        # tokens per second of the steps that ran prefills (a mixed step counts here) / only decodes
+        "prefill_throughput": stats.prefill_tokens / stats.prefill_time if stats.prefill_time else None,
+        "decode_throughput": stats.decode_tokens / stats.decode_time if stats.decode_time else None,
         "steps": stats.steps,
-        "ttft_s": {"median": statistics.median(ttft) if ttft else None, "p90": percentile(ttft, 0.9)},
-        "tpot_s": {"median": statistics.median(tpot) if tpot else None, "p90": percentile(tpot, 0.9)},
+        # seconds before the first request: loading the weights, then compiling and warming up
+        "startup_s": dict(engine.startup_s),
         "peak_memory_bytes": _peak_memory(device),
-        "ttft_s_by_priority": _by_priority(done, priorities),
+        "ttft_ms_by_priority": _by_priority(done, priorities),
         "preemptions": engine.scheduler.num_preemptions,
         "prefix_cache_hit_rate": engine.kv_cache.hit_rate,
         "kv_cache_blocks": engine.kv_cache.num_blocks,
@@ -205,8 +217,26 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         "requested_config": requested,
         "versions": _versions(),
         "device": _device_name(device),
-        **serving_metrics([timing_of(o) for o in outputs], wall_time, **(serving or {})),
     }
+
+
+def strict(value):
+    """`value` with every float that JSON cannot hold (inf, nan) as None, recursively: metrics.json
+    is strict JSON (`Infinity` breaks JavaScript's JSON.parse, jq reads it as 1.8e308). A configured
+    `request_rate: inf` becomes null, which means all at once."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def to_json(metrics: dict) -> str:
+    """metrics.json's text: strict JSON (allow_nan=False: a non-finite number left in is an error here,
+    not in the reader)."""
+    return json.dumps(strict(metrics), indent=2, allow_nan=False)
 
 
 def not_run(status: str, error: Exception, requested: dict) -> dict:
@@ -231,9 +261,9 @@ def _by_priority(done, priorities) -> dict | None:
         return None
     ttft: dict[int, list[float]] = {}
     for o in done:
-        if o.ttft is not None:
-            ttft.setdefault(priorities[o.index], []).append(o.ttft)
-    return {str(p): {"median": statistics.median(v), "p90": percentile(v, 0.9), "requests": len(v)}
+        if o.metrics.ttft is not None:
+            ttft.setdefault(priorities[int(o.request_id)], []).append(o.metrics.ttft * 1e3)
+    return {str(p): {"median_ttft_ms": statistics.median(v), "p90_ttft_ms": percentile(v, 0.9), "requests": len(v)}
             for p, v in sorted(ttft.items())}
 
 
@@ -272,5 +302,10 @@ def summary_line(m: dict) -> str:
     if m["status"] != "ok":
         done = f" ({m['completed']} of {m['requests']} requests completed before it)" if "completed" in m else ""
         return f"{m['status']}: {m['reason']}{done}"
-    return (f"{m['requests']} requests ({m['rejected']} rejected), {m['prompt_tokens']} prompt + "
-            f"{m['output_tokens']} output tokens in {m['wall_time_s']:.2f} s: {m['output_tok_s']:.1f} output tok/s")
+    line = (f"{m['requests']} requests ({m['rejected']} rejected), {m['total_input_tokens']} prompt + "
+            f"{m['total_output_tokens']} output tokens in {m['duration']:.2f} s: {m['output_throughput'] or 0:.1f} output tok/s")
+    if m["completed"]:
+        line += f", median TTFT {m['median_ttft_ms']:.0f} ms"
+        if m["total_output_tokens"] > m["completed"]:
+            line += f", median TPOT {m['median_tpot_ms']:.1f} ms"
+    return line

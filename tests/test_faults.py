@@ -254,7 +254,7 @@ def test_cli_worker_killed_mid_run_writes_failed_metrics(tmp_path, tiny_qwen3_pa
     assert run.returncode == 1
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "killed by SIGKILL while running a step" in metrics["reason"]
-    assert 0 < metrics["completed"] < 4 and metrics["output_tokens"] > 0
+    assert 0 < metrics["completed"] < 4 and metrics["total_output_tokens"] > 0
     assert "Traceback" not in run.stderr
     assert "failed: WorkerError: a tensor-parallel worker failed: rank 1" in run.stdout
 

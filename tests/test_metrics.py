@@ -91,3 +91,29 @@ def test_options():
     assert serving_options({"metrics": {"percentiles": [50, 99], "detailed": True},
                             "slo": {"ttft_ms": 200, "tpot_ms": None, "e2el_ms": None}}) == \
         {"percentiles": [50, 99], "detailed": True, "slo": {"ttft_ms": 200}}
+
+
+def test_an_offline_batch_has_no_request_rate():
+    """All at once: the arrivals' spread is the time to queue them, not a rate (it read 34,000 req/s)."""
+    batch = [RequestTiming(arrival=i * 1e-5, token_times=[1.0], input_len=4, output_len=1) for i in range(8)]
+    m = serving_metrics(batch, duration=1.0)
+    assert m["request_rate"] is None and m["achieved_request_rate"] is None
+    assert m["request_throughput"] == approx(8)  # completed per second still holds
+    traced = serving_metrics(TIMINGS, duration=4.0, open_loop=True)  # a trace: arrivals over time, no configured rate
+    assert traced["request_rate"] is None and traced["achieved_request_rate"] == approx(1.0)
+
+
+def test_metrics_json_is_strict_json():
+    import json
+    import math
+
+    from nvllm.metrics import to_json
+
+    text = to_json({"requested_config": {"workload": {"request_rate": math.inf, "burstiness": 1.0}},
+                    "values": [1.0, math.nan], "nested": ({"x": -math.inf},)})
+
+    def refuse(constant):
+        raise ValueError(constant)
+    assert json.loads(text, parse_constant=refuse) == {
+        "requested_config": {"workload": {"request_rate": None, "burstiness": 1.0}},
+        "values": [1.0, None], "nested": [{"x": None}]}

@@ -11,7 +11,14 @@ def nvllm_run(*overrides, cwd):
     proc = subprocess.run([sys.executable, "-m", "nvllm.run", f"hydra.run.dir={cwd}/run", *overrides],
                           capture_output=True, text=True, cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads((Path(cwd) / "run" / "metrics.json").read_text())
+    return proc.stdout, strict_json((Path(cwd) / "run" / "metrics.json").read_text())
+
+
+def strict_json(text: str) -> dict:
+    """metrics.json as a strict JSON parser reads it: Infinity or NaN is an error (as in JavaScript)."""
+    def refuse(constant):
+        raise ValueError(f"metrics.json holds {constant}, which is not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.mark.slow
@@ -20,7 +27,7 @@ def test_default_run_answers_paris(tmp_path):
     answer = out.split(">>> What is the capital of France?\n", 1)[1].splitlines()[0]
     assert "Paris" in answer
     assert "5 requests (0 rejected)" in out and "output tok/s" in out
-    assert metrics["requests"] == 5 and metrics["output_tokens"] > 0
+    assert metrics["requests"] == 5 and metrics["total_output_tokens"] > 0
     assert metrics["effective_config"]["device"] == "cpu"
     assert metrics["effective_config"]["cudagraph"] is False  # auto resolved
     assert metrics["effective_config"]["forward"]["name"] == "fused_cpu"
@@ -35,12 +42,21 @@ def test_random_workload_metrics(tmp_path, tiny_qwen3_path):
                        "max_num_batched_tokens=256", cwd=tmp_path)
     assert "RANDOM WEIGHTS" in out
     assert m["requests"] == 6 and m["rejected"] == 0
-    assert 6 * 4 <= m["output_tokens"] <= 6 * 20
-    for key in ("wall_time_s", "output_tok_s", "prefill_tok_s", "decode_tok_s", "preemptions",
+    assert 6 * 4 <= m["total_output_tokens"] <= 6 * 20
+    for key in ("duration", "output_throughput", "prefill_throughput", "decode_throughput", "preemptions",
                 "prefix_cache_hit_rate", "peak_memory_bytes", "versions", "device"):
         assert m[key] is not None, key
-    for key in ("ttft_s", "tpot_s"):
-        assert m[key]["median"] > 0 and m[key]["p90"] >= m[key]["median"]
+    for key in ("ttft", "tpot"):
+        assert m[f"median_{key}_ms"] > 0 and m[f"p90_{key}_ms"] >= m[f"median_{key}_ms"]
+    # one unit per metric, under vLLM's names: no second copy in seconds
+    assert not {"ttft_s", "tpot_s", "wall_time_s", "output_tok_s", "output_tokens", "prompt_tokens"} & set(m)
+    # an offline batch (every request at t=0) has no request rate, configured or achieved
+    assert m["request_rate"] is None and m["achieved_request_rate"] is None
+    assert m["requested_config"]["workload"]["request_rate"] is None  # inf in the config: null, not Infinity
+    # start-up is timed apart: the throughput counts the generate loop only
+    assert m["startup_s"]["load"] > 0 and m["startup_s"]["warmup"] > 0
+    assert m["output_throughput"] == pytest.approx(m["total_output_tokens"] / m["duration"])
+    assert "median TTFT" in out and "median TPOT" in out
     eff = m["effective_config"]
     assert eff["model"]["random_weights"] is True and eff["kv_cache"]["num_blocks"] == 12
     assert eff["scheduler"] == "fcfs" and eff["dtype"] == "float32"
@@ -85,7 +101,7 @@ def test_open_loop_run_writes_serving_metrics(tmp_path, tiny_qwen3_path):
     assert "p90_ttft_ms" not in m and m["p99_ttft_ms"] >= m["p50_ttft_ms"] > 0
     assert m["request_goodput"] == m["completed"] / m["duration"]  # a 60 s TTFT bound: every request is good
     assert len(m["ttfts"]) == len(m["itls"]) == len(m["latencies"]) == len(m["output_lens"]) == 5
-    assert sum(m["output_lens"]) == m["total_output_tokens"] == m["output_tokens"]
+    assert sum(m["output_lens"]) == m["total_output_tokens"]
     assert len(m["preemptions_per_request"]) == 5
 
 

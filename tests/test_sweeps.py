@@ -5,6 +5,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,16 +55,16 @@ def test_multirun_records_every_runs_status_and_carries_on(sweep):
     assert len(runs) == 16
     for m in runs.values():
         o = dict(x.split("=", 1) for x in m["overrides"])
-        if o["scheduler"] == "fcfs" and o["max_num_batched_tokens"] == "64":
-            assert m["status"] == "skipped" and "must be >= max_model_len" in m["reason"]
-        elif o["sampling.temperature"] == "-1":
+        if o["sampling.temperature"] == "-1":  # the requests are built, and refused, before the model loads
             assert m["status"] == "failed" and m["reason"].startswith("ValueError: temperature must be >= 0")
+        elif o["scheduler"] == "fcfs" and o["max_num_batched_tokens"] == "64":
+            assert m["status"] == "skipped" and "must be >= max_model_len" in m["reason"]
         else:
-            assert m["status"] == "ok" and m["output_tokens"] > 0
+            assert m["status"] == "ok" and m["total_output_tokens"] > 0
             eff = m["effective_config"]
             assert eff["scheduler"] == o["scheduler"] and eff["max_num_batched_tokens"] == int(o["max_num_batched_tokens"])
             assert m["requested_config"]["repeat"] == int(o["repeat"])
-            assert set(m["ttft_s_by_priority"]) == {"2", "3"}  # the seeded draws for 4 requests
+            assert set(m["ttft_ms_by_priority"]) == {"2", "3"}  # the seeded draws for 4 requests
         assert m["requested_config"]["scheduler"]["name"] == o["scheduler"]
 
 
@@ -72,18 +73,20 @@ def test_report_lists_every_run(sweep, tmp_path):
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert len(rows) == 8, "one row per configuration; repeats fold into one"
     by_status = {s: [r for r in rows if r["status"] == s] for s in ("ok", "skipped", "failed")}
-    assert [len(by_status[s]) for s in ("ok", "skipped", "failed")] == [3, 2, 3]
+    assert [len(by_status[s]) for s in ("ok", "skipped", "failed")] == [3, 1, 4]
     for r in rows:
         assert r["runs"] == "2" and len(r["run_dirs"].split()) == 2
     for r in by_status["ok"]:
-        assert float(r["output_tok_s_min"]) <= float(r["output_tok_s_median"]) <= float(r["output_tok_s_max"])
+        assert float(r["output_throughput_min"]) <= float(r["output_throughput_median"]) <= float(r["output_throughput_max"])
     assert all("temperature must be >= 0" in r["reason"] for r in by_status["failed"])
-    assert "16 runs (6 ok, 4 skipped, 6 failed)" in md
+    assert "16 runs (6 ok, 2 skipped, 8 failed)" in md
     for name, m in metrics(sweep).items():  # every unfinished run is listed by its directory, with its reason
         if m["status"] != "ok":
-            assert f"| `{name}` | {m['status']} |" in md
+            assert re.search(rf"\| `{name}` +\| {m['status']} +\|", md)
     assert "`sampling.temperature`" in md and "`scheduler`" in md and "`max_num_batched_tokens`" in md
-    assert "TTFT p50 (ms) by request priority" in md and "| priority 2 | priority 3 |" in md
+    assert re.search(r"TTFT p50 \((ms|s)\) by request priority", md), md
+    assert re.search(r"\| priority 2 +\| priority 3 +\|", md)
+    assert "Columns:" in md and "**output throughput (tok/s)**: generated tokens / the generate loop's wall time" in md
     pytest.importorskip("matplotlib")
     for axis in ("scheduler", "max_num_batched_tokens", "sampling.temperature"):
         assert (tmp_path / f"by_{axis}.png").stat().st_size > 1000
@@ -129,7 +132,7 @@ def test_load_report_plots_against_the_achieved_rate(tmp_path):
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [float(r["achieved_rate_median"]) for r in rows] == pytest.approx([1, 2, 4] * 2)
     assert [float(r["goodput_median"]) for r in rows[:3]] == pytest.approx([6 / 7, 1.5, 0])  # TTFT 0.1, 0.2, 0.4 s
-    assert "TTFT p99 (ms)" in md and "ITL p99 (ms)" in md
+    assert "TTFT p99 (ms)" in md and "ITL p99 (ms)" in md and "achieved rate (req/s)" in md
     pytest.importorskip("matplotlib")
     assert (tmp_path / "load.png").stat().st_size > 1000 and "(load.png)" in md
 

@@ -1,40 +1,93 @@
 """`python -m nvllm.tools.report <sweep dir>`: one table row per configuration of a sweep, and a plot
 per swept axis; a sweep over `workload.request_rate` also gets the latency-throughput curve.
 
-Reads every run's metrics.json under the sweep directory. A configuration is a run's overrides
-without `repeat`; the swept axes are the overrides that differ between runs. Each row gives the
-median and min-max over repeats; runs that were skipped or failed are listed with their reason,
-never dropped. Writes report.md, report.csv and by_<axis>.png (needs matplotlib: the `report`
-extra) into the sweep directory or --out, and load.png when `workload.request_rate` is swept:
-p99 TTFT, p99 ITL and goodput against the achieved request rate, a line per configuration."""
+Reads every run's metrics.json under the sweep directory into a pandas DataFrame, a row per run. A
+configuration is a run's overrides without `repeat`; the swept axes are the overrides that differ
+between runs. Each row gives the median and min-max over repeats; runs that were skipped or failed
+are listed with their reason, never dropped. Writes report.md (with a definition of every column),
+report.csv and by_<axis>.png (needs pandas, tabulate and matplotlib: the `report` extra) into the
+sweep directory or --out, and load.png when `workload.request_rate` is swept: p99 TTFT, p99 ITL and
+goodput against the achieved request rate, a line per configuration."""
 import argparse
-import csv
 import json
-import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-# column -> (title, unit scale, how to read it from metrics.json); the first is the main metric
-METRICS = {
-    "output_tok_s": ("output tok/s", 1, lambda m: m["output_tok_s"]),
-    "ttft_ms": ("TTFT p50 (ms)", 1e3, lambda m: m["ttft_s"]["median"]),
-    "tpot_ms": ("TPOT p50 (ms)", 1e3, lambda m: m["tpot_s"]["median"]),
-    "peak_memory_gib": ("peak memory (GiB)", 2**-30, lambda m: m["peak_memory_bytes"].get(
-        "cuda_max_allocated_bytes", m["peak_memory_bytes"]["host_max_rss_bytes"])),
-    "prefix_hit_rate": ("prefix hit rate", 1, lambda m: m["prefix_cache_hit_rate"]),
-    "preemptions": ("preemptions", 1, lambda m: m["preemptions"]),
-    "achieved_rate": ("achieved req/s", 1, lambda m: m["achieved_request_rate"]),
-    "p99_ttft_ms": ("TTFT p99 (ms)", 1, lambda m: m["p99_ttft_ms"]),
-    "p99_itl_ms": ("ITL p99 (ms)", 1, lambda m: m["p99_itl_ms"]),
-    "goodput": ("goodput (req/s)", 1, lambda m: m["request_goodput"]),
-    "req_throughput": ("completed req/s", 1, lambda m: m["request_throughput"]),
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    # the unit the value is read in; latencies are read in ms and shown in s when they reach 1000 ms
+    unit: str
+    read: Callable[[dict], float | None]
+    # what the column means, written under the table
+    definition: str
+
+
+def _ms(new: str, old: str | None = None):
+    """A latency in ms: vLLM's name (`median_ttft_ms`), or a metrics.json written before it had one
+    unit per metric (`ttft_s: {"median": seconds}`)."""
+    def read(m):
+        if new in m:
+            return m[new]
+        return m[old]["median"] * 1e3 if old and isinstance(m.get(old), dict) else None
+    return read
+
+
+def _achieved_rate(m):
+    """Only for runs whose requests arrived over time: metrics.json leaves it null for an offline
+    batch; one written before that (no `output_throughput`) had a rate for every run, the time it
+    took to queue an offline batch (thousands of req/s): kept only where a rate was configured."""
+    if "output_throughput" not in m and m.get("request_rate") is None:
+        return None
+    return m.get("achieved_request_rate")
+
+
+COLUMNS = {
+    "output_throughput": Column(
+        "output throughput", "tok/s", lambda m: m.get("output_throughput", m.get("output_tok_s")),
+        "generated tokens / the generate loop's wall time (`duration`); loading, compiling and warming up "
+        "happen before it and are not counted (`startup_s` in metrics.json)"),
+    "median_ttft": Column(
+        "TTFT p50", "ms", _ms("median_ttft_ms", "ttft_s"),
+        "median over the run's requests of time to first token (first token − arrival; queueing included)"),
+    "median_tpot": Column(
+        "TPOT p50", "ms", _ms("median_tpot_ms", "tpot_s"),
+        "median over requests of more than one token of (last token − first token) / (tokens − 1)"),
+    "peak_memory": Column(
+        "peak memory", "GiB", lambda m: m["peak_memory_bytes"].get(
+            "cuda_max_allocated_bytes", m["peak_memory_bytes"]["host_max_rss_bytes"]) / 2**30,
+        "CUDA: the allocator's peak; CPU: the process's peak resident memory (model, KV cache, Python)"),
+    "prefix_hit_rate": Column(
+        "prefix hit rate", "", lambda m: m["prefix_cache_hit_rate"],
+        "fraction of prompt tokens whose K/V was found in the prefix cache"),
+    "preemptions": Column("preemptions", "", lambda m: m["preemptions"],
+                          "sequences preempted by recompute during the run"),
+    "achieved_rate": Column(
+        "achieved rate", "req/s", _achieved_rate,
+        "open-loop runs only (a request rate or a trace): (requests − 1) / the time from the first arrival to "
+        "the last; — for an offline batch, where every request arrives at once"),
+    "p99_ttft": Column("TTFT p99", "ms", _ms("p99_ttft_ms"), "99th percentile of time to first token over requests"),
+    "p99_itl": Column("ITL p99", "ms", _ms("p99_itl_ms"),
+                      "99th percentile of inter-token latency: every gap between two tokens of a request, pooled"),
+    "goodput": Column("goodput", "req/s", lambda m: m.get("request_goodput"),
+                      "completed requests per second of `duration` that met every SLO given (slo.*); — without SLOs"),
+    "request_throughput": Column("completed", "req/s", lambda m: m.get("request_throughput"),
+                                 "completed requests / `duration`"),
 }
-PLOTTED = ("output_tok_s", "ttft_ms", "tpot_ms")
-LOAD_AXIS, LOAD_PLOTTED = "workload.request_rate", ("p99_ttft_ms", "p99_itl_ms", "goodput")
+PLOTTED = ("output_throughput", "median_ttft", "median_tpot")
+LOAD_AXIS, LOAD_PLOTTED = "workload.request_rate", ("p99_ttft", "p99_itl", "goodput")
+STATS = ("median", "min", "max")
 
 
-def load_runs(sweep_dir: Path) -> list[dict]:
-    runs = []
+def load_runs(sweep_dir: Path) -> pd.DataFrame:
+    """A row per run: its directory, status, reason, repeat, each override (a column named by its
+    key) and each COLUMNS value (None where the run did not finish or did not measure it)."""
+    rows = []
     for path in sorted(sweep_dir.rglob("metrics.json"), key=lambda p: _job_order(p, sweep_dir)):
         m = json.loads(path.read_text())
         overrides = m.get("overrides")
@@ -43,10 +96,11 @@ def load_runs(sweep_dir: Path) -> list[dict]:
 
             overrides = list(OmegaConf.load(path.parent / ".hydra" / "overrides.yaml"))
         settings = dict(o.lstrip("+~").split("=", 1) for o in overrides)
-        runs.append({"dir": str(path.parent.relative_to(sweep_dir)), "metrics": m,
-                     "status": m.get("status", "ok"), "reason": m.get("reason", ""),
-                     "repeat": settings.pop("repeat", "0"), "settings": settings})
-    return runs
+        status = m.get("status", "ok")
+        values = {name: _read(col.read, m) if status == "ok" else None for name, col in COLUMNS.items()}
+        rows.append({"dir": str(path.parent.relative_to(sweep_dir)), "status": status, "reason": m.get("reason", ""),
+                     "repeat": settings.pop("repeat", "0"), "settings": settings, "metrics": m, **values})
+    return pd.DataFrame(rows)
 
 
 def _job_order(path: Path, root: Path):
@@ -54,112 +108,164 @@ def _job_order(path: Path, root: Path):
     return [(0, int(p)) if p.isdigit() else (1, p) for p in parts]
 
 
-def summarise(runs: list[dict]) -> tuple[list[str], dict, list[dict]]:
-    """(swept axes, overrides common to every run, one row per configuration in sweep order)."""
-    keys = list(dict.fromkeys(k for r in runs for k in r["settings"]))
-    axes = [k for k in keys if len({r["settings"].get(k) for r in runs}) > 1]
-    fixed = {k: runs[0]["settings"][k] for k in keys if k not in axes}
-    rows: dict[tuple, dict] = {}
-    for r in runs:
-        config = tuple(r["settings"].get(a, "") for a in axes)
-        row = rows.setdefault(config, {"config": dict(zip(axes, config)), "runs": [], "values": {}})
-        row["runs"].append(r)
-    for row in rows.values():
-        ok = [r["metrics"] for r in row["runs"] if r["status"] == "ok"]
-        for name, (_, scale, read) in METRICS.items():
-            values = [v * scale for v in (_read(read, m) for m in ok) if v is not None]
-            row["values"][name] = (statistics.median(values), min(values), max(values)) if values else None
-        statuses = sorted({r["status"] for r in row["runs"]})
-        row["status"] = "ok" if statuses == ["ok"] else "/".join(statuses)
-        row["reason"] = "; ".join(dict.fromkeys(r["reason"] for r in row["runs"] if r["reason"]))
-    return axes, fixed, list(rows.values())
-
-
 def _read(read, m):
     try:
-        return read(m)
+        value = read(m)
     except (KeyError, TypeError):
         return None
+    return None if value is None else float(value)
+
+
+def summarise(runs: pd.DataFrame) -> tuple[list[str], dict, pd.DataFrame]:
+    """(swept axes, overrides common to every run, one row per configuration in sweep order with
+    `<column>_median/_min/_max` over its ok runs, `status`, `runs_ok`, `runs`, `reason`, `run_dirs`)."""
+    settings = pd.DataFrame(list(runs["settings"]), index=runs.index).fillna("")
+    axes = [k for k in settings.columns if settings[k].nunique() > 1]
+    fixed = {k: settings[k].iloc[0] for k in settings.columns if k not in axes}
+    runs = pd.concat([settings[axes], runs.drop(columns=["settings"])], axis=1)
+    runs["_config"] = runs[axes].astype(str).agg("\x00".join, axis=1) if axes else ""
+    groups = runs.groupby("_config", sort=False)
+    stats = groups[list(COLUMNS)].agg(STATS)
+    stats.columns = [f"{name}_{stat}" for name, stat in stats.columns]
+    table = pd.concat([
+        groups[axes].first() if axes else pd.DataFrame(index=stats.index),
+        groups["status"].agg(lambda s: "ok" if set(s) == {"ok"} else "/".join(sorted(set(s)))),
+        groups["status"].agg(lambda s: int((s == "ok").sum())).rename("runs_ok"),
+        groups.size().rename("runs"),
+        stats,
+        groups["reason"].agg(lambda s: "; ".join(dict.fromkeys(r for r in s if r))),
+        groups["dir"].agg(" ".join).rename("run_dirs"),
+    ], axis=1).reset_index(drop=True)
+    return axes, fixed, table
+
+
+def _in_seconds(table: pd.DataFrame, name: str) -> bool:
+    """Latencies shown in seconds once they reach thousands of ms."""
+    return COLUMNS[name].unit == "ms" and table[f"{name}_max"].max(skipna=True) >= 1000
+
+
+def _header(table: pd.DataFrame, name: str) -> str:
+    col = COLUMNS[name]
+    unit = "s" if _in_seconds(table, name) else col.unit
+    return f"{col.title} ({unit})" if unit else col.title
 
 
 def _fmt(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
-def _cell(v) -> str:
-    if v is None:
+def _cell(row, table, name) -> str:
+    values = [row[f"{name}_{s}"] for s in STATS]
+    if pd.isna(values[0]):
         return "—"
-    med, lo, hi = map(_fmt, v)
+    if _in_seconds(table, name):
+        values = [v / 1e3 for v in values]
+    med, lo, hi = map(_fmt, values)
     return med if lo == hi else f"{med} [{lo}–{hi}]"
 
 
-def write_csv(path: Path, axes: list[str], rows: list[dict]):
-    with path.open("w", newline="") as f:
-        out = csv.writer(f)
-        stats = [f"{name}_{s}" for name in METRICS for s in ("median", "min", "max")]
-        out.writerow([*axes, "status", "runs_ok", "runs", *stats, "reason", "run_dirs"])
-        for row in rows:
-            values = [x for name in METRICS for x in (row["values"][name] or ("", "", ""))]
-            ok = sum(r["status"] == "ok" for r in row["runs"])
-            out.writerow([*row["config"].values(), row["status"], ok, len(row["runs"]), *values, row["reason"],
-                          " ".join(r["dir"] for r in row["runs"])])
+def _columns(table: pd.DataFrame) -> list[str]:
+    """The COLUMNS some run measured (a sweep without SLOs has no goodput column)."""
+    return [n for n in COLUMNS if table[f"{n}_median"].notna().any()]
 
 
-def write_markdown(path: Path, sweep_dir: Path, runs: list[dict], axes, fixed, rows, plots: list[str]):
-    ok = [r for r in runs if r["status"] == "ok"]
-    counts = ", ".join(f"{sum(r['status'] == s for r in runs)} {s}" for s in ("ok", "skipped", "failed"))
+def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed, table, plots: list[str]):
+    counts = ", ".join(f"{int((runs['status'] == s).sum())} {s}" for s in ("ok", "skipped", "failed"))
     title = f"{fixed['experiment']} ({sweep_dir.name})" if "experiment" in fixed else sweep_dir.name
     lines = [f"# Sweep report: {title}", "",
              f"{len(runs)} runs ({counts}) in `{sweep_dir}`; swept: {', '.join(f'`{a}`' for a in axes) or 'nothing'}.",
              f"Set for every run: {', '.join(f'`{k}={v}`' for k, v in fixed.items()) or 'nothing'}.",
-             "Cells: median [min–max] over repeats (`repeat=`) of each run's value; for TTFT and TPOT that "
-             "value is the run's median over its requests. Each run's metrics.json (in `<sweep dir>/<run>/`) "
-             "holds its effective and requested configuration."]
-    if ok:
-        m = ok[0]["metrics"]
-        lines.append(f"Device: {m['device']}; torch {m['versions'].get('torch')}, nvllm {m['versions'].get('nvllm')}.")
-    header = [*(f"`{a}`" for a in axes), "runs", *(METRICS[n][0] for n in METRICS)]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        n_ok = sum(r["status"] == "ok" for r in row["runs"])
-        cells = [_cell(row["values"][n]) for n in METRICS] if n_ok else [f"**{row['status']}**"] + [""] * (len(METRICS) - 1)
-        lines.append("| " + " | ".join([*row["config"].values(), f"{n_ok}/{len(row['runs'])}", *cells]) + " |")
-    lines += _by_priority(axes, rows)
-    not_ok = [r for r in runs if r["status"] != "ok"]
-    if not_ok:
-        lines += ["", "## Runs that did not finish", "", "| run | status | configuration | reason |", "|---|---|---|---|"]
-        for r in not_ok:
-            config = " ".join(f"{k}={v}" for k, v in r["settings"].items() if k in axes) + f" repeat={r['repeat']}"
-            lines.append(f"| `{r['dir']}` | {r['status']} | `{config}` | {r['reason'].replace('|', '/')} |")
+             "Cells: median [min–max] over repeats (`repeat=`) of each run's value. Each run's metrics.json (in "
+             "`<sweep dir>/<run>/`) holds its effective and requested configuration."]
+    ok = runs[runs["status"] == "ok"]
+    if len(ok):
+        m = ok.iloc[0]["metrics"]
+        lines.append(f"Device: {m['device']}; torch {m['versions'].get('torch')}, nvllm {m['versions'].get('nvllm')}."
+                     + (" SIMULATED: these runs timed a cost model, not the hardware."
+                        if any(r.get("simulated") for r in ok["metrics"]) else ""))
+    names = _columns(table)
+    shown = pd.DataFrame({**{f"`{a}`": table[a] for a in axes},
+                          "runs": table["runs_ok"].astype(str) + "/" + table["runs"].astype(str),
+                          **{_header(table, n): [_cell(row, table, n) if row["runs_ok"] else "" for _, row in table.iterrows()]
+                             for n in names}})
+    for i, row in table.iterrows():
+        if not row["runs_ok"] and names:
+            shown.loc[i, _header(table, names[0])] = f"**{row['status']}**"
+    lines += ["", shown.to_markdown(index=False, disable_numparse=True)]
+    lines += ["", "Columns:", ""] + [f"- **{_header(table, n)}**: {COLUMNS[n].definition}." for n in names]
+    lines += _by_priority(axes, runs, table)
+    not_ok = runs[runs["status"] != "ok"]
+    if len(not_ok):
+        listed = pd.DataFrame({
+            "run": [f"`{d}`" for d in not_ok["dir"]], "status": not_ok["status"],
+            "configuration": [f"`{' '.join(f'{a}={r[a]}' for a in axes)} repeat={r['repeat']}`".replace("` ", "`")
+                              for _, r in not_ok.iterrows()],
+            "reason": [r.replace("|", "/") for r in not_ok["reason"]]})
+        lines += ["", "## Runs that did not finish", "", listed.to_markdown(index=False, disable_numparse=True)]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     path.write_text("\n".join(lines) + "\n")
 
 
-def _by_priority(axes: list[str], rows: list[dict]) -> list[str]:
+def _by_priority(axes: list[str], runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """TTFT per request priority, for workloads that assign priorities (workload.priorities)."""
-    per_row = []
-    for row in rows:
-        ttft: dict[str, list[float]] = {}
-        for r in row["runs"]:
-            for prio, stats in (r["metrics"].get("ttft_s_by_priority") or {}).items():
-                ttft.setdefault(prio, []).append(stats["median"] * 1e3)
-        per_row.append(ttft)
-    prios = sorted({p for t in per_row for p in t}, key=int)
-    if not prios:
+    records = []
+    for _, r in runs.iterrows():
+        m = r["metrics"]
+        by_priority = m.get("ttft_ms_by_priority") or {  # or as written before metrics.json had one unit
+            p: {"median_ttft_ms": v["median"] * 1e3} for p, v in (m.get("ttft_s_by_priority") or {}).items()}
+        records += [{"_config": r["_config"], "priority": int(p), "ttft": v["median_ttft_ms"]}
+                    for p, v in by_priority.items()]
+    if not records:
         return []
-    lines = ["", "## TTFT p50 (ms) by request priority (smaller is more urgent)", "",
-             "| " + " | ".join([*(f"`{a}`" for a in axes), *(f"priority {p}" for p in prios)]) + " |",
-             "|" + "---|" * (len(axes) + len(prios))]
-    for row, ttft in zip(rows, per_row):
-        cells = [_cell((statistics.median(v), min(v), max(v))) if (v := ttft.get(p)) else "—" for p in prios]
-        lines.append("| " + " | ".join([*row["config"].values(), *cells]) + " |")
-    return lines
+    data = pd.DataFrame(records)
+    seconds = data["ttft"].max() >= 1000
+    stats = data.groupby(["_config", "priority"], sort=False)["ttft"].agg(STATS) / (1e3 if seconds else 1)
+    keys = runs.drop_duplicates("_config")
+    shown = pd.DataFrame({f"`{a}`": list(keys[a]) for a in axes})
+    for p in sorted(data["priority"].unique()):
+        cells = []
+        for config in keys["_config"]:
+            med, lo, hi = (_fmt(v) for v in stats.loc[(config, p)]) if (config, p) in stats.index else ("—",) * 3
+            cells.append(med if lo == hi else f"{med} [{lo}–{hi}]")
+        shown[f"priority {p}"] = cells
+    return ["", f"## TTFT p50 ({'s' if seconds else 'ms'}) by request priority (smaller is more urgent)", "",
+            shown.to_markdown(index=False, disable_numparse=True)]
 
 
-def plot(out_dir: Path, title: str, axes: list[str], rows: list[dict]) -> list[str]:
+def _is_number(x) -> bool:
+    try:
+        float(x)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _numeric_x(panel, xs: list[float]):
+    """A numeric x axis at the values themselves: logarithmic when they span 8x or more (0.5, 2, 8
+    evenly apart, as their ratios are), ticks labelled with the values as written."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    if min(xs) > 0 and max(xs) / min(xs) >= 8:
+        panel.set_xscale("log")
+    panel.xaxis.set_major_locator(FixedLocator(xs))
+    panel.xaxis.set_minor_locator(NullLocator())
+    panel.set_xticklabels([f"{x:g}" for x in xs])
+
+
+def _plain_log_y(panel):
+    """A log y axis labelled 200, 500, 1000 instead of 2×10², 5×10²."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    panel.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    panel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    panel.yaxis.set_minor_formatter(NullFormatter())
+
+
+def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> list[str]:
     """One PNG per swept axis: the plotted metrics against that axis, a series per combination of
-    the other axes (lines when the axis is numeric); markers at the median, bars from min to max."""
+    the other axes; markers at the median, bars from min to max. A numeric axis is drawn to scale
+    (log when it spans 8x); a categorical one as evenly spaced names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,47 +273,63 @@ def plot(out_dir: Path, title: str, axes: list[str], rows: list[dict]) -> list[s
 
     written = []
     for axis in axes:
-        xs = list(dict.fromkeys(row["config"][axis] for row in rows))
-        series: dict[str, dict] = {}
-        missing: dict[str, list[str]] = {}
-        for row in rows:
-            label = ", ".join(f"{a}={v}" for a, v in row["config"].items() if a != axis) or axis
-            series.setdefault(label, {})[row["config"][axis]] = row["values"]
-            if row["values"][PLOTTED[0]] is None:
-                missing.setdefault(label, []).append(f"{row['config'][axis]}: {row['status']}")
-        series = {f"{k} ({', '.join(missing[k])})" if k in missing else k: v for k, v in series.items()}
+        xs = list(dict.fromkeys(table[axis]))
         numeric = all(_is_number(x) for x in xs)
+        position = {x: float(x) if numeric else i for i, x in enumerate(xs)}
+        others = [a for a in axes if a != axis]
+        series: dict[str, pd.DataFrame] = {}
+        for label, rows in (table.groupby(others, sort=False) if others else [((), table)]):
+            label = label if isinstance(label, tuple) else (label,)
+            name = ", ".join(f"{a}={v}" for a, v in zip(others, label)) or axis
+            missing = [f"{r[axis]}: {r['status']}" for _, r in rows.iterrows() if not r["runs_ok"]]
+            series[f"{name} ({', '.join(missing)})" if missing else name] = rows
         fig, panels = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4), squeeze=False)
         for panel, name in zip(panels[0], PLOTTED):
-            for k, (label, by_x) in enumerate(series.items()):
+            scale = 1e-3 if _in_seconds(table, name) else 1
+            for k, (label, rows) in enumerate(series.items()):
+                rows = rows[rows[f"{name}_median"].notna()]
+                if rows.empty:
+                    continue
                 shift = 0 if numeric else (k - (len(series) - 1) / 2) * 0.3 / max(1, len(series) - 1)
-                pts = [(i + shift, by_x[x][name]) for i, x in enumerate(xs) if x in by_x and by_x[x][name] is not None]
-                if pts:
-                    i, v = zip(*pts)
-                    med = [m for m, _, _ in v]
-                    err = [[m - lo for m, lo, _ in v], [hi - m for m, _, hi in v]]
-                    panel.errorbar(i, med, yerr=err, marker="o", capsize=3, label=label,
-                                   linestyle="-" if numeric else "none")
-            panel.set_xticks(range(len(xs)), xs)
+                x = [position[v] + shift for v in rows[axis]]
+                med = rows[f"{name}_median"] * scale
+                err = [med - rows[f"{name}_min"] * scale, rows[f"{name}_max"] * scale - med]
+                panel.errorbar(x, med, yerr=err, marker="o", capsize=3, label=label, clip_on=False,
+                               linestyle="-" if numeric else "none")
+            if numeric:
+                _numeric_x(panel, [float(x) for x in xs])
+            else:
+                panel.set_xticks(range(len(xs)), xs)
+                panel.set_xlim(-0.5, len(xs) - 0.5)
             panel.set_xlabel(axis)
+            panel.set_ylabel(_header(table, name))
             panel.set_ylim(bottom=0)
-            panel.set_title(METRICS[name][0])
+            panel.margins(y=0.12)
+            panel.set_ylim(bottom=0)
             panel.grid(alpha=0.3)
-        fig.suptitle(f"{title}: median and min–max over repeats, by {axis}")
-        handles, labels = panels[0][0].get_legend_handles_labels()
-        if (len(series) > 1 or missing) and handles:
-            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small")
-            fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
-        else:
-            fig.tight_layout()
+        fig.suptitle(f"{title}: median, bars min–max over repeats, by {axis}")
+        _legend(fig, panels[0][0], len(series) > 1 or any("(" in s for s in series))
         name = f"by_{axis}.png"
-        fig.savefig(out_dir / name, dpi=110)
+        fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(name)
     return written
 
 
-def plot_load(out_dir: Path, title: str, axes: list[str], rows: list[dict], slo: str) -> list[str]:
+def _legend(fig, panel, show: bool, extra: list | None = None):
+    handles, labels = panel.get_legend_handles_labels()
+    for handle, label in extra or ():
+        handles.append(handle)
+        labels.append(label)
+    if show and handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize="small",
+                   bbox_to_anchor=(0.5, 0), frameon=False)
+        fig.tight_layout(rect=(0, 0.06 + 0.05 * -(-len(labels) // 3), 1, 1))
+    else:
+        fig.tight_layout()
+
+
+def plot_load(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame, slo: str) -> list[str]:
     """The latency-throughput curve: LOAD_PLOTTED against the achieved request rate (medians over
     repeats), a line per combination of the other axes, points in order of the configured rate."""
     if LOAD_AXIS not in axes:
@@ -216,75 +338,77 @@ def plot_load(out_dir: Path, title: str, axes: list[str], rows: list[dict], slo:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    series: dict[str, list[tuple[float, dict]]] = {}
-    for row in rows:
-        label = ", ".join(f"{a}={v}" for a, v in row["config"].items() if a != LOAD_AXIS) or "runs"
-        rate = row["values"]["achieved_rate"]
-        if rate is not None:
-            series.setdefault(label, []).append((rate[0], row["values"]))
+    others = [a for a in axes if a != LOAD_AXIS]
+    rows = table[table["achieved_rate_median"].notna()]
+    series = list(rows.groupby(others, sort=False)) if others else [((), rows)]
     fig, panels = plt.subplots(1, len(LOAD_PLOTTED), figsize=(5 * len(LOAD_PLOTTED), 4.2), squeeze=False)
+    top = rows["achieved_rate_median"].max() if len(rows) else 1
     for panel, name in zip(panels[0], LOAD_PLOTTED):
-        for label, points in series.items():
-            pts = sorted((x, v[name][0]) for x, v in points if v[name] is not None)
-            if pts:
-                line, = panel.plot(*zip(*pts), marker="o", label=label)
-            done = sorted((x, v["req_throughput"][0]) for x, v in points if v["req_throughput"] is not None)
-            if name == "goodput" and done:  # what was served at all, whatever its latency
-                panel.plot(*zip(*done), linestyle="--", marker=".", color=line.get_color() if pts else None)
+        scale = 1e-3 if _in_seconds(table, name) else 1
+        for label, group in series:
+            label = label if isinstance(label, tuple) else (label,)
+            text = ", ".join(f"{a}={v}" for a, v in zip(others, label)) or "runs"
+            group = group.sort_values("achieved_rate_median")
+            pts = group[group[f"{name}_median"].notna()]
+            line, = panel.plot(pts["achieved_rate_median"], pts[f"{name}_median"] * scale, marker="o", label=text,
+                               clip_on=False)
+            if name == "goodput":  # what was served at all, whatever its latency
+                done = group[group["request_throughput_median"].notna()]
+                panel.plot(done["achieved_rate_median"], done["request_throughput_median"], linestyle="--", marker=".",
+                           color=line.get_color(), clip_on=False)
         if name == "goodput":
-            top = max((x for points in series.values() for x, _ in points), default=1)
             panel.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
             panel.set_ylim(bottom=0)
+            panel.margins(y=0.1)
+            panel.set_ylim(bottom=0)
+            panel.set_ylabel("requests per second (req/s)")
+            panel.set_title("goodput and completed requests" + (f"\n{slo}" if slo else ""), fontsize="medium")
         else:
             panel.set_yscale("log")
+            _plain_log_y(panel)
+            panel.margins(y=0.1)
+            panel.set_ylabel(_header(table, name))
         panel.set_xlabel("achieved request rate (req/s)")
-        panel.set_title("goodput (solid), completed (dashed), req/s" + (f"\n{slo}" if slo else "")
-                        if name == "goodput" else METRICS[name][0])
         panel.grid(alpha=0.3, which="both")
     fig.suptitle(f"{title}: latency and goodput against load (medians over repeats)")
-    handles, labels = panels[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize="small")
-        fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
-    fig.savefig(out_dir / "load.png", dpi=110)
+    styles = [(Line2D([], [], color="black"), "goodput (meets the SLOs)"),
+              (Line2D([], [], color="black", linestyle="--"), "completed (any latency)"),
+              (Line2D([], [], color="grey", linestyle=":"), "ideal: every arrival served (y = x)")]
+    _legend(fig, panels[0][0], True, styles)
+    fig.savefig(out_dir / "load.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return ["load.png"]
 
 
-def _slo(runs: list[dict]) -> str:
+def _slo(runs: pd.DataFrame) -> str:
     """The SLOs the runs' goodput counts, as text."""
-    for r in runs:
-        slo = (r["metrics"].get("requested_config") or {}).get("slo") or {}
+    for m in runs["metrics"]:
+        slo = (m.get("requested_config") or {}).get("slo") or {}
         given = [f"{k.removesuffix('_ms').upper()} <= {v:g} ms" for k, v in slo.items() if v is not None]
         if given:
             return "SLO: " + ", ".join(given)
     return ""
 
 
-def _is_number(x: str) -> bool:
-    try:
-        float(x)
-        return True
-    except ValueError:
-        return False
-
-
 def report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir = out_dir or sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(sweep_dir)
-    if not runs:
+    if runs.empty:
         raise SystemExit(f"no metrics.json under {sweep_dir}: is it the directory a sweep (-m) wrote?")
-    axes, fixed, rows = summarise(runs)
+    axes, fixed, table = summarise(runs)
+    runs = runs.assign(**pd.DataFrame(list(runs["settings"]), index=runs.index).fillna("")[axes])
+    runs["_config"] = runs[axes].astype(str).agg("\x00".join, axis=1) if axes else ""
     try:
         title = fixed.get("experiment", sweep_dir.name)
-        plots = plot(out_dir, title, axes, rows) + plot_load(out_dir, title, axes, rows, _slo(runs))
+        plots = plot(out_dir, title, axes, table) + plot_load(out_dir, title, axes, table, _slo(runs))
     except ImportError:
         print("nvllm.tools.report: matplotlib is not installed, so no plots (pip install 'nvllm[report]')", file=sys.stderr)
         plots = []
-    write_csv(out_dir / "report.csv", axes, rows)
-    write_markdown(out_dir / "report.md", sweep_dir, runs, axes, fixed, rows, plots)
+    table.to_csv(out_dir / "report.csv", index=False)
+    write_markdown(out_dir / "report.md", sweep_dir, runs, axes, fixed, table, plots)
     return out_dir / "report.md"
 
 
