@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from nvllm.config import Config, compose, setup
 from nvllm.engine.llm_engine import LLMEngine
 from nvllm.engine.outputs import RequestDelta, RequestOutput
+from nvllm.log import configure_default
 from nvllm.plugins import check_requested
 from nvllm.sampling_params import SamplingParams
 
@@ -21,6 +22,7 @@ class LLM:
     the model and KV cache."""
 
     def __init__(self, model: str = "smollm2", **overrides):
+        configure_default()  # the start-up line and warnings reach the terminal unless logging is set up
         setup()
         check_requested({**({} if isinstance(model, str) and os.path.isdir(model) else {"model": model}), **overrides})
         self.config = compose(model=model, **overrides)

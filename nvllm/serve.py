@@ -5,6 +5,8 @@ same Hydra config as `nvllm.run` (every group and switch) plus `serve.host` and 
 
 It prints the address once it is ready; Ctrl-C stops it cleanly (tensor-parallel ranks too).
 Needs the `serve` extra: pip install 'nvllm[serve]'."""
+import logging
+
 import hydra
 from omegaconf import DictConfig
 
@@ -12,6 +14,7 @@ from nvllm.config import ServeConfig, setup
 from nvllm.errors import ConfigError
 
 setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes
+logger = logging.getLogger("nvllm.serve")
 
 
 @hydra.main(config_path="pkg://nvllm.conf", config_name="config", version_base="1.3")
@@ -39,12 +42,12 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
     engine_loop.start()
     try:
         if engine_loop.engine.random_weights:
-            print("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
+            logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
         app = build_app(engine_loop, model_name)
         run_server(app, serve_config.host, serve_config.port, f"nvllm.serve: {model_name} ready on")
     finally:
         engine_loop.stop()
-    print("nvllm.serve: stopped", flush=True)
+    logger.info("nvllm.serve: stopped")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ as server-sent events or not), /v1/models, /health and /metrics. Every request g
 engine loop (nvllm.server.engine_loop), which batches them all."""
 import asyncio
 import json
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -16,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nvllm.server.engine_loop import EngineFault, EngineLoop, RequestStream
 from nvllm.server.protocol import ChatCompletionRequest, CompletionRequest, RequestError, parse
+
+logger = logging.getLogger(__name__)
 
 # the engine's finish reasons as OpenAI names them
 FINISH_REASONS = {"stop": "stop", "length": "length", "max_model_len": "length", "abort": "abort"}
@@ -241,7 +244,7 @@ class _Server(uvicorn.Server):
         if self.started:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             host = f"[{host}]" if ":" in host else host
-            print(f"{self.ready_message} http://{host}:{port} (OpenAI API under /v1; Ctrl-C stops)", flush=True)
+            logger.info(f"{self.ready_message} http://{host}:{port} (OpenAI API under /v1; Ctrl-C stops)")
 
 
 def run_server(app: FastAPI, host: str, port: int, ready_message: str):

@@ -4,6 +4,7 @@ continuous-batching loop. Requests and aborts cross to it on a thread-safe queue
 between steps; what each step produced goes back to each request's asyncio queue through
 `loop.call_soon_threadsafe` (one call per step). Nothing here imports the web framework."""
 import asyncio
+import logging
 import queue
 import signal
 import threading
@@ -12,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from nvllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 ACCEPTED = "accepted"  # first item on a request's queue once the engine took it
 
@@ -189,8 +192,13 @@ class EngineLoop:
                 self._finished(live.pop(delta.request_id))
 
     def _finished(self, seq, error: str | None = None):
-        self.finished_timings.append(engine_timing(seq, error))
+        timing = engine_timing(seq, error)
+        self.finished_timings.append(timing)
         self._num_finished += 1
+        ttft = f"TTFT {timing.token_times[0] - timing.arrival:.3f} s, " if timing.token_times else ""
+        end = timing.token_times[-1] if timing.token_times else seq.finish_time or timing.arrival
+        logger.info(f"request {seq.request_id}: {timing.input_len} prompt + {timing.output_len} output tokens, "
+                    f"{ttft}{end - timing.arrival:.3f} s in all, {error or seq.finish_reason}")
 
     def _publish_stats(self, engine, live: dict):
         self.stats = EngineStats(free_kv_blocks=engine.kv_cache.num_free_blocks,
