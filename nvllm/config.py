@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf, ValidationError
+from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, ValidationError
 
 from nvllm import registry
 from nvllm.attention.select import select_backend
@@ -149,6 +149,10 @@ def typed_config(family: str, cfg) -> object:
     cls = registry.get(family, cfg.get("name"))
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), cfg))
+    except MissingMandatoryValue as e:
+        key = str(e.full_key or e.key).removeprefix(f"{family}.")
+        raise ConfigError(f"{family}.{key} is required by {family}={cls.name}: add {family}.{key}=... to the command "
+                          f"(or set it in Python)") from None
     except (ValidationError, AssertionError, ValueError, TypeError) as e:
         raise ConfigError(f"{family}={cls.name}: {e}".strip()) from None
 
@@ -184,6 +188,8 @@ class Config(EngineConfig):
     attention: Any = None
     sampler: Any = None
     forward: Any = None
+    # what the run sends (nvllm.run); an engine does not read it
+    workload: Any = None
     # what attention=auto and forward=auto chose and why (None: named)
     attention_choice: str | None = None
     forward_choice: str | None = None

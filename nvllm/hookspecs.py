@@ -34,3 +34,8 @@ def register_samplers(register):
 @hookspec
 def register_forward_strategies(register):
     """Register ways of running a step's forward pass: subclasses of ``nvllm.forward.base.ForwardStrategy``."""
+
+
+@hookspec
+def register_workloads(register):
+    """Register workloads (what a run sends, datasets included): subclasses of ``nvllm.workloads.Workload``."""

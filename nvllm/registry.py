@@ -9,6 +9,7 @@ FAMILIES = {  # family (= Hydra config group) -> hook that fills it
     "attention": "register_attention_backends",
     "sampler": "register_samplers",
     "forward": "register_forward_strategies",
+    "workload": "register_workloads",
 }
 
 _components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}

@@ -4,11 +4,10 @@ print the answers and a summary, write metrics.json in the run directory.
 In a sweep (`-m`) a run that cannot or does not finish does not stop the others: its metrics.json
 says `status: skipped` (a refusal: the configuration cannot run here) or `status: failed`, with
 the reason. A single run raises instead, so the command exits non-zero."""
-import json
+import logging
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from nvllm.config import setup
 
 setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes
+logger = logging.getLogger("nvllm.run")
 
 
 @hydra.main(config_path="pkg://nvllm.conf", config_name="config", version_base="1.3")
@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> dict:
 
     from nvllm.distributed.workers import WorkerError
     from nvllm.errors import ConfigError
-    from nvllm.metrics import not_run, reset_peak_memory, summary_line
+    from nvllm.metrics import not_run, reset_peak_memory, summary_line, to_json
     from nvllm.models.weights import MissingWeightsError, WeightsError
     from nvllm.registry import UnknownComponentError
     from nvllm.workloads import WorkloadError
@@ -41,17 +41,18 @@ def main(cfg: DictConfig) -> dict:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if isinstance(e, (WorkerError, WeightsError, MissingWeightsError, ConfigError, UnknownComponentError,
                               WorkloadError, FileNotFoundError)):
-                sys.exit(f"nvllm: {e}")  # the user's to fix, and the message names what: no traceback
+                logger.error(f"nvllm: {e}")  # the user's to fix, and the message names what: no traceback
+                sys.exit(1)
             raise
         refused = isinstance(e, (ConfigError, MissingWeightsError))
         if not refused:
-            traceback.print_exc()
+            logger.exception(f"run failed: {type(e).__name__}: {e}")
         metrics = not_run("skipped" if refused else "failed", e, requested)
     metrics["overrides"] = list(hydra_cfg.overrides.task)  # what this run's command line (or sweep) set
     out_dir = Path(hydra_cfg.runtime.output_dir)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"\n{summary_line(metrics)}")
-    print(f"metrics: {os.path.relpath(out_dir / 'metrics.json')}")
+    (out_dir / "metrics.json").write_text(to_json(metrics))
+    logger.info(f"\n{summary_line(metrics)}")
+    logger.info(f"metrics: {os.path.relpath(out_dir / 'metrics.json')}")
     if metrics["status"] == "failed" and hydra_cfg.mode != RunMode.MULTIRUN:
         sys.exit(1)  # what completed is in metrics.json; the reason was printed above
     return metrics
@@ -59,36 +60,42 @@ def main(cfg: DictConfig) -> dict:
 
 def run(cfg: DictConfig, requested: dict) -> dict:
     from nvllm.config import Config
+    from nvllm.engine.intake import load_tokenizer
     from nvllm.engine.llm_engine import LLMEngine
     from nvllm.metrics import collect, serving_options
-    from nvllm.workloads import arrival_offsets, assign_priorities, build_requests, max_concurrency, prompt_texts
+    from nvllm.models.weights import resolve_model_path
+    from nvllm.workloads import assign_priorities, make_workload, max_concurrency
 
+    # everything the workload needs is checked before the model loads: a missing or bad key is refused naming it
     serving, concurrency = serving_options(cfg), max_concurrency(cfg.workload)
-    arrival_offsets(cfg.workload, 0)  # refuses a bad arrival field before the model loads
-    engine = LLMEngine(Config.from_cfg(cfg))
+    config = Config.from_cfg(cfg)
+    workload = make_workload(config.workload)
+    tokenizer = load_tokenizer(resolve_model_path(config.model))
+    workload.check(tokenizer)
+    prompts, params = workload.requests(cfg.sampling, tokenizer)
+    priorities = assign_priorities(config.workload, len(prompts))
+    arrivals = workload.arrivals(len(prompts))
+    engine = LLMEngine(config)
     try:
         if engine.random_weights:
-            print("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
-        prompts, params = build_requests(cfg.workload, cfg.sampling, engine.tokenizer)
-        priorities = assign_priorities(cfg.workload, len(prompts))
-        arrivals = arrival_offsets(cfg.workload, len(prompts))
+            logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
         start = engine.clock.now()
         outputs = engine.generate(prompts, params, priorities=priorities, arrival_times=arrivals,
                                   max_concurrency=concurrency)
         wall = engine.clock.now() - start
-        if cfg.print_outputs and cfg.workload.kind in ("chat", "file"):
-            texts = prompt_texts(cfg.workload)
-            for out in outputs:
+        if cfg.print_outputs and workload.prints_prompts:
+            for text, out in zip(workload.texts(), outputs):
                 answer = f"[{out.finish_reason}: {out.error}]" if out.error else out.text
-                print(f"\n>>> {shorten(texts[out.index])}\n{answer}")
-        rate = cfg.workload.get("request_rate") if arrivals is not None and cfg.workload.kind != "trace" else None
-        metrics = collect(engine, outputs, wall, requested, priorities, {**serving, "request_rate": rate})
-        metrics.update(burstiness=cfg.workload.get("burstiness"), max_concurrency=concurrency)
-        reasons = [f"request {o.index}: {o.error}" for o in outputs if o.finish_reason == "rejected"]
+                logger.info(f"\n>>> {shorten(text)}\n{answer}")
+        rate = config.workload.request_rate if arrivals is not None and workload.name != "trace" else None
+        metrics = collect(engine, outputs, wall, requested, priorities,
+                          {**serving, "request_rate": rate, "open_loop": arrivals is not None})
+        metrics.update(burstiness=config.workload.burstiness, max_concurrency=concurrency)
+        reasons = [f"request {o.request_id}: {o.error}" for o in outputs if o.finish_reason == "rejected"]
         if reasons:
-            print(f"\n{len(reasons)} rejected:", *(f"  {shorten(r, 300)}" for r in reasons[:3]),
-                  *([f"  ... ({len(reasons) - 3} more: see rejected_by_reason in metrics.json)"] if len(reasons) > 3 else []),
-                  sep="\n")
+            logger.warning("\n".join([f"\n{len(reasons)} rejected:", *(f"  {shorten(r, 300)}" for r in reasons[:3]),
+                                      *([f"  ... ({len(reasons) - 3} more: see rejected_by_reason in metrics.json)"]
+                                        if len(reasons) > 3 else [])]))
         if engine.failure is not None:
             metrics.update(status="failed", reason=f"{type(engine.failure).__name__}: {engine.failure}")
         return metrics

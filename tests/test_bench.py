@@ -45,7 +45,7 @@ def test_requests_are_nvllm_runs_random_workload():
     """The docstring promises `python -m nvllm.run workload=random ...` sends the same requests."""
     from nvllm.workloads import build_requests
 
-    workload = SimpleNamespace(kind="random", num_seqs=64, input_len=[32, 256], output_len=[32, 256],
+    workload = SimpleNamespace(name="random", num_seqs=64, input_len=[32, 256], output_len=[32, 256],
                                max_token_id=bench.MAX_TOKEN_ID, seed=0, ignore_eos=True)
     prompts, params = build_requests(workload, {"temperature": 0.0}, None)
     assert bench.requests("cpu-bench", None, 32, 256) == (prompts, [p.max_tokens for p in params])

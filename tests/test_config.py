@@ -1,4 +1,5 @@
 """Every option of every config group composes, and its component builds."""
+import json
 import re
 import subprocess
 import sys
@@ -40,16 +41,25 @@ def test_every_family_has_options():
 @pytest.mark.parametrize("group, option", ALL, ids=[f"{g}={o}" for g, o in ALL])
 def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
     cfg = compose_with(f"{group}={option}")
-    Config.from_cfg(cfg)
     if group == "workload":
-        if cfg.workload.kind == "file":
+        if cfg.workload.name == "file":
             cfg.workload.path = str(tmp_path / "prompts.txt")
             (tmp_path / "prompts.txt").write_text("hello\nworld\n")
             cfg.workload.chat = False
-        if cfg.workload.kind == "trace":
+        if cfg.workload.name == "trace":
             cfg.workload.path = str(tmp_path / "trace.jsonl")
             (tmp_path / "trace.jsonl").write_text('{"arrival": 0, "input_len": 4, "output_len": 2}\n')
-        prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None) if cfg.workload.kind != "chat" \
+        if cfg.workload.name == "sharegpt":
+            cfg.workload.path = str(tmp_path / "sharegpt.json")
+            turns = [{"from": "human", "value": "Tell me about the sea, please."},
+                     {"from": "gpt", "value": "The sea is large, salty and deep."}]
+            (tmp_path / "sharegpt.json").write_text(json.dumps([{"conversations": turns}]))
+            prompts, params = build_requests(cfg.workload, cfg.sampling, _tokenizer())
+            assert prompts == [turns[0]["value"]] and params[0].max_tokens == len(_tokenizer().encode(turns[1]["value"]))
+            return
+    Config.from_cfg(cfg)
+    if group == "workload":
+        prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None) if cfg.workload.name != "chat" \
             else build_requests(cfg.workload, cfg.sampling, _tokenizer())
         assert prompts and len(prompts) == len(params)
         return

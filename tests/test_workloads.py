@@ -16,7 +16,7 @@ SAMPLING = OmegaConf.create({"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_
 
 
 def workload(**fields):
-    base = {"kind": "random", "num_seqs": 4, "input_len": [3, 9], "output_len": [2, 5], "max_token_id": 100,
+    base = {"name": "random", "num_seqs": 4, "input_len": [3, 9], "output_len": [2, 5], "max_token_id": 100,
             "seed": 0, "ignore_eos": True, "request_rate": math.inf, "burstiness": 1.0, "max_concurrency": None}
     return OmegaConf.create({**base, **fields})
 
@@ -70,7 +70,7 @@ def test_bad_max_concurrency_refused(value):
 
 
 def trace_workload(path, **fields):
-    return OmegaConf.create({"kind": "trace", "path": str(path), "time_scale": 1.0, "max_concurrency": None,
+    return OmegaConf.create({"name": "trace", "path": str(path), "time_scale": 1.0, "max_concurrency": None,
                              "max_token_id": 100, "seed": 0, "ignore_eos": True, **fields})
 
 
@@ -96,5 +96,5 @@ def test_bad_traces_refused(tmp_path):
         arrival_offsets(trace_workload(path), 2)
     with pytest.raises(ConfigError, match="workload.time_scale must be a number > 0 .*, got 0"):
         arrival_offsets(trace_workload(path, time_scale=0), 2)
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(ValueError, match="no such file"):
         arrival_offsets(trace_workload(tmp_path / "missing.jsonl"), 2)

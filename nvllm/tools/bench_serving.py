@@ -77,7 +77,7 @@ def random_workload(args):
     def span(n):
         return [max(1, int(n * (1 - r))), int(n * (1 + r))]
 
-    return OmegaConf.create({"kind": "random", "num_seqs": args.num_prompts, "input_len": span(args.random_input_len),
+    return OmegaConf.create({"name": "random", "num_seqs": args.num_prompts, "input_len": span(args.random_input_len),
                              "output_len": span(args.random_output_len), "max_token_id": args.max_token_id,
                              "seed": args.seed, "ignore_eos": args.ignore_eos, "request_rate": args.request_rate,
                              "burstiness": args.burstiness})
