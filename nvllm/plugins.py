@@ -53,7 +53,15 @@ def load_plugins() -> pluggy.PluginManager:
             _skip(origin, f"failed to import: {e!r}")
             continue
         if pm.get_plugin(ep.name) is None:
-            pm.register(plugin, name=ep.name)
+            problem = _hook_problem(plugin)
+            if problem is None:
+                try:
+                    pm.register(plugin, name=ep.name)
+                except pluggy.PluginValidationError as e:  # a hook whose arguments the spec does not have
+                    problem = f"has a hook nvllm cannot call: {e}"
+            if problem is not None:
+                _skip(origin, problem)
+                continue
             _origins[ep.name] = origin
     pm.check_pending()
     trace = os.environ.get("NVLLM_TRACE_PLUGINS", "") not in ("", "0")
@@ -84,6 +92,20 @@ def load_plugins() -> pluggy.PluginManager:
                       file=sys.stderr)
     _loaded = True
     return pm
+
+
+def _hook_problem(plugin) -> str | None:
+    """A function marked @hookimpl whose name is no nvllm hook (a misspelling would otherwise never
+    be called, or stop every command): what is wrong, naming the nearest hook."""
+    import difflib
+
+    hooks = sorted(registry.FAMILIES.values())
+    for name in dir(plugin):
+        if pm.parse_hookimpl_opts(plugin, name) is not None and name not in hooks:
+            near = difflib.get_close_matches(name, hooks, n=1)
+            return (f"defines @hookimpl {name!r}, which is not an nvllm hook"
+                    + (f" (did you mean {near[0]!r}?)" if near else "") + f"; the hooks are {', '.join(hooks)}")
+    return None
 
 
 def _origin(ep) -> str:
