@@ -256,14 +256,19 @@ BAD_REQUESTS = {
     "max_tokens negative": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5},
                             400, "max_tokens", "greater than or equal to 1"),
     "unknown model": ("/v1/completions", {"model": "gpt-5", "prompt": "hi"}, 404, "model", "not served here"),
-    "n > 1": ("/v1/completions", {"prompt": "hi", "n": 3}, 400, "n", "one choice per request"),
+    "n too large": ("/v1/completions", {"prompt": "hi", "n": 17}, 400, "n", "less than or equal to 16"),
+    "logprobs too many": ("/v1/completions", {"prompt": "hi", "logprobs": 21}, 400, "logprobs", "less than or equal to 20"),
+    "top_logprobs alone": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+                           400, "top_logprobs", "top_logprobs needs logprobs=true"),
     "temperature < 0": ("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature", "greater than"),
     "unknown field": ("/v1/completions", {"prompt": "hi", "max_tokenz": 3}, 400, "max_tokenz", "unknown field"),
-    "unsupported penalty": ("/v1/completions", {"prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty",
-                            "not supported"),
+    "penalty out of range": ("/v1/completions", {"prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty",
+                             "less than or equal to 2"),
+    "unsupported logit_bias": ("/v1/completions", {"prompt": "hi", "logit_bias": {"5": 1}}, 400, "logit_bias",
+                               "not supported"),
     "bad role": ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role", "role"),
     "unknown route": ("/v1/embeddings", {"input": "hi"}, 404, None, "no route"),
-    "bad metrics query": ("/metrics?skip=many", None, 400, "skip", "integer"),
+    "bad metrics query": ("/metrics/serving?skip=many", None, 400, "skip", "integer"),
 }
 
 
@@ -287,8 +292,8 @@ def test_bad_requests_through_the_openai_client_and_the_engine_goes_on(client):
         client.completions.create(model="smollm2", prompt=[1] * 600, max_tokens=4)
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.BadRequestError, match="one choice"):
-        client.completions.create(model="smollm2", prompt="hi", n=2)
+    with pytest.raises(openai.BadRequestError, match="less than or equal to 20"):
+        client.completions.create(model="smollm2", prompt="hi", logprobs=30)
     assert client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
 
 
@@ -300,13 +305,14 @@ def test_bench_serving_against_the_server(server, tmp_path):
                            "--save-result", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Mean TTFT" in done.stdout and "engine" in done.stdout
-    result = json.loads(out.read_text())
-    client_side, engine_side = result["client"], result["engine"]
-    assert client_side["completed"] == engine_side["completed"] == 6 and client_side["failed"] == 0
-    assert client_side["total_output_tokens"] == engine_side["total_output_tokens"] == 24
+    result = json.loads(out.read_text())  # vLLM's flat layout; the engine's numbers under engine_ keys
+    assert result["completed"] == result["engine_completed"] == 6 and result["failed"] == 0
+    assert result["total_output_tokens"] == result["engine_total_output_tokens"] == 24
+    assert result["model_id"] == "smollm2" and len(result["ttfts"]) == len(result["output_lens"]) == 6
     # the client's clock starts before the HTTP request and stops after the last chunk arrives
-    assert client_side["mean_e2el_ms"] >= engine_side["mean_e2el_ms"] > 0
-    assert client_side["mean_ttft_ms"] >= engine_side["mean_ttft_ms"] > 0
+    assert result["mean_e2el_ms"] >= result["engine_mean_e2el_ms"] > 0
+    assert result["mean_ttft_ms"] >= result["engine_mean_ttft_ms"] > 0
+    assert "Requests: 100%" in done.stderr  # the progress bar
 
 
 def test_serve_config_is_validated(tmp_path):
@@ -340,3 +346,66 @@ def test_ctrl_c_stops_the_server_and_its_tensor_parallel_ranks(tiny_qwen3_path, 
         assert "Traceback" not in server.output and "nvllm.serve: stopped" in server.output, server.output
     finally:
         server.stop()
+
+
+def test_n_and_logprobs_through_the_openai_client(client, offline):
+    """vLLM's OpenAI server habits: n choices, logprobs / top_logprobs, the penalties."""
+    chat = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": QUESTION}], n=2,
+                                          temperature=0, max_tokens=8, logprobs=True, top_logprobs=3)
+    assert [c.index for c in chat.choices] == [0, 1] and chat.choices[0].message.content == chat.choices[1].message.content
+    want = offline.chat([{"role": "user", "content": QUESTION}], SamplingParams(temperature=0, max_tokens=8, logprobs=3),
+                        use_tqdm=False)[0].outputs[0]
+    assert chat.choices[0].message.content == want.text and chat.usage.completion_tokens == 2 * len(want.token_ids)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == len(want.token_ids)
+    for item, token, entry in zip(content, want.token_ids, want.logprobs):
+        assert item.logprob == pytest.approx(entry[token].logprob, abs=1e-3) and len(item.top_logprobs) == 3
+        assert item.top_logprobs[0].logprob >= item.top_logprobs[1].logprob >= item.top_logprobs[2].logprob
+    text = client.completions.create(model="smollm2", prompt=PROMPT, n=3, temperature=1.0, seed=4, max_tokens=6,
+                                     logprobs=2, presence_penalty=0.5, frequency_penalty=0.5,
+                                     extra_body={"ignore_eos": True, "repetition_penalty": 1.1})
+    assert sorted(c.index for c in text.choices) == [0, 1, 2] and len({c.text for c in text.choices}) > 1
+    for choice in text.choices:
+        lp = choice.logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+        assert all(1 <= len(top) <= 3 for top in lp.top_logprobs)  # the top 2 and the sampled token
+    stream = client.completions.create(model="smollm2", prompt=PROMPT, n=2, temperature=0, max_tokens=4, stream=True,
+                                       logprobs=1, extra_body={"ignore_eos": True})
+    pieces = {0: "", 1: ""}
+    for chunk in stream:
+        for c in chunk.choices:
+            pieces[c.index] += c.text
+    assert pieces[0] == pieces[1] == text_of(offline, PROMPT, 4)
+
+
+def text_of(llm, prompt, n):
+    return llm.generate(prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), use_tqdm=False)[0].text
+
+
+def test_metrics_is_prometheus_text(server, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=3, temperature=0)
+    response = httpx.get(f"{server.url}/metrics", timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    for name in ("nvllm:time_to_first_token_seconds", "nvllm:inter_token_latency_seconds",
+                 "nvllm:e2e_request_latency_seconds", "nvllm:num_requests_running", "nvllm:num_requests_waiting",
+                 "nvllm:kv_cache_usage_perc", "nvllm:prefix_cache_queries", "nvllm:prefix_cache_hits",
+                 "nvllm:prompt_tokens", "nvllm:generation_tokens", "nvllm:request_success"):
+        assert name in families, name
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    ttft_count = samples[("nvllm:time_to_first_token_seconds_count", (("model_name", "smollm2"),))]
+    assert ttft_count >= 1 and samples[("nvllm:generation_tokens_total", (("model_name", "smollm2"),))] >= 3
+    assert ("nvllm:request_success_total", (("finished_reason", "length"), ("model_name", "smollm2"))) in samples
+    serving = httpx.get(f"{server.url}/metrics/serving", timeout=10).json()  # the JSON summary moved here
+    assert serving["completed"] >= 1 and "median_ttft_ms" in serving
+
+
+def test_the_server_logs_each_request(server, client):
+    client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=2, temperature=0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not re.search(r"request cmpl-\w+: \d+ prompt \+ 2 output tokens, TTFT", server.output):
+        time.sleep(0.1)
+    assert re.search(r"request cmpl-\w+: \d+ prompt \+ 2 output tokens, TTFT [\d.]+ s, [\d.]+ s in all, length",
+                     server.output), server.output[-2000:]

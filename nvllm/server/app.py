@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions (streamed
-as server-sent events or not), /v1/models, /health and /metrics. Every request goes to the one
+as server-sent events or not, n choices, logprobs), /v1/models, /health, /metrics (Prometheus) and
+/metrics/serving (vLLM's serving metrics as JSON). Every request goes to the one
 engine loop (nvllm.server.engine_loop), which batches them all."""
 import asyncio
 import json
@@ -15,19 +16,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nvllm.sampling_params import DEFAULT_MAX_TOKENS
 from nvllm.server.engine_loop import EngineFault, EngineLoop, RequestStream
+from nvllm.server.prometheus import PrometheusMetrics
 from nvllm.server.protocol import ChatCompletionRequest, CompletionRequest, RequestError, parse
 
 logger = logging.getLogger(__name__)
 
 # the engine's finish reasons as OpenAI names them
 FINISH_REASONS = {"stop": "stop", "length": "length", "max_model_len": "length", "abort": "abort"}
-ROUTES = "POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics"
+ROUTES = ("POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics "
+          "(Prometheus), GET /metrics/serving (JSON)")
 
 
 class _Completions:
     prefix, object, chunk_object = "cmpl", "text_completion", "text_completion"
-    default_max_tokens = 16  # OpenAI's
 
     @staticmethod
     def opening():
@@ -39,10 +42,22 @@ class _Completions:
 
     answer = piece
 
+    @staticmethod
+    def logprobs(entries: list, token_ids: list[int], offset: int) -> dict:
+        """OpenAI's completions logprobs: parallel lists, the top ones as {token text: logprob}."""
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for token, entry in zip(token_ids, entries):
+            chosen = entry[token]
+            out["tokens"].append(chosen.decoded_token)
+            out["token_logprobs"].append(chosen.logprob)
+            out["top_logprobs"].append({lp.decoded_token: lp.logprob for lp in sorted(entry.values(), key=_rank)})
+            out["text_offset"].append(offset)
+            offset += len(chosen.decoded_token or "")
+        return out
+
 
 class _Chat:
     prefix, object, chunk_object = "chatcmpl", "chat.completion", "chat.completion.chunk"
-    default_max_tokens = None  # up to max_model_len
 
     @staticmethod
     def opening():
@@ -55,6 +70,20 @@ class _Chat:
     @staticmethod
     def answer(text: str) -> dict:
         return {"message": {"role": "assistant", "content": text}}
+
+    @staticmethod
+    def logprobs(entries: list, token_ids: list[int], offset: int) -> dict:
+        """OpenAI's chat logprobs: per token its text, logprob, UTF-8 bytes and the top_logprobs."""
+        def item(lp):
+            text = lp.decoded_token or ""
+            return {"token": text, "logprob": lp.logprob, "bytes": list(text.encode())}
+        return {"content": [{**item(entry[token]), "top_logprobs": [item(lp) for lp in sorted(entry.values(), key=_rank)
+                                                                    if lp.rank is not None]}
+                            for token, entry in zip(token_ids, entries)]}
+
+
+def _rank(lp) -> int:
+    return lp.rank if lp.rank is not None else 1 << 30
 
 
 def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
@@ -101,10 +130,19 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
                 **(asdict(stats) if stats else {})}
         return JSONResponse(body, status_code=200 if alive else 503)
 
+    prometheus = PrometheusMetrics(model_name)
+    engine_loop.observer = prometheus
+
     @app.get("/metrics")
+    async def metrics_prometheus():
+        """Prometheus' text format, vLLM's metric names under `nvllm:` (nvllm/server/prometheus.py)."""
+        return Response(prometheus.render(), media_type=prometheus.content_type)
+
+    @app.get("/metrics/serving")
     async def metrics(skip: int = 0, percentiles: str = "50,90,99", slo: str = "{}", request_rate: float | None = None):
-        """vLLM's serving metrics of the requests the engine finished after the first `skip`
-        (GET /health says how many it has finished), measured inside the engine."""
+        """vLLM's serving metrics (`vllm bench serve`'s names, JSON) of the requests the engine
+        finished after the first `skip` (GET /health says how many it has finished), measured inside
+        the engine."""
         from nvllm.metrics import serving_metrics
 
         try:
@@ -115,8 +153,8 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
         timings = engine_loop.timings_since(skip)
         times = [t for timing in timings for t in (timing.arrival, *timing.token_times)]
         duration = max(times) - min(times) if times else 0.0
-        return {"requests": len(timings),
-                **serving_metrics(timings, duration, quantiles, bounds or None, request_rate=request_rate)}
+        return {"requests": len(timings), **serving_metrics(timings, duration, quantiles, bounds or None,
+                                                            request_rate=request_rate, open_loop=True)}
 
     @app.get("/v1/models")
     async def models():
@@ -146,7 +184,7 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
         if req.model is not None and req.model != model_name:
             raise RequestError(f"model {req.model!r} is not served here; this server serves {model_name!r} "
                                f"(GET /v1/models)", param="model", status=404, code="model_not_found")
-        params = req.sampling_params(kind.default_max_tokens or max_model_len)
+        params = req.sampling_params(DEFAULT_MAX_TOKENS)
         request_id = f"{kind.prefix}-{uuid.uuid4().hex}"
         try:
             stream = await engine_loop.add(request_id, prompt, params, arrival)
@@ -166,31 +204,37 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _usage(delta) -> dict:
-    return {"prompt_tokens": delta.num_prompt_tokens, "completion_tokens": delta.num_output_tokens,
-            "total_tokens": delta.num_prompt_tokens + delta.num_output_tokens}
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 async def _events(stream: RequestStream, req, kind, head: dict):
-    """The SSE body of a streamed request. If the client goes away, the response task is
-    cancelled (or this generator closed) and `finally` aborts the request in the engine."""
+    """The SSE body of a streamed request: a chunk per completion (choice `index`) that advanced.
+    If the client goes away, the response task is cancelled (or this generator closed) and
+    `finally` aborts the request in the engine."""
     head = {**head, "object": kind.chunk_object}
     extra = {"usage": None} if req.include_usage else {}
-    last = None
+    prompt_tokens, completion_tokens = 0, {}
+    offsets = [0] * req.n
     try:
         if opening := kind.opening():
-            yield _sse({**head, "choices": [{"index": 0, **opening, "logprobs": None, "finish_reason": None}], **extra})
+            yield _sse({**head, "choices": [{"index": i, **opening, "logprobs": None, "finish_reason": None}
+                                            for i in range(req.n)], **extra})
         async for delta in stream:
-            last = delta
-            if not (delta.new_text or delta.new_token_ids or delta.finished):
+            prompt_tokens, completion_tokens[delta.index] = delta.num_prompt_tokens, delta.num_output_tokens
+            if not (delta.new_text or delta.new_token_ids or delta.finish_reason):
                 continue
-            choice = {"index": 0, **kind.piece(delta.new_text), "logprobs": None,
+            choice = {"index": delta.index, **kind.piece(delta.new_text), "logprobs": None,
                       "finish_reason": FINISH_REASONS.get(delta.finish_reason, delta.finish_reason)}
+            if delta.logprobs is not None:
+                choice["logprobs"] = kind.logprobs(delta.logprobs, delta.new_token_ids, offsets[delta.index])
+                offsets[delta.index] += len(delta.new_text)
             if req.return_token_ids:
                 choice["token_ids"] = delta.new_token_ids
             yield _sse({**head, "choices": [choice], **extra})
-        if req.include_usage and last is not None:
-            yield _sse({**head, "choices": [], "usage": _usage(last)})
+        if req.include_usage:
+            yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, sum(completion_tokens.values()))})
     except EngineFault as e:
         yield _sse(RequestError(str(e), status=500, type="internal_error").body())
     finally:
@@ -199,16 +243,18 @@ async def _events(stream: RequestStream, req, kind, head: dict):
 
 
 async def _answer(request: Request, stream: RequestStream, req, kind, head: dict) -> Response:
-    """The whole answer of a request that is not streamed; a client that disconnects while it
-    waits has its request aborted."""
+    """The whole answer of a request that is not streamed, a choice per completion; a client that
+    disconnects while it waits has its request aborted."""
 
     async def collect():
-        text, token_ids, last = [], [], None
+        text, token_ids, logprobs, last = ([[] for _ in range(req.n)] for _ in range(4))
         async for delta in stream:
-            text.append(delta.new_text)
-            token_ids.extend(delta.new_token_ids)
-            last = delta
-        return "".join(text), token_ids, last
+            i = delta.index
+            text[i].append(delta.new_text)
+            token_ids[i].extend(delta.new_token_ids)
+            logprobs[i].extend(delta.logprobs or ())
+            last[i] = delta
+        return text, token_ids, logprobs, last
 
     async def disconnected():
         while (await request.receive())["type"] != "http.disconnect":
@@ -221,17 +267,22 @@ async def _answer(request: Request, stream: RequestStream, req, kind, head: dict
             answer.cancel()
             return Response(status_code=499)
         try:
-            text, token_ids, last = answer.result()
+            texts, token_ids, logprobs, last = answer.result()
         except EngineFault as e:
             raise RequestError(str(e), status=500, type="internal_error") from None
     finally:
         gone.cancel()
         stream.close()
-    choice = {"index": 0, **kind.answer(text), "logprobs": None,
-              "finish_reason": FINISH_REASONS.get(last.finish_reason, last.finish_reason)}
-    if req.return_token_ids:
-        choice["token_ids"] = token_ids
-    return JSONResponse({**head, "object": kind.object, "choices": [choice], "usage": _usage(last)})
+    choices = []
+    for i in range(req.n):
+        choice = {"index": i, **kind.answer("".join(texts[i])),
+                  "logprobs": kind.logprobs(logprobs[i], token_ids[i], 0) if req.num_logprobs() is not None else None,
+                  "finish_reason": FINISH_REASONS.get(last[i].finish_reason, last[i].finish_reason)}
+        if req.return_token_ids:
+            choice["token_ids"] = token_ids[i]
+        choices.append(choice)
+    usage = _usage(last[0].num_prompt_tokens, sum(d.num_output_tokens for d in last))
+    return JSONResponse({**head, "object": kind.object, "choices": choices, "usage": usage})
 
 
 class _Server(uvicorn.Server):

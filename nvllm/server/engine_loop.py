@@ -52,6 +52,7 @@ class EngineLoop:
         # the oldest are dropped past the bound
         self.finished_timings: deque = deque(maxlen=100_000)
         self.engine = None  # for read-only facts (tokenizer, config); only the engine thread steps it
+        self.observer = None  # nvllm.server.prometheus.PrometheusMetrics, told of every step and finished request
 
     # -- on the main thread ---------------------------------------------------------------------
     def start(self):
@@ -125,7 +126,7 @@ class EngineLoop:
             self.startup_error = e
             self._ready.set()
             return
-        live: dict[str, object] = {}  # request id -> the engine's record of it (for its timings)
+        live: dict[str, list] = {}  # request id -> its completions' Sequences (for their timings)
         self._publish_stats(engine, live)
         self._ready.set()
         try:
@@ -159,7 +160,10 @@ class EngineLoop:
             request_id = command[1]
             if command[0] == "add":
                 try:
-                    live[request_id] = engine.add_request(request_id, *command[2:])
+                    seq = engine.add_request(request_id, *command[2:])
+                    live[request_id] = engine.sequences(request_id)
+                    if self.observer is not None:
+                        self.observer.on_added(seq.num_prompt_tokens)
                 except ValueError as e:
                     events.append((request_id, e))
                 except Exception as e:  # not a refusal: a bug the request ran into
@@ -169,7 +173,7 @@ class EngineLoop:
                     events.append((request_id, ACCEPTED))
             elif request_id in live:  # abort: the reader is gone; the engine frees its blocks now
                 engine.abort_request(request_id)
-                self._finished(live.pop(request_id), "aborted: the client went away")
+                self._finished(live.pop(request_id)[0], "aborted: the client went away")
 
     def _step(self, engine, live: dict, events: list):
         try:
@@ -177,24 +181,28 @@ class EngineLoop:
         except Exception as e:  # a bug or a dead rank: fail the requests in flight, keep serving
             self.fault = f"{type(e).__name__}: {e}"
             traceback.print_exc()
-            for request_id, seq in live.items():
+            for request_id, seqs in live.items():
                 try:
                     engine.abort_request(request_id)
                 except Exception:
                     pass
                 events.append((request_id, EngineFault(f"the engine failed while running this request: {self.fault}")))
-                self._finished(seq, self.fault)
+                self._finished(seqs[0], self.fault)
             live.clear()
             return
+        if self.observer is not None:
+            self.observer.on_step(engine, deltas, live)
         for delta in deltas:
             events.append((delta.request_id, delta))
             if delta.finished and delta.request_id in live:  # an aborted one was counted at its abort
-                self._finished(live.pop(delta.request_id))
+                self._finished(live.pop(delta.request_id)[0])
 
     def _finished(self, seq, error: str | None = None):
         timing = engine_timing(seq, error)
         self.finished_timings.append(timing)
         self._num_finished += 1
+        if self.observer is not None:
+            self.observer.on_finished(timing, "error" if error else seq.finish_reason or "abort")
         ttft = f"TTFT {timing.token_times[0] - timing.arrival:.3f} s, " if timing.token_times else ""
         end = timing.token_times[-1] if timing.token_times else seq.finish_time or timing.arrival
         logger.info(f"request {seq.request_id}: {timing.input_len} prompt + {timing.output_len} output tokens, "

@@ -2,7 +2,7 @@
 answers with. A field OpenAI defines but nvllm does not implement is accepted only at its neutral
 value (what a client sends when it does not use it); any other value, and any unknown field, is
 refused naming the field: a request never runs differently from what it asked for."""
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -33,7 +33,7 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # the served model's name (GET /v1/models); null: that one
     model: str | None = None
-    # null: 16 for completions, up to max_model_len for chat
+    # null: nvllm's one default (nvllm.sampling_params.DEFAULT_MAX_TOKENS), capped by what max_model_len leaves
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -45,30 +45,25 @@ class _Request(BaseModel):
     # token ids that end the answer (nvllm/vLLM extension)
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
-    n: int = 1
+    # completions of the prompt, each a choice (they share the prompt's KV blocks)
+    n: int = Field(1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     # each choice (and stream chunk) carries the generated token ids (vLLM's extension)
     return_token_ids: bool = False
     # an end-user id: accepted and not used
     user: str | None = None
+    # OpenAI's penalties over the generated tokens; 0: off
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    # vLLM's extensions: Hugging Face's repetition penalty (1: off), min_p (0: off), min_tokens
+    repetition_penalty: float = Field(1.0, gt=0)
+    min_p: float = Field(0.0, ge=0, le=1)
+    min_tokens: int = Field(0, ge=0)
     # OpenAI fields nvllm does not implement: accepted only at their neutral value
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: Any = None
 
-    NEUTRAL: ClassVar[dict] = {"presence_penalty": (0,), "frequency_penalty": (0,), "repetition_penalty": (1,),
-                "logit_bias": ({},), "logprobs": (False, 0)}
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError(f"n={n}: nvllm's server returns one choice per request; send n=1 "
-                             f"(or {n} requests, each with its own seed)")
-        return n
+    NEUTRAL: ClassVar[dict] = {"logit_bias": ({},)}
 
     @field_validator("*")
     @classmethod
@@ -88,11 +83,18 @@ class _Request(BaseModel):
     def sampling_params(self, default_max_tokens: int) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         try:
-            return SamplingParams(temperature=self.temperature, top_k=max(self.top_k, 0), top_p=self.top_p,
-                                  max_tokens=self.max_tokens or default_max_tokens, ignore_eos=self.ignore_eos,
-                                  seed=self.seed, stop=stop or None, stop_token_ids=self.stop_token_ids or None)
+            return SamplingParams(n=self.n, temperature=self.temperature, top_k=max(self.top_k, 0), top_p=self.top_p,
+                                  min_p=self.min_p, presence_penalty=self.presence_penalty,
+                                  frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
+                                  max_tokens=self.max_tokens or default_max_tokens, min_tokens=self.min_tokens,
+                                  ignore_eos=self.ignore_eos, seed=self.seed, stop=stop or None,
+                                  stop_token_ids=self.stop_token_ids or None, logprobs=self.num_logprobs())
         except ValueError as e:
             raise RequestError(str(e)) from None
+
+    def num_logprobs(self) -> int | None:
+        """SamplingParams.logprobs: how many most likely tokens each token's logprobs list; None: none."""
+        return None
 
     @property
     def include_usage(self) -> bool:
@@ -106,7 +108,13 @@ class CompletionRequest(_Request):
     best_of: int | None = None
     suffix: str | None = None
 
+    # the logprobs of each generated token and of this many most likely ones (OpenAI: up to 5; vLLM: 20)
+    logprobs: int | None = Field(None, ge=0, le=20)
+
     NEUTRAL: ClassVar[dict] = {**_Request.NEUTRAL, "echo": (False,), "best_of": (1,), "suffix": ("",)}
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -142,9 +150,16 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list | None = None
     response_format: dict | None = None
-    top_logprobs: int | None = None
+    # each generated token's logprob, and with top_logprobs that many most likely tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
-    NEUTRAL: ClassVar[dict] = {**_Request.NEUTRAL, "tools": ([],), "top_logprobs": (0,), "response_format": ({"type": "text"},)}
+    NEUTRAL: ClassVar[dict] = {**_Request.NEUTRAL, "tools": ([],), "response_format": ({"type": "text"},)}
+
+    def num_logprobs(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestError("top_logprobs needs logprobs=true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _max_completion_tokens(self):
