@@ -298,7 +298,8 @@ def _sharegpt(workload, sampling, tokenizer):
             break
         prompt_len = len(tokenizer.encode(prompt))
         output_len = workload.output_len or len(tokenizer.encode(answer))
-        if prompt_len < 4 or output_len < 4 or prompt_len > workload.max_input_len or prompt_len + output_len > workload.max_len:
+        too_short = prompt_len < 4 or (workload.output_len is None and output_len < 4)
+        if too_short or prompt_len > workload.max_input_len or prompt_len + output_len > workload.max_len:
             continue
         if workload.chat:
             _check_chat_template(tokenizer, "workload.chat=true")
@@ -306,6 +307,10 @@ def _sharegpt(workload, sampling, tokenizer):
                                                    add_generation_prompt=True)
         prompts.append(prompt)
         params.append(_params(sampling, max_tokens=output_len, ignore_eos=workload.ignore_eos))
+    if not prompts:
+        raise WorkloadError(f"workload.path={workload.path!r}: no conversation passes the length filters (prompt and "
+                            f"answer of 4 tokens or more, prompt <= workload.max_input_len={workload.max_input_len}, "
+                            f"both <= workload.max_len={workload.max_len})")
     return prompts, params
 
 

@@ -409,3 +409,21 @@ def test_the_server_logs_each_request(server, client):
         time.sleep(0.1)
     assert re.search(r"request cmpl-\w+: \d+ prompt \+ 2 output tokens, TTFT [\d.]+ s, [\d.]+ s in all, length",
                      server.output), server.output[-2000:]
+
+
+@pytest.mark.slow
+def test_bench_serving_reads_a_sharegpt_file(server, tmp_path):
+    turns = [[{"from": "human", "value": f"Question {i}: what is {i} plus {i}? Answer briefly."},
+              {"from": "gpt", "value": f"{i} plus {i} is {2 * i}, which is the answer."}] for i in range(5)]
+    data = tmp_path / "sharegpt.json"
+    data.write_text(json.dumps([{"id": str(i), "conversations": t} for i, t in enumerate(turns)]))
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, "-m", "nvllm.bench_serving", "--base-url", server.url, "--num-prompts", "3",
+                           "--dataset-name", "sharegpt", "--dataset-path", str(data), "--sharegpt-output-len", "3",
+                           "--no-ignore-eos", "--disable-tqdm", "--save-result", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["dataset_name"] == "sharegpt" and result["completed"] == 3, result["errors"]
+    assert result["tokenizer_id"] == "smollm2"
+    assert all(n > 4 for n in result["input_lens"]) and "Requests:" not in done.stderr

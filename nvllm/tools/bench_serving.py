@@ -259,6 +259,9 @@ def main(argv=None):
         import httpx  # noqa: F401
     except ImportError:
         sys.exit("nvllm.tools.bench_serving needs httpx: pip install 'nvllm[serve]'")
+    from nvllm.config import setup
+
+    setup()  # an edge: the workloads (a dataset may come from a plugin) are registered components
     rate = "inf" if math.isinf(args.request_rate) else f"{args.request_rate:g}"
     what = (f"ShareGPT conversations from {args.dataset_path}" if args.dataset_name == "sharegpt" else
             f"~{args.random_input_len} prompt + {args.random_output_len} output tokens each")
