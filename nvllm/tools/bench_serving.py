@@ -26,8 +26,8 @@ NAMES = {"ttft": "Time to first token", "tpot": "Time per output token (excl. 1s
          "itl": "Inter-token latency", "e2el": "End-to-end latency"}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m nvllm.tools.bench_serving", description=__doc__.split("\n\n")[0],
+def parse_args(argv=None, prog: str = "python -m nvllm.bench_serving") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server's address")
     p.add_argument("--model", default=None, help="model name to send (default: the server's first, GET /v1/models)")
@@ -253,8 +253,8 @@ def table(result: dict, percentiles) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, prog: str = "python -m nvllm.bench_serving"):
+    args = parse_args(argv, prog)
     try:
         import httpx  # noqa: F401
     except ImportError:
