@@ -283,7 +283,8 @@ def compose(**overrides) -> DictConfig:
     """The Hydra config the CLI would compose, from Python values: a string for a group picks
     an option (`scheduler="fcfs"`); a dict sets fields of the group, and its `name`, if any, picks
     the option first (`model={"name": "qwen3", "path": "/models/q"}`); anything else sets a
-    top-level key (`max_num_seqs=4`). `model` may also be a Hugging Face model directory."""
+    top-level key (`max_num_seqs=4`). `model` may also be a Hugging Face model directory or repo id
+    (`"Qwen/Qwen3-0.6B"`: from the local Hugging Face cache, or downloaded where the hub is reachable)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
@@ -309,13 +310,14 @@ def compose(**overrides) -> DictConfig:
 
 
 def detect_architecture(path: str) -> str:
-    """The registered architecture that runs the model_type in `path`/config.json."""
+    """The registered architecture that runs the model_type in `path`/config.json (`path`: a model
+    directory or a Hugging Face repo id)."""
     import json
     from pathlib import Path
 
-    config_file = Path(path).expanduser() / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{path} has no config.json; a model directory is in Hugging Face format")
+    from nvllm.models.weights import locate
+
+    config_file = Path(locate(path)) / "config.json"  # a directory, or a Hugging Face repo id
     model_type = json.loads(config_file.read_text()).get("model_type")
     for name in registry.names("model"):
         if model_type in registry.get("model", name).hf_model_types:

@@ -15,7 +15,8 @@ from nvllm.sampling_params import SamplingParams
 class LLM:
     """An engine built from the same config the CLI composes.
 
-    `model` is a config option (`"smollm2"`, `"qwen3"`, ...) or a Hugging Face model directory.
+    `model` is a config option (`"smollm2"`, `"qwen3"`, ...), a Hugging Face model directory, or a
+    Hugging Face repo id (`"Qwen/Qwen3-0.6B"`: its local cache, or a download where the hub is reachable).
     Other keyword arguments are the CLI's overrides as Python values: a string picks a group's
     option (`scheduler="fcfs"`), a dict sets fields of a group (`kv_cache={"prefix_caching": False}`),
     anything else sets a top-level switch (`max_num_seqs=4`). Close it (or use `with`) to free
@@ -24,7 +25,8 @@ class LLM:
     def __init__(self, model: str = "smollm2", **overrides):
         configure_default()  # the start-up line and warnings reach the terminal unless logging is set up
         setup()
-        check_requested({**({} if isinstance(model, str) and os.path.isdir(model) else {"model": model}), **overrides})
+        named = not (isinstance(model, str) and (os.path.isdir(model) or "/" in model))  # not a directory or repo id
+        check_requested({**({"model": model} if named else {}), **overrides})
         self.config = compose(model=model, **overrides)
         self.engine = LLMEngine(Config.from_cfg(self.config))
         self.tokenizer = self.engine.tokenizer

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, os.cpu_count() or 1))
+# no test reaches a model hub: a Hugging Face repo id resolves from the local cache or is refused
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,7 @@ def test_missing_hf_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(MissingWeightsError, match=r"Qwen/Qwen3-0.6B is not in the local Hugging Face cache .*model.path="):
+    with pytest.raises(MissingWeightsError, match=r"model=qwen3 has no model.path, and the Hugging Face repo Qwen/Qwen3-0.6B is not in the local cache .*model.path="):
         LLM("qwen3")
 
 

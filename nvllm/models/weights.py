@@ -24,36 +24,77 @@ def cache_root() -> Path:
 
 
 def resolve_model_path(config) -> str:
-    """The directory holding the weights named by a model Config: path, else embedded, else HF cache."""
+    """The directory holding the weights named by a model Config: `path` (a directory, or a Hugging
+    Face repo id such as Qwen/Qwen3-0.6B), else the embedded model, else the option's `hf_repo`."""
     if config.path:
-        path = Path(config.path).expanduser()
-        if not (path / "config.json").is_file() or not glob(str(path / "*.safetensors")):
-            raise MissingWeightsError(
-                f"model.path={config.path!r} is not a Hugging Face model directory (it needs config.json "
-                f"and *.safetensors files). Point model.path at such a directory."
-            )
-        return str(path)
+        return locate(config.path)
     if config.embedded:
         if config.embedded != "smollm2":
             raise MissingWeightsError(f"unknown embedded model {config.embedded!r}; the embedded model is 'smollm2'")
         return str(smollm2_path())
     if config.hf_repo:
-        return hf_cache_path(config.hf_repo, config.name)
-    raise MissingWeightsError(f"model {config.name!r} has no weights: set model.path=/dir/with/config.json+safetensors")
+        return hf_snapshot(config.hf_repo, f"model={config.name} has no model.path, and")
+    raise MissingWeightsError(f"model {config.name!r} has no weights: set model.path=/dir/with/config.json+safetensors "
+                              f"or model.path=org/name (a Hugging Face repo id)")
 
 
-def hf_cache_path(repo: str, arch: str) -> str:
+def is_repo_id(name: str) -> bool:
+    """`org/name` as the Hugging Face hub spells a repository (not a path that exists here)."""
+    parts = name.split("/")
+    return (len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+            and all(c.isalnum() or c in "-_." for c in name.replace("/", "")))
+
+
+def locate(path_or_repo: str) -> str:
+    """A Hugging Face model directory (config.json + *.safetensors): the directory itself, or a repo
+    id resolved through huggingface_hub (its cache first; a download where the hub is reachable)."""
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir() or not is_repo_id(path_or_repo):
+        if not (path / "config.json").is_file() or not glob(str(path / "*.safetensors")):
+            raise MissingWeightsError(
+                f"model.path={path_or_repo!r} is not a Hugging Face model directory (it needs config.json and "
+                f"*.safetensors files){'' if path.exists() else ', nor does it exist'}. Point model.path at such a "
+                f"directory, or give a Hugging Face repo id (model.path=org/name)")
+        return str(path)
+    return hf_snapshot(path_or_repo, f"model.path={path_or_repo!r} is no directory here, and")
+
+
+# what a model directory needs from a repo (not its PyTorch .bin or GGUF copies)
+HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
+def hf_snapshot(repo: str, what: str) -> str:
+    """`repo`'s snapshot directory: from the local Hugging Face cache, else downloaded (unless
+    HF_HUB_OFFLINE=1), else MissingWeightsError saying where it looked and what to do."""
     from huggingface_hub import constants, snapshot_download
 
+    where = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
     try:
-        return snapshot_download(repo, local_files_only=True)
+        found = snapshot_download(repo, local_files_only=True, allow_patterns=HF_PATTERNS)
     except Exception:
-        where = Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
-        raise MissingWeightsError(
-            f"no weights for model={arch}: model.path is unset and {repo} is not in the local Hugging Face "
-            f"cache (looked in {where}, offline). Either pass model.path=/dir/with/config.json+safetensors, "
-            f"or copy a Hugging Face cache that holds {repo} to this machine and set HF_HOME to it."
-        ) from None
+        found = None
+    if found is None or not glob(str(Path(found) / "*.safetensors")):
+        if constants.HF_HUB_OFFLINE:
+            why = "and HF_HUB_OFFLINE=1 forbids a download"
+        else:
+            try:
+                import logging
+
+                logging.getLogger(__name__).info(f"nvllm: downloading {repo} from the Hugging Face hub into {where}")
+                found = snapshot_download(repo, allow_patterns=HF_PATTERNS)
+                why = None
+            except Exception as e:
+                why = f"and downloading it failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        if why is not None:
+            raise MissingWeightsError(
+                f"{what} the Hugging Face repo {repo} is not in the local cache "
+                f"(looked in {where}) {why}. Download it where the hub is reachable (huggingface-cli download "
+                f"{repo}) and copy the cache here (HF_HOME), or set model.path=/dir/with/config.json+safetensors"
+            ) from None
+    if not glob(str(Path(found) / "*.safetensors")):
+        raise MissingWeightsError(f"{what} the Hugging Face repo {repo} ({found}) has no *.safetensors weights; "
+                                  f"nvllm loads safetensors only")
+    return found
 
 
 def smollm2_path() -> Path:
