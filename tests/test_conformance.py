@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from nvllm import registry
 from nvllm.testing import (ATTENTION_CASES, AttentionSuite, ForwardSuite, KVCacheSuite, ModelSuite, SamplerSuite,
-                           SchedulerSuite, attention_metadata, paged_block_tables)
+                           SchedulerSuite, WorkloadSuite, attention_metadata, paged_block_tables)
 
 
 class TestFCFS(SchedulerSuite):
@@ -83,3 +83,48 @@ class TestFusedCPU(ForwardSuite):
 class TestCUDAGraph(ForwardSuite):
     name = "cudagraph"
     device = "cuda"
+
+
+class TestRandomWorkload(WorkloadSuite):
+    name = "random"
+    configs = [{"num_seqs": 4, "input_len": [3, 9], "output_len": [2, 4]},
+               {"num_seqs": 4, "input_len": [3, 9], "output_len": [2, 4], "request_rate": 2.0}]
+
+
+class TestSharedPrefixWorkload(WorkloadSuite):
+    name = "shared_prefix"
+    configs = [{"num_seqs": 4, "prefix_len": 16}]
+
+
+class TestChatWorkload(WorkloadSuite):
+    name = "chat"
+
+
+class TestFileWorkload(WorkloadSuite):
+    name = "file"
+    configs = [{"chat": True}, {"chat": False}]
+
+    def setup_files(self, tmp_path):
+        (tmp_path / "prompts.txt").write_text("first prompt\nsecond prompt\n")
+        return {"path": str(tmp_path / "prompts.txt")}
+
+
+class TestTraceWorkload(WorkloadSuite):
+    name = "trace"
+
+    def setup_files(self, tmp_path):
+        (tmp_path / "trace.jsonl").write_text('{"arrival": 1.0, "input_len": 4, "output_len": 2}\n'
+                                              '{"arrival": 1.5, "prompt": "hello", "output_len": 3}\n')
+        return {"path": str(tmp_path / "trace.jsonl")}
+
+
+class TestShareGPTWorkload(WorkloadSuite):
+    name = "sharegpt"
+
+    def setup_files(self, tmp_path):
+        import json
+
+        turns = [[{"from": "human", "value": f"Question number {i}: tell me about the number {i}."},
+                  {"from": "gpt", "value": f"The number {i} is a number that comes after {i - 1}."}] for i in range(1, 4)]
+        (tmp_path / "sharegpt.json").write_text(json.dumps([{"conversations": t} for t in turns]))
+        return {"path": str(tmp_path / "sharegpt.json"), "num_seqs": 2}

@@ -16,6 +16,7 @@ from nvllm.testing.kv_cache import KVCacheSuite
 from nvllm.testing.model import ModelSuite, hf_greedy
 from nvllm.testing.sampler import SamplerSuite
 from nvllm.testing.scheduler import SchedulerSuite, Workload
+from nvllm.testing.workload import WorkloadSuite
 
 __all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "ForwardSuite", "KVCacheSuite", "ModelSuite", "SamplerSuite", "SchedulerSuite",
-           "Workload", "attention_metadata", "hf_greedy", "paged_block_tables"]
+           "Workload", "WorkloadSuite", "attention_metadata", "hf_greedy", "paged_block_tables"]
