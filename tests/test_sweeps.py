@@ -141,6 +141,24 @@ def test_experiments_exist():
     assert {"optimisations", "schedulers", "prefix_sharing", "kv_block_size", "load_sweep"} <= set(EXPERIMENTS)
 
 
+def test_the_experiments_readme_lists_every_experiment():
+    readme = (Path(__file__).resolve().parents[1] / "experiments" / "README.md").read_text()
+    for experiment in EXPERIMENTS:
+        assert f"| `{experiment}` |" in readme, f"experiments/README.md does not list {experiment}"
+
+
+def test_an_experiment_kept_outside_the_package(tmp_path):
+    """experiments/README.md: a folder laid out like conf/, on Hydra's search path."""
+    (tmp_path / "my_conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "my_conf" / "workload").mkdir()
+    (tmp_path / "my_conf" / "experiment" / "my_ablation.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /workload: my_prompts\nprint_outputs: false\n")
+    (tmp_path / "my_conf" / "workload" / "my_prompts.yaml").write_text("defaults: [file]\npath: prompts.txt\n")
+    for where in (["--config-dir", str(tmp_path / "my_conf")], [f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"]):
+        proc = nvllm_run(*where, "experiment=my_ablation", "--cfg", "job", cwd=tmp_path)
+        assert "name: file" in proc.stdout and "path: prompts.txt" in proc.stdout and "print_outputs: false" in proc.stdout
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_cell_of_every_experiment_composes(experiment):
     """Every configuration the sweep would run composes, its components' configs type-check, and
