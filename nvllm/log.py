@@ -34,4 +34,3 @@ def configure_default() -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s", "%m-%d %H:%M:%S"))
     logger.addHandler(handler)
     logger.setLevel(os.environ.get("NVLLM_LOGGING_LEVEL", "INFO").upper())
-    logger.propagate = False

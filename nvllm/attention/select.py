@@ -4,8 +4,8 @@ auto takes, among the registered backends that rank this device type in their `a
 best-ranked one whose `check(device, dtype, block_size)` passes (nvllm/auto.py): on CUDA
 flash_attn (when importable and the blocks allow it), else triton, else sdpa; on a CPU the `cpu`
 C kernel (when it compiles, float32), else sdpa. Falling back to sdpa prints a one-line notice
-saying why."""
-import sys
+saying why (a warning in the log)."""
+import logging
 
 import torch
 
@@ -25,5 +25,5 @@ def select_backend(cfg, device: torch.device, dtype: torch.dtype, block_size: in
     where = f"{device.type}, {str(dtype).removeprefix('torch.')}, kv_cache.block_size={block_size}"
     name, note = choose("attention", device.type, lambda cls: cls.check(device, dtype, block_size), where)
     if name == "sdpa" and "passed over" in note:
-        print(f"nvllm: {note}", file=sys.stderr)
+        logging.getLogger(__name__).warning(f"nvllm: {note}")
     return registry.make_config("attention", name), note

