@@ -63,7 +63,7 @@ class FaultBackend(SDPABackend):
             time.sleep(120)
 
     def prepare(self, meta, block_size):
-        self.steps += 1
+        self.steps += 1  # steps 1 and 2 are the engine's warm-up (nvllm/engine/warmup.py), before any request
         if tp_rank() == 0 and FAULT[0] == "kill-at-step" and self.steps == int(FAULT[1]):
             kill(int(FAULT[2]))
         if FAULT[0] == "raise-at-step" and self.steps == int(FAULT[1]) and tp_rank() == int(FAULT[2]):
@@ -235,7 +235,7 @@ def test_worker_killed_while_the_engine_builds(tmp_path, tiny_qwen3_path, fault_
 
 def test_worker_killed_mid_run_keeps_what_finished(tmp_path, tiny_qwen3_path, fault_site):
     run = script(tmp_path, LLM_GENERATE.format(path=tiny_qwen3_path),
-                 env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "kill-at-step:6:1"}).finish(120)
+                 env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "kill-at-step:8:1"}).finish(120)
     clean(run, 60)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
@@ -249,7 +249,7 @@ def test_worker_killed_mid_run_keeps_what_finished(tmp_path, tiny_qwen3_path, fa
 def test_cli_worker_killed_mid_run_writes_failed_metrics(tmp_path, tiny_qwen3_path, fault_site):
     run = cli(tmp_path, *tp2(tiny_qwen3_path), "attention=fault_sdpa", "workload=random", "workload.num_seqs=4",
               "workload.input_len=[3,9]", "workload.output_len=[2,60]", "workload.max_token_id=500",
-              env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "kill-at-step:20:1"}).finish(120)
+              env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "kill-at-step:22:1"}).finish(120)
     clean(run, 60)
     assert run.returncode == 1
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -260,8 +260,8 @@ def test_cli_worker_killed_mid_run_writes_failed_metrics(tmp_path, tiny_qwen3_pa
 
 
 @pytest.mark.parametrize("sig, fault, marker", [
-    (signal.SIGINT, "pause-at-step:3", "FAULT paused mid-step"),
-    pytest.param(signal.SIGTERM, "pause-at-step:3", "FAULT paused mid-step", marks=pytest.mark.slow),
+    (signal.SIGINT, "pause-at-step:5", "FAULT paused mid-step"),
+    pytest.param(signal.SIGTERM, "pause-at-step:5", "FAULT paused mid-step", marks=pytest.mark.slow),
     pytest.param(signal.SIGINT, "pause-at-build", "FAULT paused at build", marks=pytest.mark.slow),
 ])
 def test_cli_stopped_by_a_signal(tmp_path, tiny_qwen3_path, fault_site, sig, fault, marker):
@@ -299,7 +299,7 @@ def test_signal_while_workers_spawn(tmp_path, tiny_qwen3_path, sig):
 def test_rank0_killed_mid_run_leaves_nothing(tmp_path, tiny_qwen3_path, fault_site):
     """The Python API installs no signal handler: the workers notice rank 0's death themselves."""
     session = script(tmp_path, LLM_GENERATE.format(path=tiny_qwen3_path),
-                     env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "pause-at-step:3"})
+                     env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "pause-at-step:5"})
     session.wait_for("FAULT paused mid-step")
     session.signal(signal.SIGKILL, group=False)
     clean(session.finish(30), 10)
@@ -435,7 +435,7 @@ def test_cache_too_small_for_any_request_says_why(tmp_path, tiny_qwen3_path):
               "kv_cache.block_size=8", "kv_cache.num_blocks=2").finish(120)
     clean(run, 60)
     assert run.returncode == 0
-    assert "5 rejected:\n  request 0: request needs" in run.stdout and "more: see rejected_by_reason" in run.stdout
+    assert "5 rejected:\n  request 0: request needs" in run.stderr and "more: see rejected_by_reason" in run.stderr  # a warning
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["rejected_by_reason"] == {
         "request needs N KV blocks (N tokens) but the whole cache has N; raise kv_cache.num_blocks or "

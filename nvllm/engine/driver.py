@@ -20,7 +20,7 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
     worker that dies ends the run: what finished is kept, the rest carry the error."""
     priorities = [0] * len(prompts) if priorities is None else priorities
     outputs = [RequestOutput(str(i), prompt if isinstance(prompt, str) else None, [],
-                             [CompletionOutput(k) for k in range(sp.n)])
+                             [CompletionOutput(k) for k in range(getattr(sp, "n", 1))])
                for i, (prompt, sp) in enumerate(zip(prompts, sampling_params))]
     pending = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
     live: dict[str, dict[int, tuple[list[str], list]]] = {}  # request id -> completion -> (text pieces, logprobs)

@@ -83,7 +83,8 @@ from nvllm.attention.sdpa import SDPABackend
 from nvllm.distributed import tp_rank
 
 class FailsOnRank1(SDPABackend):
-    """sdpa, except that rank 1 raises on its third forward call."""
+    """sdpa, except that rank 1 raises on its seventh forward call: the engine's warm-up makes the first
+    four (a prefill and a decode step, two layers each), the request's prefill the next two."""
     name = "fails_on_rank1"
 
     @dataclass
@@ -94,7 +95,7 @@ class FailsOnRank1(SDPABackend):
 
     def forward(self, *args):
         FailsOnRank1.calls += 1
-        if tp_rank() == 1 and FailsOnRank1.calls > 2:
+        if tp_rank() == 1 and FailsOnRank1.calls > 6:
             raise RuntimeError("injected failure on rank 1")
         return super().forward(*args)
 
