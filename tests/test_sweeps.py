@@ -137,6 +137,19 @@ def test_load_report_plots_against_the_achieved_rate(tmp_path):
     assert (tmp_path / "load.png").stat().st_size > 1000 and "(load.png)" in md
 
 
+def test_report_shows_no_rate_for_an_offline_batch_of_an_older_metrics_json(tmp_path):
+    """Before metrics.json left it null, an offline batch had an 'achieved' rate of thousands of
+    req/s (the time it took to queue the batch); the report drops it where no rate was set."""
+    for n, rate in enumerate((None, 2)):
+        (tmp_path / str(n)).mkdir()
+        (tmp_path / str(n) / "metrics.json").write_text(json.dumps(
+            {"status": "ok", "overrides": [f"scheduler={('fcfs', 'chunked')[n]}"], "device": "cpu", "versions": {}, "request_rate": rate,
+             "achieved_request_rate": 5555.0 if rate is None else 1.9, "output_throughput": 10.0}))
+    report(tmp_path)
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert sorted(r["achieved_rate_median"] for r in rows) == ["", "1.9"]
+
+
 def test_experiments_exist():
     assert {"optimisations", "schedulers", "prefix_sharing", "kv_block_size", "load_sweep"} <= set(EXPERIMENTS)
 

@@ -40,9 +40,9 @@ def _ms(new: str, old: str | None = None):
 
 def _achieved_rate(m):
     """Only for runs whose requests arrived over time: metrics.json leaves it null for an offline
-    batch; one written before that (no `output_throughput`) had a rate for every run, the time it
-    took to queue an offline batch (thousands of req/s): kept only where a rate was configured."""
-    if "output_throughput" not in m and m.get("request_rate") is None:
+    batch; one written before that (no `startup_s`) had a rate for every run, the time it took to
+    queue an offline batch (thousands of req/s): kept only where a rate was configured."""
+    if "startup_s" not in m and m.get("request_rate") is None:
         return None
     return m.get("achieved_request_rate")
 
