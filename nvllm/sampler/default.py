@@ -37,9 +37,13 @@ class DefaultSampler(Sampler):
         greedy = logits.argmax(dim=-1)
         if all(sp.temperature == 0 for sp in params):
             return greedy.tolist()
+        # a temperature below float32's smallest normal still means "collapse onto the argmax": clamp
+        # it there, and scale logits with their maximum at 0, so nothing overflows to inf / inf = nan
         temperatures = torch.tensor([sp.temperature or 1.0 for sp in params], device=logits.device)
-        logits = self.filter_min_p(logits.float() / temperatures[:, None], params)
-        probs = self.filter_top_k_top_p(logits, params).softmax(dim=-1)
+        temperatures = temperatures.clamp_min(torch.finfo(torch.float32).tiny)
+        logits = logits.float()
+        scaled = (logits - logits.max(dim=-1, keepdim=True).values) / temperatures[:, None]
+        probs = self.filter_top_k_top_p(self.filter_min_p(scaled, params), params).softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_(1)
         for b, (seq, sp) in enumerate(zip(seqs, params)):
             if sp.seed is not None and sp.temperature > 0:
@@ -112,6 +116,7 @@ class DefaultSampler(Sampler):
         p = torch.tensor(top_p, device=logits.device, dtype=probs.dtype)
         # drop a token once the more likely ones already reach top_p (the first is always kept)
         drop = (probs.cumsum(dim=-1) - probs >= p[:, None]) & (p < 1)[:, None]  # rounding must not touch top_p=1 rows
+        drop[:, 0] = False  # even a top_p that rounds to 0 in float32 keeps the most likely token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 

@@ -472,3 +472,32 @@ def test_neutral_settings_change_nothing():
     logits = torch.randn(3, 40)
     seqs = [seq(temperature=0), seq(temperature=0, repetition_penalty=1.0, min_p=0.0), seq(temperature=0)]
     assert torch.equal(make_sampler().process(logits, seqs), logits)
+
+
+# --- edge values (issue 23): a distribution that collapses gives the argmax, never token 0 ----
+TINY = [1e-6, 1e-10, 1e-20, 1e-30, 1e-37, 1e-38, 1e-40, 1e-45, 1e-46, 1e-100, 1e-300, 5e-324]
+
+
+def clear_winner_logits(rows: int, vocab: int, dtype: torch.dtype) -> torch.Tensor:
+    """Random logits with one winner per row (not token 0) by a margin every dtype keeps."""
+    logits = torch.randn(rows, vocab)
+    winners = torch.randint(1, vocab, (rows,))
+    logits[torch.arange(rows), winners] = logits.max(dim=-1).values + 0.5
+    return logits.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("field", ["temperature", "top_p"])
+def test_tiny_temperature_or_top_p_gives_the_argmax(dtype, field):
+    sampler = make_sampler()
+    logits = clear_winner_logits(len(TINY) * 2, 300, dtype)
+    argmax = logits.argmax(dim=-1).tolist()
+    other = {"temperature": {"top_p": 1.0}, "top_p": {"temperature": 1.0}}[field]
+    # each tiny value twice: unseeded and seeded, beside a greedy row and an ordinary sampled row
+    seqs = [seq(**{field: value}, **other, seed=seed) for value in TINY for seed in (None, 11)]
+    extra = [seq(temperature=0), seq(temperature=1.0)]
+    batch = torch.cat([logits, clear_winner_logits(2, 300, dtype)])
+    for _ in range(3):
+        out = sampler(batch, seqs + extra)
+        assert out[:len(seqs)] == argmax, [(s.sampling_params, o, a) for s, o, a in zip(seqs, out, argmax) if o != a]
+        assert 0 <= out[-1] < 300
