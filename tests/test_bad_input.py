@@ -26,6 +26,24 @@ def llm(tiny_qwen3_path):
     (dict(top_k=-1), "top_k must be >= 0"),
     (dict(max_tokens=0), "max_tokens must be >= 1"),
     (dict(max_tokens=-3), "max_tokens must be >= 1"),
+    # issue 23: every value within what the engine can hold, and of the type it must be
+    (dict(top_k=2**63), r"top_k must be an integer in \[0, 2\*\*63\)"),
+    (dict(seed=2**64), r"seed must be an integer in \[-2\*\*63, 2\*\*64\)"),
+    (dict(seed=-2**63 - 1), r"seed must be an integer in \[-2\*\*63, 2\*\*64\)"),
+    (dict(max_tokens=2**63), r"max_tokens must be an integer in \[1, 2\*\*63\)"),
+    (dict(max_tokens=True), "max_tokens must be an integer, got True"),
+    (dict(max_tokens=4.0), "max_tokens must be an integer, got 4.0"),
+    (dict(top_k="5"), "top_k must be an integer, got '5'"),
+    (dict(seed=False), "seed must be an integer or None, got False"),
+    (dict(temperature=float("inf")), "temperature must be >= 0 and finite"),
+    (dict(temperature=float("nan")), "temperature must be >= 0 and finite"),
+    (dict(temperature="0.5"), "temperature must be a number, got '0.5'"),
+    (dict(temperature=True), "temperature must be a number, got True"),
+    (dict(top_p=float("nan")), r"top_p must be in \(0, 1\]"),
+    (dict(ignore_eos="yes"), "ignore_eos must be True or False, got 'yes'"),
+    (dict(ignore_eos=1), "ignore_eos must be True or False, got 1"),
+    (dict(stop_token_ids=[2**63]), r"stop_token_ids must be a list of token ids \(integers in \[0, 2\*\*63\)\)"),
+    (dict(stop=[b"x"]), "stop must be a list of non-empty strings"),
 ])
 def test_bad_sampling_params(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -43,6 +61,26 @@ def test_rejected_at_add(llm, prompt, params, match):
     with pytest.raises(ValueError, match=match):
         llm.engine.add_request("r", prompt, params)
     assert llm.engine.is_finished()  # nothing was queued
+
+
+def test_values_of_the_right_type_and_range_pass():
+    import numpy as np
+
+    sp = SamplingParams(temperature=0, top_k=np.int64(5), max_tokens=np.int32(3), seed=2**64 - 1, top_p=np.float32(0.5),
+                        stop_token_ids=(np.int64(7),))
+    assert (sp.temperature, sp.top_k, sp.max_tokens, sp.stop_token_ids) == (0.0, 5, 3, [7])
+    assert type(sp.top_k) is int and type(sp.temperature) is float and SamplingParams(seed=-2**63).seed == -2**63
+
+
+def test_params_changed_after_construction_are_checked_when_added(llm):
+    """SamplingParams is a mutable dataclass: add_request checks it again, so the value never reaches a step."""
+    params = SamplingParams(temperature=0.5, max_tokens=4)
+    params.top_k = 2**63
+    with pytest.raises(ValueError, match="top_k must be an integer"):
+        llm.engine.add_request("r", [1, 2, 3], params)
+    assert llm.engine.is_finished()
+    out = llm.generate([[1, 2, 3], [4, 5, 6]], [params, GREEDY], use_tqdm=False)
+    assert out[0].finish_reason == "rejected" and "top_k" in out[0].error and len(out[1].token_ids) == 8
 
 
 def test_bad_request_does_not_cost_others(llm):

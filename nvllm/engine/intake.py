@@ -34,18 +34,20 @@ def new_sequence(request_id: str, prompt: str | list[int], params: SamplingParam
     """The Sequence of one request, or ValueError: a prompt that is empty, out of the vocabulary,
     too long to generate from or too long ever to fit the whole cache; stop token ids out of the
     vocabulary; stop strings without a tokenizer."""
+    params.__post_init__()  # checked again: the dataclass is mutable, and a bad value must never reach a step
     token_ids = encode(prompt, tokenizer, model_path)
     if not token_ids:
         raise ValueError("empty prompt: a prompt needs at least one token")
-    if not all(isinstance(t, int) and 0 <= t < vocab_size for t in token_ids):
-        raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
-    if params.stop_token_ids and not all(t < vocab_size for t in params.stop_token_ids):
-        raise ValueError(f"stop_token_ids must be below the vocabulary size {vocab_size}, got {params.stop_token_ids}")
-    if params.stop and tokenizer is None:
-        raise ValueError(f"stop strings need a tokenizer and {model_path} has none; use stop_token_ids")
-    if len(token_ids) >= max_model_len:
+    if len(token_ids) >= max_model_len:  # before the per-token check: a huge prompt is refused at once
         raise ValueError(f"prompt has {len(token_ids)} tokens; max_model_len={max_model_len} leaves no room to "
                          f"generate. Shorten the prompt or raise max_model_len")
+    if not all(type(t) is int and 0 <= t < vocab_size for t in token_ids):
+        raise ValueError(f"prompt token ids must be integers in [0, {vocab_size})")
+    if params.stop_token_ids and not all(t < vocab_size for t in params.stop_token_ids):
+        raise ValueError(f"stop_token_ids must be below the vocabulary size {vocab_size}, "
+                         f"got {max(params.stop_token_ids)} among {len(params.stop_token_ids)}")
+    if params.stop and tokenizer is None:
+        raise ValueError(f"stop strings need a tokenizer and {model_path} has none; use stop_token_ids")
     final_len = min(len(token_ids) + params.max_tokens, max_model_len)
     blocks_needed = -(-final_len // kv_cache.block_size)
     if blocks_needed > kv_cache.num_blocks:
