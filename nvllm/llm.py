@@ -2,9 +2,11 @@
 RequestOutput with `outputs[0].text`), `.chat(messages)` through the chat template, or
 `.stream(...)` for the text as it comes; `LLM(...).engine` is the request-level LLMEngine."""
 import os
+import threading
 from collections.abc import Iterator
 
 from nvllm.config import Config, compose, setup
+from nvllm.engine.driver import check_idle
 from nvllm.engine.llm_engine import LLMEngine
 from nvllm.engine.outputs import RequestDelta, RequestOutput
 from nvllm.log import configure_default
@@ -30,6 +32,8 @@ class LLM:
         self.config = compose(model=model, **overrides)
         self.engine = LLMEngine(Config.from_cfg(self.config))
         self.tokenizer = self.engine.tokenizer
+        self._busy = threading.Lock()  # one generate/stream at a time drives the engine
+        self._busy_with = None
 
     def generate(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = True, priorities: list[int] | None = None, arrival_times: list[float] | None = None,
@@ -43,17 +47,23 @@ class LLM:
         prompts, sampling_params, priorities = _requests(prompts, sampling_params, priorities)
         if arrival_times is not None and len(arrival_times) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(arrival_times)} arrival times")
-        return self.engine.generate(prompts, sampling_params, use_tqdm, priorities, arrival_times, max_concurrency)
+        self._claim("generate()")
+        try:
+            return self.engine.generate(prompts, sampling_params, use_tqdm, priorities, arrival_times, max_concurrency)
+        finally:
+            self._release()
 
     def stream(self, prompts, sampling_params: SamplingParams | list[SamplingParams] | None = None,
                priorities: list[int] | None = None) -> Iterator[RequestDelta]:
         """Yield each request's deltas as the engine makes them; request ids are "0", "1", ... in
         prompt order. A rejected prompt yields one finished delta with finish_reason "rejected" and
-        `error`. Leaving the loop early aborts the requests still running."""
+        `error`. Leaving the loop early (or closing the generator) aborts the requests still running."""
         self._check_open()
         prompts, sampling_params, priorities = _requests(prompts, sampling_params, priorities)
         engine, live = self.engine, []
+        self._claim("stream()")
         try:
+            check_idle(engine)
             for i, (prompt, sp, priority) in enumerate(zip(prompts, sampling_params, priorities)):
                 try:
                     seq = engine.add_request(str(i), prompt, sp, priority=priority)
@@ -70,6 +80,20 @@ class LLM:
                     yield delta
         finally:
             engine.abort_requests(live, quiet=True)  # those still running; nobody reads their last delta
+            self._release()
+
+    def _claim(self, call: str):
+        """One generate/stream at a time: another, from this thread (inside a stream's loop) or from
+        another thread, is refused rather than mixing its requests with the running one's."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(f"this LLM is busy with a {self._busy_with} that has not finished, so {call} cannot "
+                               f"run now: finish that stream's loop or call close() on it first (or, from another "
+                               f"thread, wait for it), or use a second LLM")
+        self._busy_with = call
+
+    def _release(self):
+        self._busy_with = None
+        self._busy.release()
 
     def _check_open(self):
         if self.engine is None:

@@ -17,7 +17,10 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
     never sent. `priorities` (one per prompt, smaller first) matter to priority-aware schedulers.
     `arrival_times` (seconds after the call, one per prompt, in order) make it open-loop; with
     `max_concurrency` a request arrives no earlier than a slot is free (as vLLM's client). A
-    worker that dies ends the run: what finished is kept, the rest carry the error."""
+    worker that dies ends the run: what finished is kept, the rest carry the error. Any other
+    exception (Ctrl-C included) reaches the caller once this call's requests are aborted, so the
+    engine is idle and usable again."""
+    check_idle(engine)
     priorities = [0] * len(prompts) if priorities is None else priorities
     outputs = [RequestOutput(str(i), prompt if isinstance(prompt, str) else None, [],
                              [CompletionOutput(k) for k in range(getattr(sp, "n", 1))])
@@ -40,6 +43,14 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
                 live[str(i)] = {k: ([], []) for k in range(sampling_params[i].n)}
                 seqs[str(i)] = engine.sequences(str(i))
 
+    try:
+        return _run(engine, outputs, pending, live, seqs, admit, use_tqdm)
+    finally:
+        engine.abort_requests(list(live), quiet=True)  # none on a normal return
+
+
+def _run(engine, outputs: list[RequestOutput], pending: list[int], live: dict, seqs: dict, admit,
+         use_tqdm: bool) -> list[RequestOutput]:
     admit()
     stats = engine.stats
     with tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live) as bar:  # closed on Ctrl-C too
@@ -65,8 +76,17 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
                     seq = seqs[d.request_id][d.index]
                     fill_output(outputs[int(d.request_id)], seq, "".join(pieces),
                                 logprobs if seq.logprobs is not None else None)
+                    outputs[int(d.request_id)].error = outputs[int(d.request_id)].error or d.error  # a fault that ended it
                 if d.finished:
                     del live[d.request_id], seqs[d.request_id]
                     bar.update(1)
             admit()
     return outputs
+
+
+def check_idle(engine):
+    """Refuse to drive an engine that has requests of someone else's (they would collide with ours)."""
+    if engine.has_unfinished_requests():
+        n = len(engine._requests) + len(engine._aborted)  # live, or with a last delta step() has not returned
+        raise RuntimeError(f"{n} request{' added with add_request is' if n == 1 else 's added with add_request are'} "
+                           f"still live on this engine; step them to completion or abort them before generate/stream")

@@ -10,7 +10,7 @@ from transformers import AutoConfig
 from nvllm import registry
 from nvllm.config import Config
 from nvllm.distributed.workers import Workers
-from nvllm.engine import driver, intake
+from nvllm.engine import driver, faults, intake
 from nvllm.engine.clock import Clock
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
@@ -104,22 +104,24 @@ class LLMEngine:
                 self.scheduler.add(s)
         return seq
 
-    def abort_request(self, request_id: str) -> None:
-        """Finish a live request (every completion) with finish_reason "abort" and free its blocks
-        now; its last deltas come with the next step. An unknown or finished id is ignored."""
+    def abort_request(self, request_id: str, error: str | None = None) -> None:
+        """Finish a live request (every completion) with finish_reason "abort" (or "error", carrying
+        `error`, when a fault ended it) and free its blocks now; its last deltas come with the next
+        step. An unknown or finished id is ignored."""
         completions = self._requests.get(request_id)
         if completions is None:
             return
-        now = self.clock.now()
+        now, reason = self.clock.now(), "abort" if error is None else "error"
         held = self._held.pop(completions[0].seq.seq_id, []) if 0 in completions else []
         for request in list(completions.values()):
             seq = request.seq
             if any(s is seq for s in held) or self._arrivals.remove(seq):
                 seq.status = SequenceStatus.FINISHED  # never reached the scheduler
             else:
-                self.scheduler.finish(seq, "abort")
-            seq.finish_reason = "abort"
+                self.scheduler.finish(seq, reason)
+            seq.finish_reason = reason
             self._aborted.append(self._delta(request, now))
+            self._aborted[-1].error = error
 
     def abort_requests(self, request_ids, quiet: bool = False) -> None:
         """abort_request for each id; `quiet`: no deltas for them (a reader that went away)."""
@@ -157,6 +159,10 @@ class LLMEngine:
         start = self.clock.now()
         try:
             token_ids = self.model_runner.run(seqs)
+        except Exception as e:  # one request's data (or a bug): end the requests that fail alone
+            if self.workers is not None:
+                self._fail(e)
+            seqs, token_ids = faults.isolate(self, seqs, e)
         except BaseException as e:  # Ctrl-C mid-step included: the workers are mid-step too
             self._fail(e)
         now = self.clock.now()
