@@ -5,8 +5,6 @@ this code sees a DictConfig or a plugin."""
 import logging
 import time
 
-from transformers import AutoConfig
-
 from nvllm import registry
 from nvllm.config import Config
 from nvllm.distributed.workers import Workers
@@ -16,7 +14,7 @@ from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
 from nvllm.engine.warmup import warm_up
-from nvllm.models.weights import is_random, resolve_model_path
+from nvllm.models.weights import is_random, load_hf_config, resolve_model_path
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence, SequenceStatus
 
@@ -32,7 +30,7 @@ class LLMEngine:
         # -- the model: weights, config resolved against it, tokenizer
         self.model_path = resolve_model_path(config.model)
         self.random_weights = is_random(self.model_path)
-        hf_config = AutoConfig.from_pretrained(self.model_path)
+        hf_config = load_hf_config(self.model_path)
         self.config = config = config.resolve(hf_config)
         self.tokenizer = intake.load_tokenizer(self.model_path)
         # -- the model runner on rank 0, and under TP the other ranks' workers

@@ -39,6 +39,22 @@ def resolve_model_path(config) -> str:
                               f"or model.path=org/name (a Hugging Face repo id)")
 
 
+def load_hf_config(path: str):
+    """The checkpoint's config.json through transformers, or a WeightsError naming the file when it
+    is not JSON (truncated or damaged)."""
+    import json
+
+    from transformers import AutoConfig
+
+    file = Path(path) / "config.json"
+    try:
+        json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{file} is not valid JSON ({e}): it is truncated or damaged. Copy it again from where "
+                           f"the model came from") from None
+    return AutoConfig.from_pretrained(path)
+
+
 def is_repo_id(name: str) -> bool:
     """`org/name` as the Hugging Face hub spells a repository (not a path that exists here)."""
     parts = name.split("/")
