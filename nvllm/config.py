@@ -64,13 +64,36 @@ class EngineConfig:
 
 @dataclass
 class ServeConfig:
-    """`python -m nvllm.serve`'s own switches (serve.host, serve.port)."""
-    # address to listen on (0.0.0.0: every interface)
+    """`python -m nvllm.serve`'s own switches: where it listens, who may call it, how much one request
+    may send, and how long it drains on SIGTERM or Ctrl-C (docs/serving.md)."""
+    # address to listen on (0.0.0.0: every interface; then set an API key)
     host: str = "127.0.0.1"
     # TCP port; 0 takes any free one (the address printed says which)
     port: int = 8000
+    # what every /v1 request must send as `Authorization: Bearer <key>`; null: $NVLLM_API_KEY, else no key
+    api_key: Optional[str] = None
+    # Host headers answered (against DNS rebinding); null: localhost, 127.0.0.1 and ::1 when bound to
+    # loopback, any otherwise; ["*"]: any
+    allowed_hosts: Optional[list[str]] = None
+    # origins a browser may call the API from (CORS); empty: none
+    cors_origins: list[str] = field(default_factory=list)
+    # seconds running requests get to finish after SIGTERM or Ctrl-C; the rest then end with an error
+    drain_timeout_s: float = 5.0
+    # largest request body, in bytes (413 beyond)
+    max_body_bytes: int = 1_048_576
+    # longest text prompt (for chat: all messages' text) in characters; null: 16 per token of max_model_len
+    max_prompt_chars: Optional[int] = None
+    # most chat messages in one request
+    max_messages: int = 1024
+    # most stop strings in one request
+    max_stop: int = 16
+    # longest stop string, in characters
+    max_stop_chars: int = 256
+    # most stop_token_ids in one request
+    max_stop_token_ids: int = 256
 
     def __post_init__(self):
+        import math
         import socket
 
         if not isinstance(self.host, str) or not self.host:
@@ -82,6 +105,23 @@ class ServeConfig:
                               f"or a name this machine knows") from None
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"serve.port={self.port!r} is not allowed: use an integer in 0..65535 (0: any free port)")
+        if self.api_key is not None and not isinstance(self.api_key, str):
+            raise ConfigError("serve.api_key must be a string (or set NVLLM_API_KEY)")
+        for name in ("allowed_hosts", "cors_origins"):
+            value = getattr(self, name)
+            if value is not None:
+                value = list(value)
+                if not all(isinstance(v, str) and v for v in value):
+                    raise ConfigError(f"serve.{name}={value!r} is not allowed: use a list of non-empty strings")
+                setattr(self, name, value)
+        if isinstance(self.drain_timeout_s, bool) or not isinstance(self.drain_timeout_s, (int, float)) \
+                or not (math.isfinite(self.drain_timeout_s) and self.drain_timeout_s >= 0):
+            raise ConfigError(f"serve.drain_timeout_s={self.drain_timeout_s!r} is not allowed: use seconds >= 0")
+        for name in ("max_body_bytes", "max_prompt_chars", "max_messages", "max_stop", "max_stop_chars",
+                     "max_stop_token_ids"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"serve.{name}={value!r} is not allowed: use an integer >= 1")
 
 
 @dataclass

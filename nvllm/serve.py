@@ -1,11 +1,15 @@
 """`python -m nvllm.serve`: an OpenAI-compatible HTTP server over one engine, composed by the
-same Hydra config as `nvllm.run` (every group and switch) plus `serve.host` and `serve.port`:
+same Hydra config as `nvllm.run` (every group and switch) plus `serve.*` (address, API key,
+allowed hosts, CORS, request limits, drain timeout; nvllm/config.py ServeConfig):
 
     python -m nvllm.serve scheduler=chunked serve.port=8000
 
-It prints the address once it is ready; Ctrl-C stops it cleanly (tensor-parallel ranks too).
-Needs the `serve` extra: pip install 'nvllm[serve]'."""
+It prints the address once it is ready; SIGTERM or Ctrl-C drains it (nvllm/server/drain.py), closes
+the engine and its tensor-parallel ranks, prints one line and exits 0. A configuration it cannot
+run is one line too. Needs the `serve` extra: pip install 'nvllm[serve]'."""
 import logging
+import signal
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -22,32 +26,67 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from nvllm.distributed.workers import WorkerError
+    from nvllm.models.weights import MissingWeightsError, WeightsError
+    from nvllm.registry import UnknownComponentError
+
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        raise ConfigError("python -m nvllm.serve runs one server: drop -m/--multirun")
-    serve(cfg, ServeConfig(**cfg.serve), HydraConfig.get().runtime.choices["model"])
+        sys.exit("nvllm.serve: python -m nvllm.serve runs one server: drop -m/--multirun")
+    try:
+        serve(cfg, ServeConfig(**cfg.serve), HydraConfig.get().runtime.choices["model"])
+    except (ConfigError, WeightsError, MissingWeightsError, UnknownComponentError, WorkerError, FileNotFoundError) as e:
+        sys.exit(f"nvllm.serve: {e}")  # the user's to fix, and the message names what: no traceback
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
     """Serve the engine `cfg` composes, under `model_name` (what clients send as `model`)."""
     try:
-        from nvllm.server.app import build_app, run_server
+        from nvllm.server.app import build_app
+        from nvllm.server.drain import run_server
     except ImportError as e:
         raise SystemExit(f"nvllm.serve needs the serve extra ({e}): pip install 'nvllm[serve]'") from None
     from nvllm.config import Config
     from nvllm.engine.llm_engine import LLMEngine
+    from nvllm.models.weights import resolve_model_path
     from nvllm.server.engine_loop import EngineLoop
+    from nvllm.server.prompts import Tokenizers
 
     config = Config.from_cfg(cfg)  # a bad component config is refused here, before the model loads
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # while the model loads, SIGTERM stops it as Ctrl-C does
+    tokenizers = Tokenizers(resolve_model_path(config.model))  # forked before any thread starts
     engine_loop = EngineLoop(lambda: LLMEngine(config))
-    engine_loop.start()
+    try:
+        engine_loop.start()
+    except KeyboardInterrupt as e:  # the engine thread finishes building, then closes (its ranks too)
+        _ignore_signals()
+        engine_loop.stop()
+        tokenizers.close()
+        logger.info(f"nvllm.serve: stopped by {e.args[0] if e.args else 'Ctrl-C'} while starting")
+        return
+    except BaseException:
+        tokenizers.close()
+        raise
     try:
         if engine_loop.engine.random_weights:
             logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
-        app = build_app(engine_loop, model_name)
-        run_server(app, serve_config.host, serve_config.port, f"nvllm.serve: {model_name} ready on")
+        app = build_app(engine_loop, model_name, serve_config, tokenizers)
+        summary = run_server(app, engine_loop, serve_config, f"nvllm.serve: {model_name} ready on")
+    except KeyboardInterrupt as e:  # before the server took the signals over
+        summary = f"stopped by {e.args[0] if e.args else 'Ctrl-C'}"
     finally:
+        _ignore_signals()  # stopping is under way: a late signal must not cut it short with a traceback
         engine_loop.stop()
-    logger.info("nvllm.serve: stopped")
+        tokenizers.close()
+    logger.info(f"nvllm.serve: {summary}")
+
+
+def _ignore_signals():
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

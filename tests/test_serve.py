@@ -34,11 +34,11 @@ class Server:
     """A `python -m nvllm.serve` process in its own session (so Ctrl-C can go to its whole
     process group, as a terminal sends it), its output collected by a thread."""
 
-    def __init__(self, cwd, *overrides, timeout: float = 300):
+    def __init__(self, cwd, *overrides, timeout: float = 300, env: dict | None = None):
         self.lines: list[str] = []
         self.proc = subprocess.Popen([sys.executable, "-m", "nvllm.serve", "serve.port=0", *overrides], cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, **(env or {})})
         ready = threading.Event()
         self.url = None
 

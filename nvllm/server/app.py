@@ -1,24 +1,34 @@
 """The OpenAI-compatible HTTP API (FastAPI): /v1/completions, /v1/chat/completions (streamed
 as server-sent events or not, n choices, logprobs), /v1/models, /health, /metrics (Prometheus) and
-/metrics/serving (vLLM's serving metrics as JSON). Every request goes to the one
-engine loop (nvllm.server.engine_loop), which batches them all."""
+/metrics/serving (vLLM's serving metrics as JSON). A request passes the guard (nvllm.server.guard:
+host, API key, content type, body size), is parsed strictly (nvllm.server.protocol), checked
+against the size limits and tokenised off the engine thread (nvllm.server.prompts), then goes as
+token ids to the one engine loop (nvllm.server.engine_loop), which batches them all. Shutting down
+drains (nvllm.server.drain)."""
 import asyncio
 import json
 import logging
+import math
+import os
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
-import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nvllm.config import ServeConfig
 from nvllm.sampling_params import DEFAULT_MAX_TOKENS
 from nvllm.server.engine_loop import EngineFault, EngineLoop, RequestStream
+from nvllm.server.guard import LOOPBACK_HOSTS, Guard, is_loopback
 from nvllm.server.prometheus import PrometheusMetrics
+from nvllm.server.prompts import Limits, Tokenizers
 from nvllm.server.protocol import ChatCompletionRequest, CompletionRequest, RequestError, parse
 
 logger = logging.getLogger(__name__)
@@ -86,18 +96,36 @@ def _rank(lp) -> int:
     return lp.rank if lp.rank is not None else 1 << 30
 
 
-def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
+class ServerState:
+    """What the guard and the drain share: once `draining`, new requests get a 503."""
+    draining = False
+
+
+def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfig, tokenizers: Tokenizers) -> FastAPI:
+    """The app serving `engine_loop`'s engine as `model_name`; `tokenizers`: its prompt tokenizer pool."""
     engine = engine_loop.engine
     max_model_len = engine.config.max_model_len
     started = int(time.time())
+    limits = Limits.from_config(serve_config, max_model_len)
+    state = ServerState()
 
     @asynccontextmanager
     async def lifespan(app):
         engine_loop.attach(asyncio.get_running_loop())
         yield
+        tokenizers.close()
         await asyncio.get_running_loop().run_in_executor(None, engine_loop.stop)
 
     app = FastAPI(title="nvllm", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.serving = state
+    allowed_hosts = serve_config.allowed_hosts
+    if allowed_hosts is None and is_loopback(serve_config.host):
+        allowed_hosts = list(LOOPBACK_HOSTS)
+    app.add_middleware(Guard, api_key=serve_config.api_key or os.environ.get("NVLLM_API_KEY") or None,
+                       allowed_hosts=allowed_hosts, max_body_bytes=serve_config.max_body_bytes, state=state)
+    if serve_config.cors_origins:  # outside the guard: a preflight carries no key, and refusals get CORS headers
+        app.add_middleware(CORSMiddleware, allow_origins=serve_config.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, e: RequestError):
@@ -126,8 +154,7 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
     async def health():
         stats = engine_loop.stats
         alive = engine_loop.alive and stats is not None
-        body = {"status": "ok" if alive else "engine stopped", "model": model_name, "last_fault": engine_loop.fault,
-                **(asdict(stats) if stats else {})}
+        body = {"status": "ok" if alive else "engine stopped", "model": model_name, **(asdict(stats) if stats else {})}
         return JSONResponse(body, status_code=200 if alive else 503)
 
     prometheus = PrometheusMetrics(model_name)
@@ -139,17 +166,14 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
         return Response(prometheus.render(), media_type=prometheus.content_type)
 
     @app.get("/metrics/serving")
-    async def metrics(skip: int = 0, percentiles: str = "50,90,99", slo: str = "{}", request_rate: float | None = None):
+    async def metrics(skip: int = Query(0, ge=0), percentiles: str = "50,90,99", slo: str = "{}",
+                      request_rate: float | None = None):
         """vLLM's serving metrics (`vllm bench serve`'s names, JSON) of the requests the engine
         finished after the first `skip` (GET /health says how many it has finished), measured inside
         the engine."""
         from nvllm.metrics import serving_metrics
 
-        try:
-            quantiles, bounds = tuple(float(q) for q in percentiles.split(",")), json.loads(slo)
-        except ValueError:
-            raise RequestError("percentiles takes numbers like 50,90,99 and slo a JSON object like "
-                               '{"ttft_ms": 500}', param="percentiles") from None
+        quantiles, bounds = metrics_query(percentiles, slo, request_rate)
         timings = engine_loop.timings_since(skip)
         times = [t for timing in timings for t in (timing.arrival, *timing.token_times)]
         duration = max(times) - min(times) if times else 0.0
@@ -161,43 +185,89 @@ def build_app(engine_loop: EngineLoop, model_name: str) -> FastAPI:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
                                             "owned_by": "nvllm", "max_model_len": max_model_len}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_openapi_body(CompletionRequest))
     async def completions(request: Request):
         arrival = time.perf_counter()
-        req = parse(CompletionRequest, await request.body())
-        return await respond(request, req, req.prompt, _Completions, arrival)
+        req = admit(parse(CompletionRequest, await request.body()))
+        return await respond(request, req, await tokenizers.encode(req.prompt), _Completions, arrival)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_openapi_body(ChatCompletionRequest))
     async def chat_completions(request: Request):
         arrival = time.perf_counter()
-        req = parse(ChatCompletionRequest, await request.body())
+        req = admit(parse(ChatCompletionRequest, await request.body()))
         if engine.tokenizer is None or not getattr(engine.tokenizer, "chat_template", None):
             raise RequestError(f"{model_name} has no chat template; use /v1/completions", param="messages")
-        try:
-            prompt = engine.tokenizer.apply_chat_template(req.conversation(), tokenize=False,
-                                                          add_generation_prompt=True)
-        except Exception as e:  # the template refuses the conversation (roles out of order, ...)
-            raise RequestError(f"the chat template refuses these messages: {e}", param="messages") from None
-        return await respond(request, req, prompt, _Chat, arrival)
+        return await respond(request, req, await tokenizers.encode_chat(req.conversation()), _Chat, arrival)
 
-    async def respond(request: Request, req, prompt, kind, arrival: float):
+    def admit(req):
+        """The checks that need no tokenizer: the model's name and the size limits."""
         if req.model is not None and req.model != model_name:
             raise RequestError(f"model {req.model!r} is not served here; this server serves {model_name!r} "
                                f"(GET /v1/models)", param="model", status=404, code="model_not_found")
+        limits.check(req)
+        return req
+
+    async def respond(request: Request, req, token_ids: list[int], kind, arrival: float):
         params = req.sampling_params(DEFAULT_MAX_TOKENS)
         request_id = f"{kind.prefix}-{uuid.uuid4().hex}"
+        if state.draining:  # the drain began while this request was read or tokenised
+            raise RequestError("the server is shutting down and takes no new requests", status=503,
+                               type="service_unavailable", code="shutting_down")
         try:
-            stream = await engine_loop.add(request_id, prompt, params, arrival)
+            stream = await engine_loop.add(request_id, token_ids, params, arrival)
         except ValueError as e:
             raise RequestError(str(e)) from None
         except EngineFault as e:
-            raise RequestError(str(e), status=500, type="internal_error") from None
+            raise _fault_error(e) from None
         head = {"id": request_id, "created": int(time.time()), "model": model_name}
         if req.stream:
             return StreamingResponse(_events(stream, req, kind, head), media_type="text/event-stream")
         return await _answer(request, stream, req, kind, head)
 
+    def openapi() -> dict:  # the request bodies the routes parse themselves, as components
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            _, defs = models_json_schema([(m, "validation") for m in (CompletionRequest, ChatCompletionRequest)],
+                                         ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+def _openapi_body(model) -> dict:
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def _fault_error(e: EngineFault) -> RequestError:
+    return RequestError(str(e), status=e.status, type=e.type, code=e.code)
+
+
+def metrics_query(percentiles: str, slo: str, request_rate: float | None) -> tuple[tuple[float, ...], dict]:
+    """GET /metrics's query, checked: percentiles in [0, 100], SLO bounds > 0, a rate > 0 (or inf)."""
+    try:
+        quantiles = tuple(float(q) for q in percentiles.split(","))
+    except ValueError:
+        quantiles = (math.nan,)
+    if not all(0 <= q <= 100 for q in quantiles):
+        raise RequestError("percentiles takes numbers in [0, 100] separated by commas, like 50,90,99",
+                           param="percentiles", code="invalid_value")
+    try:
+        bounds = json.loads(slo)
+    except ValueError:
+        bounds = None
+    keys = ("ttft_ms", "tpot_ms", "e2el_ms")
+    if not isinstance(bounds, dict) or not all(k in keys and (v is None or (type(v) in (int, float) and 0 < v < math.inf))
+                                               for k, v in bounds.items()):
+        raise RequestError(f'slo takes a JSON object of bounds in ms > 0 with keys {", ".join(keys)}, like '
+                           f'{{"ttft_ms": 500}}', param="slo", code="invalid_value")
+    if request_rate is not None and not request_rate > 0:
+        raise RequestError("request_rate must be a number > 0 (inf: all at once)", param="request_rate",
+                           code="invalid_value")
+    return quantiles, bounds
 
 
 def _sse(data: dict) -> str:
@@ -235,8 +305,8 @@ async def _events(stream: RequestStream, req, kind, head: dict):
             yield _sse({**head, "choices": [choice], **extra})
         if req.include_usage:
             yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, sum(completion_tokens.values()))})
-    except EngineFault as e:
-        yield _sse(RequestError(str(e), status=500, type="internal_error").body())
+    except EngineFault as e:  # after what it sent: an OpenAI error event, then [DONE]
+        yield _sse(_fault_error(e).body())
     finally:
         stream.close()
     yield "data: [DONE]\n\n"
@@ -269,7 +339,7 @@ async def _answer(request: Request, stream: RequestStream, req, kind, head: dict
         try:
             texts, token_ids, logprobs, last = answer.result()
         except EngineFault as e:
-            raise RequestError(str(e), status=500, type="internal_error") from None
+            raise _fault_error(e) from None
     finally:
         gone.cancel()
         stream.close()
@@ -284,26 +354,3 @@ async def _answer(request: Request, stream: RequestStream, req, kind, head: dict
     usage = _usage(last[0].num_prompt_tokens, sum(d.num_output_tokens for d in last))
     return JSONResponse({**head, "object": kind.object, "choices": choices, "usage": usage})
 
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, printing the address it really listens on once it accepts requests."""
-
-    ready_message = "listening on"
-
-    async def startup(self, sockets=None):
-        await super().startup(sockets)
-        if self.started:
-            host, port = self.servers[0].sockets[0].getsockname()[:2]
-            host = f"[{host}]" if ":" in host else host
-            logger.info(f"{self.ready_message} http://{host}:{port} (OpenAI API under /v1; Ctrl-C stops)")
-
-
-def run_server(app: FastAPI, host: str, port: int, ready_message: str):
-    """Serve `app` until Ctrl-C (or SIGTERM); streams still open then get 5 s to finish."""
-    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                    timeout_graceful_shutdown=5))
-    server.ready_message = ready_message
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has shut down
-        pass

@@ -10,7 +10,7 @@ import signal
 import threading
 import traceback
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nvllm.sampling_params import SamplingParams
 
@@ -20,7 +20,12 @@ ACCEPTED = "accepted"  # first item on a request's queue once the engine took it
 
 
 class EngineFault(RuntimeError):
-    """The engine failed while running this request (the engine itself goes on)."""
+    """This request ended without an answer: the engine failed on it (500; the engine goes on), or
+    the server shut down before it finished (503)."""
+
+    def __init__(self, message: str, status: int = 500, type: str = "internal_error", code: str = "engine_fault"):
+        super().__init__(message)
+        self.status, self.type, self.code = status, type, code
 
 
 @dataclass
@@ -33,6 +38,8 @@ class EngineStats:
     live_requests: int
     # requests finished since the server started (aborted ones included): GET /metrics?skip= counts these
     finished_requests: int
+    # of those, the ones that ended without their answer: the client went away, an engine fault, the shutdown
+    failed_requests: int = 0
 
 
 class EngineLoop:
@@ -45,9 +52,9 @@ class EngineLoop:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nvllm-engine", daemon=True)
         self.startup_error: BaseException | None = None
-        self.fault: str | None = None  # the last step failure, for /health
+        self.fault: str | None = None  # why the loop stopped, if a fault stopped it
         self.stats: EngineStats | None = None
-        self._num_finished = 0
+        self._num_finished = self._num_failed = 0
         # engine-side timings of finished requests, in finishing order (aborted ones as failed);
         # the oldest are dropped past the bound
         self.finished_timings: deque = deque(maxlen=100_000)
@@ -83,8 +90,8 @@ class EngineLoop:
         refuses raises its ValueError here; one it failed on, EngineFault. `arrival`
         (time.perf_counter()): when the server received it, so the engine's TTFT counts the time
         it waited for the engine thread too."""
-        if not self.alive:
-            raise EngineFault(self.fault or "the engine loop has stopped")
+        if not self.alive:  # the reason is in the server's log: it may hold another request's data
+            raise EngineFault("the engine has stopped after a failure; restart the server")
         stream = asyncio.Queue()
         self._streams[request_id] = stream
         self._commands.put(("add", request_id, prompt, params, arrival))
@@ -97,6 +104,15 @@ class EngineLoop:
     def abort(self, request_id: str):
         self._streams.pop(request_id, None)
         self._commands.put(("abort", request_id))
+
+    @property
+    def open_requests(self) -> int:
+        """Requests added and not yet answered in full (their responses still read them)."""
+        return len(self._streams)
+
+    def end_all(self, message: str):
+        """End every request in the engine now (the shutdown): each reader gets an EngineFault (503)."""
+        self._commands.put(("end_all", message))
 
     def timings_since(self, skip: int) -> list:
         """Engine-side timings of the requests that finished after the first `skip`."""
@@ -143,7 +159,8 @@ class EngineLoop:
             self.fault = f"the engine loop stopped: {type(e).__name__}: {e}"
             traceback.print_exc()
             if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._fail_all, EngineFault(self.fault))
+                self._loop.call_soon_threadsafe(self._fail_all, EngineFault(
+                    f"the engine loop stopped ({type(e).__name__}; the server's log has the details)"))
         finally:
             engine.close()
 
@@ -157,6 +174,14 @@ class EngineLoop:
             block = False
             if command[0] == "stop":
                 return False
+            if command[0] == "end_all":
+                fault = EngineFault(command[1], status=503, type="service_unavailable", code="shutting_down")
+                engine.abort_requests(list(live), quiet=True)
+                for request_id, seqs in live.items():
+                    events.append((request_id, fault))
+                    self._finished(seqs[0], command[1])
+                live.clear()
+                continue
             request_id = command[1]
             if command[0] == "add":
                 try:
@@ -186,7 +211,8 @@ class EngineLoop:
                     engine.abort_request(request_id)
                 except Exception:
                     pass
-                events.append((request_id, EngineFault(f"the engine failed while running this request: {self.fault}")))
+                events.append((request_id, EngineFault(f"the engine failed in a step this request was part of "
+                                                       f"({type(e).__name__}; the server's log has the details)")))
                 self._finished(seqs[0], self.fault)
             live.clear()
             return
@@ -195,12 +221,13 @@ class EngineLoop:
         for delta in deltas:
             events.append((delta.request_id, delta))
             if delta.finished and delta.request_id in live:  # an aborted one was counted at its abort
-                self._finished(live.pop(delta.request_id)[0])
+                self._finished(live.pop(delta.request_id)[0], delta.error)
 
     def _finished(self, seq, error: str | None = None):
         timing = engine_timing(seq, error)
         self.finished_timings.append(timing)
         self._num_finished += 1
+        self._num_failed += error is not None
         if self.observer is not None:
             self.observer.on_finished(timing, "error" if error else seq.finish_reason or "abort")
         ttft = f"TTFT {timing.token_times[0] - timing.arrival:.3f} s, " if timing.token_times else ""
@@ -211,7 +238,7 @@ class EngineLoop:
     def _publish_stats(self, engine, live: dict):
         self.stats = EngineStats(free_kv_blocks=engine.kv_cache.num_free_blocks,
                                  total_kv_blocks=engine.kv_cache.num_blocks, live_requests=len(live),
-                                 finished_requests=self._num_finished)
+                                 finished_requests=self._num_finished, failed_requests=self._num_failed)
 
 
 def engine_timing(seq, error: str | None = None):
@@ -230,6 +257,7 @@ class RequestStream:
     def __init__(self, engine_loop: EngineLoop, request_id: str, items: asyncio.Queue):
         self._engine_loop, self.request_id, self._items = engine_loop, request_id, items
         self.finished = False
+        self._fault: EngineFault | None = None  # raised after the last delta's text has been handed out
 
     def __aiter__(self):
         return self
@@ -237,10 +265,15 @@ class RequestStream:
     async def __anext__(self):
         if self.finished:
             raise StopAsyncIteration
-        item = await self._items.get()
+        item = self._fault or await self._items.get()
         if isinstance(item, BaseException):
             self.finished = True
             raise item
+        if item.finish_reason == "error":  # a fault ended this request: its text so far, then the EngineFault
+            self._fault = EngineFault(item.error)
+            if not (item.new_text or item.new_token_ids):
+                return await self.__anext__()
+            return replace(item, finished=False, finish_reason=None)
         if item.finished:
             self.finished = True
         return item

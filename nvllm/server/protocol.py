@@ -1,12 +1,21 @@
 """The OpenAI request bodies nvllm's server accepts (pydantic models), and the error body it
 answers with. A field OpenAI defines but nvllm does not implement is accepted only at its neutral
 value (what a client sends when it does not use it); any other value, and any unknown field, is
-refused naming the field: a request never runs differently from what it asked for."""
-from typing import ClassVar, Literal
+refused naming the field: a request never runs differently from what it asked for.
+
+Types are strict (pydantic's strict mode, on the JSON itself): `true` is not 1, `"true"` is not a
+boolean, `1.0` is not an integer (an integer is a number, as in JSON Schema); floats are finite;
+integers are within int64 (a seed within what torch.Generator takes), as SamplingParams checks in
+the Python API. Invalid JSON — a lone surrogate, nesting past pydantic's depth limit, an integer
+of thousands of digits — is a 400 like any other."""
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nvllm.sampling_params import SamplingParams
+from nvllm.sampling_params import INT64, SamplingParams
+
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+TokenId = Annotated[int, Field(ge=0, le=INT64 - 1)]
 
 
 class RequestError(Exception):
@@ -22,7 +31,7 @@ class RequestError(Exception):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     # a last chunk with the request's token counts (choices: [])
     include_usage: bool = False
 
@@ -30,20 +39,20 @@ class StreamOptions(BaseModel):
 class _Request(BaseModel):
     """Fields common to /v1/completions and /v1/chat/completions."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     # the served model's name (GET /v1/models); null: that one
     model: str | None = None
     # null: nvllm's one default (nvllm.sampling_params.DEFAULT_MAX_TOKENS), capped by what max_model_len leaves
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT64 - 1)
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     # 0 or -1: off
-    top_k: int = Field(0, ge=-1)
-    seed: int | None = None
+    top_k: int = Field(0, ge=-1, le=INT64 - 1)
+    seed: int | None = Field(None, ge=-INT64, le=2 * INT64 - 1)
     # strings that end the answer (not included in it)
     stop: str | list[str] | None = None
     # token ids that end the answer (nvllm/vLLM extension)
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
     # completions of the prompt, each a choice (they share the prompt's KV blocks)
     n: int = Field(1, ge=1, le=16)
@@ -59,7 +68,7 @@ class _Request(BaseModel):
     # vLLM's extensions: Hugging Face's repetition penalty (1: off), min_p (0: off), min_tokens
     repetition_penalty: float = Field(1.0, gt=0)
     min_p: float = Field(0.0, ge=0, le=1)
-    min_tokens: int = Field(0, ge=0)
+    min_tokens: int = Field(0, ge=0, le=INT64 - 1)
     # OpenAI fields nvllm does not implement: accepted only at their neutral value
     logit_bias: dict[str, float] | None = None
 
@@ -103,7 +112,7 @@ class _Request(BaseModel):
 
 class CompletionRequest(_Request):
     # one prompt: a string or a list of token ids
-    prompt: str | list[int]
+    prompt: str | list[TokenId]
     echo: bool = False
     best_of: int | None = None
     suffix: str | None = None
@@ -128,13 +137,13 @@ class CompletionRequest(_Request):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the chat template may use more keys (name, ...)
+    model_config = ConfigDict(extra="allow", strict=True)  # the chat template may use more keys (name, ...)
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
 
@@ -147,7 +156,7 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     # OpenAI's newer name for max_tokens
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT64 - 1)
     tools: list | None = None
     response_format: dict | None = None
     # each generated token's logprob, and with top_logprobs that many most likely tokens
@@ -174,29 +183,39 @@ class ChatCompletionRequest(_Request):
 
 
 def parse(model: type[BaseModel], body: bytes) -> BaseModel:
-    """The request `body` as `model`, or a RequestError naming the first bad field."""
-    import json
-
+    """The request `body` (JSON) as `model`, or a RequestError naming the first bad field."""
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"the request body is not valid JSON ({e}); send a JSON object", code="invalid_json")
-    if not isinstance(data, dict):
-        raise RequestError(f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
-    try:
-        return model.model_validate(data)
+        return model.model_validate_json(body)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
+        errors = e.errors(include_url=False)
+        err = max(errors, key=lambda error: len(error["loc"]))  # of a union's members, the one that got furthest
         loc = [str(part) for part in err["loc"] if not _is_type_tag(part)]
         param = ".".join(loc) or None
         message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "json_invalid":
+            raise RequestError(f"the request body is not valid JSON ({message}); send a JSON object",
+                               code="invalid_json") from None
+        if err["type"] == "model_type" and not loc:
+            raise RequestError(f"the request body must be a JSON object, got {_json_kind(body)}",
+                               code="invalid_json") from None
         if err["type"] == "missing":
             message = f"{param} is required"
         elif err["type"] == "extra_forbidden":
             message = f"unknown field {param!r}: nvllm's server does not know it; leave it out"
         elif err["type"] != "value_error":
-            message = f"{param}: {message} (got {err['input']!r})" if param else message
+            message = f"{param}: {message} (got {_short(err.get('input'))})" if param else message
         raise RequestError(message, param=param, code="invalid_value") from None
+
+
+def _json_kind(body: bytes) -> str:
+    first = body.lstrip()[:1]
+    return {b"[": "an array", b'"': "a string"}.get(first, "a number, boolean or null")
+
+
+def _short(value, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters: an error never echoes a large input back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _is_type_tag(part) -> bool:

@@ -1,0 +1,272 @@
+"""A server one client cannot break (issue 23), against a real `python -m nvllm.serve` process of the
+embedded SmolLM2 (an API key, one CORS origin, and a sampler plugin that fails on purpose for a
+marked request) driven by httpx and the openai client: every /v1 route needs the key; JSON routes
+take only JSON; a foreign Host header is refused; strict types, int64 ranges and every input that
+used to be a 500 get an OpenAI 4xx body that does not echo the input back; the size limits refuse
+before any tokenisation; tiny temperature / top_p give the greedy tokens; one request's fault ends
+that request alone; a maximal request, tokenised off the engine thread, does not hold up a running
+stream. The fast checks share one server; the load-bearing ones are in `make test` too."""
+import json
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.fault_sampler import FAULT_AT, FAULT_SEED
+from tests.test_plugins import make_distribution
+from tests.test_serve import OVERRIDES, PROMPT, QUESTION, Server, wait_idle
+
+KEY = "sk-test-4f1c"
+ORIGIN = "http://allowed.example"
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    site = make_distribution(tmp_path_factory.mktemp("fault-sampler"), name="nvllm-fault-sampler",
+                             module="nvllm_fault_sampler", ep_name="fault_sampler",
+                             body=(Path(__file__).parent / "fault_sampler.py").read_text())
+    # the prompt limit raised to what the body limit allows: the largest request the defaults admit
+    server = Server(tmp_path_factory.mktemp("serve"), *OVERRIDES, "sampler=faulty", f"serve.cors_origins=[{ORIGIN}]",
+                    "serve.max_prompt_chars=2000000", env={"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+                         "NVLLM_API_KEY": KEY})
+    yield server
+    server.stop()
+    assert "Traceback" not in server.output, server.output
+
+
+def post(server, path, body, headers=None, timeout=60):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{server.url}{path}", content=content, timeout=timeout,
+                      headers={"content-type": "application/json", **AUTH, **(headers or {})})
+
+
+def assert_openai_error(response, status, param=None, message=None):
+    assert response.status_code == status, response.text[:2000]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    if param is not None:
+        assert error["param"] == param, error
+    if message is not None:
+        assert message in error["message"], error
+    assert len(response.content) < 1500, f"the error echoes the request: {len(response.content)} bytes"
+    return error
+
+
+# -- security defaults -------------------------------------------------------------------------
+def test_every_v1_route_needs_the_api_key(server):
+    body = {"prompt": PROMPT, "max_tokens": 2}
+    for headers in ({"authorization": ""}, {"authorization": "Bearer wrong"}, {"authorization": KEY}):
+        assert_openai_error(post(server, "/v1/completions", body, headers), 401, message="API key")
+    assert_openai_error(httpx.get(f"{server.url}/v1/models", timeout=10), 401, message="Authorization: Bearer")
+    assert httpx.get(f"{server.url}/v1/models", headers=AUTH, timeout=10).status_code == 200
+    assert post(server, "/v1/completions", body).json()["usage"]["completion_tokens"] == 2
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200  # probes need no key, as vLLM's
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0) as client:
+        assert client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_json_routes_take_only_json(server, content_type):
+    """A page in a browser can POST text/plain anywhere without a CORS preflight: refused."""
+    headers = {**AUTH, **({"content-type": content_type} if content_type else {})}
+    response = httpx.post(f"{server.url}/v1/completions", content=json.dumps({"prompt": PROMPT, "max_tokens": 2}),
+                          headers=headers, timeout=30)
+    if content_type is None:
+        response = httpx.post(f"{server.url}/v1/completions", content=b'{"prompt": "hi"}',
+                              headers={**AUTH, "content-type": ""}, timeout=30)
+    assert_openai_error(response, 415, message="application/json")
+    assert post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 2},
+                {"content-type": "application/json; charset=utf-8"}).status_code == 200
+
+
+def test_a_foreign_host_header_is_refused_on_loopback(server):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    response = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 2}, {"host": "evil.example"})
+    assert_openai_error(response, 400, message="serve.allowed_hosts")
+    assert_openai_error(httpx.get(f"{server.url}/health", headers={"host": "evil.example:8000"}, timeout=10), 400)
+    port = server.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        assert post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1}, {"host": host}).status_code == 200
+
+
+def test_cors_answers_only_the_configured_origin(server):
+    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "authorization,content-type"}
+    allowed = httpx.options(f"{server.url}/v1/completions", headers={"origin": ORIGIN, **preflight}, timeout=10)
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ORIGIN
+    other = httpx.options(f"{server.url}/v1/completions", headers={"origin": "http://evil.example", **preflight}, timeout=10)
+    assert "access-control-allow-origin" not in other.headers
+    answer = post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1}, {"origin": ORIGIN})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ORIGIN
+
+
+# -- strict types, int64 ranges, every former 500, and the limits: an OpenAI 4xx -------------------
+CHAT = "/v1/chat/completions"
+MSG = [{"role": "user", "content": "hi"}]
+BAD = {
+    # strict types: a bool or a string is not a number, a string is not a bool
+    "max_tokens true": ("/v1/completions", {"prompt": "hi", "max_tokens": True}, 400, "max_tokens", "valid integer"),
+    "ignore_eos 'yes'": ("/v1/completions", {"prompt": "hi", "ignore_eos": "yes"}, 400, "ignore_eos", "valid boolean"),
+    "stream 'true'": ("/v1/completions", {"prompt": "hi", "stream": "true"}, 400, "stream", "valid boolean"),
+    "prompt [true, false]": ("/v1/completions", {"prompt": [True, False]}, 400, "prompt.0", "valid integer"),
+    "temperature '0.5'": (CHAT, {"messages": MSG, "temperature": "0.5"}, 400, "temperature", "valid number"),
+    "max_tokens 4.0": ("/v1/completions", {"prompt": "hi", "max_tokens": 4.0}, 400, "max_tokens", "valid integer"),
+    # what the engine can hold: int64 (a seed: what torch.Generator takes)
+    "top_k 2**63": ("/v1/completions", {"prompt": "hi", "top_k": 2**63}, 400, "top_k", "less than or equal to"),
+    "seed 2**64": ("/v1/completions", {"prompt": "hi", "seed": 2**64}, 400, "seed", "less than or equal to"),
+    "max_tokens 2**63": (CHAT, {"messages": MSG, "max_tokens": 2**63}, 400, "max_tokens", "less than or equal to"),
+    "stop_token_ids [2**63]": ("/v1/completions", {"prompt": "hi", "stop_token_ids": [2**63]}, 400,
+                               "stop_token_ids.0", "less than or equal to"),
+    "temperature inf": ("/v1/completions", b'{"prompt": "hi", "temperature": 1e999}', 400, "temperature", "finite"),
+    "temperature NaN": ("/v1/completions", b'{"prompt": "hi", "temperature": NaN}', 400, "temperature", "finite"),
+    # inputs that were a 500
+    "lone surrogate": ("/v1/completions", b'{"prompt": "a\\ud800b"}', 400, None, "not valid JSON"),
+    "lone surrogate in chat": (CHAT, b'{"messages": [{"role": "user", "content": "\\udfff"}]}', 400, None, "not valid JSON"),
+    "100,000-deep nesting": ("/v1/completions", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None,
+                             "not valid JSON"),
+    "5,000-digit integer": ("/v1/completions", b'{"prompt": "hi", "seed": ' + b"7" * 5000 + b"}", 400, None,
+                            "not valid JSON"),
+    # the limits: refused before any tokenisation, naming the serve.* key that sets them
+    "100,000 stop strings": ("/v1/completions", {"prompt": "hi", "stop": [f"s{i}" for i in range(100_000)]}, 400, "stop",
+                             "serve.max_stop"),
+    "a 10,000-character stop string": ("/v1/completions", {"prompt": "hi", "stop": "x" * 10_000}, 400, "stop",
+                                       "serve.max_stop_chars"),
+    "100,000 stop_token_ids": ("/v1/completions", {"prompt": "hi", "stop_token_ids": list(range(100_000))}, 400,
+                               "stop_token_ids", "serve.max_stop_token_ids"),
+    "2,000 messages": (CHAT, {"messages": MSG * 2000}, 400, "messages", "serve.max_messages"),
+    "a body over the limit": ("/v1/completions", {"prompt": "word " * 300_000}, 413, None, "serve.max_body_bytes"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_an_openai_4xx(server, case):
+    path, body, status, param, message = BAD[case]
+    assert_openai_error(post(server, path, body), status, param, message)
+
+
+@pytest.mark.parametrize("query, param", [("percentiles=200", "percentiles"), ("percentiles=-1", "percentiles"),
+                                          ("percentiles=nan", "percentiles"), ("request_rate=nan", "request_rate"),
+                                          ("request_rate=-2", "request_rate"), ('slo={"ttft_ms": "x"}', "slo"),
+                                          ("slo=[1]", "slo")])
+def test_bad_metrics_query_is_a_400(server, query, param):
+    assert_openai_error(httpx.get(f"{server.url}/metrics?{query}", timeout=10), 400, param)
+
+
+def test_a_chunked_body_over_the_limit_is_refused(server):
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(300):
+            yield b"word " * 1000
+        yield b'"}'
+
+    response = httpx.post(f"{server.url}/v1/completions", content=chunks(), timeout=60,
+                          headers={"content-type": "application/json", **AUTH})
+    assert_openai_error(response, 413, message="serve.max_body_bytes")
+
+
+def test_the_engine_serves_on_after_all_that(server):
+    assert post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 3}).json()["usage"]["completion_tokens"] == 3
+    state = wait_idle(server)
+    assert state["status"] == "ok" and state["free_kv_blocks"] == state["total_kv_blocks"]
+
+
+# -- sampling edge values ------------------------------------------------------------------------
+@pytest.mark.parametrize("params", [{"temperature": 1e-38}, {"temperature": 1e-46}, {"temperature": 1.0, "top_p": 1e-46},
+                                    {"temperature": 1.0, "top_p": 1e-38}])
+def test_a_collapsed_distribution_gives_the_greedy_tokens(server, params):
+    def tokens(**sampling):
+        body = {"prompt": PROMPT, "max_tokens": 8, "ignore_eos": True, "return_token_ids": True, **sampling}
+        return post(server, "/v1/completions", body).json()["choices"][0]["token_ids"]
+
+    assert tokens(**params) == tokens(temperature=0)
+
+
+# -- a fault stays with its request ----------------------------------------------------------------
+def test_a_fault_in_one_request_ends_only_that_request(server):
+    """A streamed and a whole answer run beside a streamed and a whole request that fault at their
+    FAULT_AT-th token (the sampler plugin): the neighbours get exactly what they get alone."""
+    neighbour = {"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
+    culprit = {**neighbour, "seed": FAULT_SEED}
+    alone = post(server, "/v1/completions", neighbour).json()["choices"][0]["token_ids"]
+    results = {}
+
+    def streamed(name, body):
+        with httpx.stream("POST", f"{server.url}/v1/completions", json={**body, "stream": True}, headers=AUTH,
+                          timeout=120) as response:
+            results[name] = [line for line in response.iter_lines() if line]
+
+    def whole(name, body):
+        results[name] = post(server, "/v1/completions", body, timeout=120)
+
+    threads = [threading.Thread(target=f, args=a) for f, a in ((streamed, ("s", neighbour)), (whole, ("w", neighbour)),
+                                                               (streamed, ("sc", culprit)), (whole, ("wc", culprit)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    events = [json.loads(line[6:]) for line in results["s"][:-1]]
+    assert results["s"][-1] == "data: [DONE]" and [t for e in events for t in e["choices"][0]["token_ids"]] == alone
+    assert results["w"].status_code == 200 and results["w"].json()["choices"][0]["token_ids"] == alone
+    culprit_events = results["sc"]
+    assert culprit_events[-1] == "data: [DONE]", culprit_events
+    error = json.loads(culprit_events[-2][6:])["error"]
+    assert error["type"] == "internal_error" and "injected fault" in error["message"], error
+    chunks = [json.loads(line[6:]) for line in culprit_events[:-2]]
+    assert sum(len(c["choices"][0]["token_ids"]) for c in chunks) == FAULT_AT
+    whole_error = assert_openai_error(results["wc"], 500, message="injected fault")
+    assert whole_error["type"] == "internal_error"
+    state = wait_idle(server)
+    assert state["status"] == "ok" and state["free_kv_blocks"] == state["total_kv_blocks"]
+    assert "injected" not in json.dumps(state), "/health shows another client's error text"
+
+
+# -- bounded input, tokenised off the engine thread ---------------------------------------------------
+def test_a_maximal_request_does_not_hold_up_a_running_stream(server):
+    """While one stream decodes, the largest requests the limits let in (~1 MB of text, as a completion
+    and as a chat message) are read, tokenised in the worker processes and refused (too many tokens for
+    max_model_len=512). The engine keeps stepping meanwhile: the stream gets at least a third of the
+    tokens its own pace (its median gap before) predicts for that time — where tokenising on the engine
+    thread stops it outright for as long as the tokenizer runs. (A count of steps rather than a largest
+    gap: this 2-core machine is shared, and its load spikes any single gap.)"""
+    times, stop = [], threading.Event()
+    big = "word " * 200_000  # 1,000,000 characters: just under the 1 MiB body limit
+
+    def stream():
+        body = {"prompt": PROMPT, "max_tokens": 480, "temperature": 0, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=AUTH, timeout=600) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    times.append(time.perf_counter())
+                if stop.is_set():
+                    break  # hang up: the server aborts the rest
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    while len(times) < 25:
+        time.sleep(0.01)
+    pace = statistics.median(b - a for a, b in zip(times[4:], times[5:]))  # past the first tokens
+    start = time.perf_counter()
+    completion = post(server, "/v1/completions", {"prompt": big, "max_tokens": 4}, timeout=600)
+    chat = post(server, CHAT, {"messages": [{"role": "user", "content": big}], "max_tokens": 4}, timeout=600)
+    end = time.perf_counter()
+    still_running = reader.is_alive()
+    stop.set()
+    reader.join(600)
+    assert_openai_error(completion, 400, message="max_model_len=512")
+    assert_openai_error(chat, 400, message="max_model_len=512")
+    assert still_running, "the stream ended before the big requests did: nothing measured"
+    during = sum(start <= t <= end for t in times)
+    expected = (end - start) / pace
+    print(f"stream pace {pace * 1000:.0f} ms/token; the big requests took {end - start:.1f} s, in which the stream got "
+          f"{during} tokens of {expected:.0f} at its pace")
+    assert expected >= 5, "the big requests were too quick to show anything"
+    assert during >= expected / 3, f"the stream got {during} tokens where its pace gives {expected:.0f}"
+    wait_idle(server)
