@@ -61,9 +61,9 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
     engine_loop = EngineLoop(lambda: LLMEngine(config))
     try:
         engine_loop.start()
-    except KeyboardInterrupt as e:  # the engine thread finishes building, then closes (its ranks too)
-        _ignore_signals()
-        engine_loop.stop()
+    except KeyboardInterrupt as e:  # no waiting for the build: the engine thread (a daemon) ends with the
+        _ignore_signals()          # process, and tensor-parallel ranks leave when their parent does
+        engine_loop.stop(timeout=0)
         tokenizers.close()
         logger.info(f"nvllm.serve: stopped by {e.args[0] if e.args else 'Ctrl-C'} while starting")
         return

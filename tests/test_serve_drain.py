@@ -1,0 +1,159 @@
+"""Graceful drain (issue 23): SIGTERM (what docker, systemd and Kubernetes send) and Ctrl-C both stop
+`python -m nvllm.serve` the same way. New requests get a 503 with an OpenAI error body at once; a
+request that finishes within serve.drain_timeout_s finishes normally; the rest end with an error
+event and [DONE] (streams) or a 503 JSON error; the server prints one line, exits 0 and leaves no
+process behind (tensor-parallel ranks and tokenizer workers included), with no traceback anywhere.
+A real server process of a tiny random llama with SmolLM2's tokenizer (fast steps) and real HTTP
+clients."""
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.test_faults import fault_site  # noqa: F401  (a fixture)
+from tests.test_serve import Server
+
+DRAIN_S = 8
+SHORT = 24  # tokens: a request that finishes within the drain even on a loaded machine
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory) -> str:
+    from nvllm.models.weights import smollm2_path
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("tiny-llama-text")), preset="tiny",
+                                  vocab_size=49152, max_position_embeddings=16384, tokenizer_from=str(smollm2_path()),
+                                  seed=3)
+
+
+def group_is_empty(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode != 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def stream_lines(url, body, into: list, started: threading.Event | None = None, after: int = 3):
+    with httpx.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}, timeout=120) as response:
+        for line in response.iter_lines():
+            if line:
+                into.append(line)
+                if started is not None and len(into) >= after:
+                    started.set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_drains_the_server(tmp_path, text_model, sig):
+    server = Server(tmp_path, "model=llama", f"model.path={text_model}", "max_model_len=16384",
+                    f"serve.drain_timeout_s={DRAIN_S}")
+    try:  # a long request takes far longer than the drain; a short one far less
+        long = {"prompt": "Once upon a time", "max_tokens": 16000, "temperature": 0, "ignore_eos": True}
+        short = {**long, "max_tokens": SHORT}
+        streamed, short_lines, whole, late = [], [], {}, {}
+        started = threading.Event()
+        threads = [threading.Thread(target=stream_lines, args=(server.url, long, streamed, started)),
+                   threading.Thread(target=lambda: whole.setdefault(
+                       "r", httpx.post(f"{server.url}/v1/completions", json=long, timeout=120)))]
+        for t in threads:
+            t.start()
+        assert started.wait(60), "the long stream never started"
+        short_started = threading.Event()
+        short_thread = threading.Thread(target=stream_lines, args=(server.url, short, short_lines, short_started, 2))
+        short_thread.start()
+        assert short_started.wait(60)  # the short request is running: it finishes while the server drains
+        signalled = time.monotonic()
+        if sig == signal.SIGINT:
+            os.killpg(server.proc.pid, signal.SIGINT)  # Ctrl-C, as a terminal sends it: to the whole group
+        else:
+            os.kill(server.proc.pid, signal.SIGTERM)  # as docker or systemd send it: to the server
+        time.sleep(0.3)
+        late["completion"] = httpx.post(f"{server.url}/v1/completions", json=short, timeout=30)
+        late["health"] = httpx.get(f"{server.url}/health", timeout=30)
+        assert server.proc.wait(60) == 0, server.output
+        stopped_after = time.monotonic() - signalled
+        for t in (*threads, short_thread):
+            t.join(30)
+    finally:
+        server.stop()
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    for response in late.values():  # refused at once, with an OpenAI error body
+        assert response.status_code == 503 and response.json()["error"]["code"] == "shutting_down", response.text
+    assert short_lines[-1] == "data: [DONE]", short_lines  # finished within the drain: a normal answer
+    assert "choices" in json.loads(short_lines[-2][6:]), (short_lines[-3:], server.output)
+    chunks = [json.loads(line[6:]) for line in short_lines[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length" and len(chunks) == SHORT
+    assert streamed[-1] == "data: [DONE]"  # cut after the drain: an error event, then [DONE]
+    error = json.loads(streamed[-2][6:])["error"]
+    assert error["code"] == "shutting_down" and f"serve.drain_timeout_s={DRAIN_S}" in error["message"], error
+    assert all("choices" in json.loads(line[6:]) for line in streamed[:-2])
+    body = whole["r"].json()
+    assert whole["r"].status_code == 503 and body["error"]["code"] == "shutting_down", body
+    assert DRAIN_S <= stopped_after < DRAIN_S + 20
+    assert "Traceback" not in server.output, server.output
+    after_ready = server.output.split(" ready on ", 1)[1].splitlines()[1:]
+    assert after_ready == [f"nvllm.serve: stopped by {name}: 1 request finished while draining, 2 ended after "
+                           f"serve.drain_timeout_s={DRAIN_S} s"], server.output
+    assert group_is_empty(server.proc.pid), "a process of the server outlived it"
+
+
+def test_an_idle_server_stops_at_once(tmp_path, text_model):
+    server = Server(tmp_path, "model=llama", f"model.path={text_model}", "max_model_len=256")
+    try:
+        start = time.monotonic()
+        os.kill(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(60) == 0 and time.monotonic() - start < 10
+    finally:
+        server.stop()
+    assert server.output.rstrip().splitlines()[-1] == "nvllm.serve: stopped by SIGTERM"
+    assert "Traceback" not in server.output and group_is_empty(server.proc.pid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_a_signal_while_the_model_loads(tmp_path, tiny_qwen3_path, fault_site, sig):
+    """Before the server listens (the engine is building, held there by a fault plugin): it stops at once,
+    without waiting for the build, in one line."""
+    import sys
+
+    from tests.test_faults import Session
+
+    session = Session([sys.executable, "-m", "nvllm.serve", "serve.port=0", "model=qwen3",
+                       f"model.path={tiny_qwen3_path}", "attention=fault_sdpa"], tmp_path,
+                      env={"PYTHONPATH": str(fault_site), "NVLLM_FAULT": "pause-at-build"})
+    session.wait_for("FAULT paused at build")
+    session.signal(sig, group=sig == signal.SIGINT)
+    run = session.finish(30)
+    assert not run.leftovers, run.leftovers
+    assert run.returncode == 0 and run.seconds < 15, (run.seconds, run.stdout, run.stderr)
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    assert run.stdout.rstrip().splitlines()[-1] == f"nvllm.serve: stopped by {name} while starting", run.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_drains_a_tensor_parallel_server(tmp_path, tiny_qwen3_path):
+    server = Server(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "tp=2", "max_model_len=2048",
+                    "serve.drain_timeout_s=1")
+    try:
+        lines, started = [], threading.Event()
+        body = {"prompt": [1, 2, 3], "max_tokens": 2000, "temperature": 0, "ignore_eos": True}
+        reader = threading.Thread(target=stream_lines, args=(server.url, body, lines, started))
+        reader.start()
+        assert started.wait(120)
+        assert len(subprocess.run(["pgrep", "-g", str(server.proc.pid)], capture_output=True, text=True)
+                   .stdout.split()) >= 3, "tp=2 runs a second rank (and tokenizer workers)"
+        os.kill(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(60) == 0, server.output
+        reader.join(30)
+    finally:
+        server.stop()
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["error"]["code"] == "shutting_down"
+    assert "Traceback" not in server.output and "nvllm.serve: stopped by SIGTERM" in server.output
+    assert group_is_empty(server.proc.pid)
