@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import time
 
@@ -169,7 +170,9 @@ async def benchmark(args) -> dict:
     from tqdm.auto import tqdm
 
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(base_url=args.base_url, limits=limits, timeout=30) as client:
+    key = os.environ.get("NVLLM_API_KEY") or os.environ.get("OPENAI_API_KEY")  # a server with an API key
+    async with httpx.AsyncClient(base_url=args.base_url, limits=limits, timeout=30,
+                                 headers={"authorization": f"Bearer {key}"} if key else None) as client:
         served = (await client.get("/v1/models")).raise_for_status().json()["data"]
         model = args.model or served[0]["id"]
         finished_before = await _engine_finished(client)
