@@ -55,6 +55,7 @@ def test_bad_sampling_params(kwargs, match):
     (list(range(64)), GREEDY, "max_model_len=64 leaves no room"),
     ([1, 2, 3] * 10, SamplingParams(temperature=0, max_tokens=40), "needs 8 KV blocks .* whole cache has 6"),
     ([1, 99999], GREEDY, r"token ids must be integers in \[0, 512\)"),
+    ([True, False], GREEDY, r"token ids must be integers in \[0, 512\)"),  # not ids 1 and 0
     ("text", GREEDY, "has no tokenizer"),
 ])
 def test_rejected_at_add(llm, prompt, params, match):

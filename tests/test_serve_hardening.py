@@ -9,6 +9,8 @@ stream. The fast checks share one server; the load-bearing ones are in `make tes
 import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -270,3 +272,31 @@ def test_a_maximal_request_does_not_hold_up_a_running_stream(server):
     assert expected >= 5, "the big requests were too quick to show anything"
     assert during >= expected / 3, f"the stream got {during} tokens where its pace gives {expected:.0f}"
     wait_idle(server)
+
+
+# -- a configuration it cannot run: one line, no traceback -----------------------------------------
+def _one_line(done: subprocess.CompletedProcess, starts: str):
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(starts), done.stderr[-3000:]
+    return lines[-1]
+
+
+def test_a_bad_port_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "nvllm.serve", "serve.port=70000"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert _one_line(done, "nvllm.serve: ") == ("nvllm.serve: serve.port=70000 is not allowed: use an integer in "
+                                                "0..65535 (0: any free port)")
+
+
+@pytest.mark.parametrize("command", ["nvllm.serve", "nvllm.run"])
+def test_a_truncated_config_json_is_one_line(tmp_path, tiny_qwen3_path, command):
+    import shutil
+
+    broken = shutil.copytree(tiny_qwen3_path, tmp_path / "ckpt")
+    config = broken / "config.json"
+    config.write_text(config.read_text()[:100])
+    done = subprocess.run([sys.executable, "-m", command, "model=qwen3", f"model.path={broken}",
+                           f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    line = _one_line(done, "nvllm")
+    assert f"{config} is not valid JSON" in line and "truncated or damaged" in line
