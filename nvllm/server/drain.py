@@ -30,6 +30,7 @@ class DrainingServer(uvicorn.Server):
         self.stopped_by: str | None = None  # the signal that began the drain
         self.finished = self.cut = 0  # requests that finished while draining / that the drain ended
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task | None = None
         self._hurry = False
 
     async def startup(self, sockets=None):
@@ -62,7 +63,10 @@ class DrainingServer(uvicorn.Server):
         if self._loop is None:  # not serving yet: nothing to drain
             self.should_exit = True
         else:
-            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))
+            self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self):
+        self._drain_task = self._loop.create_task(self._drain())  # held: a task nobody references may vanish
 
     async def _drain(self):
         engine_loop = self.engine_loop
