@@ -19,7 +19,10 @@ from pathlib import Path
 from nvllm.errors import ConfigError
 
 HERE = Path(__file__).parent
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
+# linked apart, without -ffast-math: linking with it adds gcc's crtfastmath.o, which turns on
+# flush-to-zero for the whole process (torch, numpy, everything) as soon as the library loads
+LINK_FLAGS = ("-shared", "-fopenmp")
 
 
 def _cpu_signature() -> str:
@@ -50,14 +53,18 @@ def load_library(name: str, what: str, instead: str) -> CDLL:
     text = source.read_bytes()
     includes = re.findall(rb'^#include "([^"]+)"', text, re.MULTILINE)
     texts = [text] + [(HERE / include.decode()).read_bytes() for include in includes]
-    key = hashlib.sha256(b"\0".join([*texts, compiler.encode(), " ".join(FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([*texts, compiler.encode(), " ".join(FLAGS + LINK_FLAGS).encode(),
                                      platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
     library = kernel_cache_dir() / f"{source.stem}-{key}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         partial = library.with_name(f"{library.name}.{os.getpid()}.tmp")  # concurrent builds never collide
-        proc = subprocess.run([compiler, *FLAGS, str(source), "-o", str(partial), "-lm"],
-                              capture_output=True, text=True)
+        objects = partial.with_suffix(".o")
+        proc = subprocess.run([compiler, *FLAGS, "-c", str(source), "-o", str(objects)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            proc = subprocess.run([compiler, *LINK_FLAGS, str(objects), "-o", str(partial), "-lm"],
+                                  capture_output=True, text=True)
+        objects.unlink(missing_ok=True)
         if proc.returncode != 0:
             partial.unlink(missing_ok=True)
             raise ConfigError(f"{what}: compiling {source} with {compiler} failed (exit status "

@@ -104,3 +104,18 @@ def test_auto_passes_it_over_where_it_cannot_build(tiny_qwen3_path, monkeypatch)
         assert "passed over fused_cpu: forward=fused_cpu: compiling cpu_step.c failed" in llm.engine.config.forward_choice
     with pytest.raises(ConfigError, match="forward=fused_cpu cannot run here: forward=fused_cpu: compiling cpu_step.c failed"):
         LLM(tiny_qwen3_path, forward="fused_cpu")
+
+
+def test_loading_the_c_kernels_leaves_the_process_floating_point_alone():
+    """-ffast-math at link time would add gcc's crtfastmath.o, which turns on flush-to-zero for the
+    whole process when the library loads: every float32 op then reads a subnormal as 0 (a temperature
+    of 1e-40, hypothesis's float strategies...). The kernels are linked without it."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from nvllm.kernels import load_library\n"
+            "for name in ('cpu_decode.c', 'cpu_step.c'): load_library(name, 'test', 'nothing')\n"
+            "print(torch.tensor([1e-40]).mul(1.0).item() != 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "True", "loading the kernels turned on flush-to-zero for the process"
