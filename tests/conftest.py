@@ -29,4 +29,16 @@ def tiny_llama_path(tmp_path_factory) -> str:
     return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("tiny-llama")), preset="tiny", seed=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_text_path(tmp_path_factory) -> str:
+    """A tiny random llama with SmolLM2's tokenizer and chat template, positions up to 16384: a server
+    with real text handling whose steps take milliseconds (its text means nothing)."""
+    from nvllm.models.weights import smollm2_path
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("tiny-llama-text")), preset="tiny",
+                                  vocab_size=49152, max_position_embeddings=16384, tokenizer_from=str(smollm2_path()),
+                                  seed=3)
+
+
 from nvllm.testing import hf_greedy  # noqa: E402, F401  the reference tests and plugin suites share

@@ -22,16 +22,6 @@ DRAIN_S = 8
 SHORT = 24  # tokens: a request that finishes within the drain even on a loaded machine
 
 
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory) -> str:
-    from nvllm.models.weights import smollm2_path
-    from nvllm.tools.checkpoint import make_random_checkpoint
-
-    return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("tiny-llama-text")), preset="tiny",
-                                  vocab_size=49152, max_position_embeddings=16384, tokenizer_from=str(smollm2_path()),
-                                  seed=3)
-
-
 def group_is_empty(pid: int, timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -50,9 +40,9 @@ def stream_lines(url, body, into: list, started: threading.Event | None = None, 
                     started.set()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_drains_the_server(tmp_path, text_model, sig):
-    server = Server(tmp_path, "model=llama", f"model.path={text_model}", "max_model_len=16384",
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_a_signal_drains_the_server(tmp_path, tiny_text_path, sig):
+    server = Server(tmp_path, "model=llama", f"model.path={tiny_text_path}", "max_model_len=16384",
                     f"serve.drain_timeout_s={DRAIN_S}")
     try:  # a long request takes far longer than the drain; a short one far less
         long = {"prompt": "Once upon a time", "max_tokens": 16000, "temperature": 0, "ignore_eos": True}
@@ -104,8 +94,8 @@ def test_a_signal_drains_the_server(tmp_path, text_model, sig):
     assert group_is_empty(server.proc.pid), "a process of the server outlived it"
 
 
-def test_an_idle_server_stops_at_once(tmp_path, text_model):
-    server = Server(tmp_path, "model=llama", f"model.path={text_model}", "max_model_len=256")
+def test_an_idle_server_stops_at_once(tmp_path, tiny_text_path):
+    server = Server(tmp_path, "model=llama", f"model.path={tiny_text_path}", "max_model_len=256")
     try:
         start = time.monotonic()
         os.kill(server.proc.pid, signal.SIGTERM)

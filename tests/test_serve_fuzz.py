@@ -15,14 +15,13 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
 from tests.test_serve import Server, wait_idle
-from tests.test_serve_drain import text_model  # noqa: F401  (a fixture)
 
 MAX_MODEL_LEN = 64  # short answers: a fuzzed request costs a few steps
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory, text_model):  # noqa: F811
-    server = Server(tmp_path_factory.mktemp("fuzz"), "model=llama", f"model.path={text_model}",
+def fuzz_server(tmp_path_factory, tiny_text_path):
+    server = Server(tmp_path_factory.mktemp("fuzz"), "model=llama", f"model.path={tiny_text_path}",
                     f"max_model_len={MAX_MODEL_LEN}", "kv_cache.block_size=16", "kv_cache.num_blocks=64")
     yield server
     server.stop()
@@ -62,7 +61,7 @@ def fuzz(api_schema, examples: int):
             print(f"{operation.method.upper()} {operation.path} {mode.value}: {time.monotonic() - began:.1f} s")
 
 
-@pytest.mark.parametrize("examples", [20, pytest.param(200, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("examples", [12, pytest.param(200, marks=pytest.mark.slow)])
 def test_fuzz_every_route(api_schema, examples):
     fuzz(api_schema, examples)
 

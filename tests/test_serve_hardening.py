@@ -1,11 +1,12 @@
-"""A server one client cannot break (issue 23), against a real `python -m nvllm.serve` process of the
-embedded SmolLM2 (an API key, one CORS origin, and a sampler plugin that fails on purpose for a
-marked request) driven by httpx and the openai client: every /v1 route needs the key; JSON routes
-take only JSON; a foreign Host header is refused; strict types, int64 ranges and every input that
-used to be a 500 get an OpenAI 4xx body that does not echo the input back; the size limits refuse
-before any tokenisation; tiny temperature / top_p give the greedy tokens; one request's fault ends
-that request alone; a maximal request, tokenised off the engine thread, does not hold up a running
-stream. The fast checks share one server; the load-bearing ones are in `make test` too."""
+"""A server one client cannot break (issue 23), against a real `python -m nvllm.serve` process (a tiny
+random llama with SmolLM2's tokenizer and chat template; an API key, one CORS origin, and a sampler
+plugin that fails on purpose for a marked request) driven by httpx and the openai client: every /v1
+route needs the key; JSON routes take only JSON; a foreign Host header is refused; strict types,
+int64 ranges and every input that used to be a 500 get an OpenAI 4xx body that does not echo the
+input back; the size limits refuse before any tokenisation; tiny temperature / top_p give the greedy
+tokens; one request's fault ends that request alone; a maximal request, tokenised off the engine
+thread, does not hold up a running stream (slow: it needs a server of its own). The other checks
+share one server."""
 import json
 import os
 import statistics
@@ -21,7 +22,7 @@ import pytest
 
 from tests.fault_sampler import FAULT_AT, FAULT_SEED
 from tests.test_plugins import make_distribution
-from tests.test_serve import OVERRIDES, PROMPT, QUESTION, Server, wait_idle
+from tests.test_serve import OVERRIDES, PROMPT, Server, wait_idle
 
 KEY = "sk-test-4f1c"
 ORIGIN = "http://allowed.example"
@@ -29,14 +30,23 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    site = make_distribution(tmp_path_factory.mktemp("fault-sampler"), name="nvllm-fault-sampler",
+def fault_sampler_site(tmp_path_factory):
+    return make_distribution(tmp_path_factory.mktemp("fault-sampler"), name="nvllm-fault-sampler",
                              module="nvllm_fault_sampler", ep_name="fault_sampler",
                              body=(Path(__file__).parent / "fault_sampler.py").read_text())
-    # the prompt limit raised to what the body limit allows: the largest request the defaults admit
-    server = Server(tmp_path_factory.mktemp("serve"), *OVERRIDES, "sampler=faulty", f"serve.cors_origins=[{ORIGIN}]",
-                    "serve.max_prompt_chars=2000000", env={"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-                         "NVLLM_API_KEY": KEY})
+
+
+def hardened(tmp_path, model_path, site, *overrides) -> Server:
+    """A server of `model_path` with the API key and the fault-injecting sampler plugin."""
+    return Server(tmp_path, "model=llama", f"model.path={model_path}", "sampler=faulty", *overrides,
+                  env={"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+                       "NVLLM_API_KEY": KEY})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_text_path, fault_sampler_site):
+    server = hardened(tmp_path_factory.mktemp("serve"), tiny_text_path, fault_sampler_site, *OVERRIDES,
+                      f"serve.cors_origins=[{ORIGIN}]")
     yield server
     server.stop()
     assert "Traceback" not in server.output, server.output
@@ -73,7 +83,7 @@ def test_every_v1_route_needs_the_api_key(server):
         with pytest.raises(openai.AuthenticationError):
             client.models.list()
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0) as client:
-        assert client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+        assert client.completions.create(model="llama", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
@@ -231,47 +241,54 @@ def test_a_fault_in_one_request_ends_only_that_request(server):
 
 
 # -- bounded input, tokenised off the engine thread ---------------------------------------------------
-def test_a_maximal_request_does_not_hold_up_a_running_stream(server):
+@pytest.mark.slow
+def test_a_maximal_request_does_not_hold_up_a_running_stream(tmp_path, tiny_text_path, fault_sampler_site):
     """While one stream decodes, the largest requests the limits let in (~1 MB of text, as a completion
-    and as a chat message) are read, tokenised in the worker processes and refused (too many tokens for
-    max_model_len=512). The engine keeps stepping meanwhile: the stream gets at least a third of the
-    tokens its own pace (its median gap before) predicts for that time — where tokenising on the engine
-    thread stops it outright for as long as the tokenizer runs. (A count of steps rather than a largest
-    gap: this 2-core machine is shared, and its load spikes any single gap.)"""
-    times, stop = [], threading.Event()
-    big = "word " * 200_000  # 1,000,000 characters: just under the 1 MiB body limit
+    and as a chat message; the prompt limit raised to what the body limit allows) are read, tokenised in
+    the worker processes and refused (too many tokens for max_model_len). The engine keeps stepping
+    meanwhile: the stream gets at least a third of the tokens its own pace (its median gap before)
+    predicts for that time — where tokenising on the engine thread stops it outright for as long as the
+    tokenizer runs. (A count of steps rather than a largest gap: this 2-core machine is shared, and its
+    load spikes any single gap.)"""
+    server = hardened(tmp_path, tiny_text_path, fault_sampler_site, "max_model_len=16384",
+                      "serve.max_prompt_chars=2000000")
+    try:
+        times, stop = [], threading.Event()
+        big = "word " * 200_000  # 1,000,000 characters: just under the 1 MiB body limit
 
-    def stream():
-        body = {"prompt": PROMPT, "max_tokens": 480, "temperature": 0, "ignore_eos": True, "stream": True}
-        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=AUTH, timeout=600) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: {"):
-                    times.append(time.perf_counter())
-                if stop.is_set():
-                    break  # hang up: the server aborts the rest
+        def stream():
+            body = {"prompt": PROMPT, "max_tokens": 16000, "temperature": 0, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=AUTH, timeout=600) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: {"):
+                        times.append(time.perf_counter())
+                    if stop.is_set():
+                        break  # hang up: the server aborts the rest
 
-    reader = threading.Thread(target=stream)
-    reader.start()
-    while len(times) < 25:
-        time.sleep(0.01)
-    pace = statistics.median(b - a for a, b in zip(times[4:], times[5:]))  # past the first tokens
-    start = time.perf_counter()
-    completion = post(server, "/v1/completions", {"prompt": big, "max_tokens": 4}, timeout=600)
-    chat = post(server, CHAT, {"messages": [{"role": "user", "content": big}], "max_tokens": 4}, timeout=600)
-    end = time.perf_counter()
-    still_running = reader.is_alive()
-    stop.set()
-    reader.join(600)
-    assert_openai_error(completion, 400, message="max_model_len=512")
-    assert_openai_error(chat, 400, message="max_model_len=512")
+        reader = threading.Thread(target=stream)
+        reader.start()
+        while len(times) < 25:
+            time.sleep(0.01)
+        pace = statistics.median(b - a for a, b in zip(times[4:], times[5:]))  # past the first tokens
+        start = time.perf_counter()
+        completion = post(server, "/v1/completions", {"prompt": big, "max_tokens": 4}, timeout=600)
+        chat = post(server, CHAT, {"messages": [{"role": "user", "content": big}], "max_tokens": 4}, timeout=600)
+        end = time.perf_counter()
+        still_running = reader.is_alive()
+        stop.set()
+        reader.join(600)
+    finally:
+        server.stop()
+    assert_openai_error(completion, 400, message="max_model_len=16384")
+    assert_openai_error(chat, 400, message="max_model_len=16384")
     assert still_running, "the stream ended before the big requests did: nothing measured"
     during = sum(start <= t <= end for t in times)
     expected = (end - start) / pace
-    print(f"stream pace {pace * 1000:.0f} ms/token; the big requests took {end - start:.1f} s, in which the stream got "
-          f"{during} tokens of {expected:.0f} at its pace")
+    print(f"stream pace {pace * 1000:.1f} ms/token; the big requests took {end - start:.1f} s, in which the stream "
+          f"got {during} tokens of {expected:.0f} at its pace")
     assert expected >= 5, "the big requests were too quick to show anything"
     assert during >= expected / 3, f"the stream got {during} tokens where its pace gives {expected:.0f}"
-    wait_idle(server)
+    assert "Traceback" not in server.output, server.output
 
 
 # -- a configuration it cannot run: one line, no traceback -----------------------------------------
