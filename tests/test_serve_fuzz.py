@@ -49,7 +49,7 @@ def fuzz(api_schema, examples: int):
     schema's strategies under hypothesis directly: schemathesis's pytest loader does not run on pytest 9."""
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {"POST /v1/completions", "POST /v1/chat/completions",
-                                                                        "GET /v1/models", "GET /metrics"}
+                                                                        "GET /v1/models", "GET /metrics", "GET /metrics/serving"}
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             if mode == GenerationMode.NEGATIVE and not (len(operation.query) or len(operation.body)):

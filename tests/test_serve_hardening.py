@@ -169,7 +169,7 @@ def test_bad_input_is_an_openai_4xx(server, case):
                                           ("request_rate=-2", "request_rate"), ('slo={"ttft_ms": "x"}', "slo"),
                                           ("slo=[1]", "slo")])
 def test_bad_metrics_query_is_a_400(server, query, param):
-    assert_openai_error(httpx.get(f"{server.url}/metrics?{query}", timeout=10), 400, param)
+    assert_openai_error(httpx.get(f"{server.url}/metrics/serving?{query}", timeout=10), 400, param)
 
 
 def test_a_chunked_body_over_the_limit_is_refused(server):
@@ -313,7 +313,8 @@ def test_a_truncated_config_json_is_one_line(tmp_path, tiny_qwen3_path, command)
     broken = shutil.copytree(tiny_qwen3_path, tmp_path / "ckpt")
     config = broken / "config.json"
     config.write_text(config.read_text()[:100])
-    done = subprocess.run([sys.executable, "-m", command, "model=qwen3", f"model.path={broken}",
+    workload = ["workload=random"] if command == "nvllm.run" else []  # the default chat one needs a chat template
+    done = subprocess.run([sys.executable, "-m", command, "model=qwen3", f"model.path={broken}", *workload,
                            f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     line = _one_line(done, "nvllm")
     assert f"{config} is not valid JSON" in line and "truncated or damaged" in line

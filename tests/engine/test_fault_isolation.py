@@ -46,6 +46,19 @@ def test_a_fault_in_one_request_ends_only_that_request(llm):
     assert [o.token_ids for o in again] == [o.token_ids for o in alone]
 
 
+def test_a_fault_in_a_request_of_n_completions_ends_all_of_them_and_only_them(llm):
+    """Its completions fail in the same step: the first to fail alone ends the whole request, and
+    the others are neither run again nor postprocessed."""
+    alone = llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
+    params = SamplingParams(n=3, temperature=0, seed=FAULT_SEED, max_tokens=8, ignore_eos=True)
+    mixed = llm.generate(PROMPTS, NEIGHBOURS + [params], use_tqdm=False)
+    assert [o.token_ids for o in mixed[:3]] == [o.token_ids for o in alone]
+    failed = mixed[3]
+    assert [c.finish_reason for c in failed.outputs] == ["error"] * 3 and "injected fault" in failed.error
+    assert all(len(c.token_ids) == FAULT_AT for c in failed.outputs)
+    assert_idle(llm)
+
+
 def test_a_fault_ends_its_stream_with_an_error_delta(llm):
     finals, tokens = {}, {}
     for d in llm.stream(PROMPTS, NEIGHBOURS + [marked(FAULT_SEED)]):
