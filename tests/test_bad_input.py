@@ -44,6 +44,14 @@ def llm(tiny_qwen3_path):
     (dict(ignore_eos=1), "ignore_eos must be True or False, got 1"),
     (dict(stop_token_ids=[2**63]), r"stop_token_ids must be a list of token ids \(integers in \[0, 2\*\*63\)\)"),
     (dict(stop=[b"x"]), "stop must be a list of non-empty strings"),
+    (dict(n="2"), "n must be an integer, got '2'"),
+    (dict(n=2**63), "n must be an integer >= 1"),
+    (dict(min_p=True), "min_p must be a number, got True"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be > 0 and finite"),
+    (dict(frequency_penalty=float("nan")), r"frequency_penalty must be in \[-2, 2\]"),
+    (dict(min_tokens=2**63, max_tokens=2**63 - 1), r"min_tokens must be in \[0, max_tokens"),
+    (dict(logprobs=True), "logprobs must be None or an integer"),
+    (dict(seed=2**64 - 2, n=3), r"seed must be an integer in \[-2\*\*63, 2\*\*64\).*seed \+ n - 1"),
 ])
 def test_bad_sampling_params(kwargs, match):
     with pytest.raises(ValueError, match=match):
