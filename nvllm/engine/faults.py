@@ -2,7 +2,7 @@
 
 When `model_runner.run` raises for a batch, each of the step's sequences runs again on its own. One
 that raises alone ends with finish_reason "error" (its blocks freed, the exception in its last
-delta's `error`); every other keeps the token its own run produced, so the step completes for it as
+delta's `error`; with n > 1 its request's other completions end with it); every other keeps the token its own run produced, so the step completes for it as
 if nothing had happened: a greedy token is the argmax of the same model, and a seeded request draws
 its noise once (a sampler must raise before it draws anyone's noise for that to hold, as the default
 sampler's checks do). A fault no request causes alone (every solo run passes) costs nothing but the
