@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 PROMPT = "The three primary colours are"
 
@@ -40,13 +39,14 @@ def start_server(run_dir: Path):
 
 
 def rss_mib(pid: int) -> float:
-    root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]
+    """The resident memory of the server's process group (its tokenizer workers and ranks too; Linux)."""
     total = 0
-    for p in procs:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            total += p.memory_info().rss
-        except psutil.Error:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pid:  # the process group (the server runs in a session of its own)
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
             pass
     return total / 2**20
 
