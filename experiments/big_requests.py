@@ -87,9 +87,10 @@ def main():
         cases = {
             "50 MB body": b'{"prompt": "' + b"word " * 10_000_000 + b'", "max_tokens": 4}',
             "1 MB prompt": json.dumps({"prompt": "word " * 200_000, "max_tokens": 4}).encode(),
-            "largest prompt the limits let in": json.dumps(
-                {"prompt": ("word " * (16 * max_model_len))[:16 * max_model_len], "max_tokens": 4}).encode(),
         }
+        largest = json.dumps({"prompt": ("word " * (16 * max_model_len))[:16 * max_model_len], "max_tokens": 4}).encode()
+        for i in range(3):  # three times: one figure on a shared machine is one draw of its load
+            cases[f"largest prompt the limits let in, #{i + 1}"] = largest
         results = []
         sampler.start()
         for name, body in cases.items():
