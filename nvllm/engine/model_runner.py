@@ -90,8 +90,8 @@ class ModelRunner:
             budget = kv_config.memory_budget_gb * 2**30
         elif self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
-            used_by_others = total - free - torch.cuda.memory_allocated(self.device)
-            budget = total * kv_config.gpu_memory_utilization - used_by_others - self._peak_forward_bytes()
+            used = total - free  # the weights just loaded, this process's CUDA context, other processes
+            budget = total * kv_config.gpu_memory_utilization - used - self._peak_forward_bytes()
         else:
             budget = CPU_DEFAULT_BUDGET_GB * 2**30
         # never more than max_num_seqs full-length sequences could use
