@@ -21,7 +21,7 @@ from nvllm.engine.model_runner import CPU_DEFAULT_BUDGET_GB
 from nvllm.errors import ConfigError
 from nvllm.forward.base import ForwardStrategy, ForwardTarget
 from nvllm.hookspecs import hookimpl
-from nvllm.simulation.cost import DTYPE_BYTES, CostModel, LinearCost, ModelDims, RooflineCost, StepShape, load_profile
+from nvllm.simulation.cost import DTYPE_BYTES, CostModel, ProfileCost, ModelDims, RooflineCost, StepShape, load_profile
 from nvllm.simulation.hardware import hardware
 
 AUTO = "auto"
@@ -93,7 +93,7 @@ class SimulatedForward(ForwardStrategy):
     def cost_model(self) -> CostModel:
         """The model each step's duration comes from (a plugin overrides this)."""
         if self.profile is not None:
-            return LinearCost(self.profile["coefficients_s"], self.profile, self.config.profile)
+            return ProfileCost(self.profile["coefficients_s"], self.profile, self.config.profile)
         return RooflineCost(self.dims, hardware(self.config.hardware), self.config.dtype, self.tp)
 
     def _check_profile(self, runner):

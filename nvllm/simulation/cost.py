@@ -3,9 +3,10 @@
 A step's shape is what the scheduler gave it: prefill tokens and the (query, key) pairs their
 attention covers, decode sequences and the KV tokens they read. Two models turn it into seconds:
 
-- `LinearCost`, a profile: seconds = step + prefill_token·P + prefill_attention·A + decode_seq·D
-  + decode_kv·K, its five coefficients fitted by least squares to steps that
-  `python -m nvllm.tools.profile` timed on a real forward strategy (calibrated);
+- `ProfileCost`, a profile: seconds = step + max(weights, token·(P + D)) + prefill_attention·A
+  + decode_seq·D + decode_kv·K — the matmuls cost the larger of streaming the weights once and
+  computing the step's P prefill and D decode tokens — its coefficients fitted by least squares
+  to steps that `python -m nvllm.tools.profile` timed on a real forward strategy (calibrated);
 - `RooflineCost`: the larger of the step's memory traffic (weights once, the KV it reads and
   writes) over the hardware's bandwidth and its FLOPs over its matmul rate, plus tensor-parallel
   all-reduces and nvllm's host time per step; built from the model's shape and a hardware entry,
@@ -24,8 +25,10 @@ import numpy as np
 from nvllm.errors import ConfigError
 from nvllm.simulation.hardware import Hardware
 
-# the linear model's terms, in the order of `StepShape.features`
-TERMS = ("step", "prefill_token", "prefill_attention", "decode_seq", "decode_kv")
+# the profile's terms: a step's fixed cost; the matmuls' floor (streaming the weights once) and their
+# cost per token; per (query, key) pair of prefill attention; per decoding sequence beyond its
+# token's matmuls (its LM-head row, sampling); per KV token a decode reads
+TERMS = ("step", "weights", "token", "prefill_attention", "decode_seq", "decode_kv")
 PROFILE_FORMAT = 1  # the "nvllm_profile" version a profile JSON carries
 
 
@@ -74,8 +77,8 @@ class StepShape:
         return shape
 
     @property
-    def features(self) -> tuple[int, ...]:
-        return (1, self.prefill_tokens, self.prefill_attention, self.decode_seqs, self.decode_kv)
+    def tokens(self) -> int:
+        return self.prefill_tokens + self.decode_seqs
 
 
 class CostModel(ABC):
@@ -194,8 +197,9 @@ class RooflineCost(CostModel):
 
 
 # -- the profile --------------------------------------------------------------------------------------
-class LinearCost(CostModel):
-    """A profile: seconds = Σ coefficient · term over TERMS, fitted to measured steps."""
+class ProfileCost(CostModel):
+    """A profile: seconds = step + max(weights, token·tokens) + prefill_attention·A + decode_seq·D
+    + decode_kv·K, fitted to measured steps."""
 
     calibrated = True
 
@@ -209,9 +213,9 @@ class LinearCost(CostModel):
         self.profile, self.path = profile or {}, path
 
     def step_seconds(self, step: StepShape) -> float:
-        c = self._c
-        return max(c[0] + c[1] * step.prefill_tokens + c[2] * step.prefill_attention + c[3] * step.decode_seqs
-                   + c[4] * step.decode_kv, 1e-9)
+        step_s, weights, token, attention, decode_seq, decode_kv = self._c
+        return max(step_s + max(weights, token * (step.prefill_tokens + step.decode_seqs))
+                   + attention * step.prefill_attention + decode_seq * step.decode_seqs + decode_kv * step.decode_kv, 1e-9)
 
     def describe(self) -> dict:
         p = self.profile
@@ -223,26 +227,38 @@ class LinearCost(CostModel):
                 "measured_error": p.get("validation")}
 
     @classmethod
-    def fit(cls, shapes: list[StepShape], seconds: list[float]) -> tuple["LinearCost", dict]:
+    def fit(cls, shapes: list[StepShape], seconds: list[float]) -> tuple["ProfileCost", dict]:
         """Least squares on relative error (each step weighs as much as any other, short or long),
-        with no negative coefficient: a term whose coefficient comes out negative is dropped (set to
-        0) and the rest refitted. Returns the model and its error on the steps it was fitted to."""
-        x = np.array([s.features for s in shapes], dtype=np.float64)
+        no coefficient negative. For a ridge of N0 tokens (weights = token·N0) the model is linear
+        in its coefficients — step + token·max(N0, tokens) + ... — so each candidate N0 (0, and the
+        token counts measured) is fitted and the best kept; within a fit a term whose coefficient
+        comes out negative is dropped (set to 0) and the rest refitted. Returns the model and its
+        error on the steps it was fitted to."""
         y = np.array(seconds, dtype=np.float64)
         w = 1 / y
-        active = [j for j in range(len(TERMS)) if x[:, j].any()]
-        while True:
-            coef, *_ = np.linalg.lstsq(x[:, active] * w[:, None], y * w, rcond=None)
-            if (coef >= 0).all() or len(active) == 1:
-                break
-            active.pop(int(np.argmin(coef)))
-        full = np.zeros(len(TERMS))
-        full[active] = np.maximum(coef, 0)
-        model = cls(dict(zip(TERMS, full.tolist())))
-        errors = np.abs(x @ full - y) / y
-        return model, {"steps": len(y), "median_abs_rel_error": float(np.median(errors)),
+        tokens = np.array([s.tokens for s in shapes], dtype=np.float64)
+        rest = np.array([(1, s.prefill_attention, s.decode_seqs, s.decode_kv) for s in shapes], dtype=np.float64)
+        best = None
+        for ridge in sorted({0.0, *tokens}):
+            x = np.column_stack([rest[:, 0], np.maximum(tokens, ridge), rest[:, 1:]])  # step, token, A, D, K
+            active = [j for j in range(x.shape[1]) if x[:, j].any()]
+            while True:
+                coef, *_ = np.linalg.lstsq(x[:, active] * w[:, None], y * w, rcond=None)
+                if (coef >= 0).all() or len(active) == 1:
+                    break
+                active.pop(int(np.argmin(coef)))
+            full = np.zeros(x.shape[1])
+            full[active] = np.maximum(coef, 0)
+            loss = float((((x @ full) - y) * w) ** 2 @ np.ones(len(y)))
+            if best is None or loss < best[0]:
+                best = (loss, ridge, full)
+        _, ridge, (step_s, token, attention, decode_seq, decode_kv) = best
+        model = cls(dict(step=step_s, weights=token * ridge, token=token, prefill_attention=attention,
+                         decode_seq=decode_seq, decode_kv=decode_kv))
+        errors = np.array([abs(model.step_seconds(s) - t) / t for s, t in zip(shapes, seconds)])
+        return model, {"steps": len(y), "ridge_tokens": ridge, "median_abs_rel_error": float(np.median(errors)),
                        "p90_abs_rel_error": float(np.percentile(errors, 90)), "max_abs_rel_error": float(errors.max()),
-                       "dropped_terms": [TERMS[j] for j in range(len(TERMS)) if j not in active]}
+                       "zero_terms": [t for t, v in model.coefficients.items() if v == 0]}
 
 
 def load_profile(path: str) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from nvllm.simulation.cost import PROFILE_FORMAT, LinearCost, ModelDims, StepShape, rel_error
+from nvllm.simulation.cost import PROFILE_FORMAT, ProfileCost, ModelDims, StepShape, rel_error
 
 # a step as the grid gives it: prefills as (cached context, query tokens), decodes as context lengths
 GridStep = tuple[list[tuple[int, int]], list[int]]
@@ -160,7 +160,7 @@ def profile(overrides: list[str], budget_s: float = 300, repeats: int = 3, log=p
             f"{torch.get_num_threads()} threads), budget {budget_s:.0f} s, load average {_load()}")
         points, left_out = measure(engine, budget_s, repeats, log)
         shapes = [StepShape(**p["shape"]) for p in points]
-        model, fit = LinearCost.fit(shapes, [p["seconds"] for p in points])
+        model, fit = ProfileCost.fit(shapes, [p["seconds"] for p in points])
         for p, shape in zip(points, shapes):
             p["predicted"] = model.step_seconds(shape)
             p["rel_error"] = rel_error(p["predicted"], p["seconds"])

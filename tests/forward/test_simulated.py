@@ -15,7 +15,7 @@ from nvllm.models.weights import MissingWeightsError, shape_path
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams as SP
 from nvllm.sequence import Sequence
-from nvllm.simulation.cost import HOST_SEQ_S, HOST_STEP_S, TERMS, LinearCost, ModelDims, RooflineCost, StepShape
+from nvllm.simulation.cost import HOST_SEQ_S, HOST_STEP_S, TERMS, ProfileCost, ModelDims, RooflineCost, StepShape
 from nvllm.simulation.hardware import hardware
 
 load_plugins()
@@ -88,16 +88,20 @@ def test_step_shape_of_a_batch():
     assert shape == StepShape.synthetic([(0, 5), (8, 4)], [20, 3])
 
 
-def test_the_fit_recovers_a_linear_model():
-    truth = dict(step=2e-3, prefill_token=5e-5, prefill_attention=1e-8, decode_seq=3e-4, decode_kv=2e-7)
+def test_the_fit_recovers_the_profile_model():
+    """Steps timed from known coefficients — matmuls memory-bound below 8 tokens a step — give them back."""
+    truth = dict(step=2e-3, weights=8 * 3e-4, token=3e-4, prefill_attention=1e-8, decode_seq=5e-5, decode_kv=2e-7)
     shapes = [StepShape.synthetic([(c, q)], []) for q in (8, 64, 512) for c in (0, 256)]
-    shapes += [StepShape.synthetic([], [c] * b) for b in (1, 8, 64) for c in (16, 1024)]
-    model, fit = LinearCost.fit(shapes, [LinearCost(truth).step_seconds(s) for s in shapes])
+    shapes += [StepShape.synthetic([], [c] * b) for b in (1, 2, 4, 8, 16, 64) for c in (16, 1024)]
+    shapes += [StepShape.synthetic([(0, 32)], [100] * 4)]
+    model, fit = ProfileCost.fit(shapes, [ProfileCost(truth).step_seconds(s) for s in shapes])
     assert model.coefficients == pytest.approx(truth, rel=1e-6)
-    assert fit["max_abs_rel_error"] < 1e-9 and fit["dropped_terms"] == []
+    assert fit["max_abs_rel_error"] < 1e-9 and fit["ridge_tokens"] == 8
+    one = ProfileCost(truth).step_seconds(StepShape.synthetic([], [16]))  # below the ridge: the weights' time
+    assert one == pytest.approx(2e-3 + 8 * 3e-4 + 5e-5 + 2e-7 * 17)
     # a term that can only hurt is dropped, not given a negative coefficient
-    model, fit = LinearCost.fit(shapes, [2e-3 + 3e-4 * s.decode_seqs + 1e-5 * s.prefill_tokens * (s.prefill_kv < 256)
-                                         for s in shapes])
+    model, _ = ProfileCost.fit(shapes, [2e-3 + 3e-4 * s.decode_seqs + 1e-5 * s.prefill_tokens * (s.prefill_kv < 256)
+                                        for s in shapes])
     assert all(v >= 0 for v in model.coefficients.values())
 
 
