@@ -7,7 +7,9 @@ error (simulated - measured) / measured: validation.md (tables), validation.csv,
 (simulated against measured, one panel per metric, the line y = x and the ±10 % / ±20 % bands).
 A pair is "below the knee" when the measured run completed requests at least KNEE_FRACTION as fast
 as they arrived. `--record PROFILE` writes the median absolute errors into the profile's
-`validation`, so every later run with that profile carries its measured error in metrics.json."""
+`validation`, so every later run with that profile carries its measured error in metrics.json.
+`--repeat` compares two measured sweeps of the same configuration instead: how far apart two
+measurements are is the noise a simulation's error is judged against."""
 import argparse
 import csv
 import json
@@ -28,8 +30,9 @@ METRICS = {
 KNEE_FRACTION = 0.8
 
 
-def pairs(measured_dir: Path, simulated_dir: Path) -> list[dict]:
-    """Matched (measured, simulated) runs that both finished, in the measured sweep's order."""
+def pairs(measured_dir: Path, simulated_dir: Path, repeat: bool = False) -> list[dict]:
+    """Matched (measured, simulated) runs that both finished, in the measured sweep's order;
+    `repeat`: the second sweep is measured too."""
     def key(run):
         return tuple(sorted((k, v) for k, v in run["settings"].items() if k != "forward" and not k.startswith("forward.")))
 
@@ -39,9 +42,10 @@ def pairs(measured_dir: Path, simulated_dir: Path) -> list[dict]:
         s = simulated.get(key(r))
         if r["status"] != "ok" or s is None:
             continue
-        if r["metrics"].get("simulated") or not s["metrics"].get("simulated"):
-            raise SystemExit(f"{measured_dir} must hold measured runs and {simulated_dir} simulated ones "
-                             f"(forward=simulated); run {r['dir']} / {s['dir']} is not so")
+        if r["metrics"].get("simulated") or bool(s["metrics"].get("simulated")) == repeat:
+            raise SystemExit(f"{measured_dir} must hold measured runs and {simulated_dir} "
+                             f"{'measured ones too (--repeat)' if repeat else 'simulated ones (forward=simulated)'}; "
+                             f"run {r['dir']} / {s['dir']} is not so")
         m = r["metrics"]
         below = m["request_throughput"] >= KNEE_FRACTION * m["achieved_request_rate"] if m.get("achieved_request_rate") else True
         out.append({"config": dict(key(r)), "measured": m, "simulated": s["metrics"], "below_knee": below,
@@ -68,15 +72,17 @@ def summary(matched: list[dict]) -> dict:
     return out
 
 
-def write(matched: list[dict], out_dir: Path, measured_dir: Path, simulated_dir: Path) -> dict:
+def write(matched: list[dict], out_dir: Path, measured_dir: Path, simulated_dir: Path, repeat: bool = False) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = summary(matched)
     axes = [k for k in matched[0]["config"] if len({str(p["config"].get(k)) for p in matched}) > 1]
     sim = matched[0]["simulated"].get("simulation") or {}
-    lines = [f"# SIMULATED against MEASURED: {simulated_dir.name} vs {measured_dir.name}", "",
-             f"Measured: `{measured_dir}`; simulated: `{simulated_dir}` ({sim.get('cost_model')}"
-             f"{', ' + str(sim.get('profile')) if sim.get('profile') else ''}, "
-             f"{'calibrated' if sim.get('calibrated') else 'UNCALIBRATED'}). Error = (simulated - measured) / measured. "
+    what = "a second measurement (a repeat, not a simulation)" if repeat else \
+        (f"SIMULATED ({sim.get('cost_model')}{', ' + str(sim.get('profile')) if sim.get('profile') else ''}, "
+         f"{'calibrated' if sim.get('calibrated') else 'UNCALIBRATED'})")
+    lines = [f"# {'MEASURED again' if repeat else 'SIMULATED'} against MEASURED: {simulated_dir.name} vs {measured_dir.name}", "",
+             f"Measured: `{measured_dir}`; against it: `{simulated_dir}`, {what}. "
+             f"Error = (second - measured) / measured. "
              f"Below the knee: the measured run completed requests at least {KNEE_FRACTION:.0%} as fast as they arrived.",
              "", "## Median |error| (largest in brackets)", "",
              "| metric | all pairs | below the knee |", "|---|---|---|"]
@@ -85,14 +91,14 @@ def write(matched: list[dict], out_dir: Path, measured_dir: Path, simulated_dir:
                  for s in ("all", "below_knee")]
         lines.append(f"| {title} | {cells[0]} | {cells[1]} |")
     lines += ["", f"{result['all']['pairs']} pairs, {result['below_knee']['pairs']} below the knee.", "",
-              "## Every pair: measured / SIMULATED (error)", "",
+              f"## Every pair: measured / {'measured again' if repeat else 'SIMULATED'} (error)", "",
               "| " + " | ".join([*(f"`{a}`" for a in axes), "below knee", *METRICS.values()]) + " |",
               "|" + "---|" * (len(axes) + 1 + len(METRICS))]
     for p in matched:
         cells = [f"{_fmt(p['measured'].get(k))} / {_fmt(p['simulated'].get(k))} ({_pct(p['errors'][k])})" for k in METRICS]
         lines.append("| " + " | ".join([*(str(p["config"].get(a)) for a in axes), "yes" if p["below_knee"] else "no", *cells]) + " |")
     try:
-        lines += ["", f"![simulated against measured]({plot(matched, out_dir / 'validation.png')})"]
+        lines += ["", f"![simulated against measured]({plot(matched, out_dir / 'validation.png', repeat)})"]
     except ImportError:
         pass
     (out_dir / "validation.md").write_text("\n".join(lines) + "\n")
@@ -105,7 +111,7 @@ def write(matched: list[dict], out_dir: Path, measured_dir: Path, simulated_dir:
     return result
 
 
-def plot(matched: list[dict], path: Path) -> str:
+def plot(matched: list[dict], path: Path, repeat: bool = False) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,10 +135,11 @@ def plot(matched: list[dict], path: Path) -> str:
             panel.set_yscale("log")
         panel.set_title(title)
         panel.set_xlabel("measured")
-        panel.set_ylabel("SIMULATED")
+        panel.set_ylabel("measured again" if repeat else "SIMULATED")
         panel.grid(alpha=0.3, which="both")
     panels.flat[0].legend(fontsize="small")
-    fig.suptitle("SIMULATED against MEASURED, one point per run (line: equal; dashed ±10 %, dotted ±20 %)")
+    fig.suptitle(f"{'MEASURED AGAIN' if repeat else 'SIMULATED'} against MEASURED, one point per run "
+                 f"(line: equal; dashed ±10 %, dotted ±20 %)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -164,10 +171,13 @@ def main(argv=None):
     parser.add_argument("simulated", type=Path, help="the same sweep with forward=simulated")
     parser.add_argument("--out", type=Path, help="where to write validation.md/.csv/.png (default: the simulated sweep)")
     parser.add_argument("--record", type=Path, metavar="PROFILE", help="write the measured errors into this profile")
+    parser.add_argument("--repeat", action="store_true", help="the second sweep is measured too: the noise floor")
     args = parser.parse_args(argv)
+    if args.repeat and args.record:
+        parser.error("--record writes a simulation's error into its profile; a --repeat has none")
     out_dir = args.out or args.simulated
-    matched = pairs(args.measured, args.simulated)
-    result = write(matched, out_dir, args.measured, args.simulated)
+    matched = pairs(args.measured, args.simulated, args.repeat)
+    result = write(matched, out_dir, args.measured, args.simulated, args.repeat)
     if args.record:
         record(args.record, result, args.measured, args.simulated, out_dir)
     print((out_dir / "validation.md").read_text())

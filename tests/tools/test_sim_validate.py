@@ -47,6 +47,12 @@ def test_pairs_errors_and_record(tmp_path):
     assert recorded["all"]["pairs"] == 2
     with pytest.raises(SystemExit, match="must hold measured runs"):
         pairs(tmp_path / "simulated", tmp_path / "simulated")
+    # two measurements of one sweep: the noise floor
+    for n, rate in enumerate((1, 2)):
+        write_run(tmp_path / "again" / str(n), [f"workload.request_rate={rate}"], 1.1, False, rate)
+    main([str(tmp_path / "measured"), str(tmp_path / "again"), "--out", str(tmp_path / "noise"), "--repeat"])
+    md = (tmp_path / "noise" / "validation.md").read_text()
+    assert md.startswith("# MEASURED again against MEASURED") and "| TTFT p50 (ms) | 10.0% [10%] |" in md
 
 
 def test_report_marks_simulated_runs(tmp_path):
