@@ -1,5 +1,5 @@
 """`python -m nvllm.tools.profile [overrides ...] --out FILE`: time the real forward strategy of a
-run (the same overrides as `python -m nvllm.run`) on a grid of step shapes here, fit the linear
+run (the same overrides as `python -m nvllm.run`) on a grid of step shapes here, fit the profile
 cost model's terms by least squares, and write a profile for `forward=simulated forward.profile=FILE`.
 
 Each grid step is a real `ModelRunner.run`: packing, the forward pass, sampling, on sequences of
