@@ -202,12 +202,12 @@ SHAREGPT_LIKE = {"input": (110, 1.0), "output": (200, 0.9)}
 def _length(rng: random.Random, workload, which: str) -> int:
     """A prompt ("input") or output length: uniform in workload.<which>_len, or (`lengths: sharegpt`)
     ShareGPT-like, clipped to that range."""
-    lo, hi = workload[f"{which}_len"]
-    kind = workload.get("lengths") or "uniform"
+    lo, hi = _get(workload, f"{which}_len")
+    kind = _get(workload, "lengths") or "uniform"
     if kind == "uniform":
         return rng.randint(lo, hi)
     if kind != "sharegpt":
-        raise ConfigError(f"workload.lengths={kind!r} is not allowed: use uniform or sharegpt")
+        raise WorkloadError(f"workload.lengths={kind!r} is not allowed: use uniform or sharegpt")
     median, sigma = SHAREGPT_LIKE[which]
     return min(hi, max(lo, round(rng.lognormvariate(math.log(median), sigma))))
 
@@ -349,9 +349,16 @@ class RandomWorkload(Workload):
         input_len: list[int] = field(default_factory=lambda: [100, 1024])
         # inclusive range of output lengths
         output_len: list[int] = field(default_factory=lambda: [100, 1024])
+        # uniform: lengths uniform in the ranges above; sharegpt: ShareGPT-like (lognormal), clipped to them
+        lengths: str = "uniform"
         # token ids drawn below this
         max_token_id: int = 10000
         ignore_eos: bool = True
+
+    def check(self, tokenizer):
+        lengths = _get(self.config, "lengths") or "uniform"
+        if lengths not in ("uniform", "sharegpt"):
+            raise WorkloadError(f"workload.lengths={lengths!r} is not allowed: use uniform or sharegpt")
 
     def requests(self, sampling, tokenizer):
         return _random(self.config, sampling)

@@ -9,10 +9,18 @@ import pytest
 from omegaconf import OmegaConf
 
 from nvllm.errors import ConfigError
-from nvllm.workloads import arrival_offsets, build_requests, max_concurrency
+from nvllm.workloads import WorkloadError, arrival_offsets, build_requests, max_concurrency
 
 SAMPLING = OmegaConf.create({"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_tokens": 8, "ignore_eos": True,
                              "seed": None})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _workloads_registered():
+    """build_requests finds a workload by name in the registry, which the plugins fill."""
+    from nvllm.plugins import load_plugins
+
+    load_plugins()
 
 
 def workload(**fields):
@@ -114,5 +122,5 @@ def test_sharegpt_like_lengths():
     assert statistics.mean(outputs) > 1.3 * statistics.median(outputs)  # a long right tail
     assert build_requests(wl, SAMPLING, None)[0] == prompts
     assert build_requests(workload(lengths="uniform"), SAMPLING, None) == build_requests(workload(), SAMPLING, None)
-    with pytest.raises(ConfigError, match="workload.lengths='zipf' is not allowed"):
+    with pytest.raises(WorkloadError, match="workload.lengths=.zipf. is not allowed"):
         build_requests(workload(lengths="zipf"), SAMPLING, None)

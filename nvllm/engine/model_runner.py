@@ -80,6 +80,8 @@ class ModelRunner:
         return [m for m in self.model.modules() if hasattr(m, "k_cache")]
 
     def _block_bytes(self) -> int:
+        if self.model is None:  # forward=simulated: the block of the cache it stands in for
+            return self.forward_strategy.block_bytes()
         per_token = sum(2 * m.num_kv_heads * m.head_dim for m in self._attention_layers())
         return per_token * self.block_size * self.dtype.itemsize
 

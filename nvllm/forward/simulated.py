@@ -143,6 +143,10 @@ class SimulatedForward(ForwardStrategy):
         hw = hardware(self.config.hardware)
         return hw.kind, hw.memory_gib
 
+    def block_bytes(self) -> int:
+        """A cache block's bytes on one rank, at the simulated dtype (the runner's _block_bytes)."""
+        return self.dims.kv_bytes_per_token(DTYPE_BYTES[self.config.dtype], self.tp) * self.runner.block_size
+
     # -- the step ---------------------------------------------------------------------------------
     def next_tokens(self, seqs) -> list[int]:
         self.clock.advance(self.cost.step_seconds(StepShape.of(seqs)))
@@ -165,7 +169,7 @@ class SimulatedForward(ForwardStrategy):
         elif not sampling_params.ignore_eos:
             why = ("a request ends at max_tokens and cannot end on a sampled EOS; set ignore_eos=true "
                    "(workload.ignore_eos=true, or sampling.ignore_eos=true)")
-        elif getattr(sampling_params, "logprobs", None):
+        elif getattr(sampling_params, "logprobs", None) is not None:
             why = "there are no logits to take logprobs from; drop logprobs"
         if why:
             raise ValueError(f"forward={self.name}: {why}")

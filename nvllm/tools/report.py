@@ -118,7 +118,7 @@ def simulated_label(m: dict) -> str | None:
 
 def _marked(title: str, table: pd.DataFrame) -> str:
     """The title of a table or plot, saying when its runs' times are simulated."""
-    simulated = [label for label in table["simulated"] if label]
+    simulated = [label for label in table["simulated"] if _is_sim(label)]
     if not simulated:
         return title
     if len(simulated) == len(table):
@@ -128,7 +128,12 @@ def _marked(title: str, table: pd.DataFrame) -> str:
 
 def _sim(label: str, row) -> str:
     """A series' or row's label, with [SIM] when its runs are simulated."""
-    return f"{label} [SIM]" if row is not None and row["simulated"] else label
+    return f"{label} [SIM]" if row is not None and _is_sim(row["simulated"]) else label
+
+
+def _is_sim(label) -> bool:
+    """A `simulated` cell holds a label (a simulated run) or None/NaN (a measured one)."""
+    return isinstance(label, str) and bool(label)
 
 
 def _job_order(path: Path, root: Path):
@@ -162,7 +167,7 @@ def summarise(runs: pd.DataFrame) -> tuple[list[str], dict, pd.DataFrame]:
         groups.size().rename("runs"),
         stats,
         groups["reason"].agg(lambda s: "; ".join(dict.fromkeys(r for r in s if r))),
-        groups["simulated"].agg(lambda s: next((label for label in s if label), None)),
+        groups["simulated"].agg(lambda s: next((label for label in s if _is_sim(label)), None)),
         groups["dir"].agg(" ".join).rename("run_dirs"),
     ], axis=1).reset_index(drop=True)
     return axes, fixed, table
@@ -213,11 +218,12 @@ def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed,
                      + (" SIMULATED: these runs timed a cost model, not the hardware."
                         if any(r.get("simulated") for r in ok["metrics"]) else ""))
     names = _columns(table)
-    mixed = table["simulated"].notna().any() and table["simulated"].isna().any()
-    shown = pd.DataFrame({**{f"`{a}`": [("[SIM] " if mixed and i == 0 and row["simulated"] else "") + str(row[a])
+    sims = [_is_sim(label) for label in table["simulated"]]
+    mixed = any(sims) and not all(sims)
+    shown = pd.DataFrame({**{f"`{a}`": [("[SIM] " if mixed and i == 0 and _is_sim(row["simulated"]) else "") + str(row[a])
                                         for _, row in table.iterrows()] for i, a in enumerate(axes)},
-                          **({"times": [row["simulated"] or "measured" for _, row in table.iterrows()]}
-                             if table["simulated"].notna().any() else {}),
+                          **({"times": [f"**{row['simulated']}**" if _is_sim(row["simulated"]) else "measured"
+                                        for _, row in table.iterrows()]} if any(sims) else {}),
                           "runs": table["runs_ok"].astype(str) + "/" + table["runs"].astype(str),
                           **{_header(table, n): [_cell(row, table, n) if row["runs_ok"] else "" for _, row in table.iterrows()]
                              for n in names}})
@@ -301,7 +307,7 @@ def _knees(axes: list[str], table: pd.DataFrame) -> list[str]:
             else:
                 past = p
                 break
-        cells = [("[SIM] " if len(points) and points.iloc[0]["simulated"] and i == 0 else "") + str(v)
+        cells = [("[SIM] " if len(points) and _is_sim(points.iloc[0]["simulated"]) and i == 0 else "") + str(v)
                  for i, v in enumerate(label)]
         lines.append("| " + " | ".join([*cells, knee[LOAD_AXIS] if knee is not None else
                                         f"below {points.iloc[0][LOAD_AXIS] if len(points) else '—'}",

@@ -36,9 +36,9 @@ def pairs(measured_dir: Path, simulated_dir: Path, repeat: bool = False) -> list
     def key(run):
         return tuple(sorted((k, v) for k, v in run["settings"].items() if k != "forward" and not k.startswith("forward.")))
 
-    simulated = {key(r): r for r in load_runs(simulated_dir) if r["status"] == "ok"}
+    simulated = {key(r): r for r in load_runs(simulated_dir).to_dict("records") if r["status"] == "ok"}
     out = []
-    for r in load_runs(measured_dir):
+    for r in load_runs(measured_dir).to_dict("records"):
         s = simulated.get(key(r))
         if r["status"] != "ok" or s is None:
             continue

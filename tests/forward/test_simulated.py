@@ -191,9 +191,10 @@ def test_roofline_run_is_labelled_uncalibrated(capsys):
     assert sim["simulated"] and sim["simulation"]["cost_model"] == "roofline" and not sim["simulation"]["calibrated"]
     assert sim["simulation"]["hardware"] == "cpu" and sim["simulation"]["measured_error"] is None
     assert sim["simulation"]["steps"] == 5 and all(len(o.token_ids) == 5 for o in outs)
-    line = summary_line({"status": "ok", "requests": 3, "rejected": 0, "prompt_tokens": 9, "output_tokens": 15,
-                         "wall_time_s": 1.0, "output_tok_s": 15.0, **sim})
-    assert line.startswith("SIMULATED, UNCALIBRATED (roofline of cpu): 3 requests") and "of simulated time" in line
+    line = summary_line({"status": "ok", "requests": 3, "rejected": 0, "completed": 3, "total_input_tokens": 9,
+                         "total_output_tokens": 15, "duration": 1.0, "output_throughput": 15.0, "median_ttft_ms": 10.0,
+                         "median_tpot_ms": 5.0, **sim})
+    assert line.startswith("SIMULATED, UNCALIBRATED (roofline of cpu): 3 requests") and "(simulated time;" in line
     assert math.isfinite(outs[0].ttft) and outs[0].ttft > 0
 
 
