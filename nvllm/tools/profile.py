@@ -159,11 +159,7 @@ def profile(overrides: list[str], budget_s: float = 300, repeats: int = 3, log=p
         log(f"profiling forward={c.forward.name} attention={c.attention.name} ({c.device}, {c.dtype}, tp={c.tp}, "
             f"{torch.get_num_threads()} threads), budget {budget_s:.0f} s, load average {_load()}")
         points, left_out = measure(engine, budget_s, repeats, log)
-        shapes = [StepShape(**p["shape"]) for p in points]
-        model, fit = ProfileCost.fit(shapes, [p["seconds"] for p in points])
-        for p, shape in zip(points, shapes):
-            p["predicted"] = model.step_seconds(shape)
-            p["rel_error"] = rel_error(p["predicted"], p["seconds"])
+        model, fit = fit_points(points)
         device = engine.model_runner.device
         return {
             "nvllm_profile": PROFILE_FORMAT,
@@ -185,6 +181,26 @@ def profile(overrides: list[str], budget_s: float = 300, repeats: int = 3, log=p
         }
     finally:
         engine.close()
+
+
+def fit_points(points: list[dict]) -> tuple[ProfileCost, dict]:
+    """The cost model fitted to measured steps; each point gains the fit's prediction and its error."""
+    shapes = [StepShape(**p["shape"]) for p in points]
+    model, fit = ProfileCost.fit(shapes, [p["seconds"] for p in points])
+    for p, shape in zip(points, shapes):
+        p["predicted"] = model.step_seconds(shape)
+        p["rel_error"] = rel_error(p["predicted"], p["seconds"])
+    return model, fit
+
+
+def refit(path: str) -> dict:
+    """A profile's own measured steps fitted again by the current cost model (after the model's terms
+    change): the measurements are kept, the coefficients, fit and predictions are new, and the
+    validation is cleared (it was the old model's)."""
+    result = json.loads(Path(path).read_text())
+    model, fit = fit_points(result["points"])
+    result.update(coefficients_s=model.coefficients, fit=fit, validation=None, refitted_from=str(path))
+    return result
 
 
 def measure_hardware(repeats: int = 10) -> dict:
@@ -221,15 +237,21 @@ def main(argv=None):
     parser.add_argument("--budget-s", type=float, default=300, help="seconds of timing at most (default 300)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per step, after a warm-up (default 3)")
     parser.add_argument("--hardware", action="store_true", help="measure this machine's bandwidth and matmul rate instead")
+    parser.add_argument("--refit", metavar="PROFILE", help="fit this profile's measured steps again (no timing)")
     args = parser.parse_intermixed_args(argv)
     if args.hardware:
         print(json.dumps(measure_hardware(), indent=2))
         return
     if not args.out:
         parser.error("--out FILE is required: where to write the profile")
-    load = _load()
-    result = profile(args.overrides, args.budget_s, args.repeats, log=lambda m: print(m, file=sys.stderr))
-    result["measured"]["load_average_before"] = load
+    if args.refit:
+        if args.overrides:
+            parser.error("--refit takes no overrides: the profile says what it measured")
+        result = refit(args.refit)
+    else:
+        load = _load()
+        result = profile(args.overrides, args.budget_s, args.repeats, log=lambda m: print(m, file=sys.stderr))
+        result["measured"]["load_average_before"] = load
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

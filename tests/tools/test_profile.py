@@ -45,6 +45,14 @@ def test_profile_then_simulate(tmp_path, tiny_llama_path, capsys):
     assert sim["measured_with"]["forward"] == "fused_cpu" and sim["strategy_simulated"] == "fused_cpu"
     with pytest.raises(ConfigError, match="forward.strategy=eager but forward.profile"):
         LLM(tiny_llama_path, forward={"name": "simulated", "profile": str(out), "strategy": "eager"})
+    # --refit: the same measured steps, fitted again (what a change of the cost model's terms needs)
+    p["coefficients_s"] = {"step": 1.0}  # an older model's terms
+    p["validation"] = {"all": {"pairs": 1}}
+    (tmp_path / "old.json").write_text(json.dumps(p))
+    main(["--refit", str(tmp_path / "old.json"), "--out", str(tmp_path / "new.json")])
+    again = json.loads((tmp_path / "new.json").read_text())
+    assert set(again["coefficients_s"]) == set(TERMS) and again["validation"] is None
+    assert again["points"][0]["seconds"] == p["points"][0]["seconds"] and again["refitted_from"] == str(tmp_path / "old.json")
 
 
 def test_a_profile_times_a_real_forward(tiny_llama_path):
