@@ -1,6 +1,7 @@
 """The device check's parts, each in its own process under its own time cap, so one slow part
-cannot eat the others: the GPU tests, greedy parity with transformers (gpu_parity.py) and
-nano-vllm's benchmark (bench_gpu.py). Writes check.json under --out and prints one table last,
+cannot eat the others: the GPU tests, greedy parity with transformers (gpu_parity.py),
+nano-vllm's benchmark (bench_gpu.py) and profiles for forward=simulated, with the benchmark
+simulated from one of them (gpu_profile.py). Writes check.json under --out and prints one table last,
 with whatever finished when a part hit its cap. Run through experiments/gpu_check.sh.
 
     python experiments/gpu_check.py --out DIR [--tests DIR] [--smoke]
@@ -13,8 +14,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BUDGETS = dict(tests=75, parity=100, bench=280)  # seconds per part: under 8 minutes with the install
-SMOKE_BUDGETS = dict(tests=120, parity=240, bench=300)
+BUDGETS = dict(tests=75, parity=80, bench=200, profile=100)  # seconds per part: under 8 minutes with the install
+SMOKE_BUDGETS = dict(tests=120, parity=240, bench=300, profile=240)
 
 
 def run_part(name: str, cmd: list[str], budget: float, out: Path) -> dict:
@@ -36,7 +37,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--tests", default=str(HERE.parent / "tests"), help="the test tree to run with -m gpu")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny workloads: checks the check")
-    parser.add_argument("--parts", default="tests,parity,bench")
+    parser.add_argument("--parts", default="tests,parity,bench,profile")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,6 +50,9 @@ def main():
         # per configuration: 35 s of generate (room for the defaults to finish on one datacenter GPU; a slower configuration reports a lower bound), 40 s of set-up
         "bench": [py, str(HERE / "bench_gpu.py"), "--out", str(out / "bench"), "--budget-s", "35",
                   "--setup-budget-s", "40", *smoke],
+        # two shapes, 20 s of timing each, then the benchmark simulated from the first against the bench part's run
+        "profile": [py, str(HERE / "gpu_profile.py"), "--out", str(out / "profile"), "--bench", str(out / "bench"),
+                    "--budget-s", "20", *smoke],
     }
     parts = []
     for name in args.parts.split(","):
@@ -69,10 +73,10 @@ def _attach(out: Path, parts: list[dict]):
         lines = p["last_lines"]
         if p["part"] != "tests" and "" in lines:
             p["table"] = lines[len(lines) - lines[::-1].index(""):]
-        for path in (out / "parity" / "parity.json", out / "bench" / "bench_gpu.json"):
+        for path in (out / "parity" / "parity.json", out / "bench" / "bench_gpu.json", out / "profile" / "profile.json"):
             if path.parent.name == p["part"] and path.exists():
                 p["results"] = json.loads(path.read_text())
-                if "table" not in p:  # cut off by its cap: list what finished
+                if "table" not in p and isinstance(p["results"], list):  # cut off by its cap: list what finished
                     p["table"] = [json.dumps({k: v for k, v in r.items() if k not in ("stderr", "first_mismatch")})
                                   for r in p["results"]]
     (out / "check.json").write_text(json.dumps(dict(parts=parts), indent=2))
@@ -83,6 +87,10 @@ def _summary(part: dict) -> str:
     if part["part"] == "tests":
         return lines[-1] if lines else ""
     results = part.get("results", [])
+    if part["part"] == "profile":
+        b = results.get("bench_simulated") if isinstance(results, dict) else None
+        return f"{len(results.get('profiles', {}))} profiles" + (f", bench SIMULATED {b['tok_s']:.0f} tok/s" if b else "") \
+            if isinstance(results, dict) else ""
     if part["part"] == "parity":
         cells = [r for r in results if "status" in r]
         return ", ".join(f"{sum(r['status'] == s for r in cells)} {s}" for s in ("match", "MISMATCH", "refused", "error")

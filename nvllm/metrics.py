@@ -209,7 +209,7 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
                       "random_weights": engine.random_weights},
             "kv_cache": asdict(engine.config.kv_cache),
             "scheduler": type(engine.scheduler).name,
-            "attention": type(engine.model_runner.attention).name if engine.model_runner else None,
+            "attention": type(engine.model_runner.attention).name if engine.model_runner and engine.model_runner.attention else None,
             "attention_auto": engine.config.attention_choice,  # what attention=auto chose and why; None: chosen by name
             "sampler": type(engine.model_runner.sampler).name if engine.model_runner else None,
             "forward_auto": engine.config.forward_choice,  # what forward=auto chose and why; None: chosen by name
@@ -217,7 +217,17 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         "requested_config": requested,
         "versions": _versions(),
         "device": _device_name(device),
+        **simulation(engine),
     }
+
+
+def simulation(engine) -> dict:
+    """`simulated`: whether the run's times are simulated (forward=simulated: every time and rate in
+    the file is then simulated); `simulation`: what simulated them (the cost model, the profile or
+    the roofline entry, its measured error, the simulated device) and the host time the run took."""
+    if not engine.clock.simulated:
+        return {"simulated": False}
+    return {"simulated": True, "simulation": engine.model_runner.forward_strategy.describe()}
 
 
 def strict(value):
@@ -308,4 +318,17 @@ def summary_line(m: dict) -> str:
         line += f", median TTFT {m['median_ttft_ms']:.0f} ms"
         if m["total_output_tokens"] > m["completed"]:
             line += f", median TPOT {m['median_tpot_ms']:.1f} ms"
+    if m.get("simulated"):
+        sim = m["simulation"]
+        line = (f"SIMULATED{'' if sim.get('calibrated') else ', UNCALIBRATED'} ({simulation_source(sim)}): {line} "
+                f"(simulated time; {sim['host_cpu_s']:.1f} s of CPU here)")
     return line
+
+
+def simulation_source(sim: dict) -> str:
+    """What simulated a run, in a few words: the profile, or the roofline and its hardware entry."""
+    if sim.get("cost_model") == "profile":
+        return f"profile {sim.get('profile')}, {sim.get('hardware')}"
+    if sim.get("cost_model") == "roofline":
+        return f"roofline of {sim.get('hardware')}"
+    return f"{sim.get('cost_model')}, {sim.get('hardware')}"

@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "nvllm.forward.eager",
     "nvllm.forward.cudagraph",
     "nvllm.forward.fused_cpu",
+    "nvllm.forward.simulated",
     "nvllm.workloads",
 )
 

@@ -62,23 +62,43 @@ def run(cfg: DictConfig, requested: dict) -> dict:
     from nvllm.config import Config
     from nvllm.engine.intake import load_tokenizer
     from nvllm.engine.llm_engine import LLMEngine
-    from nvllm.metrics import collect, serving_options
+    from nvllm.errors import ConfigError
+    from nvllm.forward.base import computes_tensors
+    from nvllm.metrics import collect, serving_options, simulation_source
     from nvllm.models.weights import resolve_model_path
-    from nvllm.workloads import assign_priorities, make_workload, max_concurrency
+    from nvllm.workloads import WorkloadError, assign_priorities, make_workload, max_concurrency
 
     # everything the workload needs is checked before the model loads: a missing or bad key is refused naming it
     serving, concurrency = serving_options(cfg), max_concurrency(cfg.workload)
     config = Config.from_cfg(cfg)
     workload = make_workload(config.workload)
-    tokenizer = load_tokenizer(resolve_model_path(config.model))
-    workload.check(tokenizer)
-    prompts, params = workload.requests(cfg.sampling, tokenizer)
+    if computes_tensors(config.forward):
+        tokenizer = load_tokenizer(resolve_model_path(config.model))
+        workload.check(tokenizer)
+        prompts, params = workload.requests(cfg.sampling, tokenizer)
+    else:  # forward=simulated: no tokenizer, so token-id prompts only
+        text = (f"forward=simulated loads no tokenizer and sends token ids, and workload={workload.name} sends text; "
+                f"use workload=random, sharegpt_like, shared_prefix, or a trace with input_len")
+        if workload.prints_prompts:
+            raise ConfigError(text)
+        try:
+            workload.check(None)
+            prompts, params = workload.requests(cfg.sampling, None)
+        except WorkloadError as e:
+            raise ConfigError(f"{text} ({e})") from None
+        if any(isinstance(p, str) for p in prompts):
+            raise ConfigError(text)
     priorities = assign_priorities(config.workload, len(prompts))
     arrivals = workload.arrivals(len(prompts))
     engine = LLMEngine(config)
     try:
         if engine.random_weights:
             logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
+        if engine.clock.simulated:
+            sim = engine.model_runner.forward_strategy.describe()
+            logger.warning(f"nvllm: SIMULATED{'' if sim['calibrated'] else ', UNCALIBRATED'} — no forward pass runs; "
+                           f"every time and rate is simulated ({simulation_source(sim)}, tp={sim['tp']}, {sim['dtype']}, "
+                           f"{engine.kv_cache.num_blocks} KV blocks)")
         start = engine.clock.now()
         outputs = engine.generate(prompts, params, priorities=priorities, arrival_times=arrivals,
                                   max_concurrency=concurrency)

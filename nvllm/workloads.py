@@ -193,14 +193,35 @@ def _file(workload, sampling, tokenizer):
     return texts, [_params(sampling) for _ in texts]
 
 
+# `lengths: sharegpt`: lognormal prompt and output lengths, (median tokens, sigma of the log): an
+# assumption shaped like ShareGPT conversations' first turns (most short, a long tail; means of a
+# few hundred tokens), not a fit to the dataset; a trace of the real one replays it exactly
+SHAREGPT_LIKE = {"input": (110, 1.0), "output": (200, 0.9)}
+
+
+def _length(rng: random.Random, workload, which: str) -> int:
+    """A prompt ("input") or output length: uniform in workload.<which>_len, or (`lengths: sharegpt`)
+    ShareGPT-like, clipped to that range."""
+    lo, hi = _get(workload, f"{which}_len")
+    kind = _get(workload, "lengths") or "uniform"
+    if kind == "uniform":
+        return rng.randint(lo, hi)
+    if kind != "sharegpt":
+        raise WorkloadError(f"workload.lengths={kind!r} is not allowed: use uniform or sharegpt")
+    median, sigma = SHAREGPT_LIKE[which]
+    return min(hi, max(lo, round(rng.lognormvariate(math.log(median), sigma))))
+
+
 def _random(workload, sampling):
     """Seeded: the same config gives the same prompts and lengths."""
     rng = random.Random(workload.seed)
     prompts, params = [], []
+    # plain values, read once: a config node read per token costs more than drawing it
+    sampling, max_token_id, ignore_eos = dict(sampling), workload.max_token_id, workload.ignore_eos
     for _ in range(workload.num_seqs):
-        prompt_len = rng.randint(*workload.input_len)
-        prompts.append([rng.randrange(workload.max_token_id) for _ in range(prompt_len)])
-        params.append(_params(sampling, max_tokens=rng.randint(*workload.output_len), ignore_eos=workload.ignore_eos))
+        prompt_len = _length(rng, workload, "input")
+        prompts.append([rng.randrange(max_token_id) for _ in range(prompt_len)])
+        params.append(_params(sampling, max_tokens=_length(rng, workload, "output"), ignore_eos=ignore_eos))
     return prompts, params
 
 
@@ -328,9 +349,16 @@ class RandomWorkload(Workload):
         input_len: list[int] = field(default_factory=lambda: [100, 1024])
         # inclusive range of output lengths
         output_len: list[int] = field(default_factory=lambda: [100, 1024])
+        # uniform: lengths uniform in the ranges above; sharegpt: ShareGPT-like (lognormal), clipped to them
+        lengths: str = "uniform"
         # token ids drawn below this
         max_token_id: int = 10000
         ignore_eos: bool = True
+
+    def check(self, tokenizer):
+        lengths = _get(self.config, "lengths") or "uniform"
+        if lengths not in ("uniform", "sharegpt"):
+            raise WorkloadError(f"workload.lengths={lengths!r} is not allowed: use uniform or sharegpt")
 
     def requests(self, sampling, tokenizer):
         return _random(self.config, sampling)

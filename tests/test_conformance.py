@@ -85,6 +85,12 @@ class TestCUDAGraph(ForwardSuite):
     device = "cuda"
 
 
+class TestSimulated(ForwardSuite):
+    """No tensors: the roofline of this CPU, and a GPU entry at another dtype."""
+    name = "simulated"
+    configs = [{}, {"hardware": "h100"}]
+
+
 class TestRandomWorkload(WorkloadSuite):
     name = "random"
     configs = [{"num_seqs": 4, "input_len": [3, 9], "output_len": [2, 4]},

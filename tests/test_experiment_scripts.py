@@ -1,6 +1,7 @@
 """The prepared GPU scripts run their logic here: the whole device check in --smoke mode on the
-CPU (tiny model, tiny workloads), nano-vllm's workload drawn exactly, and the wheel set
-installing, offline, into an empty directory where `import nvllm.conf` then works."""
+CPU (tiny model, tiny workloads, a profile and the benchmark simulated from it), nano-vllm's
+workload drawn exactly, and the wheel set installing, offline, into an empty directory where
+`import nvllm.conf` then works."""
 import glob
 import json
 import os
@@ -39,7 +40,7 @@ def test_gpu_check_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check = json.loads((tmp_path / "check.json").read_text())
     parts = {p["part"]: p for p in check["parts"]}
-    assert list(parts) == ["tests", "parity", "bench"] and all(p["status"] == "ok" for p in parts.values()), parts
+    assert list(parts) == ["tests", "parity", "bench", "profile"] and all(p["status"] == "ok" for p in parts.values()), parts
     cells = {r["cell"]: r for r in parts["parity"]["results"][1:]}
     assert cells["sdpa cudagraph=false compile=false"]["status"] == "match"
     assert cells["cpu cudagraph=false compile=true"]["status"] == "match"
@@ -47,6 +48,9 @@ def test_gpu_check_smoke(tmp_path):
     bench = {r["config"]: r for r in parts["bench"]["results"]}
     assert bench["defaults"]["effective"]["attention"] == "cpu" and bench["defaults"]["output_tokens"] > 0
     assert bench["hf"]["output_tokens"] > 0
+    profile = parts["profile"]["results"]  # a profile of the tiny shape, and the bench simulated from it beside the measured one
+    assert profile["profiles"]["tiny"]["forward"] == "fused_cpu" and profile["bench_simulated"]["output_tokens"] > 0
+    assert profile["bench_measured_tok_s"] == bench["defaults"]["tok_s"] and "bench_error" in profile
     assert "-- bench --" in proc.stdout and proc.stdout.rstrip().splitlines()[-1].startswith("machine:")
 
 

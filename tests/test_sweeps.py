@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from nvllm import registry
 from nvllm.config import GROUPS, Config, setup
@@ -175,10 +176,11 @@ def test_an_experiment_kept_outside_the_package(tmp_path):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_cell_of_every_experiment_composes(experiment):
     """Every configuration the sweep would run composes, its components' configs type-check, and
-    its workload builds; nothing runs. Repeats are swept."""
+    its workload builds (each distinct workload once); nothing runs. Repeats are swept."""
     cfg, grid = cells(experiment)
     assert cfg.hydra.sweep.dir.startswith(f"multirun/{experiment}/")
     assert "repeat" in cfg.hydra.sweeper.params and len(grid) > 1
+    built = set()
     for overrides in grid:
         with initialize_config_module("nvllm.conf", version_base="1.3"):
             cfg = compose("config", overrides=overrides)
@@ -187,6 +189,12 @@ def test_every_cell_of_every_experiment_composes(experiment):
             component = getattr(typed, group)  # attention=auto, forward=auto stay "auto" until the engine resolves them
             assert component == "auto" if group in ("attention", "forward") and cfg[group].name == "auto" \
                 else component.name in registry.names(group)
+        arrivals = ("request_rate", "burstiness", "max_concurrency")  # build_requests does not read them
+        workload = str({k: v for k, v in OmegaConf.to_container(cfg.workload).items() if k not in arrivals}) + \
+            OmegaConf.to_yaml(cfg.sampling) + str(cfg.max_model_len)
+        if workload in built:
+            continue
+        built.add(workload)
         prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None)
         assert prompts and len(prompts) == len(params)
         assert max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) <= cfg.max_model_len

@@ -9,10 +9,18 @@ import pytest
 from omegaconf import OmegaConf
 
 from nvllm.errors import ConfigError
-from nvllm.workloads import arrival_offsets, build_requests, max_concurrency
+from nvllm.workloads import WorkloadError, arrival_offsets, build_requests, max_concurrency
 
 SAMPLING = OmegaConf.create({"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_tokens": 8, "ignore_eos": True,
                              "seed": None})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _workloads_registered():
+    """build_requests finds a workload by name in the registry, which the plugins fill."""
+    from nvllm.plugins import load_plugins
+
+    load_plugins()
 
 
 def workload(**fields):
@@ -98,3 +106,21 @@ def test_bad_traces_refused(tmp_path):
         arrival_offsets(trace_workload(path, time_scale=0), 2)
     with pytest.raises(ValueError, match="no such file"):
         arrival_offsets(trace_workload(tmp_path / "missing.jsonl"), 2)
+
+
+def test_sharegpt_like_lengths():
+    """lengths: sharegpt draws lognormal lengths around the documented medians, clipped to the ranges,
+    seeded; lengths: uniform (the default) draws what it always drew."""
+    from nvllm.workloads import SHAREGPT_LIKE
+
+    wl = workload(num_seqs=2000, lengths="sharegpt", input_len=[4, 1024], output_len=[4, 2048])
+    prompts, params = build_requests(wl, SAMPLING, None)
+    inputs, outputs = [len(p) for p in prompts], [p.max_tokens for p in params]
+    assert min(inputs) >= 4 and max(inputs) <= 1024 and max(inputs) == 1024  # the tail is clipped
+    assert statistics.median(inputs) == pytest.approx(SHAREGPT_LIKE["input"][0], rel=0.1)
+    assert statistics.median(outputs) == pytest.approx(SHAREGPT_LIKE["output"][0], rel=0.1)
+    assert statistics.mean(outputs) > 1.3 * statistics.median(outputs)  # a long right tail
+    assert build_requests(wl, SAMPLING, None)[0] == prompts
+    assert build_requests(workload(lengths="uniform"), SAMPLING, None) == build_requests(workload(), SAMPLING, None)
+    with pytest.raises(WorkloadError, match="workload.lengths=.zipf. is not allowed"):
+        build_requests(workload(lengths="zipf"), SAMPLING, None)

@@ -7,6 +7,9 @@ import time
 class Clock:
     """Wall time, as time.perf_counter() reads it."""
 
+    # True for a clock that does not follow wall time (forward=simulated's)
+    simulated = False
+
     def now(self) -> float:
         return time.perf_counter()
 
@@ -14,3 +17,23 @@ class Clock:
         delay = t - self.now()
         if delay > 0:
             time.sleep(delay)
+
+
+class VirtualClock(Clock):
+    """Simulated time, in seconds from 0: it stands still until `advance` moves it (forward=simulated
+    adds each step's modelled duration), and waiting for an arrival jumps straight to it."""
+
+    simulated = True
+
+    def __init__(self):
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep_until(self, t: float) -> None:
+        self.t = max(self.t, t)
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0, f"time runs forward, not by {seconds}"
+        self.t += seconds

@@ -53,7 +53,9 @@ def _run(engine, outputs: list[RequestOutput], pending: list[int], live: dict, s
          use_tqdm: bool) -> list[RequestOutput]:
     admit()
     stats = engine.stats
-    with tqdm(total=len(live) + len(pending), desc="Generating", dynamic_ncols=True, disable=not use_tqdm or not live) as bar:  # closed on Ctrl-C too
+    simulated = engine.clock.simulated  # forward=simulated: the bar shows simulated time and rates
+    with tqdm(total=len(live) + len(pending), desc="Simulating" if simulated else "Generating", dynamic_ncols=True,
+              disable=not use_tqdm or not live) as bar:  # closed on Ctrl-C too
         while live:
             prefill_before, decode_before = stats.prefill_tokens, stats.decode_tokens
             step_start = engine.clock.now()
@@ -63,11 +65,12 @@ def _run(engine, outputs: list[RequestOutput], pending: list[int], live: dict, s
                 for i in [*map(int, live), *pending]:
                     outputs[i].end("abort", str(e))
                 break
-            elapsed = engine.clock.now() - step_start
+            now = engine.clock.now()
+            elapsed, sim = now - step_start, f"simulated {now - start:.1f} s, " if simulated else ""
             if stats.prefill_tokens > prefill_before:
-                bar.set_postfix_str(f"prefill {(stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
+                bar.set_postfix_str(f"{sim}prefill {(stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
             elif stats.decode_tokens > decode_before:
-                bar.set_postfix_str(f"decode {(stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
+                bar.set_postfix_str(f"{sim}decode {(stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
             for d in deltas:
                 pieces, logprobs = live[d.request_id][d.index]
                 pieces.append(d.new_text)

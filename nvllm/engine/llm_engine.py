@@ -12,6 +12,7 @@ from nvllm.engine import driver, faults, intake
 from nvllm.engine.clock import Clock
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
+from nvllm.forward.base import computes_tensors
 from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
 from nvllm.engine.warmup import warm_up
 from nvllm.models.weights import is_random, load_hf_config, resolve_model_path
@@ -28,18 +29,21 @@ class LLMEngine:
         self.clock = Clock()  # every timestamp below reads it (nvllm/engine/clock.py)
         started = time.perf_counter()
         # -- the model: weights, config resolved against it, tokenizer
-        self.model_path = resolve_model_path(config.model)
-        self.random_weights = is_random(self.model_path)
+        # (forward=simulated computes no tensors: no weights, no tokenizer, no workers, its own clock)
+        computes = computes_tensors(config.forward)
+        self.model_path = resolve_model_path(config.model, weights=computes)
+        self.random_weights = is_random(self.model_path) and computes
         hf_config = load_hf_config(self.model_path)
         self.config = config = config.resolve(hf_config)
-        self.tokenizer = intake.load_tokenizer(self.model_path)
+        self.tokenizer = intake.load_tokenizer(self.model_path) if computes else None
         # -- the model runner on rank 0, and under TP the other ranks' workers
         runner_args = (config, self.model_path)
-        self.workers = Workers(config.tp, ModelRunner, runner_args) if config.tp > 1 else None
+        self.workers = Workers(config.tp, ModelRunner, runner_args) if config.tp > 1 and computes else None
         try:
             self.model_runner = ModelRunner(*runner_args, control_group=self.workers and self.workers.group)
         except BaseException as e:  # Ctrl-C included: the workers must not outlive it
             self._fail(e)
+        self.clock = self.model_runner.forward_strategy.clock or self.clock
         # -- the KV cache and the scheduler that allocates from it
         self.kv_cache = registry.build("kv_cache", config.kv_cache, num_blocks=self.model_runner.num_blocks,
                                        block_size=config.kv_cache.block_size)
@@ -84,6 +88,7 @@ class LLMEngine:
             raise RuntimeError("the engine is closed: create a new LLM to generate again")
         if self.failure is not None:
             raise RuntimeError(f"the engine stopped after a failure ({self.failure}); create a new LLM")
+        self.model_runner.forward_strategy.check_request(prompt, sampling_params)
         now = self.clock.now()
         seq = intake.new_sequence(
             request_id, prompt, sampling_params, priority, now if arrival_time is None else arrival_time,

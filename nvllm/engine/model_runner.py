@@ -2,7 +2,9 @@
 sequences into input tensors (positions, slot mapping, block tables), hands them to the forward
 strategy (nvllm/forward/: eager, cudagraph, fused_cpu, ...), and samples from the last position
 of each sequence. Under tensor parallelism rank 0 sends each step's inputs to the workers, which
-run the same forward on their shard; only rank 0 samples."""
+run the same forward on their shard; only rank 0 samples. A strategy that computes no tensors
+(forward=simulated) gets no model, no cache tensors and no packed inputs: it sizes the cache and
+gives each step's token ids itself."""
 import torch
 from transformers import AutoConfig
 
@@ -10,7 +12,8 @@ from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
 from nvllm.sequence import Sequence
-from nvllm.models.weights import load_weights
+from nvllm.forward.base import computes_tensors
+from nvllm.models.weights import has_weights, load_weights, random_init
 from nvllm.sampler.logprobs import record_logprobs
 
 CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
@@ -44,28 +47,41 @@ class ModelRunner:
         self.block_size = config.kv_cache.block_size
         self.control_group = control_group  # set under tp > 1: the gloo group steps are sent on
         self.hf_config = AutoConfig.from_pretrained(path)
-        torch.manual_seed(config.seed)
+        self.model = self.attention = None
+        if computes_tensors(config.forward):
+            self.model = self._load_model(path)
+            self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
+        self.sampler = registry.build("sampler", config.sampler, device=self.device)
+        self.forward_strategy = registry.build("forward", config.forward, runner=self)
+        if self.model is None:  # forward=simulated: the cache it stands in for has no tensors
+            self.num_blocks = self.forward_strategy.kv_cache_blocks(config.kv_cache)
+        else:
+            self.num_blocks = self._num_blocks(config.kv_cache)
+            self._allocate_kv_cache()
+        self.forward_strategy.bind_kv_cache()
+
+    def _load_model(self, path: str):
+        torch.manual_seed(self.config.seed)
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
             with torch.device(self.device):
-                self.model = registry.get("model", config.model.name)(self.hf_config)
+                model = registry.get("model", self.config.model.name)(self.hf_config)
         finally:
             torch.set_default_dtype(default_dtype)
-        load_weights(self.model, path)
-        self.model.eval()
-        self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
-        self.sampler = registry.build("sampler", config.sampler, device=self.device)
-        self.forward_strategy = registry.build("forward", config.forward, runner=self)
-        self.num_blocks = self._num_blocks(config.kv_cache)
-        self._allocate_kv_cache()
-        self.forward_strategy.bind_kv_cache()
+        if has_weights(path):
+            load_weights(model, path)
+        else:  # a model.shape: no checkpoint, random weights drawn here
+            random_init(model, self.config.seed)
+        return model.eval()
 
     # -- KV cache ------------------------------------------------------------------------
     def _attention_layers(self):
         return [m for m in self.model.modules() if hasattr(m, "k_cache")]
 
     def _block_bytes(self) -> int:
+        if self.model is None:  # forward=simulated: the block of the cache it stands in for
+            return self.forward_strategy.block_bytes()
         per_token = sum(2 * m.num_kv_heads * m.head_dim for m in self._attention_layers())
         return per_token * self.block_size * self.dtype.itemsize
 
@@ -76,8 +92,8 @@ class ModelRunner:
             budget = kv_config.memory_budget_gb * 2**30
         elif self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
-            used_by_others = total - free - torch.cuda.memory_allocated(self.device)
-            budget = total * kv_config.gpu_memory_utilization - used_by_others - self._peak_forward_bytes()
+            used = total - free  # the weights just loaded, this process's CUDA context, other processes
+            budget = total * kv_config.gpu_memory_utilization - used - self._peak_forward_bytes()
         else:
             budget = CPU_DEFAULT_BUDGET_GB * 2**30
         # never more than max_num_seqs full-length sequences could use
@@ -165,6 +181,8 @@ class ModelRunner:
         return self.forward_strategy(input_ids, positions, meta)
 
     def run(self, seqs: list[Sequence]) -> list[int]:
+        if self.model is None:
+            return self.forward_strategy.next_tokens(seqs)  # forward=simulated: no tensors, no sampling
         inputs = step_inputs(seqs)
         if self.control_group is not None:
             torch.distributed.broadcast_object_list([inputs], src=0, group=self.control_group)
@@ -185,7 +203,7 @@ class ModelRunner:
         return token_ids
 
     def close(self):
-        for m in self._attention_layers():
+        for m in self._attention_layers() if self.model is not None else ():
             m.k_cache = m.v_cache = torch.tensor([])
         self.forward_strategy.close()  # graphs, packed copies, its pointers into the cache just freed
         del self.model

@@ -9,6 +9,8 @@ from nvllm.sequence import Sequence, SequenceStatus
 
 def warm_up(runner, num_blocks: int, block_size: int, max_model_len: int) -> None:
     """Two steps: a prefill of two short prompts, then a decode of both."""
+    if runner.model is None:
+        return  # forward=simulated: nothing to compile or load, and its steps would move the virtual clock
     prompt_len = max(1, min(16, max_model_len - 1, num_blocks * block_size // 2 - 1))
     blocks = -(-(prompt_len + 1) // block_size)
     if 2 * blocks > num_blocks:

@@ -12,14 +12,22 @@ strategy. `forward=auto` takes the best-ranked one whose `check` passes where th
     strategy.decode_batch      the largest decode batch it runs (the KV-cache sizing warms up with it)
     strategy.bind_kv_cache()   once the cache is allocated: capture graphs, take pointers into it
     strategy(input_ids, positions, meta) -> logits at `logits_rows(meta)`, every step
-    strategy.close()"""
+    strategy.close()
+
+A strategy with `computes_tensors = False` (forward=simulated) stands in for the forward pass: the
+runner loads no weights and allocates no KV tensors, asks it for the cache's size
+(`kv_cache_blocks`) and, each step, for the next token ids (`next_tokens`) instead of packing
+inputs and sampling logits; the engine reads its `clock` and asks it about each request first
+(`check_request`)."""
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
+from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
+from nvllm.engine.clock import Clock
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,10 @@ class ForwardStrategy(ABC):
     # forward=auto's order of preference per device type ("cuda", "cpu"), lowest first; a strategy
     # that does not rank a device type is never auto's choice there (but may be asked for)
     auto_rank: ClassVar[dict[str, int]] = {}
+    # False: the strategy computes no tensors and stands in for the forward pass (forward=simulated)
+    computes_tensors: ClassVar[bool] = True
+    # a clock of the strategy's own (forward=simulated: simulated time); the engine reads it when set
+    clock: Clock | None = None
 
     @classmethod
     def check(cls, target: ForwardTarget) -> None:
@@ -79,3 +91,22 @@ class ForwardStrategy(ABC):
 
     def close(self) -> None:
         """Drop what the strategy holds (graphs, packed copies, pointers into the cache)."""
+
+    # -- computes_tensors = False only ----------------------------------------------------------------
+    def kv_cache_blocks(self, kv_config) -> int:
+        """The number of KV cache blocks the run has (no cache tensors are allocated)."""
+        raise NotImplementedError
+
+    def next_tokens(self, seqs) -> list[int]:
+        """The step, without tensors: each sequence's next token id (-1 for a prefill chunk that does
+        not finish its prompt), in place of the forward pass and the sampler."""
+        raise NotImplementedError
+
+    def check_request(self, prompt, sampling_params) -> None:
+        """Raise ValueError naming the fix for a request this strategy cannot run honestly."""
+
+
+def computes_tensors(forward_config) -> bool:
+    """Whether the forward strategy a config names (a Config, a name, or auto) computes tensors."""
+    name = forward_config if isinstance(forward_config, str) else forward_config.name
+    return name == "auto" or registry.get("forward", name).computes_tensors

@@ -16,6 +16,10 @@ class ModelConfig:
     embedded: str | None = None
     # a Hugging Face repo id, looked up offline in the local Hugging Face cache
     hf_repo: str | None = None
+    # a shape preset of the architecture (its random_presets, e.g. qwen3-32b) instead of weights: its
+    # config.json only; wins over the others. forward=simulated needs nothing more; a real forward
+    # pass draws random weights (seeded) in place
+    shape: str | None = None
 
 
 class CausalLM(nn.Module):

@@ -106,6 +106,12 @@ class LlamaForCausalLM(CausalLM):
         "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                              num_attention_heads=9, num_key_value_heads=3, head_dim=64,
                              max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0),
+        "llama-3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                           num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                           max_position_embeddings=8192, tie_word_embeddings=False, rope_theta=500000.0),
+        "llama-3-70b": dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                            num_attention_heads=64, num_key_value_heads=8, head_dim=128,
+                            max_position_embeddings=8192, tie_word_embeddings=False, rope_theta=500000.0),
     }
 
     @dataclass

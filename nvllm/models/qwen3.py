@@ -18,6 +18,12 @@ class Qwen3ForCausalLM(LlamaForCausalLM):
         "qwen3-0.6b": dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                            num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                            max_position_embeddings=40960, tie_word_embeddings=True, rope_theta=1000000.0),
+        "qwen3-8b": dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                         max_position_embeddings=40960, tie_word_embeddings=False, rope_theta=1000000.0),
+        "qwen3-32b": dict(vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64,
+                          num_attention_heads=64, num_key_value_heads=8, head_dim=128,
+                          max_position_embeddings=40960, tie_word_embeddings=False, rope_theta=1000000.0),
     }
 
     @dataclass

@@ -13,6 +13,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from nvllm import registry
+
 RANDOM_MARKER = "NVLLM_RANDOM_WEIGHTS"  # file in a random-weight checkpoint; its outputs mean nothing
 
 
@@ -24,11 +26,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("NVLLM_CACHE", Path.home() / ".cache" / "nvllm"))
 
 
-def resolve_model_path(config) -> str:
-    """The directory holding the weights named by a model Config: `path` (a directory, or a Hugging
-    Face repo id such as Qwen/Qwen3-0.6B), else the embedded model, else the option's `hf_repo`."""
+def resolve_model_path(config, weights: bool = True) -> str:
+    """The directory holding the weights named by a model Config: `shape` (a config.json only), else
+    `path` (a directory, or a Hugging Face repo id such as Qwen/Qwen3-0.6B), else the embedded model,
+    else the option's `hf_repo`. `weights=False` (forward=simulated): a directory with only
+    config.json will do."""
+    if getattr(config, "shape", None):
+        return str(shape_path(config.name, config.shape))
     if config.path:
-        return locate(config.path)
+        return locate(config.path, weights)
     if config.embedded:
         if config.embedded != "smollm2":
             raise MissingWeightsError(f"unknown embedded model {config.embedded!r}; the embedded model is 'smollm2'")
@@ -62,16 +68,18 @@ def is_repo_id(name: str) -> bool:
             and all(c.isalnum() or c in "-_." for c in name.replace("/", "")))
 
 
-def locate(path_or_repo: str) -> str:
+def locate(path_or_repo: str, weights: bool = True) -> str:
     """A Hugging Face model directory (config.json + *.safetensors): the directory itself, or a repo
-    id resolved through huggingface_hub (its cache first; a download where the hub is reachable)."""
+    id resolved through huggingface_hub (its cache first; a download where the hub is reachable).
+    `weights=False`: a directory with only config.json will do."""
     path = Path(path_or_repo).expanduser()
     if path.is_dir() or not is_repo_id(path_or_repo):
-        if not (path / "config.json").is_file() or not glob(str(path / "*.safetensors")):
+        if not (path / "config.json").is_file() or (weights and not glob(str(path / "*.safetensors"))):
             raise MissingWeightsError(
                 f"model.path={path_or_repo!r} is not a Hugging Face model directory (it needs config.json and "
                 f"*.safetensors files){'' if path.exists() else ', nor does it exist'}. Point model.path at such a "
-                f"directory, or give a Hugging Face repo id (model.path=org/name)")
+                f"directory, or give a Hugging Face repo id (model.path=org/name)"
+                + ("" if (path / "config.json").is_file() else "; forward=simulated needs only the config.json"))
         return str(path)
     return hf_snapshot(path_or_repo, f"model.path={path_or_repo!r} is no directory here, and")
 
@@ -149,6 +157,49 @@ def smollm2_path() -> Path:
 
 def is_random(path: str) -> bool:
     return (Path(path) / RANDOM_MARKER).exists()
+
+
+def has_weights(path) -> bool:
+    return bool(glob(str(Path(path) / "*.safetensors")))
+
+
+def shape_path(arch: str, shape: str) -> Path:
+    """A directory holding only the config.json of `arch`'s shape preset `shape` (its `random_presets`),
+    written once under the cache: a model with no weights (marked random)."""
+    import transformers
+
+    cls = registry.get("model", arch)
+    if shape not in cls.random_presets:
+        raise MissingWeightsError(f"model.shape={shape!r} is not a shape of model={arch}; its shapes: "
+                                  f"{', '.join(cls.random_presets)} (another architecture's shape needs model=<it>)")
+    target = cache_root() / "shapes" / f"{arch}-{shape}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{arch}-{shape}-", dir=target.parent))
+    try:
+        getattr(transformers, cls.hf_config_class)(**cls.random_presets[shape]).save_pretrained(tmp)
+        (tmp / RANDOM_MARKER).write_text(f"no weights: the shape {shape} of {arch}; a real forward pass draws random ones\n")
+        try:
+            tmp.rename(target)  # atomic: a reader sees no directory or a complete one
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def random_init(model: nn.Module, seed: int = 0):
+    """Seeded random weights in place of a checkpoint (a model.shape): normal(0, 0.02) matrices,
+    as transformers initialises them, and ones for the norms."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.02, generator=generator)
+            else:
+                param.fill_(0.0 if name.endswith("bias") else 1.0)
 
 
 def load_weights(model: nn.Module, path: str):

@@ -1,5 +1,7 @@
 """ForwardSuite: a forward strategy computes what forward=eager computes, step by step, and the
-greedy tokens of whole runs equal transformers'."""
+greedy tokens of whole runs equal transformers'. A strategy that computes no tensors
+(forward=simulated) is held to what it promises instead: the real run's block accounting, every
+request at its length, time that only moves forward, and refusals of what it cannot simulate."""
 import random
 
 import pytest
@@ -18,7 +20,14 @@ class ForwardSuite(ComponentSuite):
     some with prefix-cache hits) and one decode step through the strategy give the logits and
     write the K/V that forward=eager gives and writes from the same cache; whole runs, batched,
     with prefix caching and with preemption forced by a small cache, give transformers' greedy
-    tokens. `check` refuses a target it cannot run on with a ConfigError."""
+    tokens. `check` refuses a target it cannot run on with a ConfigError.
+
+    A strategy with `computes_tensors = False` skips the two comparisons of tensors and tokens and
+    is checked instead: on the same workload (prefix hits, a cache small enough to preempt) the
+    scheduler and allocator do exactly what they do under forward=eager (steps, tokens, preemptions
+    per request, prefix-cache hits, every block freed); every request generates its max_tokens;
+    its clock is the engine's and each request's token times rise from its arrival; text prompts,
+    stop tokens and EOS-driven lengths are rejected with a message naming the strategy."""
 
     family = "forward"
     # architecture of the test checkpoint (a registered model with a "tiny" random preset)
@@ -64,12 +73,18 @@ class ForwardSuite(ComponentSuite):
                     except ConfigError:
                         pass
 
+    def _computes_tensors(self, want: bool):
+        if self.component.computes_tensors != want:
+            pytest.skip(f"forward={self.name} {'computes no' if want else 'computes'} tensors: "
+                        f"{'its stand-in' if want else 'its tensor'} tests check it")
+
     def test_steps_match_eager(self, config_fields, checkpoint):
         """A prefill step and a decode step: the strategy's logits and cache writes against eager's,
         from the same cache."""
         from nvllm.engine.model_runner import step_inputs
         from nvllm.forward.eager import EagerForward
 
+        self._computes_tensors(True)
         self._skip_without_device()
         rng = random.Random(1)
         shared = [rng.randrange(512) for _ in range(16)]
@@ -102,6 +117,7 @@ class ForwardSuite(ComponentSuite):
 
     @pytest.mark.parametrize("num_blocks", [None, 10], ids=["roomy", "preempting"])
     def test_matches_transformers_greedy(self, config_fields, checkpoint, num_blocks):
+        self._computes_tensors(True)
         self._skip_without_device()
         rng = random.Random(0)
         prompts = [[rng.randrange(512) for _ in range(n)] for n in (1, 9, 40, 23)]
@@ -115,3 +131,54 @@ class ForwardSuite(ComponentSuite):
                 assert llm.engine.scheduler.num_preemptions > 0, "the small cache forced no preemption"
             assert llm.engine.kv_cache.num_free_blocks == llm.engine.kv_cache.num_blocks
         assert got == want
+
+    # -- a strategy that computes no tensors (forward=simulated) ----------------------------------------
+    @pytest.mark.parametrize("num_blocks", [64, 10], ids=["roomy", "preempting"])
+    def test_stands_in_with_the_real_block_accounting(self, config_fields, checkpoint, num_blocks):
+        """The workload of test_matches_transformers_greedy, all requests at once: the scheduler and the
+        allocator do under this strategy exactly what they do under forward=eager."""
+        self._computes_tensors(False)
+        rng = random.Random(0)
+        prompts = [[rng.randrange(512) for _ in range(n)] for n in (1, 9, 40, 23)]
+        prompts.append(prompts[2][:24] + [3, 1, 4])  # a prefix hit on the third prompt's blocks
+        prompts.append(list(prompts[1]))  # an exact duplicate
+        lengths = [self.max_new_tokens + i for i in range(len(prompts))]
+        params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths]
+        kv_cache = {"block_size": 8, "num_blocks": num_blocks}
+        runs = {}
+        for forward in ({"name": "eager"}, {"name": self.name, **config_fields}):
+            # two at a time: later prompts find the blocks earlier ones computed
+            with self._llm(checkpoint, forward, kv_cache=kv_cache, max_num_seqs=2) as llm:
+                engine = llm.engine
+                outputs = llm.generate(prompts, params, use_tqdm=False)
+                assert all(o.error is None for o in outputs), [o.error for o in outputs]
+                s, kv = engine.stats, engine.kv_cache
+                runs[forward["name"]] = dict(
+                    steps=(s.steps, s.prefill_tokens, s.decode_tokens), preemptions=engine.scheduler.num_preemptions,
+                    per_request=[o.num_preemptions for o in outputs], hits=(kv.num_hit_tokens, kv.num_lookup_tokens),
+                    lengths=[len(o.token_ids) for o in outputs], free=kv.num_free_blocks == kv.num_blocks)
+                if forward["name"] == self.name:
+                    assert engine.clock is engine.model_runner.forward_strategy.clock, "the engine reads the strategy's clock"
+                    for o in outputs:
+                        times = [o.arrival_time, *o.token_times]
+                        assert all(a < b for a, b in zip(times, times[1:])), f"time stood still or ran back: {times}"
+                    assert engine.clock.now() == max(o.token_times[-1] for o in outputs)
+        want, got = runs["eager"], runs[self.name]
+        assert got == want
+        assert got["lengths"] == lengths and got["free"]
+        if num_blocks == 10:
+            assert got["preemptions"] > 0, "the small cache forced no preemption"
+        assert got["hits"][0] > 0, "no prefix-cache hit"
+
+    def test_refuses_what_it_cannot_simulate(self, config_fields, checkpoint):
+        """A request whose length would depend on the generated text is rejected, naming the strategy."""
+        self._computes_tensors(False)
+        plain = dict(temperature=0, max_tokens=4, ignore_eos=True)
+        with self._llm(checkpoint, {"name": self.name, **config_fields}) as llm:
+            outputs = llm.generate([[1, 2, 3]] * 4 + ["text"], [
+                SamplingParams(**plain), SamplingParams(**{**plain, "ignore_eos": False}),
+                SamplingParams(**plain, stop_token_ids=[7]), SamplingParams(**plain, stop=["x"]),
+                SamplingParams(**plain)], use_tqdm=False)
+        assert outputs[0].error is None and len(outputs[0].token_ids) == 4
+        for out in outputs[1:]:
+            assert out.finish_reason == "rejected" and out.error.startswith(f"forward={self.name}: "), out.error

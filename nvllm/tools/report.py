@@ -7,7 +7,9 @@ between runs. Each row gives the median and min-max over repeats; runs that were
 are listed with their reason, never dropped. Writes report.md (with a definition of every column),
 report.csv and by_<axis>.png (needs pandas, tabulate and matplotlib: the `report` extra) into the
 sweep directory or --out, and load.png when `workload.request_rate` is swept: p99 TTFT, p99 ITL and
-goodput against the achieved request rate, a line per configuration."""
+goodput against the achieved request rate, a line per configuration, and a table of each
+configuration's knee. Simulated runs (forward=simulated) are marked SIMULATED in every table and
+plot, with what simulated them and whether it was calibrated."""
 import argparse
 import json
 import sys
@@ -99,8 +101,39 @@ def load_runs(sweep_dir: Path) -> pd.DataFrame:
         status = m.get("status", "ok")
         values = {name: _read(col.read, m) if status == "ok" else None for name, col in COLUMNS.items()}
         rows.append({"dir": str(path.parent.relative_to(sweep_dir)), "status": status, "reason": m.get("reason", ""),
-                     "repeat": settings.pop("repeat", "0"), "settings": settings, "metrics": m, **values})
+                     "repeat": settings.pop("repeat", "0"), "settings": settings, "metrics": m,
+                     "simulated": simulated_label(m), **values})
     return pd.DataFrame(rows)
+
+
+def simulated_label(m: dict) -> str | None:
+    """"SIMULATED (...)" for a simulated run's metrics, saying what simulated it; None for a measured one."""
+    if not m.get("simulated"):
+        return None
+    from nvllm.metrics import simulation_source
+
+    sim = m.get("simulation") or {}
+    return f"SIMULATED{'' if sim.get('calibrated') else ', uncalibrated'} ({simulation_source(sim)})"
+
+
+def _marked(title: str, table: pd.DataFrame) -> str:
+    """The title of a table or plot, saying when its runs' times are simulated."""
+    simulated = [label for label in table["simulated"] if _is_sim(label)]
+    if not simulated:
+        return title
+    if len(simulated) == len(table):
+        return f"{title} — {simulated[0] if len(set(simulated)) == 1 else 'SIMULATED'}"
+    return f"{title} — SIMULATED runs marked [SIM]"
+
+
+def _sim(label: str, row) -> str:
+    """A series' or row's label, with [SIM] when its runs are simulated."""
+    return f"{label} [SIM]" if row is not None and _is_sim(row["simulated"]) else label
+
+
+def _is_sim(label) -> bool:
+    """A `simulated` cell holds a label (a simulated run) or None/NaN (a measured one)."""
+    return isinstance(label, str) and bool(label)
 
 
 def _job_order(path: Path, root: Path):
@@ -134,6 +167,7 @@ def summarise(runs: pd.DataFrame) -> tuple[list[str], dict, pd.DataFrame]:
         groups.size().rename("runs"),
         stats,
         groups["reason"].agg(lambda s: "; ".join(dict.fromkeys(r for r in s if r))),
+        groups["simulated"].agg(lambda s: next((label for label in s if _is_sim(label)), None)),
         groups["dir"].agg(" ".join).rename("run_dirs"),
     ], axis=1).reset_index(drop=True)
     return axes, fixed, table
@@ -172,7 +206,7 @@ def _columns(table: pd.DataFrame) -> list[str]:
 def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed, table, plots: list[str]):
     counts = ", ".join(f"{int((runs['status'] == s).sum())} {s}" for s in ("ok", "skipped", "failed"))
     title = f"{fixed['experiment']} ({sweep_dir.name})" if "experiment" in fixed else sweep_dir.name
-    lines = [f"# Sweep report: {title}", "",
+    lines = [f"# Sweep report: {_marked(title, table)}", "",
              f"{len(runs)} runs ({counts}) in `{sweep_dir}`; swept: {', '.join(f'`{a}`' for a in axes) or 'nothing'}.",
              f"Set for every run: {', '.join(f'`{k}={v}`' for k, v in fixed.items()) or 'nothing'}.",
              "Cells: median [min–max] over repeats (`repeat=`) of each run's value. Each run's metrics.json (in "
@@ -184,7 +218,12 @@ def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed,
                      + (" SIMULATED: these runs timed a cost model, not the hardware."
                         if any(r.get("simulated") for r in ok["metrics"]) else ""))
     names = _columns(table)
-    shown = pd.DataFrame({**{f"`{a}`": table[a] for a in axes},
+    sims = [_is_sim(label) for label in table["simulated"]]
+    mixed = any(sims) and not all(sims)
+    shown = pd.DataFrame({**{f"`{a}`": [("[SIM] " if mixed and i == 0 and _is_sim(row["simulated"]) else "") + str(row[a])
+                                        for _, row in table.iterrows()] for i, a in enumerate(axes)},
+                          **({"times": [f"**{row['simulated']}**" if _is_sim(row["simulated"]) else "measured"
+                                        for _, row in table.iterrows()]} if any(sims) else {}),
                           "runs": table["runs_ok"].astype(str) + "/" + table["runs"].astype(str),
                           **{_header(table, n): [_cell(row, table, n) if row["runs_ok"] else "" for _, row in table.iterrows()]
                              for n in names}})
@@ -194,6 +233,7 @@ def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed,
     lines += ["", shown.to_markdown(index=False, disable_numparse=True)]
     lines += ["", "Columns:", ""] + [f"- **{_header(table, n)}**: {COLUMNS[n].definition}." for n in names]
     lines += _by_priority(axes, runs, table)
+    lines += _knees(axes, table)
     not_ok = runs[runs["status"] != "ok"]
     if len(not_ok):
         listed = pd.DataFrame({
@@ -231,6 +271,50 @@ def _by_priority(axes: list[str], runs: pd.DataFrame, table: pd.DataFrame) -> li
         shown[f"priority {p}"] = cells
     return ["", f"## TTFT p50 ({'s' if seconds else 'ms'}) by request priority (smaller is more urgent)", "",
             shown.to_markdown(index=False, disable_numparse=True)]
+
+
+KNEE_FRACTION = 0.9
+
+
+def _knees(axes: list[str], table: pd.DataFrame) -> list[str]:
+    """For a sweep over the request rate: per configuration, the knee — the highest rate whose goodput
+    (completed req/s where no SLO is set) is at least KNEE_FRACTION of the achieved arrival rate."""
+    if LOAD_AXIS not in axes:
+        return []
+    others = [a for a in axes if a != LOAD_AXIS]
+    lines = ["", f"## {_marked('The knee of each configuration', table)}", "",
+             f"The highest `{LOAD_AXIS}` whose goodput (completed req/s where no SLO is set) kept up with at least "
+             f"{KNEE_FRACTION:.0%} of the achieved arrival rate, and the first rate that did not.", "",
+             "| " + " | ".join([*(f"`{a}`" for a in others), "knee (req/s)", "goodput there (req/s)",
+                              "TTFT p99 there (ms)", "first rate past it", "goodput there (req/s)"]) + " |",
+             "|" + "---|" * (len(others) + 5)]
+
+    def served(row):
+        done = row["goodput_median"] if pd.notna(row["goodput_median"]) else row["request_throughput_median"]
+        return pd.notna(done) and done >= KNEE_FRACTION * row["achieved_rate_median"]
+
+    def value(row, name):
+        return _fmt(row[f"{name}_median"]) if row is not None and pd.notna(row[f"{name}_median"]) else "—"
+
+    for label, group in (table.groupby(others, sort=False) if others else [((), table)]):
+        label = label if isinstance(label, tuple) else (label,)
+        points = group[group["achieved_rate_median"].notna()]
+        points = points.iloc[points[LOAD_AXIS].astype(float).argsort()]
+        knee = past = None
+        for _, p in points.iterrows():
+            if served(p):
+                knee = p
+            else:
+                past = p
+                break
+        cells = [("[SIM] " if len(points) and _is_sim(points.iloc[0]["simulated"]) and i == 0 else "") + str(v)
+                 for i, v in enumerate(label)]
+        lines.append("| " + " | ".join([*cells, knee[LOAD_AXIS] if knee is not None else
+                                        f"below {points.iloc[0][LOAD_AXIS] if len(points) else '—'}",
+                                        value(knee, "goodput"), value(knee, "p99_ttft"),
+                                        past[LOAD_AXIS] if past is not None else "none swept",
+                                        value(past, "goodput")]) + " |")
+    return lines
 
 
 def _is_number(x) -> bool:
@@ -282,6 +366,7 @@ def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> lis
             label = label if isinstance(label, tuple) else (label,)
             name = ", ".join(f"{a}={v}" for a, v in zip(others, label)) or axis
             missing = [f"{r[axis]}: {r['status']}" for _, r in rows.iterrows() if not r["runs_ok"]]
+            name = _sim(name, rows.iloc[0])
             series[f"{name} ({', '.join(missing)})" if missing else name] = rows
         fig, panels = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4), squeeze=False)
         for panel, name in zip(panels[0], PLOTTED):
@@ -307,7 +392,7 @@ def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> lis
             panel.margins(y=0.12)
             panel.set_ylim(bottom=0)
             panel.grid(alpha=0.3)
-        fig.suptitle(f"{title}: median, bars min–max over repeats, by {axis}")
+        fig.suptitle(f"{_marked(title, table)}: median, bars min–max over repeats, by {axis}")
         _legend(fig, panels[0][0], len(series) > 1 or any("(" in s for s in series))
         name = f"by_{axis}.png"
         fig.savefig(out_dir / name, dpi=110, bbox_inches="tight")
@@ -349,7 +434,7 @@ def plot_load(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame, s
         scale = 1e-3 if _in_seconds(table, name) else 1
         for label, group in series:
             label = label if isinstance(label, tuple) else (label,)
-            text = ", ".join(f"{a}={v}" for a, v in zip(others, label)) or "runs"
+            text = _sim(", ".join(f"{a}={v}" for a, v in zip(others, label)) or "runs", group.iloc[0] if len(group) else None)
             group = group.sort_values("achieved_rate_median")
             pts = group[group[f"{name}_median"].notna()]
             line, = panel.plot(pts["achieved_rate_median"], pts[f"{name}_median"] * scale, marker="o", label=text,
@@ -372,7 +457,7 @@ def plot_load(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame, s
             panel.set_ylabel(_header(table, name))
         panel.set_xlabel("achieved request rate (req/s)")
         panel.grid(alpha=0.3, which="both")
-    fig.suptitle(f"{title}: latency and goodput against load (medians over repeats)")
+    fig.suptitle(f"{_marked(title, table)}: latency and goodput against load (medians over repeats)")
     styles = [(Line2D([], [], color="black"), "goodput (meets the SLOs)"),
               (Line2D([], [], color="black", linestyle="--"), "completed (any latency)"),
               (Line2D([], [], color="grey", linestyle=":"), "ideal: every arrival served (y = x)")]
