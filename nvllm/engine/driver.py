@@ -44,13 +44,13 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
                 seqs[str(i)] = engine.sequences(str(i))
 
     try:
-        return _run(engine, outputs, pending, live, seqs, admit, use_tqdm)
+        return _run(engine, outputs, pending, live, seqs, admit, use_tqdm, start)
     finally:
         engine.abort_requests(list(live), quiet=True)  # none on a normal return
 
 
 def _run(engine, outputs: list[RequestOutput], pending: list[int], live: dict, seqs: dict, admit,
-         use_tqdm: bool) -> list[RequestOutput]:
+         use_tqdm: bool, start: float) -> list[RequestOutput]:
     admit()
     stats = engine.stats
     simulated = engine.clock.simulated  # forward=simulated: the bar shows simulated time and rates
