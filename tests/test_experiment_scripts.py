@@ -24,6 +24,15 @@ def test_workload_is_nano_vllms():
     assert all(100 <= len(p) <= 1024 for p in prompts) and max(max(p) for p in prompts) == 10000
 
 
+def test_busy_time_is_the_union_of_kernel_intervals():
+    """The profile's device time: overlapping kernels (two streams) count once, gaps not at all."""
+    from gpu_profile import busy_time
+
+    assert busy_time([]) == 0
+    assert busy_time([(0, 10), (5, 12), (20, 25), (21, 22), (30, 30)]) == 17
+    assert busy_time([(20, 25), (0, 10)]) == 15
+
+
 def test_gpu_scripts_parse():
     for script in ("gpu_check.sh", "gpu_wheels.sh", "gpu_install.sh"):
         subprocess.run(["bash", "-n", str(ROOT / "experiments" / script)], check=True)
@@ -39,11 +48,14 @@ def test_gpu_check_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check = json.loads((tmp_path / "check.json").read_text())
     parts = {p["part"]: p for p in check["parts"]}
-    assert list(parts) == ["tests", "parity", "bench"] and all(p["status"] == "ok" for p in parts.values()), parts
+    assert list(parts) == ["tests", "parity", "profile", "bench"] and all(p["status"] == "ok" for p in parts.values()), parts
     cells = {r["cell"]: r for r in parts["parity"]["results"][1:]}
     assert cells["sdpa cudagraph=false compile=false"]["status"] == "match"
     assert cells["cpu cudagraph=false compile=true"]["status"] == "match"
     assert cells["sdpa cudagraph=true compile=false"]["status"] == "refused"  # no CUDA here
+    profile = parts["profile"]["results"]
+    assert profile["steps"] == 5 and profile["batch"] > 0 and profile["top"] and profile["wall_ms_per_step"] > 0
+    assert (tmp_path / "profile" / "trace.json.gz").stat().st_size > 0 and "-- profile --" in proc.stdout
     bench = {r["config"]: r for r in parts["bench"]["results"]}
     assert bench["defaults"]["effective"]["attention"] == "cpu" and bench["defaults"]["output_tokens"] > 0
     assert bench["hf"]["output_tokens"] > 0
