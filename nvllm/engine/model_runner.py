@@ -3,6 +3,9 @@ sequences into input tensors (positions, slot mapping, block tables), hands them
 strategy (nvllm/forward/: eager, cudagraph, fused_cpu, ...), and samples from the last position
 of each sequence. Under tensor parallelism rank 0 sends each step's inputs to the workers, which
 run the same forward on their shard; only rank 0 samples."""
+from itertools import accumulate
+
+import numpy as np
 import torch
 from transformers import AutoConfig
 
@@ -13,6 +16,7 @@ from nvllm.sequence import Sequence
 from nvllm.models.weights import load_weights
 from nvllm.sampler.logprobs import record_logprobs
 
+NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
 CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
 
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
@@ -126,38 +130,58 @@ class ModelRunner:
     def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None):
         """Input tensors and attention metadata. `pad_to` adds dummy one-token sequences (slot -1,
         context 1) and `table_width` pads block tables, for fixed CUDA-graph shapes."""
-        input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
         bs = self.block_size
-        for token_ids, start, block_table in inputs:
-            end = start + len(token_ids)
-            input_ids.extend(token_ids)
-            positions.extend(range(start, end))
-            slots.extend(block_table[p // bs] * bs + p % bs for p in range(start, end))
-            query_lens.append(end - start)
-            context_lens.append(end)
+        if all(len(token_ids) == 1 for token_ids, _, _ in inputs):  # decode: one token each
+            input_ids = [token_ids[0] for token_ids, _, _ in inputs]
+            positions = [start for _, start, _ in inputs]
+            slots = [block_table[start // bs] * bs + start % bs for _, start, block_table in inputs]
+            query_lens = [1] * len(inputs)
+            context_lens = [start + 1 for start in positions]
+        else:
+            input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
+            for token_ids, start, block_table in inputs:
+                input_ids += token_ids
+                end = start + len(token_ids)
+                positions += range(start, end)
+                for p in range(start - start % bs, end, bs):  # its slots a block at a time
+                    base = block_table[p // bs] * bs
+                    slots += range(base + max(start - p, 0), base + min(end - p, bs))
+                query_lens.append(end - start)
+                context_lens.append(end)
         tables = [block_table for _, _, block_table in inputs]
-        for _ in range(len(inputs), pad_to or 0):
-            input_ids.append(0), positions.append(0), slots.append(-1), query_lens.append(1), context_lens.append(1)
-            tables.append([])
-        width = table_width or max(len(t) for t in tables)
-        block_tables = [t + [-1] * (width - len(t)) for t in tables]
-        cu_seqlens_q = [0]
-        for n in query_lens:
-            cu_seqlens_q.append(cu_seqlens_q[-1] + n)
-
-        def tensor(data, dtype):
-            return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
-
+        pad = (pad_to or 0) - len(inputs)
+        if pad > 0:
+            input_ids += [0] * pad
+            positions += [0] * pad
+            slots += [-1] * pad
+            query_lens += [1] * pad
+            context_lens += [1] * pad
+            tables += [[]] * pad
+        width = table_width or max(map(len, tables))
+        filler = [-1] * width
+        flat_tables = []
+        for t in tables:
+            flat_tables += t
+            if len(t) < width:
+                flat_tables += filler[len(t):]
         meta = AttentionMetadata(
-            cu_seqlens_q=tensor(cu_seqlens_q, torch.int32),
-            context_lens=tensor(context_lens, torch.int32),
-            slot_mapping=tensor(slots, torch.int64),
-            block_tables=tensor(block_tables, torch.int32),
+            cu_seqlens_q=self.tensor(list(accumulate(query_lens, initial=0)), torch.int32),
+            context_lens=self.tensor(context_lens, torch.int32),
+            slot_mapping=self.tensor(slots, torch.int64),
+            block_tables=self.tensor(flat_tables, torch.int32).view(len(tables), width),
             query_lens=query_lens,
             context_lens_host=context_lens,
             is_decode=max(query_lens) == 1,
         )
-        return tensor(input_ids, torch.int64), tensor(positions, torch.int64), meta
+        return self.tensor(input_ids, torch.int64), self.tensor(positions, torch.int64), meta
+
+    def tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
+        """`data` on the device, through numpy (a few times faster than torch.tensor from a list);
+        to CUDA from pinned memory, so the copy never waits for the device."""
+        host = torch.from_numpy(np.array(data, dtype=NUMPY[dtype]))
+        if self.device.type == "cpu":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):

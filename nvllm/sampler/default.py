@@ -8,6 +8,7 @@ argmax(p / E) with E ~ Exp(1) draws from p without a host sync. A seeded request
 from its own generator, so its tokens do not depend on what else is in the batch."""
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -17,6 +18,13 @@ from nvllm.sequence import Sequence
 
 
 NO_PENALTIES = (1.0, 0.0, 0.0)
+
+
+def per_row(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One value per row, on the device (through numpy: faster than torch.tensor from a list); to
+    CUDA from pinned memory, so the host never waits for the device."""
+    host = torch.from_numpy(np.array(values, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+    return host if device.type == "cpu" else host.pin_memory().to(device, non_blocking=True)
 
 
 class DefaultSampler(Sampler):
@@ -37,7 +45,7 @@ class DefaultSampler(Sampler):
         greedy = logits.argmax(dim=-1)
         if all(sp.temperature == 0 for sp in params):
             return greedy.tolist()
-        temperatures = torch.tensor([sp.temperature or 1.0 for sp in params], device=logits.device)
+        temperatures = per_row([sp.temperature or 1.0 for sp in params], torch.float32, logits.device)
         logits = self.filter_min_p(logits.float() / temperatures[:, None], params)
         probs = self.filter_top_k_top_p(logits, params).softmax(dim=-1)
         noise = torch.empty_like(probs).exponential_(1)
@@ -45,7 +53,7 @@ class DefaultSampler(Sampler):
             if sp.seed is not None and sp.temperature > 0:
                 noise[b].exponential_(1, generator=self._generator(seq))
         sampled = (probs / noise.clamp_min(1e-10)).argmax(dim=-1)
-        is_greedy = torch.tensor([sp.temperature == 0 for sp in params], device=logits.device)
+        is_greedy = per_row([sp.temperature == 0 for sp in params], torch.bool, logits.device)
         return torch.where(is_greedy, greedy, sampled).tolist()
 
     def process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
@@ -105,11 +113,11 @@ class DefaultSampler(Sampler):
             return logits
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         vocab = logits.shape[-1]
-        k = torch.tensor([t if t > 0 else vocab for t in top_k], device=logits.device)
+        k = per_row([t if t > 0 else vocab for t in top_k], torch.int64, logits.device)
         ranks = torch.arange(vocab, device=logits.device)[None, :]
         sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
         probs = sorted_logits.softmax(dim=-1)
-        p = torch.tensor(top_p, device=logits.device, dtype=probs.dtype)
+        p = per_row(top_p, probs.dtype, logits.device)
         # drop a token once the more likely ones already reach top_p (the first is always kept)
         drop = (probs.cumsum(dim=-1) - probs >= p[:, None]) & (p < 1)[:, None]  # rounding must not touch top_p=1 rows
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))

@@ -45,7 +45,10 @@ class Scheduler(ABC):
         return None
 
     def running_order(self) -> list[Sequence]:  # decodes, then prefill chunks under way
-        return sorted(self.running, key=lambda s: len(s) - s.num_computed_tokens > 1)
+        decodes = [s for s in self.running if s.num_tokens - s.num_computed_tokens <= 1]
+        if len(decodes) == len(self.running):
+            return decodes
+        return decodes + [s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
 
     def victim(self, seq: Sequence, candidates: list[Sequence]) -> Sequence | None:
         return candidates[-1] if candidates else None  # the newest admitted; None: seq itself
@@ -94,22 +97,29 @@ class Scheduler(ABC):
         return budget
 
     def _continue(self, scheduled: list[Sequence], budget: int) -> int:
+        chunk, running = self.chunk, SequenceStatus.RUNNING
         for seq in self.running_order():
             if not budget or len(scheduled) >= self.max_num_seqs:
                 break
-            if seq.status != SequenceStatus.RUNNING:
+            if seq.status is not running:
                 continue  # preempted earlier in this step
-            while not self.kv_cache.can_append(seq):
-                victim = self.victim(seq, self._unscheduled(seq)) or seq
-                self.preempt(victim)
-                if victim is seq:
-                    break
-            else:
-                self.kv_cache.may_append(seq)
-                seq.num_scheduled_tokens = self.chunk(seq, budget)
-                budget -= seq.num_scheduled_tokens
-                scheduled.append(seq)
+            if len(seq.block_table) * seq.block_size < seq.num_tokens and not self._make_room(seq):
+                continue  # it was preempted itself
+            left = seq.num_tokens - seq.num_computed_tokens
+            seq.num_scheduled_tokens = tokens = 1 if left == 1 else chunk(seq, budget)  # a decode runs its token
+            budget -= tokens
+            scheduled.append(seq)
         return budget
+
+    def _make_room(self, seq: Sequence) -> bool:
+        """Give `seq` the blocks its tokens need, preempting others (or, failing that, itself)."""
+        while not self.kv_cache.can_append(seq):
+            victim = self.victim(seq, self._unscheduled(seq)) or seq
+            self.preempt(victim)
+            if victim is seq:
+                return False
+        self.kv_cache.may_append(seq)
+        return True
 
     def _unscheduled(self, seq: Sequence) -> list[Sequence]:  # running, not yet given this step, in admission order
         return [s for s in self.running if s is not seq and not s.num_scheduled_tokens]
