@@ -46,9 +46,13 @@ class EngineConfig:
     max_model_len: int = 4096
     # global seed for unseeded sampling
     seed: int = 0
+    # overlap scheduling: schedule and pack step N+1 while step N runs; auto: on where the device runs
+    # asynchronously to the host (CUDA), true, false
+    async_scheduling: Any = "auto"
 
     def __post_init__(self):
         self.cudagraph = tristate("cudagraph", self.cudagraph)  # None: auto
+        self.async_scheduling = tristate("async_scheduling", self.async_scheduling)  # None: auto
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device={self.device!r} is not allowed: use auto, cpu or cuda")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -233,7 +237,9 @@ class Config(EngineConfig):
             raise ConfigError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_model_len "
                               f"({max_model_len}): a preempted sequence is recomputed in one step "
                               f"(scheduler=chunked splits it)")
+        async_scheduling = device == "cuda" if self.async_scheduling is None else self.async_scheduling
         return replace(self, device=device, dtype=dtype, cudagraph=forward.name == "cudagraph",
+                       async_scheduling=async_scheduling,
                        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
                        attention=attention, attention_choice=attention_choice,
                        forward=forward, forward_choice=forward_choice)

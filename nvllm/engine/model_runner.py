@@ -2,7 +2,14 @@
 sequences into input tensors (positions, slot mapping, block tables), hands them to the forward
 strategy (nvllm/forward/: eager, cudagraph, fused_cpu, ...), and samples from the last position
 of each sequence. Under tensor parallelism rank 0 sends each step's inputs to the workers, which
-run the same forward on their shard; only rank 0 samples."""
+run the same forward on their shard; only rank 0 samples.
+
+A step is launched, sampled and collected (`run` does all three). With async_scheduling the
+engine launches the next step before collecting this one: an input token that is still PENDING
+(this step's sample) is filled in on the device from this step's token tensor, so the host never
+waits for the device while it schedules and packs. CUDA runs asynchronously to the host by
+itself; on a CPU the forward pass runs on a worker thread instead."""
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import accumulate
 
 import numpy as np
@@ -12,7 +19,8 @@ from transformers import AutoConfig
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
-from nvllm.sequence import Sequence
+from nvllm.engine.overlap import Step, fill_pending, pending_inputs
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.models.weights import load_weights
 from nvllm.sampler.logprobs import record_logprobs
 
@@ -60,6 +68,11 @@ class ModelRunner:
         self.model.eval()
         self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
         self.sampler = registry.build("sampler", config.sampler, device=self.device)
+        self.sampler.device_tokens = bool(config.async_scheduling)  # a tensor of tokens, no host sync
+        # async_scheduling on a CPU: the forward pass on a worker thread (CUDA runs asynchronously anyway)
+        self.worker = None
+        if config.async_scheduling and self.device.type == "cpu":
+            self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvllm-forward")
         self.forward_strategy = registry.build("forward", config.forward, runner=self)
         self.num_blocks = self._num_blocks(config.kv_cache)
         self._allocate_kv_cache()
@@ -189,26 +202,86 @@ class ModelRunner:
         return self.forward_strategy(input_ids, positions, meta)
 
     def run(self, seqs: list[Sequence]) -> list[int]:
+        """One step start to end: each sequence's sampled token (-1 where it sampled none)."""
+        step = self.launch(seqs)
+        self.sample(step)
+        return self.collect(step)
+
+    def launch(self, seqs: list[Sequence], in_flight: Step | None = None) -> Step:
+        """Pack `seqs`' inputs and start their forward pass; nothing waits for it. A PENDING input
+        token, a sample of `in_flight` not yet on the host, is filled in from its token tensor."""
         inputs = step_inputs(seqs)
+        num_tokens = sum(len(token_ids) for token_ids, _, _ in inputs)
+        is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
+        pending = pending_inputs(seqs, inputs, in_flight) if in_flight is not None else []
+        tokens = in_flight.tokens if pending else None
+        if pending and (self.control_group is not None or isinstance(tokens, list)):  # fill them in on the host
+            values = tokens if isinstance(tokens, list) else tokens.tolist()  # (CUDA: waits for in_flight's sample)
+            for i, row in pending:
+                inputs[i][0][-1] = values[row]  # the other ranks are sent these token ids
+            pending = []
+        input_ids, positions, meta = self.prepare(inputs)
+        if pending:
+            fill_pending(input_ids, inputs, pending, tokens, self.tensor)
+        if self.worker is None:
+            logits = self._forward_step(inputs, input_ids, positions, meta)
+        else:
+            logits = self.worker.submit(self._forward_step, inputs, input_ids, positions, meta)
+        return Step(seqs, num_tokens, is_decode, logits)
+
+    def _forward_step(self, inputs: list[StepInput], input_ids, positions, meta):
         if self.control_group is not None:
             torch.distributed.broadcast_object_list([inputs], src=0, group=self.control_group)
-        logits = self.forward(*self.prepare(inputs))
-        # only a sequence whose tokens are all computed after this step keeps its sample; a prefill
-        # chunk's would be thrown away, and drawing it would still advance a seeded request's noise
-        done = [i for i, seq in enumerate(seqs) if seq.num_computed_tokens + seq.num_scheduled_tokens >= len(seq)]
-        if len(done) == len(seqs):
-            token_ids = self.sampler(logits.float(), seqs)
+        return self.forward(input_ids, positions, meta)
+
+    def sample(self, step: Step) -> None:
+        """Draw a token for each sequence of `step` whose prompt is complete after it and that has
+        not finished meanwhile (a prefill chunk's sample would be thrown away, and drawing it would
+        still advance a seeded request's noise). On CUDA the tokens start for the host; nothing
+        waits for them."""
+        logits = step.logits.result() if isinstance(step.logits, Future) else step.logits
+        step.logits = None
+        seqs = step.seqs
+        running = SequenceStatus.RUNNING
+        rows = [i for i, seq in enumerate(seqs)
+                if seq.num_computed_tokens + seq.num_scheduled_tokens >= seq.num_tokens and seq.status is running]
+        if not rows:
+            return
+        if len(rows) < len(seqs):
+            step.rows, logits, seqs = rows, logits[self.tensor(rows, torch.int64)], [seqs[i] for i in rows]
+        step.tokens = tokens = self.sampler(logits.float(), seqs)  # a list, or a tensor (device_tokens)
+        if any(seq.logprobs is not None for seq in seqs):
+            step.logits = logits  # read for the logprobs once the tokens are on the host
+        if isinstance(tokens, torch.Tensor) and self.device.type == "cuda" and self.config.async_scheduling:
+            step.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            step.host.copy_(tokens, non_blocking=True)
+            step.arrived = torch.cuda.Event()
+            step.arrived.record()
+
+    def collect(self, step: Step) -> list[int]:
+        """The sampled token of each sequence of `step` (-1 where it sampled none), once on the host."""
+        if step.tokens is None:
+            return [-1] * len(step.seqs)
+        if step.arrived is not None:
+            step.arrived.synchronize()
+            values = step.host.tolist()
         else:
-            token_ids = [-1] * len(seqs)  # postprocess skips the unfinished prefills' entries
-            if done:
-                sampled = self.sampler(logits[done].float(), [seqs[i] for i in done])
-                for i, token_id in zip(done, sampled):
-                    token_ids[i] = token_id
-        if any(seqs[i].logprobs is not None for i in done):
-            record_logprobs(logits, seqs, done, token_ids)
+            values = step.tokens if isinstance(step.tokens, list) else step.tokens.tolist()
+        if step.logits is not None:
+            sampled = step.seqs if step.rows is None else [step.seqs[i] for i in step.rows]
+            record_logprobs(step.logits, sampled, range(len(sampled)), values)
+            step.logits = None
+        if step.rows is None:
+            return values
+        token_ids = [-1] * len(step.seqs)
+        for i, token_id in zip(step.rows, values):
+            token_ids[i] = token_id
         return token_ids
 
     def close(self):
+        if self.worker is not None:
+            self.worker.shutdown(wait=True)  # the step in flight ends before the cache goes
+            self.worker = None
         for m in self._attention_layers():
             m.k_cache = m.v_cache = torch.tensor([])
         self.forward_strategy.close()  # graphs, packed copies, its pointers into the cache just freed

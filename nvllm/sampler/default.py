@@ -22,7 +22,8 @@ NO_PENALTIES = (1.0, 0.0, 0.0)
 
 def per_row(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """One value per row, on the device (through numpy: faster than torch.tensor from a list); to
-    CUDA from pinned memory, so the host never waits for the device."""
+    CUDA from pinned memory, so the host never waits for the device (overlap scheduling samples a
+    step while the device may still be computing it)."""
     host = torch.from_numpy(np.array(values, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
     return host if device.type == "cpu" else host.pin_memory().to(device, non_blocking=True)
 
@@ -39,12 +40,16 @@ class DefaultSampler(Sampler):
         self.generators: dict[int, torch.Generator] = {}
         self.history: dict[int, torch.Tensor] = {}  # seq id -> its token ids on the device (penalties)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int] | torch.Tensor:
+        tokens = self.sample(logits, seqs)
+        return tokens if self.device_tokens else tokens.tolist()
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [seq.sampling_params for seq in seqs]
         logits = self.process(logits, seqs)
         greedy = logits.argmax(dim=-1)
         if all(sp.temperature == 0 for sp in params):
-            return greedy.tolist()
+            return greedy
         temperatures = per_row([sp.temperature or 1.0 for sp in params], torch.float32, logits.device)
         logits = self.filter_min_p(logits.float() / temperatures[:, None], params)
         probs = self.filter_top_k_top_p(logits, params).softmax(dim=-1)
@@ -54,7 +59,7 @@ class DefaultSampler(Sampler):
                 noise[b].exponential_(1, generator=self._generator(seq))
         sampled = (probs / noise.clamp_min(1e-10)).argmax(dim=-1)
         is_greedy = per_row([sp.temperature == 0 for sp in params], torch.bool, logits.device)
-        return torch.where(is_greedy, greedy, sampled).tolist()
+        return torch.where(is_greedy, greedy, sampled)
 
     def process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """The logits after the penalties and min_tokens, for the rows that ask for them."""

@@ -11,10 +11,10 @@ the KV cache allocator, the input packing, the sampler and the deltas are the re
 Each batch: that many requests with prompts of 100..1024 random token ids (seed 0, as nano-vllm's
 benchmark), ignore_eos, decoded until every prompt is in the cache; then `--warmup` decode steps,
 then `--steps` timed ones (no request finishes in between). The phases are timed by wrapping the
-engine's components on the instance (the scheduler's `schedule` and `postprocess`, the runner's
-`run`, `prepare` and `forward`, the sampler): `pack` is the runner's run less forward and sample,
-`deltas` the step less everything else. Their sum is the step; the wrappers cost well under a
-microsecond each. With `--nvllm async_scheduling=true` only the step's total means anything
+engine's components on the instance: `schedule` (the scheduler's), `pack` (the runner's launch,
+less the forward pass), `forward`, `sample` (the runner's sample and collect), `postprocess` (the
+scheduler's advance and settle) and `deltas` (the step less everything else). Their sum is the
+step; the wrappers cost well under a microsecond each. With `--nvllm async_scheduling=true` only the step's total means anything
 (phases overlap).
 
 The logits have the tiny checkpoint's vocabulary (512 tokens), so sampling's arithmetic is small
@@ -68,7 +68,7 @@ class PhaseTimer:
     """Seconds spent in wrapped callables, per phase."""
 
     def __init__(self):
-        self.seconds = dict.fromkeys(("schedule", "run", "prepare", "forward", "sample", "postprocess"), 0.0)
+        self.seconds = dict.fromkeys(("schedule", "launch", "forward", "sample", "postprocess"), 0.0)
 
     def wrap(self, fn, phase: str):
         seconds, clock = self.seconds, time.perf_counter
@@ -86,28 +86,14 @@ class PhaseTimer:
             self.seconds[phase] = 0.0
 
 
-class _TimedSampler:
-    """The sampler, its calls timed; everything else (release, generators) passes through."""
-
-    def __init__(self, sampler, timer: PhaseTimer):
-        self._sampler, self._call = sampler, timer.wrap(sampler.__call__, "sample")
-
-    def __call__(self, logits, seqs):
-        return self._call(logits, seqs)
-
-    def __getattr__(self, name):
-        return getattr(self._sampler, name)
-
-
 def instrument(engine) -> PhaseTimer:
     timer = PhaseTimer()
     scheduler, runner = engine.scheduler, engine.model_runner
-    scheduler.schedule = timer.wrap(scheduler.schedule, "schedule")
-    scheduler.postprocess = timer.wrap(scheduler.postprocess, "postprocess")
-    runner.run = timer.wrap(runner.run, "run")
-    runner.prepare = timer.wrap(runner.prepare, "prepare")
-    runner.forward = timer.wrap(runner.forward, "forward")
-    runner.sampler = _TimedSampler(runner.sampler, timer)
+    for obj, method, phase in ((scheduler, "schedule", "schedule"), (scheduler, "advance", "postprocess"),
+                               (scheduler, "settle", "postprocess"), (runner, "launch", "launch"),
+                               (runner, "forward", "forward"), (runner, "sample", "sample"),
+                               (runner, "collect", "sample")):
+        setattr(obj, method, timer.wrap(getattr(obj, method), phase))
     return timer
 
 
@@ -147,7 +133,7 @@ def measure(path: str, batch: int, sampling: str, steps: int, warmup: int, overr
             total = time.perf_counter() - start
             d = {k: timer.seconds[k] - before[k] for k in timer.seconds}
             step_ms.append(total * 1e3)
-            split = dict(schedule=d["schedule"], pack=d["run"] - d["forward"] - d["sample"], forward=d["forward"],
+            split = dict(schedule=d["schedule"], pack=d["launch"] - d["forward"], forward=d["forward"],
                          sample=d["sample"], postprocess=d["postprocess"])
             split["deltas"] = total - sum(split.values())
             for p in PHASES:
@@ -158,18 +144,37 @@ def measure(path: str, batch: int, sampling: str, steps: int, warmup: int, overr
         effective = {k: str(getattr(engine.config, k)) for k in ("forward", "attention", "scheduler")}
         effective["async_scheduling"] = str(getattr(engine.config, "async_scheduling", None))
     return dict(batch=batch, sampling=sampling, steps=steps, decoding=decoding, step_ms=statistics.median(step_ms),
-                step_ms_mean=statistics.fmean(step_ms), phases_ms={p: statistics.median(v) for p, v in phases.items()},
-                effective=effective)
+                step_ms_min=min(step_ms), step_ms_mean=statistics.fmean(step_ms),
+                phases_ms={p: statistics.median(v) for p, v in phases.items()}, effective=effective)
 
 
 def print_table(rows: list[dict]):
     print()
-    print(f"{'batch':>5} {'sampling':8} {'step ms':>8} " + " ".join(f"{p:>11}" for p in PHASES))
+    print(f"{'batch':>5} {'sampling':8} {'step ms':>8} {'min':>7} " + " ".join(f"{p:>11}" for p in PHASES))
     for r in rows:
-        print(f"{r['batch']:>5} {r['sampling']:8} {r['step_ms']:8.3f} "
+        print(f"{r['batch']:>5} {r['sampling']:8} {r['step_ms']:8.3f} {r['step_ms_min']:7.3f} "
               + " ".join(f"{r['phases_ms'][p]:11.3f}" for p in PHASES))
-    print("ms per decode step, medians; forward is a no-op returning fixed logits (nvllm/tools/host_bench.py). "
-          "pack: the runner's run less forward and sample; deltas: the step less every other phase.")
+    print("ms per decode step: medians, and the fastest step (the least disturbed on a busy machine); forward is a "
+          "no-op returning fixed logits (nvllm/tools/host_bench.py). pack: the runner's launch less forward; sample: "
+          "its sample and collect; postprocess: the scheduler's advance and settle; deltas: the step less every other "
+          "phase.")
+
+
+def _overrides(parser, items: list[str]) -> dict:
+    """KEY=VALUE items as LLM()'s nested overrides: kv_cache.block_size=16 -> {"kv_cache": {"block_size": 16}}."""
+    import yaml  # comes with hydra; parses 64, true, chunked into int, bool, str
+
+    nested = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"expected KEY=VALUE, got {item!r}")
+        *groups, leaf = key.strip().split(".")
+        node = nested
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[leaf] = yaml.safe_load(value)
+    return nested
 
 
 def main(argv=None) -> int:
@@ -185,9 +190,7 @@ def main(argv=None) -> int:
                         help="engine override, as for LLM(): async_scheduling=true, scheduler=chunked, ...")
     parser.add_argument("--out", default="host_bench.json", help="where the JSON results go")
     args = parser.parse_args(argv)
-    from nvllm.tools.bench import _key_values, _nest
-
-    overrides = _nest(_key_values(parser, args.nvllm))
+    overrides = _overrides(parser, args.nvllm)
     torch.set_num_threads(args.threads)
     register_noop_forward()
     rows = []
