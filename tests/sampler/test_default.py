@@ -472,3 +472,20 @@ def test_neutral_settings_change_nothing():
     logits = torch.randn(3, 40)
     seqs = [seq(temperature=0), seq(temperature=0, repetition_penalty=1.0, min_p=0.0), seq(temperature=0)]
     assert torch.equal(make_sampler().process(logits, seqs), logits)
+
+
+# --- overlap scheduling ---------------------------------------------------------------------
+
+
+def test_device_tokens_gives_the_same_tokens_as_a_tensor():
+    """Under async_scheduling the runner asks for a tensor (no host sync on CUDA); the tokens, and a
+    seeded request's stream, are the ones the list would hold."""
+    logits = torch.randn(4, 50)
+    seqs = [seq(temperature=0), seq(temperature=0.9, seed=5), seq(temperature=0.7, top_k=5, seed=6),
+            seq(temperature=1.1, top_p=0.8, seed=7), seq(temperature=0.8, min_p=0.1, seed=8, repetition_penalty=1.2)]
+    listed, tensored = make_sampler(), make_sampler()
+    tensored.device_tokens = True
+    for _ in range(3):
+        want, got = listed(logits, seqs), tensored(logits, seqs)
+        assert isinstance(want, list) and isinstance(got, torch.Tensor) and got.dtype == torch.int64
+        assert got.tolist() == want
