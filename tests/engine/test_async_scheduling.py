@@ -78,6 +78,29 @@ def test_a_stop_token_seen_a_step_late_drops_the_lookahead_token(tiny_qwen3_path
     assert all(o.finish_reason == "stop" and len(o.token_ids) < 12 for o in off)
 
 
+def test_length_limits_end_a_request_at_launch_without_a_lookahead_step(tiny_qwen3_path):
+    """max_tokens and max_model_len are known before the token arrives: the request is finished
+    when the step that samples its last token is launched, and no later step runs it."""
+    prompts, limits = [[1, 2, 3] * 4, [4, 5], [6] * 7], [30, 3, 5]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in limits]
+    kw = dict(kv_cache={"block_size": 8, "num_blocks": 8}, max_model_len=20, max_num_batched_tokens=64)
+    off = run(tiny_qwen3_path, prompts, params, False, **kw)[0]
+    with LLM(tiny_qwen3_path, async_scheduling=True, **kw) as llm:
+        engine, tokens, reasons = llm.engine, {}, {}
+        for i, (p, sp) in enumerate(zip(prompts, params)):
+            engine.add_request(str(i), p, sp)
+        while engine.has_unfinished_requests():
+            for d in engine.step():
+                tokens.setdefault(d.request_id, []).extend(d.new_token_ids)
+                if d.finished:
+                    reasons[d.request_id] = d.finish_reason
+                    in_flight = engine._in_flight.seqs if engine._in_flight else []
+                    assert all(s.request_id != d.request_id for s in in_flight), "a step ran past the limit"
+    assert [(o.finish_reason, len(o.token_ids)) for o in off] == [("max_model_len", 8), ("length", 3), ("length", 5)]
+    assert [tokens[str(i)] for i in range(3)] == [o.token_ids for o in off]
+    assert [reasons[str(i)] for i in range(3)] == [o.finish_reason for o in off]
+
+
 def test_an_abort_while_its_step_is_in_flight_drops_that_token_and_frees_its_blocks(tiny_qwen3_path):
     prompts = prompts_with_shared_prefixes(2)[:3]
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
