@@ -209,3 +209,24 @@ def test_tp2_with_overlap_matches_tp1(tiny_qwen3_path):
     on = run(tiny_qwen3_path, prompts, greedy, True, kv_cache=kv, tp=2)
     assert on[1] > 0  # preempted sequences were re-prefilled on both ranks
     assert [o.token_ids for o in on[0]] == [o.token_ids for o in off[0]]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+def test_overlap_on_cuda_keeps_the_greedy_tokens(tiny_qwen3_path, attention):
+    """On CUDA, where auto turns it on: decode CUDA graphs, PENDING inputs filled in on the device,
+    tokens copied to pinned memory; float32, so the tokens must agree exactly with it off."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    prompts = prompts_with_shared_prefixes(5)
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    kw = dict(device="cuda", dtype="float32", attention=attention, kv_cache={"block_size": 16, "num_blocks": 24},
+              max_model_len=256, max_num_batched_tokens=512)
+    with LLM(tiny_qwen3_path, **kw) as llm:
+        assert llm.engine.config.async_scheduling is True  # auto, on CUDA
+        on = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+    with LLM(tiny_qwen3_path, async_scheduling=False, **kw) as llm:
+        off = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+    assert on == off
