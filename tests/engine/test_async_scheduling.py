@@ -223,7 +223,7 @@ def test_overlap_on_cuda_keeps_the_greedy_tokens(tiny_qwen3_path, attention):
     prompts = prompts_with_shared_prefixes(5)
     greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     kw = dict(device="cuda", dtype="float32", attention=attention, kv_cache={"block_size": 16, "num_blocks": 24},
-              max_model_len=256, max_num_batched_tokens=512)
+              max_model_len=256, max_num_batched_tokens=512, max_num_seqs=16)
     with LLM(tiny_qwen3_path, **kw) as llm:
         assert llm.engine.config.async_scheduling is True  # auto, on CUDA
         on = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
