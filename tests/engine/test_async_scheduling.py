@@ -112,7 +112,7 @@ def test_an_abort_while_its_step_is_in_flight_drops_that_token_and_frees_its_blo
         for _ in range(5):
             for d in engine.step():
                 tokens.setdefault(d.request_id, []).extend(d.new_token_ids)
-        seq = engine._requests["1"].seq
+        seq = engine._requests["1"][0].seq
         assert seq.last_token == PENDING and seq in engine._in_flight.seqs  # its next token is being computed
         free, held = engine.kv_cache.num_free_blocks, len(seq.block_table)
         engine.abort_request("1")
@@ -170,6 +170,30 @@ def test_seeded_sampling_is_the_same_on_and_off(tiny_qwen3_path):
     off = run(tiny_qwen3_path, prompts, params, False)[0]
     on = run(tiny_qwen3_path, prompts, params, True)[0]
     assert [o.token_ids for o in on] == [o.token_ids for o in off]
+
+
+def test_n_logprobs_penalties_and_min_tokens_are_the_same_on_and_off(tiny_qwen3_path):
+    """The sampler reads each request's history (penalties, min_tokens) and logprobs are taken once
+    the tokens reach the host: with overlap the sampler still sees every earlier token, and n
+    completions sharing a cached prompt come out as they do without it."""
+    prompts = prompts_with_shared_prefixes(6)[:4]
+    params = [SamplingParams(temperature=0, max_tokens=10, repetition_penalty=1.3, logprobs=2),
+              SamplingParams(temperature=0, max_tokens=10, frequency_penalty=0.5, presence_penalty=0.3, min_tokens=6),
+              SamplingParams(temperature=0.9, seed=3, n=3, max_tokens=8, min_p=0.05),
+              SamplingParams(temperature=0, max_tokens=8, n=2, logprobs=0)]
+    kv = {"block_size": 8, "prefix_caching": True}
+    off = run(tiny_qwen3_path, prompts, params, False, kv_cache=kv)[0]
+    on = run(tiny_qwen3_path, prompts, params, True, kv_cache=kv)[0]
+    assert [[c.token_ids for c in o.outputs] for o in on] == [[c.token_ids for c in o.outputs] for o in off]
+    assert [len(o.outputs) for o in on] == [1, 1, 3, 2]
+    for a, b in zip(on, off):
+        for x, y in zip(a.outputs, b.outputs):
+            assert (x.text, x.finish_reason) == (y.text, y.finish_reason)
+            assert (x.logprobs is None) == (y.logprobs is None)
+            if x.logprobs is not None:
+                assert len(x.logprobs) == len(x.token_ids)
+                assert [sorted(e) for e in x.logprobs] == [sorted(e) for e in y.logprobs]
+                assert x.cumulative_logprob == pytest.approx(y.cumulative_logprob, abs=1e-5)
 
 
 def test_settle_makes_a_length_finish_a_stop_when_the_token_is_eos():

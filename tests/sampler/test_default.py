@@ -480,7 +480,7 @@ def test_neutral_settings_change_nothing():
 def test_device_tokens_gives_the_same_tokens_as_a_tensor():
     """Under async_scheduling the runner asks for a tensor (no host sync on CUDA); the tokens, and a
     seeded request's stream, are the ones the list would hold."""
-    logits = torch.randn(4, 50)
+    logits = torch.randn(5, 50)
     seqs = [seq(temperature=0), seq(temperature=0.9, seed=5), seq(temperature=0.7, top_k=5, seed=6),
             seq(temperature=1.1, top_p=0.8, seed=7), seq(temperature=0.8, min_p=0.1, seed=8, repetition_penalty=1.2)]
     listed, tensored = make_sampler(), make_sampler()
