@@ -195,12 +195,13 @@ class LLMEngine:
         token_ids = self._runner(self.model_runner.collect, step)
         now = self.clock.now()
         self.scheduler.settle(step.seqs, token_ids)
-        deltas, requests = [], self._requests
+        deltas, requests, held = [], self._requests, self._held
         for seq in step.seqs:
             if len(seq.token_times) < seq.num_tokens - seq.num_prompt_tokens:
                 seq.token_times.append(now)
-                for sibling in self._held.pop(seq.seq_id, ()):  # the prompt's full blocks are cached now
-                    self.scheduler.add(sibling)
+                if held:  # siblings (n > 1) wait for the first completion: the prompt's full blocks are cached now
+                    for sibling in held.pop(seq.seq_id, ()):
+                        self.scheduler.add(sibling)
                 deltas.append(self._delta(requests[seq.request_id][seq.index], now))
         # a step's time: from its launch, or from when the one before it was collected if later
         self.stats.record(step.num_tokens, now - max(step.launched, self._last_collect), step.is_decode)
