@@ -64,13 +64,14 @@ def test_gpu_check_smoke(tmp_path):
 
 # what the GPU image lacks and the wheels bring: hidden from the image-like Python below
 NOT_ON_THE_IMAGE = ("hydra", "omegaconf", "antlr4", "hypothesis", "attrs", "sortedcontainers", "gguf", "setuptools",
-                    "_distutils_hack", "distutils-precedence", "accelerate", "submitit", "nvllm", "__editable__")
+                    "_distutils_hack", "distutils-precedence", "accelerate", "submitit", "nvllm", "__editable__",
+                    "tabulate", "prometheus_client", "pytz", "tzdata")
 
 
 def image_like_python(root: Path) -> Path:
     """A Python 3.11 venv that sees this venv's packages but none of NOT_ON_THE_IMAGE (nor the
     editable nvllm and its plugins): torch, transformers, pytest, pyyaml, xxhash, pip... as on
-    the GPU image, where PyYAML and xxhash are the carried cp312 wheels instead."""
+    the GPU image, where PyYAML, xxhash and pandas are the carried cp312 wheels instead."""
     site = Path(sysconfig.get_paths()["purelib"])
     farm = root / "farm"
     farm.mkdir()
@@ -93,7 +94,7 @@ def test_wheels_install_into_an_empty_target(tmp_path):
     gpu_install.sh into an empty directory from a Python without hydra, omegaconf or nvllm;
     `import nvllm.conf` and `python -m nvllm.run --help` work from there, and the check's tests
     part collects and runs. The binary wheels are cp312: where a Python 3.12 is at hand they are
-    installed and imported under it; the 3.11 Python here uses its own PyYAML and xxhash."""
+    installed and imported under it; the 3.11 Python here uses its own PyYAML, xxhash and pandas."""
     wheels, target = tmp_path / "wheels", tmp_path / "site"
     env = {**os.environ, "WHEEL_DIR": str(wheels), "PYTHON": sys.executable}
     subprocess.run(["bash", str(ROOT / "experiments" / "gpu_wheels.sh")], env=env, check=True, timeout=600,
@@ -101,9 +102,9 @@ def test_wheels_install_into_an_empty_target(tmp_path):
     names = sorted(p.name for p in wheels.iterdir())
     assert {n.split("-")[0].lower() for n in names} == {
         "antlr4_python3_runtime", "attrs", "gguf", "hydra_core", "hypothesis", "omegaconf", "pyyaml", "setuptools",
-        "sortedcontainers", "xxhash"}, names
+        "sortedcontainers", "xxhash", "pandas", "pytz", "tzdata", "tabulate", "prometheus_client"}, names
     binary = [n for n in names if not n.endswith("-none-any.whl")]
-    assert sorted(n.split("-")[0].lower() for n in binary) == ["pyyaml", "xxhash"]
+    assert sorted(n.split("-")[0].lower() for n in binary) == ["pandas", "pyyaml", "xxhash"]
     assert all("-cp312-cp312-" in n and "manylinux" in n and n.endswith("x86_64.whl") for n in binary), binary
     assert sum(p.stat().st_size for p in wheels.iterdir()) < 64 * 2**20
 
