@@ -14,6 +14,7 @@ reports what it finished by then (a lower bound). Writes bench_gpu.json, prints 
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,19 @@ def workload(num_seqs: int = 256, min_len: int = 100, max_len: int = 1024, max_t
     prompts = [[rng.randint(0, max_token_id) for _ in range(rng.randint(min_len, max_len))] for _ in range(num_seqs)]
     max_tokens = [rng.randint(min_len, max_len) for _ in range(num_seqs)]
     return prompts, max_tokens
+
+
+def ensure_checkpoint(path: Path, smoke: bool) -> Path:
+    """The random-weight checkpoint the benchmark runs (tiny for --smoke), written once; it
+    appears whole or not at all (a part cut off by its cap leaves no half-written one)."""
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    if not (path / "config.json").exists():
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        make_random_checkpoint("qwen3", str(partial), preset="tiny" if smoke else "qwen3-0.6b", seed=0)
+        partial.rename(path)
+    return path
 
 
 def _sizes(args):
@@ -174,7 +188,8 @@ def main():
     parser.add_argument("--num-seqs", type=int, default=256)
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny random model, 4 short requests")
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help="the random Qwen3-0.6B-shape checkpoint (made here if missing; "
+                                             "default: OUT/ckpt)")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--hf", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,11 +198,7 @@ def main():
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from nvllm.tools.checkpoint import make_random_checkpoint
-
-    checkpoint = out / "ckpt"
-    if not (checkpoint / "config.json").exists():
-        make_random_checkpoint("qwen3", str(checkpoint), preset="tiny" if args.smoke else "qwen3-0.6b", seed=0)
+    checkpoint = ensure_checkpoint(Path(args.checkpoint) if args.checkpoint else out / "ckpt", args.smoke)
     names = args.configs.split(",") if args.configs else [*(SMOKE_CONFIGS if args.smoke else CONFIGS)]
     names = names if args.configs else names[:4] + ["hf"] + names[4:]
     results = []

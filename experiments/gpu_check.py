@@ -1,21 +1,25 @@
 """The device check's parts, each in its own process under its own time cap, so one slow part
-cannot eat the others: the GPU tests, greedy parity with transformers (gpu_parity.py),
-nano-vllm's benchmark (bench_gpu.py) and profiles for forward=simulated, with the benchmark
-simulated from one of them (gpu_profile.py). Writes check.json under --out and prints one table last,
-with whatever finished when a part hit its cap. Run through experiments/gpu_check.sh.
+cannot eat the others: the GPU tests, greedy parity with transformers (gpu_parity.py), a
+torch.profiler trace of one decode step of nano-vllm's benchmark at full batch (gpu_trace.py), the
+benchmark itself (bench_gpu.py; the two share one checkpoint, written outside --out) and profiles
+for forward=simulated, with the benchmark simulated from one of them (gpu_profile.py). Writes
+check.json under --out and prints one table last, with whatever finished when a part hit its cap.
+Run through experiments/gpu_check.sh.
 
     python experiments/gpu_check.py --out DIR [--tests DIR] [--smoke]
 """
 import argparse
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BUDGETS = dict(tests=75, parity=80, bench=200, profile=100)  # seconds per part: under 8 minutes with the install
-SMOKE_BUDGETS = dict(tests=120, parity=240, bench=300, profile=240)
+BUDGETS = dict(tests=60, parity=80, trace=60, bench=180, profile=90)  # seconds per part: under 9 minutes with the install
+SMOKE_BUDGETS = dict(tests=120, parity=240, trace=120, bench=300, profile=240)
 
 
 def run_part(name: str, cmd: list[str], budget: float, out: Path) -> dict:
@@ -37,27 +41,33 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--tests", default=str(HERE.parent / "tests"), help="the test tree to run with -m gpu")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny workloads: checks the check")
-    parser.add_argument("--parts", default="tests,parity,bench,profile")
+    parser.add_argument("--parts", default="tests,parity,trace,bench,profile")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budgets = SMOKE_BUDGETS if args.smoke else BUDGETS
     smoke = ["--smoke"] if args.smoke else []
     py = sys.executable
+    scratch = Path(tempfile.mkdtemp(prefix="nvllm-gpu-check-"))  # the benchmark's checkpoint: not for $OUT
+    checkpoint = ["--checkpoint", str(scratch / "ckpt")]
     commands = {
         "tests": [py, "-m", "pytest", args.tests, "-m", "gpu", "-q", "-p", "no:cacheprovider"],
         "parity": [py, str(HERE / "gpu_parity.py"), "--out", str(out / "parity"), *smoke],
+        "trace": [py, str(HERE / "gpu_trace.py"), "--out", str(out / "trace"), *checkpoint, *smoke],
         # per configuration: 35 s of generate (room for the defaults to finish on one datacenter GPU; a slower configuration reports a lower bound), 40 s of set-up
         "bench": [py, str(HERE / "bench_gpu.py"), "--out", str(out / "bench"), "--budget-s", "35",
-                  "--setup-budget-s", "40", *smoke],
+                  "--setup-budget-s", "40", *checkpoint, *smoke],
         # two shapes, 20 s of timing each, then the benchmark simulated from the first against the bench part's run
         "profile": [py, str(HERE / "gpu_profile.py"), "--out", str(out / "profile"), "--bench", str(out / "bench"),
                     "--budget-s", "20", *smoke],
     }
     parts = []
-    for name in args.parts.split(","):
-        parts.append(run_part(name, commands[name], budgets[name], out))
-        (out / "check.json").write_text(json.dumps(dict(parts=parts), indent=2))
+    try:
+        for name in args.parts.split(","):
+            parts.append(run_part(name, commands[name], budgets[name], out))
+            (out / "check.json").write_text(json.dumps(dict(parts=parts), indent=2))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     _attach(out, parts)
     print("\n== GPU check: parts ==" if not args.smoke else "\n== GPU check (smoke: CPU) ==")
     for p in parts:
@@ -73,7 +83,8 @@ def _attach(out: Path, parts: list[dict]):
         lines = p["last_lines"]
         if p["part"] != "tests" and "" in lines:
             p["table"] = lines[len(lines) - lines[::-1].index(""):]
-        for path in (out / "parity" / "parity.json", out / "bench" / "bench_gpu.json", out / "profile" / "profile.json"):
+        for path in (out / "parity" / "parity.json", out / "trace" / "summary.json", out / "bench" / "bench_gpu.json",
+                     out / "profile" / "profile.json"):
             if path.parent.name == p["part"] and path.exists():
                 p["results"] = json.loads(path.read_text())
                 if "table" not in p and isinstance(p["results"], list):  # cut off by its cap: list what finished
@@ -95,6 +106,11 @@ def _summary(part: dict) -> str:
         cells = [r for r in results if "status" in r]
         return ", ".join(f"{sum(r['status'] == s for r in cells)} {s}" for s in ("match", "MISMATCH", "refused", "error")
                          if any(r["status"] == s for r in cells))
+    if part["part"] == "trace":
+        if "device_busy_ms_per_step" not in results:
+            return f"{results['wall_ms_per_step']:.2f} ms/step (no device)" if results else ""
+        return (f"{results['wall_ms_per_step']:.2f} ms/step, device busy {results['device_busy_ms_per_step']:.2f}, "
+                f"host gap {results['host_gap_ms_per_step']:.2f}")
     done = [r for r in results if "tok_s" in r]
     return ", ".join(f"{r['config']} {'>=' if r.get('lower_bound') else ''}{r['tok_s']:.0f} tok/s" for r in done)
 

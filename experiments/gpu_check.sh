@@ -2,7 +2,7 @@
 # The device check: one call on a machine with one NVIDIA GPU, from a fresh checkout, under
 # 8 minutes. Installs nothing from the network: make the wheels first, here (where PyPI is
 # reachable), then run it there carrying them:
-#   bash experiments/gpu_wheels.sh                                            # here: .whl/, ~3 MiB
+#   bash experiments/gpu_wheels.sh                                            # here: .whl/, ~17 MiB
 #   device tool: run(command="bash experiments/gpu_check.sh", carry=[".whl"], timeout_s=600)
 # It installs the wheels and this checkout into a scratch directory (so nvllm.conf exists under
 # a plain python3), then runs experiments/gpu_check.py from there: the GPU tests, greedy float32

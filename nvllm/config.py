@@ -13,7 +13,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, ValidationEr
 from nvllm import registry
 from nvllm.attention.select import select_backend
 from nvllm.auto import AUTO, choose, tristate
-from nvllm.forward.base import ForwardTarget
+from nvllm.forward.base import ForwardTarget, computes_tensors
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
 from nvllm.metrics import MetricsConfig, SLOConfig
 from nvllm.plugins import load_plugins
@@ -46,9 +46,13 @@ class EngineConfig:
     max_model_len: int = 4096
     # global seed for unseeded sampling
     seed: int = 0
+    # overlap scheduling: schedule and pack step N+1 while step N runs; auto: on where the device runs
+    # asynchronously to the host (CUDA), true, false
+    async_scheduling: Any = "auto"
 
     def __post_init__(self):
         self.cudagraph = tristate("cudagraph", self.cudagraph)  # None: auto
+        self.async_scheduling = tristate("async_scheduling", self.async_scheduling)  # None: auto
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device={self.device!r} is not allowed: use auto, cpu or cuda")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -273,7 +277,13 @@ class Config(EngineConfig):
             raise ConfigError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_model_len "
                               f"({max_model_len}): a preempted sequence is recomputed in one step "
                               f"(scheduler=chunked splits it)")
+        computes = computes_tensors(forward)
+        if self.async_scheduling and not computes:
+            raise ConfigError(f"async_scheduling=true: forward={forward.name} computes no tensors, so there is no "
+                              f"device work to overlap; drop async_scheduling")
+        async_scheduling = device == "cuda" and computes if self.async_scheduling is None else self.async_scheduling
         return replace(self, device=device, dtype=dtype, cudagraph=forward.name == "cudagraph",
+                       async_scheduling=async_scheduling,
                        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
                        attention=attention, attention_choice=attention_choice,
                        forward=forward, forward_choice=forward_choice)

@@ -7,6 +7,10 @@ from itertools import count
 
 from nvllm.sampling_params import SamplingParams
 
+# In token_ids: the token of a step still in flight (async_scheduling): the next step is scheduled and
+# its inputs packed before this one's sample reaches the host, and it arrives a step later
+PENDING = -1
+
 
 class SequenceStatus(Enum):
     WAITING = auto()
@@ -80,3 +84,13 @@ class Sequence:
         self.token_ids.append(token_id)
         self.last_token = token_id
         self.num_tokens += 1
+
+    def set_pending_token(self, token_id: int):
+        """The value of the PENDING last token, once its step's sample has arrived."""
+        self.token_ids[-1] = self.last_token = token_id
+
+    def drop_pending_token(self):
+        """Forget the PENDING last token: the request ended while its step ran."""
+        self.token_ids.pop()
+        self.num_tokens -= 1
+        self.last_token = self.token_ids[-1]

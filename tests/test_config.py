@@ -149,6 +149,7 @@ def test_switches_are_typed_at_composition(override):
 
 @pytest.mark.parametrize("override, says", [
     ("cudagraph=maybe", "cudagraph='maybe' is not allowed: use auto, true or false"),
+    ("async_scheduling=sometimes", "async_scheduling='sometimes' is not allowed: use auto, true or false"),
     ("max_num_seqs=0", "max_num_seqs=0 is not allowed: it must be an integer >= 1"),
     ("dtype=float8", "dtype='float8' is not allowed"),
     ("scheduler=chunked scheduler.max_chunk=-1", "scheduler.max_chunk=-1 is not allowed"),

@@ -1,5 +1,5 @@
 """The prepared GPU scripts run their logic here: the whole device check in --smoke mode on the
-CPU (tiny model, tiny workloads, a profile and the benchmark simulated from it), nano-vllm's
+CPU (tiny model, tiny workloads, a step's trace, a profile and the benchmark simulated from it), nano-vllm's
 workload drawn exactly, and the wheel set installing, offline, into an empty directory where
 `import nvllm.conf` then works."""
 import glob
@@ -25,6 +25,15 @@ def test_workload_is_nano_vllms():
     assert all(100 <= len(p) <= 1024 for p in prompts) and max(max(p) for p in prompts) == 10000
 
 
+def test_busy_time_is_the_union_of_kernel_intervals():
+    """The trace's device time: overlapping kernels (two streams) count once, gaps not at all."""
+    from gpu_trace import busy_time
+
+    assert busy_time([]) == 0
+    assert busy_time([(0, 10), (5, 12), (20, 25), (21, 22), (30, 30)]) == 17
+    assert busy_time([(20, 25), (0, 10)]) == 15
+
+
 def test_gpu_scripts_parse():
     for script in ("gpu_check.sh", "gpu_wheels.sh", "gpu_install.sh"):
         subprocess.run(["bash", "-n", str(ROOT / "experiments" / script)], check=True)
@@ -40,11 +49,15 @@ def test_gpu_check_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check = json.loads((tmp_path / "check.json").read_text())
     parts = {p["part"]: p for p in check["parts"]}
-    assert list(parts) == ["tests", "parity", "bench", "profile"] and all(p["status"] == "ok" for p in parts.values()), parts
+    assert list(parts) == ["tests", "parity", "trace", "bench", "profile"], parts
+    assert all(p["status"] == "ok" for p in parts.values()), parts
     cells = {r["cell"]: r for r in parts["parity"]["results"][1:]}
     assert cells["sdpa cudagraph=false compile=false"]["status"] == "match"
     assert cells["cpu cudagraph=false compile=true"]["status"] == "match"
     assert cells["sdpa cudagraph=true compile=false"]["status"] == "refused"  # no CUDA here
+    trace = parts["trace"]["results"]
+    assert trace["steps"] == 5 and trace["batch"] > 0 and trace["top"] and trace["wall_ms_per_step"] > 0
+    assert (tmp_path / "trace" / "trace.json.gz").stat().st_size > 0 and "-- trace --" in proc.stdout
     bench = {r["config"]: r for r in parts["bench"]["results"]}
     assert bench["defaults"]["effective"]["attention"] == "cpu" and bench["defaults"]["output_tokens"] > 0
     assert bench["hf"]["output_tokens"] > 0
@@ -56,13 +69,14 @@ def test_gpu_check_smoke(tmp_path):
 
 # what the GPU image lacks and the wheels bring: hidden from the image-like Python below
 NOT_ON_THE_IMAGE = ("hydra", "omegaconf", "antlr4", "hypothesis", "attrs", "sortedcontainers", "gguf", "setuptools",
-                    "_distutils_hack", "distutils-precedence", "accelerate", "submitit", "nvllm", "__editable__")
+                    "_distutils_hack", "distutils-precedence", "accelerate", "submitit", "nvllm", "__editable__",
+                    "tabulate", "prometheus_client", "pytz", "tzdata")
 
 
 def image_like_python(root: Path) -> Path:
     """A Python 3.11 venv that sees this venv's packages but none of NOT_ON_THE_IMAGE (nor the
     editable nvllm and its plugins): torch, transformers, pytest, pyyaml, xxhash, pip... as on
-    the GPU image, where PyYAML and xxhash are the carried cp312 wheels instead."""
+    the GPU image, where PyYAML, xxhash and pandas are the carried cp312 wheels instead."""
     site = Path(sysconfig.get_paths()["purelib"])
     farm = root / "farm"
     farm.mkdir()
@@ -85,7 +99,7 @@ def test_wheels_install_into_an_empty_target(tmp_path):
     gpu_install.sh into an empty directory from a Python without hydra, omegaconf or nvllm;
     `import nvllm.conf` and `python -m nvllm.run --help` work from there, and the check's tests
     part collects and runs. The binary wheels are cp312: where a Python 3.12 is at hand they are
-    installed and imported under it; the 3.11 Python here uses its own PyYAML and xxhash."""
+    installed and imported under it; the 3.11 Python here uses its own PyYAML, xxhash and pandas."""
     wheels, target = tmp_path / "wheels", tmp_path / "site"
     env = {**os.environ, "WHEEL_DIR": str(wheels), "PYTHON": sys.executable}
     subprocess.run(["bash", str(ROOT / "experiments" / "gpu_wheels.sh")], env=env, check=True, timeout=600,
@@ -93,9 +107,9 @@ def test_wheels_install_into_an_empty_target(tmp_path):
     names = sorted(p.name for p in wheels.iterdir())
     assert {n.split("-")[0].lower() for n in names} == {
         "antlr4_python3_runtime", "attrs", "gguf", "hydra_core", "hypothesis", "omegaconf", "pyyaml", "setuptools",
-        "sortedcontainers", "xxhash"}, names
+        "sortedcontainers", "xxhash", "pandas", "pytz", "tzdata", "tabulate", "prometheus_client"}, names
     binary = [n for n in names if not n.endswith("-none-any.whl")]
-    assert sorted(n.split("-")[0].lower() for n in binary) == ["pyyaml", "xxhash"]
+    assert sorted(n.split("-")[0].lower() for n in binary) == ["pandas", "pyyaml", "xxhash"]
     assert all("-cp312-cp312-" in n and "manylinux" in n and n.endswith("x86_64.whl") for n in binary), binary
     assert sum(p.stat().st_size for p in wheels.iterdir()) < 64 * 2**20
 

@@ -1,7 +1,15 @@
-"""The engine loop: add requests, abort them, and step — schedule, run the model, postprocess —
-until every request has finished. Intake checks live in intake.py, deltas and outputs in
-outputs.py, the offline `generate` driver in driver.py. Components come from the registry; none of
-this code sees a DictConfig or a plugin."""
+"""The engine loop: add requests, abort them, and step — schedule, launch the forward pass,
+sample, settle the tokens — until every request has finished. Intake checks live in intake.py,
+deltas and outputs in outputs.py, the offline `generate` driver in driver.py, what overlap
+scheduling keeps between steps in overlap.py, a step that raises in faults.py. Components come
+from the registry; none of this code sees a DictConfig or a plugin.
+
+With async_scheduling a step launches the next batch before it collects the one in flight, so the
+host schedules and packs while the device computes: each sequence of the batch in flight already
+counts its coming token (PENDING) and a length limit is applied at launch; EOS, stop tokens and
+stop strings are seen when the token arrives, a step later, and a sequence they end may have run
+once more in the batch launched meanwhile: that token is dropped, its blocks freed. Greedy tokens
+are the same either way."""
 import logging
 import time
 
@@ -12,12 +20,13 @@ from nvllm.engine import driver, faults, intake
 from nvllm.engine.clock import Clock
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
+from nvllm.engine.overlap import Step
 from nvllm.forward.base import computes_tensors
 from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
 from nvllm.engine.warmup import warm_up
 from nvllm.models.weights import is_random, load_hf_config, resolve_model_path
 from nvllm.sampling_params import SamplingParams
-from nvllm.sequence import Sequence, SequenceStatus
+from nvllm.sequence import PENDING, Sequence, SequenceStatus
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +78,8 @@ class LLMEngine:
         self._held: dict[int, list[Sequence]] = {}  # a first completion's seq id -> its siblings, not yet added
         self._arrivals = intake.Arrivals(self.clock)
         self._aborted: list[RequestDelta] = []  # the next step returns them
+        self._in_flight: Step | None = None  # async_scheduling: the step launched and not yet collected
+        self._last_collect = float("-inf")
 
     # -- add / abort ------------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -122,6 +133,8 @@ class LLMEngine:
                 seq.status = SequenceStatus.FINISHED  # never reached the scheduler
             else:
                 self.scheduler.finish(seq, reason)
+            if seq.last_token == PENDING:  # its step is in flight: that token is dropped
+                seq.drop_pending_token()
             seq.finish_reason = reason
             self._aborted.append(self._delta(request, now))
             self._aborted[-1].error = error
@@ -148,37 +161,74 @@ class LLMEngine:
     # -- step -------------------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
         """One scheduling step; sleeps until the next arrival when nothing is due. Returns a delta
-        for each request that advanced or finished."""
+        for each request that advanced or finished (with async_scheduling, in the step after)."""
         deltas, self._aborted = self._aborted, []
-        for seq in self._arrivals.due(wait=not deltas and self.scheduler.is_finished()):
+        in_flight, self._in_flight = self._in_flight, None
+        idle = not deltas and in_flight is None and self.scheduler.is_finished()
+        for seq in self._arrivals.due(wait=idle):
             self.scheduler.add(seq)
-        if self.scheduler.is_finished():
+        seqs, step, fault = None, None, None
+        if not self.scheduler.is_finished():
+            seqs = self.scheduler.schedule()
+            if not seqs:
+                raise RuntimeError("the scheduler picked nothing while requests are pending")
+            start = self.clock.now()
+            step, fault = self._attempt(self.model_runner.launch, seqs, in_flight)
+        if in_flight is not None:  # its tokens settle before this step samples (EOS ends a sequence)
+            deltas += self._settle(in_flight)
+        if seqs is None:
             return deltas
-        seqs = self.scheduler.schedule()
-        if not seqs:
-            raise RuntimeError("the scheduler picked nothing while requests are pending")
-        num_tokens = sum(seq.num_scheduled_tokens for seq in seqs)
-        is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
-        start = self.clock.now()
+        if fault is None:
+            _, fault = self._attempt(self.model_runner.sample, step)
+        if fault is not None:  # the requests that raise alone end; the others' tokens are sampled
+            step = faults.isolate(self, seqs, fault)
+        step.launched = start
+        if not step.is_decode:
+            for seq in step.seqs:
+                if seq.first_scheduled_time is None:
+                    seq.first_scheduled_time = start
+        self.scheduler.advance(step.seqs)
+        if self.config.async_scheduling and fault is None:
+            self._in_flight = step
+        else:
+            deltas += self._settle(step)
+        return deltas
+
+    def _attempt(self, call, *args):
+        """(`call(*args)`, None), or (None, the Exception it raised: one request's data or a bug, for
+        faults.isolate to trace). Under TP, and on Ctrl-C mid-step, the engine stops instead: the
+        workers are mid-step too."""
         try:
-            token_ids = self.model_runner.run(seqs)
-        except Exception as e:  # one request's data (or a bug): end the requests that fail alone
+            return call(*args), None
+        except Exception as e:
             if self.workers is not None:
                 self._fail(e)
-            seqs, token_ids = faults.isolate(self, seqs, e)
+            return None, e
+        except BaseException as e:
+            self._fail(e)
+
+    def _runner(self, call, *args):
+        try:
+            return call(*args)
         except BaseException as e:  # Ctrl-C mid-step included: the workers are mid-step too
             self._fail(e)
+
+    def _settle(self, step: Step) -> list[RequestDelta]:
+        """Collect `step`'s tokens, settle them (EOS and stop tokens finish), and the deltas."""
+        token_ids = self._runner(self.model_runner.collect, step)
         now = self.clock.now()
-        self.scheduler.postprocess(seqs, token_ids)
-        for seq in seqs:
-            if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = start
-            if len(seq.token_times) < seq.num_completion_tokens:
+        self.scheduler.settle(step.seqs, token_ids)
+        deltas, requests, held = [], self._requests, self._held
+        for seq in step.seqs:
+            if len(seq.token_times) < seq.num_tokens - seq.num_prompt_tokens:
                 seq.token_times.append(now)
-                for sibling in self._held.pop(seq.seq_id, ()):  # the prompt's full blocks are cached now
-                    self.scheduler.add(sibling)
-                deltas.append(self._delta(self._requests[seq.request_id][seq.index], now))
-        self.stats.record(num_tokens, now - start, is_decode)
+                if held:  # siblings (n > 1) wait for the first completion: the prompt's full blocks are cached now
+                    for sibling in held.pop(seq.seq_id, ()):
+                        self.scheduler.add(sibling)
+                deltas.append(self._delta(requests[seq.request_id][seq.index], now))
+        # a step's time: from its launch, or from when the one before it was collected if later
+        self.stats.record(step.num_tokens, now - max(step.launched, self._last_collect), step.is_decode)
+        self._last_collect = now
         return deltas
 
     def _delta(self, request: LiveRequest, now: float) -> RequestDelta:

@@ -4,18 +4,30 @@ strategy (nvllm/forward/: eager, cudagraph, fused_cpu, ...), and samples from th
 of each sequence. Under tensor parallelism rank 0 sends each step's inputs to the workers, which
 run the same forward on their shard; only rank 0 samples. A strategy that computes no tensors
 (forward=simulated) gets no model, no cache tensors and no packed inputs: it sizes the cache and
-gives each step's token ids itself."""
+gives each step's token ids itself.
+
+A step is launched, sampled and collected (`run` does all three). With async_scheduling the
+engine launches the next step before collecting this one: an input token that is still PENDING
+(this step's sample) is filled in on the device from this step's token tensor, so the host never
+waits for the device while it schedules and packs. CUDA runs asynchronously to the host by
+itself; on a CPU the forward pass runs on a worker thread instead."""
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import accumulate
+
+import numpy as np
 import torch
 from transformers import AutoConfig
 
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
-from nvllm.sequence import Sequence
+from nvllm.engine.overlap import Step, fill_pending, pending_inputs
 from nvllm.forward.base import computes_tensors
 from nvllm.models.weights import has_weights, load_weights, random_init
+from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.sampler.logprobs import record_logprobs
 
+NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
 CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
 
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
@@ -52,6 +64,11 @@ class ModelRunner:
             self.model = self._load_model(path)
             self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
         self.sampler = registry.build("sampler", config.sampler, device=self.device)
+        self.sampler.device_tokens = bool(config.async_scheduling)  # a tensor of tokens, no host sync
+        # async_scheduling on a CPU: the forward pass on a worker thread (CUDA runs asynchronously anyway)
+        self.worker = None
+        if config.async_scheduling and self.device.type == "cpu":
+            self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvllm-forward")
         self.forward_strategy = registry.build("forward", config.forward, runner=self)
         if self.model is None:  # forward=simulated: the cache it stands in for has no tensors
             self.num_blocks = self.forward_strategy.kv_cache_blocks(config.kv_cache)
@@ -142,38 +159,58 @@ class ModelRunner:
     def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None):
         """Input tensors and attention metadata. `pad_to` adds dummy one-token sequences (slot -1,
         context 1) and `table_width` pads block tables, for fixed CUDA-graph shapes."""
-        input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
         bs = self.block_size
-        for token_ids, start, block_table in inputs:
-            end = start + len(token_ids)
-            input_ids.extend(token_ids)
-            positions.extend(range(start, end))
-            slots.extend(block_table[p // bs] * bs + p % bs for p in range(start, end))
-            query_lens.append(end - start)
-            context_lens.append(end)
+        if all(len(token_ids) == 1 for token_ids, _, _ in inputs):  # decode: one token each
+            input_ids = [token_ids[0] for token_ids, _, _ in inputs]
+            positions = [start for _, start, _ in inputs]
+            slots = [block_table[start // bs] * bs + start % bs for _, start, block_table in inputs]
+            query_lens = [1] * len(inputs)
+            context_lens = [start + 1 for start in positions]
+        else:
+            input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
+            for token_ids, start, block_table in inputs:
+                input_ids += token_ids
+                end = start + len(token_ids)
+                positions += range(start, end)
+                for p in range(start - start % bs, end, bs):  # its slots a block at a time
+                    base = block_table[p // bs] * bs
+                    slots += range(base + max(start - p, 0), base + min(end - p, bs))
+                query_lens.append(end - start)
+                context_lens.append(end)
         tables = [block_table for _, _, block_table in inputs]
-        for _ in range(len(inputs), pad_to or 0):
-            input_ids.append(0), positions.append(0), slots.append(-1), query_lens.append(1), context_lens.append(1)
-            tables.append([])
-        width = table_width or max(len(t) for t in tables)
-        block_tables = [t + [-1] * (width - len(t)) for t in tables]
-        cu_seqlens_q = [0]
-        for n in query_lens:
-            cu_seqlens_q.append(cu_seqlens_q[-1] + n)
-
-        def tensor(data, dtype):
-            return torch.tensor(data, dtype=dtype).to(self.device, non_blocking=True)
-
+        pad = (pad_to or 0) - len(inputs)
+        if pad > 0:
+            input_ids += [0] * pad
+            positions += [0] * pad
+            slots += [-1] * pad
+            query_lens += [1] * pad
+            context_lens += [1] * pad
+            tables += [[]] * pad
+        width = table_width or max(map(len, tables))
+        filler = [-1] * width
+        flat_tables = []
+        for t in tables:
+            flat_tables += t
+            if len(t) < width:
+                flat_tables += filler[len(t):]
         meta = AttentionMetadata(
-            cu_seqlens_q=tensor(cu_seqlens_q, torch.int32),
-            context_lens=tensor(context_lens, torch.int32),
-            slot_mapping=tensor(slots, torch.int64),
-            block_tables=tensor(block_tables, torch.int32),
+            cu_seqlens_q=self.tensor(list(accumulate(query_lens, initial=0)), torch.int32),
+            context_lens=self.tensor(context_lens, torch.int32),
+            slot_mapping=self.tensor(slots, torch.int64),
+            block_tables=self.tensor(flat_tables, torch.int32).view(len(tables), width),
             query_lens=query_lens,
             context_lens_host=context_lens,
             is_decode=max(query_lens) == 1,
         )
-        return tensor(input_ids, torch.int64), tensor(positions, torch.int64), meta
+        return self.tensor(input_ids, torch.int64), self.tensor(positions, torch.int64), meta
+
+    def tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
+        """`data` on the device, through numpy (a few times faster than torch.tensor from a list);
+        to CUDA from pinned memory, so the copy never waits for the device."""
+        host = torch.from_numpy(np.array(data, dtype=NUMPY[dtype]))
+        if self.device.type == "cpu":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
@@ -181,28 +218,91 @@ class ModelRunner:
         return self.forward_strategy(input_ids, positions, meta)
 
     def run(self, seqs: list[Sequence]) -> list[int]:
-        if self.model is None:
-            return self.forward_strategy.next_tokens(seqs)  # forward=simulated: no tensors, no sampling
+        """One step start to end: each sequence's sampled token (-1 where it sampled none)."""
+        step = self.launch(seqs)
+        self.sample(step)
+        return self.collect(step)
+
+    def launch(self, seqs: list[Sequence], in_flight: Step | None = None) -> Step:
+        """Pack `seqs`' inputs and start their forward pass; nothing waits for it. A PENDING input
+        token, a sample of `in_flight` not yet on the host, is filled in from its token tensor.
+        forward=simulated (no model) gives the step's tokens here: no tensors, no sampling."""
         inputs = step_inputs(seqs)
+        num_tokens = sum(len(token_ids) for token_ids, _, _ in inputs)
+        is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
+        if self.model is None:
+            return Step(seqs, num_tokens, is_decode, tokens=self.forward_strategy.next_tokens(seqs))
+        pending = pending_inputs(seqs, inputs, in_flight) if in_flight is not None else []
+        tokens = in_flight.tokens if pending else None
+        if pending and (self.control_group is not None or isinstance(tokens, list)):  # fill them in on the host
+            values = tokens if isinstance(tokens, list) else tokens.tolist()  # (CUDA: waits for in_flight's sample)
+            for i, row in pending:
+                inputs[i][0][-1] = values[row]  # the other ranks are sent these token ids
+            pending = []
+        input_ids, positions, meta = self.prepare(inputs)
+        if pending:
+            fill_pending(input_ids, inputs, pending, tokens, self.tensor)
+        if self.worker is None:
+            logits = self._forward_step(inputs, input_ids, positions, meta)
+        else:
+            logits = self.worker.submit(self._forward_step, inputs, input_ids, positions, meta)
+        return Step(seqs, num_tokens, is_decode, logits)
+
+    def _forward_step(self, inputs: list[StepInput], input_ids, positions, meta):
         if self.control_group is not None:
             torch.distributed.broadcast_object_list([inputs], src=0, group=self.control_group)
-        logits = self.forward(*self.prepare(inputs))
-        # only a sequence whose tokens are all computed after this step keeps its sample; a prefill
-        # chunk's would be thrown away, and drawing it would still advance a seeded request's noise
-        done = [i for i, seq in enumerate(seqs) if seq.num_computed_tokens + seq.num_scheduled_tokens >= len(seq)]
-        if len(done) == len(seqs):
-            token_ids = self.sampler(logits.float(), seqs)
+        return self.forward(input_ids, positions, meta)
+
+    def sample(self, step: Step) -> None:
+        """Draw a token for each sequence of `step` whose prompt is complete after it and that has
+        not finished meanwhile (a prefill chunk's sample would be thrown away, and drawing it would
+        still advance a seeded request's noise). On CUDA the tokens start for the host; nothing
+        waits for them."""
+        if self.model is None:
+            return  # forward=simulated: launch gave the tokens
+        logits = step.logits.result() if isinstance(step.logits, Future) else step.logits
+        step.logits = None
+        seqs = step.seqs
+        running = SequenceStatus.RUNNING
+        rows = [i for i, seq in enumerate(seqs)
+                if seq.num_computed_tokens + seq.num_scheduled_tokens >= seq.num_tokens and seq.status is running]
+        if not rows:
+            return
+        if len(rows) < len(seqs):
+            step.rows, logits, seqs = rows, logits[self.tensor(rows, torch.int64)], [seqs[i] for i in rows]
+        step.tokens = tokens = self.sampler(logits.float(), seqs)  # a list, or a tensor (device_tokens)
+        if any(seq.logprobs is not None for seq in seqs):
+            step.logits = logits  # read for the logprobs once the tokens are on the host
+        if isinstance(tokens, torch.Tensor) and self.device.type == "cuda" and self.config.async_scheduling:
+            step.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            step.host.copy_(tokens, non_blocking=True)
+            step.arrived = torch.cuda.Event()
+            step.arrived.record()
+
+    def collect(self, step: Step) -> list[int]:
+        """The sampled token of each sequence of `step` (-1 where it sampled none), once on the host."""
+        if step.tokens is None:
+            return [-1] * len(step.seqs)
+        if step.arrived is not None:
+            step.arrived.synchronize()
+            values = step.host.tolist()
         else:
-            token_ids = [-1] * len(seqs)  # postprocess skips the unfinished prefills' entries
-            if done:
-                sampled = self.sampler(logits[done].float(), [seqs[i] for i in done])
-                for i, token_id in zip(done, sampled):
-                    token_ids[i] = token_id
-        if any(seqs[i].logprobs is not None for i in done):
-            record_logprobs(logits, seqs, done, token_ids)
+            values = step.tokens if isinstance(step.tokens, list) else step.tokens.tolist()
+        if step.logits is not None:
+            sampled = step.seqs if step.rows is None else [step.seqs[i] for i in step.rows]
+            record_logprobs(step.logits, sampled, range(len(sampled)), values)
+            step.logits = None
+        if step.rows is None:
+            return values
+        token_ids = [-1] * len(step.seqs)
+        for i, token_id in zip(step.rows, values):
+            token_ids[i] = token_id
         return token_ids
 
     def close(self):
+        if self.worker is not None:
+            self.worker.shutdown(wait=True)  # the step in flight ends before the cache goes
+            self.worker = None
         for m in self._attention_layers() if self.model is not None else ():
             m.k_cache = m.v_cache = torch.tensor([])
         self.forward_strategy.close()  # graphs, packed copies, its pointers into the cache just freed

@@ -4,7 +4,7 @@ RequestOutput / CompletionOutput, and the engine's running totals of prefill and
 from dataclasses import dataclass, field
 
 from nvllm.engine.detokenizer import Detokenizer
-from nvllm.sequence import Sequence
+from nvllm.sequence import Sequence, SequenceStatus
 
 
 @dataclass
@@ -120,20 +120,27 @@ class LiveRequest:
         """The tokens and text added since the last delta, however many. A stop string found in
         the text finishes the completion here (finish_reason "stop"); the caller frees what a
         finished one holds and sets `finished` once every completion of the request has."""
-        seq = self.seq
+        seq, detokenizer = self.seq, self.detokenizer
         start = self.num_sent
         new_ids = seq.token_ids[seq.num_prompt_tokens + start:]
         self.num_sent += len(new_ids)
-        finished = seq.is_finished
-        text_ids = new_ids[:-1] if seq.finish_reason == "stop" and new_ids else new_ids  # a stop token's text is left out
-        text, stopped = self.detokenizer.update(text_ids, finished)
+        finished = seq.status is SequenceStatus.FINISHED
+        logprobs = None
+        if seq.logprobs is not None:
+            logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
+        if not (finished or detokenizer.incremental):  # its text comes once, at the end
+            return RequestDelta(seq.request_id, new_ids, "", False, None, seq.num_prompt_tokens, self.num_sent,
+                                index=seq.index, logprobs=logprobs, cumulative_logprob=seq.cumulative_logprob)
+        # the text of every token not yet decoded (all of them, the first time a non-streamed request
+        # decodes); a stop token's text is left out
+        text_ids = new_ids if detokenizer.incremental else seq.token_ids[seq.num_prompt_tokens:]
+        if seq.finish_reason == "stop" and text_ids:
+            text_ids = text_ids[:-1]
+        text, stopped = detokenizer.update(text_ids, finished)
         if stopped:
             seq.finish_reason, finished = "stop", True
         if finished:
             seq.finish_time = now
-        logprobs = None
-        if seq.logprobs is not None:
-            logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
         return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
                             seq.num_prompt_tokens, seq.num_completion_tokens, index=seq.index, logprobs=logprobs,
                             cumulative_logprob=seq.cumulative_logprob)

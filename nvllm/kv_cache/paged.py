@@ -127,10 +127,11 @@ class PagedBlockManager(KVCacheAllocator):
         self.num_hashed_blocks.pop(seq.seq_id, None)
 
     def can_append(self, seq: Sequence) -> bool:
-        return self.num_free_blocks >= seq.num_blocks - len(seq.block_table)
+        need = (seq.num_tokens + self.block_size - 1) // self.block_size - len(seq.block_table)
+        return need <= 0 or self.num_free_blocks >= need
 
     def may_append(self, seq: Sequence):
-        while len(seq.block_table) < seq.num_blocks:
+        for _ in range(seq.num_blocks - len(seq.block_table)):
             seq.block_table.append(self._take_free_block())
 
     def on_computed(self, seq: Sequence):
@@ -138,13 +139,15 @@ class PagedBlockManager(KVCacheAllocator):
             return
         num_full = seq.num_computed_tokens // self.block_size
         hashed = self.num_hashed_blocks.get(seq.seq_id, 0)
+        if num_full <= hashed:
+            return
         for i in range(hashed, num_full):
             prefix = self.blocks[seq.block_table[i - 1]].hash if i > 0 else -1
             block = self.blocks[seq.block_table[i]]
             block.token_ids = seq.block(i)
             block.hash = compute_hash(block.token_ids, prefix)
             self.hash_to_block_id[block.hash] = block.block_id
-        self.num_hashed_blocks[seq.seq_id] = max(hashed, num_full)
+        self.num_hashed_blocks[seq.seq_id] = num_full
 
 
 @hookimpl

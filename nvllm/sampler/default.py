@@ -8,6 +8,7 @@ argmax(p / E) with E ~ Exp(1) draws from p without a host sync. A seeded request
 from its own generator, so its tokens do not depend on what else is in the batch."""
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -17,6 +18,14 @@ from nvllm.sequence import Sequence
 
 
 NO_PENALTIES = (1.0, 0.0, 0.0)
+
+
+def per_row(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """One value per row, on the device (through numpy: faster than torch.tensor from a list); to
+    CUDA from pinned memory, so the host never waits for the device (overlap scheduling samples a
+    step while the device may still be computing it)."""
+    host = torch.from_numpy(np.array(values, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+    return host if device.type == "cpu" else host.pin_memory().to(device, non_blocking=True)
 
 
 class DefaultSampler(Sampler):
@@ -31,15 +40,19 @@ class DefaultSampler(Sampler):
         self.generators: dict[int, torch.Generator] = {}
         self.history: dict[int, torch.Tensor] = {}  # seq id -> its token ids on the device (penalties)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int] | torch.Tensor:
+        tokens = self.sample(logits, seqs)
+        return tokens if self.device_tokens else tokens.tolist()
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [seq.sampling_params for seq in seqs]
         logits = self.process(logits, seqs)
         greedy = logits.argmax(dim=-1)
         if all(sp.temperature == 0 for sp in params):
-            return greedy.tolist()
+            return greedy
         # a temperature below float32's smallest normal still means "collapse onto the argmax": clamp
         # it there, and scale logits with their maximum at 0, so nothing overflows to inf / inf = nan
-        temperatures = torch.tensor([sp.temperature or 1.0 for sp in params], device=logits.device)
+        temperatures = per_row([sp.temperature or 1.0 for sp in params], torch.float32, logits.device)
         temperatures = temperatures.clamp_min(torch.finfo(torch.float32).tiny)
         logits = logits.float()
         scaled = (logits - logits.max(dim=-1, keepdim=True).values) / temperatures[:, None]
@@ -49,17 +62,20 @@ class DefaultSampler(Sampler):
             if sp.seed is not None and sp.temperature > 0:
                 noise[b].exponential_(1, generator=self._generator(seq))
         sampled = (probs / noise.clamp_min(1e-10)).argmax(dim=-1)
-        is_greedy = torch.tensor([sp.temperature == 0 for sp in params], device=logits.device)
-        return torch.where(is_greedy, greedy, sampled).tolist()
+        is_greedy = per_row([sp.temperature == 0 for sp in params], torch.bool, logits.device)
+        return torch.where(is_greedy, greedy, sampled)
 
     def process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """The logits after the penalties and min_tokens, for the rows that ask for them."""
-        penalties = [self.penalties(seq) for seq in seqs]
-        rows = [b for b, p in enumerate(penalties) if p != NO_PENALTIES]
+        penalties = list(map(self.penalties, seqs))
+        rows = []  # count() finds the usual batch, no penalties at all, without a Python loop (host time a step)
+        if penalties.count(NO_PENALTIES) < len(seqs):
+            rows = [b for b, p in enumerate(penalties) if p != NO_PENALTIES]
         if rows:
             logits = logits.clone()
             logits[rows] = self.penalize(logits[rows], [seqs[b] for b in rows], [penalties[b] for b in rows])
-        masked = [(b, t) for b, seq in enumerate(seqs) if seq.num_completion_tokens < seq.sampling_params.min_tokens
+        masked = [(b, t) for b, seq in enumerate(seqs)
+                  if seq.sampling_params.min_tokens and seq.num_completion_tokens < seq.sampling_params.min_tokens
                   for t in self.eos_token_ids | set(seq.sampling_params.stop_token_ids or ())]
         if masked:
             logits = logits.clone() if not rows else logits
@@ -109,11 +125,11 @@ class DefaultSampler(Sampler):
             return logits
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         vocab = logits.shape[-1]
-        k = torch.tensor([t if t > 0 else vocab for t in top_k], device=logits.device)
+        k = per_row([t if t > 0 else vocab for t in top_k], torch.int64, logits.device)
         ranks = torch.arange(vocab, device=logits.device)[None, :]
         sorted_logits = sorted_logits.masked_fill(ranks >= k[:, None], float("-inf"))
         probs = sorted_logits.softmax(dim=-1)
-        p = torch.tensor(top_p, device=logits.device, dtype=probs.dtype)
+        p = per_row(top_p, probs.dtype, logits.device)
         # drop a token once the more likely ones already reach top_p (the first is always kept)
         drop = (probs.cumsum(dim=-1) - probs >= p[:, None]) & (p < 1)[:, None]  # rounding must not touch top_p=1 rows
         drop[:, 0] = False  # even a top_p that rounds to 0 in float32 keeps the most likely token

@@ -3,12 +3,18 @@
 The loop is written once, here: prefill-first (nano-vllm: a step that admits runs only prefills)
 or, with `chunked_prefill`, running requests first and new prompts, split if need be, in what is
 left of the token budget. A policy overrides only what differs: `next_to_admit`, `skip_blocked`,
-`admission_victim`, `running_order`, `victim`, `chunk` (docs/plugins.md)."""
+`admission_victim`, `running_order`, `victim`, `chunk` (docs/plugins.md).
+
+After a step, `advance` counts its tokens as computed and gives each sequence that sampled a
+PENDING token (finishing those that reach their length limit); `settle` puts in the sampled values
+and finishes on EOS or a stop token. Without overlap scheduling both run once the step is done
+(`postprocess`); with it, `advance` runs as soon as the step is launched, so the next step can be
+scheduled while it runs, and `settle` one step later."""
 from abc import ABC
 from collections import deque
 
 from nvllm.kv_cache.base import KVCacheAllocator
-from nvllm.sequence import Sequence, SequenceStatus
+from nvllm.sequence import PENDING, Sequence, SequenceStatus
 
 
 class Scheduler(ABC):
@@ -45,7 +51,10 @@ class Scheduler(ABC):
         return None
 
     def running_order(self) -> list[Sequence]:  # decodes, then prefill chunks under way
-        return sorted(self.running, key=lambda s: len(s) - s.num_computed_tokens > 1)
+        decodes = [s for s in self.running if s.num_tokens - s.num_computed_tokens <= 1]
+        if len(decodes) == len(self.running):
+            return decodes
+        return decodes + [s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
 
     def victim(self, seq: Sequence, candidates: list[Sequence]) -> Sequence | None:
         return candidates[-1] if candidates else None  # the newest admitted; None: seq itself
@@ -94,22 +103,29 @@ class Scheduler(ABC):
         return budget
 
     def _continue(self, scheduled: list[Sequence], budget: int) -> int:
+        chunk, running = self.chunk, SequenceStatus.RUNNING
         for seq in self.running_order():
             if not budget or len(scheduled) >= self.max_num_seqs:
                 break
-            if seq.status != SequenceStatus.RUNNING:
+            if seq.status is not running:
                 continue  # preempted earlier in this step
-            while not self.kv_cache.can_append(seq):
-                victim = self.victim(seq, self._unscheduled(seq)) or seq
-                self.preempt(victim)
-                if victim is seq:
-                    break
-            else:
-                self.kv_cache.may_append(seq)
-                seq.num_scheduled_tokens = self.chunk(seq, budget)
-                budget -= seq.num_scheduled_tokens
-                scheduled.append(seq)
+            if len(seq.block_table) * seq.block_size < seq.num_tokens and not self._make_room(seq):
+                continue  # it was preempted itself
+            left = seq.num_tokens - seq.num_computed_tokens
+            seq.num_scheduled_tokens = tokens = 1 if left == 1 else chunk(seq, budget)  # a decode runs its token
+            budget -= tokens
+            scheduled.append(seq)
         return budget
+
+    def _make_room(self, seq: Sequence) -> bool:
+        """Give `seq` the blocks its tokens need, preempting others (or, failing that, itself)."""
+        while not self.kv_cache.can_append(seq):
+            victim = self.victim(seq, self._unscheduled(seq)) or seq
+            self.preempt(victim)
+            if victim is seq:
+                return False
+        self.kv_cache.may_append(seq)
+        return True
 
     def _unscheduled(self, seq: Sequence) -> list[Sequence]:  # running, not yet given this step, in admission order
         return [s for s in self.running if s is not seq and not s.num_scheduled_tokens]
@@ -124,25 +140,54 @@ class Scheduler(ABC):
         self.waiting.appendleft(seq)
 
     def postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
-        """Account the step, append sampled tokens, finish sequences; return the finished."""
+        """A finished step: `advance`, then `settle` with its sampled tokens (one per sequence; a
+        prefill chunk's entry is ignored). Returns the sequences it finished."""
+        finished = self.advance(seqs)
+        return finished + self.settle(seqs, token_ids)
+
+    def advance(self, seqs: list[Sequence]) -> list[Sequence]:
+        """A launched step's K/V is (or, before anything reads it, will be) in the cache: count its
+        tokens as computed, enter full blocks in the prefix cache, and give each sequence whose
+        prompt is complete a PENDING token; one that reaches max_tokens or max_model_len with it
+        finishes now (no later step schedules it). A sequence that finished while the step ran (an
+        abort, a stop found a step late) is skipped. Returns the sequences it finished."""
         finished = []
-        for seq, token_id in zip(seqs, token_ids):
-            seq.num_computed_tokens += seq.num_scheduled_tokens
-            seq.num_scheduled_tokens = 0
-            self.kv_cache.on_computed(seq)
-            if seq.num_computed_tokens < len(seq):
-                continue  # a prefill chunk: its sampled token is not the next one
-            seq.append_token(token_id)
-            sp = seq.sampling_params
-            if (not sp.ignore_eos and token_id in self.eos_token_ids) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
-                self.finish(seq, "stop")
-            elif seq.num_completion_tokens >= sp.max_tokens:
+        on_computed, max_model_len = self.kv_cache.on_computed, self.max_model_len
+        for seq in seqs:
+            tokens, seq.num_scheduled_tokens = seq.num_scheduled_tokens, 0
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            seq.num_computed_tokens += tokens
+            on_computed(seq)
+            if seq.num_computed_tokens < seq.num_tokens:
+                continue  # a prefill chunk: its sample is not the next token
+            seq.append_token(PENDING)
+            if seq.num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens:
                 self.finish(seq, "length")
-            elif len(seq) >= self.max_model_len:
+            elif seq.num_tokens >= max_model_len:
                 self.finish(seq, "max_model_len")
             else:
                 continue
             finished.append(seq)
+        return finished
+
+    def settle(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
+        """A step's sampled tokens replace the PENDING ones `advance` gave (a sequence whose pending
+        token was dropped, or that sampled nothing, is skipped); EOS or a stop token finishes its
+        sequence with finish_reason "stop", even one that max_tokens already ended. Returns the
+        sequences it finished."""
+        finished, eos = [], self.eos_token_ids
+        for seq, token_id in zip(seqs, token_ids):
+            if seq.last_token != PENDING:
+                continue
+            seq.set_pending_token(token_id)
+            sp = seq.sampling_params
+            if (not sp.ignore_eos and token_id in eos) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
+                if seq.is_finished:
+                    seq.finish_reason = "stop"
+                else:
+                    self.finish(seq, "stop")
+                    finished.append(seq)
         return finished
 
     def finish(self, seq: Sequence, reason: str):

@@ -10,6 +10,8 @@ Workloads (greedy, ignore EOS, float32 for nvllm and transformers):
                  [32, 256], seed 0 — the same requests as `python -m nvllm.run workload=random
                  workload.num_seqs=64 workload.input_len=[32,256] workload.output_len=[32,256]`.
   single-stream  one 128-token prompt, 128 output tokens; decode tok/s is what matters.
+  host           no peers: nvllm's host work per decode step, forward replaced by a no-op, by phase
+                 (nvllm/tools/host_bench.py; `--workload host --help` lists its options).
 
 Each run happens in a child process of its own, one after another (no two runs share the two
 cores or leave memory behind), with a warm-up before the clock starts; loading is timed apart
@@ -288,6 +290,11 @@ def _key_values(parser, items: list[str]) -> dict:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "--workload=host" in argv or any(a == "--workload" and b == "host" for a, b in zip(argv, argv[1:])):
+        from nvllm.tools import host_bench
+
+        return host_bench.main(argv)
     args = parse_args(argv)
     if args.run_one:
         child_main(args.run_one, args.result)

@@ -59,6 +59,29 @@ def test_a_fault_in_a_request_of_n_completions_ends_all_of_them_and_only_them(ll
     assert_idle(llm)
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_under_async_scheduling_a_fault_ends_only_its_request(llm, tiny_qwen3_path, n):
+    """With overlap scheduling the step in flight settles first, then each request runs alone: the
+    neighbours' tokens (a seeded one's too) are the synchronous engine's, the culprit keeps what it
+    generated before the fault, and nothing is left behind."""
+    alone = llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
+    culprit = SamplingParams(n=n, temperature=0, seed=FAULT_SEED, max_tokens=8, ignore_eos=True)
+    with LLM(tiny_qwen3_path, sampler="faulty", max_model_len=64, max_num_batched_tokens=256, async_scheduling=True,
+             kv_cache={"block_size": 4, "num_blocks": 40}) as overlapped:
+        assert overlapped.engine.config.async_scheduling
+        mixed = overlapped.generate(PROMPTS, NEIGHBOURS + [culprit], use_tqdm=False)
+        assert [o.token_ids for o in mixed[:3]] == [o.token_ids for o in alone]
+        assert [o.finish_reason for o in mixed[:3]] == ["length"] * 3
+        failed = mixed[3]
+        assert [c.finish_reason for c in failed.outputs] == ["error"] * n and "injected fault" in failed.error
+        # the first completion raises at FAULT_AT; its siblings, which start once it has computed the
+        # prompt (a step later here: its first token arrives a step late), have fewer by then
+        assert len(failed.outputs[0].token_ids) == FAULT_AT and all(len(c.token_ids) <= FAULT_AT for c in failed.outputs)
+        assert_idle(overlapped)
+        again = overlapped.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
+        assert [o.token_ids for o in again] == [o.token_ids for o in alone]
+
+
 def test_a_fault_ends_its_stream_with_an_error_delta(llm):
     finals, tokens = {}, {}
     for d in llm.stream(PROMPTS, NEIGHBOURS + [marked(FAULT_SEED)]):

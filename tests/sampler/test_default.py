@@ -501,3 +501,20 @@ def test_tiny_temperature_or_top_p_gives_the_argmax(dtype, field):
         out = sampler(batch, seqs + extra)
         assert out[:len(seqs)] == argmax, [(s.sampling_params, o, a) for s, o, a in zip(seqs, out, argmax) if o != a]
         assert 0 <= out[-1] < 300
+
+
+# --- overlap scheduling ---------------------------------------------------------------------
+
+
+def test_device_tokens_gives_the_same_tokens_as_a_tensor():
+    """Under async_scheduling the runner asks for a tensor (no host sync on CUDA); the tokens, and a
+    seeded request's stream, are the ones the list would hold."""
+    logits = torch.randn(5, 50)
+    seqs = [seq(temperature=0), seq(temperature=0.9, seed=5), seq(temperature=0.7, top_k=5, seed=6),
+            seq(temperature=1.1, top_p=0.8, seed=7), seq(temperature=0.8, min_p=0.1, seed=8, repetition_penalty=1.2)]
+    listed, tensored = make_sampler(), make_sampler()
+    tensored.device_tokens = True
+    for _ in range(3):
+        want, got = listed(logits, seqs), tensored(logits, seqs)
+        assert isinstance(want, list) and isinstance(got, torch.Tensor) and got.dtype == torch.int64
+        assert got.tolist() == want
