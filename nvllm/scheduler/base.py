@@ -15,6 +15,9 @@ class Scheduler(ABC):
     name: str
     # prompts may be split across steps (the engine then allows max_num_batched_tokens < max_model_len)
     chunked_prefill: bool = False
+    # speculative decoding: most cache slots a decoding sequence may reserve past its last token for
+    # drafted tokens (the engine sets it from speculative.num_speculative_tokens; 0: none)
+    num_lookahead_tokens: int = 0
 
     def __init__(self, config, kv_cache: KVCacheAllocator, max_num_seqs: int,
                  max_num_batched_tokens: int, max_model_len: int, eos_token_ids: frozenset[int]):
@@ -62,6 +65,8 @@ class Scheduler(ABC):
             if scheduled:
                 return scheduled
         budget = self._continue(scheduled, budget)
+        if self.num_lookahead_tokens:
+            budget = self._reserve_lookahead(scheduled, budget)
         if self.chunked_prefill:
             self._admit(scheduled, budget)
         return scheduled
@@ -111,6 +116,26 @@ class Scheduler(ABC):
                 scheduled.append(seq)
         return budget
 
+    def _reserve_lookahead(self, scheduled: list[Sequence], budget: int) -> int:
+        """Slots for drafted tokens, out of what the step's token budget and the free blocks have
+        left once every running sequence has its token: a draft never preempts anyone, it is cut
+        (to none if need be). Only a sequence with one token left to compute (a decode) drafts, and
+        never past its max_tokens or max_model_len (the step also appends one token of its own)."""
+        for seq in scheduled:
+            if not budget:
+                break
+            if seq.num_scheduled_tokens != 1 or len(seq) - seq.num_computed_tokens != 1:
+                continue
+            n = min(self.num_lookahead_tokens, budget, seq.sampling_params.max_tokens - seq.num_completion_tokens - 1,
+                    self.max_model_len - len(seq) - 1)
+            while n > 0 and not self.kv_cache.can_append(seq, n):
+                n -= 1
+            if n > 0:
+                self.kv_cache.may_append(seq, n)
+                seq.num_lookahead_tokens = n
+                budget -= n
+        return budget
+
     def _unscheduled(self, seq: Sequence) -> list[Sequence]:  # running, not yet given this step, in admission order
         return [s for s in self.running if s is not seq and not s.num_scheduled_tokens]
 
@@ -120,30 +145,51 @@ class Scheduler(ABC):
         self.running.remove(seq)
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
+        seq.num_lookahead_tokens, seq.draft_token_ids = 0, []
         self.kv_cache.deallocate(seq)
         self.waiting.appendleft(seq)
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
-        """Account the step, append sampled tokens, finish sequences; return the finished."""
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int | list[int]]) -> list[Sequence]:
+        """Account the step, append sampled tokens, finish sequences; return the finished. An entry
+        of `token_ids` is one token, or the run a verified draft gave (its accepted drafted tokens,
+        then one of the model's own): its tokens are appended in order until one finishes the
+        sequence, and the cache slots of rejected drafts are rolled back."""
         finished = []
-        for seq, token_id in zip(seqs, token_ids):
+        for seq, sampled in zip(seqs, token_ids):
+            run = sampled if isinstance(sampled, list) else [sampled]
             seq.num_computed_tokens += seq.num_scheduled_tokens
             seq.num_scheduled_tokens = 0
-            self.kv_cache.on_computed(seq)
+            lookahead = seq.num_lookahead_tokens
+            assert len(run) <= len(seq.draft_token_ids) + 1, "a run is the accepted drafts and one token more"
+            seq.draft_token_ids, seq.num_lookahead_tokens = [], 0
             if seq.num_computed_tokens < len(seq):
+                self.kv_cache.on_computed(seq)
                 continue  # a prefill chunk: its sampled token is not the next one
-            seq.append_token(token_id)
-            sp = seq.sampling_params
-            if (not sp.ignore_eos and token_id in self.eos_token_ids) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
-                self.finish(seq, "stop")
-            elif seq.num_completion_tokens >= sp.max_tokens:
-                self.finish(seq, "length")
-            elif len(seq) >= self.max_model_len:
-                self.finish(seq, "max_model_len")
-            else:
-                continue
-            finished.append(seq)
+            reason = None
+            for i, token_id in enumerate(run):
+                seq.append_token(token_id)
+                if i < len(run) - 1:  # an accepted draft: its K/V was computed in this step
+                    seq.num_computed_tokens += 1
+                reason = self._finish_reason(seq, token_id)
+                if reason:
+                    break
+            self.kv_cache.on_computed(seq)  # after the appends: a full block's hash covers accepted tokens only
+            if reason:
+                self.finish(seq, reason)
+                finished.append(seq)
+            elif lookahead:
+                self.kv_cache.rollback(seq)
         return finished
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
+        sp = seq.sampling_params
+        if (not sp.ignore_eos and token_id in self.eos_token_ids) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
+            return "stop"
+        if seq.num_completion_tokens >= sp.max_tokens:
+            return "length"
+        if len(seq) >= self.max_model_len:
+            return "max_model_len"
+        return None
 
     def finish(self, seq: Sequence, reason: str):
         """End `seq` now, running or waiting (a stop condition, an abort): its blocks are freed."""
