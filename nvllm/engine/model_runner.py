@@ -12,18 +12,21 @@ from nvllm.config import Config
 from nvllm.sequence import Sequence
 from nvllm.models.weights import load_weights
 from nvllm.sampler.logprobs import record_logprobs
+from nvllm.speculative.verify import verify
 
 CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
 
-# one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
-StepInput = tuple[list[int], int, list[int]]
+# one scheduled sequence as the model sees it: (token ids to run, position of the first, block
+# table[, how many of its last rows the step returns logits for: 1 if left out])
+StepInput = tuple[list[int], int, list[int]] | tuple[list[int], int, list[int], int]
 
 
 def step_inputs(seqs: list[Sequence]) -> list[StepInput]:
     """Exactly the tokens each sequence runs this step (a re-prefilled preempted sequence sends
-    all of its tokens, not only the last)."""
-    return [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + seq.num_scheduled_tokens],
-             seq.num_computed_tokens, seq.block_table) for seq in seqs]
+    all of its tokens, not only the last), then its drafted tokens, each of which is scored."""
+    return [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + seq.num_scheduled_tokens]
+             + seq.draft_token_ids, seq.num_computed_tokens, seq.block_table, 1 + len(seq.draft_token_ids))
+            for seq in seqs]
 
 
 def warmup_steps(config: Config, block_size: int, batch: int) -> tuple[list[StepInput], list[StepInput]]:
@@ -123,19 +126,22 @@ class ModelRunner:
             m.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     # -- one step ------------------------------------------------------------------------
-    def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None):
+    def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None,
+                num_layers: int | None = None):
         """Input tensors and attention metadata. `pad_to` adds dummy one-token sequences (slot -1,
-        context 1) and `table_width` pads block tables, for fixed CUDA-graph shapes."""
-        input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
+        context 1) and `table_width` pads block tables, for fixed CUDA-graph shapes; `num_layers`
+        makes it a draft step (the model's first layers only)."""
+        input_ids, positions, slots, query_lens, context_lens, num_logits = [], [], [], [], [], []
         bs = self.block_size
-        for token_ids, start, block_table in inputs:
+        for token_ids, start, block_table, *rows in inputs:
             end = start + len(token_ids)
             input_ids.extend(token_ids)
             positions.extend(range(start, end))
             slots.extend(block_table[p // bs] * bs + p % bs for p in range(start, end))
             query_lens.append(end - start)
             context_lens.append(end)
-        tables = [block_table for _, _, block_table in inputs]
+            num_logits.append(rows[0] if rows else 1)
+        tables = [block_table for _, _, block_table, *_ in inputs]
         for _ in range(len(inputs), pad_to or 0):
             input_ids.append(0), positions.append(0), slots.append(-1), query_lens.append(1), context_lens.append(1)
             tables.append([])
@@ -156,19 +162,30 @@ class ModelRunner:
             query_lens=query_lens,
             context_lens_host=context_lens,
             is_decode=max(query_lens) == 1,
+            num_logits=num_logits if any(n > 1 for n in num_logits) else None,
+            num_layers=num_layers,
         )
         return tensor(input_ids, torch.int64), tensor(positions, torch.int64), meta
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
-        """Logits at the last query position of each sequence (None on TP workers)."""
+        """Logits at `logits_rows(meta)`: the last query position of each sequence, every drafted
+        one too (None on TP workers)."""
         return self.forward_strategy(input_ids, positions, meta)
 
-    def run(self, seqs: list[Sequence]) -> list[int]:
-        inputs = step_inputs(seqs)
+    def execute(self, inputs: list[StepInput], num_layers: int | None = None):
+        """One forward pass over `inputs` on every rank (under TP rank 0 sends them first): the
+        logits of their scored rows, or of a draft step's when `num_layers` is set."""
         if self.control_group is not None:
-            torch.distributed.broadcast_object_list([inputs], src=0, group=self.control_group)
-        logits = self.forward(*self.prepare(inputs))
+            torch.distributed.broadcast_object_list([(inputs, num_layers)], src=0, group=self.control_group)
+        return self.forward(*self.prepare(inputs, num_layers=num_layers))
+
+    def run(self, seqs: list[Sequence]) -> list[int] | list[list[int]]:
+        """A token for each sequence (-1 for a prefill chunk), or, when some carry drafted tokens,
+        each one's run: its accepted drafts and one token of the model's own (nvllm/speculative/verify.py)."""
+        logits = self.execute(step_inputs(seqs))
+        if any(seq.draft_token_ids for seq in seqs):
+            return verify(self.sampler, logits.float(), seqs)
         # only a sequence whose tokens are all computed after this step keeps its sample; a prefill
         # chunk's would be thrown away, and drawing it would still advance a seeded request's noise
         done = [i for i, seq in enumerate(seqs) if seq.num_computed_tokens + seq.num_scheduled_tokens >= len(seq)]
