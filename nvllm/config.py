@@ -19,7 +19,7 @@ from nvllm.metrics import MetricsConfig, SLOConfig
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 
-GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "workload")
+GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "speculative", "workload")
 # families whose `auto` option is decided in Config.resolve, once the checkpoint and device are known
 AUTO_FAMILIES = ("attention", "forward")
 
@@ -96,6 +96,7 @@ class Schema(EngineConfig):
     attention: Any = None
     sampler: Any = None
     forward: Any = None
+    speculative: Any = None
     workload: Any = None
     # per-request sampling defaults for workloads that do not set their own
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -190,6 +191,8 @@ class Config(EngineConfig):
     forward: Any = None
     # what the run sends (nvllm.run); an engine does not read it
     workload: Any = None
+    # speculative decoding's drafter (None: speculative=none)
+    speculative: Any = None
     # what attention=auto and forward=auto chose and why (None: named)
     attention_choice: str | None = None
     forward_choice: str | None = None
@@ -225,6 +228,8 @@ class Config(EngineConfig):
                                                      self.kv_cache.block_size)
         target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile)
         forward, forward_choice = self._forward(target)
+        speculative = registry.make_config("speculative", self.speculative or "none")
+        registry.get("speculative", speculative.name).check(speculative, hf_config, target)
         max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
         max_num_batched_tokens = self.max_num_batched_tokens
         if max_num_batched_tokens is None:
@@ -236,7 +241,7 @@ class Config(EngineConfig):
         return replace(self, device=device, dtype=dtype, cudagraph=forward.name == "cudagraph",
                        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
                        attention=attention, attention_choice=attention_choice,
-                       forward=forward, forward_choice=forward_choice)
+                       forward=forward, forward_choice=forward_choice, speculative=speculative)
 
     def _forward(self, target: ForwardTarget) -> tuple[object, str | None]:
         """The forward strategy's Config, its autos filled in, and what forward=auto chose and why

@@ -26,6 +26,9 @@ DEFAULT_PLUGINS = (
     "nvllm.forward.cudagraph",
     "nvllm.forward.fused_cpu",
     "nvllm.workloads",
+    "nvllm.speculative.none",
+    "nvllm.speculative.ngram",
+    "nvllm.speculative.draft",
 )
 
 pm = pluggy.PluginManager("nvllm")

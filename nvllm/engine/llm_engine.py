@@ -14,7 +14,7 @@ from nvllm.engine import driver, intake
 from nvllm.engine.clock import Clock
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
-from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
+from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, SpecDecodingStats, StepStats
 from nvllm.engine.warmup import warm_up
 from nvllm.models.weights import is_random, resolve_model_path
 from nvllm.sampling_params import SamplingParams
@@ -61,8 +61,12 @@ class LLMEngine:
             self._fail(e)
         self.startup_s = {"load": loaded - started, "warmup": time.perf_counter() - loaded}
         logger.info(startup_line(self))
+        # -- speculative decoding: the drafter, and the cache slots the scheduler reserves for it
+        self.drafter = registry.build("speculative", config.speculative, runner=self.model_runner)
+        num_drafted = self.drafter.num_speculative_tokens
+        self.scheduler.num_lookahead_tokens = num_drafted
         # -- requests: live ones by id, those not yet due, the last deltas of aborted ones
-        self.stats = StepStats()
+        self.stats = StepStats(spec_decode=SpecDecodingStats(num_drafted) if num_drafted else None)
         self._requests: dict[str, dict[int, LiveRequest]] = {}  # id -> its live completions by index
         self._held: dict[int, list[Sequence]] = {}  # a first completion's seq id -> its siblings, not yet added
         self._arrivals = intake.Arrivals(self.clock)
@@ -152,24 +156,31 @@ class LLMEngine:
         seqs = self.scheduler.schedule()
         if not seqs:
             raise RuntimeError("the scheduler picked nothing while requests are pending")
-        num_tokens = sum(seq.num_scheduled_tokens for seq in seqs)
-        is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
         start = self.clock.now()
         try:
+            self.drafter.draft(seqs)  # speculative decoding's drafts (none when speculative=none)
+            num_tokens = sum(seq.num_scheduled_tokens + len(seq.draft_token_ids) for seq in seqs)
+            is_decode = all(s.num_scheduled_tokens == 1 and s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
             token_ids = self.model_runner.run(seqs)
         except BaseException as e:  # Ctrl-C mid-step included: the workers are mid-step too
             self._fail(e)
         now = self.clock.now()
+        if self.stats.spec_decode is not None:
+            self.stats.spec_decode.record(seqs, token_ids)
         self.scheduler.postprocess(seqs, token_ids)
+        generated = 0
         for seq in seqs:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = start
-            if len(seq.token_times) < seq.num_completion_tokens:
-                seq.token_times.append(now)
+            new = seq.num_completion_tokens - len(seq.token_times)
+            if new > 0:  # one time per token: a step that accepted drafts gave several at once
+                seq.token_times.extend([now] * new)
+                generated += new
                 for sibling in self._held.pop(seq.seq_id, ()):  # the prompt's full blocks are cached now
                     self.scheduler.add(sibling)
                 deltas.append(self._delta(self._requests[seq.request_id][seq.index], now))
-        self.stats.record(num_tokens, now - start, is_decode)
+        # a decode step counts the tokens it generated (a verify step computes more than it keeps)
+        self.stats.record(generated if is_decode else num_tokens, now - start, is_decode)
         return deltas
 
     def _delta(self, request: LiveRequest, now: float) -> RequestDelta:
@@ -209,6 +220,9 @@ class LLMEngine:
         raise error
 
     def close(self):
+        if getattr(self, "drafter", None) is not None:
+            self.drafter.close()
+            self.drafter = None
         if getattr(self, "model_runner", None) is not None:
             self.model_runner.close()
             self.model_runner = None
