@@ -33,6 +33,8 @@ class EngineStats:
     live_requests: int
     # requests finished since the server started (aborted ones included): GET /metrics?skip= counts these
     finished_requests: int
+    # speculative decoding's counters under vLLM's names (SpecDecodingStats.as_dict); None: speculative=none
+    spec_decode: dict | None = None
 
 
 class EngineLoop:
@@ -211,7 +213,8 @@ class EngineLoop:
     def _publish_stats(self, engine, live: dict):
         self.stats = EngineStats(free_kv_blocks=engine.kv_cache.num_free_blocks,
                                  total_kv_blocks=engine.kv_cache.num_blocks, live_requests=len(live),
-                                 finished_requests=self._num_finished)
+                                 finished_requests=self._num_finished,
+                                 spec_decode=engine.stats.spec_decode and engine.stats.spec_decode.as_dict())
 
 
 def engine_timing(seq, error: str | None = None):
