@@ -230,6 +230,10 @@ class Config(EngineConfig):
         forward, forward_choice = self._forward(target)
         speculative = registry.make_config("speculative", self.speculative or "none")
         registry.get("speculative", speculative.name).check(speculative, hf_config, target)
+        if speculative.name != "none" and getattr(self, "async_scheduling", None) is True:  # overlap scheduling's switch
+            raise ConfigError(f"async_scheduling=true schedules a step before the last one's tokens are known, and "
+                              f"speculative={speculative.name} decides at each step how many there are; use "
+                              f"async_scheduling=false (or auto) with speculation, or speculative=none")
         max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
         max_num_batched_tokens = self.max_num_batched_tokens
         if max_num_batched_tokens is None:

@@ -1,6 +1,7 @@
 """What a run measured, as the dict written to metrics.json. `serving_metrics` computes vLLM's
 serving metrics (`vllm bench serve`'s names and definitions) from per-request timings; the
 engine's runs and the HTTP benchmark client both call it."""
+import hashlib
 import json
 import math
 import platform
@@ -205,6 +206,8 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         "steps": stats.steps,
         # seconds before the first request: loading the weights, then compiling and warming up
         "startup_s": dict(engine.startup_s),
+        # every request's generated token ids, hashed in request order: two runs that agree token for token match
+        "output_tokens_sha256": _digest([[c.token_ids for c in o.outputs] for o in outputs]),
         # speculative decoding, vLLM's counters and rates (null: speculative=none)
         "spec_decode": stats.spec_decode.as_dict() if stats.spec_decode else None,
         "peak_memory_bytes": _peak_memory(device),
@@ -246,6 +249,10 @@ def to_json(metrics: dict) -> str:
     """metrics.json's text: strict JSON (allow_nan=False: a non-finite number left in is an error here,
     not in the reader)."""
     return json.dumps(strict(metrics), indent=2, allow_nan=False)
+
+
+def _digest(token_ids: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(token_ids).encode()).hexdigest()
 
 
 def not_run(status: str, error: Exception, requested: dict) -> dict:

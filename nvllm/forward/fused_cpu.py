@@ -1,7 +1,9 @@
 """forward=fused_cpu: a Llama-family step's whole forward pass as one C call on a CPU
 (nvllm/kernels/cpu_step.c), float32, in place of the torch modules' many small operations a
-step. Decode steps run as one call; a prefill runs as calls of at most CHUNK token rows (its rows
-read each other's K/V through the cache) unless its context is longer than
+step. Decode steps run as one call, and so do speculative verify steps (a few rows per sequence,
+each reading its context from the cache like a decode row) and early-exit draft steps (a copy of
+the C model cut after its first layers); a prefill runs as calls of at most CHUNK token rows (its
+rows read each other's K/V through the cache) unless its context is longer than
 `forward.max_prefill_context`, where the torch modules (forward=eager, SDPA) are faster. It reads
 the model's norms, biases and KV cache in place and its matmul weights from packed copies made
 once, and returns the logits of the sampled rows only. Its attention is attention=cpu's kernel

@@ -13,6 +13,9 @@ class NoSpeculation(Drafter):
     @dataclass
     class Config:
         name: str = "none"
+        # not used: nothing is drafted. It is here so that one sweep composes every cell of
+        # `-m speculative=none,ngram speculative.num_speculative_tokens=2,4` (none's cells: the baseline)
+        num_speculative_tokens: int = 0
 
     @property
     def num_speculative_tokens(self) -> int:

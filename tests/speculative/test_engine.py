@@ -145,3 +145,14 @@ def test_openai_server_with_speculation(engines, tmp_path):
         assert spec["num_drafts"] > 0 and spec["num_accepted_tokens"] > 0
     finally:
         server.stop()
+
+
+def test_overlap_scheduling_is_refused_beside_a_drafter(tiny_qwen3_path):
+    from transformers import AutoConfig
+
+    from nvllm.config import Config, compose
+
+    config = Config.from_cfg(compose(model=tiny_qwen3_path, speculative="ngram"))
+    config.async_scheduling = True  # overlap scheduling's switch (async_scheduling=true)
+    with pytest.raises(ConfigError, match=r"async_scheduling=true .* speculative=ngram"):
+        config.resolve(AutoConfig.from_pretrained(tiny_qwen3_path))
