@@ -49,6 +49,9 @@ class LLMEngine:
             "scheduler", config.scheduler, kv_cache=self.kv_cache, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
+        # -- speculative decoding: the drafter, which says each step how many slots the scheduler reserves for it
+        self.drafter = registry.build("speculative", config.speculative, runner=self.model_runner)
+        num_drafted = self.drafter.num_speculative_tokens
         self.model_runner.sampler.eos_token_ids = self.scheduler.eos_token_ids  # min_tokens masks them
         # -- warm-up (torch.compile compiles here), timed apart from every request
         loaded = time.perf_counter()
@@ -61,10 +64,6 @@ class LLMEngine:
             self._fail(e)
         self.startup_s = {"load": loaded - started, "warmup": time.perf_counter() - loaded}
         logger.info(startup_line(self))
-        # -- speculative decoding: the drafter, and the cache slots the scheduler reserves for it
-        self.drafter = registry.build("speculative", config.speculative, runner=self.model_runner)
-        num_drafted = self.drafter.num_speculative_tokens
-        self.scheduler.num_lookahead_tokens = num_drafted
         # -- requests: live ones by id, those not yet due, the last deltas of aborted ones
         self.stats = StepStats(spec_decode=SpecDecodingStats(num_drafted) if num_drafted else None)
         self._requests: dict[str, dict[int, LiveRequest]] = {}  # id -> its live completions by index
@@ -153,6 +152,7 @@ class LLMEngine:
             self.scheduler.add(seq)
         if self.scheduler.is_finished():
             return deltas
+        self.scheduler.num_lookahead_tokens = self.drafter.lookahead(len(self.scheduler.running))
         seqs = self.scheduler.schedule()
         if not seqs:
             raise RuntimeError("the scheduler picked nothing while requests are pending")

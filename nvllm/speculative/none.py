@@ -24,6 +24,9 @@ class NoSpeculation(Drafter):
     def propose(self, seqs):
         return [[] for _ in seqs]
 
+    def draft(self, seqs):
+        pass  # the scheduler reserved nothing: nothing to look at
+
 
 @hookimpl
 def register_drafters(register):

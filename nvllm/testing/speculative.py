@@ -10,10 +10,12 @@ from nvllm.sampling_params import SamplingParams
 from nvllm.testing.common import ComponentSuite
 from nvllm.testing.model import hf_greedy
 
-SCENARIOS = {  # engine overrides: a roomy cache, one small enough to preempt, prompts split into chunks
+SCENARIOS = {  # engine overrides: a roomy cache, one small enough to preempt, prompts split into chunks,
+    # priorities (preempting the least urgent) in a small cache
     "roomy": {},
     "preempting": {"kv_cache": {"block_size": 8, "num_blocks": 14}},
     "chunked": {"scheduler": "chunked", "max_num_batched_tokens": 32},
+    "priority": {"scheduler": "priority", "kv_cache": {"block_size": 8, "num_blocks": 14}},
 }
 
 
@@ -21,10 +23,10 @@ class DrafterSuite(ComponentSuite):
     """On a tiny random-weight checkpoint of `model` whose greedy output both repeats itself and
     moves on (so drafts are accepted and rejected), a mixed batch (prompts of 1 to 60 tokens, two
     sharing a prefix, some repeating a pattern): greedy tokens equal transformers' with a roomy
-    cache, with a cache small enough to force preemption and with chunked prefill, and every block
-    is free at the end; every proposal fits the slots reserved for it (and comes for a sequence
-    whose last token alone is uncomputed); seeded temperature sampling gives exactly the tokens
-    speculative=none gives; `check` raises only ConfigError."""
+    cache, with a cache small enough to force preemption, with chunked prefill and with priority
+    scheduling, and every block is free at the end; every proposal fits the slots reserved for it
+    (and comes for a sequence whose last token alone is uncomputed); seeded temperature sampling
+    gives exactly the tokens speculative=none gives; `check` raises only ConfigError."""
 
     family = "speculative"
     # architecture of the test checkpoint (a registered model with a "tiny" random preset)
@@ -79,8 +81,9 @@ class DrafterSuite(ComponentSuite):
                 return proposals
 
             engine.drafter.propose = checked
-            got = [o.token_ids for o in llm.generate(self.prompts(), greedy, use_tqdm=False)]
-            if scenario == "preempting":
+            priorities = [i % 3 for i in range(len(self.prompts()))] if scenario == "priority" else None
+            got = [o.token_ids for o in llm.generate(self.prompts(), greedy, use_tqdm=False, priorities=priorities)]
+            if scenario in ("preempting", "priority"):
                 assert engine.scheduler.num_preemptions > 0, "the small cache forced no preemption"
             assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks, "blocks leaked"
             stats = engine.stats.spec_decode  # None: speculative=none

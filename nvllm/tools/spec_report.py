@@ -1,11 +1,11 @@
 """`python -m nvllm.tools.spec_report <sweep dir> [--out DIR]`: speculative decoding's ablation
-(experiment=speculative) as a table and two plots. For each workload x drafter x
-num_speculative_tokens: decode tok/s (median over its runs), its ratio to speculative=none's on the
-same workload in the same sweep (the median of none's cells), vLLM's acceptance rate and mean
-acceptance length, and whether every run produced exactly none's tokens (metrics.json's
-output_tokens_sha256). Writes speculative.md, speedup_vs_k.png (speed-up against k, a line per
-workload and drafter) and acceptance_per_position.png (acceptance rate per draft position, a line
-per drafter and k, a panel per workload); plots need matplotlib (the `report` extra)."""
+(experiment=speculative) as a table and two plots. For each setting (the workload, and whatever
+else the sweep varied besides the drafter and k) x drafter x num_speculative_tokens: decode tok/s
+(median over its runs), its ratio to speculative=none's in the same setting and sweep (the median
+of none's cells), vLLM's acceptance rate and mean acceptance length, and whether every run
+produced exactly none's tokens (metrics.json's output_tokens_sha256). Writes speculative.md, speedup_vs_k.png (speed-up against k, a line per
+setting and drafter) and acceptance_per_position.png (acceptance rate per draft position, a line
+per drafter and k, a panel per setting); plots need matplotlib (the `report` extra)."""
 import argparse
 import statistics
 import sys
@@ -17,7 +17,10 @@ K = "speculative.num_speculative_tokens"
 
 
 def cells(runs: list[dict]) -> dict[tuple, list[dict]]:
-    """(workload, drafter, k) -> the metrics of its finished runs, in sweep order."""
+    """(setting, drafter, k) -> the metrics of its finished runs, in sweep order. The setting is
+    what else the sweep varied: the workload's name, other keys as `key=value`."""
+    axes = [k for k in dict.fromkeys(k for r in runs for k in r["settings"])
+            if k not in ("speculative", K, "repeat") and len({r["settings"].get(k) for r in runs}) > 1]
     out: dict[tuple, list[dict]] = {}
     for r in runs:
         if r["status"] != "ok":
@@ -25,22 +28,24 @@ def cells(runs: list[dict]) -> dict[tuple, list[dict]]:
         s, m = r["settings"], r["metrics"]
         drafter = s.get("speculative", m["effective_config"]["speculative"]["name"])
         k = int(s.get(K, m["effective_config"]["speculative"].get("num_speculative_tokens", 0)))
-        out.setdefault((s.get("workload", "?"), drafter, k), []).append(m)
+        setting = ", ".join(s.get(a, "") if a == "workload" else f"{a.removeprefix('workload.')}={s.get(a, '')}"
+                            for a in axes) or s.get("workload", "-")
+        out.setdefault((setting, drafter, k), []).append(m)
     return out
 
 
 def summarise(runs: list[dict]) -> list[dict]:
     by_cell = cells(runs)
-    baselines = {}  # workload -> (decode tok/s median over none's runs, none's token digests)
-    for (workload, drafter, _), ms in by_cell.items():
+    baselines = {}  # setting -> (none's decode tok/s, its token digests)
+    for (setting, drafter, _), ms in by_cell.items():
         if drafter == "none":
-            rates, digests = baselines.setdefault(workload, ([], set()))
+            rates, digests = baselines.setdefault(setting, ([], set()))
             rates += [m["decode_tok_s"] for m in ms]
             digests |= {m.get("output_tokens_sha256") for m in ms}
     rows = []
-    for (workload, drafter, k), ms in sorted(by_cell.items(), key=lambda c: (c[0][0], c[0][1] != "none", c[0][1], c[0][2])):
+    for (setting, drafter, k), ms in by_cell.items():
         decode = statistics.median(m["decode_tok_s"] for m in ms)
-        rates, digests = baselines.get(workload, ([], set()))
+        rates, digests = baselines.get(setting, ([], set()))
         base = statistics.median(rates) if rates else None
         spec = [m["spec_decode"] for m in ms if m.get("spec_decode")]
         drafted = sum(s["num_draft_tokens"] for s in spec)
@@ -48,12 +53,13 @@ def summarise(runs: list[dict]) -> list[dict]:
         accepted = sum(s["num_accepted_tokens"] for s in spec)
         per_pos = [sum(p) / drafts for p in zip(*(s["num_accepted_tokens_per_pos"] for s in spec))] if drafts else []
         rows.append(dict(
-            workload=workload, drafter=drafter, k=k if drafter != "none" else 0, runs=len(ms), decode_tok_s=decode,
+            workload=setting, drafter=drafter, k=k if drafter != "none" else 0, runs=len(ms), decode_tok_s=decode,
             speedup=decode / base if base else None, output_tok_s=statistics.median(m["output_tok_s"] for m in ms),
             acceptance=accepted / drafted if drafted else None, mean_length=1 + accepted / drafts if drafts else None,
             per_pos=per_pos, identical=bool(digests) and {m.get("output_tokens_sha256") for m in ms} <= digests
             and len(digests) == 1))
-    return rows
+    order = list(dict.fromkeys(setting for setting, _, _ in by_cell))  # settings in sweep order
+    return sorted(rows, key=lambda r: (order.index(r["workload"]), r["drafter"] != "none", r["drafter"], r["k"]))
 
 
 def _f(x, fmt="{:.2f}") -> str:
@@ -69,7 +75,7 @@ def write_markdown(path: Path, sweep_dirs: list[Path], runs: list[dict], rows: l
              "(vLLM's): accepted / drafted tokens; mean acceptance length: 1 + accepted / drafts; identical: "
              "every run's tokens equal speculative=none's (sha256 of all of them).",
              f"Device: {ok[0]['metrics']['device']}." if ok else "", "",
-             "| workload | speculative | k | runs | decode tok/s | speed-up | output tok/s | acceptance | "
+             "| setting | speculative | k | runs | decode tok/s | speed-up | output tok/s | acceptance | "
              "mean acceptance length | identical tokens |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['drafter']} | {r['k'] or '—'} | {r['runs']} | {_f(r['decode_tok_s'], '{:.1f}')} | "

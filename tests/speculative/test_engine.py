@@ -156,3 +156,18 @@ def test_overlap_scheduling_is_refused_beside_a_drafter(tiny_qwen3_path):
     config.async_scheduling = True  # overlap scheduling's switch (async_scheduling=true)
     with pytest.raises(ConfigError, match=r"async_scheduling=true .* speculative=ngram"):
         config.resolve(AutoConfig.from_pretrained(tiny_qwen3_path))
+
+
+def test_disable_by_batch_size(tiny_qwen3_path):
+    """No drafts while more requests than disable_by_batch_size run; drafts again once fewer do."""
+    prompts = [[5, 6, 7] * 6, [9] * 3, [1, 2] * 5, [3, 4, 5, 6] * 4]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (40, 10, 10, 10)]
+    seen = []
+    with LLM(tiny_qwen3_path, speculative={"name": "ngram", "prompt_lookup_min": 1, "disable_by_batch_size": 1},
+             kv_cache={"block_size": 8}, max_model_len=128) as llm:
+        engine, propose = llm.engine, llm.engine.drafter.propose
+        engine.drafter.propose = lambda seqs: seen.append(len(engine.scheduler.running)) or propose(seqs)
+        got = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=128) as llm:
+        assert got == [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert seen and set(seen) == {1}  # the long request alone, once the three short ones finished

@@ -45,7 +45,7 @@ def reference(checkpoint):
 
 
 def generate(path, drafter, **overrides):
-    with LLM(path, speculative=drafter, kv_cache={"block_size": 8}, max_model_len=128, **overrides) as llm:
+    with LLM(path, speculative=drafter, **{"kv_cache": {"block_size": 8}, "max_model_len": 128, **overrides}) as llm:
         tokens = [o.token_ids for o in llm.generate(prompts(), GREEDY, use_tqdm=False)]
         kv = llm.engine.kv_cache
         assert kv.num_free_blocks == kv.num_blocks, "blocks leaked"
@@ -130,3 +130,41 @@ def test_tp3_smollm2_with_speculation_matches_tp1(smollm2_path, drafter):
     tp1, _ = run()
     tp3, stats = run(tp=3, speculative=DRAFTERS[drafter])
     assert tp3 == tp1 and stats.num_drafts > 0
+
+
+def test_a_plugin_sampler_that_reads_the_history_verifies_the_same(checkpoint):
+    """Verification draws each row with the run's own sampler, the drafts before the row in its
+    history: nvllm-penalties' repetition penalty (greedy and seeded) gives what it gives without
+    speculation."""
+    from nvllm import registry
+    from nvllm.plugins import load_plugins
+
+    load_plugins()
+    if "penalties" not in registry.names("sampler"):
+        pytest.skip("the nvllm-penalties plugin is not installed (make setup installs it)")
+    sampler = {"name": "penalties", "repetition_penalty": 1.3}
+    params = [SamplingParams(temperature=t, seed=s, max_tokens=MAX_NEW, ignore_eos=True)
+              for t, s in ((0, None), (0.7, 1), (0, None), (1.0, 2), (0, None))]
+
+    def run(**overrides):
+        with LLM(checkpoint, sampler=sampler, kv_cache={"block_size": 8}, max_model_len=128, **overrides) as llm:
+            return [o.token_ids for o in llm.generate(prompts(), params, use_tqdm=False)], llm.engine.stats.spec_decode
+
+    want, _ = run()
+    got, stats = run(speculative={"name": "ngram", "prompt_lookup_min": 1})
+    assert got == want and stats.num_accepted_tokens > 0
+
+
+@pytest.mark.parametrize("kv_cache", [{"block_size": 8}, {"block_size": 8, "num_blocks": 14}], ids=["roomy", "preempting"])
+def test_a_draft_model_of_its_own(checkpoint, reference, tmp_path_factory, kv_cache):
+    """speculative.model: another checkpoint of the same vocabulary drafts with a cache of its own,
+    catching up on what it has not seen; the target itself as the draft model agrees with every
+    greedy token (its cache is right after prefix hits, rejections and preemptions), a different
+    one with few, and the tokens are the target's either way."""
+    other = make_random_checkpoint("llama", str(tmp_path_factory.mktemp("spec-draft")), preset="tiny", seed=7,
+                                   initializer_range=0.1)
+    same, same_stats = generate(checkpoint, {"name": "draft", "model": checkpoint}, kv_cache=kv_cache)
+    assert same == reference and same_stats.num_accepted_tokens == same_stats.num_draft_tokens > 0
+    small = {"name": "draft", "model": other, "num_layers": 1, "num_speculative_tokens": 2}
+    tokens, stats = generate(checkpoint, small, kv_cache=kv_cache)
+    assert tokens == reference and stats.num_accepted_tokens < stats.num_draft_tokens
