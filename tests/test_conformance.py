@@ -100,6 +100,10 @@ class TestChatWorkload(WorkloadSuite):
     name = "chat"
 
 
+class TestGroundedWorkload(WorkloadSuite):
+    name = "grounded"
+
+
 class TestFileWorkload(WorkloadSuite):
     name = "file"
     configs = [{"chat": True}, {"chat": False}]

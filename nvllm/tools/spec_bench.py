@@ -32,8 +32,13 @@ def overrides_of(items: list[str]) -> tuple[dict, dict]:
             node = engine
             *parents, leaf = key.split(".")
             for p in parents:
+                if isinstance(node.get(p), str):  # a group's option, then its fields: model=qwen3 model.path=...
+                    node[p] = {"name": node[p]}
                 node = node.setdefault(p, {})
-            node[leaf] = value
+            if isinstance(node.get(leaf), dict) and not isinstance(value, dict):  # model.path=... then model=qwen3
+                node[leaf]["name"] = value
+            else:
+                node[leaf] = value
     return engine, speculative
 
 
@@ -46,6 +51,8 @@ def run(llm, prompts, params) -> tuple[list[list[int]], int, float]:
 
 
 def main(argv=None):
+    from omegaconf import OmegaConf
+
     from nvllm import LLM, SamplingParams
     from nvllm.config import compose
     from nvllm.workloads import build_requests
@@ -61,7 +68,9 @@ def main(argv=None):
     engine, speculative = overrides_of(args.overrides)
     if not speculative.get("name") or speculative["name"] == "none":
         parser.error("name the drafter to compare with speculative=none, e.g. speculative=ngram")
+    workload = engine.pop("workload", {})  # workload.* overrides: the requests', not the engines'
     cfg = compose(workload=args.workload, **engine)
+    cfg.workload = OmegaConf.merge(cfg.workload, workload)
     engines = {"none": LLM(**engine), "spec": LLM(**engine, speculative=speculative)}
     prompts, params = build_requests(cfg.workload, cfg.sampling, engines["none"].tokenizer)
     batches = [(prompts, params)] if args.batched else [([p], [sp]) for p, sp in zip(prompts, params)]

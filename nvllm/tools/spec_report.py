@@ -11,9 +11,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from nvllm.tools.report import load_runs
+from nvllm.tools import report
 
 K = "speculative.num_speculative_tokens"
+
+
+def load_runs(sweep_dir: Path) -> list[dict]:
+    """nvllm.tools.report's rows of a sweep, as dicts."""
+    return report.load_runs(sweep_dir).to_dict("records")
 
 
 def cells(runs: list[dict]) -> dict[tuple, list[dict]]:
@@ -40,11 +45,11 @@ def summarise(runs: list[dict]) -> list[dict]:
     for (setting, drafter, _), ms in by_cell.items():
         if drafter == "none":
             rates, digests = baselines.setdefault(setting, ([], set()))
-            rates += [m["decode_tok_s"] for m in ms]
+            rates += [m["decode_throughput"] for m in ms]
             digests |= {m.get("output_tokens_sha256") for m in ms}
     rows = []
     for (setting, drafter, k), ms in by_cell.items():
-        decode = statistics.median(m["decode_tok_s"] for m in ms)
+        decode = statistics.median(m["decode_throughput"] for m in ms)
         rates, digests = baselines.get(setting, ([], set()))
         base = statistics.median(rates) if rates else None
         spec = [m["spec_decode"] for m in ms if m.get("spec_decode")]
@@ -54,7 +59,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         per_pos = [sum(p) / drafts for p in zip(*(s["num_accepted_tokens_per_pos"] for s in spec))] if drafts else []
         rows.append(dict(
             workload=setting, drafter=drafter, k=k if drafter != "none" else 0, runs=len(ms), decode_tok_s=decode,
-            speedup=decode / base if base else None, output_tok_s=statistics.median(m["output_tok_s"] for m in ms),
+            speedup=decode / base if base else None, output_tok_s=statistics.median(m["output_throughput"] for m in ms),
             acceptance=accepted / drafted if drafted else None, mean_length=1 + accepted / drafts if drafts else None,
             per_pos=per_pos, identical=bool(digests) and {m.get("output_tokens_sha256") for m in ms} <= digests
             and len(digests) == 1))

@@ -19,6 +19,6 @@ def test_paired_run(tiny_qwen3_path, tmp_path):
 
 def test_overrides_split():
     engine, spec = spec_bench.overrides_of(["max_model_len=512", "kv_cache.block_size=16", "speculative=draft",
-                                            "speculative.num_layers=3"])
-    assert engine == {"max_model_len": 512, "kv_cache": {"block_size": 16}}
+                                            "speculative.num_layers=3", "model=qwen3", "model.path=/m"])
+    assert engine == {"max_model_len": 512, "kv_cache": {"block_size": 16}, "model": {"name": "qwen3", "path": "/m"}}
     assert spec == {"name": "draft", "num_layers": 3}

@@ -15,7 +15,7 @@ def run(tmp_path, n, workload, drafter, k, decode, digest, accepted_per_pos=None
                 "num_accepted_tokens": sum(accepted_per_pos), "num_accepted_tokens_per_pos": accepted_per_pos}
     m = {"status": "ok", "overrides": [f"workload={workload}", f"speculative.num_speculative_tokens={k}",
                                        f"speculative={drafter}"],
-         "device": "cpu: test", "decode_tok_s": decode, "output_tok_s": decode / 2, "spec_decode": spec,
+         "device": "cpu: test", "decode_throughput": decode, "output_throughput": decode / 2, "spec_decode": spec,
          "output_tokens_sha256": digest, "effective_config": {"speculative": {"name": drafter}}}
     (tmp_path / str(n)).mkdir()
     (tmp_path / str(n) / "metrics.json").write_text(json.dumps(m))
