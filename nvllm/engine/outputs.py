@@ -147,6 +147,10 @@ class LiveRequest:
             seq.finish_reason, finished = "stop", True
         if finished:
             seq.finish_time = now
+            if seq.logprobs is not None and len(seq.logprobs) > seq.num_completion_tokens:
+                # a verify step drew past where the completion ended (an accepted run cut short)
+                del seq.logprobs[seq.num_completion_tokens:]
+                seq.cumulative_logprob = sum(e[t][0] for e, t in zip(seq.logprobs, seq.completion_token_ids))
         logprobs = None
         if seq.logprobs is not None:
             logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]

@@ -22,6 +22,7 @@ from copy import copy
 
 import torch
 
+from nvllm.sampler.logprobs import record_logprobs
 from nvllm.sequence import Sequence
 
 
@@ -50,7 +51,11 @@ def verify(sampler, logits: torch.Tensor, seqs: list[Sequence]) -> list[int | li
     j = 0
     while live:
         views = [with_history(seqs[b], runs[b]) for b in live]
-        sampled = sampler(logits[[first_row[b] + j for b in live]], views)
+        rows = logits[[first_row[b] + j for b in live]]
+        sampled = sampler(rows, views)
+        # logprobs (SamplingParams.logprobs) of each token drawn, from the row's raw logits; the
+        # completion drops those of tokens past where it finished (LiveRequest.delta)
+        record_logprobs(rows, [seqs[b] for b in live], list(range(len(live))), sampled)
         still = []
         for b, token_id in zip(live, sampled):
             runs[b].append(token_id)

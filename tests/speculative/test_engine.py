@@ -45,6 +45,20 @@ def test_a_run_ends_where_no_speculation_ends(engines, params):
     assert spec.engine.kv_cache.num_free_blocks == spec.engine.kv_cache.num_blocks
 
 
+@pytest.mark.parametrize("params", [dict(max_tokens=40), dict(max_tokens=40, stop=["fox jumps"]), dict(max_tokens=7)],
+                         ids=str)
+def test_logprobs_as_without_speculation(engines, params):
+    """Each token of an accepted run has its logprobs, from the row that verified it; a run cut
+    short (a stop string, max_tokens) keeps only its tokens' entries and their sum."""
+    plain, spec = engines
+    params = SamplingParams(temperature=0, logprobs=2, **params)
+    want, got = (llm.generate([llm.chat_prompt(QUOTE)], params, use_tqdm=False)[0].outputs[0] for llm in (plain, spec))
+    assert got.token_ids == want.token_ids and len(got.logprobs) == len(want.token_ids)
+    for g, w in zip(got.logprobs, want.logprobs):
+        assert g.keys() == w.keys() and all(g[t].logprob == pytest.approx(w[t].logprob, abs=1e-4) for t in g)
+    assert got.cumulative_logprob == pytest.approx(want.cumulative_logprob, abs=1e-3)
+
+
 def test_streamed_deltas_carry_several_tokens_and_add_up(engines):
     plain, spec = engines
     params = SamplingParams(temperature=0, max_tokens=40)
@@ -82,7 +96,8 @@ def test_metrics_json_and_progress_bar(tmp_path, tiny_qwen3_path):
     assert spec["mean_acceptance_length"] == pytest.approx(1 + spec["num_accepted_tokens"] / spec["num_drafts"])
     assert spec["acceptance_rate_per_pos"] == [n / spec["num_drafts"] for n in spec["num_accepted_tokens_per_pos"]]
     assert m["effective_config"]["speculative"] == {"name": "ngram", "num_speculative_tokens": 3,
-                                                    "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+                                                    "prompt_lookup_max": 4, "prompt_lookup_min": 2,
+                                                    "disable_by_batch_size": None}
     assert "drafts accepted" in proc.stderr  # tqdm's bar
 
 
@@ -141,8 +156,13 @@ def test_openai_server_with_speculation(engines, tmp_path):
                                                     max_tokens=40, temperature=0, stream=True)
             pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
         assert "".join(pieces) == want
-        spec = httpx.get(f"{server.url}/metrics", timeout=10).json()["spec_decode"]
+        spec = httpx.get(f"{server.url}/metrics/serving", timeout=10).json()["spec_decode"]
         assert spec["num_drafts"] > 0 and spec["num_accepted_tokens"] > 0
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text  # Prometheus, vLLM's names under nvllm:
+        assert f'nvllm:spec_decode_num_drafts_total{{model_name="smollm2"}} {float(spec["num_drafts"])}' in text
+        assert (f'nvllm:spec_decode_num_accepted_tokens_total{{model_name="smollm2"}} '
+                f'{float(spec["num_accepted_tokens"])}') in text
+        assert 'nvllm:spec_decode_num_accepted_tokens_per_pos_total{model_name="smollm2",position="0"}' in text
     finally:
         server.stop()
 
