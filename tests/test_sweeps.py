@@ -188,7 +188,7 @@ def test_every_cell_of_every_experiment_composes(experiment):
             component = getattr(typed, group)  # attention=auto, forward=auto stay "auto" until the engine resolves them
             assert component == "auto" if group in ("attention", "forward") and cfg[group].name == "auto" \
                 else component.name in registry.names(group)
-        tokenizer = smollm2_tokenizer() if cfg.workload.kind == "chat" else None
+        tokenizer = smollm2_tokenizer() if cfg.workload.name in ("chat", "grounded") else None
         prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=tokenizer)
         assert prompts and len(prompts) == len(params)
         assert max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) <= cfg.max_model_len
