@@ -1,8 +1,8 @@
 """`python -m nvllm.tools.spec_report <sweep dir> [--out DIR]`: speculative decoding's ablation
 (experiment=speculative) as a table and two plots. For each setting (the workload, and whatever
 else the sweep varied besides the drafter and k) x drafter x num_speculative_tokens: decode tok/s
-(median over its runs), its ratio to speculative=none's in the same setting and sweep (the median
-of none's cells), vLLM's acceptance rate and mean acceptance length, and whether every run
+(median over its runs), its ratio to speculative=none's in the same setting and sweep (none's cell
+at the same k, which ran beside it; else the median of none's cells), vLLM's acceptance rate and mean acceptance length, and whether every run
 produced exactly none's tokens (metrics.json's output_tokens_sha256). Writes speculative.md, speedup_vs_k.png (speed-up against k, a line per
 setting and drafter) and acceptance_per_position.png (acceptance rate per draft position, a line
 per drafter and k, a panel per setting); plots need matplotlib (the `report` extra)."""
@@ -40,6 +40,10 @@ def cells(runs: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
+    """A row per (setting, drafter, k). A drafter's speed-up is against speculative=none's cell at
+    the same k when the sweep ran one (experiment=speculative does: it ran next to it, so under
+    about the same load from whatever else runs on the machine), else against the median of
+    none's cells in the setting. A none row keeps the k of its place in the sweep."""
     by_cell = cells(runs)
     baselines = {}  # setting -> (none's decode tok/s, its token digests)
     for (setting, drafter, _), ms in by_cell.items():
@@ -51,14 +55,16 @@ def summarise(runs: list[dict]) -> list[dict]:
     for (setting, drafter, k), ms in by_cell.items():
         decode = statistics.median(m["decode_throughput"] for m in ms)
         rates, digests = baselines.get(setting, ([], set()))
-        base = statistics.median(rates) if rates else None
+        paired = by_cell.get((setting, "none", k))
+        base = (statistics.median(m["decode_throughput"] for m in paired) if paired
+                else statistics.median(rates) if rates else None)
         spec = [m["spec_decode"] for m in ms if m.get("spec_decode")]
         drafted = sum(s["num_draft_tokens"] for s in spec)
         drafts = sum(s["num_drafts"] for s in spec)
         accepted = sum(s["num_accepted_tokens"] for s in spec)
         per_pos = [sum(p) / drafts for p in zip(*(s["num_accepted_tokens_per_pos"] for s in spec))] if drafts else []
         rows.append(dict(
-            workload=setting, drafter=drafter, k=k if drafter != "none" else 0, runs=len(ms), decode_tok_s=decode,
+            workload=setting, drafter=drafter, k=k, runs=len(ms), decode_tok_s=decode,
             speedup=decode / base if base else None, output_tok_s=statistics.median(m["output_throughput"] for m in ms),
             acceptance=accepted / drafted if drafted else None, mean_length=1 + accepted / drafts if drafts else None,
             per_pos=per_pos, identical=bool(digests) and {m.get("output_tokens_sha256") for m in ms} <= digests
@@ -76,14 +82,15 @@ def write_markdown(path: Path, sweep_dirs: list[Path], runs: list[dict], rows: l
     lines = ["# Speculative decoding: " + ", ".join(f"`{d}`" for d in sweep_dirs), "",
              f"{len(runs)} runs ({len(ok)} finished). Decode tok/s: a run's generated tokens over its decode steps' "
              "time (verify steps included; draft steps are inside them), median over the cell's runs; speed-up: "
-             "against the median of speculative=none's runs on the same workload in the same sweep; acceptance "
+             "against speculative=none's cell at the same k on the same workload (the sweep ran it beside the "
+             "drafters' cells, k outermost), else the median of none's cells; acceptance "
              "(vLLM's): accepted / drafted tokens; mean acceptance length: 1 + accepted / drafts; identical: "
              "every run's tokens equal speculative=none's (sha256 of all of them).",
              f"Device: {ok[0]['metrics']['device']}." if ok else "", "",
              "| setting | speculative | k | runs | decode tok/s | speed-up | output tok/s | acceptance | "
              "mean acceptance length | identical tokens |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['drafter']} | {r['k'] or '—'} | {r['runs']} | {_f(r['decode_tok_s'], '{:.1f}')} | "
+        lines.append(f"| {r['workload']} | {r['drafter']} | {r['k'] or '—'}{' (baseline)' if r['drafter'] == 'none' else ''} | {r['runs']} | {_f(r['decode_tok_s'], '{:.1f}')} | "
                      f"{_f(r['speedup'])}× | {_f(r['output_tok_s'], '{:.1f}')} | {_f(r['acceptance'])} | "
                      f"{_f(r['mean_length'])} | {'yes' if r['identical'] else 'NO'} |")
     not_ok = [r for r in runs if r["status"] != "ok"]
