@@ -19,7 +19,7 @@ from nvllm.metrics import MetricsConfig, SLOConfig
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 
-GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "workload")
+GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "speculative", "workload")
 # families whose `auto` option is decided in Config.resolve, once the checkpoint and device are known
 AUTO_FAMILIES = ("attention", "forward")
 
@@ -140,6 +140,7 @@ class Schema(EngineConfig):
     attention: Any = None
     sampler: Any = None
     forward: Any = None
+    speculative: Any = None
     workload: Any = None
     # per-request sampling defaults for workloads that do not set their own
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -234,6 +235,8 @@ class Config(EngineConfig):
     forward: Any = None
     # what the run sends (nvllm.run); an engine does not read it
     workload: Any = None
+    # speculative decoding's drafter (None: speculative=none)
+    speculative: Any = None
     # what attention=auto and forward=auto chose and why (None: named)
     attention_choice: str | None = None
     forward_choice: str | None = None
@@ -269,6 +272,16 @@ class Config(EngineConfig):
                                                      self.kv_cache.block_size)
         target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile)
         forward, forward_choice = self._forward(target)
+        speculative = registry.make_config("speculative", self.speculative or "none")
+        registry.get("speculative", speculative.name).check(speculative, hf_config, target)
+        speculating = speculative.name != "none"
+        if speculating and not computes_tensors(forward):
+            raise ConfigError(f"speculative={speculative.name}: forward={forward.name} computes no logits to verify "
+                              f"drafts against; use speculative=none with a simulated forward pass")
+        if speculating and self.async_scheduling is True:  # overlap scheduling's switch
+            raise ConfigError(f"async_scheduling=true schedules a step before the last one's tokens are known, and "
+                              f"speculative={speculative.name} decides at each step how many there are; use "
+                              f"async_scheduling=false (or auto) with speculation, or speculative=none")
         max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
         max_num_batched_tokens = self.max_num_batched_tokens
         if max_num_batched_tokens is None:
@@ -281,12 +294,15 @@ class Config(EngineConfig):
         if self.async_scheduling and not computes:
             raise ConfigError(f"async_scheduling=true: forward={forward.name} computes no tensors, so there is no "
                               f"device work to overlap; drop async_scheduling")
-        async_scheduling = device == "cuda" and computes if self.async_scheduling is None else self.async_scheduling
+        if self.async_scheduling is None:  # auto: on CUDA, where the device runs asynchronously to the host
+            async_scheduling = device == "cuda" and computes and not speculating
+        else:
+            async_scheduling = self.async_scheduling
         return replace(self, device=device, dtype=dtype, cudagraph=forward.name == "cudagraph",
                        async_scheduling=async_scheduling,
                        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
                        attention=attention, attention_choice=attention_choice,
-                       forward=forward, forward_choice=forward_choice)
+                       forward=forward, forward_choice=forward_choice, speculative=speculative)
 
     def _forward(self, target: ForwardTarget) -> tuple[object, str | None]:
         """The forward strategy's Config, its autos filled in, and what forward=auto chose and why

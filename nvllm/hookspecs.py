@@ -39,3 +39,8 @@ def register_forward_strategies(register):
 @hookspec
 def register_workloads(register):
     """Register workloads (what a run sends, datasets included): subclasses of ``nvllm.workloads.Workload``."""
+
+
+@hookspec
+def register_drafters(register):
+    """Register speculative-decoding drafters: subclasses of ``nvllm.speculative.base.Drafter``."""

@@ -1,6 +1,7 @@
 """What a run measured, as the dict written to metrics.json. `serving_metrics` computes vLLM's
 serving metrics (`vllm bench serve`'s names and definitions) from per-request timings; the
 engine's runs and the HTTP benchmark client both call it."""
+import hashlib
 import json
 import math
 import platform
@@ -50,8 +51,9 @@ class RequestTiming:
     """One request's times, in seconds on one clock (any clock, the same for every field)."""
     # scheduled arrival: TTFT and E2EL count from here, so queueing is measured
     arrival: float
-    # when output arrived: one entry per token, or per chunk of tokens as a streaming client sees
-    # them (vLLM's client records one per chunk); token_times[0] - arrival = TTFT; ITLs are the gaps
+    # when output arrived: one entry per token (the tokens one step gave share a time), or per
+    # chunk of tokens as a streaming client sees them (vLLM's client records one per chunk);
+    # token_times[0] - arrival = TTFT; ITLs are the gaps between distinct times (per chunk)
     token_times: list[float] = field(default_factory=list)
     input_len: int = 0
     # tokens generated (a chunk counts its tokens here); TPOT divides by output_len - 1
@@ -79,8 +81,8 @@ def serving_metrics(timings: list[RequestTiming], duration: float, percentiles=(
                     slo: dict | None = None, detailed: bool = False, request_rate: float | None = None,
                     open_loop: bool | None = None) -> dict:
     """vLLM `bench serve`'s metrics: TTFT, TPOT per request = (E2EL - TTFT) / (output_len - 1)
-    for requests of more than one token, ITL = every gap between outputs of every request, pooled,
-    E2EL = last output - arrival; throughputs over `duration` (seconds). `slo` ({"ttft_ms",
+    for requests of more than one token, ITL = every gap between outputs of every request, pooled
+    (tokens that came out together are one output), E2EL = last output - arrival; throughputs over `duration` (seconds). `slo` ({"ttft_ms",
     "tpot_ms", "e2el_ms"}, None or absent = no bound): a completed request is good when it meets
     every bound given (a one-token request's TPOT counts as 0). `request_rate`: the configured one
     (None or inf: all at once). `open_loop`: the requests arrived over time (a rate, a trace, HTTP
@@ -92,7 +94,7 @@ def serving_metrics(timings: list[RequestTiming], duration: float, percentiles=(
     e2els = [t.token_times[-1] - t.arrival if t.token_times else 0.0 for t in done]
     all_tpots = [(e - f) / (t.output_len - 1) if t.output_len > 1 else 0.0 for t, f, e in zip(done, ttfts, e2els)]
     tpots = [v for v, t in zip(all_tpots, done) if t.output_len > 1]
-    itls = [b - a for t in done for a, b in zip(t.token_times, t.token_times[1:])]
+    itls = [gap for t in done for gap in _gaps(t.token_times)]
     bounds = [(values, (slo or {}).get(key)) for key, values in
               (("ttft_ms", ttfts), ("tpot_ms", all_tpots), ("e2el_ms", e2els))]
     bounds = [(values, bound / 1e3) for values, bound in bounds if bound is not None]
@@ -123,10 +125,16 @@ def serving_metrics(timings: list[RequestTiming], duration: float, percentiles=(
         out.update(_stats("queue_wait_ms", waits, percentiles))
         out["preemptions_per_request"] = [t.preemptions for t in timings]
     if detailed:
-        out.update(ttfts=ttfts, itls=[[b - a for a, b in zip(t.token_times, t.token_times[1:])] for t in done],
+        out.update(ttfts=ttfts, itls=[_gaps(t.token_times) for t in done],
                    latencies=e2els, start_times=[t.arrival for t in done], input_lens=[t.input_len for t in done],
                    output_lens=[t.output_len for t in done], errors=[t.error for t in timings if not t.success])
     return out
+
+
+def _gaps(times: list[float]) -> list[float]:
+    """Inter-token latencies as vLLM's client measures them, one per chunk: tokens that came out
+    together (a speculative step's accepted drafts) are one chunk, so no gap of 0 is counted."""
+    return [b - a for a, b in zip(times, times[1:]) if b > a]
 
 
 def _max_concurrent(done: list[RequestTiming], e2els: list[float]) -> int:
@@ -198,6 +206,10 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         "steps": stats.steps,
         # seconds before the first request: loading the weights, then compiling and warming up
         "startup_s": dict(engine.startup_s),
+        # every request's generated token ids, hashed in request order: two runs that agree token for token match
+        "output_tokens_sha256": _digest([[c.token_ids for c in o.outputs] for o in outputs]),
+        # speculative decoding, vLLM's counters and rates (null: speculative=none)
+        "spec_decode": stats.spec_decode.as_dict() if stats.spec_decode else None,
         "peak_memory_bytes": _peak_memory(device),
         "ttft_ms_by_priority": _by_priority(done, priorities),
         "preemptions": engine.scheduler.num_preemptions,
@@ -247,6 +259,10 @@ def to_json(metrics: dict) -> str:
     """metrics.json's text: strict JSON (allow_nan=False: a non-finite number left in is an error here,
     not in the reader)."""
     return json.dumps(strict(metrics), indent=2, allow_nan=False)
+
+
+def _digest(token_ids: list[list[int]]) -> str:
+    return hashlib.sha256(json.dumps(token_ids).encode()).hexdigest()
 
 
 def not_run(status: str, error: Exception, requested: dict) -> dict:

@@ -27,6 +27,9 @@ DEFAULT_PLUGINS = (
     "nvllm.forward.fused_cpu",
     "nvllm.forward.simulated",
     "nvllm.workloads",
+    "nvllm.speculative.none",
+    "nvllm.speculative.ngram",
+    "nvllm.speculative.draft",
 )
 
 pm = pluggy.PluginManager("nvllm")

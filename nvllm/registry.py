@@ -10,6 +10,7 @@ FAMILIES = {  # family (= Hydra config group) -> hook that fills it
     "sampler": "register_samplers",
     "forward": "register_forward_strategies",
     "workload": "register_workloads",
+    "speculative": "register_drafters",
 }
 
 _components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}

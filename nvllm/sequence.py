@@ -34,6 +34,10 @@ class Sequence:
         self.num_computed_tokens = 0
         # tokens the scheduler asked for in the current step
         self.num_scheduled_tokens = 0
+        # speculative decoding (nvllm/speculative/): cache slots the scheduler reserved past the
+        # last token for this step's drafts, and the drafted tokens the step runs after it to verify
+        self.num_lookahead_tokens = 0
+        self.draft_token_ids: list[int] = []
         self.block_table: list[int] = []
         self.sampling_params = sampling_params
         self.priority = priority

@@ -5,7 +5,7 @@ tokenizer)` returns prompts (strings or token-id lists) and one SamplingParams p
 refuses what cannot run before the model loads, naming the key. Every workload shares the arrival
 fields (`request_rate`, `burstiness`, `max_concurrency`, `priorities`, `seed`): `arrival_offsets`
 gives open-loop arrival times, `assign_priorities` priorities. Built-ins: random, shared_prefix,
-chat, file, trace, sharegpt."""
+chat, grounded, file, trace, sharegpt."""
 import json
 import math
 import random
@@ -416,6 +416,30 @@ class ChatWorkload(Workload):
         return list(self.config.prompts)
 
 
+class GroundedWorkload(ChatWorkload):
+    """Input-grounded chat prompts: each asks to repeat, correct, edit or continue a passage or code
+    it gives, as summarisation and code editing do, so much of the answer is copied from the prompt
+    (where speculative=ngram drafts well)."""
+    name = "grounded"
+
+    @dataclass
+    class Config(WorkloadConfig):
+        name: str = "grounded"
+        prompts: list[str] = field(default_factory=lambda: [
+            'Repeat the following passage exactly, word for word:\n\nThe lighthouse keeper climbed the spiral stairs every evening at dusk. He trimmed the wick, polished the great lens and wound the clockwork that turned the light. Ships far out at sea saw the beam sweep across the water every ten seconds, and they knew where the rocks were. In forty years he never missed a night.',
+            'Correct the spelling mistakes in this text and return the corrected text:\n\nThe comittee will meet on Wendesday to discus the new budjet. Every departmant must send there report before the meating, and late reports will not be acepted.',
+            'Fix the grammar of this paragraph and return it:\n\nYesterday me and my brother goes to the market. We buyed three apples and a large watermelon, but the watermelon were too heavy for to carry, so we leaved it with the seller until the evening.',
+            'Add type hints to this Python function and return the whole function:\n\n```python\ndef moving_average(values, window):\n    result = []\n    total = 0.0\n    for i, value in enumerate(values):\n        total += value\n        if i >= window:\n            total -= values[i - window]\n        if i >= window - 1:\n            result.append(total / window)\n    return result\n```',
+            'This function should return the largest number in the list, but it has a bug. Return the fixed function:\n\n```python\ndef largest(numbers):\n    best = numbers[0]\n    for number in numbers:\n        if number < best:\n            best = number\n    return best\n```',
+            'Copy this shopping list, then add milk at the end:\n\n- two loaves of bread\n- a dozen eggs\n- one kilogram of apples\n- a bag of rice\n- three tins of tomatoes\n- a bottle of olive oil',
+            "Quote the sentence of this text that says when the museum opens:\n\nThe city museum has three floors of paintings and a garden of statues. It opens at nine o'clock every morning except Mondays. Entry is free for children under twelve, and guided tours leave from the main hall every hour.",
+            'Continue this story in the same style:\n\nThe old clockmaker lived at the edge of the village. Every morning he opened his shop, wound every clock on the wall and listened to them tick. Every evening he closed the shutters, wound every clock again and went to sleep to the sound of their ticking.',
+        ])
+
+    def check(self, tokenizer):
+        _check_chat_template(tokenizer, "workload=grounded")
+
+
 class FileWorkload(Workload):
     """Prompts from a file: one per line (.txt) or {"prompt": ...} objects (.jsonl)."""
     name = "file"
@@ -492,5 +516,5 @@ class ShareGPTWorkload(Workload):
 
 @hookimpl
 def register_workloads(register):
-    for cls in (RandomWorkload, SharedPrefixWorkload, ChatWorkload, FileWorkload, TraceWorkload, ShareGPTWorkload):
+    for cls in (RandomWorkload, SharedPrefixWorkload, ChatWorkload, GroundedWorkload, FileWorkload, TraceWorkload, ShareGPTWorkload):
         register(cls)

@@ -59,7 +59,7 @@ def test_option_composes_and_builds(group, option, tiny_qwen3_path, tmp_path):
             return
     Config.from_cfg(cfg)
     if group == "workload":
-        prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None) if cfg.workload.name != "chat" \
+        prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None) if cfg.workload.name not in ("chat", "grounded") \
             else build_requests(cfg.workload, cfg.sampling, _tokenizer())
         assert prompts and len(prompts) == len(params)
         return

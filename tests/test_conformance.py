@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from nvllm import registry
-from nvllm.testing import (ATTENTION_CASES, AttentionSuite, ForwardSuite, KVCacheSuite, ModelSuite, SamplerSuite,
-                           SchedulerSuite, WorkloadSuite, attention_metadata, paged_block_tables)
+from nvllm.testing import (ATTENTION_CASES, AttentionSuite, DrafterSuite, ForwardSuite, KVCacheSuite, ModelSuite,
+                           SamplerSuite, SchedulerSuite, WorkloadSuite, attention_metadata, paged_block_tables)
 
 
 class TestFCFS(SchedulerSuite):
@@ -106,6 +106,10 @@ class TestChatWorkload(WorkloadSuite):
     name = "chat"
 
 
+class TestGroundedWorkload(WorkloadSuite):
+    name = "grounded"
+
+
 class TestFileWorkload(WorkloadSuite):
     name = "file"
     configs = [{"chat": True}, {"chat": False}]
@@ -134,3 +138,19 @@ class TestShareGPTWorkload(WorkloadSuite):
                   {"from": "gpt", "value": f"The number {i} is a number that comes after {i - 1}."}] for i in range(1, 4)]
         (tmp_path / "sharegpt.json").write_text(json.dumps([{"conversations": t} for t in turns]))
         return {"path": str(tmp_path / "sharegpt.json"), "num_seqs": 2}
+
+
+class TestNgram(DrafterSuite):
+    name = "ngram"
+    configs = [{}, {"prompt_lookup_min": 1, "num_speculative_tokens": 8}]
+
+
+class TestDraft(DrafterSuite):
+    """The self-speculative drafter: one of the tiny model's two layers, and both (a draft that
+    always agrees with the target)."""
+    name = "draft"
+    configs = [{"num_layers": 1}, {"num_layers": 2, "num_speculative_tokens": 2}]
+
+
+class TestNoSpeculation(DrafterSuite):
+    name = "none"

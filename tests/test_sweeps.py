@@ -2,6 +2,7 @@
 lists every run (also the ones made to fail), every named experiment composes cell by cell, and
 the launchers (submitit_local, joblib) run a two-job sweep."""
 import csv
+import functools
 import itertools
 import json
 import os
@@ -195,9 +196,19 @@ def test_every_cell_of_every_experiment_composes(experiment):
         if workload in built:
             continue
         built.add(workload)
-        prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=None)
+        tokenizer = smollm2_tokenizer() if cfg.workload.name in ("chat", "grounded") else None
+        prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=tokenizer)
         assert prompts and len(prompts) == len(params)
         assert max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) <= cfg.max_model_len
+
+
+@functools.cache
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from nvllm.models.weights import smollm2_path
+
+    return AutoTokenizer.from_pretrained(smollm2_path())
 
 
 def test_command_line_overrides_an_experiment(tmp_path):

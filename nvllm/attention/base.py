@@ -27,6 +27,12 @@ class AttentionMetadata:
     context_lens_host: list[int]
     # every sequence has exactly one query token
     is_decode: bool
+    # per sequence, how many of its last query rows the step returns logits for (speculative
+    # verification: the last token and each drafted one); None: one each (see forward.base.logits_rows)
+    num_logits: list[int] | None = None
+    # run only the model's first `num_layers` decoder layers, then its final norm and LM head (a
+    # self-speculative draft step); None: every layer
+    num_layers: int | None = None
     # whatever the backend's `prepare` wants to compute once per step instead of once per layer
     extra: dict = field(default_factory=dict)
 

@@ -70,7 +70,11 @@ def _run(engine, outputs: list[RequestOutput], pending: list[int], live: dict, s
             if stats.prefill_tokens > prefill_before:
                 bar.set_postfix_str(f"{sim}prefill {(stats.prefill_tokens - prefill_before) / elapsed:.0f} tok/s", refresh=False)
             elif stats.decode_tokens > decode_before:
-                bar.set_postfix_str(f"{sim}decode {(stats.decode_tokens - decode_before) / elapsed:.0f} tok/s", refresh=False)
+                spec = stats.spec_decode  # speculative decoding: the drafted tokens accepted so far
+                accepted = f", drafts accepted {spec.num_accepted_tokens / spec.num_draft_tokens:.0%}" \
+                    if spec and spec.num_draft_tokens else ""
+                bar.set_postfix_str(f"{sim}decode {(stats.decode_tokens - decode_before) / elapsed:.0f} tok/s{accepted}",
+                                    refresh=False)
             for d in deltas:
                 pieces, logprobs = live[d.request_id][d.index]
                 pieces.append(d.new_text)

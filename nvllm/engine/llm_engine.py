@@ -20,9 +20,9 @@ from nvllm.engine import driver, faults, intake
 from nvllm.engine.clock import Clock
 from nvllm.engine.detokenizer import Detokenizer
 from nvllm.engine.model_runner import ModelRunner
+from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, SpecDecodingStats, StepStats
 from nvllm.engine.overlap import Step
 from nvllm.forward.base import computes_tensors
-from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, StepStats
 from nvllm.engine.warmup import warm_up
 from nvllm.models.weights import is_random, load_hf_config, resolve_model_path
 from nvllm.sampling_params import SamplingParams
@@ -60,6 +60,9 @@ class LLMEngine:
             "scheduler", config.scheduler, kv_cache=self.kv_cache, max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens, max_model_len=config.max_model_len,
             eos_token_ids=_eos_ids(self.tokenizer, hf_config))
+        # -- speculative decoding: the drafter, which says each step how many slots the scheduler reserves for it
+        self.drafter = registry.build("speculative", config.speculative, runner=self.model_runner)
+        num_drafted = self.drafter.num_speculative_tokens
         self.model_runner.sampler.eos_token_ids = self.scheduler.eos_token_ids  # min_tokens masks them
         # -- warm-up (torch.compile compiles here), timed apart from every request
         loaded = time.perf_counter()
@@ -73,7 +76,7 @@ class LLMEngine:
         self.startup_s = {"load": loaded - started, "warmup": time.perf_counter() - loaded}
         logger.info(startup_line(self))
         # -- requests: live ones by id, those not yet due, the last deltas of aborted ones
-        self.stats = StepStats()
+        self.stats = StepStats(spec_decode=SpecDecodingStats(num_drafted) if num_drafted else None)
         self._requests: dict[str, dict[int, LiveRequest]] = {}  # id -> its live completions by index
         self._held: dict[int, list[Sequence]] = {}  # a first completion's seq id -> its siblings, not yet added
         self._arrivals = intake.Arrivals(self.clock)
@@ -169,11 +172,14 @@ class LLMEngine:
             self.scheduler.add(seq)
         seqs, step, fault = None, None, None
         if not self.scheduler.is_finished():
+            self.scheduler.num_lookahead_tokens = self.drafter.lookahead(len(self.scheduler.running))
             seqs = self.scheduler.schedule()
             if not seqs:
                 raise RuntimeError("the scheduler picked nothing while requests are pending")
             start = self.clock.now()
-            step, fault = self._attempt(self.model_runner.launch, seqs, in_flight)
+            _, fault = self._attempt(self.drafter.draft, seqs)  # speculative decoding's drafts (speculative=none: none)
+            if fault is None:
+                step, fault = self._attempt(self.model_runner.launch, seqs, in_flight)
         if in_flight is not None:  # its tokens settle before this step samples (EOS ends a sequence)
             deltas += self._settle(in_flight)
         if seqs is None:
@@ -217,17 +223,23 @@ class LLMEngine:
         """Collect `step`'s tokens, settle them (EOS and stop tokens finish), and the deltas."""
         token_ids = self._runner(self.model_runner.collect, step)
         now = self.clock.now()
+        if self.stats.spec_decode is not None:  # before settle clears the drafts
+            self.stats.spec_decode.record(step.seqs, token_ids)
         self.scheduler.settle(step.seqs, token_ids)
-        deltas, requests, held = [], self._requests, self._held
+        deltas, requests, held, generated = [], self._requests, self._held, 0
         for seq in step.seqs:
-            if len(seq.token_times) < seq.num_tokens - seq.num_prompt_tokens:
-                seq.token_times.append(now)
+            new = seq.num_tokens - seq.num_prompt_tokens - len(seq.token_times)
+            if new > 0:  # one time per token: a step that accepted drafts gave several at once
+                seq.token_times.extend([now] * new)
+                generated += new
                 if held:  # siblings (n > 1) wait for the first completion: the prompt's full blocks are cached now
                     for sibling in held.pop(seq.seq_id, ()):
                         self.scheduler.add(sibling)
                 deltas.append(self._delta(requests[seq.request_id][seq.index], now))
-        # a step's time: from its launch, or from when the one before it was collected if later
-        self.stats.record(step.num_tokens, now - max(step.launched, self._last_collect), step.is_decode)
+        # a step's time: from its launch, or from when the one before it was collected if later; a
+        # decode step counts the tokens it generated (a verify step computes more than it keeps)
+        self.stats.record(generated if step.is_decode else step.num_tokens, now - max(step.launched, self._last_collect),
+                          step.is_decode)
         self._last_collect = now
         return deltas
 
@@ -268,6 +280,9 @@ class LLMEngine:
         raise error
 
     def close(self):
+        if getattr(self, "drafter", None) is not None:
+            self.drafter.close()
+            self.drafter = None
         if getattr(self, "model_runner", None) is not None:
             self.model_runner.close()
             self.model_runner = None

@@ -26,19 +26,22 @@ from nvllm.forward.base import computes_tensors
 from nvllm.models.weights import has_weights, load_weights, random_init
 from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.sampler.logprobs import record_logprobs
+from nvllm.speculative.verify import verify
 
 NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
 CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
 
-# one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
-StepInput = tuple[list[int], int, list[int]]
+# one scheduled sequence as the model sees it: (token ids to run, position of the first, block
+# table[, how many of its last rows the step returns logits for: 1 if left out])
+StepInput = tuple[list[int], int, list[int]] | tuple[list[int], int, list[int], int]
 
 
 def step_inputs(seqs: list[Sequence]) -> list[StepInput]:
     """Exactly the tokens each sequence runs this step (a re-prefilled preempted sequence sends
-    all of its tokens, not only the last)."""
-    return [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + seq.num_scheduled_tokens],
-             seq.num_computed_tokens, seq.block_table) for seq in seqs]
+    all of its tokens, not only the last), then its drafted tokens, each of which is scored."""
+    return [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + seq.num_scheduled_tokens]
+             + seq.draft_token_ids, seq.num_computed_tokens, seq.block_table, 1 + len(seq.draft_token_ids))
+            for seq in seqs]
 
 
 def warmup_steps(config: Config, block_size: int, batch: int) -> tuple[list[StepInput], list[StepInput]]:
@@ -156,19 +159,23 @@ class ModelRunner:
             m.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     # -- one step ------------------------------------------------------------------------
-    def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None):
+    def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None,
+                num_layers: int | None = None):
         """Input tensors and attention metadata. `pad_to` adds dummy one-token sequences (slot -1,
-        context 1) and `table_width` pads block tables, for fixed CUDA-graph shapes."""
+        context 1) and `table_width` pads block tables, for fixed CUDA-graph shapes; `num_layers`
+        makes it a draft step (the model's first layers only). An input's fourth entry, when there,
+        is how many of its last rows the step scores (a verify step: its last token and each draft)."""
         bs = self.block_size
-        if all(len(token_ids) == 1 for token_ids, _, _ in inputs):  # decode: one token each
-            input_ids = [token_ids[0] for token_ids, _, _ in inputs]
-            positions = [start for _, start, _ in inputs]
-            slots = [block_table[start // bs] * bs + start % bs for _, start, block_table in inputs]
+        num_logits = [rows[0] if rows else 1 for _, _, _, *rows in inputs]
+        if all(len(token_ids) == 1 for token_ids, *_ in inputs):  # decode: one token each
+            input_ids = [token_ids[0] for token_ids, *_ in inputs]
+            positions = [start for _, start, *_ in inputs]
+            slots = [block_table[start // bs] * bs + start % bs for _, start, block_table, *_ in inputs]
             query_lens = [1] * len(inputs)
             context_lens = [start + 1 for start in positions]
         else:
             input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
-            for token_ids, start, block_table in inputs:
+            for token_ids, start, block_table, *_ in inputs:
                 input_ids += token_ids
                 end = start + len(token_ids)
                 positions += range(start, end)
@@ -177,7 +184,7 @@ class ModelRunner:
                     slots += range(base + max(start - p, 0), base + min(end - p, bs))
                 query_lens.append(end - start)
                 context_lens.append(end)
-        tables = [block_table for _, _, block_table in inputs]
+        tables = [block_table for _, _, block_table, *_ in inputs]
         pad = (pad_to or 0) - len(inputs)
         if pad > 0:
             input_ids += [0] * pad
@@ -201,6 +208,8 @@ class ModelRunner:
             query_lens=query_lens,
             context_lens_host=context_lens,
             is_decode=max(query_lens) == 1,
+            num_logits=num_logits if any(n > 1 for n in num_logits) else None,
+            num_layers=num_layers,
         )
         return self.tensor(input_ids, torch.int64), self.tensor(positions, torch.int64), meta
 
@@ -214,11 +223,13 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
-        """Logits at the last query position of each sequence (None on TP workers)."""
+        """Logits at `logits_rows(meta)`: the last query position of each sequence, every drafted
+        one too (None on TP workers)."""
         return self.forward_strategy(input_ids, positions, meta)
 
-    def run(self, seqs: list[Sequence]) -> list[int]:
-        """One step start to end: each sequence's sampled token (-1 where it sampled none)."""
+    def run(self, seqs: list[Sequence]) -> list[int] | list[int | list[int]]:
+        """One step start to end: each sequence's sampled token (-1 where it sampled none), or its
+        run when the step verifies drafts (nvllm/speculative/verify.py)."""
         step = self.launch(seqs)
         self.sample(step)
         return self.collect(step)
@@ -228,8 +239,9 @@ class ModelRunner:
         token, a sample of `in_flight` not yet on the host, is filled in from its token tensor.
         forward=simulated (no model) gives the step's tokens here: no tensors, no sampling."""
         inputs = step_inputs(seqs)
-        num_tokens = sum(len(token_ids) for token_ids, _, _ in inputs)
-        is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
+        num_tokens = sum(len(token_ids) for token_ids, *_ in inputs)
+        # a decode step: each sequence runs its last token (and its drafts, if any)
+        is_decode = all(s.num_scheduled_tokens == 1 and s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
         if self.model is None:
             return Step(seqs, num_tokens, is_decode, tokens=self.forward_strategy.next_tokens(seqs))
         pending = pending_inputs(seqs, inputs, in_flight) if in_flight is not None else []
@@ -250,8 +262,13 @@ class ModelRunner:
 
     def _forward_step(self, inputs: list[StepInput], input_ids, positions, meta):
         if self.control_group is not None:
-            torch.distributed.broadcast_object_list([inputs], src=0, group=self.control_group)
+            torch.distributed.broadcast_object_list([(inputs, meta.num_layers)], src=0, group=self.control_group)
         return self.forward(input_ids, positions, meta)
+
+    def execute(self, inputs: list[StepInput], num_layers: int | None = None):
+        """One forward pass over `inputs` on every rank, now (under TP rank 0 sends them first): the
+        logits of their scored rows, or of a draft step's when `num_layers` is set (a drafter's call)."""
+        return self._forward_step(inputs, *self.prepare(inputs, num_layers=num_layers))
 
     def sample(self, step: Step) -> None:
         """Draw a token for each sequence of `step` whose prompt is complete after it and that has
@@ -268,6 +285,9 @@ class ModelRunner:
                 if seq.num_computed_tokens + seq.num_scheduled_tokens >= seq.num_tokens and seq.status is running]
         if not rows:
             return
+        if any(seq.draft_token_ids for seq in seqs):  # speculative decoding (no overlap): verify the drafts
+            step.tokens = verify(self.sampler, logits.float(), seqs)  # each one's run (-1: a prefill chunk)
+            return
         if len(rows) < len(seqs):
             step.rows, logits, seqs = rows, logits[self.tensor(rows, torch.int64)], [seqs[i] for i in rows]
         step.tokens = tokens = self.sampler(logits.float(), seqs)  # a list, or a tensor (device_tokens)
@@ -279,8 +299,9 @@ class ModelRunner:
             step.arrived = torch.cuda.Event()
             step.arrived.record()
 
-    def collect(self, step: Step) -> list[int]:
-        """The sampled token of each sequence of `step` (-1 where it sampled none), once on the host."""
+    def collect(self, step: Step) -> list[int] | list[int | list[int]]:
+        """The sampled token of each sequence of `step` (-1 where it sampled none), once on the host;
+        after a verify step, each one's run: its accepted drafts and one token of the model's own."""
         if step.tokens is None:
             return [-1] * len(step.seqs)
         if step.arrived is not None:

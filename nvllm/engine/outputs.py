@@ -116,31 +116,55 @@ class LiveRequest:
     detokenizer: Detokenizer
     num_sent: int = 0  # generated tokens already in a delta
 
+    def _new_logprobs(self, start: int, count: int) -> list | None:
+        logprobs = self.seq.logprobs
+        return None if logprobs is None else [self._logprobs(entry) for entry in logprobs[start:start + count]]
+
     def delta(self, now: float) -> RequestDelta:
         """The tokens and text added since the last delta, however many. A stop string found in
         the text finishes the completion here (finish_reason "stop"); the caller frees what a
-        finished one holds and sets `finished` once every completion of the request has."""
+        finished one holds and sets `finished` once every completion of the request has. Several
+        new tokens (accepted drafts) go through the stop strings one at a time: the completion ends
+        at the token that completed one, as it would have without speculation, and the tokens
+        after it are dropped."""
         seq, detokenizer = self.seq, self.detokenizer
         start = self.num_sent
         new_ids = seq.token_ids[seq.num_prompt_tokens + start:]
-        self.num_sent += len(new_ids)
         finished = seq.status is SequenceStatus.FINISHED
-        logprobs = None
-        if seq.logprobs is not None:
-            logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
         if not (finished or detokenizer.incremental):  # its text comes once, at the end
+            self.num_sent += len(new_ids)
             return RequestDelta(seq.request_id, new_ids, "", False, None, seq.num_prompt_tokens, self.num_sent,
-                                index=seq.index, logprobs=logprobs, cumulative_logprob=seq.cumulative_logprob)
+                                index=seq.index, logprobs=self._new_logprobs(start, len(new_ids)),
+                                cumulative_logprob=seq.cumulative_logprob)
         # the text of every token not yet decoded (all of them, the first time a non-streamed request
         # decodes); a stop token's text is left out
         text_ids = new_ids if detokenizer.incremental else seq.token_ids[seq.num_prompt_tokens:]
         if seq.finish_reason == "stop" and text_ids:
             text_ids = text_ids[:-1]
-        text, stopped = detokenizer.update(text_ids, finished)
+        if detokenizer.stop and len(text_ids) > 1:  # (stop strings make it incremental: text_ids are new_ids)
+            text, stopped = "", False
+            for i, token_id in enumerate(text_ids):
+                last = i == len(text_ids) - 1
+                piece, stopped = detokenizer.update([token_id], finished and last)
+                text += piece
+                if stopped and not last:
+                    del seq.token_ids[len(seq) - len(new_ids) + i + 1:]  # never generated, as far as anyone sees
+                    seq.num_tokens, seq.last_token = len(seq.token_ids), seq.token_ids[-1]
+                    del seq.token_times[seq.num_completion_tokens:]
+                    new_ids = new_ids[:i + 1]
+                    break
+        else:
+            text, stopped = detokenizer.update(text_ids, finished)
+        self.num_sent += len(new_ids)
         if stopped:
             seq.finish_reason, finished = "stop", True
         if finished:
             seq.finish_time = now
+            if seq.logprobs is not None and len(seq.logprobs) > seq.num_completion_tokens:
+                # a verify step drew past where the completion ended (an accepted run cut short)
+                del seq.logprobs[seq.num_completion_tokens:]
+                seq.cumulative_logprob = sum(e[t][0] for e, t in zip(seq.logprobs, seq.completion_token_ids))
+        logprobs = self._new_logprobs(start, len(new_ids))
         return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
                             seq.num_prompt_tokens, seq.num_completion_tokens, index=seq.index, logprobs=logprobs,
                             cumulative_logprob=seq.cumulative_logprob)
@@ -172,14 +196,59 @@ def fill_output(out: RequestOutput, seq: Sequence, text: str, logprobs: list | N
 
 
 @dataclass
+class SpecDecodingStats:
+    """Speculative decoding's counters, vLLM's (`vllm:spec_decode_*`): a draft is one sequence's
+    drafted tokens in one step; an accepted token is a drafted one the target agreed with (the
+    token the target adds after them is not counted)."""
+    # most tokens drafted per sequence and step (speculative.num_speculative_tokens)
+    num_spec_tokens: int
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    # [num_spec_tokens]: drafts whose token at that position was accepted
+    num_accepted_tokens_per_pos: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.num_accepted_tokens_per_pos = self.num_accepted_tokens_per_pos or [0] * self.num_spec_tokens
+
+    def record(self, seqs: list[Sequence], runs: list) -> None:
+        """One step: each sequence's drafts and the run the verification kept (before postprocess)."""
+        for seq, run in zip(seqs, runs):
+            if seq.draft_token_ids:
+                accepted = len(run) - 1
+                self.num_drafts += 1
+                self.num_draft_tokens += len(seq.draft_token_ids)
+                self.num_accepted_tokens += accepted
+                for pos in range(accepted):
+                    self.num_accepted_tokens_per_pos[pos] += 1
+
+    def as_dict(self) -> dict:
+        """The counters, and what vLLM derives from them: draft_acceptance_rate = accepted / drafted
+        tokens, mean_acceptance_length = 1 + accepted / drafts (tokens a draft gave, the target's
+        own included), acceptance_rate_per_pos = accepted at that position / drafts."""
+        drafts = self.num_drafts
+        return {
+            "num_spec_tokens": self.num_spec_tokens, "num_drafts": drafts, "num_draft_tokens": self.num_draft_tokens,
+            "num_accepted_tokens": self.num_accepted_tokens,
+            "num_accepted_tokens_per_pos": list(self.num_accepted_tokens_per_pos),
+            "draft_acceptance_rate": self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else None,
+            "mean_acceptance_length": 1 + self.num_accepted_tokens / drafts if drafts else None,
+            "acceptance_rate_per_pos": [n / drafts for n in self.num_accepted_tokens_per_pos] if drafts else None,
+        }
+
+
+@dataclass
 class StepStats:
-    """Tokens and seconds of the engine's steps so far: a step where every sequence decodes one
-    token counts as decode, any other (a mixed one too) as prefill."""
+    """Tokens and seconds of the engine's steps so far: a step where every sequence decodes (one
+    token, and its drafts if any) counts as decode, with the tokens it generated; any other (a
+    mixed one too) as prefill, with the tokens it computed."""
     prefill_tokens: int = 0
     prefill_time: float = 0.0
     decode_tokens: int = 0
     decode_time: float = 0.0
     steps: int = 0
+    # speculative decoding's counters (None: speculative=none)
+    spec_decode: SpecDecodingStats | None = None
 
     def record(self, num_tokens: int, seconds: float, decode: bool):
         self.steps += 1

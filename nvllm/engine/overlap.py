@@ -31,7 +31,7 @@ def pending_inputs(seqs: list[Sequence], inputs: list[tuple], in_flight: Step) -
     """(index in `seqs`, row in `in_flight.tokens`) of each sequence whose last input token is still
     PENDING: a sample of `in_flight` (a sequence has at most one, its last token). `inputs`: the
     model runner's StepInputs for `seqs`."""
-    pending = [i for i, (token_ids, _, _) in enumerate(inputs) if token_ids[-1] == PENDING]
+    pending = [i for i, (token_ids, *_) in enumerate(inputs) if token_ids[-1] == PENDING]
     if not pending:
         return []
     sampled = in_flight.seqs if in_flight.rows is None else [in_flight.seqs[i] for i in in_flight.rows]
@@ -44,7 +44,7 @@ def fill_pending(input_ids: torch.Tensor, inputs: list[tuple], pending: list[tup
     """Copy each pending token from `tokens` into its packed row of `input_ids` (the last of its
     sequence's inputs), on the device: no host sync. `to_device` makes index tensors there."""
     ends, end = [], 0
-    for token_ids, _, _ in inputs:
+    for token_ids, *_ in inputs:
         end += len(token_ids)
         ends.append(end - 1)
     rows, sources = [ends[i] for i, _ in pending], [r for _, r in pending]

@@ -11,7 +11,8 @@ strategy. `forward=auto` takes the best-ranked one whose `check` passes where th
     strategy = cls(config, runner)  after the weights are loaded and the attention backend built
     strategy.decode_batch      the largest decode batch it runs (the KV-cache sizing warms up with it)
     strategy.bind_kv_cache()   once the cache is allocated: capture graphs, take pointers into it
-    strategy(input_ids, positions, meta) -> logits at `logits_rows(meta)`, every step
+    strategy(input_ids, positions, meta) -> logits at `logits_rows(meta)`, every step (a draft step,
+                               meta.num_layers set, runs only the model's first layers)
     strategy.close()
 
 A strategy with `computes_tensors = False` (forward=simulated) stands in for the forward pass: the
@@ -45,8 +46,21 @@ class ForwardTarget:
 
 
 def logits_rows(meta: AttentionMetadata) -> torch.Tensor:
-    """The packed rows whose logits a step returns: each sequence's last query token."""
-    return meta.cu_seqlens_q[1:].long() - 1
+    """The packed rows whose logits a step returns: each sequence's last query token, or its last
+    `meta.num_logits[b]` (a speculative verify step scores every drafted token), in order."""
+    if meta.num_logits is None:
+        return meta.cu_seqlens_q[1:].long() - 1
+    rows, end = [], 0
+    for q_len, n in zip(meta.query_lens, meta.num_logits):
+        end += q_len
+        rows.extend(range(end - n, end))
+    return torch.tensor(rows, dtype=torch.long, device=meta.cu_seqlens_q.device)
+
+
+def model_kwargs(meta: AttentionMetadata) -> dict:
+    """Keyword arguments of the model's forward for this step: `num_layers` for a draft step only
+    (an architecture that cannot stop early never sees it: speculative=draft refuses it)."""
+    return {} if meta.num_layers is None else {"num_layers": meta.num_layers}
 
 
 class ForwardStrategy(ABC):

@@ -88,8 +88,9 @@ class CUDAGraphForward(EagerForward):
             self.outputs[:n] = self.model(self.inputs["input_ids"][:n], self.inputs["positions"][:n])
 
     def __call__(self, input_ids, positions, meta):
-        bucket = graph_bucket(sorted(self.graphs), len(meta.query_lens)) if meta.is_decode else None
-        if bucket is None:  # a prefill, a batch past the largest graph, or graphs not captured yet
+        graphed = meta.is_decode and meta.num_layers is None  # the graphs run every layer
+        bucket = graph_bucket(sorted(self.graphs), len(meta.query_lens)) if graphed else None
+        if bucket is None:  # a prefill, a draft step, a batch past the largest graph, or graphs not captured yet
             return super().__call__(input_ids, positions, meta)
         n, g = len(meta.query_lens), self.inputs
         g["input_ids"][:n], g["positions"][:n] = input_ids, positions

@@ -14,7 +14,7 @@ import torch
 from nvllm.attention.base import forward_context
 from nvllm.auto import tristate
 from nvllm.errors import ConfigError
-from nvllm.forward.base import ForwardStrategy, ForwardTarget, logits_rows
+from nvllm.forward.base import ForwardStrategy, ForwardTarget, logits_rows, model_kwargs
 from nvllm.hookspecs import hookimpl
 
 
@@ -59,7 +59,7 @@ class EagerForward(ForwardStrategy):
     def __call__(self, input_ids, positions, meta):
         self.runner.attention.prepare(meta, self.runner.block_size)
         with forward_context(self.runner.attention, meta):
-            hidden = self.model(input_ids, positions)
+            hidden = self.model(input_ids, positions, **model_kwargs(meta))
         return self.model.compute_logits(hidden[logits_rows(meta)])
 
 

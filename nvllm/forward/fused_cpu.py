@@ -1,7 +1,9 @@
 """forward=fused_cpu: a Llama-family step's whole forward pass as one C call on a CPU
 (nvllm/kernels/cpu_step.c), float32, in place of the torch modules' many small operations a
-step. Decode steps run as one call; a prefill runs as calls of at most CHUNK token rows (its rows
-read each other's K/V through the cache) unless its context is longer than
+step. Decode steps run as one call, and so do speculative verify steps (a few rows per sequence,
+each reading its context from the cache like a decode row) and early-exit draft steps (a copy of
+the C model cut after its first layers); a prefill runs as calls of at most CHUNK token rows (its
+rows read each other's K/V through the cache) unless its context is longer than
 `forward.max_prefill_context`, where the torch modules (forward=eager, SDPA) are faster. It reads
 the model's norms, biases and KV cache in place and its matmul weights from packed copies made
 once, and returns the logits of the sampled rows only. Its attention is attention=cpu's kernel
@@ -105,6 +107,7 @@ class FusedCPUForward(EagerForward):
         super().__init__(config, runner)
         self.fn = kernel()
         self.packed: list[torch.Tensor] = []  # the packed copies the step reads (kept alive here)
+        self.early_exits: dict[int, _Model] = {}  # the C model cut after its first layers, by their number
 
     def bind_kv_cache(self):
         """Pack the matmul weights and point the C model at the weights and this cache."""
@@ -139,12 +142,29 @@ class FusedCPUForward(EagerForward):
         self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate
 
     def runs(self, meta) -> bool:
-        """Whether the C step takes this step (else the torch modules do)."""
-        return meta.is_decode or max(meta.context_lens_host) <= self.config.max_prefill_context
+        """Whether the C step takes this step (else the torch modules do): every sequence either
+        returns logits for each of its query rows (a decode, a speculative verify step: a few rows
+        over the cache, each like a decode row) or has a context of at most max_prefill_context."""
+        if meta.is_decode:
+            return True
+        num_logits = meta.num_logits or [1] * len(meta.query_lens)
+        return all(q_len == n or ctx <= self.config.max_prefill_context
+                   for q_len, n, ctx in zip(meta.query_lens, num_logits, meta.context_lens_host))
+
+    def _c_model(self, num_layers: int | None):
+        """The C model, or a copy that stops after the first `num_layers` layers (a draft step)."""
+        if num_layers is None:
+            return self.c_model
+        if num_layers not in self.early_exits:
+            early = _Model.from_buffer_copy(self.c_model)
+            early.num_layers = num_layers
+            self.early_exits[num_layers] = early
+        return self.early_exits[num_layers]
 
     def __call__(self, input_ids, positions, meta):
         if not self.runs(meta):
             return super().__call__(input_ids, positions, meta)
+        c_model = self._c_model(meta.num_layers)
         n = input_ids.shape[0]
         last = logits_rows(meta)
         if meta.is_decode:
@@ -160,7 +180,7 @@ class FusedCPUForward(EagerForward):
             sampled = ((last >= start) & (last < end)).nonzero().flatten()
             rows = last[sampled] - start
             out = logits[sampled[0]:sampled[-1] + 1] if len(sampled) else logits[:0]
-            status = self.fn(ctypes.byref(self.c_model), input_ids[start:].data_ptr(), positions[start:].data_ptr(),
+            status = self.fn(ctypes.byref(c_model), input_ids[start:].data_ptr(), positions[start:].data_ptr(),
                              meta.slot_mapping[start:].data_ptr(), tables[start:].data_ptr(), tables.shape[1],
                              context_lens[start:].data_ptr(), end - start, rows.data_ptr(), len(rows),
                              work.data_ptr(), out.data_ptr(), torch.get_num_threads())
@@ -171,6 +191,7 @@ class FusedCPUForward(EagerForward):
     def close(self):
         self.packed.clear()
         self.layers = self.c_model = None  # pointers into the weights and the cache
+        self.early_exits.clear()
 
 
 @hookimpl

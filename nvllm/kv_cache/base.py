@@ -50,12 +50,19 @@ class KVCacheAllocator(ABC):
         """Release `seq`'s blocks and reset its cache state (finish or preemption)."""
 
     @abstractmethod
-    def can_append(self, seq: Sequence) -> bool:
-        """Whether `may_append` can cover `seq`'s current length."""
+    def can_append(self, seq: Sequence, num_lookahead: int = 0) -> bool:
+        """Whether `may_append` can cover `seq`'s current length plus `num_lookahead` slots."""
 
     @abstractmethod
-    def may_append(self, seq: Sequence) -> None:
-        """Grow `seq.block_table` to cover `len(seq)` tokens."""
+    def may_append(self, seq: Sequence, num_lookahead: int = 0) -> None:
+        """Grow `seq.block_table` to cover `len(seq) + num_lookahead` tokens (the lookahead slots
+        hold drafted tokens that speculative decoding verifies in the same step)."""
+
+    @abstractmethod
+    def rollback(self, seq: Sequence) -> None:
+        """A step wrote K/V past `len(seq)` tokens (drafted tokens that were rejected): release the
+        blocks past those `len(seq)` tokens need. Nothing past `seq.num_computed_tokens` was ever
+        entered in the prefix cache (`on_computed` only sees accepted tokens)."""
 
     def on_computed(self, seq: Sequence) -> None:
         """Called after a step wrote K/V for `seq.num_computed_tokens` tokens."""

@@ -126,13 +126,25 @@ class PagedBlockManager(KVCacheAllocator):
         seq.num_computed_tokens = 0
         self.num_hashed_blocks.pop(seq.seq_id, None)
 
-    def can_append(self, seq: Sequence) -> bool:
-        need = (seq.num_tokens + self.block_size - 1) // self.block_size - len(seq.block_table)
+    def _blocks_for(self, seq: Sequence, num_lookahead: int) -> int:
+        return (seq.num_tokens + num_lookahead + self.block_size - 1) // self.block_size
+
+    def can_append(self, seq: Sequence, num_lookahead: int = 0) -> bool:
+        need = self._blocks_for(seq, num_lookahead) - len(seq.block_table)
         return need <= 0 or self.num_free_blocks >= need
 
-    def may_append(self, seq: Sequence):
-        for _ in range(seq.num_blocks - len(seq.block_table)):
+    def may_append(self, seq: Sequence, num_lookahead: int = 0):
+        for _ in range(self._blocks_for(seq, num_lookahead) - len(seq.block_table)):
             seq.block_table.append(self._take_free_block())
+
+    def rollback(self, seq: Sequence):
+        # the tail blocks were taken by may_append for this sequence alone: never a prefix hit, never hashed
+        while len(seq.block_table) > seq.num_blocks:
+            block = self.blocks[seq.block_table.pop()]
+            assert block.ref_count == 1 and block.hash == -1
+            block.ref_count = 0
+            self.used_block_ids.remove(block.block_id)
+            self.push_free(block.block_id)
 
     def on_computed(self, seq: Sequence):
         if not self.prefix_caching:

@@ -83,9 +83,9 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, input_ids, positions):
+    def forward(self, input_ids, positions, num_layers: int | None = None):
         hidden_states, residual = self.embed_tokens(input_ids), None
-        for layer in self.layers:
+        for layer in self.layers[:num_layers]:
             hidden_states, residual = layer(positions, hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
@@ -127,8 +127,10 @@ class LlamaForCausalLM(CausalLM):
         if getattr(hf_config, "tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, input_ids, positions):
-        return self.model(input_ids, positions)
+    def forward(self, input_ids, positions, num_layers: int | None = None):
+        """Hidden states after the final norm; `num_layers`: after only the first layers (an early
+        exit, which speculative=draft drafts with)."""
+        return self.model(input_ids, positions, num_layers)
 
     def compute_logits(self, hidden_states):
         return self.lm_head(hidden_states)

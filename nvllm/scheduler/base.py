@@ -21,6 +21,9 @@ class Scheduler(ABC):
     name: str
     # prompts may be split across steps (the engine then allows max_num_batched_tokens < max_model_len)
     chunked_prefill: bool = False
+    # speculative decoding: most cache slots a decoding sequence may reserve past its last token for
+    # drafted tokens (the engine sets it from speculative.num_speculative_tokens; 0: none)
+    num_lookahead_tokens: int = 0
 
     def __init__(self, config, kv_cache: KVCacheAllocator, max_num_seqs: int,
                  max_num_batched_tokens: int, max_model_len: int, eos_token_ids: frozenset[int]):
@@ -71,6 +74,8 @@ class Scheduler(ABC):
             if scheduled:
                 return scheduled
         budget = self._continue(scheduled, budget)
+        if self.num_lookahead_tokens:
+            budget = self._reserve_lookahead(scheduled, budget)
         if self.chunked_prefill:
             self._admit(scheduled, budget)
         return scheduled
@@ -127,6 +132,26 @@ class Scheduler(ABC):
         self.kv_cache.may_append(seq)
         return True
 
+    def _reserve_lookahead(self, scheduled: list[Sequence], budget: int) -> int:
+        """Slots for drafted tokens, out of what the step's token budget and the free blocks have
+        left once every running sequence has its token: a draft never preempts anyone, it is cut
+        (to none if need be). Only a sequence with one token left to compute (a decode) drafts, and
+        never past its max_tokens or max_model_len (the step also appends one token of its own)."""
+        for seq in scheduled:
+            if not budget:
+                break
+            if seq.num_scheduled_tokens != 1 or len(seq) - seq.num_computed_tokens != 1:
+                continue
+            n = min(self.num_lookahead_tokens, budget, seq.sampling_params.max_tokens - seq.num_completion_tokens - 1,
+                    self.max_model_len - len(seq) - 1)
+            while n > 0 and not self.kv_cache.can_append(seq, n):
+                n -= 1
+            if n > 0:
+                self.kv_cache.may_append(seq, n)
+                seq.num_lookahead_tokens = n
+                budget -= n
+        return budget
+
     def _unscheduled(self, seq: Sequence) -> list[Sequence]:  # running, not yet given this step, in admission order
         return [s for s in self.running if s is not seq and not s.num_scheduled_tokens]
 
@@ -136,6 +161,7 @@ class Scheduler(ABC):
         self.running.remove(seq)
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
+        seq.num_lookahead_tokens, seq.draft_token_ids = 0, []
         self.kv_cache.deallocate(seq)
         self.waiting.appendleft(seq)
 
@@ -171,24 +197,55 @@ class Scheduler(ABC):
             finished.append(seq)
         return finished
 
-    def settle(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
+    def settle(self, seqs: list[Sequence], token_ids: list[int | list[int]]) -> list[Sequence]:
         """A step's sampled tokens replace the PENDING ones `advance` gave (a sequence whose pending
         token was dropped, or that sampled nothing, is skipped); EOS or a stop token finishes its
         sequence with finish_reason "stop", even one that max_tokens already ended. Returns the
-        sequences it finished."""
-        finished, eos = [], self.eos_token_ids
-        for seq, token_id in zip(seqs, token_ids):
+        sequences it finished.
+
+        An entry may be the run a verified draft gave (speculative decoding: its accepted drafted
+        tokens, then one of the model's own): the first replaces the PENDING token, the rest are
+        appended in order until one finishes the sequence (each accepted draft's K/V was computed in
+        the step), and the cache slots of the rejected drafts are rolled back."""
+        finished = []
+        for seq, sampled in zip(seqs, token_ids):
+            run = sampled if isinstance(sampled, list) else (sampled,)
+            lookahead, drafts = seq.num_lookahead_tokens, seq.draft_token_ids
+            seq.draft_token_ids, seq.num_lookahead_tokens = [], 0
             if seq.last_token != PENDING:
                 continue
-            seq.set_pending_token(token_id)
-            sp = seq.sampling_params
-            if (not sp.ignore_eos and token_id in eos) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
-                if seq.is_finished:
-                    seq.finish_reason = "stop"
-                else:
-                    self.finish(seq, "stop")
-                    finished.append(seq)
+            assert len(run) <= len(drafts) + 1, "a run is the accepted drafts and one token more"
+            seq.set_pending_token(run[0])
+            reason = self._stop_reason(seq, run[0])
+            for token_id in run[1:] if not reason else ():
+                seq.num_computed_tokens += 1  # the token before it: an accepted draft, computed in this step
+                seq.append_token(token_id)
+                reason = self._stop_reason(seq, token_id) or self._length_reason(seq)
+                if reason:
+                    break
+            if len(run) > 1:
+                self.kv_cache.on_computed(seq)  # a full block's hash covers accepted tokens only
+            if reason and seq.is_finished:  # max_tokens had ended it at launch: a stop token says why
+                seq.finish_reason = reason
+            elif reason:
+                self.finish(seq, reason)
+                finished.append(seq)
+            elif lookahead:
+                self.kv_cache.rollback(seq)
         return finished
+
+    def _stop_reason(self, seq: Sequence, token_id: int) -> str | None:
+        sp = seq.sampling_params
+        if (not sp.ignore_eos and token_id in self.eos_token_ids) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
+            return "stop"
+        return None
+
+    def _length_reason(self, seq: Sequence) -> str | None:
+        if seq.num_completion_tokens >= seq.sampling_params.max_tokens:
+            return "length"
+        if seq.num_tokens >= self.max_model_len:
+            return "max_model_len"
+        return None
 
     def finish(self, seq: Sequence, reason: str):
         """End `seq` now, running or waiting (a stop condition, an abort): its blocks are freed."""

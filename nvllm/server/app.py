@@ -177,8 +177,10 @@ def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfi
         timings = engine_loop.timings_since(skip)
         times = [t for timing in timings for t in (timing.arrival, *timing.token_times)]
         duration = max(times) - min(times) if times else 0.0
+        stats = engine_loop.stats
         return {"requests": len(timings), **serving_metrics(timings, duration, quantiles, bounds or None,
-                                                            request_rate=request_rate, open_loop=True)}
+                                                            request_rate=request_rate, open_loop=True),
+                "spec_decode": stats.spec_decode if stats else None}
 
     @app.get("/v1/models")
     async def models():

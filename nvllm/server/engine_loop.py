@@ -40,6 +40,8 @@ class EngineStats:
     finished_requests: int
     # of those, the ones that ended without their answer: the client went away, an engine fault, the shutdown
     failed_requests: int = 0
+    # speculative decoding's counters under vLLM's names (SpecDecodingStats.as_dict); None: speculative=none
+    spec_decode: dict | None = None
 
 
 class EngineLoop:
@@ -238,7 +240,8 @@ class EngineLoop:
     def _publish_stats(self, engine, live: dict):
         self.stats = EngineStats(free_kv_blocks=engine.kv_cache.num_free_blocks,
                                  total_kv_blocks=engine.kv_cache.num_blocks, live_requests=len(live),
-                                 finished_requests=self._num_finished, failed_requests=self._num_failed)
+                                 finished_requests=self._num_finished, failed_requests=self._num_failed,
+                                 spec_decode=engine.stats.spec_decode and engine.stats.spec_decode.as_dict())
 
 
 def engine_timing(seq, error: str | None = None):

@@ -41,8 +41,16 @@ class PrometheusMetrics:
         self.kv_usage = metric(Gauge, "kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).")
         self.prefix_queries = metric(Counter, "prefix_cache_queries", "Prompt tokens looked up in the prefix cache.")
         self.prefix_hits = metric(Counter, "prefix_cache_hits", "Prompt tokens found in the prefix cache.")
+        # speculative decoding (vLLM's vllm:spec_decode_*; they stay at 0 with speculative=none)
+        self.drafts = metric(Counter, "spec_decode_num_drafts", "Drafts verified: one sequence's drafted tokens in one step.")
+        self.draft_tokens = metric(Counter, "spec_decode_num_draft_tokens", "Drafted tokens verified.")
+        self.accepted_tokens = metric(Counter, "spec_decode_num_accepted_tokens", "Drafted tokens the target accepted.")
+        self.accepted_per_pos = metric(Counter, "spec_decode_num_accepted_tokens_per_pos",
+                                       "Drafts whose token at this position was accepted.", "position")
         self.model_name = model_name
         self._lookups = self._hits = 0
+        self._spec = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
+        self._spec_per_pos: list[int] = []
 
     def _(self, metric, *labels):
         return metric.labels(self.model_name, *labels)
@@ -61,7 +69,7 @@ class PrometheusMetrics:
             for t in times:
                 if previous is None:
                     self._(self.ttft).observe(t - seq.arrival_time)
-                else:
+                elif t > previous:  # tokens of one step (accepted drafts) share a time: one gap per chunk
                     self._(self.itl).observe(t - previous)
                 previous = t
         scheduler, kv = engine.scheduler, engine.kv_cache
@@ -71,6 +79,17 @@ class PrometheusMetrics:
         self._(self.prefix_queries).inc(kv.num_lookup_tokens - self._lookups)
         self._(self.prefix_hits).inc(kv.num_hit_tokens - self._hits)
         self._lookups, self._hits = kv.num_lookup_tokens, kv.num_hit_tokens
+        spec = engine.stats.spec_decode
+        if spec is not None:
+            for key, counter in (("num_drafts", self.drafts), ("num_draft_tokens", self.draft_tokens),
+                                 ("num_accepted_tokens", self.accepted_tokens)):
+                self._(counter).inc(getattr(spec, key) - self._spec[key])
+                self._spec[key] = getattr(spec, key)
+            per_pos = spec.num_accepted_tokens_per_pos
+            self._spec_per_pos += [0] * (len(per_pos) - len(self._spec_per_pos))
+            for pos, n in enumerate(per_pos):
+                self._(self.accepted_per_pos, str(pos)).inc(n - self._spec_per_pos[pos])
+                self._spec_per_pos[pos] = n
 
     def on_added(self, num_prompt_tokens: int) -> None:
         self._(self.prompt_tokens).inc(num_prompt_tokens)

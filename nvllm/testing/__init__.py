@@ -16,7 +16,8 @@ from nvllm.testing.kv_cache import KVCacheSuite
 from nvllm.testing.model import ModelSuite, hf_greedy
 from nvllm.testing.sampler import SamplerSuite
 from nvllm.testing.scheduler import SchedulerSuite, Workload
+from nvllm.testing.speculative import DrafterSuite
 from nvllm.testing.workload import WorkloadSuite
 
-__all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "ForwardSuite", "KVCacheSuite", "ModelSuite", "SamplerSuite", "SchedulerSuite",
-           "Workload", "WorkloadSuite", "attention_metadata", "hf_greedy", "paged_block_tables"]
+__all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "DrafterSuite", "ForwardSuite", "KVCacheSuite", "ModelSuite", "SamplerSuite",
+           "SchedulerSuite", "Workload", "WorkloadSuite", "attention_metadata", "hf_greedy", "paged_block_tables"]

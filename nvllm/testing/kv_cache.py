@@ -12,10 +12,12 @@ from nvllm.testing.common import ComponentSuite
 
 
 class KVCacheSuite(ComponentSuite):
-    """Driven the way the scheduler drives it (admit, compute in chunks, append, finish, preempt):
+    """Driven the way the scheduler drives it (admit, compute in chunks, append, speculate: reserve
+    lookahead slots, write drafted tokens, accept some and roll back the rest; finish, preempt):
     free blocks plus blocks held equal the cache, a sequence reads only K/V computed from its own
-    tokens (so a prefix hit has identical tokens), no block is written while another sequence holds
-    it, a hit never covers the whole sequence, and every block is free once all are released."""
+    tokens (so a prefix hit has identical tokens, and no hash covers a rejected draft), no block is
+    written while another sequence holds it, a hit never covers the whole sequence, a rollback
+    leaves just the blocks the tokens need, and every block is free once all are released."""
 
     family = "kv_cache"
     # operations per random run
@@ -32,7 +34,7 @@ class KVCacheSuite(ComponentSuite):
         self.slots: dict[tuple[int, int], tuple[int, ...]] = {}  # (block, offset) -> tokens its K/V encodes
         waiting, history = [], []
         for _ in range(self.num_ops):
-            op = rng.choices(["admit", "compute", "decode", "finish", "preempt"], [35, 30, 20, 8, 7])[0]
+            op = rng.choices(["admit", "compute", "decode", "speculate", "finish", "preempt"], [35, 30, 14, 6, 8, 7])[0]
             if op == "admit":
                 if waiting and rng.random() < 0.5:
                     seq = waiting.pop(rng.randrange(len(waiting)))
@@ -52,6 +54,17 @@ class KVCacheSuite(ComponentSuite):
                 if kv.can_append(seq):
                     kv.may_append(seq)
                     assert len(seq.block_table) * block_size >= len(seq), "may_append left tokens without blocks"
+                else:
+                    self.release(kv, seq)
+                    waiting.append(seq)
+            elif op == "speculate" and (done := [s for s in self.live if s.num_computed_tokens == len(s) < 48]):
+                seq = rng.choice(done)
+                seq.append_token(rng.randrange(4))  # the token sampled last step, not yet computed
+                drafts = [rng.randrange(4) for _ in range(rng.randint(1, 2 * block_size + 1))]
+                if kv.can_append(seq, len(drafts)):
+                    self.speculate(kv, seq, drafts, rng.randint(0, len(drafts)), block_size)
+                if kv.can_append(seq):  # the next step's token (all drafts accepted: maybe past the slots)
+                    kv.may_append(seq)
                 else:
                     self.release(kv, seq)
                     waiting.append(seq)
@@ -92,6 +105,25 @@ class KVCacheSuite(ComponentSuite):
             self.slots[block, p % block_size] = tuple(seq.token_ids[:p + 1])
         seq.num_computed_tokens = upto
         kv.on_computed(seq)
+
+    def speculate(self, kv, seq: Sequence, drafts: list[int], accepted: int, block_size: int):
+        """A verify step: slots reserved for the drafts, K/V written for the last token and every
+        draft, `accepted` drafts and one more token appended, the rest rolled back."""
+        kv.may_append(seq, len(drafts))
+        assert len(seq.block_table) * block_size >= len(seq) + len(drafts), "may_append left drafts without slots"
+        history = seq.token_ids + drafts
+        others = {b for s in self.live if s is not seq for b in s.block_table}
+        for p in range(len(seq) - 1, len(history)):
+            block = seq.block_table[p // block_size]
+            assert block not in others, f"writing block {block}, which another sequence holds"
+            self.slots[block, p % block_size] = tuple(history[:p + 1])
+        for token_id in drafts[:accepted]:
+            seq.append_token(token_id)
+        seq.num_computed_tokens = len(seq)  # the last token and the accepted drafts
+        seq.append_token(4)  # the target's own token after them: not computed yet
+        kv.on_computed(seq)
+        kv.rollback(seq)
+        assert len(seq.block_table) <= -(-len(seq) // block_size), "rollback left blocks no token needs"
 
     def release(self, kv, seq: Sequence):
         kv.deallocate(seq)

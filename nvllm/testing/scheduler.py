@@ -49,9 +49,11 @@ WORKLOADS = {
 
 
 class SchedulerSuite(ComponentSuite):
-    """Driven through synthetic workloads: never more than max_num_seqs sequences or
-    max_num_batched_tokens tokens in a step, never a request lost or finished twice, every
-    scheduled sequence has cache blocks for what it computes, and every block is free at the end."""
+    """Driven through synthetic workloads, without and with speculative decoding (drafts of random
+    length in the slots each step reserves, random runs of them accepted): never more than
+    max_num_seqs sequences or max_num_batched_tokens tokens (drafts included) in a step, slots
+    reserved only for decoding sequences, never a request lost or finished twice, every scheduled
+    sequence has cache blocks for what it computes and drafts, and every block is free at the end."""
 
     family = "scheduler"
     # the allocator the scheduler runs against
@@ -64,12 +66,14 @@ class SchedulerSuite(ComponentSuite):
                               max_num_batched_tokens=w.max_num_batched_tokens,
                               max_model_len=w.max_num_batched_tokens, eos_token_ids=frozenset({EOS}))
 
+    @pytest.mark.parametrize("lookahead", [0, 3], ids=["no-drafts", "drafts"])
     @pytest.mark.parametrize("seed", [0, 1])
     @pytest.mark.parametrize("workload", WORKLOADS)
-    def test_workload_runs_to_completion_within_limits(self, config, workload, seed):
+    def test_workload_runs_to_completion_within_limits(self, config, workload, seed, lookahead):
         w = WORKLOADS[workload]
         rng = random.Random(seed)
         sched = self.build(config, w)
+        sched.num_lookahead_tokens = lookahead  # what the engine sets from speculative.num_speculative_tokens
         requests = self.requests(w, rng)
         arrivals = sorted((rng.randrange(w.arrival_steps + 1), i) for i in range(w.num_seqs))
         added, finished, step = [], {}, 0
@@ -85,8 +89,14 @@ class SchedulerSuite(ComponentSuite):
                 assert len(finished) == len(added), "is_finished() while requests are pending"
                 continue
             scheduled = sched.schedule()
+            for seq in scheduled:  # a drafter: any number of tokens up to the slots reserved
+                seq.draft_token_ids = [rng.randrange(1, 100) for _ in range(rng.randint(0, seq.num_lookahead_tokens))]
             self.check_step(sched, w, scheduled, added, finished)
-            tokens = [EOS if rng.random() < w.eos_chance else rng.randrange(1, 100) for _ in scheduled]
+            tokens = []
+            for seq in scheduled:  # verification: a prefix of the drafts, then one token more
+                token = EOS if rng.random() < w.eos_chance else rng.randrange(1, 100)
+                drafts = seq.draft_token_ids
+                tokens.append(drafts[:rng.randint(0, len(drafts))] + [token] if drafts else token)
             for seq in sched.postprocess(scheduled, tokens):
                 assert seq.seq_id not in finished, f"request {seq.seq_id} finished twice"
                 assert seq.status == SequenceStatus.FINISHED and not seq.block_table
@@ -125,14 +135,18 @@ class SchedulerSuite(ComponentSuite):
         assert scheduled, "the scheduler picked nothing while requests are pending"
         assert len(scheduled) <= w.max_num_seqs, f"{len(scheduled)} sequences > max_num_seqs={w.max_num_seqs}"
         assert len({s.seq_id for s in scheduled}) == len(scheduled), "a sequence scheduled twice in one step"
-        num_tokens = sum(s.num_scheduled_tokens for s in scheduled)
+        num_tokens = sum(s.num_scheduled_tokens + len(s.draft_token_ids) for s in scheduled)
         assert num_tokens <= w.max_num_batched_tokens, f"{num_tokens} tokens > max_num_batched_tokens"
         running = {id(s) for s in sched.running}
         live = [s for s in added if s.seq_id not in finished and s.block_table]
         for seq in scheduled:
             assert seq.status == SequenceStatus.RUNNING and id(seq) in running, "scheduled but not running"
             assert 1 <= seq.num_scheduled_tokens <= len(seq) - seq.num_computed_tokens, "bad num_scheduled_tokens"
-            end = seq.num_computed_tokens + seq.num_scheduled_tokens
+            assert seq.num_lookahead_tokens <= sched.num_lookahead_tokens, "more slots than num_lookahead_tokens"
+            if seq.num_lookahead_tokens:
+                assert len(seq) - seq.num_computed_tokens == 1, "slots for drafts reserved mid-prefill"
+                assert len(seq) + seq.num_lookahead_tokens < w.max_num_batched_tokens, "drafts past max_model_len"
+            end = seq.num_computed_tokens + seq.num_scheduled_tokens + len(seq.draft_token_ids)
             assert len(seq.block_table) * w.block_size >= end, "scheduled tokens without cache blocks"
             written = {seq.block_table[p // w.block_size] for p in range(seq.num_computed_tokens, end)}
             for other in live:

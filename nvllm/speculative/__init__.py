@@ -1,0 +1,1 @@
+"""Speculative decoding: a drafter per module (base.py holds the contract, verify.py verification)."""

@@ -1,0 +1,93 @@
+"""The speculative family: drafters that propose the tokens a sequence will probably generate
+next, so that one forward pass of the target model verifies several of them at once.
+
+A step with speculation (the engine's loop, nvllm/engine/llm_engine.py):
+
+    drafter.lookahead(n)   how many slots a sequence may reserve this step, with n requests running
+    scheduler.schedule()   a decoding sequence may reserve that many cache slots past its last
+                           token (seq.num_lookahead_tokens): what the token budget and free blocks
+                           leave once every running sequence has its token
+    drafter.draft(seqs)    fills seq.draft_token_ids (at most the slots reserved; none is fine)
+    model_runner.run(seqs) scores the last token and every draft in one forward pass and keeps the
+                           longest prefix of drafts the target agrees with, plus one token of its
+                           own (nvllm/speculative/verify.py)
+    scheduler.postprocess  appends the run, counts the accepted drafts as computed, and rolls the
+                           cache slots of rejected drafts back (kv_cache.rollback)
+
+A drafter's life: `cls.check(config, hf_config, target)` when the config resolves (raise
+ConfigError naming the key and the fix), built as `cls(config, runner=...)` once the model runner
+exists (the KV cache too), `propose(seqs)` every step that reserved slots, `close()`."""
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+from nvllm.errors import ConfigError
+from nvllm.sequence import Sequence
+
+
+@dataclass
+class SpeculativeConfig:
+    """Fields every drafter shares (vLLM's names)."""
+    name: str = ""
+    # tokens drafted per sequence and step; the step verifies them and adds one token of its own
+    num_speculative_tokens: int = 4
+    # draft nothing in a step while more requests than this are running (a big batch already keeps
+    # the processor busy: scoring drafts there costs about what it saves); null: draft at any batch
+    disable_by_batch_size: Optional[int] = None
+
+    def __post_init__(self):
+        if isinstance(self.num_speculative_tokens, bool) or self.num_speculative_tokens < 1:
+            raise ValueError(f"speculative.num_speculative_tokens={self.num_speculative_tokens!r} is not allowed: "
+                             f"drafting needs at least 1 token (speculative=none turns speculation off)")
+        if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
+            raise ValueError(f"speculative.disable_by_batch_size={self.disable_by_batch_size!r} is not allowed: use "
+                             f"an integer >= 1, or null to draft at any batch size")
+
+
+class Drafter(ABC):
+    name: ClassVar[str]
+    Config = SpeculativeConfig
+
+    @classmethod
+    def check(cls, config, hf_config, target) -> None:
+        """Raise ConfigError naming the key and the fix where this drafter cannot run: `hf_config`
+        is the target checkpoint's transformers config, `target` the run's ForwardTarget (device,
+        dtype, tp, the architecture class, attention backend)."""
+
+    def __init__(self, config, runner):
+        """`runner`: the engine's ModelRunner (its model loaded, KV cache allocated): a drafter
+        that runs a model calls `runner.execute(inputs, num_layers=...)`."""
+        self.config = config
+        self.runner = runner
+
+    @property
+    def num_speculative_tokens(self) -> int:
+        """Most tokens drafted per sequence and step (0: no speculation)."""
+        return self.config.num_speculative_tokens
+
+    def lookahead(self, num_running: int) -> int:
+        """Slots each decoding sequence may reserve for drafts in the next step, with `num_running`
+        requests running: num_speculative_tokens, or 0 past disable_by_batch_size."""
+        limit = getattr(self.config, "disable_by_batch_size", None)
+        return 0 if limit is not None and num_running > limit else self.num_speculative_tokens
+
+    @abstractmethod
+    def propose(self, seqs: list[Sequence]) -> list[list[int]]:
+        """For each sequence (every token but its last is in the cache), at most
+        `seq.num_lookahead_tokens` tokens to follow its last one; fewer, or none, is fine. Called
+        on rank 0 only."""
+
+    def draft(self, seqs: list[Sequence]) -> None:
+        """Set `draft_token_ids` on the scheduled sequences that reserved slots for drafts."""
+        drafting = [seq for seq in seqs if seq.num_lookahead_tokens]
+        if not drafting:
+            return
+        for seq, tokens in zip(drafting, self.propose(drafting)):
+            seq.draft_token_ids = list(tokens[:seq.num_lookahead_tokens])
+
+    def close(self) -> None:
+        """Drop what the drafter holds."""
+
+
+def refuse(key: str, value, why: str) -> ConfigError:
+    return ConfigError(f"speculative.{key}={value!r}: {why}")

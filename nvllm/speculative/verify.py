@@ -1,0 +1,66 @@
+"""Verification of drafted tokens: which of them the target model accepts, and one token of its own.
+
+A verify step scored every drafted token: sequence b's logits rows are its last token's, then one
+per draft. Row j is the target's distribution for the token after the history and the first j
+drafts. Verification walks the rows in order and draws each row's token with the run's own
+sampler, exactly as a step without speculation would (temperature, top-k, top-p, penalties, the
+request's seeded generator); it stops at the first row whose token differs from the draft there,
+or after the row past the last draft:
+
+- at temperature 0 that is the greedy rule: the longest prefix of drafts the target's argmax
+  agrees with, then the target's own next token;
+- at temperature > 0 it is Leviathan et al.'s rejection sampling for a draft distribution q that
+  is one-hot (a deterministic proposal: every built-in drafter's): accepting the draft x with
+  probability min(1, p(x)/q(x)) = p(x) and otherwise drawing from normalise(max(0, p - q)) = p
+  without x is the same as drawing y ~ p and accepting x when y == x, emitting y otherwise. Every
+  token emitted is a draw from p given the tokens before it, so the output distribution is the
+  target's whatever was drafted.
+
+Because each row draws once, in order, and drawing stops where the step's tokens end, a seeded
+request's generator advances exactly as without speculation: its tokens do not change either."""
+from copy import copy
+
+import torch
+
+from nvllm.sampler.logprobs import record_logprobs
+from nvllm.sequence import Sequence
+
+
+def with_history(seq: Sequence, extra: list[int]) -> Sequence:
+    """`seq` as the sampler should see it for a later row: its tokens followed by `extra` (a
+    shallow copy; the sequence itself is unchanged, and its seq_id, which samplers key state on, kept)."""
+    if not extra:
+        return seq
+    view = copy(seq)
+    view.token_ids = seq.token_ids + extra
+    view.num_tokens, view.last_token = len(view.token_ids), extra[-1]
+    return view
+
+
+def verify(sampler, logits: torch.Tensor, seqs: list[Sequence]) -> list[int | list[int]]:
+    """Each sequence's run (its accepted drafts, then the target's next token), or -1 for a prefill
+    chunk (no token this step). `logits` holds 1 + len(seq.draft_token_ids) rows per sequence."""
+    first_row, row = [], 0
+    for seq in seqs:
+        first_row.append(row)
+        row += 1 + len(seq.draft_token_ids)
+    runs: list[int | list[int]] = [-1] * len(seqs)
+    live = [b for b, seq in enumerate(seqs) if seq.num_computed_tokens + seq.num_scheduled_tokens >= len(seq)]
+    for b in live:
+        runs[b] = []
+    j = 0
+    while live:
+        views = [with_history(seqs[b], runs[b]) for b in live]
+        rows = logits[[first_row[b] + j for b in live]]
+        sampled = sampler(rows, views)
+        # logprobs (SamplingParams.logprobs) of each token drawn, from the row's raw logits; the
+        # completion drops those of tokens past where it finished (LiveRequest.delta)
+        record_logprobs(rows, [seqs[b] for b in live], list(range(len(live))), sampled)
+        still = []
+        for b, token_id in zip(live, sampled):
+            runs[b].append(token_id)
+            drafts = seqs[b].draft_token_ids
+            if j < len(drafts) and token_id == drafts[j]:
+                still.append(b)
+        live, j = still, j + 1
+    return runs
