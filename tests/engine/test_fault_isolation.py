@@ -2,6 +2,8 @@
 finish_reason "error" while the others' tokens are exactly what they would have been; every KV
 block is freed and the same LLM works afterwards — after Ctrl-C in `generate` or `stream` too. A
 second generate/stream on an LLM that is still streaming is refused, naming the fix."""
+import signal
+
 import pytest
 
 from nvllm import LLM, SamplingParams
@@ -110,8 +112,17 @@ def test_a_value_changed_mid_request_overflows_in_the_real_sampler_and_ends_only
     assert_idle(llm)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test: a test run started in the background (`make test &`)
+    inherits SIGINT ignored, and the injected Ctrl-C would then do nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("api", ["generate", "stream"])
-def test_ctrl_c_leaves_the_llm_usable(llm, api):
+def test_ctrl_c_leaves_the_llm_usable(llm, api, ctrl_c_raises):
     """KeyboardInterrupt reaches the caller (docs/python-api.md); the call's requests are aborted and
     their blocks freed, so the next call runs as on a fresh LLM."""
     alone = llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
