@@ -230,7 +230,10 @@ class LLMEngine:
         for seq in step.seqs:
             new = seq.num_tokens - seq.num_prompt_tokens - len(seq.token_times)
             if new > 0:  # one time per token: a step that accepted drafts gave several at once
-                seq.token_times.extend([now] * new)
+                if new == 1:
+                    seq.token_times.append(now)
+                else:
+                    seq.token_times.extend([now] * new)
                 generated += new
                 if held:  # siblings (n > 1) wait for the first completion: the prompt's full blocks are cached now
                     for sibling in held.pop(seq.seq_id, ()):

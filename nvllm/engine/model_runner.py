@@ -32,16 +32,21 @@ NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
 CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
 
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block
-# table[, how many of its last rows the step returns logits for: 1 if left out])
+# table[, how many of its last rows the step returns logits for]); a step's inputs all have the
+# fourth entry (a speculative verify step) or none do (one row each)
 StepInput = tuple[list[int], int, list[int]] | tuple[list[int], int, list[int], int]
 
 
-def step_inputs(seqs: list[Sequence]) -> list[StepInput]:
+def step_inputs(seqs: list[Sequence], drafts: bool = False) -> list[StepInput]:
     """Exactly the tokens each sequence runs this step (a re-prefilled preempted sequence sends
-    all of its tokens, not only the last), then its drafted tokens, each of which is scored."""
-    return [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + seq.num_scheduled_tokens]
-             + seq.draft_token_ids, seq.num_computed_tokens, seq.block_table, 1 + len(seq.draft_token_ids))
-            for seq in seqs]
+    all of its tokens, not only the last), then, if `drafts` (a drafter is on), its drafted tokens,
+    each of which is scored."""
+    inputs = [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + seq.num_scheduled_tokens],
+               seq.num_computed_tokens, seq.block_table) for seq in seqs]
+    if drafts and any(seq.draft_token_ids for seq in seqs):
+        inputs = [(token_ids + seq.draft_token_ids, start, table, 1 + len(seq.draft_token_ids))
+                  for (token_ids, start, table), seq in zip(inputs, seqs)]
+    return inputs
 
 
 def warmup_steps(config: Config, block_size: int, batch: int) -> tuple[list[StepInput], list[StepInput]]:
@@ -73,6 +78,7 @@ class ModelRunner:
         if config.async_scheduling and self.device.type == "cpu":
             self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvllm-forward")
         self.forward_strategy = registry.build("forward", config.forward, runner=self)
+        self.speculating = getattr(config.speculative, "name", "none") != "none"  # steps may carry drafts
         if self.model is None:  # forward=simulated: the cache it stands in for has no tensors
             self.num_blocks = self.forward_strategy.kv_cache_blocks(config.kv_cache)
         else:
@@ -166,11 +172,11 @@ class ModelRunner:
         makes it a draft step (the model's first layers only). An input's fourth entry, when there,
         is how many of its last rows the step scores (a verify step: its last token and each draft)."""
         bs = self.block_size
-        num_logits = [rows[0] if rows else 1 for _, _, _, *rows in inputs]
-        if all(len(token_ids) == 1 for token_ids, *_ in inputs):  # decode: one token each
-            input_ids = [token_ids[0] for token_ids, *_ in inputs]
-            positions = [start for _, start, *_ in inputs]
-            slots = [block_table[start // bs] * bs + start % bs for _, start, block_table, *_ in inputs]
+        scored = len(inputs[0]) > 3  # a verify step: some sequences score several rows
+        if not scored and all(len(t[0]) == 1 for t in inputs):  # decode: one token each
+            input_ids = [t[0][0] for t in inputs]
+            positions = [t[1] for t in inputs]
+            slots = [t[2][start // bs] * bs + start % bs for t, start in zip(inputs, positions)]
             query_lens = [1] * len(inputs)
             context_lens = [start + 1 for start in positions]
         else:
@@ -208,7 +214,7 @@ class ModelRunner:
             query_lens=query_lens,
             context_lens_host=context_lens,
             is_decode=max(query_lens) == 1,
-            num_logits=num_logits if any(n > 1 for n in num_logits) else None,
+            num_logits=[t[3] for t in inputs] if scored else None,
             num_layers=num_layers,
         )
         return self.tensor(input_ids, torch.int64), self.tensor(positions, torch.int64), meta
@@ -238,10 +244,14 @@ class ModelRunner:
         """Pack `seqs`' inputs and start their forward pass; nothing waits for it. A PENDING input
         token, a sample of `in_flight` not yet on the host, is filled in from its token tensor.
         forward=simulated (no model) gives the step's tokens here: no tensors, no sampling."""
-        inputs = step_inputs(seqs)
-        num_tokens = sum(len(token_ids) for token_ids, *_ in inputs)
+        inputs = step_inputs(seqs, self.speculating)
+        num_tokens = sum(len(t[0]) for t in inputs)
+        verify = len(inputs[0]) > 3
         # a decode step: each sequence runs its last token (and its drafts, if any)
-        is_decode = all(s.num_scheduled_tokens == 1 and s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
+        if verify:
+            is_decode = all(s.num_scheduled_tokens == 1 and s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
+        else:
+            is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
         if self.model is None:
             return Step(seqs, num_tokens, is_decode, tokens=self.forward_strategy.next_tokens(seqs))
         pending = pending_inputs(seqs, inputs, in_flight) if in_flight is not None else []
@@ -258,7 +268,7 @@ class ModelRunner:
             logits = self._forward_step(inputs, input_ids, positions, meta)
         else:
             logits = self.worker.submit(self._forward_step, inputs, input_ids, positions, meta)
-        return Step(seqs, num_tokens, is_decode, logits)
+        return Step(seqs, num_tokens, is_decode, logits, verify=verify)
 
     def _forward_step(self, inputs: list[StepInput], input_ids, positions, meta):
         if self.control_group is not None:
@@ -285,7 +295,7 @@ class ModelRunner:
                 if seq.num_computed_tokens + seq.num_scheduled_tokens >= seq.num_tokens and seq.status is running]
         if not rows:
             return
-        if any(seq.draft_token_ids for seq in seqs):  # speculative decoding (no overlap): verify the drafts
+        if step.verify:  # speculative decoding (no overlap): verify the drafts
             step.tokens = verify(self.sampler, logits.float(), seqs)  # each one's run (-1: a prefill chunk)
             return
         if len(rows) < len(seqs):

@@ -134,7 +134,8 @@ class LiveRequest:
         if not (finished or detokenizer.incremental):  # its text comes once, at the end
             self.num_sent += len(new_ids)
             return RequestDelta(seq.request_id, new_ids, "", False, None, seq.num_prompt_tokens, self.num_sent,
-                                index=seq.index, logprobs=self._new_logprobs(start, len(new_ids)),
+                                index=seq.index,
+                                logprobs=None if seq.logprobs is None else self._new_logprobs(start, len(new_ids)),
                                 cumulative_logprob=seq.cumulative_logprob)
         # the text of every token not yet decoded (all of them, the first time a non-streamed request
         # decodes); a stop token's text is left out

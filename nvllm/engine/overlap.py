@@ -25,6 +25,7 @@ class Step:
     host: torch.Tensor | None = None
     arrived: object = None
     launched: float = 0.0  # the engine's clock
+    verify: bool = False  # speculative decoding: some sequences ran drafts, which sample verifies
 
 
 def pending_inputs(seqs: list[Sequence], inputs: list[tuple], in_flight: Step) -> list[tuple[int, int]]:

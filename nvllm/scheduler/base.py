@@ -207,32 +207,49 @@ class Scheduler(ABC):
         tokens, then one of the model's own): the first replaces the PENDING token, the rest are
         appended in order until one finishes the sequence (each accepted draft's K/V was computed in
         the step), and the cache slots of the rejected drafts are rolled back."""
-        finished = []
+        finished, eos = [], self.eos_token_ids
         for seq, sampled in zip(seqs, token_ids):
-            run = sampled if isinstance(sampled, list) else (sampled,)
-            lookahead, drafts = seq.num_lookahead_tokens, seq.draft_token_ids
-            seq.draft_token_ids, seq.num_lookahead_tokens = [], 0
+            if sampled.__class__ is list or seq.num_lookahead_tokens:
+                if self._settle_run(seq, sampled if isinstance(sampled, list) else [sampled]):
+                    finished.append(seq)
+                continue
             if seq.last_token != PENDING:
                 continue
-            assert len(run) <= len(drafts) + 1, "a run is the accepted drafts and one token more"
-            seq.set_pending_token(run[0])
-            reason = self._stop_reason(seq, run[0])
-            for token_id in run[1:] if not reason else ():
-                seq.num_computed_tokens += 1  # the token before it: an accepted draft, computed in this step
-                seq.append_token(token_id)
-                reason = self._stop_reason(seq, token_id) or self._length_reason(seq)
-                if reason:
-                    break
-            if len(run) > 1:
-                self.kv_cache.on_computed(seq)  # a full block's hash covers accepted tokens only
-            if reason and seq.is_finished:  # max_tokens had ended it at launch: a stop token says why
-                seq.finish_reason = reason
-            elif reason:
-                self.finish(seq, reason)
-                finished.append(seq)
-            elif lookahead:
-                self.kv_cache.rollback(seq)
+            seq.set_pending_token(sampled)
+            sp = seq.sampling_params
+            if (not sp.ignore_eos and sampled in eos) or (sp.stop_token_ids and sampled in sp.stop_token_ids):
+                if seq.is_finished:  # max_tokens had ended it at launch: the stop token says why
+                    seq.finish_reason = "stop"
+                else:
+                    self.finish(seq, "stop")
+                    finished.append(seq)
         return finished
+
+    def _settle_run(self, seq: Sequence, run: list[int]) -> bool:
+        """`settle` for a sequence that drafted; True when its run finished it."""
+        lookahead, drafts = seq.num_lookahead_tokens, seq.draft_token_ids
+        seq.draft_token_ids, seq.num_lookahead_tokens = [], 0
+        if seq.last_token != PENDING:
+            return False
+        assert len(run) <= len(drafts) + 1, "a run is the accepted drafts and one token more"
+        seq.set_pending_token(run[0])
+        reason = self._stop_reason(seq, run[0])
+        for token_id in run[1:] if not reason else ():
+            seq.num_computed_tokens += 1  # the token before it: an accepted draft, computed in this step
+            seq.append_token(token_id)
+            reason = self._stop_reason(seq, token_id) or self._length_reason(seq)
+            if reason:
+                break
+        if len(run) > 1:
+            self.kv_cache.on_computed(seq)  # a full block's hash covers accepted tokens only
+        if reason and seq.is_finished:  # max_tokens had ended it at launch: a stop token says why
+            seq.finish_reason = reason
+        elif reason:
+            self.finish(seq, reason)
+            return True
+        elif lookahead:
+            self.kv_cache.rollback(seq)
+        return False
 
     def _stop_reason(self, seq: Sequence, token_id: int) -> str | None:
         sp = seq.sampling_params
