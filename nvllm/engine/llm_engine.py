@@ -92,8 +92,8 @@ class LLMEngine:
                     arrival_time: float | None = None, priority: int = 0, stream: bool = True) -> Sequence:
         """Validate and queue one request; a bad one raises ValueError and changes nothing.
         `arrival_time` (on `self.clock`; default now) may be in the future: the request is held
-        until then, and its TTFT counts from then. `stream=False` decodes its text once at the end
-        (its deltas carry the tokens; the last one the whole text). With `sampling_params.n > 1` its
+        until then, and its TTFT counts from then. `stream=False` (vLLM's final-only output) gives
+        one delta per completion, when it finishes, with all its tokens and its text decoded once. With `sampling_params.n > 1` its
         other completions wait until the first has computed the prompt, then find its full blocks in
         the prefix cache. Returns the request's (first) Sequence."""
         if request_id in self._requests:
@@ -238,7 +238,9 @@ class LLMEngine:
                 if held:  # siblings (n > 1) wait for the first completion: the prompt's full blocks are cached now
                     for sibling in held.pop(seq.seq_id, ()):
                         self.scheduler.add(sibling)
-                deltas.append(self._delta(requests[seq.request_id][seq.index], now))
+                live = requests[seq.request_id][seq.index]
+                if live.detokenizer.incremental or seq.status is SequenceStatus.FINISHED:  # stream=False: the last only
+                    deltas.append(self._delta(live, now))
         # a step's time: from its launch, or from when the one before it was collected if later; a
         # decode step counts the tokens it generated (a verify step computes more than it keeps)
         self.stats.record(generated if step.is_decode else step.num_tokens, now - max(step.launched, self._last_collect),

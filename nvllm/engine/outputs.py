@@ -116,10 +116,6 @@ class LiveRequest:
     detokenizer: Detokenizer
     num_sent: int = 0  # generated tokens already in a delta
 
-    def _new_logprobs(self, start: int, count: int) -> list | None:
-        logprobs = self.seq.logprobs
-        return None if logprobs is None else [self._logprobs(entry) for entry in logprobs[start:start + count]]
-
     def delta(self, now: float) -> RequestDelta:
         """The tokens and text added since the last delta, however many. A stop string found in
         the text finishes the completion here (finish_reason "stop"); the caller frees what a
@@ -131,14 +127,8 @@ class LiveRequest:
         start = self.num_sent
         new_ids = seq.token_ids[seq.num_prompt_tokens + start:]
         finished = seq.status is SequenceStatus.FINISHED
-        if not (finished or detokenizer.incremental):  # its text comes once, at the end
-            self.num_sent += len(new_ids)
-            return RequestDelta(seq.request_id, new_ids, "", False, None, seq.num_prompt_tokens, self.num_sent,
-                                index=seq.index,
-                                logprobs=None if seq.logprobs is None else self._new_logprobs(start, len(new_ids)),
-                                cumulative_logprob=seq.cumulative_logprob)
-        # the text of every token not yet decoded (all of them, the first time a non-streamed request
-        # decodes); a stop token's text is left out
+        # the text of every token not yet decoded (all of them for a non-streamed request, whose one
+        # delta comes when it finishes); a stop token's text is left out
         text_ids = new_ids if detokenizer.incremental else seq.token_ids[seq.num_prompt_tokens:]
         if seq.finish_reason == "stop" and text_ids:
             text_ids = text_ids[:-1]
@@ -165,7 +155,9 @@ class LiveRequest:
                 # a verify step drew past where the completion ended (an accepted run cut short)
                 del seq.logprobs[seq.num_completion_tokens:]
                 seq.cumulative_logprob = sum(e[t][0] for e, t in zip(seq.logprobs, seq.completion_token_ids))
-        logprobs = self._new_logprobs(start, len(new_ids))
+        logprobs = None
+        if seq.logprobs is not None:
+            logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
         return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
                             seq.num_prompt_tokens, seq.num_completion_tokens, index=seq.index, logprobs=logprobs,
                             cumulative_logprob=seq.cumulative_logprob)

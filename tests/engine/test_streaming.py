@@ -252,3 +252,26 @@ def test_stop_string_held_back_while_it_may_match(tokenizer):
             stopped_at = i
             break
     assert sent == "The answer: 日" and stopped_at is not None
+
+
+def test_a_request_that_is_not_streamed_gives_one_delta_when_it_finishes(llm):
+    """stream=False (generate's, vLLM's final-only output): no delta while it runs, then one per
+    completion with all its tokens and text, equal to what a streamed request's deltas add up to;
+    a streamed request beside it gets a delta every step."""
+    engine, params = llm.engine, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, n=2, logprobs=1)
+    engine.add_request("final", [5, 6, 7, 8], params, stream=False)
+    engine.add_request("streamed", [5, 6, 7, 8], params)
+    final, streamed = [], {0: [], 1: []}
+    while engine.has_unfinished_requests():
+        for d in engine.step():
+            if d.request_id == "final":
+                assert d.finish_reason == "length", "a delta of a request that is not streamed before it finished"
+                final.append(d)
+            else:
+                streamed[d.index].append(d)
+    assert sorted(d.index for d in final) == [0, 1] and final[-1].finished
+    for d in final:
+        assert d.new_token_ids == [t for s in streamed[d.index] for t in s.new_token_ids] and len(d.new_token_ids) == 12
+        assert d.new_text == "".join(s.new_text for s in streamed[d.index])
+        assert len(d.logprobs) == 12
+    assert all(len(s) > 1 for s in streamed.values())
