@@ -148,23 +148,33 @@ def _guard_message(who: str) -> str:
 
 @contextmanager
 def _spawning(env_dir: str):
-    """Children start with SIGINT ignored (a Ctrl-C mid-import would print a traceback per rank)
-    and with DIR_ENV set; both are restored in this process afterwards."""
+    """Children start with SIGINT blocked (a Ctrl-C mid-import would print a traceback per rank;
+    `_worker` then ignores it, which drops one still pending) and with DIR_ENV set; both are restored
+    in this process afterwards. A Ctrl-C that comes meanwhile (to this thread once it is unblocked, or
+    to any other thread) is only noted, then handled as usual once the workers have started: neither
+    lost nor raised in the middle of starting one."""
     previous_env = os.environ.get(DIR_ENV)
     os.environ[DIR_ENV] = env_dir
+    noted = []
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals stay as they are
-        previous = None
+        previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    except ValueError:  # not the main thread: the handler stays as it is
+        previous_handler = None
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
         if previous_env is None:
             os.environ.pop(DIR_ENV, None)
         else:
             os.environ[DIR_ENV] = previous_env
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)  # one pending for this thread is noted now
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+            if noted and callable(previous_handler):
+                previous_handler(signal.SIGINT, None)  # Python's own raises KeyboardInterrupt
+            elif noted and previous_handler == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
 
 
 class Workers:
