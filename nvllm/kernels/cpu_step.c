@@ -36,6 +36,11 @@ typedef struct {
  * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream. */
 #define PANEL 16
 #define SEQS 6 /* input rows per tile: 6 x 2 vectors = 12 sums in registers */
+/* How far ahead (in k) a tile asks for its panel: 64 cache lines, 4 KiB. Without it, a tile of
+ * several rows is busy with its multiply-adds while the hardware prefetcher falls behind, and a
+ * step with a few rows a sequence (speculative verification) costs the weights' streaming time
+ * plus the multiply-adds rather than the larger of the two (experiments/results/ says how much). */
+#define PREFETCH 64
 
 /* y[b, n0 + j] for BT input rows and one panel: for each k, two vector loads of the panel and a
  * broadcast of x[b, k] per row. Every sum runs over k in order, the same for any BT, so a
@@ -47,6 +52,7 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
     v8 acc[SEQS][2];
     for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
     for (int64_t k = 0; k < K; ++k) {
+        __builtin_prefetch(panel + (k + PREFETCH) * PANEL); /* never faults, even past the end */
         const v8 w0 = *(const v8 *)(panel + k * PANEL), w1 = *(const v8 *)(panel + k * PANEL + 8);
         for (int b = 0; b < BT; ++b) {
             const float xk = x[b * K + k];
