@@ -51,18 +51,18 @@ static inline __attribute__((always_inline)) void attend(
             sg[t] = expf(sg[t] - m);
             sum += sg[t];
         }
-        /* pass 2, 16 output columns at a time so the sums stay in registers */
-        for (int64_t d0 = 0; d0 < head_dim; d0 += 16) {
-            const int64_t w = head_dim - d0 < 16 ? head_dim - d0 : 16;
-            float acc[16] = {0};
+        /* pass 2, 64 output columns at a time: eight independent vector sums in registers */
+        for (int64_t d0 = 0; d0 < head_dim; d0 += 64) {
+            const int64_t w = head_dim - d0 < 64 ? head_dim - d0 : 64;
+            float acc[64] = {0};
             for (int64_t start = 0; start < ctx; start += block_size) {
                 const float *vb = v_cache + (int64_t)table[start / block_size] * block_size * row + d0;
                 const int64_t n = ctx - start < block_size ? ctx - start : block_size;
                 for (int64_t j = 0; j < n; ++j) {
                     const float p = sg[start + j], *v = vb + j * row;
-                    if (w == 16) {
+                    if (w == 64) {
 #pragma omp simd
-                        for (int64_t d = 0; d < 16; ++d) acc[d] += p * v[d];
+                        for (int64_t d = 0; d < 64; ++d) acc[d] += p * v[d];
                     } else {
                         for (int64_t d = 0; d < w; ++d) acc[d] += p * v[d];
                     }
