@@ -35,7 +35,13 @@ typedef struct {
 /* Weights are packed once (fused_cpu.py `pack`) into panels of 16 output rows laid out k-major:
  * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream. */
 #define PANEL 16
-#define SEQS 6 /* input rows per tile: 6 x 2 vectors = 12 sums in registers */
+/* input rows per tile, each row's 16 sums in two vector registers: 12 rows (24 sums) where the
+ * CPU has 32 of them (AVX-512: a verify step's 9 rows at k = 8 read each panel once), else 6 */
+#ifdef __AVX512F__
+#define SEQS 12
+#else
+#define SEQS 6
+#endif
 /* How far ahead (in k) a tile asks for its panel: 64 cache lines, 4 KiB. Without it, a tile of
  * several rows is busy with its multiply-adds while the hardware prefetcher falls behind, and a
  * step with a few rows a sequence (speculative verification) costs the weights' streaming time
@@ -81,12 +87,13 @@ static void linear(const float *x, int64_t B, int64_t K, const float *w, const f
         const float *panel = w + n0 * K, *bn = bias ? bias + n0 : NULL;
         int64_t b0 = 0;
         for (; b0 + SEQS <= B; b0 += SEQS) tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, SEQS);
-        switch (B - b0) {
-        case 5: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 5); break;
-        case 4: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 4); break;
-        case 3: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 3); break;
-        case 2: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 2); break;
-        case 1: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, 1); break;
+        switch (B - b0) { /* the rest, with the row count known to the compiler */
+#define REST(n) case n: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, n); break;
+            REST(1) REST(2) REST(3) REST(4) REST(5)
+#if SEQS > 6
+            REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
+#endif
+#undef REST
         }
     }
 }
