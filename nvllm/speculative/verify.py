@@ -48,6 +48,8 @@ def verify(sampler, logits: torch.Tensor, seqs: list[Sequence]) -> list[int | li
     live = [b for b, seq in enumerate(seqs) if seq.num_computed_tokens + seq.num_scheduled_tokens >= len(seq)]
     for b in live:
         runs[b] = []
+    if all(seqs[b].sampling_params.temperature == 0 for b in live):
+        return _verify_greedy(sampler, logits, seqs, first_row, live, runs)
     j = 0
     while live:
         views = [with_history(seqs[b], runs[b]) for b in live]
@@ -63,4 +65,30 @@ def verify(sampler, logits: torch.Tensor, seqs: list[Sequence]) -> list[int | li
             if j < len(drafts) and token_id == drafts[j]:
                 still.append(b)
         live, j = still, j + 1
+    return runs
+
+
+def _verify_greedy(sampler, logits, seqs, first_row, live, runs):
+    """`verify` when every row is greedy: a row's token then depends only on its logits and the
+    tokens before it, and drawing it draws no noise, so every row is drawn in one call, row j with
+    the first j drafts as its history, and the walk keeps each sequence's rows up to its first
+    disagreement (the same tokens as drawing them in turn, for one sampler call a step, not one a row)."""
+    rows, views, owners = [], [], []
+    for b in live:
+        drafts = seqs[b].draft_token_ids
+        for j in range(len(drafts) + 1):
+            rows.append(first_row[b] + j)
+            views.append(with_history(seqs[b], drafts[:j]))
+            owners.append(b)
+    scored = logits if len(rows) == len(logits) else logits[rows]
+    sampled = sampler(scored, views)
+    sampled = sampled.tolist() if isinstance(sampled, torch.Tensor) else sampled
+    kept = []
+    for i, (b, token_id) in enumerate(zip(owners, sampled)):
+        run = runs[b]
+        if run and run[-1] != seqs[b].draft_token_ids[len(run) - 1]:
+            continue  # past this sequence's first disagreement
+        run.append(token_id)
+        kept.append(i)
+    record_logprobs(scored, [seqs[b] for b in owners], kept, sampled)
     return runs
