@@ -8,7 +8,6 @@ quotes) and where generation loops."""
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from nvllm.hookspecs import hookimpl
 from nvllm.sequence import Sequence
@@ -19,16 +18,25 @@ def lookup(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[int]:
     """At most k tokens continuing `tokens`: what followed the latest earlier occurrence of its
     longest suffix of n_max..n_min tokens that occurs earlier; [] where none does."""
     length = len(tokens)
-    for n in range(min(n_max, length - 1), n_min - 1, -1):
-        # windows that start before the suffix itself does (at length - n)
-        hits = np.flatnonzero((sliding_window_view(tokens[:length - 1], n) == tokens[length - n:]).all(axis=1))
-        if len(hits):
-            start = int(hits[-1]) + n
-            proposal: list[int] = []
-            for i in range(start, start + k):  # past the end: copy what was just proposed
-                proposal.append(int(tokens[i]) if i < length else proposal[i - length])
-            return proposal
-    return []
+    n_max = min(n_max, length - 1)
+    if n_max < n_min:
+        return []
+    # where an earlier occurrence could end: the last token's earlier places; then how many tokens
+    # (up to n_max) match backwards from each
+    ends = np.flatnonzero(tokens[:length - 1] == tokens[length - 1])
+    matched = np.ones(len(ends), dtype=np.int64)
+    alive = np.ones(len(ends), dtype=bool)
+    for m in range(1, n_max):
+        alive &= (ends >= m) & (tokens[np.maximum(ends - m, 0)] == tokens[length - 1 - m])
+        matched += alive
+    n = int(matched.max()) if len(ends) else 0
+    if n < n_min:
+        return []
+    start = int(ends[matched >= n][-1]) + 1
+    proposal: list[int] = []
+    for i in range(start, start + k):  # past the end: copy what was just proposed
+        proposal.append(int(tokens[i]) if i < length else proposal[i - length])
+    return proposal
 
 
 class NgramDrafter(Drafter):
