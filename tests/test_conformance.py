@@ -142,7 +142,7 @@ class TestShareGPTWorkload(WorkloadSuite):
 
 class TestNgram(DrafterSuite):
     name = "ngram"
-    configs = [{}, {"prompt_lookup_min": 1, "num_speculative_tokens": 8}]
+    configs = [{}, {"prompt_lookup_min": 1, "num_speculative_tokens": 8, "max_num_draft_tokens": 64}]
 
 
 class TestDraft(DrafterSuite):

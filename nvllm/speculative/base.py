@@ -34,6 +34,11 @@ class SpeculativeConfig:
     # draft nothing in a step while more requests than this are running (a big batch already keeps
     # the processor busy: scoring drafts there costs about what it saves); null: draft at any batch
     disable_by_batch_size: Optional[int] = None
+    # most drafts one step scores over all its sequences, shared out evenly (each still drafts at
+    # most num_speculative_tokens); null: auto, 8 on a CPU (a step's rows cost little more than a
+    # decode step only while they fill about one tile of the C step's matmuls; past that, drafts
+    # cost what they save), no limit on CUDA (a decode step is memory-bound far further)
+    max_num_draft_tokens: Optional[int] = None
 
     def __post_init__(self):
         if isinstance(self.num_speculative_tokens, bool) or self.num_speculative_tokens < 1:
@@ -42,6 +47,10 @@ class SpeculativeConfig:
         if self.disable_by_batch_size is not None and self.disable_by_batch_size < 1:
             raise ValueError(f"speculative.disable_by_batch_size={self.disable_by_batch_size!r} is not allowed: use "
                              f"an integer >= 1, or null to draft at any batch size")
+        if self.max_num_draft_tokens is not None and (isinstance(self.max_num_draft_tokens, bool)
+                                                      or self.max_num_draft_tokens < 1):
+            raise ValueError(f"speculative.max_num_draft_tokens={self.max_num_draft_tokens!r} is not allowed: use "
+                             f"an integer >= 1, or null for auto")
 
 
 class Drafter(ABC):
@@ -65,11 +74,24 @@ class Drafter(ABC):
         """Most tokens drafted per sequence and step (0: no speculation)."""
         return self.config.num_speculative_tokens
 
+    @property
+    def max_num_draft_tokens(self) -> int | None:
+        """speculative.max_num_draft_tokens, auto resolved (None: no limit)."""
+        limit = getattr(self.config, "max_num_draft_tokens", None)
+        if limit is None and getattr(getattr(self.runner, "device", None), "type", "cpu") == "cpu":
+            return 8
+        return limit
+
     def lookahead(self, num_running: int) -> int:
         """Slots each decoding sequence may reserve for drafts in the next step, with `num_running`
-        requests running: num_speculative_tokens, or 0 past disable_by_batch_size."""
+        requests running: num_speculative_tokens, at most an even share of max_num_draft_tokens,
+        and 0 past disable_by_batch_size."""
         limit = getattr(self.config, "disable_by_batch_size", None)
-        return 0 if limit is not None and num_running > limit else self.num_speculative_tokens
+        if limit is not None and num_running > limit:
+            return 0
+        budget = self.max_num_draft_tokens
+        k = self.num_speculative_tokens
+        return k if budget is None else min(k, budget // max(num_running, 1))
 
     @abstractmethod
     def propose(self, seqs: list[Sequence]) -> list[list[int]]:

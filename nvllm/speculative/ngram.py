@@ -47,6 +47,8 @@ class NgramDrafter(Drafter):
     @dataclass
     class Config(SpeculativeConfig):
         name: str = "ngram"
+        # drafting costs no model call, and copied stretches run long: more per step than a model drafter
+        num_speculative_tokens: int = 8
         # longest suffix (in tokens) looked up first
         prompt_lookup_max: int = 4
         # shortest suffix looked up before giving up on this step

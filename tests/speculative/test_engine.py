@@ -14,7 +14,7 @@ from nvllm import LLM, SamplingParams
 from nvllm.errors import ConfigError
 from nvllm.metrics import RequestTiming, serving_metrics
 
-NGRAM = {"name": "ngram", "num_speculative_tokens": 8, "prompt_lookup_min": 1}
+NGRAM = {"name": "ngram", "num_speculative_tokens": 8, "prompt_lookup_min": 1, "max_num_draft_tokens": 64}
 QUOTE = "Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the river bank."
 
 
@@ -97,7 +97,7 @@ def test_metrics_json_and_progress_bar(tmp_path, tiny_qwen3_path):
     assert spec["acceptance_rate_per_pos"] == [n / spec["num_drafts"] for n in spec["num_accepted_tokens_per_pos"]]
     assert m["effective_config"]["speculative"] == {"name": "ngram", "num_speculative_tokens": 3,
                                                     "prompt_lookup_max": 4, "prompt_lookup_min": 2,
-                                                    "disable_by_batch_size": None}
+                                                    "disable_by_batch_size": None, "max_num_draft_tokens": None}
     assert "drafts accepted" in proc.stderr  # tqdm's bar
 
 
@@ -111,6 +111,7 @@ def test_speculative_none_reserves_nothing_and_counts_nothing(tmp_path, tiny_qwe
     ({"name": "draft", "num_speculative_tokens": -1}, r"speculative\.num_speculative_tokens=-1 is not allowed"),
     ({"name": "ngram", "prompt_lookup_min": 3, "prompt_lookup_max": 2}, r"speculative\.prompt_lookup_max=2: .*>= "),
     ({"name": "ngram", "prompt_lookup_min": 0}, r"speculative\.prompt_lookup_min=0"),
+    ({"name": "ngram", "max_num_draft_tokens": 0}, r"speculative\.max_num_draft_tokens=0 is not allowed"),
     ({"name": "draft", "num_layers": 3}, r"speculative\.num_layers=3: the target has 2 layers"),
     ({"name": "draft", "num_layers": 0}, r"speculative\.num_layers=0"),
 ])
@@ -203,6 +204,23 @@ def test_disable_by_batch_size(tiny_qwen3_path):
     with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=128) as llm:
         assert got == [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     assert seen and set(seen) == {1}  # the long request alone, once the three short ones finished
+
+
+def test_a_step_shares_out_max_num_draft_tokens(tiny_qwen3_path):
+    """On a CPU (auto: 8 drafts a step) four running requests reserve 2 slots each, one alone 8."""
+    prompts = [[5, 6, 7] * 6, [9] * 3, [1, 2] * 5, [3, 4, 5, 6] * 4]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in (40, 10, 10, 10)]
+    seen = []
+    with LLM(tiny_qwen3_path, speculative={"name": "ngram", "prompt_lookup_min": 1},
+             kv_cache={"block_size": 8}, max_model_len=128) as llm:
+        engine, propose = llm.engine, llm.engine.drafter.propose
+        engine.drafter.propose = lambda seqs: seen.append(
+            (len(engine.scheduler.running), [seq.num_lookahead_tokens for seq in seqs])) or propose(seqs)
+        got = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=128) as llm:
+        assert got == [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert all(sum(slots) <= 8 and max(slots) <= 8 // running for running, slots in seen)
+    assert (4, [2, 2, 2, 2]) in seen and (1, [8]) in seen
 
 
 @pytest.mark.parametrize("params", [

@@ -45,7 +45,8 @@ def test_samples_follow_the_target_distribution(tmp_path):
     probs = exact_distribution(path)
     params = SamplingParams(temperature=TEMPERATURE, top_k=TOP_K, max_tokens=3, ignore_eos=True)
     # the draft is the whole two-layer model: its greedy token, accepted with the target's probability of it
-    with LLM(path, speculative={"name": "draft", "num_layers": 2, "num_speculative_tokens": 2},
+    with LLM(path, speculative={"name": "draft", "num_layers": 2, "num_speculative_tokens": 2,
+                                "max_num_draft_tokens": 2 * NUM_SAMPLES},  # every request drafts
              kv_cache={"block_size": 8}, max_model_len=64) as llm:
         torch.manual_seed(0)
         outputs = llm.generate([PROMPT] * NUM_SAMPLES, params, use_tqdm=False)

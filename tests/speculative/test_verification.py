@@ -15,7 +15,9 @@ from tests.conftest import hf_greedy
 
 MAX_NEW = 20
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
-DRAFTERS = {"ngram": {"name": "ngram"}, "draft": {"name": "draft", "num_layers": 1}}
+# no per-step limit on drafts (a CPU's auto is 8 over the batch): every sequence of a batch drafts
+DRAFTERS = {"ngram": {"name": "ngram", "max_num_draft_tokens": 64},
+            "draft": {"name": "draft", "num_layers": 1, "max_num_draft_tokens": 64}}
 STRATEGIES = {  # forward strategy x attention backend
     "fused_cpu": {"forward": "fused_cpu", "attention": "cpu"},
     "eager-cpu": {"forward": "eager", "attention": "cpu"},
