@@ -31,6 +31,27 @@ from nvllm.hookspecs import hookimpl
 __all__ = ["TritonBackend", "decode_splits", "kernels_for", "paged_attention", "store_kvcache"]
 
 tl = None  # triton.language, bound by _jit()
+cached_tile = None  # _cached_tile jitted, bound by _jit(): both attention kernels call it
+
+
+def _cached_tile(q, m_i, l_i, acc, pos, end, b, kv_head, d, d_ok, k_cache_ptr, v_cache_ptr, block_tables_ptr,
+                 bt_stride, block_size, c_stride_b, c_stride_s, c_stride_h, scale_log2, PRECISION: tl.constexpr):
+    """One tile of cached positions `pos` (those below `end`), read through sequence b's block
+    table, folded into the query rows' running softmax max m_i, sum l_i and output acc (online
+    softmax, base 2); returns the three updated."""
+    pos_ok = pos < end
+    block = tl.load(block_tables_ptr + b * bt_stride + pos // block_size, mask=pos_ok, other=0).to(tl.int64)
+    off = block * c_stride_b + (pos % block_size) * c_stride_s + kv_head * c_stride_h
+    kt = tl.load(k_cache_ptr + off[None, :] + d[:, None], mask=pos_ok[None, :] & d_ok[:, None], other=0.0)
+    s = tl.dot(q, kt, input_precision=PRECISION) * scale_log2
+    s = tl.where(pos_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=pos_ok[:, None] & d_ok[None, :], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
 
 
 def _attention_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, o_ptr,
@@ -73,20 +94,9 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, o_ptr,
 
     # the cached prefix, read through the block table: every query here sees all of it
     for start in range(0, prefix_len, BLOCK_N):
-        pos = start + n
-        pos_ok = pos < prefix_len
-        block = tl.load(block_tables_ptr + b * bt_stride + pos // block_size, mask=pos_ok, other=0).to(tl.int64)
-        off = block * c_stride_b + (pos % block_size) * c_stride_s + kv_head * c_stride_h
-        kt = tl.load(k_cache_ptr + off[None, :] + d[:, None], mask=pos_ok[None, :] & d_ok[:, None], other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * scale_log2
-        s = tl.where(pos_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=pos_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = cached_tile(q, m_i, l_i, acc, start + n, prefix_len, b, kv_head, d, d_ok, k_cache_ptr,
+                                    v_cache_ptr, block_tables_ptr, bt_stride, block_size, c_stride_b, c_stride_s,
+                                    c_stride_h, scale_log2, PRECISION)
 
     # this step's own tokens, straight from k/v (so a pass without a cache works too), causal;
     # the first tile always holds token 0, so no row is all -inf
@@ -146,20 +156,9 @@ def _decode_split_kernel(q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, part_o_p
 
     cached_end = tl.minimum(hi, prefix_len)
     for start in range(lo, cached_end, BLOCK_N):
-        pos = start + n
-        pos_ok = pos < cached_end
-        block = tl.load(block_tables_ptr + b * bt_stride + pos // block_size, mask=pos_ok, other=0).to(tl.int64)
-        off = block * c_stride_b + (pos % block_size) * c_stride_s + kv_head * c_stride_h
-        kt = tl.load(k_cache_ptr + off[None, :] + d[:, None], mask=pos_ok[None, :] & d_ok[:, None], other=0.0)
-        s = tl.dot(q, kt, input_precision=PRECISION) * scale_log2
-        s = tl.where(pos_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + off[:, None] + d[None, :], mask=pos_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = cached_tile(q, m_i, l_i, acc, start + n, cached_end, b, kv_head, d, d_ok, k_cache_ptr,
+                                    v_cache_ptr, block_tables_ptr, bt_stride, block_size, c_stride_b, c_stride_s,
+                                    c_stride_h, scale_log2, PRECISION)
 
     if (lo <= prefix_len) & (prefix_len < hi):  # this step's own token, straight from k/v
         k_own = tl.load(k_ptr + b.to(tl.int64) * k_stride_t + kv_head * k_stride_h + d, mask=d_ok, other=0.0)
@@ -199,8 +198,9 @@ def _decode_reduce_kernel(part_o_ptr, part_m_ptr, part_l_ptr, o_ptr, num_splits,
 
 
 def _jit(fn, kernels):
-    global tl
+    global tl, cached_tile
     tl = kernels.language
+    cached_tile = jit(_cached_tile, kernels.interpreted)
     return jit(fn, kernels.interpreted)
 
 
