@@ -82,7 +82,6 @@ def _verify_greedy(sampler, logits, seqs, first_row, live, runs):
             owners.append(b)
     scored = logits if len(rows) == len(logits) else logits[rows]
     sampled = sampler(scored, views)
-    sampled = sampled.tolist() if isinstance(sampled, torch.Tensor) else sampled
     kept = []
     for i, (b, token_id) in enumerate(zip(owners, sampled)):
         run = runs[b]
