@@ -207,7 +207,7 @@ class Scheduler(ABC):
         tokens, then one of the model's own): the first replaces the PENDING token, the rest are
         appended in order until one finishes the sequence (each accepted draft's K/V was computed in
         the step), and the cache slots of the rejected drafts are rolled back."""
-        finished, eos = [], self.eos_token_ids
+        finished = []
         for seq, sampled in zip(seqs, token_ids):
             if sampled.__class__ is list or seq.num_lookahead_tokens:
                 if self._settle_run(seq, sampled if isinstance(sampled, list) else [sampled]):
@@ -216,8 +216,7 @@ class Scheduler(ABC):
             if seq.last_token != PENDING:
                 continue
             seq.set_pending_token(sampled)
-            sp = seq.sampling_params
-            if (not sp.ignore_eos and sampled in eos) or (sp.stop_token_ids and sampled in sp.stop_token_ids):
+            if self._stop_reason(seq, sampled):
                 if seq.is_finished:  # max_tokens had ended it at launch: the stop token says why
                     seq.finish_reason = "stop"
                 else:
