@@ -12,6 +12,7 @@ rank 0 waits for the rendezvous while watching that every worker is alive, and o
 stands a monitor thread stops the other ranks as soon as one dies, so that no collective waits
 on a dead peer. A worker exits when rank 0 dies, and ignores Ctrl-C: rank 0 stops it."""
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import shutil
 import signal
@@ -153,6 +154,9 @@ def _spawning(env_dir: str):
     in this process afterwards. A Ctrl-C that comes meanwhile (to this thread once it is unblocked, or
     to any other thread) is only noted, then handled as usual once the workers have started: neither
     lost nor raised in the middle of starting one."""
+    # multiprocessing starts its resource tracker on the first spawn, and unblocks SIGINT in the
+    # spawning thread when it has: started now, before the block, it leaves the block alone
+    multiprocessing.resource_tracker.ensure_running()
     previous_env = os.environ.get(DIR_ENV)
     os.environ[DIR_ENV] = env_dir
     noted = []
