@@ -18,6 +18,7 @@
 #include <string.h>
 
 typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, unaligned loads allowed */
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
 typedef struct {
     const float *input_norm, *qkv, *qkv_bias, *q_norm, *k_norm, *o, *o_bias;
@@ -35,26 +36,39 @@ typedef struct {
 /* Weights are packed once (fused_cpu.py `pack`) into panels of 16 output rows laid out k-major:
  * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream. */
 #define PANEL 16
-/* input rows per tile, each row's 16 sums in two vector registers: 12 rows (24 sums) where the
- * CPU has 32 of them (AVX-512: a verify step's 9 rows at k = 8 read each panel once), else 6 */
+/* input rows per tile, each row's 16 sums in vector registers: with AVX-512, one 16-float register
+ * a row, 12 rows (a verify step's 9 rows at k = 8 read each panel once; 16 gained nothing, 24 spill);
+ * else two 8-float registers a row, 6 rows. The 16-float multiply-adds do twice the work of two
+ * 8-float ones on a CPU with full-width AVX-512 units (Zen 5) and the same on one that splits them. */
 #ifdef __AVX512F__
 #define SEQS 12
 #else
 #define SEQS 6
 #endif
-/* How far ahead (in k) a tile asks for its panel: 64 cache lines, 4 KiB. Without it, a tile of
+/* How far ahead (in k) a tile asks for its panel: 256 cache lines, 16 KiB. Without it, a tile of
  * several rows is busy with its multiply-adds while the hardware prefetcher falls behind, and a
  * step with a few rows a sequence (speculative verification) costs the weights' streaming time
  * plus the multiply-adds rather than the larger of the two (experiments/results/ says how much). */
-#define PREFETCH 64
+#define PREFETCH 256
 
-/* y[b, n0 + j] for BT input rows and one panel: for each k, two vector loads of the panel and a
- * broadcast of x[b, k] per row. Every sum runs over k in order, the same for any BT, so a
- * sequence's logits do not depend on what else is in the batch. */
+/* y[b, n0 + j] for BT input rows and one panel: for each k, the panel's 16 weights in one vector
+ * (two without AVX-512) and a broadcast of x[b, k] per row. Every sum runs over k in order, the
+ * same for any BT, so a sequence's logits do not depend on what else is in the batch. */
 static inline __attribute__((always_inline)) void tile(const float *restrict x, int64_t K,
                                                        const float *restrict panel, const float *bias,
                                                        int64_t cols, float *restrict y, int64_t N, const int BT)
 {
+#ifdef __AVX512F__
+    v16 acc[SEQS];
+    for (int b = 0; b < BT; ++b) acc[b] = (v16){0};
+    for (int64_t k = 0; k < K; ++k) {
+        __builtin_prefetch(panel + (k + PREFETCH) * PANEL); /* never faults, even past the end */
+        const v16 w = *(const v16 *)(panel + k * PANEL);
+        for (int b = 0; b < BT; ++b) acc[b] += x[b * K + k] * w;
+    }
+    for (int b = 0; b < BT; ++b)
+        for (int64_t j = 0; j < cols; ++j) y[b * N + j] = bias ? acc[b][j] + bias[j] : acc[b][j];
+#else
     v8 acc[SEQS][2];
     for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
     for (int64_t k = 0; k < K; ++k) {
@@ -71,6 +85,7 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
             const float s = j < 8 ? acc[b][0][j] : acc[b][1][j - 8];
             y[b * N + j] = bias ? s + bias[j] : s;
         }
+#endif
 }
 
 /* y [B, N] = x [B, K] w[N, K]^T (+ bias) from the packed panels, shared out over the threads in
