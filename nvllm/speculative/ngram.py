@@ -1,7 +1,9 @@
 """speculative=ngram: prompt lookup decoding. The last n tokens of a sequence (prompt and output)
 are looked for earlier in it, n from prompt_lookup_max down to prompt_lookup_min; the tokens that
-followed the latest earlier occurrence are the draft. A continuation that runs into the end of the
-sequence goes on copying what it has just proposed, so a repeating stretch is drafted for as long
+followed the latest earlier occurrence are the draft: num_speculative_tokens of them, or only one
+where the match is the last token alone (n = 1), which guesses right far less often than a longer
+match, so that such a guess costs one scored row rather than k. A continuation that runs into the
+end of the sequence goes on copying what it has just proposed, so a repeating stretch is drafted for as long
 as it would go on repeating. No model runs: where nothing matches, nothing is drafted, and the
 step is a plain decode step. It pays where the output copies the input (summaries, code edits,
 quotes) and where generation loops."""
@@ -16,7 +18,8 @@ from nvllm.speculative.base import Drafter, SpeculativeConfig, refuse
 
 def lookup(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[int]:
     """At most k tokens continuing `tokens`: what followed the latest earlier occurrence of its
-    longest suffix of n_max..n_min tokens that occurs earlier; [] where none does."""
+    longest suffix of n_max..n_min tokens that occurs earlier (one token where that suffix is one
+    token long); [] where none does."""
     length = len(tokens)
     n_max = min(n_max, length - 1)
     if n_max < n_min:
@@ -33,6 +36,8 @@ def lookup(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[int]:
     if n < n_min:
         return []
     start = int(ends[matched >= n][-1]) + 1
+    if n == 1:
+        k = min(k, 1)
     proposal: list[int] = []
     for i in range(start, start + k):  # past the end: copy what was just proposed
         proposal.append(int(tokens[i]) if i < length else proposal[i - length])
@@ -51,8 +56,8 @@ class NgramDrafter(Drafter):
         num_speculative_tokens: int = 8
         # longest suffix (in tokens) looked up first
         prompt_lookup_max: int = 4
-        # shortest suffix looked up before giving up on this step
-        prompt_lookup_min: int = 2
+        # shortest suffix looked up before giving up on this step (a one-token match drafts one token)
+        prompt_lookup_min: int = 1
 
         def __post_init__(self):
             super().__post_init__()

@@ -96,7 +96,7 @@ def test_metrics_json_and_progress_bar(tmp_path, tiny_qwen3_path):
     assert spec["mean_acceptance_length"] == pytest.approx(1 + spec["num_accepted_tokens"] / spec["num_drafts"])
     assert spec["acceptance_rate_per_pos"] == [n / spec["num_drafts"] for n in spec["num_accepted_tokens_per_pos"]]
     assert m["effective_config"]["speculative"] == {"name": "ngram", "num_speculative_tokens": 3,
-                                                    "prompt_lookup_max": 4, "prompt_lookup_min": 2,
+                                                    "prompt_lookup_max": 4, "prompt_lookup_min": 1,
                                                     "disable_by_batch_size": None, "max_num_draft_tokens": None}
     assert "drafts accepted" in proc.stderr  # tqdm's bar
 

@@ -1,6 +1,7 @@
 """Prompt lookup (speculative=ngram) against its definition, written out the slow way: for n from
 prompt_lookup_max down to prompt_lookup_min, the latest window of n tokens before the last that
-equals the last n; what followed it, copying its own proposal past the end."""
+equals the last n; what followed it (k tokens, one where n = 1), copying its own proposal past the
+end."""
 import numpy as np
 import pytest
 
@@ -13,7 +14,7 @@ def by_definition(tokens: list[int], n_min: int, n_max: int, k: int) -> list[int
         starts = [s for s in range(length - n) if tokens[s:s + n] == tokens[length - n:]]
         if starts:
             proposal: list[int] = []
-            for i in range(starts[-1] + n, starts[-1] + n + k):
+            for i in range(starts[-1] + n, starts[-1] + n + (k if n > 1 else 1)):
                 proposal.append(tokens[i] if i < length else proposal[i - length])
             return proposal
     return []
