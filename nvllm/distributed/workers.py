@@ -83,7 +83,11 @@ def _worker(rank: int, tp: int, store: str, runner_cls: type, runner_args: tuple
             conn.send(("error", traceback.format_exc()))
         except OSError:  # rank 0 is gone: remove its files now (exiting would stop the watching thread)
             _exit_with_parent(os.path.dirname(store), timeout=STOP_GRACE_S)
-        raise SystemExit(1)
+        # out without the interpreter's teardown: a store or process group left half made (rank 0
+        # went away mid-rendezvous) still runs C++ threads, whose destructors would abort the
+        # process with "terminate called without an active exception"
+        sys.stderr.flush()
+        os._exit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
