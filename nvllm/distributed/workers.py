@@ -359,5 +359,12 @@ class Workers:
             conn.close()
         self.conns = []
         if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            # interrupted mid-rendezvous, this rank's own joining thread may still write the store's
+            # file while the directory is removed (rmtree then fails on a non-empty directory): again
+            # until it is gone; nothing re-creates the directory itself
+            for _ in range(100):
+                shutil.rmtree(self.dir, ignore_errors=True)
+                if not os.path.exists(self.dir):
+                    break
+                time.sleep(0.01)
         torch.set_num_threads(self.threads)
