@@ -3,10 +3,10 @@ are looked for earlier in it, n from prompt_lookup_max down to prompt_lookup_min
 followed the latest earlier occurrence are the draft: num_speculative_tokens of them, or only one
 where the match is the last token alone (n = 1), which guesses right far less often than a longer
 match, so that such a guess costs one scored row rather than k. A continuation that runs into the
-end of the sequence goes on copying what it has just proposed, so a repeating stretch is drafted for as long
-as it would go on repeating. No model runs: where nothing matches, nothing is drafted, and the
-step is a plain decode step. It pays where the output copies the input (summaries, code edits,
-quotes) and where generation loops."""
+end of the sequence goes on copying what it has just proposed, so a repeating stretch is drafted
+for as long as it would go on repeating. No model runs: where nothing matches, nothing is drafted,
+and the step is a plain decode step. It pays where the output copies the input (summaries, code
+edits, quotes) and where generation loops."""
 from dataclasses import dataclass
 
 import numpy as np
