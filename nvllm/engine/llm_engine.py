@@ -23,6 +23,7 @@ from nvllm.engine.model_runner import ModelRunner
 from nvllm.engine.outputs import LiveRequest, RequestDelta, RequestOutput, SpecDecodingStats, StepStats
 from nvllm.engine.overlap import Step
 from nvllm.forward.base import computes_tensors
+from nvllm.engine.startup import startup_line
 from nvllm.engine.warmup import warm_up
 from nvllm.models.weights import is_random, load_hf_config, resolve_model_path
 from nvllm.sampling_params import SamplingParams
@@ -304,15 +305,3 @@ def _eos_ids(tokenizer, hf_config) -> frozenset[int]:
         elif isinstance(source, (list, tuple)):
             ids.update(source)
     return frozenset(ids)
-
-
-def startup_line(engine) -> str:
-    """One line on what really runs: model, device, dtype, forward strategy, attention backend, KV cache."""
-    c, runner, kv = engine.config, engine.model_runner, engine.kv_cache
-    gib = kv.num_blocks * runner._block_bytes() / 2**30
-    auto = lambda choice: " (auto)" if choice else ""  # noqa: E731
-    return (f"nvllm: model={c.model.name} ({engine.model_path}{', RANDOM WEIGHTS' if engine.random_weights else ''}) "
-            f"on {c.device}, {c.dtype}, tp={c.tp}; forward={c.forward.name}{auto(c.forward_choice)}, "
-            f"attention={c.attention.name}{auto(c.attention_choice)}{', compile' if c.compile else ''}; "
-            f"KV cache {kv.num_blocks} blocks x {kv.block_size} tokens = {gib:.2f} GiB; max_model_len={c.max_model_len}; "
-            f"loaded in {engine.startup_s['load']:.1f} s, warmed up in {engine.startup_s['warmup']:.1f} s")
