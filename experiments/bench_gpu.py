@@ -75,7 +75,7 @@ def run_one(args):
         config = engine.config
         effective = dict(device=config.device, dtype=config.dtype, compile=config.compile, cudagraph=config.cudagraph,
                          forward=config.forward.name, forward_auto=config.forward_choice,
-                         attention=type(engine.model_runner.attention).name, attention_auto=config.attention_choice,
+                         attention=type(engine.executor.attention).name, attention_auto=config.attention_choice,
                          kv_cache_blocks=engine.kv_cache.num_blocks)
         print("SETUP " + json.dumps(dict(setup_s=setup, effective=effective)), flush=True)
         start = last = time.perf_counter()

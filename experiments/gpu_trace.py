@@ -105,7 +105,7 @@ def main():
         engine = llm.engine
         config = engine.config
         effective = dict(device=config.device, dtype=config.dtype, forward=config.forward.name,
-                         attention=type(engine.model_runner.attention).name,
+                         attention=type(engine.executor.attention).name,
                          async_scheduling=config.async_scheduling)
         for i, (p, n) in enumerate(zip(prompts, max_tokens)):
             engine.add_request(str(i), p, SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=n), stream=False)

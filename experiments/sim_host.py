@@ -53,7 +53,7 @@ def real_host_parts(batch: int, repeats: int) -> tuple[float, float]:
 
     with LLM({"name": "qwen3", "shape": "tiny"}, forward="eager", max_model_len=1100, max_num_seqs=batch,
              kv_cache={"block_size": 16, "num_blocks": 256}) as llm:
-        runner = llm.engine.model_runner
+        runner = llm.engine.executor
         seqs = sequences(([], [1024] * batch), 512, 16, 256, random.Random(0), [0])
         logits = torch.randn(batch, 151936)
         pack, sample = [], []

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, ValidationEr
 from nvllm import registry
 from nvllm.attention.select import select_backend
 from nvllm.auto import AUTO, choose, tristate
-from nvllm.forward.base import ForwardTarget, computes_tensors
+from nvllm.forward.base import ForwardTarget, standalone_executor
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
 from nvllm.metrics import MetricsConfig, SLOConfig
 from nvllm.plugins import load_plugins
@@ -275,7 +275,7 @@ class Config(EngineConfig):
         speculative = registry.make_config("speculative", self.speculative or "none")
         registry.get("speculative", speculative.name).check(speculative, hf_config, target)
         speculating = speculative.name != "none"
-        if speculating and not computes_tensors(forward):
+        if speculating and standalone_executor(forward) is not None:
             raise ConfigError(f"speculative={speculative.name}: forward={forward.name} computes no logits to verify "
                               f"drafts against; use speculative=none with a simulated forward pass")
         if speculating and self.async_scheduling is True:  # overlap scheduling's switch
@@ -290,7 +290,7 @@ class Config(EngineConfig):
             raise ConfigError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_model_len "
                               f"({max_model_len}): a preempted sequence is recomputed in one step "
                               f"(scheduler=chunked splits it)")
-        computes = computes_tensors(forward)
+        computes = standalone_executor(forward) is None
         if self.async_scheduling and not computes:
             raise ConfigError(f"async_scheduling=true: forward={forward.name} computes no tensors, so there is no "
                               f"device work to overlap; drop async_scheduling")

@@ -185,7 +185,7 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
     `startup_s`), so throughputs count generation only."""
     done = [o for o in outputs if o.error is None]
     stats = engine.stats
-    device = engine.model_runner.device if engine.model_runner else torch.device(engine.config.device)
+    device = torch.device(engine.config.device)
     rejected = [o.error for o in outputs if o.finish_reason == "rejected"]
     serving = serving_metrics([timing_of(o) for o in outputs], wall_time, **(serving or {}))
     # every completion counts its tokens (n > 1 makes several per request)
@@ -221,9 +221,9 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
                       "random_weights": engine.random_weights},
             "kv_cache": asdict(engine.config.kv_cache),
             "scheduler": type(engine.scheduler).name,
-            "attention": type(engine.model_runner.attention).name if engine.model_runner and engine.model_runner.attention else None,
+            "attention": None if engine.clock.simulated else engine.config.attention.name,
             "attention_auto": engine.config.attention_choice,  # what attention=auto chose and why; None: chosen by name
-            "sampler": type(engine.model_runner.sampler).name if engine.model_runner else None,
+            "sampler": engine.config.sampler.name,
             "forward_auto": engine.config.forward_choice,  # what forward=auto chose and why; None: chosen by name
         },
         "requested_config": requested,
@@ -239,7 +239,7 @@ def simulation(engine) -> dict:
     the roofline entry, its measured error, the simulated device) and the host time the run took."""
     if not engine.clock.simulated:
         return {"simulated": False}
-    return {"simulated": True, "simulation": engine.model_runner.forward_strategy.describe()}
+    return {"simulated": True, "simulation": engine.executor.describe()}
 
 
 def strict(value):

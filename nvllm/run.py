@@ -63,7 +63,7 @@ def run(cfg: DictConfig, requested: dict) -> dict:
     from nvllm.engine.intake import load_tokenizer
     from nvllm.engine.llm_engine import LLMEngine
     from nvllm.errors import ConfigError
-    from nvllm.forward.base import computes_tensors
+    from nvllm.forward.base import standalone_executor
     from nvllm.metrics import collect, serving_options, simulation_source
     from nvllm.models.weights import resolve_model_path
     from nvllm.workloads import WorkloadError, assign_priorities, make_workload, max_concurrency
@@ -72,7 +72,7 @@ def run(cfg: DictConfig, requested: dict) -> dict:
     serving, concurrency = serving_options(cfg), max_concurrency(cfg.workload)
     config = Config.from_cfg(cfg)
     workload = make_workload(config.workload)
-    if computes_tensors(config.forward):
+    if standalone_executor(config.forward) is None:
         tokenizer = load_tokenizer(resolve_model_path(config.model))
         workload.check(tokenizer)
         prompts, params = workload.requests(cfg.sampling, tokenizer)
@@ -95,7 +95,7 @@ def run(cfg: DictConfig, requested: dict) -> dict:
         if engine.random_weights:
             logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
         if engine.clock.simulated:
-            sim = engine.model_runner.forward_strategy.describe()
+            sim = engine.executor.describe()
             logger.warning(f"nvllm: SIMULATED{'' if sim['calibrated'] else ', UNCALIBRATED'} — no forward pass runs; "
                            f"every time and rate is simulated ({simulation_source(sim)}, tp={sim['tp']}, {sim['dtype']}, "
                            f"{engine.kv_cache.num_blocks} KV blocks)")

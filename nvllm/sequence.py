@@ -1,15 +1,11 @@
-"""The request as every component family sees it: its tokens, how many are computed and
-scheduled, its cache block table, its sampling parameters and timestamps. The scheduler, the KV
-cache allocator, the sampler and the engine all import down to this module."""
+"""The request as every component family sees it: its tokens, how many are computed, its cache
+block table, its sampling parameters and timestamps. Every component imports down to this module;
+only the scheduler (and the KV cache allocator it calls) writes a Sequence once intake made it."""
 from copy import copy
 from enum import Enum, auto
 from itertools import count
 
 from nvllm.sampling_params import SamplingParams
-
-# In token_ids: the token of a step still in flight (async_scheduling): the next step is scheduled and
-# its inputs packed before this one's sample reaches the host, and it arrives a step later
-PENDING = -1
 
 
 class SequenceStatus(Enum):
@@ -28,16 +24,11 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.token_ids = copy(token_ids)
         self.last_token = token_ids[-1]
+        # len(token_ids), plus one while a launched step's token is coming (overlap scheduling)
         self.num_tokens = len(token_ids)
         self.num_prompt_tokens = len(token_ids)
         # tokens whose K/V are in the cache (prefix hits count); the model runs the rest
         self.num_computed_tokens = 0
-        # tokens the scheduler asked for in the current step
-        self.num_scheduled_tokens = 0
-        # speculative decoding (nvllm/speculative/): cache slots the scheduler reserved past the
-        # last token for this step's drafts, and the drafted tokens the step runs after it to verify
-        self.num_lookahead_tokens = 0
-        self.draft_token_ids: list[int] = []
         self.block_table: list[int] = []
         self.sampling_params = sampling_params
         self.priority = priority
@@ -85,16 +76,7 @@ class Sequence:
         return self.token_ids[i * self.block_size : (i + 1) * self.block_size]
 
     def append_token(self, token_id: int):
+        """Add a generated token (what the scheduler's update does; tests and suites drive sequences by hand)."""
         self.token_ids.append(token_id)
         self.last_token = token_id
         self.num_tokens += 1
-
-    def set_pending_token(self, token_id: int):
-        """The value of the PENDING last token, once its step's sample has arrived."""
-        self.token_ids[-1] = self.last_token = token_id
-
-    def drop_pending_token(self):
-        """Forget the PENDING last token: the request ended while its step ran."""
-        self.token_ids.pop()
-        self.num_tokens -= 1
-        self.last_token = self.token_ids[-1]

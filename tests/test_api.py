@@ -47,7 +47,7 @@ def test_close_frees_the_model(tiny_qwen3_path):
     import weakref
 
     llm = LLM(tiny_qwen3_path)
-    model = weakref.ref(llm.engine.model_runner.model)
+    model = weakref.ref(llm.engine.executor.model)
     llm.close()
     gc.collect()
     assert model() is None

@@ -99,6 +99,28 @@ def test_no_import_cycle():
                            f"them, or pass it in from the edge")
 
 
+def package_graph() -> dict[str, set[str]]:
+    """Package (or top-level module) -> those it imports: `nvllm.engine.model_runner` counts as
+    `nvllm.engine`. The package's own `__init__` (the public API, the top of the graph) is left out."""
+    top = lambda m: ".".join(m.split(".")[:2])  # noqa: E731
+    graph = {}
+    for module, edges in import_graph().items():
+        if module != "nvllm":
+            graph.setdefault(top(module), set()).update(top(e) for e in edges if e != "nvllm")
+    return {p: edges - {p} for p, edges in graph.items()}
+
+
+def test_no_package_level_cycle():
+    """Dependencies run one way: engine -> forward -> models, attention, kernels, never back; what
+    two packages both need (the records of a step, the clock, the request) lives below both."""
+    graph = package_graph()
+    assert "nvllm.forward" in graph["nvllm.engine"] and "nvllm.step" in graph["nvllm.forward"]
+    cycle = find_cycle(graph)
+    assert cycle is None, (f"package cycle: {' -> '.join(cycle)}; move what both need into a module below "
+                           f"them, or pass it in from the edge")
+    assert find_cycle({"nvllm.a": {"nvllm.b"}, "nvllm.b": {"nvllm.a"}}) == ["nvllm.a", "nvllm.b", "nvllm.a"]
+
+
 def test_registry_knows_nothing_of_hydra():
     frameworks = {base.split(".")[0] for base, _ in module_imports("nvllm.registry")} & {"hydra", "omegaconf"}
     assert not frameworks, f"nvllm/registry.py imports {frameworks}: Hydra belongs to nvllm.config.setup()"

@@ -333,6 +333,14 @@ class Workers:
             for p in self.processes:
                 p.join(timeout=STOP_GRACE_S)
 
+    def fail(self, error: BaseException) -> BaseException:
+        """Rank 0 raised `error` mid-step, which under TP usually means a worker died: stop every
+        worker and return the error to raise, the worker's (naming it) where one failed."""
+        comm_error = any(word in str(error).lower() for word in ("gloo", "nccl", "connection"))
+        worker_error = self.error() if self.dead() or comm_error else None
+        self.abort()
+        return error if worker_error is None else worker_error
+
     def abort(self):
         """Stop every worker now (a rank failed, or rank 0 was interrupted mid-step): no goodbye."""
         self.stopping = True

@@ -43,7 +43,7 @@ class Detokenizer:
             if hits:
                 self.text, stopped = self.text[:min(hits)], True
         end = len(self.text)
-        if not (finished or stopped):
+        if self.stop and not (finished or stopped):
             end -= self._stop_prefix_len()
         piece, self.sent = self.text[self.sent:end], max(self.sent, end)
         return piece, stopped

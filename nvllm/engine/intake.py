@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from transformers import AutoTokenizer
 
-from nvllm.engine.clock import Clock
+from nvllm.clock import Clock
 from nvllm.kv_cache.base import KVCacheAllocator
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence
@@ -18,6 +18,17 @@ def load_tokenizer(path: str):
     if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         return None
     return AutoTokenizer.from_pretrained(path)
+
+
+def eos_ids(tokenizer, hf_config) -> frozenset[int]:
+    """The model's end-of-sequence ids: its config's and its tokenizer's."""
+    ids = set()
+    for source in (getattr(hf_config, "eos_token_id", None), tokenizer and tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(source)
+    return frozenset(ids)
 
 
 def encode(prompt: str | list[int], tokenizer, model_path: str) -> list[int]:
@@ -73,32 +84,33 @@ def siblings(seq: Sequence) -> list[Sequence]:
     return out
 
 
-class Arrivals:
-    """Requests whose arrival time (on the engine's clock) is still to come, soonest first."""
+class Arrivals(list):
+    """Requests whose arrival time (on the engine's clock) is still to come, soonest first: a heap
+    of (arrival time, seq id, Sequence); empty (false) when none is."""
 
     def __init__(self, clock: Clock):
+        super().__init__()
         self.clock = clock
-        self._heap: list[tuple[float, int, Sequence]] = []
 
     def add(self, seq: Sequence):
-        heapq.heappush(self._heap, (seq.arrival_time, seq.seq_id, seq))
+        heapq.heappush(self, (seq.arrival_time, seq.seq_id, seq))
 
     def remove(self, seq: Sequence) -> bool:
         """Take `seq` out; False if it is not here."""
-        if not any(s is seq for *_, s in self._heap):
+        if not any(s is seq for *_, s in self):
             return False
-        self._heap = [a for a in self._heap if a[2] is not seq]
-        heapq.heapify(self._heap)
+        self[:] = [a for a in self if a[2] is not seq]
+        heapq.heapify(self)
         return True
 
     def due(self, wait: bool) -> list[Sequence]:
         """Those whose time has come, taken out; `wait`: sleep until the next one is due first."""
-        if not self._heap:
+        if not self:
             return []
         if wait:
-            self.clock.sleep_until(self._heap[0][0])
+            self.clock.sleep_until(self[0][0])
         now = self.clock.now()
         due = []
-        while self._heap and self._heap[0][0] <= now:
-            due.append(heapq.heappop(self._heap)[2])
+        while self and self[0][0] <= now:
+            due.append(heapq.heappop(self)[2])
         return due

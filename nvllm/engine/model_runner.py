@@ -1,17 +1,18 @@
-"""Loads the model, sizes and allocates the KV cache, and runs one step: packs the scheduled
-sequences into input tensors (positions, slot mapping, block tables), hands them to the forward
-strategy (nvllm/forward/: eager, cudagraph, fused_cpu, ...), and samples from the last position
-of each sequence. Under tensor parallelism rank 0 sends each step's inputs to the workers, which
-run the same forward on their shard; only rank 0 samples. A strategy that computes no tensors
-(forward=simulated) gets no model, no cache tensors and no packed inputs: it sizes the cache and
-gives each step's token ids itself.
+"""The executor that computes tensors: it loads the model, sizes and allocates the KV cache, and
+runs a StepPlan (nvllm/step.py): packs its sequences into input tensors (positions, slot mapping,
+block tables), hands them to the forward strategy (nvllm/forward/: eager, cudagraph, fused_cpu,
+...), and samples from the last position of each sequence that samples (every drafted position
+too, when the plan carries drafts: nvllm/speculative/verify.py). Under tensor parallelism rank 0
+sends each step's inputs to the workers, which run the same forward on their shard; only rank 0
+samples.
 
-A step is launched, sampled and collected (`run` does all three). With async_scheduling the
-engine launches the next step before collecting this one: an input token that is still PENDING
-(this step's sample) is filled in on the device from this step's token tensor, so the host never
-waits for the device while it schedules and packs. CUDA runs asynchronously to the host by
+`execute(plan)` runs a step start to end. Overlap scheduling (async_scheduling) splits it:
+`launch` packs and starts the forward pass (an input token that is the step in flight's sample, not
+yet on the host, is filled in on the device: nvllm/engine/overlap.py), `sample` draws the tokens
+without waiting for the host, `collect` brings them over. CUDA runs asynchronously to the host by
 itself; on a CPU the forward pass runs on a worker thread instead."""
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from itertools import accumulate
 
 import numpy as np
@@ -21,15 +22,16 @@ from transformers import AutoConfig
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
-from nvllm.engine.overlap import Step, fill_pending, pending_inputs
-from nvllm.forward.base import computes_tensors
+from nvllm.engine.overlap import InFlight, fill_pending
+from nvllm.kv_cache.base import CPU_DEFAULT_BUDGET_GB
 from nvllm.models.weights import has_weights, load_weights, random_init
-from nvllm.sequence import Sequence, SequenceStatus
-from nvllm.sampler.logprobs import record_logprobs
+from nvllm.sampler.logprobs import logprobs_of
+from nvllm.sequence import SequenceStatus
 from nvllm.speculative.verify import verify
+from nvllm.engine.warmup import warm_up
+from nvllm.step import Executor, StepPlan, StepResult
 
 NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
-CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
 
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block
 # table[, how many of its last rows the step returns logits for]); a step's inputs all have the
@@ -37,15 +39,16 @@ CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budge
 StepInput = tuple[list[int], int, list[int]] | tuple[list[int], int, list[int], int]
 
 
-def step_inputs(seqs: list[Sequence], drafts: bool = False) -> list[StepInput]:
+def step_inputs(plan: StepPlan) -> list[StepInput]:
     """Exactly the tokens each sequence runs this step (a re-prefilled preempted sequence sends
-    all of its tokens, not only the last), then, if `drafts` (a drafter is on), its drafted tokens,
-    each of which is scored."""
-    inputs = [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + seq.num_scheduled_tokens],
-               seq.num_computed_tokens, seq.block_table) for seq in seqs]
-    if drafts and any(seq.draft_token_ids for seq in seqs):
-        inputs = [(token_ids + seq.draft_token_ids, start, table, 1 + len(seq.draft_token_ids))
-                  for (token_ids, start, table), seq in zip(inputs, seqs)]
+    all of its tokens, not only the last), then its drafts, if the plan has any, each of which is
+    scored. Under overlap scheduling a sequence's last token may still be coming: its list is then
+    one short (`InFlight` fills it in)."""
+    inputs = [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + n], seq.num_computed_tokens, seq.block_table)
+              for seq, n in zip(plan.seqs, plan.num_tokens)]
+    if plan.drafts and any(plan.drafts):
+        inputs = [(token_ids + drafts, start, table, 1 + len(drafts))
+                  for (token_ids, start, table), drafts in zip(inputs, plan.drafts)]
     return inputs
 
 
@@ -59,31 +62,30 @@ def warmup_steps(config: Config, block_size: int, batch: int) -> tuple[list[Step
     return prefill, [([0], config.max_model_len - 1, table)] * batch
 
 
-class ModelRunner:
-    def __init__(self, config: Config, path: str, control_group=None):
+class ModelRunner(Executor):
+    def __init__(self, config: Config, path: str, control_group=None, eos_token_ids: frozenset[int] = frozenset(),
+                 hf_config=None):
+        """`eos_token_ids`: the model's end-of-sequence ids (SamplingParams.min_tokens masks them);
+        `hf_config`: the checkpoint's transformers config, read once by the engine (else read here:
+        a tensor-parallel worker)."""
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype
         self.block_size = config.kv_cache.block_size
         self.control_group = control_group  # set under tp > 1: the gloo group steps are sent on
-        self.hf_config = AutoConfig.from_pretrained(path)
-        self.model = self.attention = None
-        if computes_tensors(config.forward):
-            self.model = self._load_model(path)
-            self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
-        self.sampler = registry.build("sampler", config.sampler, device=self.device)
-        self.sampler.device_tokens = bool(config.async_scheduling)  # a tensor of tokens, no host sync
+        self.hf_config = hf_config or AutoConfig.from_pretrained(path)
+        self.model = self._load_model(path)
+        self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
+        # overlap scheduling samples into a device tensor (no host sync); otherwise a list
+        self.sampler = registry.build("sampler", config.sampler, device=self.device, eos_token_ids=eos_token_ids,
+                                      device_tokens=bool(config.async_scheduling))
         # async_scheduling on a CPU: the forward pass on a worker thread (CUDA runs asynchronously anyway)
         self.worker = None
         if config.async_scheduling and self.device.type == "cpu":
             self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvllm-forward")
         self.forward_strategy = registry.build("forward", config.forward, runner=self)
-        self.speculating = getattr(config.speculative, "name", "none") != "none"  # steps may carry drafts
-        if self.model is None:  # forward=simulated: the cache it stands in for has no tensors
-            self.num_blocks = self.forward_strategy.kv_cache_blocks(config.kv_cache)
-        else:
-            self.num_blocks = self._num_blocks(config.kv_cache)
-            self._allocate_kv_cache()
+        self.num_blocks = self._num_blocks(config.kv_cache)
+        self._allocate_kv_cache()
         self.forward_strategy.bind_kv_cache()
 
     def _load_model(self, path: str):
@@ -105,9 +107,7 @@ class ModelRunner:
     def _attention_layers(self):
         return [m for m in self.model.modules() if hasattr(m, "k_cache")]
 
-    def _block_bytes(self) -> int:
-        if self.model is None:  # forward=simulated: the block of the cache it stands in for
-            return self.forward_strategy.block_bytes()
+    def block_bytes(self) -> int:
         per_token = sum(2 * m.num_kv_heads * m.head_dim for m in self._attention_layers())
         return per_token * self.block_size * self.dtype.itemsize
 
@@ -124,14 +124,14 @@ class ModelRunner:
             budget = CPU_DEFAULT_BUDGET_GB * 2**30
         # never more than max_num_seqs full-length sequences could use
         blocks_per_seq = -(-self.config.max_model_len // self.block_size)
-        num_blocks = min(int(budget) // self._block_bytes(), self.config.max_num_seqs * blocks_per_seq)
+        num_blocks = min(int(budget) // self.block_bytes(), self.config.max_num_seqs * blocks_per_seq)
         if self.control_group is not None:  # every rank must agree: take the smallest
             agreed = torch.tensor([num_blocks])
             torch.distributed.all_reduce(agreed, torch.distributed.ReduceOp.MIN, group=self.control_group)
             num_blocks = int(agreed)
         if num_blocks < 1:
             raise MemoryError(f"the KV cache budget ({budget / 2**30:.2f} GiB) holds no block of "
-                              f"{self._block_bytes() / 2**20:.1f} MiB; raise kv_cache.memory_budget_gb")
+                              f"{self.block_bytes() / 2**20:.1f} MiB; raise kv_cache.memory_budget_gb")
         return num_blocks
 
     def _peak_forward_bytes(self, measure=None) -> int:
@@ -233,110 +233,128 @@ class ModelRunner:
         one too (None on TP workers)."""
         return self.forward_strategy(input_ids, positions, meta)
 
-    def run(self, seqs: list[Sequence]) -> list[int] | list[int | list[int]]:
-        """One step start to end: each sequence's sampled token (-1 where it sampled none), or its
-        run when the step verifies drafts (nvllm/speculative/verify.py)."""
-        step = self.launch(seqs)
-        self.sample(step)
-        return self.collect(step)
-
-    def launch(self, seqs: list[Sequence], in_flight: Step | None = None) -> Step:
-        """Pack `seqs`' inputs and start their forward pass; nothing waits for it. A PENDING input
-        token, a sample of `in_flight` not yet on the host, is filled in from its token tensor.
-        forward=simulated (no model) gives the step's tokens here: no tensors, no sampling."""
-        inputs = step_inputs(seqs, self.speculating)
-        num_tokens = sum(len(t[0]) for t in inputs)
-        verify = len(inputs[0]) > 3
-        # a decode step: each sequence runs its last token (and its drafts, if any)
-        if verify:
-            is_decode = all(s.num_scheduled_tokens == 1 and s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
-        else:
-            is_decode = num_tokens == len(seqs) and all(s.num_computed_tokens >= s.num_prompt_tokens for s in seqs)
-        if self.model is None:
-            return Step(seqs, num_tokens, is_decode, tokens=self.forward_strategy.next_tokens(seqs))
-        pending = pending_inputs(seqs, inputs, in_flight) if in_flight is not None else []
-        tokens = in_flight.tokens if pending else None
-        if pending and (self.control_group is not None or isinstance(tokens, list)):  # fill them in on the host
-            values = tokens if isinstance(tokens, list) else tokens.tolist()  # (CUDA: waits for in_flight's sample)
-            for i, row in pending:
-                inputs[i][0][-1] = values[row]  # the other ranks are sent these token ids
-            pending = []
-        input_ids, positions, meta = self.prepare(inputs)
-        if pending:
-            fill_pending(input_ids, inputs, pending, tokens, self.tensor)
-        if self.worker is None:
-            logits = self._forward_step(inputs, input_ids, positions, meta)
-        else:
-            logits = self.worker.submit(self._forward_step, inputs, input_ids, positions, meta)
-        return Step(seqs, num_tokens, is_decode, logits, verify=verify)
+    def execute(self, plan: StepPlan) -> StepResult:
+        inputs = step_inputs(plan)
+        logits = self._forward_step(inputs, *self.prepare(inputs))
+        if plan.drafts is not None and any(plan.drafts):
+            return verify(self.sampler, logits.float(), plan)
+        seqs, rows = plan.seqs, None
+        if not plan.is_decode and not all(plan.samples):  # prefill chunks that leave part of the prompt draw nothing
+            rows = [i for i, samples in enumerate(plan.samples) if samples]
+            logits, seqs = logits[self.tensor(rows, torch.int64)], [seqs[i] for i in rows]
+        tokens = self.sampler(logits.float(), seqs) if seqs else []
+        if tokens.__class__ is not list:  # a sampler built for overlap scheduling (fault isolation runs steps alone)
+            tokens = tokens.tolist()
+        logprobs = None if all(seq.logprobs is None for seq in seqs) else logprobs_of(logits, seqs, tokens)
+        if rows is None:
+            return StepResult(tokens, logprobs)
+        return StepResult(*_scatter(len(plan.seqs), rows, tokens, logprobs))
 
     def _forward_step(self, inputs: list[StepInput], input_ids, positions, meta):
         if self.control_group is not None:
             torch.distributed.broadcast_object_list([(inputs, meta.num_layers)], src=0, group=self.control_group)
         return self.forward(input_ids, positions, meta)
 
-    def execute(self, inputs: list[StepInput], num_layers: int | None = None):
+    def run_inputs(self, inputs: list[StepInput], num_layers: int | None = None):
         """One forward pass over `inputs` on every rank, now (under TP rank 0 sends them first): the
         logits of their scored rows, or of a draft step's when `num_layers` is set (a drafter's call)."""
         return self._forward_step(inputs, *self.prepare(inputs, num_layers=num_layers))
 
-    def sample(self, step: Step) -> None:
-        """Draw a token for each sequence of `step` whose prompt is complete after it and that has
-        not finished meanwhile (a prefill chunk's sample would be thrown away, and drawing it would
-        still advance a seeded request's noise). On CUDA the tokens start for the host; nothing
-        waits for them."""
-        if self.model is None:
-            return  # forward=simulated: launch gave the tokens
-        logits = step.logits.result() if isinstance(step.logits, Future) else step.logits
-        step.logits = None
-        seqs = step.seqs
-        running = SequenceStatus.RUNNING
-        rows = [i for i, seq in enumerate(seqs)
-                if seq.num_computed_tokens + seq.num_scheduled_tokens >= seq.num_tokens and seq.status is running]
+    # -- overlap scheduling -------------------------------------------------------------------
+    def launch(self, plan: StepPlan, held: InFlight | None = None) -> InFlight:
+        """Pack `plan`'s inputs and start its forward pass; nothing waits for it. An input token
+        still coming (`held`'s sample, not yet on the host) is filled in from its token tensor."""
+        inputs = step_inputs(plan)
+        pending = held.pending(plan, inputs) if held is not None else []
+        if pending and (self.control_group is not None or self.device.type == "cpu"):  # fill them in on the host
+            values = held.tokens.tolist()  # (the other ranks are sent these token ids)
+            for i, row in pending:
+                inputs[i][0][-1] = values[row]
+            pending = []
+        input_ids, positions, meta = self.prepare(inputs)
+        if pending:
+            fill_pending(input_ids, inputs, pending, held.tokens, self.tensor)
+        if self.worker is None:
+            logits = self._forward_step(inputs, input_ids, positions, meta)
+        else:
+            logits = self.worker.submit(self._forward_step, inputs, input_ids, positions, meta)
+        return InFlight(plan, logits)
+
+    def sample(self, flight: InFlight) -> None:
+        """Draw a token for each sequence of the launched step that samples and has not finished
+        meanwhile (drawing one for it would still advance a seeded request's noise). On CUDA the
+        tokens start for the host; nothing waits for them."""
+        logits = flight.logits.result() if isinstance(flight.logits, Future) else flight.logits
+        flight.logits, plan, running = None, flight.plan, SequenceStatus.RUNNING
+        flight.rows = rows = [i for i, (seq, samples) in enumerate(zip(plan.seqs, plan.samples))
+                              if samples and seq.status is running]
         if not rows:
             return
-        if step.verify:  # speculative decoding (no overlap): verify the drafts
-            step.tokens = verify(self.sampler, logits.float(), seqs)  # each one's run (-1: a prefill chunk)
-            return
-        if len(rows) < len(seqs):
-            step.rows, logits, seqs = rows, logits[self.tensor(rows, torch.int64)], [seqs[i] for i in rows]
-        step.tokens = tokens = self.sampler(logits.float(), seqs)  # a list, or a tensor (device_tokens)
+        if len(rows) < len(plan.seqs):
+            logits = logits[self.tensor(rows, torch.int64)]
+        seqs = [plan.seqs[i] for i in rows]
+        flight.tokens = self.sampler(logits.float(), seqs)
         if any(seq.logprobs is not None for seq in seqs):
-            step.logits = logits  # read for the logprobs once the tokens are on the host
-        if isinstance(tokens, torch.Tensor) and self.device.type == "cuda" and self.config.async_scheduling:
-            step.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            step.host.copy_(tokens, non_blocking=True)
-            step.arrived = torch.cuda.Event()
-            step.arrived.record()
+            flight.logits = logits  # read for the logprobs once the tokens are on the host
+        if self.device.type == "cuda":
+            flight.host = torch.empty(flight.tokens.shape, dtype=flight.tokens.dtype, pin_memory=True)
+            flight.host.copy_(flight.tokens, non_blocking=True)
+            flight.arrived = torch.cuda.Event()
+            flight.arrived.record()
 
-    def collect(self, step: Step) -> list[int] | list[int | list[int]]:
-        """The sampled token of each sequence of `step` (-1 where it sampled none), once on the host;
-        after a verify step, each one's run: its accepted drafts and one token of the model's own."""
-        if step.tokens is None:
-            return [-1] * len(step.seqs)
-        if step.arrived is not None:
-            step.arrived.synchronize()
-            values = step.host.tolist()
+    def collect(self, flight: InFlight) -> StepResult:
+        """The launched step's result, once its tokens are on the host."""
+        if flight.tokens is None:
+            return StepResult([None] * len(flight.plan.seqs))
+        if flight.arrived is not None:
+            flight.arrived.synchronize()
+            values = flight.host.tolist()
         else:
-            values = step.tokens if isinstance(step.tokens, list) else step.tokens.tolist()
-        if step.logits is not None:
-            sampled = step.seqs if step.rows is None else [step.seqs[i] for i in step.rows]
-            record_logprobs(step.logits, sampled, range(len(sampled)), values)
-            step.logits = None
-        if step.rows is None:
-            return values
-        token_ids = [-1] * len(step.seqs)
-        for i, token_id in zip(step.rows, values):
-            token_ids[i] = token_id
-        return token_ids
+            values = flight.tokens.tolist()
+        seqs = [flight.plan.seqs[i] for i in flight.rows]
+        logprobs = logprobs_of(flight.logits, seqs, values) if flight.logits is not None else None
+        return StepResult(*_scatter(len(flight.plan.seqs), flight.rows, values, logprobs))
+
+    def for_draft_model(self, path: str) -> "ModelRunner":
+        """A runner for the draft model at `path` (speculative.model): this one's device, dtype and
+        limits, tp=1, attention and forward chosen for it by auto, and a cache of as many blocks."""
+        from nvllm.config import Config, detect_architecture
+
+        target = self.config
+        config = Config(tp=1, compile=target.compile, dtype=target.dtype, device=target.device,
+                        max_num_seqs=target.max_num_seqs, max_num_batched_tokens=target.max_num_batched_tokens,
+                        max_model_len=target.max_model_len, seed=target.seed,
+                        model=registry.make_config("model", {"name": detect_architecture(path), "path": path}),
+                        scheduler=target.scheduler, kv_cache=replace(target.kv_cache, num_blocks=self.num_blocks),
+                        attention="auto", sampler=target.sampler, forward="auto").resolve(AutoConfig.from_pretrained(path))
+        return ModelRunner(config, path)
+
+    def warm_up(self) -> None:
+        warm_up(self, self.num_blocks, self.block_size, self.config.max_model_len)
+
+    def release(self, seq) -> None:
+        self.sampler.release(seq)
+
+    def describe(self) -> dict | None:
+        return getattr(self.forward_strategy, "describe", lambda: None)()
 
     def close(self):
         if self.worker is not None:
             self.worker.shutdown(wait=True)  # the step in flight ends before the cache goes
             self.worker = None
-        for m in self._attention_layers() if self.model is not None else ():
+        for m in self._attention_layers():
             m.k_cache = m.v_cache = torch.tensor([])
         self.forward_strategy.close()  # graphs, packed copies, its pointers into the cache just freed
         del self.model
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _scatter(size: int, rows: list[int], tokens: list[int], logprobs: list | None) -> tuple[list, list | None]:
+    """Per-row tokens (and logprobs) of the sampled `rows` spread over all `size` sequences (None elsewhere)."""
+    all_tokens, all_logprobs = [None] * size, None if logprobs is None else [None] * size
+    for k, i in enumerate(rows):
+        all_tokens[i] = tokens[k]
+        if logprobs is not None:
+            all_logprobs[i] = logprobs[k]
+    return all_tokens, all_logprobs

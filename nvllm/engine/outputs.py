@@ -116,13 +116,13 @@ class LiveRequest:
     detokenizer: Detokenizer
     num_sent: int = 0  # generated tokens already in a delta
 
-    def delta(self, now: float) -> RequestDelta:
-        """The tokens and text added since the last delta, however many. A stop string found in
-        the text finishes the completion here (finish_reason "stop"); the caller frees what a
-        finished one holds and sets `finished` once every completion of the request has. Several
-        new tokens (accepted drafts) go through the stop strings one at a time: the completion ends
-        at the token that completed one, as it would have without speculation, and the tokens
-        after it are dropped."""
+    def delta(self, now: float, scheduler) -> RequestDelta:
+        """The tokens and text added since the last delta, however many. It only reads the
+        sequence: a stop string found in the text is reported to `scheduler.stop`, which finishes
+        the completion there ("stop"); the caller frees what a finished one holds and sets
+        `finished` once every completion of the request has. Several new tokens (accepted drafts)
+        go through the stop strings one at a time: the completion ends at the token that completed
+        one, as it would have without speculation, and the tokens after it are dropped."""
         seq, detokenizer = self.seq, self.detokenizer
         start = self.num_sent
         new_ids = seq.token_ids[seq.num_prompt_tokens + start:]
@@ -135,31 +135,22 @@ class LiveRequest:
         if detokenizer.stop and len(text_ids) > 1:  # (stop strings make it incremental: text_ids are new_ids)
             text, stopped = "", False
             for i, token_id in enumerate(text_ids):
-                last = i == len(text_ids) - 1
-                piece, stopped = detokenizer.update([token_id], finished and last)
+                piece, stopped = detokenizer.update([token_id], finished and i == len(text_ids) - 1)
                 text += piece
-                if stopped and not last:
-                    del seq.token_ids[len(seq) - len(new_ids) + i + 1:]  # never generated, as far as anyone sees
-                    seq.num_tokens, seq.last_token = len(seq.token_ids), seq.token_ids[-1]
-                    del seq.token_times[seq.num_completion_tokens:]
+                if stopped:
                     new_ids = new_ids[:i + 1]
                     break
         else:
             text, stopped = detokenizer.update(text_ids, finished)
-        self.num_sent += len(new_ids)
         if stopped:
-            seq.finish_reason, finished = "stop", True
-        if finished:
-            seq.finish_time = now
-            if seq.logprobs is not None and len(seq.logprobs) > seq.num_completion_tokens:
-                # a verify step drew past where the completion ended (an accepted run cut short)
-                del seq.logprobs[seq.num_completion_tokens:]
-                seq.cumulative_logprob = sum(e[t][0] for e, t in zip(seq.logprobs, seq.completion_token_ids))
+            scheduler.stop(seq, start + len(new_ids), now)
+            finished = True
+        self.num_sent += len(new_ids)
         logprobs = None
         if seq.logprobs is not None:
             logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
         return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
-                            seq.num_prompt_tokens, seq.num_completion_tokens, index=seq.index, logprobs=logprobs,
+                            seq.num_prompt_tokens, seq.num_tokens - seq.num_prompt_tokens, index=seq.index, logprobs=logprobs,
                             cumulative_logprob=seq.cumulative_logprob)
 
     def _logprobs(self, entry: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
@@ -204,13 +195,13 @@ class SpecDecodingStats:
     def __post_init__(self):
         self.num_accepted_tokens_per_pos = self.num_accepted_tokens_per_pos or [0] * self.num_spec_tokens
 
-    def record(self, seqs: list[Sequence], runs: list) -> None:
-        """One step: each sequence's drafts and the run the verification kept (before postprocess)."""
-        for seq, run in zip(seqs, runs):
-            if seq.draft_token_ids:
+    def record(self, plan, result) -> None:
+        """One step: each sequence's drafts (a StepPlan's) and the run the verification kept (its StepResult's)."""
+        for drafts, run in zip(plan.drafts, result.tokens):
+            if drafts and run is not None:
                 accepted = len(run) - 1
                 self.num_drafts += 1
-                self.num_draft_tokens += len(seq.draft_token_ids)
+                self.num_draft_tokens += len(drafts)
                 self.num_accepted_tokens += accepted
                 for pos in range(accepted):
                     self.num_accepted_tokens_per_pos[pos] += 1

@@ -1,43 +1,45 @@
-"""What overlap scheduling (async_scheduling) adds to a step: the launched step the engine keeps
-while it schedules the next one, and the input tokens of that next one that are still PENDING (the
-launched step's samples, not yet on the host), filled in on the device from its token tensor."""
+"""What overlap scheduling (async_scheduling) holds between two steps: the launched step, whose
+tokens the host has not seen yet, and how the next step's inputs get those tokens on the device.
+
+The scheduler counts a launched step's sampled token as coming (in `num_tokens`, not yet in
+`token_ids`: `Scheduler.commit`), so the next step can be scheduled and packed at once; a sequence
+whose last input token is such a token gets it from the launched step's token tensor, here."""
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from nvllm.sequence import PENDING, Sequence
+from nvllm.step import StepPlan
+
 
 @dataclass
-class Step:
-    """A launched step. `logits`: a tensor (computed asynchronously on CUDA) or, on a CPU with
-    async_scheduling, the Future of the worker thread computing it. Once sampled: `tokens` (one per
-    sampled sequence: a tensor on the device from a sampler that can, else a list), `rows` (the
-    indices in `seqs` of those sequences; None: all) and on CUDA `host`, their pinned host copy,
-    and `arrived`, the event recorded after it."""
-    seqs: list[Sequence]
-    num_tokens: int
-    is_decode: bool
+class InFlight:
+    """A launched step. `logits`: a tensor (computed asynchronously on CUDA) or, on a CPU, the
+    Future of the worker thread computing it; once sampled, the logits only where logprobs are
+    asked. Once sampled: `tokens` (a tensor on the device, one per sampled sequence), `rows` (the
+    indices in `plan.seqs` of those sequences) and on CUDA `host`, their pinned host copy, and
+    `arrived`, the event recorded after it."""
+    plan: StepPlan
     logits: torch.Tensor | Future | None = None
-    tokens: torch.Tensor | list[int] | None = None
+    tokens: torch.Tensor | None = None
     rows: list[int] | None = None
     host: torch.Tensor | None = None
     arrived: object = None
-    launched: float = 0.0  # the engine's clock
-    verify: bool = False  # speculative decoding: some sequences ran drafts, which sample verifies
 
-
-def pending_inputs(seqs: list[Sequence], inputs: list[tuple], in_flight: Step) -> list[tuple[int, int]]:
-    """(index in `seqs`, row in `in_flight.tokens`) of each sequence whose last input token is still
-    PENDING: a sample of `in_flight` (a sequence has at most one, its last token). `inputs`: the
-    model runner's StepInputs for `seqs`."""
-    pending = [i for i, (token_ids, *_) in enumerate(inputs) if token_ids[-1] == PENDING]
-    if not pending:
-        return []
-    sampled = in_flight.seqs if in_flight.rows is None else [in_flight.seqs[i] for i in in_flight.rows]
-    row = {seq.seq_id: r for r, seq in enumerate(sampled)}
-    return [(i, row[seqs[i].seq_id]) for i in pending]
+    def pending(self, plan: StepPlan, inputs: list[tuple]) -> list[tuple[int, int]]:
+        """(index in `plan`, row in `self.tokens`) of each sequence of the next step whose last
+        input token is this step's sample: its input list is one short (the token has not arrived);
+        a placeholder 0 takes the token's place until it is filled in."""
+        pending = []
+        for i, (token_ids, n) in enumerate(zip(inputs, plan.num_tokens)):
+            if len(token_ids[0]) < n:
+                token_ids[0].append(0)
+                pending.append(i)
+        if not pending:
+            return []
+        row = {self.plan.seqs[i].seq_id: r for r, i in enumerate(self.rows or ())}
+        return [(i, row[plan.seqs[i].seq_id]) for i in pending]
 
 
 def fill_pending(input_ids: torch.Tensor, inputs: list[tuple], pending: list[tuple[int, int]],

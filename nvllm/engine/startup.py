@@ -3,8 +3,8 @@
 
 def startup_line(engine) -> str:
     """One line on what really runs: model, device, dtype, forward strategy, attention backend, KV cache."""
-    c, runner, kv = engine.config, engine.model_runner, engine.kv_cache
-    gib = kv.num_blocks * runner._block_bytes() / 2**30
+    c, runner, kv = engine.config, engine.executor, engine.kv_cache
+    gib = kv.num_blocks * runner.block_bytes() / 2**30
     auto = lambda choice: " (auto)" if choice else ""  # noqa: E731
     return (f"nvllm: model={c.model.name} ({engine.model_path}{', RANDOM WEIGHTS' if engine.random_weights else ''}) "
             f"on {c.device}, {c.dtype}, tp={c.tp}; forward={c.forward.name}{auto(c.forward_choice)}, "

@@ -15,11 +15,9 @@ strategy. `forward=auto` takes the best-ranked one whose `check` passes where th
                                meta.num_layers set, runs only the model's first layers)
     strategy.close()
 
-A strategy with `computes_tensors = False` (forward=simulated) stands in for the forward pass: the
-runner loads no weights and allocates no KV tensors, asks it for the cache's size
-(`kv_cache_blocks`) and, each step, for the next token ids (`next_tokens`) instead of packing
-inputs and sampling logits; the engine reads its `clock` and asks it about each request first
-(`check_request`)."""
+forward=simulated is not a strategy but an executor of its own (nvllm/step.py's Executor): it
+stands in for the model runner, loading no weights and computing no tensors; it is registered in
+this family so that `forward=simulated` chooses it (`standalone_executor`)."""
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -28,7 +26,7 @@ import torch
 
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
-from nvllm.engine.clock import Clock
+from nvllm.step import Executor
 
 
 @dataclass(frozen=True)
@@ -68,10 +66,6 @@ class ForwardStrategy(ABC):
     # forward=auto's order of preference per device type ("cuda", "cpu"), lowest first; a strategy
     # that does not rank a device type is never auto's choice there (but may be asked for)
     auto_rank: ClassVar[dict[str, int]] = {}
-    # False: the strategy computes no tensors and stands in for the forward pass (forward=simulated)
-    computes_tensors: ClassVar[bool] = True
-    # a clock of the strategy's own (forward=simulated: simulated time); the engine reads it when set
-    clock: Clock | None = None
 
     @classmethod
     def check(cls, target: ForwardTarget) -> None:
@@ -106,21 +100,14 @@ class ForwardStrategy(ABC):
     def close(self) -> None:
         """Drop what the strategy holds (graphs, packed copies, pointers into the cache)."""
 
-    # -- computes_tensors = False only ----------------------------------------------------------------
-    def kv_cache_blocks(self, kv_config) -> int:
-        """The number of KV cache blocks the run has (no cache tensors are allocated)."""
-        raise NotImplementedError
-
-    def next_tokens(self, seqs) -> list[int]:
-        """The step, without tensors: each sequence's next token id (-1 for a prefill chunk that does
-        not finish its prompt), in place of the forward pass and the sampler."""
-        raise NotImplementedError
-
-    def check_request(self, prompt, sampling_params) -> None:
-        """Raise ValueError naming the fix for a request this strategy cannot run honestly."""
+    def describe(self) -> dict | None:
+        """What metrics.json records of the strategy beyond its config (None: nothing)."""
+        return None
 
 
-def computes_tensors(forward_config) -> bool:
-    """Whether the forward strategy a config names (a Config, a name, or auto) computes tensors."""
+def standalone_executor(forward_config) -> type[Executor] | None:
+    """The executor class a config's forward names when it stands in for the model runner
+    (forward=simulated), else None: the model runner runs the named strategy (or auto's)."""
     name = forward_config if isinstance(forward_config, str) else forward_config.name
-    return name == "auto" or registry.get("forward", name).computes_tensors
+    cls = None if name == "auto" else registry.get("forward", name)
+    return cls if issubclass(cls or object, Executor) else None

@@ -10,28 +10,33 @@ output says so). It needs no weights: a model's config.json or a named shape (`m
 A request ends at its max_tokens, never on a sampled token, so what depends on the text — stop
 strings, stop tokens, EOS, logprobs, text prompts — is refused. Never auto's choice.
 
+It is an executor (nvllm/step.py), not a forward strategy: it stands in for the whole model runner
+(weights, KV cache tensors, forward pass and sampler), and each plan gives a StepResult of stand-in
+token ids.
+
 A cost model of your own (one fitted to another GPU, say): subclass SimulatedForward, give it a
 name and Config, return your CostModel from `cost_model()`, register it like any strategy."""
 import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from nvllm.engine.clock import VirtualClock
-from nvllm.engine.model_runner import CPU_DEFAULT_BUDGET_GB
+from nvllm.clock import VirtualClock
 from nvllm.errors import ConfigError
-from nvllm.forward.base import ForwardStrategy, ForwardTarget
+from nvllm.forward.base import ForwardTarget
 from nvllm.hookspecs import hookimpl
 from nvllm.simulation.cost import DTYPE_BYTES, CostModel, ProfileCost, ModelDims, RooflineCost, StepShape, load_profile
+from nvllm.kv_cache.base import CPU_DEFAULT_BUDGET_GB
 from nvllm.simulation.hardware import hardware
+from nvllm.step import Executor, StepPlan, StepResult
 
 AUTO = "auto"
 
 
-class SimulatedForward(ForwardStrategy):
+class SimulatedForward(Executor):
     """No tensors: each step advances a virtual clock by a cost model's time (a profile, else an uncalibrated roofline)."""
 
     name = "simulated"
-    computes_tensors = False
+    auto_rank: dict = {}  # never auto's choice
 
     @dataclass
     class Config:
@@ -45,6 +50,10 @@ class SimulatedForward(ForwardStrategy):
         dtype: str = AUTO
         # the forward strategy whose steps are simulated: auto (the profile's); naming another is refused
         strategy: str = AUTO
+
+    @classmethod
+    def check(cls, target: ForwardTarget) -> None:
+        """It runs anywhere (it runs nothing)."""
 
     @classmethod
     def resolve(cls, config, target: ForwardTarget):
@@ -77,18 +86,21 @@ class SimulatedForward(ForwardStrategy):
                               f"forward.profile for the (uncalibrated) roofline")
         return replace(config, **measured)
 
-    def __init__(self, config, runner):
-        super().__init__(config, runner)
+    def __init__(self, config, run_config, hf_config):
+        """`config`: forward=simulated's Config (resolved); `run_config`: the engine's; `hf_config`:
+        the model's transformers config (or a named shape's)."""
+        self.config, self.run = config, run_config
         self.clock = VirtualClock()
-        self.vocab = runner.hf_config.vocab_size
-        self.dims = ModelDims.of(runner.hf_config)
-        self.tp = runner.config.tp
+        self.vocab = hf_config.vocab_size
+        self.dims = ModelDims.of(hf_config)
+        self.tp = run_config.tp
         self.profile = load_profile(config.profile) if config.profile else None
         if self.profile is not None:
-            self._check_profile(runner)
+            self._check_profile(run_config)
         self.cost = self.cost_model()
         self.steps = 0
         self._host_start = (time.perf_counter(), time.process_time())
+        self.num_blocks = self.kv_cache_blocks(run_config.kv_cache)
 
     def cost_model(self) -> CostModel:
         """The model each step's duration comes from (a plugin overrides this)."""
@@ -96,7 +108,7 @@ class SimulatedForward(ForwardStrategy):
             return ProfileCost(self.profile["coefficients_s"], self.profile, self.config.profile)
         return RooflineCost(self.dims, hardware(self.config.hardware), self.config.dtype, self.tp)
 
-    def _check_profile(self, runner):
+    def _check_profile(self, run_config):
         """The profile's model shape must be the run's; a named attention backend must be the profile's."""
         measured = self.profile["model"].get("dims")
         if measured != self.dims.as_dict():
@@ -104,8 +116,8 @@ class SimulatedForward(ForwardStrategy):
             raise ConfigError(f"forward.profile={self.config.profile} was measured on another model shape "
                               f"({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in diff.items()) or 'none recorded'}); "
                               f"profile this model (python -m nvllm.tools.profile <this run's overrides> --out FILE)")
-        attention = runner.config.attention
-        if runner.config.attention_choice is None and attention.name != self.profile["attention"]:
+        attention = run_config.attention
+        if run_config.attention_choice is None and attention.name != self.profile["attention"]:
             raise ConfigError(f"attention={attention.name} but forward.profile={self.config.profile} was measured with "
                               f"attention={self.profile['attention']} (a profile of one kernel mispredicts another): "
                               f"drop attention= or profile attention={attention.name}")
@@ -118,7 +130,7 @@ class SimulatedForward(ForwardStrategy):
         else (a CPU) the runner's CPU default; never more than max_num_seqs full-length sequences use."""
         if kv_config.num_blocks:
             return kv_config.num_blocks
-        c, dtype_bytes = self.runner.config, DTYPE_BYTES[self.config.dtype]
+        c, dtype_bytes = self.run, DTYPE_BYTES[self.config.dtype]
         block_bytes = self.dims.kv_bytes_per_token(dtype_bytes, self.tp) * kv_config.block_size
         kind, memory_gib = self._memory()
         weights = self.dims.params * dtype_bytes / self.tp
@@ -145,18 +157,17 @@ class SimulatedForward(ForwardStrategy):
 
     def block_bytes(self) -> int:
         """A cache block's bytes on one rank, at the simulated dtype (the runner's _block_bytes)."""
-        return self.dims.kv_bytes_per_token(DTYPE_BYTES[self.config.dtype], self.tp) * self.runner.block_size
+        return self.dims.kv_bytes_per_token(DTYPE_BYTES[self.config.dtype], self.tp) * self.run.kv_cache.block_size
 
     # -- the step ---------------------------------------------------------------------------------
-    def next_tokens(self, seqs) -> list[int]:
-        self.clock.advance(self.cost.step_seconds(StepShape.of(seqs)))
+    def execute(self, plan: StepPlan) -> StepResult:
+        self.clock.advance(self.cost.step_seconds(StepShape.of(plan)))
         self.steps += 1
         # a stand-in token id, never read for lengths (those come from max_tokens): a function of the
         # sequence's last token and length, so that equal greedy sequences continue alike, as a
         # greedy model's would (their prefix-cache hits then match a real run's)
-        return [-1 if s.num_computed_tokens + s.num_scheduled_tokens < s.num_tokens else
-                (s.last_token * 7919 + s.num_tokens + (s.seq_id if s.sampling_params.temperature else 0)) % self.vocab
-                for s in seqs]
+        return StepResult([(s.last_token * 7919 + s.num_tokens + (s.seq_id if s.sampling_params.temperature else 0))
+                           % self.vocab if samples else None for s, samples in zip(plan.seqs, plan.samples)])
 
     def check_request(self, prompt, sampling_params) -> None:
         why = None
@@ -173,9 +184,6 @@ class SimulatedForward(ForwardStrategy):
             why = "there are no logits to take logprobs from; drop logprobs"
         if why:
             raise ValueError(f"forward={self.name}: {why}")
-
-    def __call__(self, input_ids, positions, meta):
-        raise RuntimeError("forward=simulated computes no tensors: the runner calls next_tokens")
 
     def describe(self) -> dict:
         """What metrics.json says of the simulation: the cost model, its provenance and measured

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from nvllm.sequence import Sequence
 
+CPU_DEFAULT_BUDGET_GB = 2.0  # the KV cache on a CPU when kv_cache sets no budget: a benchmark-sized batch of a small model
+
 
 @dataclass
 class KVCacheConfig:

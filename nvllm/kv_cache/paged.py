@@ -149,7 +149,8 @@ class PagedBlockManager(KVCacheAllocator):
     def on_computed(self, seq: Sequence):
         if not self.prefix_caching:
             return
-        num_full = seq.num_computed_tokens // self.block_size
+        # (overlap scheduling: a step may have computed a token whose value has not arrived yet)
+        num_full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.block_size
         hashed = self.num_hashed_blocks.get(seq.seq_id, 0)
         if num_full <= hashed:
             return

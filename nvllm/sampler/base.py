@@ -8,15 +8,16 @@ from nvllm.sequence import Sequence
 
 class Sampler(ABC):
     name: str
-    # the model's end-of-sequence ids (the engine sets them): SamplingParams.min_tokens masks them
-    eos_token_ids: frozenset[int] = frozenset()
-    # set by the model runner under async_scheduling: a sampler may then return its tokens as a 1-D
-    # integer tensor on the logits' device, so that the host need not wait for the device
-    device_tokens: bool = False
 
-    def __init__(self, config, device: torch.device):
+    def __init__(self, config, device: torch.device, eos_token_ids: frozenset[int] = frozenset(),
+                 device_tokens: bool = False):
+        """`eos_token_ids`: the model's end-of-sequence ids (SamplingParams.min_tokens masks them);
+        `device_tokens` (overlap scheduling): return the tokens as a 1-D integer tensor on the
+        logits' device, so that the host need not wait for the device; else a list."""
         self.config = config
         self.device = device
+        self.eos_token_ids = eos_token_ids
+        self.device_tokens = device_tokens
 
     @abstractmethod
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:

@@ -35,8 +35,8 @@ class DefaultSampler(Sampler):
     class Config:
         name: str = "default"
 
-    def __init__(self, config, device):
-        super().__init__(config, device)
+    def __init__(self, config, device, **kwargs):
+        super().__init__(config, device, **kwargs)
         self.generators: dict[int, torch.Generator] = {}
         self.history: dict[int, torch.Tensor] = {}  # seq id -> its token ids on the device (penalties)
 

@@ -1,29 +1,32 @@
-"""The scheduler family: which sequences run in each step, and who is preempted (by recompute).
+"""The scheduler family: which sequences run in each step, who is preempted (by recompute), and
+what a step's result does to them. The scheduler is the one writer of a Sequence's state.
 
 The loop is written once, here: prefill-first (nano-vllm: a step that admits runs only prefills)
 or, with `chunked_prefill`, running requests first and new prompts, split if need be, in what is
 left of the token budget. A policy overrides only what differs: `next_to_admit`, `skip_blocked`,
 `admission_victim`, `running_order`, `victim`, `chunk` (docs/plugins.md).
 
-After a step, `advance` counts its tokens as computed and gives each sequence that sampled a
-PENDING token (finishing those that reach their length limit); `settle` puts in the sampled values
-and finishes on EOS or a stop token. Without overlap scheduling both run once the step is done
-(`postprocess`); with it, `advance` runs as soon as the step is launched, so the next step can be
-scheduled while it runs, and `settle` one step later."""
+A step (nvllm/step.py): `schedule(lookahead)` returns a StepPlan; once it has run, `update(plan,
+result, now)` counts its tokens as computed, enters full blocks in the prefix cache, appends each
+sampled token or verified run, finishes what stops (EOS, a stop token, max_tokens, max_model_len)
+and frees its blocks, and returns a StepUpdate. Overlap scheduling calls `commit(plan)` at launch
+(the tokens computed, the coming token counted in `num_tokens` but not yet in `token_ids`, a length
+limit applied) and `update` a step later, when the token arrives. A stop string, found by the
+output layer, ends a sequence through `stop`."""
 from abc import ABC
 from collections import deque
 
 from nvllm.kv_cache.base import KVCacheAllocator
-from nvllm.sequence import PENDING, Sequence, SequenceStatus
+from nvllm.sequence import Sequence, SequenceStatus
+from nvllm.step import StepPlan, StepResult, StepUpdate
+
+RUNNING = SequenceStatus.RUNNING
 
 
 class Scheduler(ABC):
     name: str
     # prompts may be split across steps (the engine then allows max_num_batched_tokens < max_model_len)
     chunked_prefill: bool = False
-    # speculative decoding: most cache slots a decoding sequence may reserve past its last token for
-    # drafted tokens (the engine sets it from speculative.num_speculative_tokens; 0: none)
-    num_lookahead_tokens: int = 0
 
     def __init__(self, config, kv_cache: KVCacheAllocator, max_num_seqs: int,
                  max_num_batched_tokens: int, max_model_len: int, eos_token_ids: frozenset[int]):
@@ -66,29 +69,37 @@ class Scheduler(ABC):
         return min(len(seq) - seq.num_computed_tokens, budget)
 
     # -- the loop ------------------------------------------------------------------------------
-    def schedule(self) -> list[Sequence]:
-        """Pick this step's sequences and set each one's `num_scheduled_tokens`."""
-        scheduled, budget = [], self.max_num_batched_tokens
-        if not self.chunked_prefill:
-            budget = self._admit(scheduled, budget)
-            if scheduled:
-                return scheduled
-        budget = self._continue(scheduled, budget)
-        if self.num_lookahead_tokens:
-            budget = self._reserve_lookahead(scheduled, budget)
-        if self.chunked_prefill:
-            self._admit(scheduled, budget)
-        return scheduled
+    def schedule(self, lookahead: int = 0) -> StepPlan:
+        """This step's plan. `lookahead`: the most cache slots a decoding sequence may reserve past
+        its last token for drafts (speculative decoding; 0: none)."""
+        plan, budget = StepPlan([], [], [], True), self.max_num_batched_tokens
+        if not self.chunked_prefill and self.waiting:
+            budget = self._admit(plan, budget)
+            if plan.seqs:
+                return plan
+        budget = self._continue(plan, budget)
+        if lookahead:
+            budget = self._reserve_lookahead(plan, budget, lookahead)
+        if self.chunked_prefill and self.waiting:
+            self._admit(plan, budget)
+        return plan
 
-    def _admit(self, scheduled: list[Sequence], budget: int) -> int:
+    def _add(self, plan: StepPlan, seq: Sequence, tokens: int):
+        plan.seqs.append(seq)
+        plan.num_tokens.append(tokens)
+        plan.samples.append(seq.num_computed_tokens + tokens >= seq.num_tokens)
+        if plan.lookahead is not None:
+            plan.lookahead.append(0)
+
+    def _admit(self, plan: StepPlan, budget: int) -> int:
         passed = set()
-        while budget and len(self.running if self.chunked_prefill else scheduled) < self.max_num_seqs:
+        while budget and len(self.running if self.chunked_prefill else plan.seqs) < self.max_num_seqs:
             seq = self.next_to_admit(passed)
             if seq is None:
                 break
             fits = self.chunked_prefill or len(seq) <= budget  # prefill-first: the whole prompt in this step
             while fits and not self.kv_cache.can_allocate(seq):
-                victim = self.admission_victim(seq, self._unscheduled(seq))
+                victim = self.admission_victim(seq, self._unscheduled(seq, plan))
                 if victim is None:
                     fits = False
                 else:
@@ -99,61 +110,71 @@ class Scheduler(ABC):
                     continue
                 break
             self.kv_cache.allocate(seq)
-            seq.num_scheduled_tokens = self.chunk(seq, budget)
-            budget -= seq.num_scheduled_tokens
-            seq.status = SequenceStatus.RUNNING
+            tokens = self.chunk(seq, budget)
+            budget -= tokens
+            seq.status = RUNNING
             self.waiting.remove(seq)
             self.running.append(seq)
-            scheduled.append(seq)
+            self._add(plan, seq, tokens)
+            plan.is_decode = False
         return budget
 
-    def _continue(self, scheduled: list[Sequence], budget: int) -> int:
-        chunk, running = self.chunk, SequenceStatus.RUNNING
+    def _continue(self, plan: StepPlan, budget: int) -> int:
+        chunk, seqs, num_tokens = self.chunk, plan.seqs, plan.num_tokens
         for seq in self.running_order():
-            if not budget or len(scheduled) >= self.max_num_seqs:
+            if not budget or len(seqs) >= self.max_num_seqs:
                 break
-            if seq.status is not running:
+            if seq.status is not RUNNING:
                 continue  # preempted earlier in this step
-            if len(seq.block_table) * seq.block_size < seq.num_tokens and not self._make_room(seq):
+            if len(seq.block_table) * seq.block_size < seq.num_tokens and not self._make_room(seq, plan):
                 continue  # it was preempted itself
-            left = seq.num_tokens - seq.num_computed_tokens
-            seq.num_scheduled_tokens = tokens = 1 if left == 1 else chunk(seq, budget)  # a decode runs its token
-            budget -= tokens
-            scheduled.append(seq)
+            if seq.num_tokens - seq.num_computed_tokens == 1:  # a decode runs its token and samples
+                seqs.append(seq)
+                num_tokens.append(1)
+                plan.samples.append(True)
+                budget -= 1
+            else:
+                tokens = chunk(seq, budget)
+                self._add(plan, seq, tokens)
+                plan.is_decode = False
+                budget -= tokens
         return budget
 
-    def _make_room(self, seq: Sequence) -> bool:
+    def _make_room(self, seq: Sequence, plan: StepPlan) -> bool:
         """Give `seq` the blocks its tokens need, preempting others (or, failing that, itself)."""
         while not self.kv_cache.can_append(seq):
-            victim = self.victim(seq, self._unscheduled(seq)) or seq
+            victim = self.victim(seq, self._unscheduled(seq, plan)) or seq
             self.preempt(victim)
             if victim is seq:
                 return False
         self.kv_cache.may_append(seq)
         return True
 
-    def _reserve_lookahead(self, scheduled: list[Sequence], budget: int) -> int:
+    def _reserve_lookahead(self, plan: StepPlan, budget: int, lookahead: int) -> int:
         """Slots for drafted tokens, out of what the step's token budget and the free blocks have
         left once every running sequence has its token: a draft never preempts anyone, it is cut
-        (to none if need be). Only a sequence with one token left to compute (a decode) drafts, and
-        never past its max_tokens or max_model_len (the step also appends one token of its own)."""
-        for seq in scheduled:
+        (to none if need be). Only a decoding sequence drafts, and never past its max_tokens or
+        max_model_len (the step also appends one token of its own)."""
+        plan.lookahead = slots = [0] * len(plan.seqs)
+        for i, (seq, tokens) in enumerate(zip(plan.seqs, plan.num_tokens)):
             if not budget:
                 break
-            if seq.num_scheduled_tokens != 1 or len(seq) - seq.num_computed_tokens != 1:
+            if tokens != 1 or seq.num_tokens - seq.num_computed_tokens != 1:
                 continue
-            n = min(self.num_lookahead_tokens, budget, seq.sampling_params.max_tokens - seq.num_completion_tokens - 1,
+            n = min(lookahead, budget, seq.sampling_params.max_tokens - seq.num_completion_tokens - 1,
                     self.max_model_len - len(seq) - 1)
             while n > 0 and not self.kv_cache.can_append(seq, n):
                 n -= 1
             if n > 0:
                 self.kv_cache.may_append(seq, n)
-                seq.num_lookahead_tokens = n
+                slots[i] = n
                 budget -= n
         return budget
 
-    def _unscheduled(self, seq: Sequence) -> list[Sequence]:  # running, not yet given this step, in admission order
-        return [s for s in self.running if s is not seq and not s.num_scheduled_tokens]
+    def _unscheduled(self, seq: Sequence, plan: StepPlan) -> list[Sequence]:
+        """Running, not in this step's plan yet, in admission order: who may be preempted for `seq`."""
+        planned = {s.seq_id for s in plan.seqs}
+        return [s for s in self.running if s is not seq and s.seq_id not in planned]
 
     def preempt(self, seq: Sequence):
         """Recompute-style preemption: drop the cache, requeue at the front."""
@@ -161,112 +182,132 @@ class Scheduler(ABC):
         self.running.remove(seq)
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
-        seq.num_lookahead_tokens, seq.draft_token_ids = 0, []
         self.kv_cache.deallocate(seq)
         self.waiting.appendleft(seq)
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
-        """A finished step: `advance`, then `settle` with its sampled tokens (one per sequence; a
-        prefill chunk's entry is ignored). Returns the sequences it finished."""
-        finished = self.advance(seqs)
-        return finished + self.settle(seqs, token_ids)
-
-    def advance(self, seqs: list[Sequence]) -> list[Sequence]:
-        """A launched step's K/V is (or, before anything reads it, will be) in the cache: count its
-        tokens as computed, enter full blocks in the prefix cache, and give each sequence whose
-        prompt is complete a PENDING token; one that reaches max_tokens or max_model_len with it
-        finishes now (no later step schedules it). A sequence that finished while the step ran (an
-        abort, a stop found a step late) is skipped. Returns the sequences it finished."""
-        finished = []
-        on_computed, max_model_len = self.kv_cache.on_computed, self.max_model_len
-        for seq in seqs:
-            tokens, seq.num_scheduled_tokens = seq.num_scheduled_tokens, 0
-            if seq.status is not SequenceStatus.RUNNING:
-                continue
-            seq.num_computed_tokens += tokens
-            on_computed(seq)
-            if seq.num_computed_tokens < seq.num_tokens:
-                continue  # a prefill chunk: its sample is not the next token
-            seq.append_token(PENDING)
-            if seq.num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens:
-                self.finish(seq, "length")
-            elif seq.num_tokens >= max_model_len:
-                self.finish(seq, "max_model_len")
+    # -- a step's result ---------------------------------------------------------------------------
+    def update(self, plan: StepPlan, result: StepResult, now: float) -> StepUpdate:
+        """`plan` ran and gave `result`: count its tokens as computed (unless `commit` did at
+        launch), enter full blocks in the prefix cache, append each sampled token (at time `now`)
+        or verified run, and finish what stops: EOS or a stop token ("stop", even for a sequence
+        that max_tokens ended at launch), max_tokens ("length"), max_model_len. Returns what changed."""
+        update, committed, on_computed, logprobs = StepUpdate(), plan.committed, self.kv_cache.on_computed, result.logprobs
+        first = not plan.is_decode  # (a decode step's sequences were all scheduled before)
+        for i, (seq, token) in enumerate(zip(plan.seqs, result.tokens)):
+            if not committed:
+                seq.num_computed_tokens += plan.num_tokens[i]
+                on_computed(seq)
+                if first and seq.first_scheduled_time is None:
+                    seq.first_scheduled_time = plan.launched
+            elif seq.num_tokens == len(seq.token_ids):
+                continue  # no token is coming for it: it ended while the step ran
+            if token is None:
+                continue  # a prefill chunk that leaves part of its prompt for the next step
+            if token.__class__ is list:  # a verified run (speculative decoding)
+                before = len(seq.token_ids)
+                reason = self._append_run(seq, token, plan.lookahead[i], logprobs and logprobs[i], now)
+                n = len(seq.token_ids) - before
             else:
-                continue
-            finished.append(seq)
-        return finished
+                self._append(seq, token, logprobs[i][0] if logprobs and logprobs[i] else None, now)
+                if committed:
+                    on_computed(seq)  # a block its token completes is hashed once the token is known
+                reason, n = self._finish_reason(seq, token), 1
+            if reason and seq.status is not SequenceStatus.FINISHED:
+                self.finish(seq, reason, now)
+            elif reason == "stop":
+                seq.finish_reason = "stop"  # max_tokens ended it at launch (overlap): the stop token says why
+            if seq.status is SequenceStatus.FINISHED:
+                seq.finish_time = now
+                update.finished.append(seq)
+            update.seqs.append(seq)
+            update.num_new.append(n)
+        return update
 
-    def settle(self, seqs: list[Sequence], token_ids: list[int | list[int]]) -> list[Sequence]:
-        """A step's sampled tokens replace the PENDING ones `advance` gave (a sequence whose pending
-        token was dropped, or that sampled nothing, is skipped); EOS or a stop token finishes its
-        sequence with finish_reason "stop", even one that max_tokens already ended. Returns the
-        sequences it finished.
+    def _append(self, seq: Sequence, token_id: int, logprob: dict | None, now: float):
+        seq.token_ids.append(token_id)
+        seq.last_token = token_id
+        seq.num_tokens = max(seq.num_tokens, len(seq.token_ids))  # overlap already counted it
+        seq.token_times.append(now)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+            seq.cumulative_logprob += logprob[token_id][0]
 
-        An entry may be the run a verified draft gave (speculative decoding: its accepted drafted
-        tokens, then one of the model's own): the first replaces the PENDING token, the rest are
-        appended in order until one finishes the sequence (each accepted draft's K/V was computed in
-        the step), and the cache slots of the rejected drafts are rolled back."""
-        finished = []
-        for seq, sampled in zip(seqs, token_ids):
-            if sampled.__class__ is list or seq.num_lookahead_tokens:
-                if self._settle_run(seq, sampled if isinstance(sampled, list) else [sampled]):
-                    finished.append(seq)
-                continue
-            if seq.last_token != PENDING:
-                continue
-            seq.set_pending_token(sampled)
-            if self._stop_reason(seq, sampled):
-                if seq.is_finished:  # max_tokens had ended it at launch: the stop token says why
-                    seq.finish_reason = "stop"
-                else:
-                    self.finish(seq, "stop")
-                    finished.append(seq)
-        return finished
-
-    def _settle_run(self, seq: Sequence, run: list[int]) -> bool:
-        """`settle` for a sequence that drafted; True when its run finished it."""
-        lookahead, drafts = seq.num_lookahead_tokens, seq.draft_token_ids
-        seq.draft_token_ids, seq.num_lookahead_tokens = [], 0
-        if seq.last_token != PENDING:
-            return False
-        assert len(run) <= len(drafts) + 1, "a run is the accepted drafts and one token more"
-        seq.set_pending_token(run[0])
-        reason = self._stop_reason(seq, run[0])
-        for token_id in run[1:] if not reason else ():
-            seq.num_computed_tokens += 1  # the token before it: an accepted draft, computed in this step
-            seq.append_token(token_id)
-            reason = self._stop_reason(seq, token_id) or self._length_reason(seq)
+    def _append_run(self, seq: Sequence, run: list[int], lookahead: int, logprobs: list | None, now: float) -> str | None:
+        """`update` for a sequence that drafted: its run is the accepted drafts, then one token of
+        the model's own. Tokens are appended until one finishes the sequence (each accepted draft's
+        K/V was computed in the step); the cache slots of rejected drafts are rolled back. Returns
+        the finish reason, if any."""
+        reason = None
+        for j, token_id in enumerate(run):
+            if j:
+                seq.num_computed_tokens += 1  # the token before it: an accepted draft, computed in this step
+            self._append(seq, token_id, logprobs[j] if logprobs else None, now)
+            reason = self._finish_reason(seq, token_id)
             if reason:
                 break
         if len(run) > 1:
             self.kv_cache.on_computed(seq)  # a full block's hash covers accepted tokens only
-        if reason and seq.is_finished:  # max_tokens had ended it at launch: a stop token says why
-            seq.finish_reason = reason
-        elif reason:
-            self.finish(seq, reason)
-            return True
-        elif lookahead:
+        if not reason and lookahead:
             self.kv_cache.rollback(seq)
-        return False
+        return reason
 
-    def _stop_reason(self, seq: Sequence, token_id: int) -> str | None:
+    def commit(self, plan: StepPlan) -> None:
+        """Overlap scheduling, once `plan` is launched and before its result arrives: its tokens count
+        as computed, and each token it samples as coming (in `num_tokens`, not yet in `token_ids`),
+        so the next step can be scheduled now. A sequence that reaches max_tokens or max_model_len
+        with that token finishes here (no later step schedules it); the token still arrives. One
+        that finished meanwhile (EOS in the step before, an abort) is skipped."""
+        plan.committed = True
+        for seq, tokens, samples in zip(plan.seqs, plan.num_tokens, plan.samples):
+            if seq.status is not RUNNING:
+                continue
+            seq.num_computed_tokens += tokens
+            self.kv_cache.on_computed(seq)
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = plan.launched
+            if samples:
+                seq.num_tokens += 1
+                reason = self._length_reason(seq)
+                if reason:
+                    self.finish(seq, reason)
+                    seq.num_tokens += 1  # finish dropped the coming token; it still arrives with the result
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
+        """Why `token_id`, just appended, ends `seq`: EOS or a stop token, max_tokens, max_model_len."""
         sp = seq.sampling_params
         if (not sp.ignore_eos and token_id in self.eos_token_ids) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
             return "stop"
-        return None
+        return self._length_reason(seq)
 
     def _length_reason(self, seq: Sequence) -> str | None:
-        if seq.num_completion_tokens >= seq.sampling_params.max_tokens:
+        if seq.num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens:
             return "length"
         if seq.num_tokens >= self.max_model_len:
             return "max_model_len"
         return None
 
-    def finish(self, seq: Sequence, reason: str):
-        """End `seq` now, running or waiting (a stop condition, an abort): its blocks are freed."""
-        seq.finish_reason = reason
-        seq.status = SequenceStatus.FINISHED
+    def stop(self, seq: Sequence, num_completion_tokens: int, now: float) -> None:
+        """A stop string ended `seq` after its first `num_completion_tokens` generated tokens (the
+        output layer found it): those after are dropped, as if never generated, and it finishes
+        with "stop"."""
+        del seq.token_ids[seq.num_prompt_tokens + num_completion_tokens:]
+        seq.num_tokens, seq.last_token = len(seq.token_ids), seq.token_ids[-1]
+        del seq.token_times[num_completion_tokens:]
+        if seq.logprobs is not None and len(seq.logprobs) > num_completion_tokens:
+            del seq.logprobs[num_completion_tokens:]
+            seq.cumulative_logprob = sum(e[t][0] for e, t in zip(seq.logprobs, seq.completion_token_ids))
+        if seq.is_finished:
+            seq.finish_reason = "stop"
+        else:
+            self.finish(seq, "stop", now)
+
+    def finish(self, seq: Sequence, reason: str, now: float | None = None):
+        """End `seq` now, running or waiting (a stop condition, an abort): its blocks are freed, and a
+        token still coming for it (overlap scheduling) is dropped."""
+        seq.finish_reason, seq.status = reason, SequenceStatus.FINISHED
+        seq.num_tokens = len(seq.token_ids)
+        if now is not None:
+            seq.finish_time = now
         self.kv_cache.deallocate(seq)
         if seq in self.running:
             self.running.remove(seq)

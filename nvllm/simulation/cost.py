@@ -47,11 +47,11 @@ class StepShape:
     decode_kv: int = 0
 
     @classmethod
-    def of(cls, seqs) -> "StepShape":
-        """The shape of a step that runs `seqs` (each with num_computed_tokens and num_scheduled_tokens set)."""
+    def of(cls, plan) -> "StepShape":
+        """The shape of a step that runs `plan` (a StepPlan)."""
         shape = cls()
-        for seq in seqs:
-            start, q = seq.num_computed_tokens, seq.num_scheduled_tokens
+        for seq, q in zip(plan.seqs, plan.num_tokens):
+            start = seq.num_computed_tokens
             if q == 1:
                 shape.decode_seqs += 1
                 shape.decode_kv += start + 1

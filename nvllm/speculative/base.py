@@ -1,28 +1,29 @@
 """The speculative family: drafters that propose the tokens a sequence will probably generate
 next, so that one forward pass of the target model verifies several of them at once.
 
-A step with speculation (the engine's loop, nvllm/engine/llm_engine.py):
+A step with speculation (the engine's loop, nvllm/engine/llm_engine.py; the records, nvllm/step.py):
 
     drafter.lookahead(n)   how many slots a sequence may reserve this step, with n requests running
-    scheduler.schedule()   a decoding sequence may reserve that many cache slots past its last
-                           token (seq.num_lookahead_tokens): what the token budget and free blocks
-                           leave once every running sequence has its token
-    drafter.draft(seqs)    fills seq.draft_token_ids (at most the slots reserved; none is fine)
-    model_runner.run(seqs) scores the last token and every draft in one forward pass and keeps the
+    scheduler.schedule(k)  a decoding sequence may reserve up to k cache slots past its last token
+                           (plan.lookahead): what the token budget and free blocks leave once every
+                           running sequence has its token
+    drafter.draft(plan)    fills plan.drafts (at most the slots reserved; none is fine)
+    executor.execute(plan) scores the last token and every draft in one forward pass and keeps the
                            longest prefix of drafts the target agrees with, plus one token of its
                            own (nvllm/speculative/verify.py)
-    scheduler.postprocess  appends the run, counts the accepted drafts as computed, and rolls the
+    scheduler.update       appends the run, counts the accepted drafts as computed, and rolls the
                            cache slots of rejected drafts back (kv_cache.rollback)
 
 A drafter's life: `cls.check(config, hf_config, target)` when the config resolves (raise
 ConfigError naming the key and the fix), built as `cls(config, runner=...)` once the model runner
-exists (the KV cache too), `propose(seqs)` every step that reserved slots, `close()`."""
+exists (the KV cache too), `propose(seqs, slots)` every step that reserved slots, `close()`."""
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from nvllm.errors import ConfigError
 from nvllm.sequence import Sequence
+from nvllm.step import StepPlan
 
 
 @dataclass
@@ -94,18 +95,19 @@ class Drafter(ABC):
         return k if budget is None else min(k, budget // max(num_running, 1))
 
     @abstractmethod
-    def propose(self, seqs: list[Sequence]) -> list[list[int]]:
-        """For each sequence (every token but its last is in the cache), at most
-        `seq.num_lookahead_tokens` tokens to follow its last one; fewer, or none, is fine. Called
-        on rank 0 only."""
+    def propose(self, seqs: list[Sequence], slots: list[int]) -> list[list[int]]:
+        """For each sequence (every token but its last is in the cache), at most `slots[i]` tokens
+        to follow its last one; fewer, or none, is fine. Called on rank 0 only."""
 
-    def draft(self, seqs: list[Sequence]) -> None:
-        """Set `draft_token_ids` on the scheduled sequences that reserved slots for drafts."""
-        drafting = [seq for seq in seqs if seq.num_lookahead_tokens]
+    def draft(self, plan: StepPlan) -> None:
+        """Fill `plan.drafts` for the sequences that reserved slots (`plan.lookahead`)."""
+        drafting = [i for i, n in enumerate(plan.lookahead or ()) if n]
         if not drafting:
             return
-        for seq, tokens in zip(drafting, self.propose(drafting)):
-            seq.draft_token_ids = list(tokens[:seq.num_lookahead_tokens])
+        plan.drafts = [[] for _ in plan.seqs]
+        slots = [plan.lookahead[i] for i in drafting]
+        for i, n, tokens in zip(drafting, slots, self.propose([plan.seqs[i] for i in drafting], slots)):
+            plan.drafts[i] = list(tokens[:n])
 
     def close(self) -> None:
         """Drop what the drafter holds."""

@@ -19,7 +19,7 @@ holds, which after a verify step is the smaller of what it wrote and what the ta
 import inspect
 import json
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -88,21 +88,21 @@ class DraftModelDrafter(Drafter):
             self.draft_runner = runner
             self.num_layers = config.num_layers or max(1, runner.hf_config.num_hidden_layers // 4)
         else:
-            self.draft_runner = own_runner(config.model, runner)
+            self.draft_runner = runner.for_draft_model(config.model)
             self.num_layers = config.num_layers  # None: every layer of the draft model
         # speculative.model: per sequence, (its preemptions, positions the draft model's cache holds)
         self.cached: weakref.WeakKeyDictionary[Sequence, tuple[int, int]] = weakref.WeakKeyDictionary()
 
-    def propose(self, seqs: list[Sequence]) -> list[list[int]]:
+    def propose(self, seqs: list[Sequence], slots: list[int]) -> list[list[int]]:
         if self.draft_runner is not self.runner:
             self._catch_up(seqs)
         drafts: list[list[int]] = [[] for _ in seqs]
-        for j in range(max(seq.num_lookahead_tokens for seq in seqs)):
-            batch = [b for b, seq in enumerate(seqs) if j < seq.num_lookahead_tokens]
+        for j in range(max(slots)):
+            batch = [b for b, n in enumerate(slots) if j < n]
             # position len-1 (the last token, not yet in the cache) first, then each draft after it
             inputs = [([drafts[b][-1] if j else seqs[b].last_token], len(seqs[b]) - 1 + j, seqs[b].block_table)
                       for b in batch]
-            logits = self.draft_runner.execute(inputs, num_layers=self.num_layers)
+            logits = self.draft_runner.run_inputs(inputs, num_layers=self.num_layers)
             for b, token_id in zip(batch, logits.argmax(dim=-1).tolist()):
                 drafts[b].append(token_id)
         if self.draft_runner is not self.runner:  # what the draft steps wrote: len-1 .. len-2+k
@@ -120,31 +120,12 @@ class DraftModelDrafter(Drafter):
             if start < len(seq) - 1:
                 inputs.append((seq.token_ids[start:len(seq) - 1], start, seq.block_table))
         if inputs:
-            self.draft_runner.execute(inputs)
+            self.draft_runner.run_inputs(inputs)
 
     def close(self):
         if self.draft_runner is not self.runner:
             self.draft_runner.close()
         self.draft_runner = None
-
-
-def own_runner(path: str, runner):
-    """A ModelRunner for the draft model at `path`: the target's device, dtype and limits, tp=1,
-    attention and forward chosen for it by auto, and a cache of as many blocks as the target's."""
-    from transformers import AutoConfig
-
-    from nvllm.config import Config, detect_architecture
-    from nvllm.engine.model_runner import ModelRunner
-
-    target = runner.config
-    hf_config = AutoConfig.from_pretrained(path)
-    config = Config(tp=1, compile=target.compile, dtype=target.dtype, device=target.device,
-                    max_num_seqs=target.max_num_seqs, max_num_batched_tokens=target.max_num_batched_tokens,
-                    max_model_len=target.max_model_len, seed=target.seed,
-                    model=registry.make_config("model", {"name": detect_architecture(path), "path": path}),
-                    scheduler=target.scheduler, kv_cache=replace(target.kv_cache, num_blocks=runner.num_blocks),
-                    attention="auto", sampler=target.sampler, forward="auto").resolve(hf_config)
-    return ModelRunner(config, path)
 
 
 @hookimpl

@@ -67,10 +67,10 @@ class NgramDrafter(Drafter):
                 raise refuse("prompt_lookup_max", self.prompt_lookup_max,
                               f"it must be >= speculative.prompt_lookup_min ({self.prompt_lookup_min})")
 
-    def propose(self, seqs: list[Sequence]) -> list[list[int]]:
+    def propose(self, seqs: list[Sequence], slots: list[int]) -> list[list[int]]:
         c = self.config
-        return [lookup(np.asarray(seq.token_ids), c.prompt_lookup_min, c.prompt_lookup_max, seq.num_lookahead_tokens)
-                for seq in seqs]
+        return [lookup(np.asarray(seq.token_ids), c.prompt_lookup_min, c.prompt_lookup_max, n)
+                for seq, n in zip(seqs, slots)]
 
 
 @hookimpl

@@ -21,11 +21,8 @@ class NoSpeculation(Drafter):
     def num_speculative_tokens(self) -> int:
         return 0
 
-    def propose(self, seqs):
+    def propose(self, seqs, slots):
         return [[] for _ in seqs]
-
-    def draft(self, seqs):
-        pass  # the scheduler reserved nothing: nothing to look at
 
 
 @hookimpl

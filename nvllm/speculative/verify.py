@@ -22,8 +22,9 @@ from copy import copy
 
 import torch
 
-from nvllm.sampler.logprobs import record_logprobs
+from nvllm.sampler.logprobs import logprob_entries
 from nvllm.sequence import Sequence
+from nvllm.step import StepPlan, StepResult
 
 
 def with_history(seq: Sequence, extra: list[int]) -> Sequence:
@@ -37,57 +38,62 @@ def with_history(seq: Sequence, extra: list[int]) -> Sequence:
     return view
 
 
-def verify(sampler, logits: torch.Tensor, seqs: list[Sequence]) -> list[int | list[int]]:
-    """Each sequence's run (its accepted drafts, then the target's next token), or -1 for a prefill
-    chunk (no token this step). `logits` holds 1 + len(seq.draft_token_ids) rows per sequence."""
+def verify(sampler, logits: torch.Tensor, plan: StepPlan) -> StepResult:
+    """Each sequence's run (its accepted drafts, then the target's next token), or None for a
+    prefill chunk (no token this step), and their logprobs where asked. `logits` holds
+    1 + len(plan.drafts[b]) rows per sequence."""
+    seqs, drafts = plan.seqs, plan.drafts
     first_row, row = [], 0
-    for seq in seqs:
+    for d in drafts:
         first_row.append(row)
-        row += 1 + len(seq.draft_token_ids)
-    runs: list[int | list[int]] = [-1] * len(seqs)
-    live = [b for b, seq in enumerate(seqs) if seq.num_computed_tokens + seq.num_scheduled_tokens >= len(seq)]
+        row += 1 + len(d)
+    live = [b for b, samples in enumerate(plan.samples) if samples]
+    runs: list = [None] * len(seqs)
+    logprobs = [[] if seqs[b].logprobs is not None else None for b in range(len(seqs))]
     for b in live:
         runs[b] = []
     if all(seqs[b].sampling_params.temperature == 0 for b in live):
-        return _verify_greedy(sampler, logits, seqs, first_row, live, runs)
+        return _verify_greedy(sampler, logits, seqs, drafts, first_row, live, runs, logprobs)
     j = 0
     while live:
         views = [with_history(seqs[b], runs[b]) for b in live]
         rows = logits[[first_row[b] + j for b in live]]
         sampled = sampler(rows, views)
-        # logprobs (SamplingParams.logprobs) of each token drawn, from the row's raw logits; the
-        # completion drops those of tokens past where it finished (LiveRequest.delta)
-        record_logprobs(rows, [seqs[b] for b in live], list(range(len(live))), sampled)
+        # logprobs (SamplingParams.logprobs) of each token drawn, from the row's raw logits
+        entries = logprob_entries(rows, [seqs[b] for b in live], range(len(live)), sampled)
         still = []
-        for b, token_id in zip(live, sampled):
+        for k, (b, token_id) in enumerate(zip(live, sampled)):
             runs[b].append(token_id)
-            drafts = seqs[b].draft_token_ids
-            if j < len(drafts) and token_id == drafts[j]:
+            if k in entries:
+                logprobs[b].append(entries[k])
+            if j < len(drafts[b]) and token_id == drafts[b][j]:
                 still.append(b)
         live, j = still, j + 1
-    return runs
+    return StepResult(runs, logprobs if any(lp is not None for lp in logprobs) else None)
 
 
-def _verify_greedy(sampler, logits, seqs, first_row, live, runs):
+def _verify_greedy(sampler, logits, seqs, drafts, first_row, live, runs, logprobs) -> StepResult:
     """`verify` when every row is greedy: a row's token then depends only on its logits and the
     tokens before it, and drawing it draws no noise, so every row is drawn in one call, row j with
     the first j drafts as its history, and the walk keeps each sequence's rows up to its first
     disagreement (the same tokens as drawing them in turn, for one sampler call a step, not one a row)."""
     rows, views, owners = [], [], []
     for b in live:
-        drafts = seqs[b].draft_token_ids
-        for j in range(len(drafts) + 1):
+        for j in range(len(drafts[b]) + 1):
             rows.append(first_row[b] + j)
-            views.append(with_history(seqs[b], drafts[:j]))
+            views.append(with_history(seqs[b], drafts[b][:j]))
             owners.append(b)
     scored = logits if len(rows) == len(logits) else logits[rows]
     sampled = sampler(scored, views)
     kept = []
     for i, (b, token_id) in enumerate(zip(owners, sampled)):
         run = runs[b]
-        if run and run[-1] != seqs[b].draft_token_ids[len(run) - 1]:
+        if run and run[-1] != drafts[b][len(run) - 1]:
             continue  # past this sequence's first disagreement
         run.append(token_id)
         kept.append(i)
-    record_logprobs(scored, [seqs[b] for b in owners], kept, sampled)
-    return runs
+    entries = logprob_entries(scored, [seqs[b] for b in owners], kept, sampled)
+    for i in kept:
+        if i in entries:
+            logprobs[owners[i]].append(entries[i])
+    return StepResult(runs, logprobs if any(lp is not None for lp in logprobs) else None)

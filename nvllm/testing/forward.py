@@ -1,6 +1,6 @@
 """ForwardSuite: a forward strategy computes what forward=eager computes, step by step, and the
-greedy tokens of whole runs equal transformers'. A strategy that computes no tensors
-(forward=simulated) is held to what it promises instead: the real run's block accounting, every
+greedy tokens of whole runs equal transformers'. A member that computes no tensors (forward=simulated,
+an executor of its own) is held to what it promises instead: the real run's block accounting, every
 request at its length, time that only moves forward, and refusals of what it cannot simulate."""
 import random
 
@@ -10,6 +10,7 @@ import torch
 from nvllm.errors import ConfigError
 from nvllm.forward.base import ForwardTarget
 from nvllm.sampling_params import SamplingParams
+from nvllm.step import StepResult
 
 from nvllm.testing.common import ComponentSuite
 from nvllm.testing.model import hf_greedy
@@ -22,7 +23,7 @@ class ForwardSuite(ComponentSuite):
     with prefix caching and with preemption forced by a small cache, give transformers' greedy
     tokens. `check` refuses a target it cannot run on with a ConfigError.
 
-    A strategy with `computes_tensors = False` skips the two comparisons of tensors and tokens and
+    A member that is an executor of its own (forward=simulated) skips the two comparisons of tensors and tokens and
     is checked instead: on the same workload (prefix hits, a cache small enough to preempt) the
     scheduler and allocator do exactly what they do under forward=eager (steps, tokens, preemptions
     per request, prefix-cache hits, every block freed); every request generates its max_tokens;
@@ -74,7 +75,11 @@ class ForwardSuite(ComponentSuite):
                         pass
 
     def _computes_tensors(self, want: bool):
-        if self.component.computes_tensors != want:
+        """Skip a test of the other kind: a strategy the model runner runs (tensors), or an executor
+        of its own that stands in for the runner (forward=simulated)."""
+        from nvllm.step import Executor
+
+        if issubclass(self.component, Executor) == want:
             pytest.skip(f"forward={self.name} {'computes no' if want else 'computes'} tensors: "
                         f"{'its stand-in' if want else 'its tensor'} tests check it")
 
@@ -90,15 +95,15 @@ class ForwardSuite(ComponentSuite):
         shared = [rng.randrange(512) for _ in range(16)]
         prompts = [[rng.randrange(512) for _ in range(n)] for n in (1, 7, 30)] + [shared + [5, 6, 7]]
         with self._llm(checkpoint, {"name": self.name, **config_fields}) as llm:
-            engine, runner = llm.engine, llm.engine.model_runner
+            engine, runner = llm.engine, llm.engine.executor
             engine.add_request("warm", shared + [1], SamplingParams(temperature=0, max_tokens=1))
             while engine.has_unfinished_requests():
                 engine.step()  # `shared`'s two blocks are now in the prefix cache
             for i, p in enumerate(prompts):
                 engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=3))
             for step in ("prefill", "decode"):
-                seqs = engine.scheduler.schedule()
-                inputs = runner.prepare(step_inputs(seqs))
+                plan = engine.scheduler.schedule()
+                inputs = runner.prepare(step_inputs(plan))
                 assert inputs[2].is_decode == (step == "decode")
                 layers = runner._attention_layers()
                 before = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
@@ -113,7 +118,7 @@ class ForwardSuite(ComponentSuite):
                 for m, (k, v) in zip(layers, written):
                     torch.testing.assert_close(k, m.k_cache, atol=atol, rtol=rtol, msg=f"{step} K cache")
                     torch.testing.assert_close(v, m.v_cache, atol=atol, rtol=rtol, msg=f"{step} V cache")
-                engine.scheduler.postprocess(seqs, runner.sampler(want.float(), seqs))
+                engine.scheduler.update(plan, StepResult(runner.sampler(want.float(), plan.seqs)), 0.0)
 
     @pytest.mark.parametrize("num_blocks", [None, 10], ids=["roomy", "preempting"])
     def test_matches_transformers_greedy(self, config_fields, checkpoint, num_blocks):
@@ -158,7 +163,7 @@ class ForwardSuite(ComponentSuite):
                     per_request=[o.num_preemptions for o in outputs], hits=(kv.num_hit_tokens, kv.num_lookup_tokens),
                     lengths=[len(o.token_ids) for o in outputs], free=kv.num_free_blocks == kv.num_blocks)
                 if forward["name"] == self.name:
-                    assert engine.clock is engine.model_runner.forward_strategy.clock, "the engine reads the strategy's clock"
+                    assert engine.clock is engine.executor.clock, "the engine reads the executor's clock"
                     for o in outputs:
                         times = [o.arrival_time, *o.token_times]
                         assert all(a < b for a, b in zip(times, times[1:])), f"time stood still or ran back: {times}"

@@ -8,11 +8,19 @@ import pytest
 from nvllm import registry
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence, SequenceStatus
+from nvllm.step import StepPlan, StepResult, StepUpdate
 
 from nvllm.testing.common import ComponentSuite
 
 
 EOS = 0
+
+
+def run_step(sched, plan: StepPlan, tokens: list, now: float = 0.0) -> StepUpdate:
+    """What the engine does with a plan's result: `tokens`, one per plan sequence (a token id, or a
+    verified run after drafts), are what the model sampled; an entry for a sequence that samples
+    nothing this step (a prefill chunk) is ignored."""
+    return sched.update(plan, StepResult([t if s else None for t, s in zip(tokens, plan.samples)]), now)
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,6 @@ class SchedulerSuite(ComponentSuite):
         w = WORKLOADS[workload]
         rng = random.Random(seed)
         sched = self.build(config, w)
-        sched.num_lookahead_tokens = lookahead  # what the engine sets from speculative.num_speculative_tokens
         requests = self.requests(w, rng)
         arrivals = sorted((rng.randrange(w.arrival_steps + 1), i) for i in range(w.num_seqs))
         added, finished, step = [], {}, 0
@@ -88,16 +95,15 @@ class SchedulerSuite(ComponentSuite):
             if sched.is_finished():
                 assert len(finished) == len(added), "is_finished() while requests are pending"
                 continue
-            scheduled = sched.schedule()
-            for seq in scheduled:  # a drafter: any number of tokens up to the slots reserved
-                seq.draft_token_ids = [rng.randrange(1, 100) for _ in range(rng.randint(0, seq.num_lookahead_tokens))]
-            self.check_step(sched, w, scheduled, added, finished)
+            plan = sched.schedule(lookahead)  # lookahead: what the engine has the drafter say
+            if plan.lookahead:  # a drafter: any number of tokens up to the slots reserved
+                plan.drafts = [[rng.randrange(1, 100) for _ in range(rng.randint(0, n))] for n in plan.lookahead]
+            self.check_step(sched, w, plan, lookahead, added, finished)
             tokens = []
-            for seq in scheduled:  # verification: a prefix of the drafts, then one token more
+            for drafts in plan.drafts or [[]] * len(plan.seqs):  # verification: a prefix of the drafts, then one token more
                 token = EOS if rng.random() < w.eos_chance else rng.randrange(1, 100)
-                drafts = seq.draft_token_ids
                 tokens.append(drafts[:rng.randint(0, len(drafts))] + [token] if drafts else token)
-            for seq in sched.postprocess(scheduled, tokens):
+            for seq in run_step(sched, plan, tokens).finished:
                 assert seq.seq_id not in finished, f"request {seq.seq_id} finished twice"
                 assert seq.status == SequenceStatus.FINISHED and not seq.block_table
                 finished[seq.seq_id] = seq
@@ -131,22 +137,29 @@ class SchedulerSuite(ComponentSuite):
         return seqs
 
     @staticmethod
-    def check_step(sched, w: Workload, scheduled: list[Sequence], added, finished):
+    def check_step(sched, w: Workload, plan: StepPlan, lookahead: int, added, finished):
+        scheduled = plan.seqs
         assert scheduled, "the scheduler picked nothing while requests are pending"
         assert len(scheduled) <= w.max_num_seqs, f"{len(scheduled)} sequences > max_num_seqs={w.max_num_seqs}"
         assert len({s.seq_id for s in scheduled}) == len(scheduled), "a sequence scheduled twice in one step"
-        num_tokens = sum(s.num_scheduled_tokens + len(s.draft_token_ids) for s in scheduled)
+        assert len(plan.num_tokens) == len(plan.samples) == len(scheduled), "a plan's lists differ in length"
+        slots = plan.lookahead or [0] * len(scheduled)
+        drafts = plan.drafts or [[]] * len(scheduled)
+        num_tokens = plan.total_tokens + sum(map(len, drafts))
         assert num_tokens <= w.max_num_batched_tokens, f"{num_tokens} tokens > max_num_batched_tokens"
+        assert not plan.is_decode or all(n == 1 and s.num_tokens - s.num_computed_tokens == 1
+                                         for s, n in zip(scheduled, plan.num_tokens)), "a decode plan runs more"
         running = {id(s) for s in sched.running}
         live = [s for s in added if s.seq_id not in finished and s.block_table]
-        for seq in scheduled:
+        for seq, n, samples, k, d in zip(scheduled, plan.num_tokens, plan.samples, slots, drafts):
             assert seq.status == SequenceStatus.RUNNING and id(seq) in running, "scheduled but not running"
-            assert 1 <= seq.num_scheduled_tokens <= len(seq) - seq.num_computed_tokens, "bad num_scheduled_tokens"
-            assert seq.num_lookahead_tokens <= sched.num_lookahead_tokens, "more slots than num_lookahead_tokens"
-            if seq.num_lookahead_tokens:
+            assert 1 <= n <= len(seq) - seq.num_computed_tokens, "bad num_tokens in the plan"
+            assert samples == (seq.num_computed_tokens + n == len(seq)), "samples is not whether the prompt completes"
+            assert k <= lookahead, "more slots than the lookahead asked for"
+            if k:
                 assert len(seq) - seq.num_computed_tokens == 1, "slots for drafts reserved mid-prefill"
-                assert len(seq) + seq.num_lookahead_tokens < w.max_num_batched_tokens, "drafts past max_model_len"
-            end = seq.num_computed_tokens + seq.num_scheduled_tokens + len(seq.draft_token_ids)
+                assert len(seq) + k < w.max_num_batched_tokens, "drafts past max_model_len"
+            end = seq.num_computed_tokens + n + len(d)
             assert len(seq.block_table) * w.block_size >= end, "scheduled tokens without cache blocks"
             written = {seq.block_table[p // w.block_size] for p in range(seq.num_computed_tokens, end)}
             for other in live:

@@ -72,12 +72,12 @@ class DrafterSuite(ComponentSuite):
             engine = llm.engine
             propose = engine.drafter.propose
 
-            def checked(seqs):
-                proposals = propose(seqs)
-                assert len(proposals) == len(seqs)
-                for seq, tokens in zip(seqs, proposals):
+            def checked(seqs, slots):
+                proposals = propose(seqs, slots)
+                assert len(proposals) == len(seqs) == len(slots)
+                for seq, n, tokens in zip(seqs, slots, proposals):
                     assert len(seq) - seq.num_computed_tokens == 1, "drafting for a sequence mid-prefill"
-                    assert len(tokens) <= seq.num_lookahead_tokens, "more drafts than slots reserved"
+                    assert len(tokens) <= n, "more drafts than slots reserved"
                 return proposals
 
             engine.drafter.propose = checked

@@ -11,9 +11,10 @@ the KV cache allocator, the input packing, the sampler and the deltas are the re
 Each batch: that many requests with prompts of 100..1024 random token ids (seed 0, as nano-vllm's
 benchmark), ignore_eos, decoded until every prompt is in the cache; then `--warmup` decode steps,
 then `--steps` timed ones (no request finishes in between). The phases are timed by wrapping the
-engine's components on the instance: `schedule` (the scheduler's), `pack` (the runner's launch,
-less the forward pass), `forward`, `sample` (the runner's sample and collect), `postprocess` (the
-scheduler's advance and settle) and `deltas` (the step less everything else). Their sum is the
+engine's components on the instance: `schedule` (the scheduler's), `pack` (the runner's execute,
+or launch, less the forward pass and the sampling), `forward`, `sample` (the sampler, and under
+overlap the runner's sample and collect), `postprocess` (the scheduler's update, and commit) and
+`deltas` (the step less everything else). Their sum is the
 step; the wrappers cost well under a microsecond each. With `--nvllm async_scheduling=true` only the step's total means anything
 (phases overlap).
 
@@ -86,14 +87,29 @@ class PhaseTimer:
             self.seconds[phase] = 0.0
 
 
+class _TimedSampler:
+    """The runner's sampler, its calls timed (the rest of it as it was)."""
+
+    def __init__(self, sampler, timer: PhaseTimer):
+        self._sampler, self._timed = sampler, timer.wrap(sampler, "sample")
+
+    def __call__(self, *args):
+        return self._timed(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._sampler, name)
+
+
 def instrument(engine) -> PhaseTimer:
     timer = PhaseTimer()
-    scheduler, runner = engine.scheduler, engine.model_runner
-    for obj, method, phase in ((scheduler, "schedule", "schedule"), (scheduler, "advance", "postprocess"),
-                               (scheduler, "settle", "postprocess"), (runner, "launch", "launch"),
-                               (runner, "forward", "forward"), (runner, "sample", "sample"),
-                               (runner, "collect", "sample")):
+    scheduler, runner = engine.scheduler, engine.executor
+    for obj, method, phase in ((scheduler, "schedule", "schedule"), (scheduler, "update", "postprocess"),
+                               (scheduler, "commit", "postprocess"), (runner, "execute", "launch"),
+                               (runner, "launch", "launch"), (runner, "forward", "forward"),
+                               (runner, "sample", "sample"), (runner, "collect", "sample")):
         setattr(obj, method, timer.wrap(getattr(obj, method), phase))
+    if not engine.config.async_scheduling:  # (under overlap the runner's sample holds the sampler's time)
+        runner.sampler = _TimedSampler(runner.sampler, timer)
     return timer
 
 
@@ -133,7 +149,9 @@ def measure(path: str, batch: int, sampling: str, steps: int, warmup: int, overr
             total = time.perf_counter() - start
             d = {k: timer.seconds[k] - before[k] for k in timer.seconds}
             step_ms.append(total * 1e3)
-            split = dict(schedule=d["schedule"], pack=d["launch"] - d["forward"], forward=d["forward"],
+            # sync: the sampler runs inside execute ("launch"); overlap: in the runner's sample
+            inside = 0.0 if engine.config.async_scheduling else d["sample"]
+            split = dict(schedule=d["schedule"], pack=d["launch"] - d["forward"] - inside, forward=d["forward"],
                          sample=d["sample"], postprocess=d["postprocess"])
             split["deltas"] = total - sum(split.values())
             for p in PHASES:
@@ -155,9 +173,9 @@ def print_table(rows: list[dict]):
         print(f"{r['batch']:>5} {r['sampling']:8} {r['step_ms']:8.3f} {r['step_ms_min']:7.3f} "
               + " ".join(f"{r['phases_ms'][p]:11.3f}" for p in PHASES))
     print("ms per decode step: medians, and the fastest step (the least disturbed on a busy machine); forward is a "
-          "no-op returning fixed logits (nvllm/tools/host_bench.py). pack: the runner's launch less forward; sample: "
-          "its sample and collect; postprocess: the scheduler's advance and settle; deltas: the step less every other "
-          "phase.")
+          "no-op returning fixed logits (nvllm/tools/host_bench.py). pack: the runner's execute (or launch) less forward "
+          "and sampling; sample: the sampler (overlap: the runner's sample and collect); postprocess: the scheduler's "
+          "update (and commit); deltas: the step less every other phase.")
 
 
 def _overrides(parser, items: list[str]) -> dict:

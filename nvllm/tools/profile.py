@@ -60,10 +60,11 @@ def _guess(prefills, decodes) -> float:
     return shape.prefill_tokens + shape.decode_seqs + (shape.prefill_attention + shape.decode_kv) / 64
 
 
-def sequences(step: GridStep, vocab: int, block_size: int, num_blocks: int, rng: random.Random, cursor: list[int]):
-    """Sequences of the step's shape, their block tables taken in turn around the whole cache."""
+def plan_of(step: GridStep, vocab: int, block_size: int, num_blocks: int, rng: random.Random, cursor: list[int]):
+    """The plan of a step of this shape, its sequences' block tables taken in turn around the whole cache."""
     from nvllm.sampling_params import SamplingParams
     from nvllm.sequence import Sequence
+    from nvllm.step import StepPlan
 
     prefills, decodes = step
     greedy = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
@@ -73,15 +74,15 @@ def sequences(step: GridStep, vocab: int, block_size: int, num_blocks: int, rng:
         for _ in range(seq.num_blocks):
             seq.block_table.append(cursor[0] % num_blocks)
             cursor[0] += 1
-        seq.num_computed_tokens, seq.num_scheduled_tokens = start, q
+        seq.num_computed_tokens = start
         seqs.append(seq)
-    return seqs
+    return StepPlan.of(seqs, [q for _, q in [*prefills, *((c, 1) for c in decodes)]])
 
 
 def measure(engine, budget_s: float, repeats: int, log=print) -> tuple[list[dict], int]:
     """Time `engine`'s runner on the grid: per step the median of `repeats` runs after a warm-up.
     Returns the measured steps and how many grid steps the budget left out."""
-    c, runner = engine.config, engine.model_runner
+    c, runner = engine.config, engine.executor
     block_size = c.kv_cache.block_size
     steps = grid(c.max_num_seqs, c.max_num_batched_tokens, c.max_model_len, runner.num_blocks * block_size)
     rng, cursor, points = random.Random(0), [0], []
@@ -90,12 +91,12 @@ def measure(engine, budget_s: float, repeats: int, log=print) -> tuple[list[dict
     for i, step in enumerate(steps):
         if time.perf_counter() > deadline:
             return points, len(steps) - i
-        seqs = sequences(step, runner.hf_config.vocab_size, block_size, runner.num_blocks, rng, cursor)
+        plan = plan_of(step, runner.hf_config.vocab_size, block_size, runner.num_blocks, rng, cursor)
         times = []
         for _ in range(repeats + 1):
             sync()
             start = time.perf_counter()
-            runner.run(seqs)
+            runner.execute(plan)
             sync()
             times.append(time.perf_counter() - start)
         shape = StepShape.synthetic(*step)
@@ -160,7 +161,7 @@ def profile(overrides: list[str], budget_s: float = 300, repeats: int = 3, log=p
             f"{torch.get_num_threads()} threads), budget {budget_s:.0f} s, load average {_load()}")
         points, left_out = measure(engine, budget_s, repeats, log)
         model, fit = fit_points(points)
-        device = engine.model_runner.device
+        device = engine.executor.device
         return {
             "nvllm_profile": PROFILE_FORMAT,
             "measured": {"date": started.isoformat(timespec="seconds"), "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
@@ -168,12 +169,12 @@ def profile(overrides: list[str], budget_s: float = 300, repeats: int = 3, log=p
                          "load_average_before": None, "load_average_after": _load(),
                          "grid_steps_left_out": left_out, "repeats": repeats},
             "hardware": hardware_entry(device),
-            "model": {"name": c.model.name, "path": engine.model_path, "dims": ModelDims.of(engine.model_runner.hf_config).as_dict()},
+            "model": {"name": c.model.name, "path": engine.model_path, "dims": ModelDims.of(engine.executor.hf_config).as_dict()},
             "dtype": c.dtype, "tp": c.tp, "forward": c.forward.name, "forward_config": vars(c.forward),
             "attention": c.attention.name, "threads": torch.get_num_threads() if device.type == "cpu" else None,
             "block_size": c.kv_cache.block_size,
             "limits": {"max_num_seqs": c.max_num_seqs, "max_num_batched_tokens": c.max_num_batched_tokens,
-                       "max_model_len": c.max_model_len, "kv_cache_blocks": engine.model_runner.num_blocks},
+                       "max_model_len": c.max_model_len, "kv_cache_blocks": engine.executor.num_blocks},
             "coefficients_s": model.coefficients,
             "fit": fit,
             "validation": None,  # filled by python -m nvllm.tools.sim_validate --record

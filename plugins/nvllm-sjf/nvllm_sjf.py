@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from nvllm import hookimpl
 from nvllm.scheduler.base import Scheduler
 from nvllm.sequence import Sequence
+from nvllm.step import StepPlan
 
 
 class SJFScheduler(Scheduler):
@@ -46,10 +47,10 @@ class SJFScheduler(Scheduler):
         victim = max(candidates, key=self.work_left, default=None)
         return victim if victim is not None and self.work_left(victim) >= self.work_left(seq) else None
 
-    def schedule(self) -> list[Sequence]:
+    def schedule(self, lookahead: int = 0) -> StepPlan:
         waiting = {s.seq_id for s in self.waiting}
-        scheduled = super().schedule()
-        admitted = [s.seq_id for s in scheduled if s.seq_id in waiting]
+        plan = super().schedule(lookahead)
+        admitted = [s.seq_id for s in plan.seqs if s.seq_id in waiting]
         for seq_id in admitted:
             self.skips.pop(seq_id, None)
         if admitted:
@@ -57,7 +58,7 @@ class SJFScheduler(Scheduler):
             for seq in self.waiting:  # seq ids grow with arrival: a larger one admitted first overtook it
                 if seq.seq_id < newest:
                     self.skips[seq.seq_id] = self.skips.get(seq.seq_id, 0) + 1
-        return scheduled
+        return plan
 
 
 @hookimpl

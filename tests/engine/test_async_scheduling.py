@@ -1,5 +1,5 @@
 """Overlap scheduling (async_scheduling): step N+1 is scheduled and packed while step N runs (on a
-CPU, on a worker thread), and N's tokens are settled one step late. Greedy tokens, texts and finish
+CPU, on a worker thread), and N's result is applied one step late. Greedy tokens, texts and finish
 reasons are the same with it on and off: for every scheduler, with prefix caching and preemption,
 with stop tokens, stop strings and aborts, seeded sampling, and against transformers. A request
 that ends while the next step is in flight loses that step's token, and its blocks at once."""
@@ -9,7 +9,8 @@ import pytest
 
 from nvllm import LLM, SamplingParams
 from nvllm.config import ConfigError
-from nvllm.sequence import PENDING, Sequence
+from nvllm.sequence import Sequence
+from nvllm.step import StepResult
 from tests.conftest import hf_greedy
 
 BASE = dict(max_model_len=128, max_num_batched_tokens=256)
@@ -27,7 +28,7 @@ def run(path, prompts, params, async_scheduling, priorities=None, **overrides):
     with LLM(path, async_scheduling=async_scheduling, **{**BASE, **overrides}) as llm:
         engine = llm.engine
         assert engine.config.async_scheduling is async_scheduling
-        assert (engine.model_runner.worker is not None) == async_scheduling  # on a CPU: the forward thread
+        assert (engine.executor.worker is not None) == async_scheduling  # on a CPU: the forward thread
         outs = llm.generate(prompts, params, use_tqdm=False, priorities=priorities)
         assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks and engine._in_flight is None
         return outs, engine.scheduler.num_preemptions, engine.kv_cache.hit_rate
@@ -68,9 +69,9 @@ def test_a_stop_token_seen_a_step_late_drops_the_lookahead_token(tiny_qwen3_path
                 outputs.setdefault(d.request_id, []).extend(d.new_token_ids)
                 if d.finished:
                     assert d.finish_reason == "stop"
-                    seq = next((s for s in engine._in_flight.seqs if s.request_id == d.request_id), None)
+                    seq = next((s for s in engine._in_flight.plan.seqs if s.request_id == d.request_id), None)
                     if seq is not None:  # in the step launched meanwhile: its token there is dropped
-                        assert seq.last_token != PENDING and not seq.block_table
+                        assert seq.num_tokens == len(seq.token_ids) and not seq.block_table
                         dropped += 1
         assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
     assert dropped > 0, "no stop was seen while the next step was in flight"
@@ -94,7 +95,7 @@ def test_length_limits_end_a_request_at_launch_without_a_lookahead_step(tiny_qwe
                 tokens.setdefault(d.request_id, []).extend(d.new_token_ids)
                 if d.finished:
                     reasons[d.request_id] = d.finish_reason
-                    in_flight = engine._in_flight.seqs if engine._in_flight else []
+                    in_flight = engine._in_flight.plan.seqs if engine._in_flight else []
                     assert all(s.request_id != d.request_id for s in in_flight), "a step ran past the limit"
     assert [(o.finish_reason, len(o.token_ids)) for o in off] == [("max_model_len", 8), ("length", 3), ("length", 5)]
     assert [tokens[str(i)] for i in range(3)] == [o.token_ids for o in off]
@@ -113,14 +114,15 @@ def test_an_abort_while_its_step_is_in_flight_drops_that_token_and_frees_its_blo
             for d in engine.step():
                 tokens.setdefault(d.request_id, []).extend(d.new_token_ids)
         seq = engine._requests["1"][0].seq
-        assert seq.last_token == PENDING and seq in engine._in_flight.seqs  # its next token is being computed
+        # its next token is being computed: counted, not yet among its tokens
+        assert seq.num_tokens == len(seq.token_ids) + 1 and seq in engine._in_flight.plan.seqs
         free, held = engine.kv_cache.num_free_blocks, len(seq.block_table)
         engine.abort_request("1")
         assert engine.kv_cache.num_free_blocks == free + held  # at once, with the step still in flight
         finished = {}
         while engine.has_unfinished_requests():
             for d in engine.step():
-                assert PENDING not in d.new_token_ids
+                assert all(type(t) is int and t >= 0 for t in d.new_token_ids)
                 tokens.setdefault(d.request_id, []).extend(d.new_token_ids)
                 if d.finished:
                     finished[d.request_id] = d
@@ -196,9 +198,9 @@ def test_n_logprobs_penalties_and_min_tokens_are_the_same_on_and_off(tiny_qwen3_
                 assert x.cumulative_logprob == pytest.approx(y.cumulative_logprob, abs=1e-5)
 
 
-def test_settle_makes_a_length_finish_a_stop_when_the_token_is_eos():
-    """advance finishes a request that reaches max_tokens with its token still PENDING; when the
-    token arrives and is EOS, the reason is "stop", as if both were known at once."""
+def test_a_length_finish_at_launch_becomes_a_stop_when_the_token_is_eos():
+    """commit (at launch) finishes a request that reaches max_tokens with its token still coming;
+    when the token arrives (update) and is EOS, the reason is "stop", as if both were known at once."""
     from nvllm import registry
     from nvllm.plugins import load_plugins
 
@@ -209,17 +211,19 @@ def test_settle_makes_a_length_finish_a_stop_when_the_token_is_eos():
     seqs = [Sequence([1, 2, 3], SamplingParams(max_tokens=1), 4) for _ in range(2)]
     for seq in seqs:
         sched.add(seq)
-    assert sched.schedule() == seqs
-    assert sched.advance(seqs) == seqs  # both reach max_tokens: finished, blocks freed, token pending
-    assert all(s.is_finished and s.last_token == PENDING and not s.block_table for s in seqs)
+    plan = sched.schedule()
+    assert plan.seqs == seqs
+    sched.commit(plan)  # both reach max_tokens: finished, blocks freed, their token still coming
+    assert all(s.is_finished and s.num_tokens == len(s.token_ids) + 1 and not s.block_table for s in seqs)
     assert kv.num_free_blocks == 4
-    assert sched.settle(seqs, [7, 8]) == []  # already finished: nothing new
+    update = sched.update(plan, StepResult([7, 8]), 1.0)  # the tokens arrive: the last ones of both
+    assert update.finished == seqs and update.num_new == [1, 1]
     assert [(s.finish_reason, s.completion_token_ids) for s in seqs] == [("stop", [7]), ("length", [8])]
 
 
 def test_auto_is_off_on_a_cpu_and_a_bad_value_is_refused(tiny_qwen3_path):
     with LLM(tiny_qwen3_path, **BASE) as llm:
-        assert llm.engine.config.async_scheduling is False and llm.engine.model_runner.worker is None
+        assert llm.engine.config.async_scheduling is False and llm.engine.executor.worker is None
     with pytest.raises(ConfigError, match="async_scheduling='sometimes' is not allowed: use auto, true or false"):
         LLM(tiny_qwen3_path, async_scheduling="sometimes")
 

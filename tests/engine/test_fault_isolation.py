@@ -32,7 +32,7 @@ def assert_idle(llm):
     engine = llm.engine
     assert engine.is_finished() and engine.scheduler.is_finished() and not engine._requests
     assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
-    assert not engine.model_runner.sampler.generators
+    assert not engine.executor.sampler.generators
 
 
 def test_a_fault_in_one_request_ends_only_that_request(llm):

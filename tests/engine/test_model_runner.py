@@ -32,9 +32,10 @@ def test_padded_decode_matches_unpadded(tiny_qwen3_path):
         for i, p in enumerate(prompts):
             engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=4))
         engine.step()  # prefill
-        seqs = engine.scheduler.schedule()  # the first decode step
-        assert all(s.num_scheduled_tokens == 1 for s in seqs)
-        runner, inputs = engine.model_runner, step_inputs(seqs)
+        plan = engine.scheduler.schedule()  # the first decode step
+        seqs = plan.seqs
+        assert plan.is_decode and plan.num_tokens == [1] * len(seqs)
+        runner, inputs = engine.executor, step_inputs(plan)
         caches = [(m, m.k_cache.clone(), m.v_cache.clone()) for m in runner._attention_layers()]
         plain = runner.forward(*runner.prepare(inputs))
         after_plain = [(m.k_cache.clone(), m.v_cache.clone()) for m, _, _ in caches]
@@ -76,5 +77,5 @@ def test_cudagraph_matches_eager_on_cuda(tiny_qwen3_path, attention):
         with LLM(tiny_qwen3_path, device="cuda", dtype="float32", forward=forward, attention=attention,
                  max_num_seqs=16, kv_cache={"block_size": 16}, max_model_len=256, max_num_batched_tokens=512) as llm:
             tokens[forward] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-            assert bool(getattr(llm.engine.model_runner.forward_strategy, "graphs", None)) == (forward == "cudagraph")
+            assert bool(getattr(llm.engine.executor.forward_strategy, "graphs", None)) == (forward == "cudagraph")
     assert tokens["cudagraph"] == tokens["eager"]

@@ -16,9 +16,9 @@ from nvllm.tools.checkpoint import make_random_checkpoint
 from tests.models.test_architectures import VARIANTS
 
 
-def compare_step(runner, seqs):
+def compare_step(runner, plan):
     """One scheduled step through the C step and through the torch modules, from the same cache."""
-    inputs = runner.prepare(step_inputs(seqs))
+    inputs = runner.prepare(step_inputs(plan))
     layers = runner._attention_layers()
     before = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
     fused = runner.forward(*inputs)
@@ -44,24 +44,24 @@ def test_step_matches_the_torch_modules(variant, num_seqs, tmp_path, monkeypatch
     prompts = [[rng.randrange(512) for _ in range(rng.randint(1, 70))] for _ in range(num_seqs)]
     with LLM(path, kv_cache={"block_size": 8}, max_model_len=128, max_num_batched_tokens=512,
              forward="fused_cpu") as llm:
-        engine, runner = llm.engine, llm.engine.model_runner
+        engine, runner = llm.engine, llm.engine.executor
         for i, p in enumerate(prompts):
             engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=4))
-        seqs = engine.scheduler.schedule()
-        assert len(seqs) == num_seqs and [s.num_scheduled_tokens for s in seqs] == [len(p) for p in prompts]
-        compare_step(runner, seqs)
-        engine.scheduler.postprocess(seqs, runner.run(seqs))  # the prefill, through the C step
+        plan = engine.scheduler.schedule()
+        assert len(plan.seqs) == num_seqs and plan.num_tokens == [len(p) for p in prompts]
+        compare_step(runner, plan)
+        engine.scheduler.update(plan, runner.execute(plan), 0.0)  # the prefill, through the C step
         engine.step()  # a decode step, so the cache holds C-written rows of both kinds
-        seqs = engine.scheduler.schedule()
-        assert len(seqs) == num_seqs and all(s.num_scheduled_tokens == 1 for s in seqs)
-        compare_step(runner, seqs)
+        plan = engine.scheduler.schedule()
+        assert len(plan.seqs) == num_seqs and plan.num_tokens == [1] * num_seqs and plan.is_decode
+        compare_step(runner, plan)
 
 
 def test_auto_picks_it_where_it_runs(tiny_qwen3_path):
     """forward=auto runs the C step where it can, and says why it passed over it elsewhere; eager's
     onednn=auto packs oneDNN's copy of the weights (the C step packs its own)."""
     def packed(llm):
-        return any(getattr(m, "packed", None) is not None for m in llm.engine.model_runner.model.modules())
+        return any(getattr(m, "packed", None) is not None for m in llm.engine.executor.model.modules())
 
     with LLM(tiny_qwen3_path) as llm:
         assert llm.engine.config.forward.name == "fused_cpu" and not packed(llm)
@@ -86,7 +86,7 @@ def test_long_prefill_through_torch_then_decode_in_c(tiny_qwen3_path, monkeypatc
     calls = []
     with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=256, max_num_batched_tokens=512,
              forward={"name": "fused_cpu", "max_prefill_context": 20}) as llm:
-        step = llm.engine.model_runner.forward_strategy
+        step = llm.engine.executor.forward_strategy
         runs = step.runs
         monkeypatch.setattr(step, "runs", lambda meta: calls.append(runs(meta)) or calls[-1])
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)

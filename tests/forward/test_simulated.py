@@ -9,7 +9,8 @@ import pytest
 from transformers import AutoConfig
 
 from nvllm import LLM, SamplingParams
-from nvllm.engine.clock import VirtualClock
+from nvllm.clock import VirtualClock
+from nvllm.step import StepPlan
 from nvllm.errors import ConfigError
 from nvllm.models.weights import MissingWeightsError, shape_path
 from nvllm.plugins import load_plugins
@@ -76,12 +77,12 @@ def test_the_virtual_clock_orders_events_exactly(tmp_path, scheduler, times):
 
 
 def test_step_shape_of_a_batch():
-    seqs = []
-    for computed, scheduled, total in ((0, 5, 5), (8, 4, 12), (20, 1, 21), (3, 1, 4)):
+    seqs, steps = [], ((0, 5, 5), (8, 4, 12), (20, 1, 21), (3, 1, 4))
+    for computed, _, total in steps:
         seq = Sequence(list(range(total)), SP(), 8)
-        seq.num_computed_tokens, seq.num_scheduled_tokens = computed, scheduled
+        seq.num_computed_tokens = computed
         seqs.append(seq)
-    shape = StepShape.of(seqs)
+    shape = StepShape.of(StepPlan.of(seqs, [scheduled for _, scheduled, _ in steps]))
     # prefill pairs: 5 tokens from 0 (1+2+3+4+5) and 4 tokens after 8 cached (9+10+11+12)
     assert (shape.prefill_seqs, shape.prefill_tokens, shape.prefill_attention, shape.prefill_kv) == (2, 9, 15 + 42, 17)
     assert (shape.decode_seqs, shape.decode_kv) == (2, 21 + 4)

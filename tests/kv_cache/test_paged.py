@@ -29,7 +29,7 @@ def make_seq(token_ids, block_size: int) -> Sequence:
 
 
 def compute(mgr: PagedBlockManager, seq: Sequence, upto: int | None = None):
-    """What postprocess does after a step: the K/V of the first `upto` tokens now exist."""
+    """What the scheduler's update does after a step: the K/V of the first `upto` tokens now exist."""
     seq.num_computed_tokens = len(seq) if upto is None else upto
     mgr.on_computed(seq)
 

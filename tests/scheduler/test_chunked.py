@@ -16,6 +16,7 @@ from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.kv_cache.paged import PagedBlockManager
 from nvllm.scheduler.chunked import ChunkedScheduler
 from nvllm.testing import SchedulerSuite, hf_greedy
+from nvllm.testing.scheduler import run_step
 from tests.scheduler.test_fcfs import EOS, KVShadow, check_blocks, expected_completion, workloads
 from tests.test_parity import CHAT, RAW
 
@@ -37,9 +38,9 @@ def add(sched, prompt, max_tokens, priority=0) -> Sequence:
 
 
 def step(sched):
-    seqs = sched.schedule()
-    n = {s.seq_id: s.num_scheduled_tokens for s in seqs}
-    return seqs, n, sched.postprocess(seqs, [1] * len(seqs))
+    plan = sched.schedule()
+    n = dict(zip((s.seq_id for s in plan.seqs), plan.num_tokens))
+    return plan.seqs, n, run_step(sched, plan, [1] * len(plan.seqs)).finished
 
 
 class TestChunkedConformance(SchedulerSuite):
@@ -98,9 +99,9 @@ def test_newest_is_preempted_and_recomputed_in_chunks():
     _, n, _ = step(sched)
     assert n == {a.seq_id: 1, b.seq_id: 1}, "a decodes, b prefills"
     step(sched)
-    seqs = sched.schedule()  # a needs a third block: b, the newest, is preempted
-    assert seqs == [a] and sched.num_preemptions == 1 and list(sched.waiting) == [b]
-    sched.postprocess(seqs, [1])
+    plan = sched.schedule()  # a needs a third block: b, the newest, is preempted
+    assert plan.seqs == [a] and sched.num_preemptions == 1 and list(sched.waiting) == [b]
+    run_step(sched, plan, [1])
     assert a.is_finished and b.token_ids == [7, 1, 1]
     _, n, _ = step(sched)
     assert n == {b.seq_id: 2} and b.num_completion_tokens == 2, "the recompute's first chunk"
@@ -120,9 +121,9 @@ def test_engine_refuses_a_budget_below_max_model_len_for_fcfs_only(tiny_qwen3_pa
 
 # -- random workloads ----------------------------------------------------------------------------
 
-def drive(sched, w, priorities=None, check=lambda sched, seqs, before: None):
+def drive(sched, w, priorities=None, check=lambda sched, plan, before: None):
     """Run workload `w` (from test_fcfs's `workloads` strategy) through `sched` with made-up sampled
-    tokens, checking the shared invariants each step and `check(sched, seqs, before)` after each
+    tokens, checking the shared invariants each step and `check(sched, plan, before)` after each
     schedule(). Returns the number of steps."""
     kv, shadow = sched.kv_cache, KVShadow(sched.kv_cache)
     pending = sorted(enumerate(w["requests"]), key=lambda r: r[1][4])
@@ -140,24 +141,25 @@ def drive(sched, w, priorities=None, check=lambda sched, seqs, before: None):
             info[seq.seq_id] = (prompt, samples, *expected_completion(max_tokens, ignore_eos, samples))
         step_no += 1
         before = dict(waiting=list(sched.waiting), running=list(sched.running), preemptions=sched.num_preemptions)
-        seqs = sched.schedule()
+        plan = sched.schedule()
+        seqs = plan.seqs
         assert seqs, "the scheduler picked nothing while requests are pending"
         assert len(seqs) <= w["max_num_seqs"]
         assert len({s.seq_id for s in seqs}) == len(seqs)
-        assert sum(s.num_scheduled_tokens for s in seqs) <= w["max_num_batched_tokens"]
-        for s in seqs:
+        assert sum(plan.num_tokens) <= w["max_num_batched_tokens"]
+        for s, n in zip(seqs, plan.num_tokens, strict=True):
             assert s.status == SequenceStatus.RUNNING and s in sched.running
-            assert 1 <= s.num_scheduled_tokens <= len(s) - s.num_computed_tokens
-        check(sched, seqs, before)
+            assert 1 <= n <= len(s) - s.num_computed_tokens
+        check(sched, plan, before)
         check_blocks(sched)
-        for s in seqs:
-            shadow.run(s)
+        for s, n in zip(seqs, plan.num_tokens):
+            shadow.run(s, n)
         tokens = []
         for s in seqs:
             prompt, samples, expected, _ = info[s.seq_id]
             assert s.token_ids == prompt + samples[: s.num_completion_tokens], "tokens lost"
             tokens.append(samples[s.num_completion_tokens])
-        for s in sched.postprocess(seqs, tokens):
+        for s in run_step(sched, plan, tokens).finished:
             prompt, _, expected, reason = info[s.seq_id]
             assert s.is_finished and s.block_table == [] and s.completion_token_ids == expected
             assert s.finish_reason == reason
@@ -178,16 +180,17 @@ def chunked_workloads(draw):
     return w
 
 
-def check_chunked(sched, seqs, before):
+def check_chunked(sched, plan, before):
     """Decodes first, and work-conserving: a step leaves budget and seats unused only when every
     running sequence is in it and the head of the queue does not fit the cache."""
+    seqs = plan.seqs
     assert len(sched.running) <= sched.max_num_seqs, "more requests running than max_num_seqs"
     decoding = [s for s in before["running"] if s in sched.running and len(s) - s.num_computed_tokens == 1]
     if any(s not in seqs for s in decoding):  # a decode waited: the step was full, and only of decodes
-        assert sum(s.num_scheduled_tokens for s in seqs) == sched.max_num_batched_tokens or \
+        assert plan.total_tokens == sched.max_num_batched_tokens or \
             len(seqs) == sched.max_num_seqs, "a decode was left out of a step with room"
         assert all(len(s) - s.num_computed_tokens == 1 for s in seqs), "a prefill chunk went before a decode"
-    budget_left = sched.max_num_batched_tokens - sum(s.num_scheduled_tokens for s in seqs)
+    budget_left = sched.max_num_batched_tokens - plan.total_tokens
     if budget_left and len(seqs) < sched.max_num_seqs:
         assert all(s in seqs for s in sched.running), "a running sequence idled in a step with room"
         if sched.waiting and len(sched.running) < sched.max_num_seqs:
@@ -240,17 +243,17 @@ def reference(path: str, prompts: list[list[int]]) -> list[list[int]]:
 
 def generate(path, prompts, priorities=None, late=(), **overrides):
     """Greedy tokens for `prompts` through the engine, and a record of every step: one
-    (num_computed_tokens, num_scheduled_tokens, len, num_prompt_tokens, priority) per scheduled
-    sequence. Prompts whose index is in `late` arrive after three steps."""
+    (num_computed_tokens, tokens it runs this step, len, num_prompt_tokens, priority) per sequence
+    in the step's plan. Prompts whose index is in `late` arrive after three steps."""
     with LLM(path, **{**BASE, **overrides}) as llm:
         engine, steps = llm.engine, []
         schedule = engine.scheduler.schedule
 
-        def recorded():
-            seqs = schedule()
-            steps.append([(s.num_computed_tokens, s.num_scheduled_tokens, len(s), s.num_prompt_tokens, s.priority)
-                          for s in seqs])
-            return seqs
+        def recorded(lookahead=0):
+            plan = schedule(lookahead)
+            steps.append([(s.num_computed_tokens, n, len(s), s.num_prompt_tokens, s.priority)
+                          for s, n in zip(plan.seqs, plan.num_tokens)])
+            return plan
 
         engine.scheduler.schedule = recorded
         priorities = priorities or [0] * len(prompts)

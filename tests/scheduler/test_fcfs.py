@@ -1,5 +1,6 @@
-"""FCFSScheduler driven without a model: each step, schedule(), then feed made-up sampled tokens
-to postprocess(), as the engine does with the model's output.
+"""FCFSScheduler driven without a model: each step, schedule() gives a StepPlan, then made-up
+sampled tokens go to update() (through nvllm.testing.scheduler.run_step), as the engine does with
+the model's output.
 
 The workload test also keeps a shadow of the K/V cache (what each slot would hold: the K/V at
 position p depends on tokens[0..p], so a slot is modelled as that prefix) and checks, every step,
@@ -14,6 +15,7 @@ from nvllm.sequence import Sequence, SequenceStatus
 from nvllm.kv_cache.paged import PagedBlockManager
 from nvllm.sampling_params import SamplingParams
 from nvllm.scheduler.fcfs import FCFSScheduler
+from nvllm.testing.scheduler import run_step
 
 EOS = 3
 
@@ -35,11 +37,11 @@ def add(sched: FCFSScheduler, prompt, max_tokens, ignore_eos=True) -> Sequence:
 
 
 def step(sched: FCFSScheduler, sample=lambda seq: 1):
-    """One engine step. Returns (scheduled seqs, {seq_id: num_scheduled_tokens}, finished)."""
-    seqs = sched.schedule()
-    num_scheduled = {s.seq_id: s.num_scheduled_tokens for s in seqs}
-    finished = sched.postprocess(seqs, [sample(s) for s in seqs])
-    return seqs, num_scheduled, finished
+    """One engine step. Returns (the plan's seqs, {seq_id: tokens it runs this step}, finished)."""
+    plan = sched.schedule()
+    num_scheduled = dict(zip((s.seq_id for s in plan.seqs), plan.num_tokens))
+    finished = run_step(sched, plan, [sample(s) for s in plan.seqs]).finished
+    return plan.seqs, num_scheduled, finished
 
 
 def run_all(sched: FCFSScheduler, sample=lambda seq: 1, max_steps=1000):
@@ -125,14 +127,14 @@ def test_newest_running_sequence_is_preempted_and_later_recomputed_in_full():
     assert seqs == [a, b] and sched.kv_cache.num_free_blocks == 0
     c = add(sched, [8], max_tokens=1)  # cannot be admitted: no free block
     b_blocks = list(b.block_table)
-    seqs = sched.schedule()  # a's decode needs a block: b, the newest, gives up its own
-    assert seqs == [a] and a.num_scheduled_tokens == 1
+    plan = sched.schedule()  # a's decode needs a block: b, the newest, gives up its own
+    assert plan.seqs == [a] and plan.num_tokens == [1]
     assert sched.num_preemptions == 1
     assert b.status == SequenceStatus.WAITING and b.block_table == [] and b.num_computed_tokens == 0
     assert list(sched.waiting) == [b, c], "the preempted sequence goes to the front of waiting"
     assert list(sched.running) == [a]
     assert a.block_table[-1] in b_blocks
-    finished = sched.postprocess(seqs, [10 + a.num_completion_tokens])
+    finished = run_step(sched, plan, [10 + a.num_completion_tokens]).finished
     assert finished == [a] and a.completion_token_ids == [10, 11]
     assert b.token_ids == [7, 10], "preemption keeps the generated tokens"
     check_blocks(sched)
@@ -170,8 +172,8 @@ def test_self_preemption_when_the_only_running_sequence_cannot_grow():
     a = add(sched, [1, 2, 3], max_tokens=4)
     step(sched)  # prefill: 4 tokens, 2 blocks
     step(sched)  # decode: 5 tokens, a third block needed next
-    seqs = sched.schedule()
-    assert seqs == [] and sched.num_preemptions == 1 and list(sched.waiting) == [a]
+    plan = sched.schedule()
+    assert plan.seqs == [] and sched.num_preemptions == 1 and list(sched.waiting) == [a]
     assert sched.kv_cache.num_free_blocks == 2
 
 
@@ -233,10 +235,11 @@ class KVShadow:
         self.kv = kv
         self.slots = {}
 
-    def run(self, seq: Sequence):
-        """The model's step for `seq`: read [0, computed), write [computed, computed + scheduled)."""
+    def run(self, seq: Sequence, num_tokens: int):
+        """The model's step for `seq`, which runs `num_tokens` tokens: read [0, computed), write
+        [computed, computed + num_tokens)."""
         B, kv = self.kv.block_size, self.kv
-        start, end = seq.num_computed_tokens, seq.num_computed_tokens + seq.num_scheduled_tokens
+        start, end = seq.num_computed_tokens, seq.num_computed_tokens + num_tokens
         assert len(seq.block_table) * B >= end, "block table does not cover the scheduled tokens"
         for p in range(start):
             bid = seq.block_table[p // B]
@@ -317,16 +320,17 @@ def test_random_workloads_run_to_completion(w):
         waiting_before, running_before = list(sched.waiting), list(sched.running)
         head_fits = bool(waiting_before) and kv.can_allocate(waiting_before[0])
         preemptions_before = sched.num_preemptions
-        seqs = sched.schedule()
+        plan = sched.schedule()
+        seqs = plan.seqs
 
         # never an empty step while requests are pending: the engine raises on one
         assert seqs, "the scheduler picked nothing while requests are pending"
         assert len(seqs) <= w["max_num_seqs"]
         assert len({s.seq_id for s in seqs}) == len(seqs)
-        assert sum(s.num_scheduled_tokens for s in seqs) <= w["max_num_batched_tokens"]
-        for s in seqs:
-            assert s.status == SequenceStatus.RUNNING and s.num_scheduled_tokens >= 1
-            assert s.num_computed_tokens + s.num_scheduled_tokens == len(s)
+        assert sum(plan.num_tokens) <= w["max_num_batched_tokens"]
+        for s, n in zip(seqs, plan.num_tokens, strict=True):
+            assert s.status == SequenceStatus.RUNNING and n >= 1
+            assert s.num_computed_tokens + n == len(s)
         is_prefill = seqs[0] in waiting_before
         if head_fits:
             assert is_prefill, "waiting sequences are prefilled before any decode"
@@ -343,7 +347,7 @@ def test_random_workloads_run_to_completion(w):
         else:
             # decode: the oldest running sequences, one token each; the victims are the newest
             assert seqs == running_before[: len(seqs)]
-            assert all(s.num_scheduled_tokens == 1 for s in seqs)
+            assert all(n == 1 for n in plan.num_tokens)
             num_preempted = sched.num_preemptions - preemptions_before
             victims = running_before[len(running_before) - num_preempted:] if num_preempted else []
             assert not set(victims) & set(seqs)
@@ -351,15 +355,15 @@ def test_random_workloads_run_to_completion(w):
             assert list(sched.running) == [s for s in running_before if s not in victims]
         check_blocks(sched)
 
-        for s in seqs:
-            shadow.run(s)
+        for s, n in zip(seqs, plan.num_tokens):
+            shadow.run(s, n)
         tokens = []
         for s in seqs:
             prompt, samples, expected, _ = info[s.seq_id]
             assert s.token_ids == prompt + samples[: s.num_completion_tokens], "tokens lost"
             assert s.num_completion_tokens < len(expected), "still running after its last token"
             tokens.append(samples[s.num_completion_tokens])
-        done = sched.postprocess(seqs, tokens)
+        done = run_step(sched, plan, tokens).finished
         for s in done:
             assert s.is_finished and s.block_table == []
             prompt, _, expected, reason = info[s.seq_id]

@@ -10,6 +10,7 @@ from nvllm.kv_cache.paged import PagedBlockManager
 from nvllm.sampling_params import SamplingParams
 from nvllm.scheduler.priority import PriorityScheduler, rank
 from nvllm.testing import SchedulerSuite
+from nvllm.testing.scheduler import run_step
 from tests.scheduler.test_chunked import MODELS, assert_same, cases, drive, generate, reference  # noqa: F401
 from tests.scheduler.test_fcfs import EOS, workloads
 
@@ -31,9 +32,9 @@ def add(sched, prompt, max_tokens, priority) -> Sequence:
 
 
 def step(sched):
-    seqs = sched.schedule()
-    sched.postprocess(seqs, [1] * len(seqs))
-    return seqs
+    plan = sched.schedule()
+    run_step(sched, plan, [1] * len(plan.seqs))
+    return plan.seqs
 
 
 class TestPriorityConformance(SchedulerSuite):
@@ -57,7 +58,7 @@ def test_decode_preempts_the_lowest_priority_not_the_newest():
     low = add(sched, [3], max_tokens=3, priority=5)
     new = add(sched, [4], max_tokens=3, priority=1)
     assert step(sched) == [a, new, low]  # by priority; 3 blocks taken
-    seqs = sched.schedule()  # a needs a fourth block
+    seqs = sched.schedule().seqs  # a needs a fourth block
     assert seqs == [a, new] and list(sched.waiting) == [low] and sched.num_preemptions == 1
 
 
@@ -66,7 +67,7 @@ def test_urgent_arrival_preempts_lower_priority_running():
     low = add(sched, [1, 2, 3, 4, 5], max_tokens=2, priority=3)
     step(sched)
     urgent = add(sched, [6, 7, 8], max_tokens=2, priority=0)
-    assert sched.schedule() == [urgent] and list(sched.waiting) == [low] and sched.num_preemptions == 1
+    assert sched.schedule().seqs == [urgent] and list(sched.waiting) == [low] and sched.num_preemptions == 1
 
 
 @pytest.mark.parametrize("config, priority", [({}, 3), ({"preempt_for_admission": False}, 0)])
@@ -75,7 +76,7 @@ def test_no_admission_preemption_between_equals_or_when_off(config, priority):
     running = add(sched, [1, 2, 3, 4, 5], max_tokens=2, priority=3)
     step(sched)
     waiting = add(sched, [6, 7, 8], max_tokens=2, priority=priority)
-    assert sched.schedule() == [running] and list(sched.waiting) == [waiting] and sched.num_preemptions == 0
+    assert sched.schedule().seqs == [running] and list(sched.waiting) == [waiting] and sched.num_preemptions == 0
 
 
 # -- random workloads ----------------------------------------------------------------------------
@@ -88,9 +89,10 @@ def prioritised_workloads(draw):
     return w
 
 
-def check_priority(sched, seqs, before):
+def check_priority(sched, plan, before):
     """Whatever was chosen outranks whatever waits or was preempted; in a decode step, whatever
     still runs unscheduled ranks after every scheduled sequence."""
+    seqs = plan.seqs
     worst_scheduled = max(rank(s) for s in seqs)
     victims = [s for s in before["running"] if s in sched.waiting]
     assert all(rank(v) > worst_scheduled for v in victims), "a preempted request outranks a scheduled one"

@@ -102,8 +102,12 @@ def test_metrics_json_and_progress_bar(tmp_path, tiny_qwen3_path):
 
 
 def test_speculative_none_reserves_nothing_and_counts_nothing(tmp_path, tiny_qwen3_path):
+    asked = []
     with LLM(tiny_qwen3_path) as llm:
-        assert llm.engine.stats.spec_decode is None and llm.engine.scheduler.num_lookahead_tokens == 0
+        schedule = llm.engine.scheduler.schedule
+        llm.engine.scheduler.schedule = lambda lookahead=0: asked.append(lookahead) or schedule(lookahead)
+        llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+        assert llm.engine.stats.spec_decode is None and asked and set(asked) == {0}
 
 
 @pytest.mark.parametrize("speculative, match", [
@@ -199,7 +203,7 @@ def test_disable_by_batch_size(tiny_qwen3_path):
     with LLM(tiny_qwen3_path, speculative={"name": "ngram", "prompt_lookup_min": 1, "disable_by_batch_size": 1},
              kv_cache={"block_size": 8}, max_model_len=128) as llm:
         engine, propose = llm.engine, llm.engine.drafter.propose
-        engine.drafter.propose = lambda seqs: seen.append(len(engine.scheduler.running)) or propose(seqs)
+        engine.drafter.propose = lambda seqs, slots: seen.append(len(engine.scheduler.running)) or propose(seqs, slots)
         got = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=128) as llm:
         assert got == [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
@@ -214,8 +218,8 @@ def test_a_step_shares_out_max_num_draft_tokens(tiny_qwen3_path):
     with LLM(tiny_qwen3_path, speculative={"name": "ngram", "prompt_lookup_min": 1},
              kv_cache={"block_size": 8}, max_model_len=128) as llm:
         engine, propose = llm.engine, llm.engine.drafter.propose
-        engine.drafter.propose = lambda seqs: seen.append(
-            (len(engine.scheduler.running), [seq.num_lookahead_tokens for seq in seqs])) or propose(seqs)
+        engine.drafter.propose = lambda seqs, slots: seen.append(
+            (len(engine.scheduler.running), list(slots))) or propose(seqs, slots)
         got = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=128) as llm:
         assert got == [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]

@@ -52,11 +52,6 @@ class LinearBase(nn.Module):
         return linear(x, self.weight, self.packed, self.bias)
 
 
-class ReplicatedLinear(LinearBase):
-    def __init__(self, input_size: int, output_size: int, bias: bool = False):
-        super().__init__(input_size, output_size, bias, None)
-
-
 class ColumnParallelLinear(LinearBase):
     def __init__(self, input_size: int, output_size: int, bias: bool = False, what: str = "output size"):
         super().__init__(input_size, divide(output_size, tp_size(), what), bias, 0)

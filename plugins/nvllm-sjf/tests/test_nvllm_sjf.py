@@ -5,6 +5,7 @@ from nvllm import LLM, SamplingParams, registry
 from nvllm.sequence import Sequence
 from nvllm.plugins import load_plugins
 from nvllm.testing import SchedulerSuite
+from nvllm.testing.scheduler import run_step
 
 
 class TestSJFConformance(SchedulerSuite):
@@ -26,9 +27,9 @@ def request(prompt_len, max_tokens, first_token=1):
                     SamplingParams(max_tokens=max_tokens, ignore_eos=True), block_size=4)
 
 
-def finish(sched, seqs):
-    """Stand in for the model: every scheduled sequence gets a token; return the finished ones."""
-    return sched.postprocess(seqs, [7] * len(seqs))
+def finish(sched, plan):
+    """Stand in for the model: every sequence in the plan gets a token; return the finished ones."""
+    return run_step(sched, plan, [7] * len(plan.seqs)).finished
 
 
 def test_admits_the_shortest_job_first():
@@ -40,9 +41,9 @@ def test_admits_the_shortest_job_first():
     order = []
     while not sched.is_finished():
         waiting = set(sched.waiting)
-        scheduled = sched.schedule()
-        order += [s.seq_id for s in scheduled if s in waiting]
-        finish(sched, scheduled)
+        plan = sched.schedule()
+        order += [s.seq_id for s in plan.seqs if s in waiting]
+        finish(sched, plan)
     assert order == [jobs[1].seq_id, jobs[2].seq_id, jobs[0].seq_id, jobs[3].seq_id]
 
 
@@ -54,9 +55,9 @@ def test_a_long_job_is_not_starved():
     for i in range(6):  # a fresh short job arrives before every step
         sched.add(request(1, 1, first_token=100 + i))
         waiting = set(sched.waiting)
-        scheduled = sched.schedule()
-        admitted += [s for s in scheduled if s in waiting]
-        finish(sched, scheduled)
+        plan = sched.schedule()
+        admitted += [s for s in plan.seqs if s in waiting]
+        finish(sched, plan)
         if long in admitted:
             break
     assert long in admitted and admitted.index(long) == 2, "overtaken twice, then admitted"
@@ -79,8 +80,8 @@ def test_preempts_the_job_with_the_most_work_left():
     sched.add(long)
     sched.add(short)
     finish(sched, sched.schedule())  # prefill both (short first)
-    scheduled = sched.schedule()
-    assert sched.num_preemptions == 1 and long in sched.waiting and scheduled == [short]
+    plan = sched.schedule()
+    assert sched.num_preemptions == 1 and long in sched.waiting and plan.seqs == [short]
 
 
 @pytest.fixture(scope="module")

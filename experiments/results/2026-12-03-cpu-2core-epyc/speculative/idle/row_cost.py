@@ -19,7 +19,7 @@ parser.add_argument("--calls", type=int, default=15)
 args = parser.parse_args()
 
 with LLM("smollm2", max_model_len=2048) as llm:
-    runner = llm.engine.model_runner
+    runner = llm.engine.executor
     table = list(range(8))  # blocks of 256 tokens: room for every context below
     for ctx in args.ctx:
         for _ in range(args.repeats):
