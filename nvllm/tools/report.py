@@ -267,7 +267,7 @@ def sweep_title(axes: list[str], fixed: dict) -> str:
 
 def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed, table, plots: list[str]):
     counts = ", ".join(f"{int((runs['status'] == s).sum())} {s}" for s in ("ok", "skipped", "failed"))
-    title = f"{sweep_title(axes, fixed)} ({sweep_dir.name})"
+    title = f"{sweep_title(axes, fixed)} ({sweep_dir.resolve().name})"  # resolved: `.` has no name
     lines = [f"# Sweep report: {_marked(title, table)}", "",
              f"{len(runs)} runs ({counts}) in `{sweep_dir}`; swept: {', '.join(f'`{a}`' for a in axes) or 'nothing'}.",
              f"Set for every run: {', '.join(f'`{k}={v}`' for k, v in fixed.items()) or 'nothing'}.",
@@ -403,12 +403,21 @@ def _numeric_x(panel, xs: list[float]):
     panel.set_xticklabels([f"{x:g}" for x in xs])
 
 
+def _from_zero(panel, margin: float):
+    """A linear y axis from 0 to `margin` above the highest point drawn (error bars included), so
+    no marker or bar ends on the frame."""
+    high = panel.dataLim.y1 if panel.dataLim.height >= 0 and panel.has_data() else 0
+    panel.set_ylim(0, high * (1 + margin) if high > 0 else 1)
+
+
 def _plain_log_y(panel):
-    """A log y axis labelled 200, 500, 1000 instead of 2×10², 5×10²."""
+    """A log y axis labelled 200, 500, 1000 instead of 2×10², 5×10²; over more than three decades
+    only the powers of ten, so the labels do not crowd. Call it once the data are drawn."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    panel.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    panel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    low, high = panel.get_ylim()
+    panel.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if high / low < 1e3 else (1,)))
+    panel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 1 else f"{v:g}"))
     panel.yaxis.set_minor_formatter(NullFormatter())
 
 
@@ -461,9 +470,7 @@ def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> lis
                 panel.set_xlim(-0.5, len(xs) - 0.5)
             panel.set_xlabel(axis)
             panel.set_ylabel(_header(table, name))
-            panel.set_ylim(bottom=0)
-            panel.margins(y=0.12)
-            panel.set_ylim(bottom=0)
+            _from_zero(panel, 0.12)
             panel.grid(alpha=0.3)
         fig.suptitle(f"{_marked(title, table)}: median, bars min–max over repeats, by {axis}")
         _legend(fig, panels[0][0], len(series) > 1 or any("(" in s for s in series))
@@ -521,15 +528,13 @@ def plot_load(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame, s
                            color=f"C{i}", clip_on=False)
         if name == "goodput":
             panel.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
-            panel.set_ylim(bottom=0)
-            panel.margins(y=0.1)
-            panel.set_ylim(bottom=0)
+            _from_zero(panel, 0.1)
             panel.set_ylabel("requests per second (req/s)")
             panel.set_title("goodput and completed requests" + (f"\n{slo}" if slo else ""), fontsize="medium")
         else:
             panel.set_yscale("log")
-            _plain_log_y(panel)
             panel.margins(y=0.1)
+            _plain_log_y(panel)
             panel.set_ylabel(_header(table, name))
         panel.set_xlabel("achieved request rate (req/s)")
         panel.grid(alpha=0.3, which="both")
