@@ -440,7 +440,7 @@ def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> lis
         series: dict[str, pd.DataFrame] = {}
         for label, rows in (table.groupby(others, sort=False) if others else [((), table)]):
             label = label if isinstance(label, tuple) else (label,)
-            name = ", ".join(f"{a}={v}" for a, v in zip(others, label)) or axis
+            name = ", ".join(f"{a}={v}" for a, v in zip(others, label) if v != UNSET) or axis
             missing = [f"{r[axis]}: {r['status']}" for _, r in rows.iterrows() if not r["runs_ok"]]
             name = _sim(name, rows.iloc[0])
             series[f"{name} ({', '.join(missing)})" if missing else name] = rows
@@ -514,7 +514,7 @@ def plot_load(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame, s
         scale = 1e-3 if _in_seconds(table, name) else 1
         for i, (label, group) in enumerate(series):
             label = label if isinstance(label, tuple) else (label,)
-            text = _sim(", ".join(f"{a}={v}" for a, v in zip(others, label)) or "runs", group.iloc[0] if len(group) else None)
+            text = _sim(", ".join(f"{a}={v}" for a, v in zip(others, label) if v != UNSET) or "runs", group.iloc[0] if len(group) else None)
             group = group.sort_values("achieved_rate_median")
             pts = group[group[f"{name}_median"].notna()]
             # an empty line drawn unclipped would stretch the panel's extent to the figure's corner,
