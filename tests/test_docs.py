@@ -7,7 +7,8 @@ from pathlib import Path
 from nvllm.registry import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {p.relative_to(ROOT).as_posix(): p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+PAGES = {p.relative_to(ROOT).as_posix(): p.read_text()
+         for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
 NUMBERS = "zero one two three four five six seven eight nine ten eleven twelve".split()
 
 

@@ -514,7 +514,8 @@ def plot_load(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame, s
         scale = 1e-3 if _in_seconds(table, name) else 1
         for i, (label, group) in enumerate(series):
             label = label if isinstance(label, tuple) else (label,)
-            text = _sim(", ".join(f"{a}={v}" for a, v in zip(others, label) if v != UNSET) or "runs", group.iloc[0] if len(group) else None)
+            text = _sim(", ".join(f"{a}={v}" for a, v in zip(others, label) if v != UNSET) or "runs",
+                        group.iloc[0] if len(group) else None)
             group = group.sort_values("achieved_rate_median")
             pts = group[group[f"{name}_median"].notna()]
             # an empty line drawn unclipped would stretch the panel's extent to the figure's corner,
