@@ -262,7 +262,8 @@ class Config(EngineConfig):
             raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu or device=auto")
         dtype = self.dtype
         if dtype == "auto":
-            checkpoint_dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+            # transformers >= 4.56 names it `dtype` (reading `torch_dtype` there logs a deprecation warning)
+            checkpoint_dtype = hf_config.dtype if hasattr(hf_config, "dtype") else getattr(hf_config, "torch_dtype", None)
             sixteen = checkpoint_dtype in (torch.bfloat16, torch.float16)
             dtype = "float32" if device == "cpu" else (str(checkpoint_dtype).removeprefix("torch.") if sixteen else "bfloat16")
         if device == "cuda" and self.tp > torch.cuda.device_count():

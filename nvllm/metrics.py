@@ -334,6 +334,10 @@ def summary_line(m: dict) -> str:
         line += f", median TTFT {m['median_ttft_ms']:.0f} ms"
         if m["total_output_tokens"] > m["completed"]:
             line += f", median TPOT {m['median_tpot_ms']:.1f} ms"
+    spec = m.get("spec_decode")  # None unless a drafter ran
+    if spec:
+        line += (f", draft acceptance {spec['draft_acceptance_rate']:.0%} (mean acceptance length "
+                 f"{spec['mean_acceptance_length']:.2f})" if spec["num_drafts"] else ", nothing drafted")
     if m.get("simulated"):
         sim = m["simulation"]
         line = (f"SIMULATED{'' if sim.get('calibrated') else ', UNCALIBRATED'} ({simulation_source(sim)}): {line} "

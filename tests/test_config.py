@@ -167,3 +167,24 @@ def test_python_overrides_are_typed_too():
 
     with pytest.raises(ConfigError, match="full_key: max_num_seqs"):
         compose(max_num_seqs="abc")
+
+
+def test_resolving_a_config_without_a_dtype_logs_no_deprecation():
+    """A config.json without a dtype (a model.shape) resolves dtype=auto without reading
+    transformers' deprecated `torch_dtype`, whose warning would end up in every such run."""
+    import logging
+
+    from nvllm.models.weights import load_hf_config, shape_path
+
+    hf_config = load_hf_config(shape_path("llama", "tiny"))
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process: let it warn again
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        config = Config.from_cfg(compose_with("model=llama", "model.shape=tiny")).resolve(hf_config)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert config.dtype == "float32"
+    assert not [r.getMessage() for r in records if "deprecated" in r.getMessage()]

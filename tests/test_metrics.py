@@ -2,7 +2,7 @@
 import pytest
 
 from nvllm.errors import ConfigError
-from nvllm.metrics import RequestTiming, serving_metrics, serving_options
+from nvllm.metrics import RequestTiming, serving_metrics, serving_options, summary_line
 
 A = RequestTiming(arrival=0.0, token_times=[1.0, 1.5, 2.5], input_len=10, output_len=3, first_scheduled=0.5,
                   preemptions=1)
@@ -74,6 +74,20 @@ def test_nothing_completed():
     m = serving_metrics([C], duration=1.0)
     assert m["completed"] == 0 and m["failed"] == 1 and m["mean_ttft_ms"] == 0 and m["p99_itl_ms"] == 0
     assert m["achieved_request_rate"] is None  # one arrival: no rate
+
+
+def test_summary_line_gives_the_acceptance_when_a_drafter_ran():
+    m = {"status": "ok", "requests": 2, "rejected": 0, "spec_decode": None,
+         **serving_metrics([A, B], duration=4.0)}
+    assert "acceptance" not in summary_line(m) and "drafted" not in summary_line(m)  # speculative=none
+    # metrics.json's spec_decode: 5 drafts of 4 tokens, 12 accepted
+    spec = {"num_drafts": 5, "num_draft_tokens": 20, "num_accepted_tokens": 12, "draft_acceptance_rate": 0.6,
+            "mean_acceptance_length": 3.4}
+    line = summary_line({**m, "spec_decode": spec})
+    assert line.endswith(", draft acceptance 60% (mean acceptance length 3.40)"), line
+    idle = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0, "draft_acceptance_rate": None,
+            "mean_acceptance_length": None}  # a drafter that never drafted (disable_by_batch_size)
+    assert summary_line({**m, "spec_decode": idle}).endswith(", nothing drafted")
 
 
 @pytest.mark.parametrize("cfg, match", [

@@ -28,8 +28,10 @@ class FlashAttnBackend(AttentionBackend):
     def check(cls, device: torch.device, dtype: torch.dtype, block_size: int | None = None) -> None:
         """Raise naming the fix when flash-attn cannot run here (block_size None: not known yet)."""
         if device.type != "cuda":
+            # not attention=triton: off CUDA it runs in Triton's interpreter, which is no fix for speed
+            fix = "attention=cpu (float32) or attention=sdpa" if device.type == "cpu" else "attention=sdpa"
             raise ConfigError(f"attention=flash_attn needs a CUDA device (flash-attn has no CPU build) and this run "
-                              f"is on {device.type}; use attention=sdpa or attention=triton")
+                              f"is on {device.type}; use {fix}")
         if dtype not in (torch.float16, torch.bfloat16):
             raise ConfigError(f"attention=flash_attn runs float16 and bfloat16 only, not {dtype}; use "
                               f"dtype=bfloat16, or attention=sdpa or attention=triton")

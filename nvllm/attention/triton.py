@@ -18,6 +18,7 @@ is chosen."""
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -288,6 +289,14 @@ class TritonBackend(AttentionBackend):
         if device.type == "cpu" and dtype == torch.bfloat16:
             raise ConfigError("attention=triton on the CPU runs in Triton's interpreter, whose bfloat16 dot products "
                               "are wrong; use dtype=float32 (or float16) on the CPU, or attention=sdpa")
+
+    def __init__(self, config, device: torch.device, dtype: torch.dtype):
+        super().__init__(config, device, dtype)
+        if kernels_for(device).interpreted:  # a choice someone made on purpose, but its cost is easy to miss
+            logging.getLogger(__name__).warning(
+                "nvllm: attention=triton on the CPU runs its kernels in Triton's interpreter, one Python call per "
+                "kernel program: it is there to test and read the kernels, and every step is many times slower "
+                "than with attention=cpu or attention=sdpa (do not time it)")
 
     def prepare(self, meta: AttentionMetadata, block_size: int):
         meta.extra["max_query_len"] = max(meta.query_lens)

@@ -9,7 +9,9 @@ report.csv and by_<axis>.png (needs pandas, tabulate and matplotlib: the `report
 sweep directory or --out, and load.png when `workload.request_rate` is swept: p99 TTFT, p99 ITL and
 goodput against the achieved request rate, a line per configuration, and a table of each
 configuration's knee. Simulated runs (forward=simulated) are marked SIMULATED in every table and
-plot, with what simulated them and whether it was calibrated."""
+plot, with what simulated them and whether it was calibrated. A sweep where a drafter ran gets
+vLLM's acceptance columns; settings that cannot change a run (`speculative.*` under
+speculative=none) are not told apart, so such cells fold into one configuration."""
 import argparse
 import json
 import sys
@@ -23,7 +25,8 @@ import pandas as pd
 @dataclass(frozen=True)
 class Column:
     title: str
-    # the unit the value is read in; latencies are read in ms and shown in s when they reach 1000 ms
+    # the unit the value is read in; latencies are read in ms, and shown in s only when every value
+    # of the column is at least 1000 ms (a column in s never reads 0.0489)
     unit: str
     read: Callable[[dict], float | None]
     # what the column means, written under the table
@@ -37,6 +40,22 @@ def _ms(new: str, old: str | None = None):
         if new in m:
             return m[new]
         return m[old]["median"] * 1e3 if old and isinstance(m.get(old), dict) else None
+    return read
+
+
+def _spec(key: str):
+    """One of vLLM's acceptance figures from metrics.json's `spec_decode` (None where no drafter
+    ran); derived from the counters where a metrics.json predates the figure."""
+    def read(m):
+        spec = m.get("spec_decode")
+        if not spec:
+            return None
+        if key in spec:
+            return spec[key]
+        accepted, drafts, drafted = spec["num_accepted_tokens"], spec["num_drafts"], spec["num_draft_tokens"]
+        if key == "draft_acceptance_rate":
+            return accepted / drafted if drafted else None
+        return 1 + accepted / drafts if drafts else None
     return read
 
 
@@ -80,15 +99,33 @@ COLUMNS = {
                       "completed requests per second of `duration` that met every SLO given (slo.*); — without SLOs"),
     "request_throughput": Column("completed", "req/s", lambda m: m.get("request_throughput"),
                                  "completed requests / `duration`"),
+    "acceptance_rate": Column(
+        "draft acceptance rate", "", _spec("draft_acceptance_rate"),
+        "speculative decoding (vLLM's `spec_decode_draft_acceptance_rate`): accepted / drafted tokens; — where "
+        "nothing was drafted (speculative=none)"),
+    "acceptance_length": Column(
+        "mean acceptance length", "tokens", _spec("mean_acceptance_length"),
+        "speculative decoding (vLLM's): 1 + accepted / drafts, the tokens one verify step gave a sequence that "
+        "drafted, the target's own token included"),
 }
 PLOTTED = ("output_throughput", "median_ttft", "median_tpot")
 LOAD_AXIS, LOAD_PLOTTED = "workload.request_rate", ("p99_ttft", "p99_itl", "goodput")
 STATS = ("median", "min", "max")
+# a setting's cell where the run did not set it, or where it cannot change the run
+UNSET = "—"
+
+
+def inert_settings(settings: dict, m: dict) -> list[str]:
+    """The overrides that cannot change this run: `speculative.*` when no drafter runs
+    (speculative=none drafts nothing, whatever num_speculative_tokens says)."""
+    drafter = settings.get("speculative") or ((m.get("effective_config") or {}).get("speculative") or {}).get("name")
+    return [k for k in settings if k.startswith("speculative.")] if drafter == "none" else []
 
 
 def load_runs(sweep_dir: Path) -> pd.DataFrame:
-    """A row per run: its directory, status, reason, repeat, each override (a column named by its
-    key) and each COLUMNS value (None where the run did not finish or did not measure it)."""
+    """A row per run: its directory, status, reason, repeat, its overrides (`settings`), those of them
+    that cannot change it (`inert`) and each COLUMNS value (None where the run did not finish or did
+    not measure it)."""
     rows = []
     for path in sorted(sweep_dir.rglob("metrics.json"), key=lambda p: _job_order(p, sweep_dir)):
         m = json.loads(path.read_text())
@@ -101,7 +138,8 @@ def load_runs(sweep_dir: Path) -> pd.DataFrame:
         status = m.get("status", "ok")
         values = {name: _read(col.read, m) if status == "ok" else None for name, col in COLUMNS.items()}
         rows.append({"dir": str(path.parent.relative_to(sweep_dir)), "status": status, "reason": m.get("reason", ""),
-                     "repeat": settings.pop("repeat", "0"), "settings": settings, "metrics": m,
+                     "repeat": settings.pop("repeat", "0"), "settings": settings,
+                     "inert": inert_settings(settings, m), "metrics": m,
                      "simulated": simulated_label(m), **values})
     return pd.DataFrame(rows)
 
@@ -149,14 +187,29 @@ def _read(read, m):
     return None if value is None else float(value)
 
 
-def summarise(runs: pd.DataFrame) -> tuple[list[str], dict, pd.DataFrame]:
-    """(swept axes, overrides common to every run, one row per configuration in sweep order with
-    `<column>_median/_min/_max` over its ok runs, `status`, `runs_ok`, `runs`, `reason`, `run_dirs`)."""
-    settings = pd.DataFrame(list(runs["settings"]), index=runs.index).fillna("")
+def settings_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each run's overrides, a column per key: UNSET where the run did not set the key or where it
+    cannot change the run, so runs that differ only there are one configuration."""
+    kept = [{k: v for k, v in s.items() if k not in inert} for s, inert in zip(runs["settings"], runs["inert"])]
+    return pd.DataFrame(kept, index=runs.index, columns=list(dict.fromkeys(k for s in runs["settings"] for k in s))
+                        ).fillna(UNSET)
+
+
+def with_configs(runs: pd.DataFrame) -> tuple[list[str], dict, pd.DataFrame]:
+    """(swept axes, overrides common to every run, the runs with a column per axis and `_config`:
+    the configuration they belong to)."""
+    settings = settings_frame(runs)
     axes = [k for k in settings.columns if settings[k].nunique() > 1]
     fixed = {k: settings[k].iloc[0] for k in settings.columns if k not in axes}
     runs = pd.concat([settings[axes], runs.drop(columns=["settings"])], axis=1)
     runs["_config"] = runs[axes].astype(str).agg("\x00".join, axis=1) if axes else ""
+    return axes, fixed, runs
+
+
+def summarise(runs: pd.DataFrame) -> tuple[list[str], dict, pd.DataFrame]:
+    """(swept axes, overrides common to every run, one row per configuration in sweep order with
+    `<column>_median/_min/_max` over its ok runs, `status`, `runs_ok`, `runs`, `reason`, `run_dirs`)."""
+    axes, fixed, runs = with_configs(runs)
     groups = runs.groupby("_config", sort=False)
     stats = groups[list(COLUMNS)].agg(STATS)
     stats.columns = [f"{name}_{stat}" for name, stat in stats.columns]
@@ -174,8 +227,9 @@ def summarise(runs: pd.DataFrame) -> tuple[list[str], dict, pd.DataFrame]:
 
 
 def _in_seconds(table: pd.DataFrame, name: str) -> bool:
-    """Latencies shown in seconds once they reach thousands of ms."""
-    return COLUMNS[name].unit == "ms" and table[f"{name}_max"].max(skipna=True) >= 1000
+    """Latencies shown in seconds only when every value is thousands of ms: a column where some
+    are tens of ms stays in ms, so no cell reads 0.0489."""
+    return COLUMNS[name].unit == "ms" and table[f"{name}_min"].min(skipna=True) >= 1000
 
 
 def _header(table: pd.DataFrame, name: str) -> str:
@@ -203,14 +257,26 @@ def _columns(table: pd.DataFrame) -> list[str]:
     return [n for n in COLUMNS if table[f"{n}_median"].notna().any()]
 
 
+def sweep_title(axes: list[str], fixed: dict) -> str:
+    """A named experiment by its name; an ad-hoc sweep by what it swept (its directory, named
+    after the time it started, says little)."""
+    if "experiment" in fixed:
+        return fixed["experiment"]
+    return " × ".join(axes) if axes else "one configuration"
+
+
 def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed, table, plots: list[str]):
     counts = ", ".join(f"{int((runs['status'] == s).sum())} {s}" for s in ("ok", "skipped", "failed"))
-    title = f"{fixed['experiment']} ({sweep_dir.name})" if "experiment" in fixed else sweep_dir.name
+    title = f"{sweep_title(axes, fixed)} ({sweep_dir.resolve().name})"  # resolved: `.` has no name
     lines = [f"# Sweep report: {_marked(title, table)}", "",
              f"{len(runs)} runs ({counts}) in `{sweep_dir}`; swept: {', '.join(f'`{a}`' for a in axes) or 'nothing'}.",
              f"Set for every run: {', '.join(f'`{k}={v}`' for k, v in fixed.items()) or 'nothing'}.",
              "Cells: median [min–max] over repeats (`repeat=`) of each run's value. Each run's metrics.json (in "
              "`<sweep dir>/<run>/`) holds its effective and requested configuration."]
+    inert = sorted({k for keys in runs["inert"] for k in keys})
+    if inert:
+        lines.append(f"speculative=none drafts nothing, so its runs at every {', '.join(f'`{k}`' for k in inert)} "
+                     f"are one configuration (shown as {UNSET}): they count as its repeats.")
     ok = runs[runs["status"] == "ok"]
     if len(ok):
         m = ok.iloc[0]["metrics"]
@@ -259,7 +325,7 @@ def _by_priority(axes: list[str], runs: pd.DataFrame, table: pd.DataFrame) -> li
     if not records:
         return []
     data = pd.DataFrame(records)
-    seconds = data["ttft"].max() >= 1000
+    seconds = data["ttft"].min() >= 1000  # as _in_seconds
     stats = data.groupby(["_config", "priority"], sort=False)["ttft"].agg(STATS) / (1e3 if seconds else 1)
     keys = runs.drop_duplicates("_config")
     shown = pd.DataFrame({f"`{a}`": list(keys[a]) for a in axes})
@@ -337,19 +403,29 @@ def _numeric_x(panel, xs: list[float]):
     panel.set_xticklabels([f"{x:g}" for x in xs])
 
 
+def _from_zero(panel, margin: float):
+    """A linear y axis from 0 to `margin` above the highest point drawn (error bars included), so
+    no marker or bar ends on the frame."""
+    high = panel.dataLim.y1 if panel.dataLim.height >= 0 and panel.has_data() else 0
+    panel.set_ylim(0, high * (1 + margin) if high > 0 else 1)
+
+
 def _plain_log_y(panel):
-    """A log y axis labelled 200, 500, 1000 instead of 2×10², 5×10²."""
+    """A log y axis labelled 200, 500, 1000 instead of 2×10², 5×10²; over more than three decades
+    only the powers of ten, so the labels do not crowd. Call it once the data are drawn."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    panel.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-    panel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    low, high = panel.get_ylim()
+    panel.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5) if high / low < 1e3 else (1,)))
+    panel.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 1 else f"{v:g}"))
     panel.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> list[str]:
     """One PNG per swept axis: the plotted metrics against that axis, a series per combination of
     the other axes; markers at the median, bars from min to max. A numeric axis is drawn to scale
-    (log when it spans 8x); a categorical one as evenly spaced names."""
+    (log when it spans 8x); a categorical one as evenly spaced names. A configuration that does not
+    use the axis (UNSET there: speculative=none by k) is a dashed level line across the panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -357,24 +433,30 @@ def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> lis
 
     written = []
     for axis in axes:
-        xs = list(dict.fromkeys(table[axis]))
+        xs = [x for x in dict.fromkeys(table[axis]) if x != UNSET]
         numeric = all(_is_number(x) for x in xs)
         position = {x: float(x) if numeric else i for i, x in enumerate(xs)}
         others = [a for a in axes if a != axis]
         series: dict[str, pd.DataFrame] = {}
         for label, rows in (table.groupby(others, sort=False) if others else [((), table)]):
             label = label if isinstance(label, tuple) else (label,)
-            name = ", ".join(f"{a}={v}" for a, v in zip(others, label)) or axis
+            name = ", ".join(f"{a}={v}" for a, v in zip(others, label) if v != UNSET) or axis
             missing = [f"{r[axis]}: {r['status']}" for _, r in rows.iterrows() if not r["runs_ok"]]
             name = _sim(name, rows.iloc[0])
             series[f"{name} ({', '.join(missing)})" if missing else name] = rows
-        fig, panels = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4), squeeze=False)
+        fig, panels = plt.subplots(1, len(PLOTTED), figsize=(5 * len(PLOTTED), 4), squeeze=False, layout="constrained")
         for panel, name in zip(panels[0], PLOTTED):
             scale = 1e-3 if _in_seconds(table, name) else 1
             for k, (label, rows) in enumerate(series.items()):
                 rows = rows[rows[f"{name}_median"].notna()]
                 if rows.empty:
                     continue
+                if (rows[axis] == UNSET).all():
+                    # x in axes coordinates: the whole width, whatever the axis' scale
+                    panel.plot([0, 1], [rows[f"{name}_median"].median() * scale] * 2, linestyle="--",
+                               transform=panel.get_yaxis_transform(), label=f"{label} (any {axis})")
+                    continue
+                rows = rows[rows[axis] != UNSET]
                 shift = 0 if numeric else (k - (len(series) - 1) / 2) * 0.3 / max(1, len(series) - 1)
                 x = [position[v] + shift for v in rows[axis]]
                 med = rows[f"{name}_median"] * scale
@@ -388,9 +470,7 @@ def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> lis
                 panel.set_xlim(-0.5, len(xs) - 0.5)
             panel.set_xlabel(axis)
             panel.set_ylabel(_header(table, name))
-            panel.set_ylim(bottom=0)
-            panel.margins(y=0.12)
-            panel.set_ylim(bottom=0)
+            _from_zero(panel, 0.12)
             panel.grid(alpha=0.3)
         fig.suptitle(f"{_marked(title, table)}: median, bars min–max over repeats, by {axis}")
         _legend(fig, panels[0][0], len(series) > 1 or any("(" in s for s in series))
@@ -402,16 +482,15 @@ def plot(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame) -> lis
 
 
 def _legend(fig, panel, show: bool, extra: list | None = None):
+    """The first panel's series (and `extra` handles) as one legend under the panels. The figure's
+    constrained layout makes room for it below the x labels, however many rows it takes."""
     handles, labels = panel.get_legend_handles_labels()
     for handle, label in extra or ():
         handles.append(handle)
         labels.append(label)
     if show and handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize="small",
-                   bbox_to_anchor=(0.5, 0), frameon=False)
-        fig.tight_layout(rect=(0, 0.06 + 0.05 * -(-len(labels) // 3), 1, 1))
-    else:
-        fig.tight_layout()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize="small",
+                   frameon=False)
 
 
 def plot_load(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame, slo: str) -> list[str]:
@@ -428,32 +507,35 @@ def plot_load(out_dir: Path, title: str, axes: list[str], table: pd.DataFrame, s
     others = [a for a in axes if a != LOAD_AXIS]
     rows = table[table["achieved_rate_median"].notna()]
     series = list(rows.groupby(others, sort=False)) if others else [((), rows)]
-    fig, panels = plt.subplots(1, len(LOAD_PLOTTED), figsize=(5 * len(LOAD_PLOTTED), 4.2), squeeze=False)
+    fig, panels = plt.subplots(1, len(LOAD_PLOTTED), figsize=(5 * len(LOAD_PLOTTED), 4.2), squeeze=False,
+                               layout="constrained")
     top = rows["achieved_rate_median"].max() if len(rows) else 1
     for panel, name in zip(panels[0], LOAD_PLOTTED):
         scale = 1e-3 if _in_seconds(table, name) else 1
-        for label, group in series:
+        for i, (label, group) in enumerate(series):
             label = label if isinstance(label, tuple) else (label,)
-            text = _sim(", ".join(f"{a}={v}" for a, v in zip(others, label)) or "runs", group.iloc[0] if len(group) else None)
+            text = _sim(", ".join(f"{a}={v}" for a, v in zip(others, label) if v != UNSET) or "runs",
+                        group.iloc[0] if len(group) else None)
             group = group.sort_values("achieved_rate_median")
             pts = group[group[f"{name}_median"].notna()]
-            line, = panel.plot(pts["achieved_rate_median"], pts[f"{name}_median"] * scale, marker="o", label=text,
-                               clip_on=False)
-            if name == "goodput":  # what was served at all, whatever its latency
-                done = group[group["request_throughput_median"].notna()]
+            # an empty line drawn unclipped would stretch the panel's extent to the figure's corner,
+            # and the layout would find no room for the panels (goodput is empty without SLOs)
+            if len(pts):
+                panel.plot(pts["achieved_rate_median"], pts[f"{name}_median"] * scale, marker="o", label=text,
+                           color=f"C{i}", clip_on=False)
+            done = group[group["request_throughput_median"].notna()]
+            if name == "goodput" and len(done):  # what was served at all, whatever its latency
                 panel.plot(done["achieved_rate_median"], done["request_throughput_median"], linestyle="--", marker=".",
-                           color=line.get_color(), clip_on=False)
+                           color=f"C{i}", clip_on=False)
         if name == "goodput":
             panel.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
-            panel.set_ylim(bottom=0)
-            panel.margins(y=0.1)
-            panel.set_ylim(bottom=0)
+            _from_zero(panel, 0.1)
             panel.set_ylabel("requests per second (req/s)")
             panel.set_title("goodput and completed requests" + (f"\n{slo}" if slo else ""), fontsize="medium")
         else:
             panel.set_yscale("log")
-            _plain_log_y(panel)
             panel.margins(y=0.1)
+            _plain_log_y(panel)
             panel.set_ylabel(_header(table, name))
         panel.set_xlabel("achieved request rate (req/s)")
         panel.grid(alpha=0.3, which="both")
@@ -484,10 +566,9 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
     if runs.empty:
         raise SystemExit(f"no metrics.json under {sweep_dir}: is it the directory a sweep (-m) wrote?")
     axes, fixed, table = summarise(runs)
-    runs = runs.assign(**pd.DataFrame(list(runs["settings"]), index=runs.index).fillna("")[axes])
-    runs["_config"] = runs[axes].astype(str).agg("\x00".join, axis=1) if axes else ""
+    _, _, runs = with_configs(runs)
     try:
-        title = fixed.get("experiment", sweep_dir.name)
+        title = sweep_title(axes, fixed)
         plots = plot(out_dir, title, axes, table) + plot_load(out_dir, title, axes, table, _slo(runs))
     except ImportError:
         print("nvllm.tools.report: matplotlib is not installed, so no plots (pip install 'nvllm[report]')", file=sys.stderr)

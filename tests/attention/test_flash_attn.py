@@ -14,10 +14,12 @@ from tests.attention.conftest import TOLERANCE, make_batch, run, sdpa_reference
 CUDA = torch.device("cuda")
 
 
-def test_cpu_is_refused_naming_cuda():
+def test_cpu_is_refused_naming_cuda_and_a_cpu_backend():
+    """The fix offered on a CPU is a CPU backend: attention=triton would run in Triton's interpreter."""
     load_plugins()
-    with pytest.raises(ConfigError, match="needs a CUDA device.*attention=sdpa or attention=triton"):
+    with pytest.raises(ConfigError, match="needs a CUDA device.*use attention=cpu .*or attention=sdpa") as refused:
         registry.build("attention", "flash_attn", device=torch.device("cpu"), dtype=torch.float32)
+    assert "triton" not in str(refused.value)
 
 
 def test_float32_is_refused():

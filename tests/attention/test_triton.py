@@ -192,6 +192,18 @@ def test_bfloat16_on_cpu_is_refused():
         TritonBackend(TritonBackend.Config(), device=torch.device("cpu"), dtype=torch.bfloat16)
 
 
+def test_cpu_backend_warns_that_it_runs_interpreted(caplog):
+    """Built on a CPU, the backend says once that its kernels run in Triton's interpreter and what that costs."""
+    from nvllm.attention.triton import TritonBackend
+
+    triton_kernels("cpu")
+    with caplog.at_level("WARNING", logger="nvllm.attention.triton"):
+        TritonBackend(TritonBackend.Config(), device=torch.device("cpu"), dtype=torch.float32)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "Triton's interpreter" in warnings[0], warnings
+    assert "slower than with attention=cpu or attention=sdpa" in warnings[0]
+
+
 def test_registering_imports_no_kernel_package_and_cpu_needs_the_interpreter():
     """A fresh process: loading the plugins imports neither triton nor flash_attn (and, without
     a GPU, picks Triton's interpreter); a CPU backend after triton was imported compiled is
