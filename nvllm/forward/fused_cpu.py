@@ -19,6 +19,7 @@ from nvllm.forward.base import ForwardTarget, logits_rows
 from nvllm.forward.eager import EagerForward
 from nvllm.hookspecs import hookimpl
 from nvllm.kernels import load_library
+from nvllm.models.base import fused_layout
 from nvllm.models.llama import LlamaForCausalLM
 
 _ptr, _i64, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -88,8 +89,10 @@ class FusedCPUForward(EagerForward):
     @classmethod
     def check(cls, target: ForwardTarget) -> None:
         dtype = str(target.dtype).removeprefix("torch.")
-        if not issubclass(target.model, LlamaForCausalLM):
-            why = f"model={target.model.name} is not a Llama-family decoder (the modules cpu_step.c reads)"
+        if fused_layout(target.model) != "llama" or not issubclass(target.model, LlamaForCausalLM):
+            why = (f"model={target.model.name} ({target.model.__qualname__}) does not declare the computation "
+                   f"cpu_step.c implements (fused_step_layout = \"llama\" in its own class body: a subclass "
+                   f"inherits none, since the C step would ignore what it overrides)")
         elif target.device.type != "cpu" or target.dtype != torch.float32:
             why = f"it is a float32 CPU kernel and this run is {dtype} on {target.device.type}"
         elif target.tp != 1:

@@ -32,9 +32,20 @@ class CausalLM(nn.Module):
     random_presets: dict[str, dict] = {}
     # checkpoint name fragment -> (fused parameter fragment, shard id)
     packed_modules_mapping: dict[str, tuple[str, str | int]] = {}
+    # the computation a forward strategy that does not run the torch modules implements for this
+    # class ("llama": forward=fused_cpu's C step, nvllm/kernels/cpu_step.c). Read from the class's own
+    # body only (`fused_layout(cls)`): a subclass inherits none, since one that overrides a forward
+    # method would otherwise be run as its parent's arithmetic; it declares the layout again to opt in
+    fused_step_layout: str | None = None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         raise NotImplementedError
+
+
+def fused_layout(cls: type) -> str | None:
+    """The computation `cls` declares in its own class body for a fused step (None: none; never
+    inherited, see CausalLM.fused_step_layout)."""
+    return vars(cls).get("fused_step_layout")

@@ -95,6 +95,7 @@ class LlamaForCausalLM(CausalLM):
     name = "llama"
     hf_model_types = ("llama",)
     hf_config_class = "LlamaConfig"
+    fused_step_layout = "llama"  # forward=fused_cpu's C step computes exactly these modules
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),

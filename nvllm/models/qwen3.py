@@ -11,6 +11,7 @@ class Qwen3ForCausalLM(LlamaForCausalLM):
     name = "qwen3"
     hf_model_types = ("qwen3", "qwen2")
     hf_config_class = "Qwen3Config"
+    fused_step_layout = "llama"  # Llama's, with the q/k norms and biases the C step reads where present
     random_presets = {
         "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
