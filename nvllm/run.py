@@ -13,6 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from nvllm.unshadow import unshadow
+
+unshadow()  # before any other nvllm import: a directory named nvllm here may hide the package
 from nvllm.config import setup
 
 setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes

@@ -14,6 +14,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from nvllm.unshadow import unshadow
+
+unshadow()  # before any other nvllm import: a directory named nvllm here may hide the package
 from nvllm.config import ServeConfig, setup
 from nvllm.errors import ConfigError
 

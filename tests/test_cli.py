@@ -82,3 +82,21 @@ def test_nvllm_serve_takes_vllms_options(tmp_path, tiny_qwen3_path):
         proc.terminate()
         proc.wait(30)
     assert "request cmpl-" in (tmp_path / "serve" / "serve.log").read_text()
+
+
+def test_python_m_beside_a_clone_named_nvllm(tmp_path, tiny_qwen3_path):
+    """docs/plugins.md's layout: a plugin beside the clone, commands run from the directory holding both.
+    There `python -m` puts the clone (a directory named nvllm, no __init__.py) first on sys.path, where
+    it hides the package as a namespace package: the entry points use the real one and say so."""
+    (tmp_path / "nvllm").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    run = subprocess.run([sys.executable, "-m", "nvllm.run", "model=qwen3", f"model.path={tiny_qwen3_path}",
+                          "workload=random_tiny", "workload.num_seqs=2", "workload.output_len=[2,2]",
+                          "workload.max_token_id=500", "max_model_len=160", f"hydra.run.dir={tmp_path}/run"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"nvllm: {tmp_path / 'nvllm'} hides the installed nvllm package" in run.stderr
+    assert "2 requests (0 rejected)" in run.stdout
+    serve = subprocess.run([sys.executable, "-m", "nvllm.serve", "serve.port=70000"], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=300)
+    assert serve.returncode == 1 and serve.stderr.splitlines()[-1].startswith("nvllm.serve: serve.port=70000"), \
+        serve.stderr[-3000:]
