@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from nvllm.unshadow import unshadow
 
 unshadow()  # before any other nvllm import: a directory named nvllm here may hide the package
-from nvllm.config import ServeConfig, setup
+from nvllm.config import ServeConfig, check_composed, setup
 from nvllm.errors import ConfigError
 
 setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes
@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         sys.exit("nvllm.serve: python -m nvllm.serve runs one server: drop -m/--multirun")
     try:
+        check_composed(cfg)
         serve(cfg, ServeConfig(**cfg.serve), HydraConfig.get().runtime.choices["model"])
     except (ConfigError, WeightsError, MissingWeightsError, UnknownComponentError, WorkerError, FileNotFoundError) as e:
         sys.exit(f"nvllm.serve: {e}")  # the user's to fix, and the message names what: no traceback
@@ -54,13 +55,15 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
         raise SystemExit(f"nvllm.serve needs the serve extra ({e}): pip install 'nvllm[serve]'") from None
     from nvllm.config import Config
     from nvllm.engine.llm_engine import LLMEngine
-    from nvllm.models.weights import resolve_model_path
+    from nvllm.models.weights import check_config_json, resolve_model_path
     from nvllm.server.engine_loop import EngineLoop
     from nvllm.server.prompts import Tokenizers
 
     config = Config.from_cfg(cfg)  # a bad component config is refused here, before the model loads
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # while the model loads, SIGTERM stops it as Ctrl-C does
-    tokenizers = Tokenizers(resolve_model_path(config.model))  # forked before any thread starts
+    model_path = resolve_model_path(config.model)
+    check_config_json(model_path)  # before the tokenizer workers read it: a damaged one is one line
+    tokenizers = Tokenizers(model_path)  # forked before any thread starts
     engine_loop = EngineLoop(lambda: LLMEngine(config))
     try:
         engine_loop.start()

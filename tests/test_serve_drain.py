@@ -130,7 +130,7 @@ def test_a_signal_while_the_model_loads(tmp_path, tiny_qwen3_path, fault_site, s
 
 @pytest.mark.slow
 def test_sigterm_drains_a_tensor_parallel_server(tmp_path, tiny_qwen3_path):
-    server = Server(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "tp=2", "max_model_len=2048",
+    server = Server(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "tp=2", "max_model_len=1024",
                     "serve.drain_timeout_s=1")
     try:
         lines, started = [], threading.Event()
