@@ -154,9 +154,11 @@ def cli():
         sys.exit(f"nvllm: {e}")
     try:
         main()
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:  # the engine (and its ranks) closed as the interrupt unwound
+        from nvllm.serve import exit_now
+
         print(f"\nnvllm: stopped by {e.args[0] if e.args else 'Ctrl-C'}", file=sys.stderr)
-        sys.exit(130 if not e.args else 143)
+        exit_now(130 if not e.args else 143)
 
 
 if __name__ == "__main__":

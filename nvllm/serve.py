@@ -8,6 +8,8 @@ It prints the address once it is ready; SIGTERM or Ctrl-C drains it (nvllm/serve
 the engine and its tensor-parallel ranks, prints one line and exits 0. A configuration it cannot
 run is one line too. Needs the `serve` extra: pip install 'nvllm[serve]'."""
 import logging
+import multiprocessing
+import os
 import signal
 import sys
 
@@ -63,16 +65,18 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # while the model loads, SIGTERM stops it as Ctrl-C does
     model_path = resolve_model_path(config.model)
     check_config_json(model_path)  # before the tokenizer workers read it: a damaged one is one line
+    before = set(multiprocessing.active_children())
     tokenizers = Tokenizers(model_path)  # forked before any thread starts
+    tokenizer_workers = set(multiprocessing.active_children()) - before
     engine_loop = EngineLoop(lambda: LLMEngine(config))
     try:
         engine_loop.start()
-    except KeyboardInterrupt as e:  # no waiting for the build: the engine thread (a daemon) ends with the
-        _ignore_signals()          # process, and tensor-parallel ranks leave when their parent does
-        engine_loop.stop(timeout=0)
-        tokenizers.close()
+    except KeyboardInterrupt as e:  # no waiting for the build, which no signal can cut short: the
+        _ignore_signals()          # process leaves it, and tensor-parallel ranks leave when their parent does
+        for worker in tokenizer_workers:
+            worker.kill()
         logger.info(f"nvllm.serve: stopped by {e.args[0] if e.args else 'Ctrl-C'} while starting")
-        return
+        exit_now(0)
     except BaseException:
         tokenizers.close()
         raise
@@ -88,6 +92,15 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
         engine_loop.stop()
         tokenizers.close()
     logger.info(f"nvllm.serve: {summary}")
+
+
+def exit_now(code: int):
+    """End the process without the interpreter's teardown, which waits for (or aborts in) a thread still
+    loading the model: every line written is flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _ignore_signals():
