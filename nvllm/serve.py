@@ -24,6 +24,8 @@ from nvllm.errors import ConfigError
 
 setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes
 logger = logging.getLogger("nvllm.serve")
+# the embedded model's Hugging Face id, which clients may send as `model` besides the option's name
+EMBEDDED_HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 @hydra.main(config_path="pkg://nvllm.conf", config_name="config", version_base="1.3")
@@ -83,7 +85,9 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
     try:
         if engine_loop.engine.random_weights:
             logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
-        app = build_app(engine_loop, model_name, serve_config, tokenizers)
+        embedded = None if config.model.path or getattr(config.model, "shape", None) else config.model.embedded
+        aliases = tuple(name for name in [EMBEDDED_HUB_IDS.get(embedded)] if name and name != model_name)
+        app = build_app(engine_loop, model_name, serve_config, tokenizers, aliases)
         summary = run_server(app, engine_loop, serve_config, f"nvllm.serve: {model_name} ready on")
     except KeyboardInterrupt as e:  # before the server took the signals over
         summary = f"stopped by {e.args[0] if e.args else 'Ctrl-C'}"
