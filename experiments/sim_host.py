@@ -51,7 +51,7 @@ def real_host_parts(batch: int, repeats: int) -> tuple[float, float]:
 
     from nvllm.tools.profile import sequences
 
-    with LLM({"name": "qwen3", "shape": "tiny"}, forward="eager", max_model_len=1100, max_num_seqs=batch,
+    with LLM({"name": "qwen3", "shape": "tiny"}, forward="eager", max_model_len=1024, max_num_seqs=batch,
              kv_cache={"block_size": 16, "num_blocks": 256}) as llm:
         runner = llm.engine.executor
         seqs = sequences(([], [1024] * batch), 512, 16, 256, random.Random(0), [0])

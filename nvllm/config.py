@@ -19,6 +19,8 @@ from nvllm.metrics import MetricsConfig, SLOConfig
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 
+# max_model_len=null (auto): this, or the model's max_position_embeddings where smaller
+DEFAULT_MAX_MODEL_LEN = 4096
 GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "speculative", "workload")
 # families whose `auto` option is decided in Config.resolve, once the checkpoint and device are known
 AUTO_FAMILIES = ("attention", "forward")
@@ -42,8 +44,9 @@ class EngineConfig:
     # most tokens in one step; null = auto: 16384 on CUDA, max(4096, max_model_len) on a CPU (where
     # steps of a few thousand rows keep the activations in cache)
     max_num_batched_tokens: Optional[int] = None
-    # longest sequence (prompt + output); capped by the model's max_position_embeddings
-    max_model_len: int = 4096
+    # longest sequence (prompt + output); null = auto: 4096, or the model's max_position_embeddings where
+    # smaller. A value above the model's max_position_embeddings is refused
+    max_model_len: Optional[int] = None
     # global seed for unseeded sampling
     seed: int = 0
     # overlap scheduling: schedule and pack step N+1 while step N runs; auto: on where the device runs
@@ -58,8 +61,13 @@ class EngineConfig:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype={self.dtype!r} is not allowed: use auto, float32, bfloat16 or float16")
         for name in ("tp", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} is not allowed: it must be an integer >= 1")
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value} is not allowed: it must be an integer >= 1")
+            if value is not None and value >= 2**63:
+                raise ConfigError(f"{name}={value} is not allowed: it must be an integer in [1, 2**63)")
+        if isinstance(self.seed, int) and not -2**63 <= self.seed < 2**64:  # what torch.manual_seed takes
+            raise ConfigError(f"seed={self.seed} is not allowed: it must be an integer in [-2**63, 2**64)")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -283,7 +291,13 @@ class Config(EngineConfig):
             raise ConfigError(f"async_scheduling=true schedules a step before the last one's tokens are known, and "
                               f"speculative={speculative.name} decides at each step how many there are; use "
                               f"async_scheduling=false (or auto) with speculation, or speculative=none")
-        max_model_len = min(self.max_model_len, hf_config.max_position_embeddings)
+        max_model_len = min(DEFAULT_MAX_MODEL_LEN, hf_config.max_position_embeddings)
+        if self.max_model_len is not None:
+            if self.max_model_len > hf_config.max_position_embeddings:
+                raise ConfigError(f"max_model_len={self.max_model_len} is more than this model's limit, "
+                                  f"max_position_embeddings={hf_config.max_position_embeddings} (its config.json): "
+                                  f"use max_model_len={hf_config.max_position_embeddings} or less, or leave it out (auto)")
+            max_model_len = self.max_model_len
         max_num_batched_tokens = self.max_num_batched_tokens
         if max_num_batched_tokens is None:
             max_num_batched_tokens = 16384 if device == "cuda" else max(4096, max_model_len)
@@ -391,3 +405,52 @@ def detect_architecture(path: str) -> str:
             return name
     raise ConfigError(f"no registered architecture runs model_type {model_type!r} (from {config_file}); "
                       f"registered: {', '.join(registry.names('model'))}")
+
+
+def check_composed(cfg: DictConfig) -> None:
+    """What Hydra composed and cannot catch itself, refused in one ConfigError each: an interpolation
+    that does not resolve (`max_num_seqs=${oops}`, `${oc.env:UNSET}`), a group deleted (`~model`),
+    a key no schema has (`+unknown=1`: Hydra lets `+` add keys to a structured config), named with the
+    nearest valid key."""
+    import difflib
+    from dataclasses import is_dataclass
+
+    from omegaconf.errors import InterpolationResolutionError
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as e:
+        key = str(e.full_key or e.key)
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else raw
+        cause = str(e.__cause__ or e).splitlines()[0].strip()
+        raise ConfigError(f"{key}={raw} does not resolve ({cause}): give {key} a value, or set what it refers to "
+                          f"(an environment variable with oc.env takes a default: ${{oc.env:NAME,default}})") from None
+    for group in (*GROUPS, "sampling", "serve"):
+        if cfg.get(group) is None:
+            choose = f"choose one with {group}=<name> ({', '.join(group_options(group))}) or " if group in GROUPS else ""
+            raise ConfigError(f"{group} is required and the command line deleted it (~{group}): {choose}drop ~{group}")
+
+    def walk(node, prefix: str):
+        schema = OmegaConf.get_type(node)
+        known = {f.name for f in fields(schema)} if is_dataclass(schema) else None
+        for key in node.keys():
+            name = f"{prefix}{key}"
+            if known is not None and key not in known:
+                near = difflib.get_close_matches(str(key), sorted(known), n=1)
+                hint = f"did you mean {prefix}{near[0]}?" if near else f"the keys here: {', '.join(sorted(known))}"
+                raise ConfigError(f"{name} is not a key nvllm knows ({hint}); `python -m nvllm.run --help` lists them")
+            value = node._get_node(key)
+            if isinstance(value, DictConfig) and not value._is_none():
+                walk(value, f"{name}.")
+
+    walk(cfg, "")
+
+
+def group_options(group: str) -> list[str]:
+    """The options `group=<name>` takes: its YAML files in conf/ and its registered components."""
+    from importlib.resources import files
+
+    yaml = [f.name.removesuffix(".yaml") for f in (files("nvllm.conf") / group).iterdir() if f.name.endswith(".yaml")]
+    return sorted({*yaml, *(registry.names(group) if group in registry.FAMILIES else ())})

@@ -13,6 +13,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from nvllm.unshadow import unshadow
+
+unshadow()  # before any other nvllm import: a directory named nvllm here may hide the package
 from nvllm.config import setup
 
 setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes
@@ -24,6 +27,7 @@ def main(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from nvllm.config import check_composed
     from nvllm.distributed.workers import WorkerError
     from nvllm.errors import ConfigError
     from nvllm.metrics import not_run, reset_peak_memory, summary_line, to_json
@@ -33,9 +37,11 @@ def main(cfg: DictConfig) -> dict:
 
     setup()  # a launcher's job process (joblib, submitit) runs this function without the module body
     hydra_cfg = HydraConfig.get()
-    requested = OmegaConf.to_container(cfg, resolve=True)
+    requested = OmegaConf.to_container(cfg, resolve=False)  # as written, until its interpolations are known to resolve
     reset_peak_memory()  # a sweep's runs share this process under the basic launcher
     try:
+        check_composed(cfg)
+        requested = OmegaConf.to_container(cfg, resolve=True)
         metrics = run(cfg, requested)
     except Exception as e:
         if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -65,7 +71,7 @@ def run(cfg: DictConfig, requested: dict) -> dict:
     from nvllm.errors import ConfigError
     from nvllm.forward.base import standalone_executor
     from nvllm.metrics import collect, serving_options, simulation_source
-    from nvllm.models.weights import resolve_model_path
+    from nvllm.models.weights import check_config_json, resolve_model_path
     from nvllm.workloads import WorkloadError, assign_priorities, make_workload, max_concurrency
 
     # everything the workload needs is checked before the model loads: a missing or bad key is refused naming it
@@ -73,7 +79,9 @@ def run(cfg: DictConfig, requested: dict) -> dict:
     config = Config.from_cfg(cfg)
     workload = make_workload(config.workload)
     if standalone_executor(config.forward) is None:
-        tokenizer = load_tokenizer(resolve_model_path(config.model))
+        model_path = resolve_model_path(config.model)
+        check_config_json(model_path)  # before transformers reads it: a damaged one is one line
+        tokenizer = load_tokenizer(model_path)
         workload.check(tokenizer)
         prompts, params = workload.requests(cfg.sampling, tokenizer)
     else:  # forward=simulated: no tokenizer, so token-id prompts only
@@ -146,9 +154,11 @@ def cli():
         sys.exit(f"nvllm: {e}")
     try:
         main()
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:  # the engine (and its ranks) closed as the interrupt unwound
+        from nvllm.serve import exit_now
+
         print(f"\nnvllm: stopped by {e.args[0] if e.args else 'Ctrl-C'}", file=sys.stderr)
-        sys.exit(130 if not e.args else 143)
+        exit_now(130 if not e.args else 143)
 
 
 if __name__ == "__main__":

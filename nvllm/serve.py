@@ -8,17 +8,24 @@ It prints the address once it is ready; SIGTERM or Ctrl-C drains it (nvllm/serve
 the engine and its tensor-parallel ranks, prints one line and exits 0. A configuration it cannot
 run is one line too. Needs the `serve` extra: pip install 'nvllm[serve]'."""
 import logging
+import multiprocessing
+import os
 import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from nvllm.config import ServeConfig, setup
+from nvllm.unshadow import unshadow
+
+unshadow()  # before any other nvllm import: a directory named nvllm here may hide the package
+from nvllm.config import ServeConfig, check_composed, setup
 from nvllm.errors import ConfigError
 
 setup()  # the plugins, and every component's config in Hydra's ConfigStore, before Hydra composes
 logger = logging.getLogger("nvllm.serve")
+# the embedded model's Hugging Face id, which clients may send as `model` besides the option's name
+EMBEDDED_HUB_IDS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 @hydra.main(config_path="pkg://nvllm.conf", config_name="config", version_base="1.3")
@@ -33,6 +40,7 @@ def main(cfg: DictConfig) -> None:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         sys.exit("nvllm.serve: python -m nvllm.serve runs one server: drop -m/--multirun")
     try:
+        check_composed(cfg)
         serve(cfg, ServeConfig(**cfg.serve), HydraConfig.get().runtime.choices["model"])
     except (ConfigError, WeightsError, MissingWeightsError, UnknownComponentError, WorkerError, FileNotFoundError) as e:
         sys.exit(f"nvllm.serve: {e}")  # the user's to fix, and the message names what: no traceback
@@ -51,29 +59,35 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
         raise SystemExit(f"nvllm.serve needs the serve extra ({e}): pip install 'nvllm[serve]'") from None
     from nvllm.config import Config
     from nvllm.engine.llm_engine import LLMEngine
-    from nvllm.models.weights import resolve_model_path
+    from nvllm.models.weights import check_config_json, resolve_model_path
     from nvllm.server.engine_loop import EngineLoop
     from nvllm.server.prompts import Tokenizers
 
     config = Config.from_cfg(cfg)  # a bad component config is refused here, before the model loads
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # while the model loads, SIGTERM stops it as Ctrl-C does
-    tokenizers = Tokenizers(resolve_model_path(config.model))  # forked before any thread starts
+    model_path = resolve_model_path(config.model)
+    check_config_json(model_path)  # before the tokenizer workers read it: a damaged one is one line
+    before = set(multiprocessing.active_children())
+    tokenizers = Tokenizers(model_path)  # forked before any thread starts
+    tokenizer_workers = set(multiprocessing.active_children()) - before
     engine_loop = EngineLoop(lambda: LLMEngine(config))
     try:
         engine_loop.start()
-    except KeyboardInterrupt as e:  # no waiting for the build: the engine thread (a daemon) ends with the
-        _ignore_signals()          # process, and tensor-parallel ranks leave when their parent does
-        engine_loop.stop(timeout=0)
-        tokenizers.close()
+    except KeyboardInterrupt as e:  # no waiting for the build, which no signal can cut short: the
+        _ignore_signals()          # process leaves it, and tensor-parallel ranks leave when their parent does
+        for worker in tokenizer_workers:
+            worker.kill()
         logger.info(f"nvllm.serve: stopped by {e.args[0] if e.args else 'Ctrl-C'} while starting")
-        return
+        exit_now(0)
     except BaseException:
         tokenizers.close()
         raise
     try:
         if engine_loop.engine.random_weights:
             logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")
-        app = build_app(engine_loop, model_name, serve_config, tokenizers)
+        embedded = None if config.model.path or getattr(config.model, "shape", None) else config.model.embedded
+        aliases = tuple(name for name in [EMBEDDED_HUB_IDS.get(embedded)] if name and name != model_name)
+        app = build_app(engine_loop, model_name, serve_config, tokenizers, aliases)
         summary = run_server(app, engine_loop, serve_config, f"nvllm.serve: {model_name} ready on")
     except KeyboardInterrupt as e:  # before the server took the signals over
         summary = f"stopped by {e.args[0] if e.args else 'Ctrl-C'}"
@@ -82,6 +96,15 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
         engine_loop.stop()
         tokenizers.close()
     logger.info(f"nvllm.serve: {summary}")
+
+
+def exit_now(code: int):
+    """End the process without the interpreter's teardown, which waits for (or aborts in) a thread still
+    loading the model: every line written is flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _ignore_signals():

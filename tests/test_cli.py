@@ -82,3 +82,68 @@ def test_nvllm_serve_takes_vllms_options(tmp_path, tiny_qwen3_path):
         proc.terminate()
         proc.wait(30)
     assert "request cmpl-" in (tmp_path / "serve" / "serve.log").read_text()
+
+
+def test_python_m_beside_a_clone_named_nvllm(tmp_path, tiny_qwen3_path):
+    """docs/plugins.md's layout: a plugin beside the clone, commands run from the directory holding both.
+    There `python -m` puts the clone (a directory named nvllm, no __init__.py) first on sys.path, where
+    it hides the package as a namespace package: the entry points use the real one and say so."""
+    (tmp_path / "nvllm").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+    run = subprocess.run([sys.executable, "-m", "nvllm.run", "model=qwen3", f"model.path={tiny_qwen3_path}",
+                          "workload=random_tiny", "workload.num_seqs=2", "workload.output_len=[2,2]",
+                          "workload.max_token_id=500", "max_model_len=160", f"hydra.run.dir={tmp_path}/run"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"nvllm: {tmp_path / 'nvllm'} hides the installed nvllm package" in run.stderr
+    assert "2 requests (0 rejected)" in run.stdout
+    serve = subprocess.run([sys.executable, "-m", "nvllm.serve", "serve.port=70000"], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=300)
+    assert serve.returncode == 1 and serve.stderr.splitlines()[-1].startswith("nvllm.serve: serve.port=70000"), \
+        serve.stderr[-3000:]
+
+
+# a user's mistake on the command line: one line on stderr naming the key and the fix, exit 1, no traceback
+MISTAKES = {
+    "a required group deleted": (["~model"], "nvllm: model is required and the command line deleted it (~model): "
+                                             "choose one with model=<name> ("),
+    "an interpolation of no key": (["max_num_seqs=${oops}"], "nvllm: max_num_seqs=${oops} does not resolve "
+                                                             "(Interpolation key 'oops' not found)"),
+    "an unset environment variable": (["max_num_seqs=${oc.env:NVLLM_TEST_UNSET}"],
+                                      "nvllm: max_num_seqs=${oc.env:NVLLM_TEST_UNSET} does not resolve"),
+    "max_model_len past int64": (["max_model_len=99999999999999999999"],
+                                 "nvllm: max_model_len=99999999999999999999 is not allowed: it must be an integer in "
+                                 "[1, 2**63)"),
+    "max_model_len past the model's": (["max_model_len=2000"], "nvllm: max_model_len=2000 is more than this model's "
+                                                               "limit, max_position_embeddings=1024"),
+    "an unknown +key": (["+unknown=1"], "nvllm: unknown is not a key nvllm knows"),
+    "a misspelt +key": (["+sampling.tempreature=0.5"], "nvllm: sampling.tempreature is not a key nvllm knows (did you "
+                                                       "mean sampling.temperature?)"),
+    "config.json not JSON": (["config.json=nope{"], "config.json is not valid JSON"),
+    "config.json a list": (["config.json=[1, 2]"], "config.json holds a JSON list, not the JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_a_users_mistake_is_one_line(tmp_path, tiny_qwen3_path, case):
+    args, line = MISTAKES[case]
+    model = tiny_qwen3_path
+    if args[0].startswith("config.json="):
+        model = shutil.copytree(tiny_qwen3_path, tmp_path / "ckpt")
+        (model / "config.json").write_text(args[0].split("=", 1)[1])
+        args = []
+    if args != ["~model"]:
+        args = ["model=qwen3", f"model.path={model}", *args]
+    proc = nvllm("run", *args, "workload=random_tiny", "workload.max_token_id=500", f"hydra.run.dir={tmp_path}/run",
+                 cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("nvllm: ") and line.removeprefix("nvllm: ") in last, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args, line", [(["+serve.prot=8001"], "nvllm.serve: serve.prot is not a key nvllm knows "
+                                                                  "(did you mean serve.port?)"),
+                                        (["max_num_seqs=${oops}"], "nvllm.serve: max_num_seqs=${oops} does not resolve")])
+def test_a_users_mistake_is_one_line_for_serve(tmp_path, args, line):
+    proc = nvllm("serve", *args, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(line), proc.stderr[-3000:]

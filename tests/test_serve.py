@@ -113,8 +113,17 @@ def greedy(max_tokens: int, **kw) -> SamplingParams:
 
 
 def test_models_and_health(server):
+    """The embedded model answers to its option's name and to its Hugging Face id."""
     models = httpx.get(f"{server.url}/v1/models", timeout=10).json()
-    assert [m["id"] for m in models["data"]] == ["smollm2"] and models["data"][0]["max_model_len"] == 512
+    assert [m["id"] for m in models["data"]] == ["smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert all(m["max_model_len"] == 512 for m in models["data"])
+    for name in ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        answer = httpx.post(f"{server.url}/v1/completions", json={"model": name, "prompt": PROMPT, "max_tokens": 2},
+                            timeout=60)
+        assert answer.status_code == 200 and answer.json()["model"] == name, answer.text
+    other = httpx.post(f"{server.url}/v1/completions", json={"model": "HuggingFaceTB/SmolLM2-360M", "prompt": PROMPT},
+                       timeout=60)
+    assert other.status_code == 404 and other.json()["error"]["param"] == "model"
     state = health(server)
     assert state["status"] == "ok" and state["free_kv_blocks"] == state["total_kv_blocks"] == 160
 
@@ -250,8 +259,8 @@ BAD_REQUESTS = {
     "missing messages": ("/v1/chat/completions", {"max_tokens": 4}, 400, "messages", "messages is required"),
     "max_tokens a string": ("/v1/completions", {"prompt": "hi", "max_tokens": "many"}, 400, "max_tokens", "integer"),
     "prompt a number": ("/v1/completions", {"prompt": 3}, 400, "prompt", "prompt"),
-    "prompt too long": ("/v1/completions", {"prompt": [1] * 600}, 400, None, "max_model_len=512"),
-    "token id out of range": ("/v1/completions", {"prompt": [1, 10**9]}, 400, None, "token ids"),
+    "prompt too long": ("/v1/completions", {"prompt": [1] * 600}, 400, "prompt", "max_model_len=512"),
+    "token id out of range": ("/v1/completions", {"prompt": [1, 10**9]}, 400, "prompt", "token ids"),
     "max_tokens 0": ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, 400, "max_tokens", "greater than or equal to 1"),
     "max_tokens negative": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -5},
                             400, "max_tokens", "greater than or equal to 1"),

@@ -130,7 +130,7 @@ def test_a_signal_while_the_model_loads(tmp_path, tiny_qwen3_path, fault_site, s
 
 @pytest.mark.slow
 def test_sigterm_drains_a_tensor_parallel_server(tmp_path, tiny_qwen3_path):
-    server = Server(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "tp=2", "max_model_len=2048",
+    server = Server(tmp_path, "model=qwen3", f"model.path={tiny_qwen3_path}", "tp=2", "max_model_len=1024",
                     "serve.drain_timeout_s=1")
     try:
         lines, started = [], threading.Event()
@@ -148,3 +148,49 @@ def test_sigterm_drains_a_tensor_parallel_server(tmp_path, tiny_qwen3_path):
     assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["error"]["code"] == "shutting_down"
     assert "Traceback" not in server.output and "nvllm.serve: stopped by SIGTERM" in server.output
     assert group_is_empty(server.proc.pid)
+
+
+def _rss_mib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) // 1024 for line in status if line.startswith("VmRSS"))
+    except (OSError, StopIteration):
+        return -1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, sig", [("nvllm.serve", signal.SIGTERM), ("nvllm.serve", signal.SIGINT),
+                                          ("nvllm.run", signal.SIGTERM)])
+def test_a_signal_stops_a_real_load_within_2_s(tmp_path, command, sig):
+    """A real load, no fault plugin: Qwen3-0.6B's shape (random weights drawn tensor by tensor, 2.4 GB in
+    float32, seconds of work). Once the process holds more than 1.2 GB the weights are being drawn (the
+    imports alone hold about half that); the signal (Ctrl-C to the whole group, as a terminal sends it)
+    then ends the process within 2 s, with its one line, no traceback and nothing left behind. The
+    server used to wait for the build to end, or abort in the interpreter's teardown with the engine
+    thread still running."""
+    import sys
+
+    args = [sys.executable, "-m", command, "model=qwen3", "model.shape=qwen3-0.6b", "kv_cache.num_blocks=4",
+            "workload=random_tiny", "workload.max_token_id=500", f"hydra.run.dir={tmp_path}/run"]
+    proc = subprocess.Popen(args + (["serve.port=0"] if command == "nvllm.serve" else []), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _rss_mib(proc.pid) < 1200 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        signalled = time.monotonic()
+        os.killpg(proc.pid, sig) if sig == signal.SIGINT else os.kill(proc.pid, sig)
+        out, _ = proc.communicate(timeout=120)
+        seconds = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    name = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    line, code = ((f"nvllm.serve: stopped by {name} while starting", 0) if command == "nvllm.serve"
+                  else (f"nvllm: stopped by {name}", 130 if sig == signal.SIGINT else 143))
+    assert "ready on" not in out and "loaded in" not in out, f"the load ended before the signal:\n{out[-3000:]}"
+    assert proc.returncode == code and out.rstrip().splitlines()[-1] == line, out[-3000:]
+    assert "Traceback" not in out and "terminate called" not in out, out[-3000:]
+    assert seconds < 2, f"{seconds:.1f} s from the signal to the exit"
+    assert group_is_empty(proc.pid)

@@ -166,9 +166,93 @@ def test_bad_input_is_an_openai_4xx(server, case):
 @pytest.mark.parametrize("query, param", [("percentiles=200", "percentiles"), ("percentiles=-1", "percentiles"),
                                           ("percentiles=nan", "percentiles"), ("request_rate=nan", "request_rate"),
                                           ("request_rate=-2", "request_rate"), ('slo={"ttft_ms": "x"}', "slo"),
-                                          ("slo=[1]", "slo")])
+                                          ("slo=[1]", "slo"), ("slo=" + "[" * 3000, "slo"),
+                                          ("percentiles=" + "5," * 3000, "percentiles")])
 def test_bad_metrics_query_is_a_400(server, query, param):
     assert_openai_error(httpx.get(f"{server.url}/metrics/serving?{query}", timeout=10), 400, param)
+
+
+# what the engine refuses, as the server's checks do: the field and a code, never null
+ENGINE_REFUSALS = {
+    "min_tokens > max_tokens": ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "min_tokens": 5}, "min_tokens",
+                                "invalid_value", "min_tokens"),
+    "a token id = the vocabulary size": ("/v1/completions", {"prompt": [1, 49152]}, "prompt", "invalid_value",
+                                         "token id 49152"),
+    "an empty prompt": ("/v1/completions", {"prompt": ""}, "prompt", "invalid_value", "empty"),
+    "no token ids": ("/v1/completions", {"prompt": []}, "prompt", "invalid_value", "empty"),
+    "a prompt at max_model_len": ("/v1/completions", {"prompt": [1] * 512}, "prompt", "context_length_exceeded",
+                                  "max_model_len=512"),
+    "a conversation past max_model_len": (CHAT, {"messages": [{"role": "user", "content": "word " * 600}]}, "messages",
+                                          "context_length_exceeded", "max_model_len=512"),
+    "seed + n - 1 past 2**64": ("/v1/completions", {"prompt": "hi", "n": 16, "seed": 2**64 - 15}, "seed",
+                                "invalid_value", str(2**64 - 15)),
+    "a stop token id = the vocabulary size": ("/v1/completions", {"prompt": "hi", "stop_token_ids": [49152]},
+                                              "stop_token_ids", "invalid_value", "49152"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENGINE_REFUSALS))
+def test_every_4xx_names_its_field_and_a_code(server, case):
+    path, body, param, code, message = ENGINE_REFUSALS[case]
+    assert assert_openai_error(post(server, path, body), 400, param, message)["code"] == code
+
+
+def test_the_largest_seed_n_allows_is_taken(server):
+    body = {"prompt": PROMPT, "max_tokens": 1, "n": 16, "seed": 2**64 - 16, "temperature": 1.0}
+    answer = post(server, "/v1/completions", body)
+    assert answer.status_code == 200 and len(answer.json()["choices"]) == 16, answer.text[:2000]
+
+
+def test_chat_top_logprobs_gives_exactly_n(server):
+    """At temperature 1 a random model's sampled token is mostly outside the top 20, which made 21."""
+    body = {"messages": MSG, "max_tokens": 8, "ignore_eos": True, "temperature": 1.0, "seed": 7, "logprobs": True,
+            "top_logprobs": 20}
+    content = post(server, CHAT, body).json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 8 and [len(token["top_logprobs"]) for token in content] == [20] * 8
+    for token in content:
+        top = [t["logprob"] for t in token["top_logprobs"]]
+        assert top == sorted(top, reverse=True)
+    zero = post(server, CHAT, {**body, "top_logprobs": 0}).json()["choices"][0]["logprobs"]["content"]
+    assert [len(token["top_logprobs"]) for token in zero] == [0] * 8
+
+
+def _success_counts(server) -> dict[str, float]:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("nvllm:request_success_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('finished_reason="')[1].split('"')[0]] = float(value)
+    return counts
+
+
+def test_a_client_that_goes_away_counts_as_abort(server):
+    before = _success_counts(server).get("abort", 0)
+    with pytest.raises(httpx.TimeoutException):  # hangs up while the answer is generated
+        post(server, "/v1/completions", {"prompt": PROMPT, "max_tokens": 400, "ignore_eos": True}, timeout=0.5)
+    deadline = time.monotonic() + 30
+    while _success_counts(server).get("abort", 0) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    post(server, "/v1/completions", {"prompt": [1] * 500, "max_tokens": 40, "ignore_eos": True})  # cut at max_model_len
+    counts = _success_counts(server)
+    assert counts.get("abort", 0) == before + 1, counts
+    assert set(counts) <= {"stop", "length", "abort", "error"}, counts  # vLLM's finished_reason values
+
+
+def test_a_client_that_closes_mid_body_is_one_log_line(server):
+    import socket
+
+    port = int(server.url.rsplit(":", 1)[1])
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(head + b'{"prompt": "' + b"x" * 40 + b'", "max')  # 54 bytes of the 1000 announced
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while "went away while sending its request body" not in server.output and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "the client went away while sending its request body" in server.output
+    assert "ClientDisconnect" not in server.output and "Traceback" not in server.output, server.output[-5000:]
 
 
 def test_a_chunked_body_over_the_limit_is_refused(server):

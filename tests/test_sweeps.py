@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from nvllm import registry
-from nvllm.config import GROUPS, Config, setup
+from nvllm.config import DEFAULT_MAX_MODEL_LEN, GROUPS, Config, setup
 from nvllm.tools.report import main, report
 from nvllm.workloads import assign_priorities, build_requests
 
@@ -199,7 +199,8 @@ def test_every_cell_of_every_experiment_composes(experiment):
         tokenizer = smollm2_tokenizer() if cfg.workload.name in ("chat", "grounded") else None
         prompts, params = build_requests(cfg.workload, cfg.sampling, tokenizer=tokenizer)
         assert prompts and len(prompts) == len(params)
-        assert max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) <= cfg.max_model_len
+        max_model_len = cfg.max_model_len or DEFAULT_MAX_MODEL_LEN  # null: auto, at most that
+        assert max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) <= max_model_len
 
 
 @functools.cache

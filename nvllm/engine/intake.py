@@ -77,7 +77,8 @@ def siblings(seq: Sequence) -> list[Sequence]:
     params = seq.sampling_params
     out = []
     for i in range(1, params.n):
-        sibling = Sequence(seq.token_ids, params if params.seed is None else replace(params, seed=params.seed + i),
+        # n=1: the request's seed + n - 1 was checked; the sibling's seed is one of those
+        sibling = Sequence(seq.token_ids, params if params.seed is None else replace(params, seed=params.seed + i, n=1),
                            seq.block_size, seq.priority)
         sibling.request_id, sibling.arrival_time, sibling.index = seq.request_id, seq.arrival_time, i
         out.append(sibling)

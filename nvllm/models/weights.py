@@ -47,18 +47,26 @@ def resolve_model_path(config, weights: bool = True) -> str:
 
 def load_hf_config(path: str):
     """The checkpoint's config.json through transformers, or a WeightsError naming the file when it
-    is not JSON (truncated or damaged)."""
-    import json
-
+    is not a JSON object (truncated or damaged)."""
     from transformers import AutoConfig
+
+    check_config_json(path)
+    return AutoConfig.from_pretrained(path)
+
+
+def check_config_json(path: str) -> None:
+    """A WeightsError naming `path`/config.json when it is not a JSON object (what transformers reads)."""
+    import json
 
     file = Path(path) / "config.json"
     try:
-        json.loads(file.read_text())
+        config = json.loads(file.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise WeightsError(f"{file} is not valid JSON ({e}): it is truncated or damaged. Copy it again from where "
                            f"the model came from") from None
-    return AutoConfig.from_pretrained(path)
+    if not isinstance(config, dict):
+        raise WeightsError(f"{file} holds a JSON {type(config).__name__}, not the JSON object of a model's config: "
+                           f"point model.path at a Hugging Face model directory, or copy its config.json again")
 
 
 def is_repo_id(name: str) -> bool:

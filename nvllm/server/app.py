@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from nvllm.config import ServeConfig
 from nvllm.sampling_params import DEFAULT_MAX_TOKENS
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 # the engine's finish reasons as OpenAI names them
 FINISH_REASONS = {"stop": "stop", "length": "length", "max_model_len": "length", "abort": "abort"}
+MAX_QUERY_CHARS = 1000  # a query parameter's longest value (its JSON or list is parsed after this check)
 ROUTES = ("POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics "
           "(Prometheus), GET /metrics/serving (JSON)")
 
@@ -53,8 +55,9 @@ class _Completions:
     answer = piece
 
     @staticmethod
-    def logprobs(entries: list, token_ids: list[int], offset: int) -> dict:
-        """OpenAI's completions logprobs: parallel lists, the top ones as {token text: logprob}."""
+    def logprobs(entries: list, token_ids: list[int], offset: int, top: int) -> dict:
+        """OpenAI's completions logprobs: parallel lists, the top ones as {token text: logprob} (the `top`
+        most likely and the sampled token, as vLLM: up to top + 1)."""
         out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for token, entry in zip(token_ids, entries):
             chosen = entry[token]
@@ -82,13 +85,14 @@ class _Chat:
         return {"message": {"role": "assistant", "content": text}}
 
     @staticmethod
-    def logprobs(entries: list, token_ids: list[int], offset: int) -> dict:
-        """OpenAI's chat logprobs: per token its text, logprob, UTF-8 bytes and the top_logprobs."""
+    def logprobs(entries: list, token_ids: list[int], offset: int, top: int) -> dict:
+        """OpenAI's chat logprobs: per token its text, logprob, UTF-8 bytes and exactly `top` top_logprobs
+        (the sampled token among them only if it is one of the `top` most likely, as OpenAI and vLLM)."""
         def item(lp):
             text = lp.decoded_token or ""
             return {"token": text, "logprob": lp.logprob, "bytes": list(text.encode())}
-        return {"content": [{**item(entry[token]), "top_logprobs": [item(lp) for lp in sorted(entry.values(), key=_rank)
-                                                                    if lp.rank is not None]}
+        return {"content": [{**item(entry[token]), "top_logprobs": [item(lp) for lp in sorted(
+                                (lp for lp in entry.values() if lp.rank is not None), key=_rank)[:top]]}
                             for token, entry in zip(token_ids, entries)]}
 
 
@@ -101,10 +105,16 @@ class ServerState:
     draining = False
 
 
-def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfig, tokenizers: Tokenizers) -> FastAPI:
-    """The app serving `engine_loop`'s engine as `model_name`; `tokenizers`: its prompt tokenizer pool."""
+def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfig, tokenizers: Tokenizers,
+              aliases: tuple[str, ...] = ()) -> FastAPI:
+    """The app serving `engine_loop`'s engine as `model_name`, which clients may also call by each of
+    `aliases` (the embedded model's Hugging Face id); `tokenizers`: its prompt tokenizer pool."""
+    from nvllm.models.weights import load_hf_config
+
     engine = engine_loop.engine
+    served = (model_name, *aliases)
     max_model_len = engine.config.max_model_len
+    vocab_size = load_hf_config(engine.model_path).vocab_size
     started = int(time.time())
     limits = Limits.from_config(serve_config, max_model_len)
     state = ServerState()
@@ -148,7 +158,12 @@ def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfi
     @app.exception_handler(Exception)
     async def bug(request: Request, e: Exception):  # still an OpenAI error body (and logged)
         return JSONResponse(RequestError(f"internal error: {type(e).__name__}: {e}", status=500,
-                                         type="internal_error").body(), status_code=500)
+                                         type="internal_error", code="internal_error").body(), status_code=500)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, e: ClientDisconnect):  # it sent part of its body and closed: nobody to answer
+        logger.info(f"{request.method} {request.url.path}: the client went away while sending its request body")
+        return Response(status_code=499)
 
     @app.get("/health")
     async def health():
@@ -184,8 +199,8 @@ def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfi
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
-                                            "owned_by": "nvllm", "max_model_len": max_model_len}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": started, "owned_by": "nvllm",
+                                            "root": model_name, "max_model_len": max_model_len} for name in served]}
 
     @app.post("/v1/completions", openapi_extra=_openapi_body(CompletionRequest))
     async def completions(request: Request):
@@ -203,13 +218,27 @@ def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfi
 
     def admit(req):
         """The checks that need no tokenizer: the model's name and the size limits."""
-        if req.model is not None and req.model != model_name:
-            raise RequestError(f"model {req.model!r} is not served here; this server serves {model_name!r} "
-                               f"(GET /v1/models)", param="model", status=404, code="model_not_found")
+        if req.model is not None and req.model not in served:
+            raise RequestError(f"model {req.model!r} is not served here; this server serves "
+                               f"{' or '.join(map(repr, served))} (GET /v1/models)", param="model", status=404,
+                               code="model_not_found")
         limits.check(req)
         return req
 
+    def check_prompt(token_ids: list[int], param: str):
+        """The prompt's refusals as the engine would make them, naming the field and a code."""
+        if not token_ids:
+            raise RequestError("the prompt is empty: it needs at least one token", param=param)
+        if len(token_ids) >= max_model_len:
+            raise RequestError(f"the prompt has {len(token_ids)} tokens and max_model_len={max_model_len} "
+                               f"leaves no room to generate; shorten it", param=param, code="context_length_exceeded")
+        if any(t >= vocab_size for t in token_ids):
+            raise RequestError(f"token id {max(token_ids)} in the prompt is not in the vocabulary; token ids are in "
+                               f"[0, {vocab_size})", param=param)
+
     async def respond(request: Request, req, token_ids: list[int], kind, arrival: float):
+        param = "messages" if kind is _Chat else "prompt"
+        check_prompt(token_ids, param)
         params = req.sampling_params(DEFAULT_MAX_TOKENS)
         request_id = f"{kind.prefix}-{uuid.uuid4().hex}"
         if state.draining:  # the drain began while this request was read or tokenised
@@ -217,11 +246,12 @@ def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfi
                                type="service_unavailable", code="shutting_down")
         try:
             stream = await engine_loop.add(request_id, token_ids, params, arrival)
-        except ValueError as e:
-            raise RequestError(str(e)) from None
+        except ValueError as e:  # the engine's refusal: its message starts with the field, else it is the prompt's
+            field = str(e).split(" ", 1)[0]
+            raise RequestError(str(e), param=field if field in type(req).model_fields else param) from None
         except EngineFault as e:
             raise _fault_error(e) from None
-        head = {"id": request_id, "created": int(time.time()), "model": model_name}
+        head = {"id": request_id, "created": int(time.time()), "model": req.model or model_name}
         if req.stream:
             return StreamingResponse(_events(stream, req, kind, head), media_type="text/event-stream")
         return await _answer(request, stream, req, kind, head)
@@ -249,7 +279,12 @@ def _fault_error(e: EngineFault) -> RequestError:
 
 
 def metrics_query(percentiles: str, slo: str, request_rate: float | None) -> tuple[tuple[float, ...], dict]:
-    """GET /metrics's query, checked: percentiles in [0, 100], SLO bounds > 0, a rate > 0 (or inf)."""
+    """GET /metrics's query, checked: percentiles in [0, 100], SLO bounds > 0, a rate > 0 (or inf); each
+    string bounded before it is parsed (a JSON of deep nesting would exhaust the parser's recursion)."""
+    for param, value in (("percentiles", percentiles), ("slo", slo)):
+        if len(value) > MAX_QUERY_CHARS:
+            raise RequestError(f"{param} takes at most {MAX_QUERY_CHARS} characters, got {len(value)}", param=param,
+                               code="limit_exceeded")
     try:
         quantiles = tuple(float(q) for q in percentiles.split(","))
     except ValueError:
@@ -259,7 +294,7 @@ def metrics_query(percentiles: str, slo: str, request_rate: float | None) -> tup
                            param="percentiles", code="invalid_value")
     try:
         bounds = json.loads(slo)
-    except ValueError:
+    except (ValueError, RecursionError):
         bounds = None
     keys = ("ttft_ms", "tpot_ms", "e2el_ms")
     if not isinstance(bounds, dict) or not all(k in keys and (v is None or (type(v) in (int, float) and 0 < v < math.inf))
@@ -300,7 +335,8 @@ async def _events(stream: RequestStream, req, kind, head: dict):
             choice = {"index": delta.index, **kind.piece(delta.new_text), "logprobs": None,
                       "finish_reason": FINISH_REASONS.get(delta.finish_reason, delta.finish_reason)}
             if delta.logprobs is not None:
-                choice["logprobs"] = kind.logprobs(delta.logprobs, delta.new_token_ids, offsets[delta.index])
+                choice["logprobs"] = kind.logprobs(delta.logprobs, delta.new_token_ids, offsets[delta.index],
+                                                   req.num_logprobs())
                 offsets[delta.index] += len(delta.new_text)
             if req.return_token_ids:
                 choice["token_ids"] = delta.new_token_ids
@@ -348,7 +384,8 @@ async def _answer(request: Request, stream: RequestStream, req, kind, head: dict
     choices = []
     for i in range(req.n):
         choice = {"index": i, **kind.answer("".join(texts[i])),
-                  "logprobs": kind.logprobs(logprobs[i], token_ids[i], 0) if req.num_logprobs() is not None else None,
+                  "logprobs": kind.logprobs(logprobs[i], token_ids[i], 0, req.num_logprobs())
+                  if req.num_logprobs() is not None else None,
                   "finish_reason": FINISH_REASONS.get(last[i].finish_reason, last[i].finish_reason)}
         if req.return_token_ids:
             choice["token_ids"] = token_ids[i]

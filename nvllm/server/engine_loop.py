@@ -181,7 +181,7 @@ class EngineLoop:
                 engine.abort_requests(list(live), quiet=True)
                 for request_id, seqs in live.items():
                     events.append((request_id, fault))
-                    self._finished(seqs[0], command[1])
+                    self._finished(seqs[0], command[1], reason="abort")
                 live.clear()
                 continue
             request_id = command[1]
@@ -200,7 +200,7 @@ class EngineLoop:
                     events.append((request_id, ACCEPTED))
             elif request_id in live:  # abort: the reader is gone; the engine frees its blocks now
                 engine.abort_request(request_id)
-                self._finished(live.pop(request_id)[0], "aborted: the client went away")
+                self._finished(live.pop(request_id)[0], "aborted: the client went away", reason="abort")
 
     def _step(self, engine, live: dict, events: list):
         try:
@@ -225,13 +225,15 @@ class EngineLoop:
             if delta.finished and delta.request_id in live:  # an aborted one was counted at its abort
                 self._finished(live.pop(delta.request_id)[0], delta.error)
 
-    def _finished(self, seq, error: str | None = None):
+    def _finished(self, seq, error: str | None = None, reason: str | None = None):
+        """`error`: why it ended without its answer; `reason`: its finish reason for the metrics, where
+        not the engine's (abort: the client went away or the server shut down; error: a fault)."""
         timing = engine_timing(seq, error)
         self.finished_timings.append(timing)
         self._num_finished += 1
         self._num_failed += error is not None
         if self.observer is not None:
-            self.observer.on_finished(timing, "error" if error else seq.finish_reason or "abort")
+            self.observer.on_finished(timing, reason or ("error" if error else seq.finish_reason or "abort"))
         ttft = f"TTFT {timing.token_times[0] - timing.arrival:.3f} s, " if timing.token_times else ""
         end = timing.token_times[-1] if timing.token_times else seq.finish_time or timing.arrival
         logger.info(f"request {seq.request_id}: {timing.input_len} prompt + {timing.output_len} output tokens, "

@@ -8,6 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
            80.0, 160.0, 640.0, 2560.0)
 TOKEN_LATENCY = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+# the engine's finish reasons under vLLM's names (vLLM's set: stop, length, abort, error)
+FINISHED_REASONS = {"stop": "stop", "length": "length", "max_model_len": "length", "abort": "abort", "error": "error"}
 TOKENS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 
 
@@ -95,8 +97,9 @@ class PrometheusMetrics:
         self._(self.prompt_tokens).inc(num_prompt_tokens)
 
     def on_finished(self, timing, reason: str) -> None:
-        """A finished request's engine-side timing (nvllm.metrics.RequestTiming) and finish reason."""
-        self._(self.success, reason).inc()
+        """A finished request's engine-side timing (nvllm.metrics.RequestTiming) and finish reason (the
+        engine's; counted under vLLM's name for it, anything else as abort)."""
+        self._(self.success, FINISHED_REASONS.get(reason, "abort")).inc()
         self._(self.prompt_len).observe(timing.input_len)
         self._(self.output_len).observe(timing.output_len)
         if timing.first_scheduled is not None:

@@ -22,7 +22,7 @@ class RequestError(Exception):
     """A request the server refuses: becomes an HTTP 4xx with an OpenAI-style error body."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 type: str = "invalid_request_error", code: str | None = None):
+                 type: str = "invalid_request_error", code: str = "invalid_value"):
         super().__init__(message)
         self.message, self.param, self.status, self.type, self.code = message, param, status, type, code
 
@@ -98,8 +98,9 @@ class _Request(BaseModel):
                                   max_tokens=self.max_tokens or default_max_tokens, min_tokens=self.min_tokens,
                                   ignore_eos=self.ignore_eos, seed=self.seed, stop=stop or None,
                                   stop_token_ids=self.stop_token_ids or None, logprobs=self.num_logprobs())
-        except ValueError as e:
-            raise RequestError(str(e)) from None
+        except ValueError as e:  # SamplingParams' message starts with the field it refuses
+            field = str(e).split(" ", 1)[0]
+            raise RequestError(str(e), param=field if field in type(self).model_fields else None) from None
 
     def num_logprobs(self) -> int | None:
         """SamplingParams.logprobs: how many most likely tokens each token's logprobs list; None: none."""
