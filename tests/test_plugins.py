@@ -27,10 +27,10 @@ class ReversePolicy(FCFSScheduler):
         # only here to show that a plugin's fields compose
         note: str = "hello"
 
-    def schedule(self):
+    def schedule(self, lookahead=0):
         if self.waiting and not self.running:
             self.waiting.rotate(1)
-        return super().schedule()
+        return super().schedule(lookahead)
 
 @hookimpl
 def register_schedulers(register):
