@@ -42,9 +42,6 @@ class LLMEngine:
         self._last_collect = float("-inf")
 
     # -- add / abort ------------------------------------------------------------------------------
-    def encode(self, prompt: str | list[int]) -> list[int]:
-        return intake.encode(prompt, self.tokenizer, self.model_path)
-
     def add_request(self, request_id: str, prompt: str | list[int], sampling_params: SamplingParams,
                     arrival_time: float | None = None, priority: int = 0, stream: bool = True) -> Sequence:
         """Validate and queue one request (a bad one raises ValueError and changes nothing); returns its

@@ -212,6 +212,8 @@ class Scheduler(ABC):
                 if committed:
                     on_computed(seq)  # a block its token completes is hashed once the token is known
                 reason, n = self._finish_reason(seq, token), 1
+                if plan.lookahead and plan.lookahead[i] and not reason:
+                    self.kv_cache.rollback(seq)  # it reserved slots for drafts and the drafter gave none
             if reason and seq.status is not SequenceStatus.FINISHED:
                 self.finish(seq, reason, now)
             elif reason == "stop":

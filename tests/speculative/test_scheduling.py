@@ -89,6 +89,20 @@ def test_a_verified_run_is_appended_counted_and_rolled_back():
     assert later.num_computed_tokens == 8  # hits on the accepted tokens' blocks only
 
 
+def test_slots_a_drafter_left_empty_go_back():
+    """A sequence reserves slots and the drafter proposes nothing: the step is a plain decode, and
+    the slots it reserved are released after it."""
+    sched = scheduler(block_size=4)
+    kv = sched.kv_cache
+    seq = decoding(sched, [1, 2, 3, 4, 5, 6])  # 7 tokens: two blocks
+    free_before = kv.num_free_blocks
+    plan = sched.schedule(LOOKAHEAD)
+    assert plan.lookahead == [4] and len(seq.block_table) == 3  # slots up to position 10
+    plan.drafts = [[]]
+    run_step(sched, plan, [8])
+    assert seq.token_ids[-1] == 8 and len(seq.block_table) == 2 and kv.num_free_blocks == free_before
+
+
 def test_an_eos_inside_the_run_finishes_there():
     sched = scheduler()
     seq = decoding(sched, [1, 2, 3])
