@@ -49,20 +49,20 @@ def real_host_parts(batch: int, repeats: int) -> tuple[float, float]:
     """(packing, sampling) seconds of CPU for a decode step of `batch` sequences at 1024 tokens of context."""
     import random
 
-    from nvllm.tools.profile import sequences
+    from nvllm.tools.profile import plan_of
 
     with LLM({"name": "qwen3", "shape": "tiny"}, forward="eager", max_model_len=1024, max_num_seqs=batch,
              kv_cache={"block_size": 16, "num_blocks": 256}) as llm:
         runner = llm.engine.executor
-        seqs = sequences(([], [1024] * batch), 512, 16, 256, random.Random(0), [0])
+        plan = plan_of(([], [1024] * batch), 512, 16, 256, random.Random(0), [0])
         logits = torch.randn(batch, 151936)
         pack, sample = [], []
         for _ in range(repeats):
             start = time.process_time()
-            runner.prepare(step_inputs(seqs))
+            runner.prepare(step_inputs(plan))
             pack.append(time.process_time() - start)
             start = time.process_time()
-            runner.sampler(logits, seqs)
+            runner.sampler(logits, plan.seqs)
             sample.append(time.process_time() - start)
     return statistics.median(pack), statistics.median(sample)
 
