@@ -120,7 +120,10 @@ SamplingParams.__init__ = refuse_unknown(SAMPLING)(SamplingParams.__init__)
 def _number(name: str, value) -> float:
     if not isinstance(value, Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {_short(value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{name} must be a number within float range, got {_short(value)}") from None
 
 
 def _integer(name: str, value) -> int:

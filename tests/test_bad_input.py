@@ -39,6 +39,8 @@ def llm(tiny_qwen3_path):
     (dict(temperature=float("nan")), "temperature must be >= 0 and finite"),
     (dict(temperature="0.5"), "temperature must be a number, got '0.5'"),
     (dict(temperature=True), "temperature must be a number, got True"),
+    (dict(temperature=10**400), "temperature must be a number within float range, got 1000"),
+    (dict(repetition_penalty=-10**400), "repetition_penalty must be a number within float range"),
     (dict(top_p=float("nan")), r"top_p must be in \(0, 1\]"),
     (dict(ignore_eos="yes"), "ignore_eos must be True or False, got 'yes'"),
     (dict(ignore_eos=1), "ignore_eos must be True or False, got 1"),
