@@ -81,7 +81,7 @@ def _run(engine, outputs: list[RequestOutput], pending: list[int], live: dict, s
                 if d.finish_reason is not None:
                     seq = seqs[d.request_id][d.index]
                     fill_output(outputs[int(d.request_id)], seq, "".join(pieces),
-                                logprobs if seq.logprobs is not None else None)
+                                logprobs if seq.logprobs is not None else None, d.stop_reason)
                     outputs[int(d.request_id)].error = outputs[int(d.request_id)].error or d.error  # a fault that ended it
                 if d.finished:
                     del live[d.request_id], seqs[d.request_id]
