@@ -2,11 +2,15 @@ import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 
+from nvllm.vllm_args import SAMPLING, refuse_unknown
+
 INT64 = 2**63  # every integer a request carries fits the engine's int64 tensors (and a seed torch's uint64)
 
 # the one max_tokens default: SamplingParams, `python -m nvllm.run`'s workloads and the server's
 # completions and chat completions (docs/python-api.md)
 DEFAULT_MAX_TOKENS = 128
+# most completions of one prompt: each is a Sequence holding a copy of the prompt, so n bounds memory
+MAX_N = 1024
 
 
 @dataclass(slots=True)
@@ -44,11 +48,16 @@ class SamplingParams:
     logprobs: int | None = None
 
     def __post_init__(self):
-        """Every value checked for type and range, so none can fail inside a step; `add_request`
-        runs this again (the dataclass is mutable)."""
+        self.validate()
+
+    def validate(self) -> "SamplingParams":
+        """Every value checked for type and range (and normalised: numpy scalars to Python ones, a
+        stop string to a list), so none can fail inside a step; ValueError names the first bad field.
+        The engine runs this on its own copy of every request's params (the dataclass is mutable)."""
         self.n = _integer("n", self.n)
-        if not 1 <= self.n < INT64:
-            raise ValueError(f"n must be an integer >= 1, got {_short(self.n)}")
+        if not 1 <= self.n <= MAX_N:
+            raise ValueError(f"n must be an integer in [1, {MAX_N}] (completions of one prompt; for more, send the "
+                             f"prompt again), got {_short(self.n)}")
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             setattr(self, name, _number(name, getattr(self, name)))
         self.top_k, self.max_tokens = _integer("top_k", self.top_k), _integer("max_tokens", self.max_tokens)
@@ -78,6 +87,7 @@ class SamplingParams:
                                           or not 0 <= self.logprobs <= 20):
             raise ValueError(f"logprobs must be None or an integer in [0, 20] (0: the sampled token's only), "
                              f"got {_short(self.logprobs)}")
+        self.logprobs = None if self.logprobs is None else int(self.logprobs)
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be True or False, got {_short(self.ignore_eos)}")
         if self.seed is not None:
@@ -91,25 +101,29 @@ class SamplingParams:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is not None:
+            if not (isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop)):
+                raise ValueError(f"stop must be a string or a list of non-empty strings, got {_short(self.stop)}")
             self.stop = list(self.stop)
-            if not all(isinstance(s, str) and s for s in self.stop):
-                raise ValueError(f"stop must be a list of non-empty strings, got {_short(self.stop)}")
         if self.stop_token_ids is not None:
-            self.stop_token_ids = list(self.stop_token_ids)
-            if not all(isinstance(t, Integral) and not isinstance(t, bool) and 0 <= t < INT64 for t in self.stop_token_ids):
+            if not (isinstance(self.stop_token_ids, (list, tuple)) and all(
+                    isinstance(t, Integral) and not isinstance(t, bool) and 0 <= t < INT64 for t in self.stop_token_ids)):
                 raise ValueError(f"stop_token_ids must be a list of token ids (integers in [0, 2**63)), "
                                  f"got {_short(self.stop_token_ids)}")
             self.stop_token_ids = [int(t) for t in self.stop_token_ids]
+        return self
 
-    @property
-    def penalized(self) -> bool:
-        return self.repetition_penalty != 1.0 or bool(self.presence_penalty) or bool(self.frequency_penalty)
+
+# vLLM's fields that nvllm lacks are refused by name, with what nvllm offers instead
+SamplingParams.__init__ = refuse_unknown(SAMPLING)(SamplingParams.__init__)
 
 
 def _number(name: str, value) -> float:
     if not isinstance(value, Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {_short(value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{name} must be a number within float range, got {_short(value)}") from None
 
 
 def _integer(name: str, value) -> int:

@@ -18,6 +18,7 @@ class Detokenizer:
         self.prefix = self.read = 0  # ids[prefix:read] is the context already in `text`
         self.text = ""
         self.sent = 0  # characters of `text` already returned
+        self.stop_string: str | None = None  # the stop string that ended the text (vLLM's stop_reason)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -39,9 +40,10 @@ class Detokenizer:
         stopped = False
         if self.stop and len(self.text) > before:
             start = max(self.sent, before - self.max_stop + 1)
-            hits = [i for s in self.stop if (i := self.text.find(s, start)) >= 0]
+            hits = [(i, s) for s in self.stop if (i := self.text.find(s, start)) >= 0]
             if hits:
-                self.text, stopped = self.text[:min(hits)], True
+                at, self.stop_string = min(hits, key=lambda hit: hit[0])  # the first to start; of those, the first listed
+                self.text, stopped = self.text[:at], True
         end = len(self.text)
         if self.stop and not (finished or stopped):
             end -= self._stop_prefix_len()

@@ -22,9 +22,7 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
     engine is idle and usable again."""
     check_idle(engine)
     priorities = [0] * len(prompts) if priorities is None else priorities
-    outputs = [RequestOutput(str(i), prompt if isinstance(prompt, str) else None, [],
-                             [CompletionOutput(k) for k in range(getattr(sp, "n", 1))])
-               for i, (prompt, sp) in enumerate(zip(prompts, sampling_params))]
+    outputs = [RequestOutput(str(i), prompt if isinstance(prompt, str) else None, []) for i, prompt in enumerate(prompts)]
     pending = list(range(len(prompts)))[::-1]  # popped from the end: prompt order
     live: dict[str, dict[int, tuple[list[str], list]]] = {}  # request id -> completion -> (text pieces, logprobs)
     seqs: dict[str, list[Sequence]] = {}  # request id -> its completions' Sequences
@@ -38,9 +36,10 @@ def generate(engine, prompts: list, sampling_params: list[SamplingParams], use_t
                 seq = engine.add_request(str(i), prompts[i], sampling_params[i], arrival, priorities[i], stream=False)
             except ValueError as e:
                 outputs[i].end("rejected", str(e))
-            else:
-                outputs[i].prompt_token_ids = seq.token_ids[:]
-                live[str(i)] = {k: ([], []) for k in range(sampling_params[i].n)}
+            else:  # its n as checked (the caller's SamplingParams may have changed since)
+                n = seq.sampling_params.n
+                outputs[i].prompt_token_ids, outputs[i].outputs = seq.token_ids[:], [CompletionOutput(k) for k in range(n)]
+                live[str(i)] = {k: ([], []) for k in range(n)}
                 seqs[str(i)] = engine.sequences(str(i))
 
     try:
@@ -82,7 +81,7 @@ def _run(engine, outputs: list[RequestOutput], pending: list[int], live: dict, s
                 if d.finish_reason is not None:
                     seq = seqs[d.request_id][d.index]
                     fill_output(outputs[int(d.request_id)], seq, "".join(pieces),
-                                logprobs if seq.logprobs is not None else None)
+                                logprobs if seq.logprobs is not None else None, d.stop_reason)
                     outputs[int(d.request_id)].error = outputs[int(d.request_id)].error or d.error  # a fault that ended it
                 if d.finished:
                     del live[d.request_id], seqs[d.request_id]

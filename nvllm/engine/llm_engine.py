@@ -48,20 +48,16 @@ class LLMEngine:
         first Sequence. `arrival_time` (on `self.clock`, default now) may be in the future: it is held
         until then. `stream=False` (vLLM's final-only output): one delta per completion, when it ends.
         With `n > 1` the other completions start once the first has computed the prompt (prefix cache)."""
-        if request_id in self._requests:
-            raise ValueError(f"request id {request_id!r} is already running; ids must be unique among live requests")
         if getattr(self, "executor", None) is None:
             raise RuntimeError("the engine is closed: create a new LLM to generate again")
         if self.failure is not None:
             raise RuntimeError(f"the engine stopped after a failure ({self.failure}); create a new LLM")
-        self.executor.check_request(prompt, sampling_params)
+        seq = intake.new_sequence(self, request_id, prompt, sampling_params, arrival_time, priority, stream)
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already running; ids must be unique among live requests")
         now = self.clock.now()
-        seq = intake.new_sequence(
-            request_id, prompt, sampling_params, priority, now if arrival_time is None else arrival_time,
-            tokenizer=self.tokenizer, model_path=self.model_path, vocab_size=self.vocab_size,
-            max_model_len=self.config.max_model_len, kv_cache=self.kv_cache)
         others = intake.siblings(seq)
-        self._requests[request_id] = {s.index: LiveRequest(s, Detokenizer(self.tokenizer, sampling_params.stop, stream))
+        self._requests[request_id] = {s.index: LiveRequest(s, Detokenizer(self.tokenizer, s.sampling_params.stop, stream))
                                       for s in (seq, *others)}
         if others and getattr(self.config.kv_cache, "prefix_caching", False):
             self._held[seq.seq_id], others = others, []  # added once `seq` has computed the prompt

@@ -30,6 +30,8 @@ class CompletionOutput:
     # stop (EOS, stop string or stop token), length (max_tokens), max_model_len (cut by the length
     # cap), abort, rejected (see RequestOutput.error); None while it runs
     finish_reason: str | None = None
+    # vLLM's: the stop string or stop_token_ids id that ended it; None for end-of-sequence, length and the rest
+    stop_reason: str | int | None = None
     # when each token came out of the model (the engine's clock, seconds)
     token_times: list[float] = field(default_factory=list)
 
@@ -96,7 +98,7 @@ class RequestDelta:
     new_text: str
     # the whole request has finished (every one of its n completions)
     finished: bool
-    # this completion's, once it has finished: stop, length, max_model_len, abort (or rejected, from LLM.stream)
+    # this completion's, once it has finished: stop, length, max_model_len, abort, error
     finish_reason: str | None
     num_prompt_tokens: int
     # generated so far by this completion
@@ -107,6 +109,8 @@ class RequestDelta:
     # one {token id: Logprob} per new token (SamplingParams.logprobs set), and the running sum
     logprobs: list[dict[int, Logprob]] | None = None
     cumulative_logprob: float | None = None
+    # once finished: the stop string or stop_token_ids id that ended it (CompletionOutput.stop_reason)
+    stop_reason: str | int | None = None
 
 
 @dataclass
@@ -151,7 +155,8 @@ class LiveRequest:
             logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
         return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
                             seq.num_prompt_tokens, seq.num_tokens - seq.num_prompt_tokens, index=seq.index, logprobs=logprobs,
-                            cumulative_logprob=seq.cumulative_logprob)
+                            cumulative_logprob=seq.cumulative_logprob,
+                            stop_reason=stop_reason(seq, detokenizer.stop_string) if finished else None)
 
     def _logprobs(self, entry: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
         tokenizer = self.detokenizer.tokenizer
@@ -159,10 +164,22 @@ class LiveRequest:
                 for t, (lp, rank) in entry.items()}
 
 
-def fill_output(out: RequestOutput, seq: Sequence, text: str, logprobs: list | None):
+def stop_reason(seq: Sequence, stop_string: str | None) -> str | int | None:
+    """vLLM's stop_reason of a finished completion: the stop string that ended it, else the
+    stop_token_ids id it ended on; None when it ended otherwise (end-of-sequence included)."""
+    if seq.finish_reason != "stop":
+        return None
+    if stop_string is not None:
+        return stop_string
+    last = seq.token_ids[-1] if seq.num_completion_tokens else None
+    return last if last in (seq.sampling_params.stop_token_ids or ()) else None
+
+
+def fill_output(out: RequestOutput, seq: Sequence, text: str, logprobs: list | None, stop_reason: str | int | None = None):
     """Copy a finished completion's tokens, text, finish reason, logprobs and timings into `out`."""
     c = out.outputs[seq.index]
     c.token_ids, c.finish_reason, c.text, c.token_times = seq.completion_token_ids, seq.finish_reason, text, seq.token_times
+    c.stop_reason = stop_reason
     c.logprobs, c.cumulative_logprob = logprobs, seq.cumulative_logprob
     m = out.metrics
     m.num_preemptions += seq.num_preemptions

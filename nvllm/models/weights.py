@@ -16,6 +16,8 @@ from torch import nn
 from nvllm import registry
 
 RANDOM_MARKER = "NVLLM_RANDOM_WEIGHTS"  # file in a random-weight checkpoint; its outputs mean nothing
+# the embedded model's Hugging Face repo id: it names the weights on disk, never a download
+SMOLLM2_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -78,9 +80,11 @@ def is_repo_id(name: str) -> bool:
 
 def locate(path_or_repo: str, weights: bool = True) -> str:
     """A Hugging Face model directory (config.json + *.safetensors): the directory itself, or a repo
-    id resolved through huggingface_hub (its cache first; a download where the hub is reachable).
-    `weights=False`: a directory with only config.json will do."""
+    id resolved through huggingface_hub (its cache first; a download where the hub is reachable), or
+    the embedded SmolLM2 for its repo id. `weights=False`: a directory with only config.json will do."""
     path = Path(path_or_repo).expanduser()
+    if path_or_repo.lower() == SMOLLM2_REPO.lower() and not path.is_dir():
+        return str(smollm2_path())
     if path.is_dir() or not is_repo_id(path_or_repo):
         if not (path / "config.json").is_file() or (weights and not glob(str(path / "*.safetensors"))):
             raise MissingWeightsError(

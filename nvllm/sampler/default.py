@@ -18,6 +18,8 @@ from nvllm.sequence import Sequence
 
 
 NO_PENALTIES = (1.0, 0.0, 0.0)
+FLOAT32_MAX = torch.finfo(torch.float32).max
+REPETITION_MIN = 1e-30
 
 
 def per_row(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -50,9 +52,10 @@ class DefaultSampler(Sampler):
         greedy = logits.argmax(dim=-1)
         if all(sp.temperature == 0 for sp in params):
             return greedy
-        # a temperature below float32's smallest normal still means "collapse onto the argmax": clamp
-        # it there, and scale logits with their maximum at 0, so nothing overflows to inf / inf = nan
-        temperatures = per_row([sp.temperature or 1.0 for sp in params], torch.float32, logits.device)
+        # a temperature below float32's smallest normal still means "collapse onto the argmax", one above
+        # its largest "flatten": clamp it into float32's range, and scale logits with their maximum at 0,
+        # so nothing overflows to inf / inf (or -inf / inf) = nan
+        temperatures = per_row([min(sp.temperature or 1.0, FLOAT32_MAX) for sp in params], torch.float32, logits.device)
         temperatures = temperatures.clamp_min(torch.finfo(torch.float32).tiny)
         logits = logits.float()
         scaled = (logits - logits.max(dim=-1, keepdim=True).values) / temperatures[:, None]
@@ -72,7 +75,7 @@ class DefaultSampler(Sampler):
         if penalties.count(NO_PENALTIES) < len(seqs):
             rows = [b for b, p in enumerate(penalties) if p != NO_PENALTIES]
         if rows:
-            logits = logits.clone()
+            logits = logits.to(torch.float32, copy=True)  # a divided logit must not overflow a narrower dtype
             logits[rows] = self.penalize(logits[rows], [seqs[b] for b in rows], [penalties[b] for b in rows])
         masked = [(b, t) for b, seq in enumerate(seqs)
                   if seq.sampling_params.min_tokens and seq.num_completion_tokens < seq.sampling_params.min_tokens
@@ -97,6 +100,9 @@ class DefaultSampler(Sampler):
         # padding points at an extra column that is dropped, so it counts for nothing
         ids = pad_sequence([self._history(seq) for seq in seqs], batch_first=True, padding_value=vocab)
         repetition, frequency, presence = torch.tensor(penalties, dtype=logits.dtype, device=dev).T[:, :, None]
+        # a repetition penalty past 1e-30 or 1e30 acts as that bound: the seen tokens' logits are already
+        # ordered beyond any other's, and a float32 penalty of 0 or inf would give inf or 0 * inf = nan
+        repetition = repetition.clamp(REPETITION_MIN, 1 / REPETITION_MIN)
         seen = torch.zeros(len(seqs), vocab + 1, dtype=torch.bool, device=dev).scatter_(1, ids, True)[:, :vocab]
         logits = torch.where(seen, torch.where(logits > 0, logits / repetition, logits * repetition), logits)
         if frequency.any() or presence.any():

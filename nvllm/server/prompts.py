@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from nvllm.engine.intake import encode, load_tokenizer
+from nvllm.engine.intake import encode, encode_chat, load_tokenizer
 from nvllm.server.protocol import RequestError
 
 CHARS_PER_TOKEN = 16  # serve.max_prompt_chars's default per token of max_model_len: no real text comes close
@@ -122,8 +122,7 @@ def _encode(prompt: str) -> tuple[bool, list[int] | str]:
 
 
 def _encode_chat(conversation: list[dict]) -> tuple[bool, list[int] | str]:
-    try:
-        text = _tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    except Exception as e:  # the template refuses the conversation (roles out of order, ...)
-        return False, f"the chat template refuses these messages: {str(e)[:300]}"
-    return True, encode(text, _tokenizer, _model_path)
+    try:  # the conversion LLM.chat uses too
+        return True, encode_chat(conversation, _tokenizer, _model_path)[1]
+    except ValueError as e:
+        return False, str(e)

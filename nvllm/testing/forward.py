@@ -180,7 +180,7 @@ class ForwardSuite(ComponentSuite):
         self._computes_tensors(False)
         plain = dict(temperature=0, max_tokens=4, ignore_eos=True)
         with self._llm(checkpoint, {"name": self.name, **config_fields}) as llm:
-            outputs = llm.generate([[1, 2, 3]] * 4 + ["text"], [
+            outputs = llm.engine.generate([[1, 2, 3]] * 4 + ["text"], [  # a run's driver: one output each
                 SamplingParams(**plain), SamplingParams(**{**plain, "ignore_eos": False}),
                 SamplingParams(**plain, stop_token_ids=[7]), SamplingParams(**plain, stop=["x"]),
                 SamplingParams(**plain)], use_tqdm=False)

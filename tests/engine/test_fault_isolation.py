@@ -96,15 +96,16 @@ def test_a_fault_ends_its_stream_with_an_error_delta(llm):
 
 
 def test_a_value_changed_mid_request_overflows_in_the_real_sampler_and_ends_only_that_request(llm):
-    """A SamplingParams mutated while its request runs gets past intake's check: the default sampler
-    then overflows building its top-k tensor (the bug seen through the server), inside the step."""
+    """A bad value inside the engine's own copy of a running request's SamplingParams (a caller's
+    change no longer reaches it: intake copies what it checked): the default sampler then overflows
+    building its top-k tensor, inside the step."""
     victim = SamplingParams(temperature=0.5, top_k=5, max_tokens=8, ignore_eos=True)
     alone = llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
     tokens, finals = {}, {}
     for d in llm.stream(PROMPTS, NEIGHBOURS + [victim]):
         tokens.setdefault(d.request_id, []).extend(d.new_token_ids)
-        if d.request_id == "3" and len(tokens["3"]) == 1:
-            victim.top_k = 2**63
+        if d.request_id == "3" and len(tokens["3"]) == 1 and not d.finished:
+            llm.engine.sequences("3")[0].sampling_params.top_k = 2**63
         if d.finished:
             finals[d.request_id] = d
     assert finals["3"].finish_reason == "error" and "Overflow" in finals["3"].error
