@@ -74,7 +74,7 @@ def test_bad_sampling_params(kwargs, match):
 def test_rejected_at_add(llm, prompt, params, match):
     with pytest.raises(ValueError, match=match):
         llm.engine.add_request("r", prompt, params)
-    assert llm.engine.is_finished()  # nothing was queued
+    assert not llm.engine.has_unfinished_requests()  # nothing was queued
 
 
 def test_values_of_the_right_type_and_range_pass():
@@ -102,10 +102,10 @@ def test_params_changed_after_construction_are_checked_when_added(llm, field, va
     setattr(params, field, value)
     with pytest.raises(ValueError, match=match):
         engine.add_request("r", [1, 2, 3], params)
-    assert engine.is_finished()
+    assert not engine.has_unfinished_requests()
     with pytest.raises(ValueError, match=f"prompt 0: {match}"):
         llm.generate([[1, 2, 3], [4, 5, 6]], [params, GREEDY], use_tqdm=False)
-    assert engine.is_finished()
+    assert not engine.has_unfinished_requests()
     good = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     seq = engine.add_request("r", [1, 2, 3], good)
     setattr(good, field, value)  # after the add: the engine runs its own checked copy

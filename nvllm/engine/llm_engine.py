@@ -27,9 +27,8 @@ class LLMEngine:
         parts = build(config)
         self.config, self.model_path, self.random_weights = parts.config, parts.model_path, parts.random_weights
         self.vocab_size, self.tokenizer, self.workers = parts.vocab_size, parts.tokenizer, parts.workers
-        self.executor, self.kv_cache, self.scheduler, self.drafter = parts.executor, parts.kv_cache, parts.scheduler, \
-            parts.drafter
-        self.clock, self.startup_s = parts.clock, parts.startup_s
+        self.executor, self.kv_cache, self.scheduler = parts.executor, parts.kv_cache, parts.scheduler
+        self.drafter, self.clock, self.startup_s = parts.drafter, parts.clock, parts.startup_s
         logger.info(startup_line(self))
         # -- requests: live ones by id, those not yet due, the last deltas of aborted ones
         num_drafted = self.drafter.num_speculative_tokens
@@ -99,9 +98,6 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         """Whether any request is waiting, running, not yet arrived, or has a delta to come."""
         return bool(self._requests or self._aborted)
-
-    def is_finished(self) -> bool:
-        return not self.has_unfinished_requests()
 
     # -- step -------------------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
