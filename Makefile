@@ -26,7 +26,7 @@ TIMED = start=$$(date +%s); $(1); status=$$?; took=$$(($$(date +%s) - start)); \
 test: $(STAMP)
 	@$(call TIMED,$(PY) -m pytest $(TESTS) -m "not slow" $(XDIST) $(ARGS))
 
-# the tests marked serial (they hold their parts to time caps) run after the rest, alone; where
+# the tests marked serial (time caps, a race with a server) run after the rest, alone; where
 # TESTS narrows the run to none of them, that part's "no tests collected" (exit 5) is no failure
 test-slow: $(STAMP)
 	@$(call TIMED,$(PY) -m pytest $(TESTS) -m "slow and not serial" $(XDIST) $(ARGS) && \
