@@ -1,9 +1,14 @@
 import os
 
 import pytest
-import torch
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+import nvllm  # noqa: F401  first: it sets the OpenMP wait policy before torch loads
+import torch  # noqa: E402
+from nvllm.kernels.threads import cores  # noqa: E402
+
+# the cores shared out between pytest-xdist's workers (`make test` runs two): more threads than cores
+# only makes the workers wait for each other
+torch.set_num_threads(max(1, cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 # no test reaches a model hub: a Hugging Face repo id resolves from the local cache or is refused
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -27,6 +27,7 @@ def test_serve_options_become_hydra_keys():
         serve_overrides(["--port"])
 
 
+@pytest.mark.slow  # every command's --help, each in a fresh process
 def test_help_of_every_command(tmp_path):
     out = nvllm("--help", cwd=tmp_path)
     assert out.returncode == 0 and "nvllm serve [--host H] [--port P] [--api-key K]" in out.stdout
@@ -54,6 +55,7 @@ def test_nvllm_run_logs_to_the_console_and_run_log(tmp_path, tiny_qwen3_path):
     json.loads((tmp_path / "run" / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
 
+@pytest.mark.slow  # a fresh nvllm process per refusal
 def test_a_workload_that_cannot_run_is_refused_before_the_model_loads(tmp_path, tiny_qwen3_path):
     for args, message in ((["workload=file"], "workload.path is required by workload=file"),
                           (["workload=file", f"workload.path={tmp_path}/none.txt"], "workload.path="),

@@ -128,6 +128,7 @@ def test_random_workload_is_seeded():
     assert c != a
 
 
+@pytest.mark.slow  # --help in fresh processes
 def test_help_lists_every_group_and_option(tmp_path):
     out = subprocess.run([sys.executable, "-m", "nvllm.run", "--help"], capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout

@@ -40,6 +40,7 @@ def test_gpu_scripts_parse():
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its parts run under time caps: alone, not beside another worker's tests
 def test_gpu_check_smoke(tmp_path):
     """One call, as on the device: parts under caps, JSON under $OUT, the table last."""
     env = {**os.environ, "OUT": str(tmp_path), "WHEEL_DIR": str(tmp_path / "none"),  # this venv, no install

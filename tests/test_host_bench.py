@@ -8,6 +8,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow  # a host benchmark run in a fresh process
 def test_small_host_run_writes_its_breakdown(tmp_path):
     out = tmp_path / "host.json"
     proc = subprocess.run([sys.executable, "-m", "nvllm.tools.bench", "--workload", "host", "--batch-sizes", "4",

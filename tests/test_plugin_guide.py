@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nvllm import hookspecs, testing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +45,7 @@ def guide_files() -> dict[str, str]:
     return dict(re.findall(r"^```\w+ (\S+)\n(.*?)^```$", GUIDE, re.M | re.S))
 
 
+@pytest.mark.slow  # pip installs the guide's plugin
 def test_the_minimal_plugin_installs_and_passes_its_suite(tmp_path):
     files = guide_files()
     assert {f"nvllm-min-p/{f}" for f in ("pyproject.toml", "nvllm_min_p.py", "tests/test_nvllm_min_p.py")} <= set(files)

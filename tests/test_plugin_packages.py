@@ -14,6 +14,8 @@ import pytest
 
 from tests.test_plugins import make_distribution
 
+# pip builds and installs the three packages and every test runs nvllm in a venv of its own: minutes
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # package directory -> (config group, component name, module)
 PACKAGES = {

@@ -94,6 +94,7 @@ def test_broken_plugins_are_skipped_naming_the_distribution(tmp_path):
 
 
 
+@pytest.mark.slow  # plugins and --help in fresh processes
 def test_a_misspelt_or_wrongly_signed_hook_is_skipped_and_help_still_works(tmp_path):
     """docs/plugins.md promises a one-line warning and a skip, not a pluggy traceback from every
     command, `--help` included."""

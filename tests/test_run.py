@@ -65,6 +65,7 @@ def test_random_workload_metrics(tmp_path, tiny_qwen3_path):
     assert m["versions"]["torch"] and m["versions"]["hydra-core"]
 
 
+@pytest.mark.slow  # runs nvllm in fresh processes
 def test_prompts_file(tmp_path, tiny_qwen3_path):
     from nvllm.models.weights import smollm2_path
 
@@ -87,6 +88,7 @@ def test_unknown_option_fails_listing_valid(tmp_path):
     assert "Could not find 'scheduler/nope'" in proc.stderr and "fcfs" in proc.stderr
 
 
+@pytest.mark.slow  # an open-loop run in a fresh process
 def test_open_loop_run_writes_serving_metrics(tmp_path, tiny_qwen3_path):
     _, m = nvllm_run(f"model.path={tiny_qwen3_path}", "model=qwen3", "workload=random", "workload.num_seqs=5",
                      "workload.input_len=[4,20]", "workload.output_len=[3,8]", "workload.max_token_id=500",

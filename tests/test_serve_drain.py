@@ -40,6 +40,8 @@ def stream_lines(url, body, into: list, started: threading.Event | None = None, 
                     started.set()
 
 
+@pytest.mark.slow
+@pytest.mark.serial  # the short request must still be running when the signal comes: alone, not beside another worker
 @pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signal_drains_the_server(tmp_path, tiny_text_path, sig):
     server = Server(tmp_path, "model=llama", f"model.path={tiny_text_path}", "max_model_len=16384",

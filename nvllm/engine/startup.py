@@ -1,4 +1,5 @@
 """The one line the engine logs once it has started: what really runs, and how long loading took."""
+from nvllm.kernels import threads
 from nvllm.metrics import simulation_source
 
 
@@ -14,7 +15,8 @@ def startup_line(engine) -> str:
         return f"nvllm: {_simulated(c, executor)}; {cache}"
     return (f"nvllm: model={c.model.name} ({engine.model_path}{', RANDOM WEIGHTS' if engine.random_weights else ''}) "
             f"on {c.device}, {c.dtype}, tp={c.tp}; forward={c.forward.name}{auto(c.forward_choice)}, "
-            f"attention={c.attention.name}{auto(c.attention_choice)}{', compile' if c.compile else ''}; {cache}")
+            f"attention={c.attention.name}{auto(c.attention_choice)}{', compile' if c.compile else ''}; "
+            f"{threads.startup_clause(c.device)}{cache}")
 
 
 def _simulated(c, simulator) -> str:

@@ -61,6 +61,7 @@ def script(code: str, tmp_path, env=None, timeout=180):
                           env={**os.environ, **(env or {})}, cwd=tmp_path)
 
 
+@pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
 def test_killed_worker_gives_clear_error_and_no_orphan(tmp_path, tiny_qwen3_path):
     proc = script(f"""
         import os, signal
@@ -105,6 +106,7 @@ def register_attention_backends(register):
 '''
 
 
+@pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
 def test_raising_worker_reports_its_traceback(tmp_path, tiny_qwen3_path):
     site = make_distribution(tmp_path / "site", name="nvllm-failing", module="nvllm_failing", body=RAISING_BACKEND,
                              ep_name="failing")
@@ -121,6 +123,7 @@ def test_raising_worker_reports_its_traceback(tmp_path, tiny_qwen3_path):
     assert "WORKERS None" in proc.stdout
 
 
+@pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
 def test_two_tp_runs_at_once_do_not_collide(tmp_path, tiny_qwen3_path):
     code = f"""
         from nvllm import LLM, SamplingParams
@@ -138,6 +141,7 @@ def test_two_tp_runs_at_once_do_not_collide(tmp_path, tiny_qwen3_path):
     assert tokens[0] == tokens[1]
 
 
+@pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
 def test_cli_tp2(tmp_path, tiny_qwen3_path):
     proc = subprocess.run([sys.executable, "-m", "nvllm.run", "model=qwen3", f"model.path={tiny_qwen3_path}", "tp=2",
                            "cudagraph=false", "workload=random", "workload.num_seqs=3", "workload.input_len=[3,9]",
@@ -152,6 +156,7 @@ def test_cli_tp2(tmp_path, tiny_qwen3_path):
     assert "passed over fused_cpu: it runs one process and this run has tp=2" in effective["forward_auto"]
 
 
+@pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
 def test_torchrun_launch(tmp_path, tiny_qwen3_path):
     """Ranks started by torchrun (as across machines): nothing spawned, rank 0 runs the workload."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -57,6 +57,7 @@ def test_step_matches_the_torch_modules(variant, num_seqs, tmp_path, monkeypatch
         compare_step(runner, plan)
 
 
+@pytest.mark.slow  # compile=true runs torch.compile's CPU compiler
 def test_auto_picks_it_where_it_runs(tiny_qwen3_path):
     """forward=auto runs the C step where it can, and says why it passed over it elsewhere; eager's
     onednn=auto packs oneDNN's copy of the weights (the C step packs its own)."""

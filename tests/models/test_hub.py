@@ -37,6 +37,7 @@ def test_repo_ids_are_told_from_paths():
     assert not any(map(is_repo_id, ("/models/q", "./q/x", "~/q/x", "a/b/c", "qwen3", "a b/c")))
 
 
+@pytest.mark.slow  # runs nvllm in fresh processes
 def test_llm_by_repo_id_from_the_local_cache(hub_cache, tiny_qwen3_path, tmp_path):
     proc = python(f"""
         from nvllm import LLM, SamplingParams
@@ -52,6 +53,7 @@ def test_llm_by_repo_id_from_the_local_cache(hub_cache, tiny_qwen3_path, tmp_pat
     assert path.endswith(f"models--tiny-org--tiny-qwen3/snapshots/{COMMIT}") and same == "True"
 
 
+@pytest.mark.slow  # runs nvllm in fresh processes
 def test_model_path_repo_id_on_the_command_line(hub_cache, tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": hub_cache, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "nvllm.run", "model=qwen3", "model.path=tiny-org/tiny-qwen3",
