@@ -9,14 +9,14 @@ def startup_line(engine) -> str:
     c, executor, kv = engine.config, engine.executor, engine.kv_cache
     gib = kv.num_blocks * executor.block_bytes() / 2**30
     auto = lambda choice: " (auto)" if choice else ""  # noqa: E731
-    cache = (f"KV cache {kv.num_blocks} blocks x {kv.block_size} tokens = {gib:.2f} GiB; max_model_len={c.max_model_len}; "
-             f"loaded in {engine.startup_s['load']:.1f} s, warmed up in {engine.startup_s['warmup']:.1f} s")
+    cache = f"KV cache {kv.num_blocks} blocks x {kv.block_size} tokens = {gib:.2f} GiB; max_model_len={c.max_model_len}; "
+    loaded = f"loaded in {engine.startup_s['load']:.1f} s, warmed up in {engine.startup_s['warmup']:.1f} s"
     if engine.clock.simulated:
-        return f"nvllm: {_simulated(c, executor)}; {cache}"
+        return f"nvllm: {_simulated(c, executor)}; {cache}{loaded}"
     return (f"nvllm: model={c.model.name} ({engine.model_path}{', RANDOM WEIGHTS' if engine.random_weights else ''}) "
             f"on {c.device}, {c.dtype}, tp={c.tp}; forward={c.forward.name}{auto(c.forward_choice)}, "
             f"attention={c.attention.name}{auto(c.attention_choice)}{', compile' if c.compile else ''}; "
-            f"{threads.startup_clause(c.device)}{cache}")
+            f"{cache}{threads.startup_clause(c.device)}{loaded}")
 
 
 def _simulated(c, simulator) -> str:

@@ -30,7 +30,7 @@ def llm(tiny_qwen3_path):
 def assert_idle(llm):
     """Nothing left anywhere: scheduler queues, the request table, KV blocks, per-request sampler state."""
     engine = llm.engine
-    assert engine.is_finished() and engine.scheduler.is_finished() and not engine._requests
+    assert not engine.has_unfinished_requests() and engine.scheduler.is_finished() and not engine._requests
     assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks
     assert not engine.executor.sampler.generators
 

@@ -261,7 +261,7 @@ def generate(path, prompts, priorities=None, late=(), **overrides):
         for _ in range(3):
             engine.step()
         seqs |= {i: engine.add_request(str(i), prompts[i], GREEDY, priority=priorities[i]) for i in late}
-        while not engine.is_finished():
+        while engine.has_unfinished_requests():
             engine.step()
         tokens = [seqs[i].completion_token_ids for i in range(len(prompts))]
         return tokens, steps, engine.scheduler.num_preemptions
