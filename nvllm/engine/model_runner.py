@@ -336,7 +336,7 @@ class ModelRunner(Executor):
         self.sampler.release(seq)
 
     def describe(self) -> dict | None:
-        return getattr(self.forward_strategy, "describe", lambda: None)()
+        return self.forward_strategy.describe()
 
     def close(self):
         if self.worker is not None:
