@@ -1,46 +1,23 @@
-"""The hooks a plugin may implement. Hooks only register: each receives the family's `register`
-and calls it with component classes, each carrying a string `name` and a `Config` dataclass."""
+"""The hooks a plugin may implement, one per component family: `register_<family>(register)`,
+made from nvllm.registry.FAMILIES (a new family is an entry there, not a function here). Hooks only
+register: each receives the family's `register` and calls it with component classes, each carrying
+a string `name` and a `Config` dataclass."""
 import pluggy
+
+from nvllm.registry import FAMILIES, Family
 
 hookspec = pluggy.HookspecMarker("nvllm")
 hookimpl = pluggy.HookimplMarker("nvllm")
 
 
-@hookspec
-def register_models(register):
-    """Register model architectures: subclasses of ``nvllm.models.base.CausalLM``."""
+def spec(family: Family):
+    """The hookspec of `family`: `family.hook(register)`, with its one-line docstring."""
+    def hook(register):
+        pass
+
+    hook.__name__ = hook.__qualname__ = family.hook
+    hook.__doc__ = f"Register {family.what}: subclasses of ``{family.base}``."
+    return hookspec(hook)
 
 
-@hookspec
-def register_schedulers(register):
-    """Register scheduler policies: subclasses of ``nvllm.scheduler.base.Scheduler``."""
-
-
-@hookspec
-def register_kv_caches(register):
-    """Register KV cache allocators: subclasses of ``nvllm.kv_cache.base.KVCacheAllocator``."""
-
-
-@hookspec
-def register_attention_backends(register):
-    """Register attention backends: subclasses of ``nvllm.attention.base.AttentionBackend``."""
-
-
-@hookspec
-def register_samplers(register):
-    """Register samplers: subclasses of ``nvllm.sampler.base.Sampler``."""
-
-
-@hookspec
-def register_forward_strategies(register):
-    """Register ways of running a step's forward pass: subclasses of ``nvllm.forward.base.ForwardStrategy``."""
-
-
-@hookspec
-def register_workloads(register):
-    """Register workloads (what a run sends, datasets included): subclasses of ``nvllm.workloads.Workload``."""
-
-
-@hookspec
-def register_drafters(register):
-    """Register speculative-decoding drafters: subclasses of ``nvllm.speculative.base.Drafter``."""
+globals().update({family.hook: spec(family) for family in FAMILIES.values()})

@@ -8,18 +8,16 @@ import math
 import os
 import threading
 from collections.abc import Iterator
-from importlib.resources import files
 from numbers import Integral, Real
 
 from nvllm import registry
-from nvllm.config import GROUPS, Config, compose, setup
+from nvllm.config import Config, check_requested, compose, group_options, setup
 from nvllm.engine import intake
 from nvllm.engine.driver import check_idle
 from nvllm.engine.llm_engine import LLMEngine
 from nvllm.engine.outputs import RequestDelta, RequestOutput
 from nvllm.errors import ConfigError
 from nvllm.log import configure_default
-from nvllm.plugins import check_requested
 from nvllm.sampling_params import SamplingParams, _short
 from nvllm.sequence import Sequence
 from nvllm.vllm_args import GENERATE_ARGS, LLM_ARGS, check, refuse_unknown
@@ -239,10 +237,9 @@ def _check_options(choices: dict):
     """A group's option that does not exist, in one line (not Hydra's listing and traceback): the
     model's says it is neither a directory, an option nor a repo id, and each the nearest name."""
     for group, value in choices.items():
-        if group not in GROUPS or not isinstance(value, str):
+        if group not in registry.FAMILIES or not isinstance(value, str):
             continue
-        options = sorted({f.name.removesuffix(".yaml") for f in files("nvllm.conf").joinpath(group).iterdir()
-                          if f.name.endswith(".yaml")} | set(registry.names(group)))
+        options = group_options(group)
         if value in options:
             continue
         near = [o for o in options if o.lower() == value.lower()] or difflib.get_close_matches(value, options, n=1)

@@ -69,7 +69,7 @@ def load_plugins() -> pluggy.PluginManager:
             _origins[ep.name] = origin
     pm.check_pending()
     trace = os.environ.get("NVLLM_TRACE_PLUGINS", "") not in ("", "0")
-    for family, hook_name in registry.FAMILIES.items():
+    for family, hook_name in ((f.name, f.hook) for f in registry.FAMILIES.values()):
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():
             origin = _origins.get(impl.plugin_name, impl.plugin_name)
@@ -103,7 +103,7 @@ def _hook_problem(plugin) -> str | None:
     be called, or stop every command): what is wrong, naming the nearest hook."""
     import difflib
 
-    hooks = sorted(registry.FAMILIES.values())
+    hooks = sorted(f.hook for f in registry.FAMILIES.values())
     for name in dir(plugin):
         if pm.parse_hookimpl_opts(plugin, name) is not None and name not in hooks:
             near = difflib.get_close_matches(name, hooks, n=1)
@@ -150,22 +150,3 @@ def _unique(eps):
             raise RuntimeError(f"two nvllm plugins use the entry-point name {ep.name!r}: {_origin(seen)} and "
                                f"{_origin(ep)}; uninstall one, or rename the entry point in its pyproject.toml")
     return list(by_name.values())
-
-
-def check_requested(choices: dict) -> None:
-    """`family=name` choices naming no registered component or config option, while a plugin was
-    skipped: an error naming that plugin and why (instead of a bare "not found"). Call it once the
-    plugins are loaded."""
-    from importlib.resources import files
-
-    from nvllm.registry import UnknownComponentError, failed_plugins_note
-
-    if not registry.failed_plugins:
-        return
-    for family, name in choices.items():
-        if family not in registry.FAMILIES or not isinstance(name, str):
-            continue
-        options = {f.name.removesuffix(".yaml") for f in files("nvllm.conf").joinpath(family).iterdir()}
-        if name not in registry.names(family) and name not in options:
-            raise UnknownComponentError(f"{family}={name}: no {family} of that name is available. {failed_plugins_note()}"
-                                        f"Fix or uninstall that plugin.")

@@ -1,19 +1,36 @@
 """Name -> component class, per family. It knows nothing of Hydra: `nvllm.config.setup()` stores
 each registered component's Config dataclass in Hydra's ConfigStore, so `<family>=<name>` composes."""
 import dataclasses
+from typing import NamedTuple
 
-FAMILIES = {  # family (= Hydra config group) -> hook that fills it
-    "model": "register_models",
-    "scheduler": "register_schedulers",
-    "kv_cache": "register_kv_caches",
-    "attention": "register_attention_backends",
-    "sampler": "register_samplers",
-    "forward": "register_forward_strategies",
-    "workload": "register_workloads",
-    "speculative": "register_drafters",
-}
 
-_components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}
+class Family(NamedTuple):
+    """A component family: one entry in FAMILIES makes the Hydra config group, its `register_*` hook
+    (nvllm/hookspecs.py), its field in the schema and in the typed Config, and its default."""
+    name: str  # the config group: `<name>=<option>` on the command line
+    hook: str  # the pluggy hook plugins implement to fill it
+    what: str  # what the hook registers, for its docstring: "Register <what>: subclasses of <base>."
+    base: str  # the class its components subclass (a dotted path: the registry imports none of them)
+    default: str  # the option a run uses when the command line names none
+    auto: bool = False  # `<name>=auto` is decided in Config.resolve, once the checkpoint and device are known
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (  # in the order of the defaults list and `--help`
+    Family("model", "register_models", "model architectures", "nvllm.models.base.CausalLM", "smollm2"),
+    Family("scheduler", "register_schedulers", "scheduler policies", "nvllm.scheduler.base.Scheduler", "fcfs"),
+    Family("kv_cache", "register_kv_caches", "KV cache allocators", "nvllm.kv_cache.base.KVCacheAllocator", "paged"),
+    Family("attention", "register_attention_backends", "attention backends", "nvllm.attention.base.AttentionBackend",
+           "auto", auto=True),
+    Family("sampler", "register_samplers", "samplers", "nvllm.sampler.base.Sampler", "default"),
+    Family("forward", "register_forward_strategies", "ways of running a step's forward pass",
+           "nvllm.forward.base.ForwardStrategy", "auto", auto=True),
+    Family("speculative", "register_drafters", "speculative-decoding drafters", "nvllm.speculative.base.Drafter",
+           "none"),
+    Family("workload", "register_workloads", "workloads (what a run sends, datasets included)",
+           "nvllm.workloads.Workload", "chat"),
+)}
+
+_components: dict[str, dict[str, type]] = {}
 _origins: dict[tuple[str, str], str] = {}
 failed_plugins: dict[str, str] = {}  # plugin origin -> why it was skipped (filled by nvllm.plugins)
 
@@ -23,24 +40,26 @@ class UnknownComponentError(ValueError):
 
 
 def register(family: str, cls: type, origin: str = "nvllm") -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"{family!r} is no component family; the families: {', '.join(FAMILIES)}")
     name = getattr(cls, "name", None)
     config = getattr(cls, "Config", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"{cls!r} registered as a {family} has no string `name` attribute")
     if config is None or not dataclasses.is_dataclass(config):
         raise TypeError(f"{family} {name!r} ({cls!r}) needs a `Config` dataclass")
-    known = _components[family].get(name)
+    known = _components.get(family, {}).get(name)
     if known is not None and known is not cls:
         raise ValueError(
             f"two plugins register the {family} {name!r}: {_origins[family, name]} "
             f"({known.__module__}.{known.__qualname__}) and {origin} ({cls.__module__}.{cls.__qualname__})"
         )
-    _components[family][name] = cls
+    _components.setdefault(family, {})[name] = cls
     _origins[family, name] = origin
 
 
 def names(family: str) -> list[str]:
-    return sorted(_components[family])
+    return sorted(_components.get(family, ()))
 
 
 def origin(family: str, name: str) -> str:

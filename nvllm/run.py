@@ -144,7 +144,7 @@ def _stop_on_sigterm(signum, frame):
 
 def cli():
     """Ctrl-C or SIGTERM: every rank stops (see nvllm.distributed.workers), one line says so."""
-    from nvllm.plugins import check_requested
+    from nvllm.config import check_requested
     from nvllm.registry import UnknownComponentError
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 
 from nvllm import registry
-from nvllm.config import GROUPS, Config, setup, typed_config
+from nvllm.config import Config, setup, typed_config
 from nvllm.workloads import build_requests
 
 setup()
@@ -30,11 +30,11 @@ def compose_with(*overrides):
         return compose("config", overrides=list(overrides))
 
 
-ALL = [(g, o) for g in GROUPS for o in options(g)]
+ALL = [(g, o) for g in registry.FAMILIES for o in options(g)]
 
 
 def test_every_family_has_options():
-    for group in GROUPS:
+    for group in registry.FAMILIES:
         assert options(group), group
 
 

@@ -133,8 +133,8 @@ def test_load_plugins_is_idempotent():
 def test_every_hook_has_a_docstring():
     from nvllm import hookspecs
 
-    for name in registry.FAMILIES.values():
-        assert getattr(hookspecs, name).__doc__, name
+    for family in registry.FAMILIES.values():
+        assert getattr(hookspecs, family.hook).__doc__, family.hook
 
 
 def test_registering_needs_name_and_config():
