@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from numbers import Integral, Real
 
 from nvllm import registry
-from nvllm.config import Config, check_requested, compose, group_options, setup
+from nvllm.config import Config, check_requested, compose, group_options, prepare, setup
 from nvllm.engine import intake
 from nvllm.engine.driver import check_idle
 from nvllm.engine.llm_engine import LLMEngine
@@ -43,7 +43,7 @@ class LLM:
         check_requested(choices)
         _check_options(choices)
         self.config = compose(model=model, **overrides)
-        self.engine = LLMEngine(Config.from_cfg(self.config))
+        self.engine = LLMEngine(prepare(Config.from_cfg(self.config)))  # every auto, the checkpoint read once
         self.tokenizer = self.engine.tokenizer
         self._busy = threading.Lock()  # one generate/stream at a time drives the engine
         self._busy_with = None

@@ -65,25 +65,21 @@ def main(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, requested: dict) -> dict:
-    from nvllm.config import Config
-    from nvllm.engine.intake import load_tokenizer
+    from nvllm.config import Config, prepare
     from nvllm.engine.llm_engine import LLMEngine
     from nvllm.errors import ConfigError
     from nvllm.forward.base import standalone_executor
     from nvllm.metrics import collect, serving_options, simulation_source
-    from nvllm.models.weights import check_config_json, resolve_model_path
     from nvllm.workloads import WorkloadError, assign_priorities, make_workload, max_concurrency
 
     # everything the workload needs is checked before the model loads: a missing or bad key is refused naming it
     serving, concurrency = serving_options(cfg), max_concurrency(cfg.workload)
     config = Config.from_cfg(cfg)
     workload = make_workload(config.workload)
-    if standalone_executor(config.forward) is None:
-        model_path = resolve_model_path(config.model)
-        check_config_json(model_path)  # before transformers reads it: a damaged one is one line
-        tokenizer = load_tokenizer(model_path)
-        workload.check(tokenizer)
-        prompts, params = workload.requests(cfg.sampling, tokenizer)
+    resolved = prepare(config)  # every auto decided; the checkpoint's config and tokenizer read, once
+    if standalone_executor(resolved.config.forward) is None:
+        workload.check(resolved.tokenizer)
+        prompts, params = workload.requests(cfg.sampling, resolved.tokenizer)
     else:  # forward=simulated: no tokenizer, so token-id prompts only
         text = (f"forward=simulated loads no tokenizer and sends token ids, and workload={workload.name} sends text; "
                 f"use workload=random, sharegpt_like, shared_prefix, or a trace with input_len")
@@ -98,7 +94,7 @@ def run(cfg: DictConfig, requested: dict) -> dict:
             raise ConfigError(text)
     priorities = assign_priorities(config.workload, len(prompts))
     arrivals = workload.arrivals(len(prompts))
-    engine = LLMEngine(config)
+    engine = LLMEngine(resolved)
     try:
         if engine.random_weights:
             logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")

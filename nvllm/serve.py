@@ -57,20 +57,18 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
         from nvllm.server.drain import run_server
     except ImportError as e:
         raise SystemExit(f"nvllm.serve needs the serve extra ({e}): pip install 'nvllm[serve]'") from None
-    from nvllm.config import Config
+    from nvllm.config import Config, prepare
     from nvllm.engine.llm_engine import LLMEngine
-    from nvllm.models.weights import check_config_json, resolve_model_path
     from nvllm.server.engine_loop import EngineLoop
     from nvllm.server.prompts import Tokenizers
 
     config = Config.from_cfg(cfg)  # a bad component config is refused here, before the model loads
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # while the model loads, SIGTERM stops it as Ctrl-C does
-    model_path = resolve_model_path(config.model)
-    check_config_json(model_path)  # before the tokenizer workers read it: a damaged one is one line
+    resolved = prepare(config)  # every auto decided; the checkpoint's config and tokenizer read, once
     before = set(multiprocessing.active_children())
-    tokenizers = Tokenizers(model_path)  # forked before any thread starts
+    tokenizers = Tokenizers(resolved.model_path, resolved.tokenizer)  # forked before any thread starts
     tokenizer_workers = set(multiprocessing.active_children()) - before
-    engine_loop = EngineLoop(lambda: LLMEngine(config))
+    engine_loop = EngineLoop(lambda: LLMEngine(resolved))
     try:
         engine_loop.start()
     except KeyboardInterrupt as e:  # no waiting for the build, which no signal can cut short: the

@@ -3,6 +3,7 @@ composed Hydra config (each family's node as its component's own Config dataclas
 and `Config.resolve`, which replaces every `auto` once the checkpoint is known. Past this point no
 code sees a DictConfig."""
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf, ValidationError
@@ -13,6 +14,7 @@ from nvllm.auto import AUTO, choose
 from nvllm.config.schema import EngineConfig, family_fields
 from nvllm.errors import ConfigError
 from nvllm.forward.base import ForwardTarget, standalone_executor
+from nvllm.models.weights import load_hf_config, load_tokenizer, resolve_model_path
 
 # max_model_len=null (auto): this, or the model's max_position_embeddings where smaller
 DEFAULT_MAX_MODEL_LEN = 4096
@@ -156,3 +158,23 @@ def check_tp(hf_config, tp: int):
         fits = [t for t in range(1, 9) if all(n is None or n % t == 0 for n in dims.values())]
         raise ConfigError(f"tp={tp} does not divide this model's {what}; tp must divide "
                           f"{', '.join(f'{k}={v}' for k, v in dims.items() if v)} (tp in {fits} works)")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run as it will happen, decided once at the edge (`python -m nvllm.run`, `nvllm.serve`,
+    `LLM(...)`) and passed to the engine, which reads nothing of it again."""
+    config: Config  # every `auto` decided, every switch checked against the checkpoint and the device
+    model_path: str
+    hf_config: Any  # the checkpoint's config.json, as transformers reads it
+    tokenizer: Any  # None: the model ships none, or forward=simulated (which loads no weights either)
+
+
+def prepare(config: Config) -> Resolved:
+    """Find the checkpoint `config.model` names, read its config.json and tokenizer (once), and
+    resolve `config` against them."""
+    computes = standalone_executor(config.forward) is None  # forward=simulated: no weights, no tokenizer
+    model_path = resolve_model_path(config.model, weights=computes)
+    hf_config = load_hf_config(model_path)  # a damaged config.json is one line naming it
+    config = config.resolve(hf_config)
+    return Resolved(config, model_path, hf_config, load_tokenizer(model_path, hf_config) if computes else None)

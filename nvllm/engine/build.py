@@ -1,7 +1,8 @@
-"""Everything one engine runs with, built from a Config: the checkpoint's config and the run's
-config resolved against it (every `auto` decided), the tokenizer, the executor (the model runner,
-with tensor-parallel workers, or the simulator), the KV cache allocator, the scheduler, the
-drafter, and the warm-up. Components come from the registry and get what they need as arguments."""
+"""Everything one engine runs with, built from a run resolved at the edge (nvllm.config.prepare: the
+config with every `auto` decided, the checkpoint's config and tokenizer, read once): the executor
+(the model runner, with tensor-parallel workers, or the simulator), the KV cache allocator, the
+scheduler, the drafter, and the warm-up. Components come from the registry and get what they need
+as arguments."""
 import logging
 import time
 from dataclasses import dataclass
@@ -9,12 +10,12 @@ from typing import Any
 
 from nvllm import registry
 from nvllm.clock import Clock
-from nvllm.config import Config
+from nvllm.config import Config, Resolved
 from nvllm.distributed.workers import Workers
 from nvllm.engine import intake
 from nvllm.engine.model_runner import ModelRunner
 from nvllm.forward.base import standalone_executor
-from nvllm.models.weights import is_random, load_hf_config, resolve_model_path
+from nvllm.models.weights import is_random
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +36,13 @@ class Parts:
     startup_s: dict  # seconds: loading, warm-up
 
 
-def build(config: Config) -> Parts:
+def build(resolved: Resolved) -> Parts:
     """The engine's parts. Whatever interrupts the load or the warm-up (Ctrl-C included) stops the
     tensor-parallel workers first, and a dead worker's error is the one raised."""
     started = time.perf_counter()
-    # -- the model: weights, config resolved against it, tokenizer (forward=simulated: an
-    # executor of its own, which loads no weights and needs no tokenizer)
+    config, model_path, hf_config, tokenizer = resolved.config, resolved.model_path, resolved.hf_config, resolved.tokenizer
+    # forward=simulated: an executor of its own, which loads no weights and needs no tokenizer
     standalone = standalone_executor(config.forward)
-    model_path = resolve_model_path(config.model, weights=standalone is None)
-    hf_config = load_hf_config(model_path)
-    config = config.resolve(hf_config)
-    tokenizer = intake.load_tokenizer(model_path) if standalone is None else None
     eos = intake.eos_ids(tokenizer, hf_config)
     # -- the executor on rank 0, and under TP the other ranks' workers
     workers = None

@@ -4,12 +4,9 @@ the field and what to change), vLLM's prompt shapes, and the queue of requests w
 has not come yet."""
 import heapq
 import math
-import os
 from copy import copy
 from dataclasses import replace
 from numbers import Integral, Real
-
-from transformers import AutoTokenizer
 
 from nvllm.clock import Clock
 from nvllm.sampling_params import INT64, SamplingParams, _short
@@ -19,13 +16,6 @@ from nvllm.sequence import Sequence
 # and an unbounded one overflows time.sleep)
 MAX_WAIT = 7 * 24 * 3600.0
 PROMPT_SHAPES = "a string, a list of token ids, {'prompt': str} or {'prompt_token_ids': [int, ...]}"
-
-
-def load_tokenizer(path: str):
-    """The model directory's tokenizer, or None where it ships none (prompts are then token ids)."""
-    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        return None
-    return AutoTokenizer.from_pretrained(path)
 
 
 def eos_ids(tokenizer, hf_config) -> frozenset[int]:

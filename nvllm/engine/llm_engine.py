@@ -6,7 +6,7 @@ held one's result is applied: EOS and stop strings are seen a step late, and a s
 loses the token of the plan launched meanwhile. Greedy tokens are the same either way."""
 import logging
 
-from nvllm.config import Config
+from nvllm.config import Resolved
 from nvllm.engine import driver, faults, intake
 from nvllm.engine.build import build
 from nvllm.engine.detokenizer import Detokenizer
@@ -20,11 +20,12 @@ logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
-    def __init__(self, config: Config):
-        """`config`: the typed configuration (`Config.from_cfg` of a composed Hydra config); every
-        component is built from it by nvllm/engine/build.py."""
+    def __init__(self, resolved: Resolved):
+        """`resolved`: the run as the edge decided it (`nvllm.config.prepare(Config.from_cfg(cfg))`:
+        every `auto` resolved, the checkpoint's config and tokenizer read); every component is built
+        from it by nvllm/engine/build.py."""
         self.failure = None  # set when a fault stopped the engine
-        parts = build(config)
+        parts = build(resolved)
         self.config, self.model_path, self.random_weights = parts.config, parts.model_path, parts.random_weights
         self.vocab_size, self.tokenizer, self.workers = parts.vocab_size, parts.tokenizer, parts.workers
         self.executor, self.kv_cache, self.scheduler = parts.executor, parts.kv_cache, parts.scheduler

@@ -17,14 +17,13 @@ from itertools import accumulate
 
 import numpy as np
 import torch
-from transformers import AutoConfig
 
 from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
 from nvllm.engine.overlap import InFlight, fill_pending
 from nvllm.kv_cache.base import CPU_DEFAULT_BUDGET_GB
-from nvllm.models.weights import has_weights, load_weights, random_init
+from nvllm.models.weights import has_weights, load_hf_config, load_weights, random_init
 from nvllm.sampler.logprobs import logprobs_of
 from nvllm.sequence import SequenceStatus
 from nvllm.speculative.verify import verify
@@ -66,14 +65,14 @@ class ModelRunner(Executor):
     def __init__(self, config: Config, path: str, control_group=None, eos_token_ids: frozenset[int] = frozenset(),
                  hf_config=None):
         """`eos_token_ids`: the model's end-of-sequence ids (SamplingParams.min_tokens masks them);
-        `hf_config`: the checkpoint's transformers config, read once by the engine (else read here:
+        `hf_config`: the checkpoint's transformers config, read once at the edge (else read here:
         a tensor-parallel worker)."""
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype
         self.block_size = config.kv_cache.block_size
         self.control_group = control_group  # set under tp > 1: the gloo group steps are sent on
-        self.hf_config = hf_config or AutoConfig.from_pretrained(path)
+        self.hf_config = hf_config or load_hf_config(path)
         self.model = self._load_model(path)
         self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
         # overlap scheduling samples into a device tensor (no host sync); otherwise a list
@@ -98,7 +97,7 @@ class ModelRunner(Executor):
         finally:
             torch.set_default_dtype(default_dtype)
         if has_weights(path):
-            load_weights(model, path)
+            load_weights(model, path, self.hf_config)
         else:  # a model.shape: no checkpoint, random weights drawn here
             random_init(model, self.config.seed)
         return model.eval()
@@ -320,14 +319,14 @@ class ModelRunner(Executor):
         limits, tp=1, attention and forward chosen for it by auto, and a cache of as many blocks."""
         from nvllm.config import Config, detect_architecture
 
-        target = self.config
+        target, hf_config = self.config, load_hf_config(path)
         config = Config(tp=1, compile=target.compile, dtype=target.dtype, device=target.device,
                         max_num_seqs=target.max_num_seqs, max_num_batched_tokens=target.max_num_batched_tokens,
                         max_model_len=target.max_model_len, seed=target.seed,
                         model=registry.make_config("model", {"name": detect_architecture(path), "path": path}),
                         scheduler=target.scheduler, kv_cache=replace(target.kv_cache, num_blocks=self.num_blocks),
-                        attention="auto", sampler=target.sampler, forward="auto").resolve(AutoConfig.from_pretrained(path))
-        return ModelRunner(config, path)
+                        attention="auto", sampler=target.sampler, forward="auto").resolve(hf_config)
+        return ModelRunner(config, path, hf_config=hf_config)
 
     def warm_up(self) -> None:
         warm_up(self, self.num_blocks, self.block_size, self.config.max_model_len)

@@ -56,6 +56,17 @@ def load_hf_config(path: str):
     return AutoConfig.from_pretrained(path)
 
 
+def load_tokenizer(path: str, hf_config=None):
+    """The model directory's tokenizer, or None where it ships none (prompts are then token ids).
+    `hf_config`: its config.json as already read (else transformers reads it again to choose the
+    tokenizer's class)."""
+    from transformers import AutoTokenizer
+
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    return AutoTokenizer.from_pretrained(path, **({"config": hf_config} if hf_config is not None else {}))
+
+
 def check_config_json(path: str) -> None:
     """A WeightsError naming `path`/config.json when it is not a JSON object (what transformers reads)."""
     import json
@@ -214,10 +225,12 @@ def random_init(model: nn.Module, seed: int = 0):
                 param.fill_(0.0 if name.endswith("bias") else 1.0)
 
 
-def load_weights(model: nn.Module, path: str):
+def load_weights(model: nn.Module, path: str, hf_config):
+    """`path`'s safetensors into `model`, each weight's shape checked against what `hf_config` (the
+    checkpoint's config.json, as read at the edge) describes."""
     packed = getattr(model, "packed_modules_mapping", {})
     params = dict(model.named_parameters(remove_duplicate=False))
-    expected = _checkpoint_shapes(path)
+    expected = _checkpoint_shapes(hf_config)
     loaded = set()
     for file in sorted(glob(os.path.join(path, "*.safetensors"))):
         with _open_safetensors(file) as f:
@@ -262,15 +275,16 @@ def _open_safetensors(file: str):
                               if Path(file).parent == cache_root() / "smollm2-135m-instruct" else "")) from None
 
 
-def _checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+def _checkpoint_shapes(hf_config) -> dict[str, tuple[int, ...]]:
     """Every weight's shape as transformers would build it from config.json (on the meta device:
     no memory, well under a second). Empty when transformers does not know the architecture."""
+    import copy
+
     import transformers
 
     try:
-        config = transformers.AutoConfig.from_pretrained(path)
-        with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(config)
+        with torch.device("meta"):  # a copy: building a model may set fields of its config
+            model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(hf_config))
     except Exception:
         return {}
     return {name: tuple(p.shape) for name, p in model.state_dict().items()}

@@ -109,12 +109,10 @@ def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfi
               aliases: tuple[str, ...] = ()) -> FastAPI:
     """The app serving `engine_loop`'s engine as `model_name`, which clients may also call by each of
     `aliases` (the embedded model's Hugging Face id); `tokenizers`: its prompt tokenizer pool."""
-    from nvllm.models.weights import load_hf_config
-
     engine = engine_loop.engine
     served = (model_name, *aliases)
     max_model_len = engine.config.max_model_len
-    vocab_size = load_hf_config(engine.model_path).vocab_size
+    vocab_size = engine.vocab_size
     started = int(time.time())
     limits = Limits.from_config(serve_config, max_model_len)
     state = ServerState()

@@ -1,7 +1,8 @@
 """From a parsed request to the token ids the engine runs, off the engine's thread: the size
 limits checked first (stop strings, stop_token_ids, messages, prompt characters: a 400 naming the
 serve.* key, before any tokenisation), then the chat template and the tokenizer in a pool of worker
-processes, each with its own tokenizer (as vLLM keeps tokenising out of its engine core's process).
+processes, each with a copy of the tokenizer the edge loaded (as vLLM keeps tokenising out of its
+engine core's process).
 Processes, not threads: a 1 MB prompt takes a core for about a second, and in the server's process
 it would take the GIL in turns with the engine thread; in its own process, at a lower CPU priority
 (nice +10), it takes only the CPU the engine leaves. The workers are forked before the engine
@@ -15,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from nvllm.engine.intake import encode, encode_chat, load_tokenizer
+from nvllm.engine.intake import encode, encode_chat
 from nvllm.server.protocol import RequestError
 
 CHARS_PER_TOKEN = 16  # serve.max_prompt_chars's default per token of max_model_len: no real text comes close
@@ -63,10 +64,11 @@ def _over(param: str, what: str, allowed: str, key: str) -> RequestError:
 class Tokenizers:
     """A pool of worker processes that template and tokenise prompts."""
 
-    def __init__(self, model_path: str, workers: int = 2):
-        """Call it before starting any thread: the workers are forked here."""
+    def __init__(self, model_path: str, tokenizer, workers: int = 2):
+        """Call it before starting any thread: the workers are forked here, and inherit `tokenizer`
+        (the model's, loaded once by the edge; None: prompts must be token ids)."""
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                                         initializer=_start_worker, initargs=(model_path,))
+                                         initializer=_start_worker, initargs=(model_path, tokenizer))
         # fork every worker now, with Ctrl-C and SIGTERM blocked so that they inherit them blocked (and
         # then ignore them): the server alone decides when they stop
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -102,12 +104,12 @@ _tokenizer = None
 _model_path = ""
 
 
-def _start_worker(model_path: str):
+def _start_worker(model_path: str, tokenizer):
     global _tokenizer, _model_path
     for sig in (signal.SIGINT, signal.SIGTERM):  # not the server's handlers, inherited with the fork
         signal.signal(sig, signal.SIG_IGN)
     os.nice(10)  # the engine's steps come first; this takes the CPU they leave
-    _model_path, _tokenizer = model_path, load_tokenizer(model_path)
+    _model_path, _tokenizer = model_path, tokenizer
 
 
 def _warm() -> None:

@@ -144,14 +144,14 @@ def profile(overrides: list[str], budget_s: float = 300, repeats: int = 3, log=p
     """Build the engine the overrides describe, time its forward strategy, fit, and return the profile."""
     from hydra import compose, initialize_config_module
 
-    from nvllm.config import Config, setup
+    from nvllm.config import Config, prepare, setup
     from nvllm.engine.llm_engine import LLMEngine
     from nvllm.errors import ConfigError
 
     setup()
     with initialize_config_module("nvllm.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    engine = LLMEngine(Config.from_cfg(cfg))
+    engine = LLMEngine(prepare(Config.from_cfg(cfg)))
     try:
         if engine.clock.simulated:
             raise ConfigError("a profile times a real forward strategy; drop forward=simulated (forward=auto times the default)")
