@@ -1,6 +1,6 @@
 """`python -m nvllm.serve`: an OpenAI-compatible HTTP server over one engine, composed by the
 same Hydra config as `nvllm.run` (every group and switch) plus `serve.*` (address, API key,
-allowed hosts, CORS, request limits, drain timeout; nvllm/config.py ServeConfig):
+allowed hosts, CORS, request limits, drain timeout; nvllm/config/schema.py ServeConfig):
 
     python -m nvllm.serve scheduler=chunked serve.port=8000
 

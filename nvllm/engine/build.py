@@ -39,6 +39,9 @@ class Parts:
 def build(resolved: Resolved) -> Parts:
     """The engine's parts. Whatever interrupts the load or the warm-up (Ctrl-C included) stops the
     tensor-parallel workers first, and a dead worker's error is the one raised."""
+    if not isinstance(resolved, Resolved):
+        raise TypeError(f"the engine is built from a run resolved at the edge, LLMEngine(nvllm.config.prepare(config)), "
+                        f"not from a {type(resolved).__name__}")
     started = time.perf_counter()
     config, model_path, hf_config, tokenizer = resolved.config, resolved.model_path, resolved.hf_config, resolved.tokenizer
     # forward=simulated: an executor of its own, which loads no weights and needs no tokenizer
