@@ -65,7 +65,7 @@ def main(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, requested: dict) -> dict:
-    from nvllm.config import Config, prepare
+    from nvllm.config import Config, prepare, read_checkpoint
     from nvllm.engine.llm_engine import LLMEngine
     from nvllm.errors import ConfigError
     from nvllm.forward.base import standalone_executor
@@ -76,10 +76,10 @@ def run(cfg: DictConfig, requested: dict) -> dict:
     serving, concurrency = serving_options(cfg), max_concurrency(cfg.workload)
     config = Config.from_cfg(cfg)
     workload = make_workload(config.workload)
-    resolved = prepare(config)  # every auto decided; the checkpoint's config and tokenizer read, once
-    if standalone_executor(resolved.config.forward) is None:
-        workload.check(resolved.tokenizer)
-        prompts, params = workload.requests(cfg.sampling, resolved.tokenizer)
+    checkpoint = read_checkpoint(config)  # its config.json and tokenizer, read once
+    if standalone_executor(config.forward) is None:
+        workload.check(checkpoint.tokenizer)
+        prompts, params = workload.requests(cfg.sampling, checkpoint.tokenizer)
     else:  # forward=simulated: no tokenizer, so token-id prompts only
         text = (f"forward=simulated loads no tokenizer and sends token ids, and workload={workload.name} sends text; "
                 f"use workload=random, sharegpt_like, shared_prefix, or a trace with input_len")
@@ -94,7 +94,7 @@ def run(cfg: DictConfig, requested: dict) -> dict:
             raise ConfigError(text)
     priorities = assign_priorities(config.workload, len(prompts))
     arrivals = workload.arrivals(len(prompts))
-    engine = LLMEngine(resolved)
+    engine = LLMEngine(prepare(config, checkpoint))  # every auto decided
     try:
         if engine.random_weights:
             logger.warning("nvllm: RANDOM WEIGHTS — this checkpoint was generated for testing; its text means nothing")

@@ -66,7 +66,7 @@ def serve(cfg: DictConfig, serve_config: ServeConfig, model_name: str) -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # while the model loads, SIGTERM stops it as Ctrl-C does
     resolved = prepare(config)  # every auto decided; the checkpoint's config and tokenizer read, once
     before = set(multiprocessing.active_children())
-    tokenizers = Tokenizers(resolved.model_path, resolved.tokenizer)  # forked before any thread starts
+    tokenizers = Tokenizers(resolved.checkpoint.path, resolved.checkpoint.tokenizer)  # forked before any thread starts
     tokenizer_workers = set(multiprocessing.active_children()) - before
     engine_loop = EngineLoop(lambda: LLMEngine(resolved))
     try:

@@ -5,10 +5,11 @@ Hydra, `compose()`, the checks Hydra does not make, the `--help` lines). The com
 these follow are one table: nvllm/registry.py FAMILIES."""
 from nvllm.config.compose import (check_composed, check_requested, components_help, compose, detect_architecture,
                                   group_options, setup)
-from nvllm.config.resolve import DEFAULT_MAX_MODEL_LEN, Config, Resolved, check_tp, prepare, typed_config
+from nvllm.config.resolve import (DEFAULT_MAX_MODEL_LEN, Checkpoint, Config, Resolved, check_tp, prepare,
+                                  read_checkpoint, typed_config)
 from nvllm.config.schema import EngineConfig, Schema, ServeConfig
 from nvllm.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_MODEL_LEN", "Config", "ConfigError", "EngineConfig", "Resolved", "Schema", "ServeConfig", "check_composed",
+__all__ = ["DEFAULT_MAX_MODEL_LEN", "Checkpoint", "Config", "ConfigError", "EngineConfig", "Resolved", "Schema", "ServeConfig", "check_composed",
            "check_requested", "check_tp", "components_help", "compose", "detect_architecture", "group_options",
-           "prepare", "setup", "typed_config"]
+           "prepare", "read_checkpoint", "setup", "typed_config"]

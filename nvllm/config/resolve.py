@@ -161,20 +161,31 @@ def check_tp(hf_config, tp: int):
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """A run as it will happen, decided once at the edge (`python -m nvllm.run`, `nvllm.serve`,
-    `LLM(...)`) and passed to the engine, which reads nothing of it again."""
-    config: Config  # every `auto` decided, every switch checked against the checkpoint and the device
-    model_path: str
-    hf_config: Any  # the checkpoint's config.json, as transformers reads it
+class Checkpoint:
+    """What the edge reads from the model directory, once."""
+    path: str
+    hf_config: Any  # its config.json, as transformers reads it
     tokenizer: Any  # None: the model ships none, or forward=simulated (which loads no weights either)
 
 
-def prepare(config: Config) -> Resolved:
-    """Find the checkpoint `config.model` names, read its config.json and tokenizer (once), and
-    resolve `config` against them."""
+def read_checkpoint(config: Config) -> Checkpoint:
+    """Find the checkpoint `config.model` names and read its config.json and tokenizer."""
     computes = standalone_executor(config.forward) is None  # forward=simulated: no weights, no tokenizer
-    model_path = resolve_model_path(config.model, weights=computes)
-    hf_config = load_hf_config(model_path)  # a damaged config.json is one line naming it
-    config = config.resolve(hf_config)
-    return Resolved(config, model_path, hf_config, load_tokenizer(model_path, hf_config) if computes else None)
+    path = resolve_model_path(config.model, weights=computes)
+    hf_config = load_hf_config(path)  # a damaged config.json is one line naming it
+    return Checkpoint(path, hf_config, load_tokenizer(path, hf_config) if computes else None)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run as it will happen, decided once at the edge (`python -m nvllm.run`, `nvllm.serve`,
+    `LLM(...)`) and passed to the engine, which reads nothing of the checkpoint again."""
+    config: Config  # every `auto` decided, every switch checked against the checkpoint and the device
+    checkpoint: Checkpoint
+
+
+def prepare(config: Config, checkpoint: Checkpoint | None = None) -> Resolved:
+    """`config` resolved against its checkpoint: `checkpoint` where the edge has read it already
+    (nvllm.run builds the workload's requests first), else read here."""
+    checkpoint = checkpoint or read_checkpoint(config)
+    return Resolved(config.resolve(checkpoint.hf_config), checkpoint)

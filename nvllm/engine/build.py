@@ -43,7 +43,8 @@ def build(resolved: Resolved) -> Parts:
         raise TypeError(f"the engine is built from a run resolved at the edge, LLMEngine(nvllm.config.prepare(config)), "
                         f"not from a {type(resolved).__name__}")
     started = time.perf_counter()
-    config, model_path, hf_config, tokenizer = resolved.config, resolved.model_path, resolved.hf_config, resolved.tokenizer
+    config, checkpoint = resolved.config, resolved.checkpoint
+    model_path, hf_config, tokenizer = checkpoint.path, checkpoint.hf_config, checkpoint.tokenizer
     # forward=simulated: an executor of its own, which loads no weights and needs no tokenizer
     standalone = standalone_executor(config.forward)
     eos = intake.eos_ids(tokenizer, hf_config)

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 class LLMEngine:
     def __init__(self, resolved: Resolved):
         """`resolved`: the run as the edge decided it (`nvllm.config.prepare(Config.from_cfg(cfg))`:
-        every `auto` resolved, the checkpoint's config and tokenizer read); every component is built
+        the checkpoint's config and tokenizer read, every `auto` resolved); every component is built
         from it by nvllm/engine/build.py."""
         self.failure = None  # set when a fault stopped the engine
         parts = build(resolved)
