@@ -1,7 +1,8 @@
 """The typed configuration an engine is built from: `Config.from_cfg`, the one conversion from the
-composed Hydra config (each family's node as its component's own Config dataclass, `typed_config`),
-and `Config.resolve`, which replaces every `auto` once the checkpoint is known. Past this point no
-code sees a DictConfig."""
+composed Hydra config (each family's node as its component's own Config dataclass, `typed_config`);
+`Config.resolve`, which replaces every `auto` once the checkpoint is known; and the edge's two steps,
+`read_checkpoint` (config.json and tokenizer, read once) and `prepare` (the `Resolved` run the engine
+is built from). Past this point no code sees a DictConfig."""
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
