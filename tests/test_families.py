@@ -8,6 +8,8 @@ import subprocess
 import sys
 from importlib.resources import files
 
+import pytest
+
 import nvllm.registry
 
 # the table module, loaded by itself (it imports nothing of nvllm) and given the entry before nvllm
@@ -123,3 +125,11 @@ def test_the_table_is_what_the_hooks_schema_and_defaults_follow():
     # conf/config.yaml names no family: its defaults come from the table alone
     defaults = (files("nvllm.conf") / "config.yaml").read_text().split("defaults:", 1)[1].split("\n\n", 1)[0]
     assert not [name for name in FAMILIES if f"- {name}:" in defaults], defaults
+
+
+def test_registering_into_a_family_not_in_the_table_is_refused():
+    from nvllm import registry
+    from nvllm.scheduler.fcfs import FCFSScheduler
+
+    with pytest.raises(ValueError, match="'schedulers' is no component family; the families: model, scheduler, "):
+        registry.register("schedulers", FCFSScheduler)
