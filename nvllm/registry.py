@@ -1,5 +1,6 @@
-"""Name -> component class, per family. It knows nothing of Hydra: `nvllm.config.setup()` stores
-each registered component's Config dataclass in Hydra's ConfigStore, so `<family>=<name>` composes."""
+"""The component families, one table (FAMILIES: adding a family is adding an entry), and name ->
+component class per family. It knows nothing of Hydra: `nvllm.config.setup()` stores each
+registered component's Config dataclass in Hydra's ConfigStore, so `<family>=<name>` composes."""
 import dataclasses
 from typing import NamedTuple
 
