@@ -16,6 +16,7 @@ from nvllm.auto import AUTO, choose, tristate
 from nvllm.forward.base import ForwardTarget, standalone_executor
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
 from nvllm.metrics import MetricsConfig, SLOConfig
+from nvllm.models.base import MoEConfig
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 
@@ -52,6 +53,8 @@ class EngineConfig:
     # overlap scheduling: schedule and pack step N+1 while step N runs; auto: on where the device runs
     # asynchronously to the host (CUDA), true, false
     async_scheduling: Any = "auto"
+    # a mixture of experts' placement on tensor-parallel ranks (moe.expert_parallel)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self):
         self.cudagraph = tristate("cudagraph", self.cudagraph)  # None: auto
@@ -251,7 +254,8 @@ class Config(EngineConfig):
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> "Config":
-        switches = {f.name: cfg[f.name] for f in fields(EngineConfig) if f.name in cfg}
+        switches = {f.name: OmegaConf.to_object(cfg[f.name]) if isinstance(cfg[f.name], DictConfig) else cfg[f.name]
+                    for f in fields(EngineConfig) if f.name in cfg}
         components = {family: AUTO if cfg[family].name == AUTO and family in AUTO_FAMILIES  # resolve() chooses
                       else typed_config(family, cfg[family]) for family in registry.FAMILIES}
         return cls(**switches, **components)
@@ -276,7 +280,8 @@ class Config(EngineConfig):
             dtype = "float32" if device == "cpu" else (str(checkpoint_dtype).removeprefix("torch.") if sixteen else "bfloat16")
         if device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"tp={self.tp} needs {self.tp} GPUs; torch sees {torch.cuda.device_count()}")
-        check_tp(hf_config, self.tp)
+        check_moe(hf_config, arch, self.tp, self.moe.expert_parallel)
+        check_tp(hf_config, self.tp, arch, self.moe.expert_parallel)
         attention, attention_choice = select_backend(self.attention, torch.device(device), getattr(torch, dtype),
                                                      self.kv_cache.block_size)
         target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile)
@@ -348,16 +353,44 @@ class Config(EngineConfig):
         return cls.resolve(config, target), choice
 
 
-def check_tp(hf_config, tp: int):
-    """Refuse a tp that does not divide the model's head counts and MLP width, naming them."""
-    dims = {name: getattr(hf_config, name, None) for name in
-            ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
+def check_tp(hf_config, tp: int, arch=None, expert_parallel: bool = False):
+    """Refuse a tp that does not divide the model's head counts and MLP widths, naming them. A
+    mixture of experts (`arch.moe_keys`) splits each expert's width, or with `expert_parallel`
+    places whole experts on ranks: then the experts' count is what tp divides."""
+    names = ["num_attention_heads", "num_key_value_heads", "intermediate_size"]
+    moe_keys = getattr(arch, "moe_keys", None)
+    if moe_keys:
+        experts, width = moe_keys
+        names = [n for n in names if n != width] + [experts if expert_parallel else width]
+    dims = {name: getattr(hf_config, name, None) for name in names}
     bad = {name: n for name, n in dims.items() if n is not None and n % tp}
     if bad:
         what = ", ".join(f"{name}={n}" for name, n in bad.items())
         fits = [t for t in range(1, 9) if all(n is None or n % t == 0 for n in dims.values())]
-        raise ConfigError(f"tp={tp} does not divide this model's {what}; tp must divide "
-                          f"{', '.join(f'{k}={v}' for k, v in dims.items() if v)} (tp in {fits} works)")
+        how = " with moe.expert_parallel=true (whole experts per rank)" if moe_keys and expert_parallel else ""
+        raise ConfigError(f"tp={tp} does not divide this model's {what}{how}; tp must divide "
+                          f"{', '.join(f'{k}={v}' for k, v in dims.items() if v)} (tp in {fits} works)"
+                          + (f"; or set moe.expert_parallel={str(not expert_parallel).lower()}" if moe_keys else ""))
+
+
+def check_moe(hf_config, arch, tp: int, expert_parallel: bool):
+    """A mixture of experts' routing and placement, refused before any weight loads: more experts
+    per token than there are, or expert parallelism where it cannot take effect."""
+    if arch.moe_keys is None:
+        if expert_parallel:
+            raise ConfigError(f"moe.expert_parallel=true places a mixture of experts' experts on ranks, and "
+                              f"model={arch.name} has no experts; drop moe.expert_parallel")
+        return
+    key = arch.moe_keys[0]
+    num_experts, top_k = getattr(hf_config, key), hf_config.num_experts_per_tok
+    if not 1 <= top_k <= num_experts:
+        raise ConfigError(f"the checkpoint's config.json has num_experts_per_tok={top_k} and {key}={num_experts}: "
+                          f"each token is routed to between 1 and {num_experts} experts. Fix num_experts_per_tok "
+                          f"in config.json (or use the config.json that came with the weights)")
+    if expert_parallel and tp == 1:
+        raise ConfigError("moe.expert_parallel=true places whole experts on tensor-parallel ranks, and this run has "
+                          "tp=1 (one rank holds every expert either way); set tp=N (N dividing "
+                          f"{key}={num_experts}) or drop moe.expert_parallel")
 
 
 def compose(**overrides) -> DictConfig:

@@ -13,6 +13,7 @@ from nvllm import hookspecs, registry
 DEFAULT_PLUGINS = (
     "nvllm.models.llama",
     "nvllm.models.qwen3",
+    "nvllm.models.qwen3_moe",
     "nvllm.scheduler.fcfs",
     "nvllm.scheduler.chunked",
     "nvllm.scheduler.priority",

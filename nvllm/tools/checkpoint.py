@@ -12,9 +12,11 @@ from nvllm.plugins import load_plugins
 
 
 def make_random_checkpoint(arch: str, out_dir: str, preset: str = "tiny", seed: int = 0,
-                           tokenizer_from: str | None = None, hf_config_class: str | None = None, **overrides) -> str:
+                           tokenizer_from: str | None = None, hf_config_class: str | None = None,
+                           max_shard_size: str | None = None, **overrides) -> str:
     """Write a seeded random-weight Hugging Face checkpoint of a registered architecture. It is
-    marked random (a marker file and `nvllm_random_weights` in config.json)."""
+    marked random (a marker file and `nvllm_random_weights` in config.json). `max_shard_size`
+    ("20KB"): split the weights into safetensors shards of at most that size, as large models ship."""
     import transformers
 
     load_plugins()
@@ -26,7 +28,7 @@ def make_random_checkpoint(arch: str, out_dir: str, preset: str = "tiny", seed: 
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     out = Path(out_dir)
-    model.save_pretrained(out)
+    model.save_pretrained(out, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     cfg = json.loads((out / "config.json").read_text())
     cfg["nvllm_random_weights"] = True
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
