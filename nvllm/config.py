@@ -265,8 +265,12 @@ class Config(EngineConfig):
         take effect here (or with this checkpoint) refused."""
         arch = registry.get("model", self.model.name)
         if hf_config.model_type not in arch.hf_model_types:
+            runs = [n for n in registry.names("model")
+                    if hf_config.model_type in registry.get("model", n).hf_model_types]
             raise ConfigError(f"the checkpoint holds a {hf_config.model_type!r} model, which model={self.model.name} "
-                              f"does not run (it runs {', '.join(arch.hf_model_types)})")
+                              f"does not run (it runs {', '.join(arch.hf_model_types)}); "
+                              + (f"model={runs[0]} runs it" if runs else f"no registered architecture does. The "
+                                 f"models here: {models_note()}"))
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -432,12 +436,31 @@ def detect_architecture(path: str) -> str:
     from nvllm.models.weights import locate
 
     config_file = Path(locate(path)) / "config.json"  # a directory, or a Hugging Face repo id
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    for name in registry.names("model"):
-        if model_type in registry.get("model", name).hf_model_types:
-            return name
-    raise ConfigError(f"no registered architecture runs model_type {model_type!r} (from {config_file}); "
-                      f"registered: {', '.join(registry.names('model'))}")
+    config = json.loads(config_file.read_text())
+    model_type = config.get("model_type")
+    runs = [name for name in registry.names("model") if model_type in registry.get("model", name).hf_model_types]
+    if len(runs) > 1:
+        raise ConfigError(f"{config_file} holds a model_type {model_type!r} model, which several architectures run: "
+                          f"{models_note(runs)}; name the one to use (model={{'name': '{runs[0]}', 'path': ...}} in "
+                          f"Python, model={runs[0]} model.path=... on the command line)")
+    if not runs:
+        architectures = ", ".join(config.get("architectures") or []) or "none named"
+        raise ConfigError(f"{config_file} holds a model_type {model_type!r} model (architectures: {architectures}), "
+                          f"which no registered architecture runs. The models here: {models_note()}. A plugin "
+                          f"package that provides it (see docs/plugins.md) is found once pip-installed. "
+                          f"{registry.failed_plugins_note()}".strip())
+    return runs[0]
+
+
+def models_note(names: list[str] | None = None) -> str:
+    """Each registered architecture (or those in `names`) with the model_types it runs and, for a
+    plugin's, the package that registered it."""
+    parts = []
+    for name in names or registry.names("model"):
+        origin = registry.origin("model", name)
+        parts.append(f"{name} (model_type {', '.join(registry.get('model', name).hf_model_types) or 'none'}"
+                     + ("" if registry.is_builtin(origin) else f"; plugin {origin.split(' ')[0]}") + ")")
+    return "; ".join(parts)
 
 
 def check_composed(cfg: DictConfig) -> None:

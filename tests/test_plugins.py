@@ -122,6 +122,34 @@ def test_two_plugins_with_one_name_is_an_error(tmp_path):
     assert "nvllm-reverse (" in proc.stderr and "nvllm-reverse-two (" in proc.stderr
 
 
+COLLIDING_MODEL = '''
+from dataclasses import dataclass
+from nvllm import hookimpl
+from nvllm.models.base import CausalLM, ModelConfig
+
+class MyQwen3(CausalLM):
+    name = "qwen3"
+
+    @dataclass
+    class Config(ModelConfig):
+        name: str = "qwen3"
+
+@hookimpl
+def register_models(register):
+    register(MyQwen3)
+'''
+
+
+def test_a_model_plugin_cannot_take_a_built_in_name(tmp_path):
+    site = make_distribution(tmp_path / "site", name="nvllm-myqwen", module="nvllm_myqwen", body=COLLIDING_MODEL,
+                             ep_name="myqwen")
+    proc = python("from nvllm.plugins import load_plugins; load_plugins()", site)
+    assert proc.returncode != 0
+    assert ("the plugin nvllm-myqwen (entry point 'myqwen' = nvllm_myqwen) registers the model 'qwen3' "
+            "(nvllm_myqwen.MyQwen3), and 'qwen3' is nvllm's built-in nvllm.models.qwen3.Qwen3ForCausalLM: a plugin "
+            "cannot replace a built-in. Give the plugin's class another `name`") in proc.stderr
+
+
 def test_load_plugins_is_idempotent():
     first = {f: registry.names(f) for f in registry.FAMILIES}
     load_plugins()

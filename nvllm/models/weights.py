@@ -283,8 +283,9 @@ def _check_experts(path: str, files: list[str], params: dict, experts: dict, key
             raise WeightsError(
                 f"{path}: the checkpoint has no weight {missing[0]!r}"
                 + (f" (nor {len(missing) - 1} more of {module}'s experts)" if len(missing) > 1 else "")
-                + f", and config.json's {key}={num_experts} says each mixture-of-experts layer has {num_experts}: a safetensors shard is "
-                  f"missing or incomplete, or config.json belongs to another model. Copy the checkpoint's files again")
+                + f", and config.json's {key}={num_experts} says each mixture-of-experts layer has {num_experts}: a "
+                  f"safetensors shard is missing or incomplete, or config.json belongs to another model. Copy the "
+                  f"checkpoint's files again")
 
 
 def _default_loader(param: nn.Parameter, loaded: torch.Tensor):
