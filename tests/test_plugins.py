@@ -150,6 +150,17 @@ def test_a_model_plugin_cannot_take_a_built_in_name(tmp_path):
             "cannot replace a built-in. Give the plugin's class another `name`") in proc.stderr
 
 
+def test_a_checkpoint_two_architectures_run_is_not_given_to_either_silently(tmp_path, tiny_llama_path):
+    body = COLLIDING_MODEL.replace('"qwen3"', '"my_llama"').replace("MyQwen3(CausalLM):", "MyQwen3(CausalLM):\n    "
+                                                                    "hf_model_types = ('llama',)")
+    site = make_distribution(tmp_path / "site", name="nvllm-myllama", module="nvllm_myllama", body=body,
+                             ep_name="myllama")
+    proc = python(f"from nvllm import LLM; LLM({tiny_llama_path!r})", site)
+    assert proc.returncode != 0
+    assert ("holds a model_type 'llama' model, which several architectures run: llama (model_type llama); "
+            "my_llama (model_type llama; plugin nvllm-myllama); name the one to use") in proc.stderr
+
+
 def test_load_plugins_is_idempotent():
     first = {f: registry.names(f) for f in registry.FAMILIES}
     load_plugins()
