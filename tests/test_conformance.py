@@ -63,6 +63,10 @@ class TestQwen3(ModelSuite):
     name = "qwen3"
 
 
+class TestQwen3Moe(ModelSuite):
+    name = "qwen3_moe"
+
+
 class TestEager(ForwardSuite):
     name = "eager"
     configs = [{"onednn": True}, {"onednn": False}]
