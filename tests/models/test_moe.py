@@ -207,3 +207,21 @@ def test_expert_parallel_where_it_cannot_take_effect_is_refused(checkpoint, tiny
                                           r"moe.expert_parallel=true .*\(tp in \[1, 2\] works\); or set "
                                           r"moe.expert_parallel=false"):
         LLM(six, tp=4, moe={"expert_parallel": True})
+
+
+def test_cuda_graphs_are_not_chosen_for_a_mixture_of_experts():
+    """The layer reads each expert's group size on the host, which a CUDA graph cannot capture:
+    forward=auto runs eager on CUDA, and forward=cudagraph is refused by name (checked without a GPU)."""
+    from nvllm import registry
+    from nvllm.auto import AUTO
+    from nvllm.config import Config
+    from nvllm.forward.base import ForwardTarget
+    from nvllm.plugins import load_plugins
+
+    load_plugins()
+    target = ForwardTarget(torch.device("cuda"), torch.bfloat16, 1, registry.get("model", "qwen3_moe"), "triton", False)
+    forward, choice = Config(forward=AUTO)._forward(target)
+    assert forward.name == "eager" and "passed over cudagraph: model=qwen3_moe is a mixture of experts" in choice
+    with pytest.raises(ConfigError, match=r"forward=cudagraph cannot run here: model=qwen3_moe is a mixture of "
+                                          r"experts, .* a CUDA graph cannot capture that"):
+        Config(forward="cudagraph")._forward(target)
