@@ -387,7 +387,7 @@ def check_moe(hf_config, arch, tp: int, expert_parallel: bool):
         return
     key = arch.moe_keys[0]
     num_experts, top_k = getattr(hf_config, key), hf_config.num_experts_per_tok
-    if not 1 <= top_k <= num_experts:
+    if num_experts and not 1 <= top_k <= num_experts:  # 0 experts: every layer dense (Qwen3-MoE allows it)
         raise ConfigError(f"the checkpoint's config.json has num_experts_per_tok={top_k} and {key}={num_experts}: "
                           f"each token is routed to between 1 and {num_experts} experts. Fix num_experts_per_tok "
                           f"in config.json (or use the config.json that came with the weights)")
