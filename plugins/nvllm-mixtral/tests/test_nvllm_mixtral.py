@@ -58,7 +58,8 @@ def generate(path, inspect=lambda engine: None, **overrides):
 
 def test_the_checkpoint_holds_per_expert_weights_across_shards(checkpoint):
     index = json.loads((Path(checkpoint) / "model.safetensors.index.json").read_text())["weight_map"]
-    files = {index[f"model.layers.0.block_sparse_moe.experts.{e}.{w}.weight"] for e in range(4) for w in ("w1", "w2", "w3")}
+    files = {index[f"model.layers.0.block_sparse_moe.experts.{e}.{w}.weight"]
+             for e in range(4) for w in ("w1", "w2", "w3")}
     assert len(files) > 1, "one layer's experts should span several safetensors files"
 
 
@@ -144,4 +145,5 @@ def test_the_plugin_imports_only_nvllms_public_model_layers():
     modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     from_nvllm = {m for m in modules if m.split(".")[0] == "nvllm"}
-    assert from_nvllm - {"nvllm", "nvllm.models.base"} == {m for m in from_nvllm if m.startswith("nvllm.models.layers.")}
+    layers = {m for m in from_nvllm if m.startswith("nvllm.models.layers.")}
+    assert from_nvllm - {"nvllm", "nvllm.models.base"} == layers
