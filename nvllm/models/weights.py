@@ -241,7 +241,12 @@ def load_weights(model: nn.Module, path: str):
                     if target not in params:
                         raise KeyError(f"{file}: weight {name!r} has no parameter in {type(model).__name__}")
                     param = params[target]
-                    param.weight_loader(param, f.get_tensor(name), shard_id, int(expert["expert"]))
+                    try:
+                        param.weight_loader(param, f.get_tensor(name), shard_id, int(expert["expert"]))
+                    except ValueError as e:
+                        raise WeightsError(f"{file}: weight {name!r}: {e}: the weights and config.json come from "
+                                           f"different models. Put the config.json that came with these weights "
+                                           f"beside them") from None
                     loaded.add(target)
                     continue
                 for fragment, (fused, shard_id) in packed.items():

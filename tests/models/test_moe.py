@@ -225,3 +225,16 @@ def test_cuda_graphs_are_not_chosen_for_a_mixture_of_experts():
     with pytest.raises(ConfigError, match=r"forward=cudagraph cannot run here: model=qwen3_moe is a mixture of "
                                           r"experts, .* a CUDA graph cannot capture that"):
         Config(forward="cudagraph")._forward(target)
+
+
+def test_an_expert_of_the_wrong_shape_is_refused_naming_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=0)
+    name = "model.layers.1.mlp.experts.2.down_proj.weight"
+    tensors = load_file(Path(path) / "model.safetensors")
+    tensors[name] = tensors[name][:, :16].contiguous()
+    save_file(tensors, Path(path) / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(WeightsError, match=rf"weight '{name}': it has shape \(64, 16\), and this model's experts "
+                                           rf"need \(64, 32\)"):
+        LLM(path, max_model_len=64)

@@ -76,6 +76,11 @@ class FusedMoE(nn.Module):
         its slot, this rank's part of it; an expert placed on another rank is skipped."""
         if not 0 <= expert < self.num_experts:
             raise ValueError(f"expert {expert} is out of range: this layer has num_experts={self.num_experts}")
+        width = self.intermediate_size * (1 if self.expert_parallel else tp_size())
+        want = (width, param.shape[2]) if param is self.w13 else (param.shape[1], width)
+        if tuple(loaded.shape) != want:
+            raise ValueError(f"it has shape {tuple(loaded.shape)}, and this model's experts need {want} (hidden size "
+                             f"{param.shape[1 if param is self.w2 else 2]}, expert width {width} in config.json)")
         local = expert - self.first_expert
         if not 0 <= local < self.num_local_experts:
             return
