@@ -429,16 +429,20 @@ def compose(**overrides) -> DictConfig:
 
 def detect_architecture(path: str) -> str:
     """The registered architecture that runs the model_type in `path`/config.json (`path`: a model
-    directory or a Hugging Face repo id)."""
+    directory or a Hugging Face repo id): nvllm's own where one runs it, else the one plugin's that
+    does; several plugins' are refused, naming them."""
     import json
     from pathlib import Path
 
     from nvllm.models.weights import locate
 
+    load_plugins()
     config_file = Path(locate(path)) / "config.json"  # a directory, or a Hugging Face repo id
     config = json.loads(config_file.read_text())
     model_type = config.get("model_type")
     runs = [name for name in registry.names("model") if model_type in registry.get("model", name).hf_model_types]
+    # nvllm's own architecture wins: a plugin's (a subclass inherits hf_model_types) runs when named
+    runs = [name for name in runs if registry.is_builtin(registry.origin("model", name))] or runs
     if len(runs) > 1:
         raise ConfigError(f"{config_file} holds a model_type {model_type!r} model, which several architectures run: "
                           f"{models_note(runs)}; name the one to use (model={{'name': '{runs[0]}', 'path': ...}} in "

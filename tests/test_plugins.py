@@ -150,15 +150,28 @@ def test_a_model_plugin_cannot_take_a_built_in_name(tmp_path):
             "cannot replace a built-in. Give the plugin's class another `name`") in proc.stderr
 
 
-def test_a_checkpoint_two_architectures_run_is_not_given_to_either_silently(tmp_path, tiny_llama_path):
-    body = COLLIDING_MODEL.replace('"qwen3"', '"my_llama"').replace("MyQwen3(CausalLM):", "MyQwen3(CausalLM):\n    "
-                                                                    "hf_model_types = ('llama',)")
-    site = make_distribution(tmp_path / "site", name="nvllm-myllama", module="nvllm_myllama", body=body,
-                             ep_name="myllama")
-    proc = python(f"from nvllm import LLM; LLM({tiny_llama_path!r})", site)
-    assert proc.returncode != 0
-    assert ("holds a model_type 'llama' model, which several architectures run: llama (model_type llama); "
-            "my_llama (model_type llama; plugin nvllm-myllama); name the one to use") in proc.stderr
+def test_a_checkpoint_several_architectures_run_is_never_given_to_a_plugin_silently(tmp_path, tiny_llama_path):
+    """A plugin's architecture that also runs a built-in's model_type (a subclass inherits
+    hf_model_types) runs only when named; two plugins' for one model_type are refused, naming both."""
+    import json
+    import shutil
+
+    def claiming(name, model_type):
+        return COLLIDING_MODEL.replace('"qwen3"', f'"{name}"').replace(
+            "MyQwen3(CausalLM):", f"MyQwen3(CausalLM):\n    hf_model_types = ('{model_type}',)")
+
+    site = make_distribution(tmp_path / "site", name="nvllm-a", module="nvllm_a", body=claiming("a_llama", "llama"),
+                             ep_name="a")
+    make_distribution(site, name="nvllm-b", module="nvllm_b", body=claiming("b_granite", "granite"), ep_name="b")
+    make_distribution(site, name="nvllm-c", module="nvllm_c", body=claiming("c_granite", "granite"), ep_name="c")
+    granite = shutil.copytree(tiny_llama_path, tmp_path / "granite")
+    config = json.loads((granite / "config.json").read_text())
+    (granite / "config.json").write_text(json.dumps({**config, "model_type": "granite"}))
+    proc = python(f"from nvllm.config import detect_architecture; print(detect_architecture({tiny_llama_path!r})); "
+                  f"detect_architecture({str(granite)!r})", site)
+    assert proc.stdout.strip() == "llama", proc.stderr  # not a_llama, though it sorts first
+    assert ("holds a model_type 'granite' model, which several architectures run: b_granite (model_type granite; "
+            "plugin nvllm-b); c_granite (model_type granite; plugin nvllm-c); name the one to use") in proc.stderr
 
 
 def test_load_plugins_is_idempotent():
