@@ -20,14 +20,12 @@ class Detokenizer:
         self.sent = 0  # characters of `text` already returned
         self.stop_string: str | None = None  # the stop string that ended the text (vLLM's stop_reason)
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def _decode(self, ids: list[int]) -> str:  # (no tokenizer, skip_tokenizer_init: no text)
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
 
     def update(self, new_ids: list[int], finished: bool) -> tuple[str, bool]:
         """Add `new_ids` (leave out a stop token: its text is not output). Returns the text to
         emit now and whether a stop string ended the text (the caller then finishes the request)."""
-        if self.tokenizer is None:
-            return "", False
         self.ids += new_ids
         if not self.incremental and not finished:
             return "", False
