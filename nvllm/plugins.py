@@ -48,6 +48,7 @@ def load_plugins() -> pluggy.PluginManager:
         return pm
     import importlib
 
+    registry.builtin_origins.update(DEFAULT_PLUGINS)
     for module_name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
     for ep in _unique(_allowed(entry_points(group="nvllm"))):

@@ -16,6 +16,7 @@ FAMILIES = {  # family (= Hydra config group) -> hook that fills it
 _components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}
 _origins: dict[tuple[str, str], str] = {}
 failed_plugins: dict[str, str] = {}  # plugin origin -> why it was skipped (filled by nvllm.plugins)
+builtin_origins: set[str] = {"nvllm"}  # the origins of nvllm's own components (DEFAULT_PLUGINS, added by nvllm.plugins)
 
 
 class UnknownComponentError(ValueError):
@@ -49,9 +50,7 @@ def register(family: str, cls: type, origin: str = "nvllm") -> None:
 
 def is_builtin(origin: str) -> bool:
     """Whether a component's origin is nvllm itself (a built-in registers under its module's name)."""
-    from nvllm.plugins import DEFAULT_PLUGINS
-
-    return origin == "nvllm" or origin in DEFAULT_PLUGINS
+    return origin in builtin_origins
 
 
 def names(family: str) -> list[str]:
