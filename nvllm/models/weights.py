@@ -240,14 +240,16 @@ def load_weights(model: nn.Module, path: str):
                     target = f"{expert['module']}.{stacked}"
                     if target not in params:
                         raise KeyError(f"{file}: weight {name!r} has no parameter in {type(model).__name__}")
-                    param = params[target]
+                    param, index = params[target], int(expert["expert"])
+                    loaded.add(target)
+                    if not param.holds_expert(index) and index < param.num_experts:
+                        continue  # placed on another rank (expert parallel): not read here
                     try:
-                        param.weight_loader(param, f.get_tensor(name), shard_id, int(expert["expert"]))
+                        param.weight_loader(param, f.get_tensor(name), shard_id, index)
                     except ValueError as e:
                         raise WeightsError(f"{file}: weight {name!r}: {e}: the weights and config.json come from "
                                            f"different models. Put the config.json that came with these weights "
                                            f"beside them") from None
-                    loaded.add(target)
                     continue
                 for fragment, (fused, shard_id) in packed.items():
                     if fragment in name:

@@ -238,3 +238,13 @@ def test_an_expert_of_the_wrong_shape_is_refused_naming_it(tmp_path):
     with pytest.raises(WeightsError, match=rf"weight '{name}': it has shape \(64, 16\), and this model's experts "
                                            rf"need \(64, 32\)"):
         LLM(path, max_model_len=64)
+
+
+def test_an_expert_past_the_experts_config_json_has_is_refused(tmp_path):
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=0)
+    config_file = Path(path) / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "num_local_experts": 7}))  # the checkpoint holds 8
+    with pytest.raises(WeightsError, match=r"weight 'model.layers.1.mlp.experts.7.down_proj.weight': expert 7 is out "
+                                           r"of range: this layer has num_experts=7"):
+        LLM(path, max_model_len=64)

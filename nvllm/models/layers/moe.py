@@ -70,6 +70,10 @@ class FusedMoE(nn.Module):
         for param in (self.w13, self.w2):
             param.weight_loader = self.weight_loader
             param.num_experts = num_experts  # the checkpoint holds this many per layer, whatever this rank keeps
+            param.holds_expert = self.holds_expert  # the loader reads only this rank's experts' tensors
+
+    def holds_expert(self, expert: int) -> bool:
+        return 0 <= expert - self.first_expert < self.num_local_experts
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int, expert: int):
         """One expert's Hugging Face weight (gate: shard 0, up: shard 1 of `w13`; down: `w2`) into
@@ -81,9 +85,9 @@ class FusedMoE(nn.Module):
         if tuple(loaded.shape) != want:
             raise ValueError(f"it has shape {tuple(loaded.shape)}, and this model's experts need {want} (hidden size "
                              f"{param.shape[1 if param is self.w2 else 2]}, expert width {width} in config.json)")
-        local = expert - self.first_expert
-        if not 0 <= local < self.num_local_experts:
+        if not self.holds_expert(expert):
             return
+        local = expert - self.first_expert
         size, rank = self.intermediate_size, 0 if self.expert_parallel else tp_rank()
         if param is self.w13:
             param.data[local].narrow(0, shard_id * size, size).copy_(loaded.narrow(0, rank * size, size))
