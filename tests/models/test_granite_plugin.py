@@ -74,17 +74,22 @@ BROKEN = {key: without(key) for key in MULTIPLIERS}
 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
-    """What `nvllm.config.setup()` does for an installed model plugin, for these classes in this process."""
+    """What `nvllm.config.setup()` does for an installed model plugin, for these classes in this
+    process; undone afterwards (other tests in the process list the models)."""
     from hydra.core.config_store import ConfigStore
 
     from nvllm import registry
     from nvllm.config import setup
 
     setup()
-    for cls in (GraniteForCausalLM, *BROKEN.values()):
-        if cls.name not in registry.names("model"):
-            registry.register("model", cls, "tests")
-            ConfigStore.instance().store(group="model", name=cls.name, node=cls.Config(), provider="tests")
+    classes = (GraniteForCausalLM, *BROKEN.values())
+    for cls in classes:
+        registry.register("model", cls, "tests")
+        ConfigStore.instance().store(group="model", name=cls.name, node=cls.Config(), provider="tests")
+    yield
+    for cls in classes:
+        del registry._components["model"][cls.name], registry._origins["model", cls.name]
+        del ConfigStore.instance().repo["model"][f"{cls.name}.yaml"]
 
 
 class TestGranite(ModelSuite):
