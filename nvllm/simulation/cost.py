@@ -256,7 +256,6 @@ class RooflineCost(CostModel):
                               f"moe.expert_parallel=false (each expert's width split tp ways)")
         self.dims, self.hw, self.dtype, self.tp, self.expert_parallel = dims, hw, dtype, tp, expert_parallel
         self.bytes = DTYPE_BYTES[dtype]
-        self.weight_bytes = dims.params * self.bytes / tp  # held per rank (every expert)
         self.shared_weight_bytes = (dims.shared_linear_params + dims.embedding_params) * self.bytes / tp
         self.kv_bytes = dims.kv_bytes_per_token(self.bytes, tp)
         self.flops_per_token = 2 * dims.shared_linear_params / tp

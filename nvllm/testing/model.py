@@ -107,7 +107,7 @@ def parity_mismatches(model: str, checkpoint: str, forward: str = "auto", device
     want_tokens, want_logprobs = hf_reference(checkpoint, prompts + [second], max_new_tokens)
     greedy = SamplingParams(temperature=0, max_tokens=max_new_tokens, ignore_eos=True, logprobs=0)
     with LLM(model={"name": model, "path": checkpoint, **(config_fields or {})}, forward=forward, device=device,
-             kv_cache={"block_size": BLOCK_SIZE}, max_model_len=256, max_num_batched_tokens=512) as llm:
+             dtype="float32", kv_cache={"block_size": BLOCK_SIZE}, max_model_len=256, max_num_batched_tokens=512) as llm:
         outs = [o.outputs[0] for o in llm.generate(prompts, greedy, use_tqdm=False)]
         outs += [o.outputs[0] for o in llm.generate([second], greedy, use_tqdm=False)]
         assert llm.engine.kv_cache.num_hit_tokens > 0, "the second round found no prefix hit"
