@@ -124,9 +124,13 @@ def test_expert_parallel_needs_experts():
 def test_the_architectures_shape_presets_are_the_published_configs(arch, preset, fields):
     """model.shape=qwen3-30b-a3b / mixtral-8x7b, where the architecture is registered (built in, or
     the nvllm-mixtral package installed)."""
+    import transformers
+
     load_plugins()
     if arch not in registry.names("model"):
         pytest.skip(f"model={arch} is not registered here")
-    presets = registry.get("model", arch).random_presets
-    assert preset in presets, f"model={arch} has no shape {preset}"
-    assert {k: presets[preset].get(k) for k in fields} == fields
+    cls = registry.get("model", arch)
+    assert preset in cls.random_presets, f"model={arch} has no shape {preset}"
+    shape = cls.random_presets[preset]
+    defaults = getattr(transformers, cls.hf_config_class)(**shape)  # what the preset leaves to the config class
+    assert {k: shape[k] if k in shape else getattr(defaults, k) for k in fields} == fields
