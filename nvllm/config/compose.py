@@ -9,6 +9,7 @@ from dataclasses import fields
 from omegaconf import DictConfig, OmegaConf
 
 from nvllm import registry
+from nvllm.config.resolve import models_note
 from nvllm.config.schema import Schema
 from nvllm.errors import ConfigError
 from nvllm.plugins import load_plugins
@@ -94,19 +95,31 @@ def compose(**overrides) -> DictConfig:
 
 def detect_architecture(path: str) -> str:
     """The registered architecture that runs the model_type in `path`/config.json (`path`: a model
-    directory or a Hugging Face repo id)."""
+    directory or a Hugging Face repo id): nvllm's own where one runs it, else the one plugin's that
+    does; several plugins' are refused, naming them."""
     import json
     from pathlib import Path
 
     from nvllm.models.weights import locate
 
+    load_plugins()
     config_file = Path(locate(path)) / "config.json"  # a directory, or a Hugging Face repo id
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    for name in registry.names("model"):
-        if model_type in registry.get("model", name).hf_model_types:
-            return name
-    raise ConfigError(f"no registered architecture runs model_type {model_type!r} (from {config_file}); "
-                      f"registered: {', '.join(registry.names('model'))}")
+    config = json.loads(config_file.read_text())
+    model_type = config.get("model_type")
+    runs = [name for name in registry.names("model") if model_type in registry.get("model", name).hf_model_types]
+    # nvllm's own architecture wins: a plugin's (a subclass inherits hf_model_types) runs when named
+    runs = [name for name in runs if registry.is_builtin(registry.origin("model", name))] or runs
+    if len(runs) > 1:
+        raise ConfigError(f"{config_file} holds a model_type {model_type!r} model, which several architectures run: "
+                          f"{models_note(runs)}; name the one to use (model={{'name': '{runs[0]}', 'path': ...}} in "
+                          f"Python, model={runs[0]} model.path=... on the command line)")
+    if not runs:
+        architectures = ", ".join(config.get("architectures") or []) or "none named"
+        raise ConfigError(f"{config_file} holds a model_type {model_type!r} model (architectures: {architectures}), "
+                          f"which no registered architecture runs. The models here: {models_note()}. A plugin "
+                          f"package that provides it (see docs/plugins.md) is found once pip-installed. "
+                          f"{registry.failed_plugins_note()}".strip())
+    return runs[0]
 
 
 def check_composed(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ import torch
 from nvllm.auto import tristate
 from nvllm.errors import ConfigError
 from nvllm.metrics import MetricsConfig, SLOConfig
+from nvllm.models.base import MoEConfig
 from nvllm.registry import FAMILIES
 from nvllm.sampling_params import SamplingParams
 
@@ -41,6 +42,8 @@ class EngineConfig:
     # overlap scheduling: schedule and pack step N+1 while step N runs; auto: on where the device runs
     # asynchronously to the host (CUDA), true, false
     async_scheduling: Any = "auto"
+    # a mixture of experts' placement on tensor-parallel ranks (moe.expert_parallel)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self):
         self.cudagraph = tristate("cudagraph", self.cudagraph)  # None: auto
