@@ -47,8 +47,8 @@ class ModelSuite(ComponentSuite):
         greedy = SamplingParams(temperature=0, max_tokens=self.max_new_tokens, ignore_eos=True)
         with LLM(model={"name": self.name, "path": checkpoint, **config_fields}, kv_cache={"block_size": 16},
                  max_model_len=256, max_num_batched_tokens=512) as llm:
-            got = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
-            got += [o.token_ids for o in llm.generate([second], greedy, use_tqdm=False)]
+            got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+            got += [o.outputs[0].token_ids for o in llm.generate([second], greedy, use_tqdm=False)]
             assert llm.engine.kv_cache.num_hit_tokens > 0, "the second round found no prefix hit"
         assert got == want
 

@@ -93,9 +93,9 @@ def test_greedy_with_repetition_penalty_matches_transformers_generate(tiny_model
         want.append(out[0, len(prompt):].tolist())
     greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     with LLM(tiny_model, sampler={"name": "penalties", "repetition_penalty": 1.3}) as llm:
-        got = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
     with LLM(tiny_model) as llm:
-        plain = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+        plain = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
     assert got == want
     assert got != plain, "the penalty changed nothing: the test would not notice a no-op sampler"
 
