@@ -53,13 +53,20 @@ class ModelSuite(ComponentSuite):
         assert got == want
 
 
-def hf_greedy(path: str, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Reference tokens: transformers, float32 on CPU, greedy, one prompt at a time, past EOS."""
+def hf_greedy(path: str, prompts: list[list[int]], max_new_tokens: int,
+              round_to: torch.dtype | None = None) -> list[list[int]]:
+    """Reference tokens: transformers, float32 on CPU, greedy, one prompt at a time, past EOS.
+    `round_to`: the weights rounded to that dtype and back first (what a run that keeps its
+    weights in 16 bits and computes in float32 computes)."""
     import inspect
 
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if round_to is not None:
+        with torch.no_grad():
+            for param in model.parameters():  # tied embeddings: one tensor, rounded once
+                param.copy_(param.to(round_to).float())
     # transformers 5 renamed `past_key_values` to `cache`
     cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     outputs = []
