@@ -22,6 +22,7 @@
  * when the kernel is compiled for the CPU at hand (-march=native, nvllm/kernels/__init__.py):
  * AVX-512 where the CPU has it, else AVX2 + F16C, else portable scalar widening. */
 #include "paged_attention.h"
+#include "widen.h"
 
 #include <string.h>
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -73,27 +74,7 @@ const char *nvllm_step_isa(void)
 static inline float widen1(const void *p, int64_t i, const int F)
 {
     const uint16_t h = ((const uint16_t *)p)[i];
-    uint32_t bits;
-    if (F == BF16) {
-        bits = (uint32_t)h << 16;
-    } else { /* IEEE half: re-bias the exponent; subnormals normalised, inf/NaN kept */
-        const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-        if (exp == 0x1f) {
-            bits = sign | 0x7f800000u | (man << 13);
-        } else if (exp) {
-            bits = sign | ((exp + 112) << 23) | (man << 13);
-        } else if (man == 0) {
-            bits = sign;
-        } else {
-            int e = -1;
-            uint32_t m = man;
-            do { ++e; m <<= 1; } while (!(m & 0x400));
-            bits = sign | ((uint32_t)(112 - e) << 23) | ((m & 0x3ff) << 13);
-        }
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    return F == BF16 ? bf16_to_float(h) : f16_to_float(h);
 }
 
 /* The 16 (AVX-512) or 8 weights at p as floats. */

@@ -64,13 +64,15 @@ def test_fused_step_equals_transformers_on_the_rounded_weights(tiny_path, prompt
         assert llm.engine.config.forward.name == "fused_cpu"
 
 
+@pytest.mark.parametrize("isa, flags", [("avx2", "-mno-avx512f"), ("portable", "-mno-avx2 -mno-f16c")])
 @pytest.mark.parametrize("dtype", ["float32", *DTYPES])
-def test_avx2_build(tiny_path, prompts, references, dtype, monkeypatch):
-    """The C step built without AVX-512 (as on an AVX2-only CPU) computes the same tokens."""
-    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f")
+def test_other_builds(tiny_path, prompts, references, dtype, isa, flags, monkeypatch):
+    """The C step built without AVX-512 (as on an AVX2-only CPU), and without AVX2 (portable C),
+    computes the same tokens."""
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", flags)
     fused_cpu.kernel.cache_clear()
     try:
-        assert fused_cpu.isa() == "avx2"
+        assert fused_cpu.isa() == isa
         got, _ = generate(tiny_path, prompts, dtype=dtype, forward="fused_cpu")
     finally:
         fused_cpu.kernel.cache_clear()
