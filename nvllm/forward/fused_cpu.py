@@ -1,6 +1,6 @@
 """forward=fused_cpu: a Llama-family step's whole forward pass as one C call on a CPU
-(nvllm/kernels/cpu_step.c), float32 activations and sums, in place of the torch modules' many small operations a
-step. Decode steps run as one call, and so do speculative verify steps (a few rows per sequence,
+(nvllm/kernels/cpu_step.c), float32 activations and sums, in place of the torch modules' many
+small operations a step. Decode steps run as one call, and so do speculative verify steps (a few rows per sequence,
 each reading its context from the cache like a decode row) and early-exit draft steps (a copy of
 the C model cut after its first layers); a prefill runs as calls of at most CHUNK token rows (its
 rows read each other's K/V through the cache) unless its context is longer than
