@@ -44,7 +44,7 @@ def generate(path, prompts, inspect=lambda runner: None, **overrides):
     """Greedy tokens and the resolved config; `inspect(runner)` runs while the engine is up."""
     with LLM(path, kv_cache={"block_size": 8}, max_model_len=256, **overrides) as llm:
         inspect(llm.engine.executor)
-        return [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)], llm.engine.config
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)], llm.engine.config
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
