@@ -269,7 +269,6 @@ def test_wrong_architecture_for_checkpoint(tiny_qwen3_path):
     (dict(forward={"name": "eager", "onednn": True}, dtype="bfloat16", device="cpu"),
      "forward.onednn=true packs float32 weights .* bfloat16 on cpu"),
     (dict(forward={"name": "eager", "onednn": "maybe"}), "forward.onednn='maybe' is not allowed: use auto, true or false"),
-    (dict(attention="cpu", dtype="bfloat16", device="cpu"), "decode kernel is float32 only.*dtype=float32"),
     (dict(forward="fused_cpu", attention="sdpa"), "forward=fused_cpu cannot run here: it computes attention=cpu's "
                                                     "kernel and this run chose attention=sdpa; use forward=eager"),
     (dict(forward="fused_cpu", tp=2), "forward=fused_cpu cannot run here: it runs one process and this run has tp=2"),

@@ -99,3 +99,27 @@ def test_llamacpp_batched_greedy_matches_transformers(smollm2_path):
     assert result["settings"]["kv"] == "f32"
     want = hf_greedy(smollm2_path, prompts, 12)
     assert bench.agreement(want, result["tokens"])["prefix_agreement_pct"] > 90
+
+
+def test_nvllm_dtypes_each_meet_the_peers_of_their_width():
+    """--nvllm-dtypes float32,bfloat16: one nvllm run per dtype; llama.cpp f16 is compared with the
+    16-bit run, f32 and transformers with the float32 one."""
+    args = bench.parse_args(["--workload", "single-stream", "--peers", "nvllm,llamacpp",
+                             "--nvllm-dtypes", "float32,bfloat16"])
+    runs = bench.plan(args)
+    assert [(r["peer"], r["variant"], r["options"].get("dtype")) for r in runs] == [
+        ("nvllm", "float32", "float32"), ("nvllm", "bfloat16", "bfloat16"), ("llamacpp", "f16", None),
+        ("llamacpp", "f32", None)]
+
+    def result(peer, variant, tok_s, dtype=None):
+        settings = dict(engine=dict(dtype=dtype)) if dtype else {}
+        return dict(workload="single-stream", peer=peer, variant=variant, tok_s=tok_s, wall_s=1.0,
+                    decode_tok_s=tok_s, settings=settings)
+
+    rows = bench.summarize([result("nvllm", "float32", 60.0, "float32"), result("nvllm", "bfloat16", 120.0, "bfloat16"),
+                            result("llamacpp", "f16", 100.0), result("llamacpp", "f32", 50.0)])
+    ratios = {(r["variant"], r.get("vs")): r.get("nvllm_over_peer_decode") for r in rows}
+    assert ratios == {("float32", None): None, ("bfloat16", None): None, ("f16", "bfloat16"): 1.2,
+                      ("f32", "float32"): 1.2}
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--nvllm-dtypes", "float64"])

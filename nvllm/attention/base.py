@@ -54,6 +54,7 @@ class AttentionBackend(ABC):
         self.config = config
         self.device = device
         self.dtype = dtype
+        self.cache_dtype = dtype  # the KV cache's (the model runner allocates it)
 
     def prepare(self, meta: AttentionMetadata, block_size: int) -> None:
         """Once per step, before the forward pass."""

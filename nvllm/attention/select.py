@@ -3,8 +3,8 @@
 auto takes, among the registered backends that rank this device type in their `auto_rank`, the
 best-ranked one whose `check(device, dtype, block_size)` passes (nvllm/auto.py): on CUDA
 flash_attn (when importable and the blocks allow it), else triton, else sdpa; on a CPU the `cpu`
-C kernel (when it compiles, float32), else sdpa. Falling back to sdpa prints a one-line notice
-saying why (a warning in the log)."""
+C kernel (when it compiles; float32 attention and KV cache for any model dtype), else sdpa.
+Falling back to sdpa prints a one-line notice saying why (a warning in the log)."""
 import logging
 
 import torch

@@ -107,7 +107,7 @@ class ModelRunner(Executor):
 
     def block_bytes(self) -> int:
         per_token = sum(2 * m.num_kv_heads * m.head_dim for m in self._attention_layers())
-        return per_token * self.block_size * self.dtype.itemsize
+        return per_token * self.block_size * self.attention.cache_dtype.itemsize
 
     def _num_blocks(self, kv_config) -> int:
         if kv_config.num_blocks:
@@ -144,7 +144,7 @@ class ModelRunner(Executor):
             return max(peak, measure(lambda: self.forward(*self.prepare(decode))))
         finally:
             for m in self._attention_layers():
-                m.k_cache = m.v_cache = torch.tensor([], dtype=self.dtype, device=self.device)
+                m.k_cache = m.v_cache = torch.tensor([], dtype=self.attention.cache_dtype, device=self.device)
 
     def _cuda_peak_bytes(self, fn) -> int:
         torch.cuda.synchronize(self.device)
@@ -159,8 +159,8 @@ class ModelRunner(Executor):
         # one block more than the allocator hands out: padding slots (-1) land in its last slot
         for m in self._attention_layers():
             shape = ((num_blocks or self.num_blocks) + 1, self.block_size, m.num_kv_heads, m.head_dim)
-            m.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            m.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            m.k_cache = torch.zeros(shape, dtype=self.attention.cache_dtype, device=self.device)
+            m.v_cache = torch.zeros(shape, dtype=self.attention.cache_dtype, device=self.device)
 
     # -- one step ------------------------------------------------------------------------
     def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None,

@@ -1,13 +1,18 @@
 """forward=fused_cpu: a Llama-family step's whole forward pass as one C call on a CPU
-(nvllm/kernels/cpu_step.c), float32, in place of the torch modules' many small operations a
-step. Decode steps run as one call, and so do speculative verify steps (a few rows per sequence,
+(nvllm/kernels/cpu_step.c), float32 activations and sums, in place of the torch modules' many
+small operations a step. Decode steps run as one call, and so do speculative verify steps (a few rows per sequence,
 each reading its context from the cache like a decode row) and early-exit draft steps (a copy of
 the C model cut after its first layers); a prefill runs as calls of at most CHUNK token rows (its
 rows read each other's K/V through the cache) unless its context is longer than
 `forward.max_prefill_context`, where the torch modules (forward=eager, SDPA) are faster. It reads
 the model's norms, biases and KV cache in place and its matmul weights from packed copies made
 once, and returns the logits of the sampled rows only. Its attention is attention=cpu's kernel
-(nvllm/kernels/paged_attention.h), so it runs with attention=cpu."""
+(nvllm/kernels/paged_attention.h), so it runs with attention=cpu (whose KV cache is float32).
+
+dtype=bfloat16 or float16 keeps the packed matmul weights (the LM head's too) and the embedding
+table in 16 bits, half the bytes a step streams, and widens them to float32 in registers: the step
+computes what the float32 step computes on the 16-bit-rounded weights. Such a run takes every
+prefill in C (the torch modules would compute in 16 bits), whatever max_prefill_context says."""
 import ctypes
 import functools
 from dataclasses import dataclass
@@ -33,7 +38,8 @@ class _Layer(ctypes.Structure):
 
 class _Model(ctypes.Structure):
     _fields_ = [(name, _i64) for name in (
-        "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate", "vocab", "num_layers", "block_size")] + [
+        "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate", "vocab", "num_layers", "block_size",
+        "weights")] + [
         ("eps", _f32), ("scale", _f32),
         ("embed", _ptr), ("norm", _ptr), ("lm_head", _ptr), ("cos_sin", _ptr), ("layers", ctypes.POINTER(_Layer))]
 
@@ -48,7 +54,15 @@ def kernel():
     return fn
 
 
+def isa() -> str:
+    """The vector code the compiled step runs: avx512, avx2 or portable."""
+    fn = load_library("cpu_step.c", "forward=fused_cpu", "forward=eager").nvllm_step_isa
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
 PANEL = 16  # cpu_step.c's PANEL
+WEIGHTS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # cpu_step.c's Model.weights
 CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
 
 
@@ -61,15 +75,16 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(-1, PANEL, k).transpose(1, 2).contiguous()
 
 
-def _p(t: torch.Tensor | None) -> int | None:
+def _p(t: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> int | None:
     if t is None:
         return None
-    assert t.is_contiguous() and t.dtype == torch.float32 and t.device.type == "cpu"
+    assert t.is_contiguous() and t.dtype == dtype and t.device.type == "cpu"
     return t.data_ptr()
 
 
 class FusedCPUForward(EagerForward):
-    """A Llama-family step as one C call (float32 CPU, attention=cpu, tp=1); long prefills run eagerly."""
+    """A Llama-family step as one C call (CPU, float32 or 16-bit weights, attention=cpu, tp=1); long
+    float32 prefills run eagerly."""
 
     name = "fused_cpu"
     auto_rank = {"cpu": 0}
@@ -77,8 +92,9 @@ class FusedCPUForward(EagerForward):
     @dataclass
     class Config:
         name: str = "fused_cpu"
-        # longest context of a prefill the C step runs (each row attends over its whole context from
-        # the cache, so long prompts cost more here than in SDPA); longer prefills run eagerly
+        # longest context of a prefill the C step runs with float32 weights (each row attends over its
+        # whole context from the cache, so long prompts cost more here than in SDPA); longer prefills
+        # run eagerly. 16-bit weights: the C step runs every prefill (the torch modules compute in 16 bits)
         max_prefill_context: int = 512
 
         def __post_init__(self):
@@ -93,8 +109,8 @@ class FusedCPUForward(EagerForward):
             why = (f"model={target.model.name} ({target.model.__qualname__}) does not declare the computation "
                    f"cpu_step.c implements (fused_step_layout = \"llama\" in its own class body: a subclass "
                    f"inherits none, since the C step would ignore what it overrides)")
-        elif target.device.type != "cpu" or target.dtype != torch.float32:
-            why = f"it is a float32 CPU kernel and this run is {dtype} on {target.device.type}"
+        elif target.device.type != "cpu" or target.dtype not in WEIGHTS:
+            why = f"it is a CPU kernel (float32, bfloat16 or float16 weights) and this run is {dtype} on {target.device.type}"
         elif target.tp != 1:
             why = f"it runs one process and this run has tp={target.tp}"
         elif target.attention != "cpu":
@@ -109,7 +125,8 @@ class FusedCPUForward(EagerForward):
     def __init__(self, config, runner):
         super().__init__(config, runner)
         self.fn = kernel()
-        self.packed: list[torch.Tensor] = []  # the packed copies the step reads (kept alive here)
+        self.packed: list[torch.Tensor] = []  # the packed (and float32) copies the step reads (kept alive here)
+        self.weights = runner.dtype  # the packed weights' and the embedding's dtype; all else float32
         # the C model (under None), and copies cut after their first layers (under their number)
         self.early_exits: dict[int | None, _Model] = {}
 
@@ -122,17 +139,23 @@ class FusedCPUForward(EagerForward):
 
         def packed(weight):
             self.packed.append(pack(weight))
+            return _p(self.packed[-1], self.weights)
+
+        def f32(t):  # norms and biases: float32, copied where the model holds them in 16 bits
+            if t is None or t.dtype == torch.float32:
+                return _p(t)
+            self.packed.append(t.detach().float().contiguous())
             return _p(self.packed[-1])
 
         layers = []
         for layer in decoder.layers:
             a, mlp = layer.self_attn, layer.mlp
             layers.append(_Layer(
-                _p(layer.input_layernorm.weight), packed(a.qkv_proj.weight), _p(a.qkv_proj.bias),
-                _p(a.q_norm.weight) if a.qk_norm else None, _p(a.k_norm.weight) if a.qk_norm else None,
-                packed(a.o_proj.weight), _p(a.o_proj.bias), _p(layer.post_attention_layernorm.weight),
-                packed(mlp.gate_up_proj.weight), _p(mlp.gate_up_proj.bias), packed(mlp.down_proj.weight),
-                _p(mlp.down_proj.bias), _p(a.attn.k_cache), _p(a.attn.v_cache)))
+                f32(layer.input_layernorm.weight), packed(a.qkv_proj.weight), f32(a.qkv_proj.bias),
+                f32(a.q_norm.weight) if a.qk_norm else None, f32(a.k_norm.weight) if a.qk_norm else None,
+                packed(a.o_proj.weight), f32(a.o_proj.bias), f32(layer.post_attention_layernorm.weight),
+                packed(mlp.gate_up_proj.weight), f32(mlp.gate_up_proj.bias), packed(mlp.down_proj.weight),
+                f32(mlp.down_proj.bias), _p(a.attn.k_cache), _p(a.attn.v_cache)))
         self.layers = (_Layer * len(layers))(*layers)
         eps = {layer.input_layernorm.eps for layer in decoder.layers}
         assert len(eps) == 1
@@ -140,8 +163,9 @@ class FusedCPUForward(EagerForward):
         self.c_model = _Model(
             decoder.embed_tokens.weight.shape[1], attn0.num_heads, attn0.num_kv_heads, attn0.head_dim,
             first.mlp.down_proj.weight.shape[1], self.vocab, len(decoder.layers), self.runner.block_size,
-            eps.pop(), attn0.attn.scale, _p(decoder.embed_tokens.weight), _p(decoder.norm.weight),
-            packed(model.lm_head.weight[:self.vocab]), _p(attn0.rotary_emb.cos_sin_cache), self.layers)
+            WEIGHTS[self.weights], eps.pop(), attn0.attn.scale, _p(decoder.embed_tokens.weight, self.weights),
+            f32(decoder.norm.weight), packed(model.lm_head.weight[:self.vocab]), f32(attn0.rotary_emb.cos_sin_cache),
+            self.layers)
         self.early_exits[None] = m = self.c_model
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
         self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate
@@ -149,8 +173,9 @@ class FusedCPUForward(EagerForward):
     def runs(self, meta) -> bool:
         """Whether the C step takes this step (else the torch modules do): every sequence either
         returns logits for each of its query rows (a decode, a speculative verify step: a few rows
-        over the cache, each like a decode row) or has a context of at most max_prefill_context."""
-        if meta.is_decode:
+        over the cache, each like a decode row) or has a context of at most max_prefill_context, or
+        the weights are 16-bit."""
+        if meta.is_decode or self.weights != torch.float32:
             return True
         num_logits = meta.num_logits or [1] * len(meta.query_lens)
         return all(q_len == n or ctx <= self.config.max_prefill_context

@@ -3,11 +3,15 @@
 - paged_attention.h  decode attention straight from the paged cache (shared code)
 - cpu_decode.c       attention=cpu's decode kernel (nvllm/attention/cpu.py)
 - cpu_step.c         a Llama-family step's whole forward pass, forward=fused_cpu (nvllm/forward/fused_cpu.py)
+- widen.h            16-bit floats (bfloat16, float16) to float32, exactly (shared code)
+- quantized.c        matmuls over int8 / int4 weights in blocks of 32 (quantized.py: their torch wrappers)
 - threads.py         how their OpenMP threads (torch's too: one runtime) wait, set before torch loads
 
 Each .c is compiled on first use with the system's C compiler and OpenMP into a per-user cache,
 keyed on its source (and its quoted includes), the compiler, the flags and the CPU, and loaded
-with ctypes."""
+with ctypes. It is compiled for the CPU it runs on (-march=native): the kernels pick their vector
+code (AVX-512, AVX2 + F16C, portable C) by the macros that sets. $NVLLM_KERNEL_FLAGS adds compiler
+flags, say `-mno-avx512f` to build and test the AVX2 code on a CPU that has AVX-512."""
 import hashlib
 import os
 import platform
@@ -37,6 +41,10 @@ def _cpu_signature() -> str:
     return platform.processor()
 
 
+def flags() -> tuple[str, ...]:
+    return FLAGS + tuple(os.environ.get("NVLLM_KERNEL_FLAGS", "").split())
+
+
 def kernel_cache_dir() -> Path:
     return Path(os.environ.get("NVLLM_CACHE", Path.home() / ".cache" / "nvllm")) / "kernels"
 
@@ -54,14 +62,14 @@ def load_library(name: str, what: str, instead: str) -> CDLL:
     text = source.read_bytes()
     includes = re.findall(rb'^#include "([^"]+)"', text, re.MULTILINE)
     texts = [text] + [(HERE / include.decode()).read_bytes() for include in includes]
-    key = hashlib.sha256(b"\0".join([*texts, compiler.encode(), " ".join(FLAGS + LINK_FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([*texts, compiler.encode(), " ".join(flags() + LINK_FLAGS).encode(),
                                      platform.machine().encode(), _cpu_signature().encode()])).hexdigest()[:16]
     library = kernel_cache_dir() / f"{source.stem}-{key}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         partial = library.with_name(f"{library.name}.{os.getpid()}.tmp")  # concurrent builds never collide
         objects = partial.with_suffix(".o")
-        proc = subprocess.run([compiler, *FLAGS, "-c", str(source), "-o", str(objects)], capture_output=True, text=True)
+        proc = subprocess.run([compiler, *flags(), "-c", str(source), "-o", str(objects)], capture_output=True, text=True)
         if proc.returncode == 0:
             proc = subprocess.run([compiler, *LINK_FLAGS, str(objects), "-o", str(partial), "-lm"],
                                   capture_output=True, text=True)

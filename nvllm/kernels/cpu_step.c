@@ -1,5 +1,5 @@
 /* A step's whole forward pass of a Llama-family decoder (SmolLM2, Llama 2/3, Qwen2/3) on a CPU,
- * float32, in a single call: embedding, every layer (RMSNorm, QKV, QK-norm, rotary, KV-cache store,
+ * float32 activations and sums, in a single call: embedding, every layer (RMSNorm, QKV, QK-norm, rotary, KV-cache store,
  * paged attention, O, RMSNorm, gate/up, SiLU, down) and the LM head. It computes what
  * nvllm/models/llama.py computes, operation for operation; only the order of the terms inside a matmul's
  * sums differs (here: k in order, for every output).
@@ -12,29 +12,98 @@
  * Compiled on first use by nvllm/kernels/__init__.py and called through ctypes by forward=fused_cpu
  * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h). The cache is
  * the torch modules' [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed
- * copies (see `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out. */
+ * copies (see `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out.
+ *
+ * Weights (the packed matmul panels and the embedding table) are float32, bfloat16 or float16
+ * (Model.weights); norms, biases, rotary table and KV cache are always float32. A 16-bit weight is
+ * widened to float32 in registers as it is loaded (bfloat16: a 16-bit shift; float16: F16C's
+ * vcvtph2ps), both exact, and multiplied and summed in float32: the arithmetic is the float32
+ * step's on the 16-bit-rounded weights, at half the bytes streamed. Which vector code runs is fixed
+ * when the kernel is compiled for the CPU at hand (-march=native, nvllm/kernels/__init__.py):
+ * AVX-512 where the CPU has it, else AVX2 + F16C, else portable scalar widening. */
 #include "paged_attention.h"
+#include "widen.h"
 
 #include <string.h>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, unaligned loads allowed */
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
 typedef struct {
-    const float *input_norm, *qkv, *qkv_bias, *q_norm, *k_norm, *o, *o_bias;
-    const float *post_norm, *gate_up, *gate_up_bias, *down, *down_bias;
+    const float *input_norm;
+    const void *qkv;
+    const float *qkv_bias, *q_norm, *k_norm;
+    const void *o;
+    const float *o_bias, *post_norm;
+    const void *gate_up;
+    const float *gate_up_bias;
+    const void *down;
+    const float *down_bias;
     float *k_cache, *v_cache;
 } Layer;
 
+/* the weights' format: Model.weights */
+enum { F32 = 0, BF16 = 1, F16 = 2 };
+
 typedef struct {
-    int64_t hidden, num_heads, num_kv_heads, head_dim, intermediate, vocab, num_layers, block_size;
+    int64_t hidden, num_heads, num_kv_heads, head_dim, intermediate, vocab, num_layers, block_size, weights;
     float eps, scale;
-    const float *embed, *norm, *lm_head, *cos_sin; /* cos_sin [max_position, head_dim]: cos | sin */
+    const void *embed;    /* in the weights' format, as is lm_head */
+    const float *norm;
+    const void *lm_head;
+    const float *cos_sin; /* [max_position, head_dim]: cos | sin */
     const Layer *layers;
 } Model;
 
+/* The vector code this build runs (the start-up line and the tests read it). */
+const char *nvllm_step_isa(void)
+{
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__) && defined(__F16C__)
+    return "avx2";
+#else
+    return "portable";
+#endif
+}
+
+/* One 16-bit weight as a float, exactly: the portable path, and the embedding's rows. */
+static inline float widen1(const void *p, int64_t i, const int F)
+{
+    const uint16_t h = ((const uint16_t *)p)[i];
+    return F == BF16 ? bf16_to_float(h) : f16_to_float(h);
+}
+
+/* The 16 (AVX-512) or 8 weights at p as floats. */
+#ifdef __AVX512F__
+static inline __attribute__((always_inline)) v16 load16(const void *p, const int F)
+{
+    if (F == F32) return *(const v16 *)p;
+    const __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    if (F == BF16) return (v16)_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+    return (v16)_mm512_cvtph_ps(h);
+}
+#endif
+static inline __attribute__((always_inline)) v8 load8(const void *p, const int F)
+{
+    if (F == F32) return *(const v8 *)p;
+#if defined(__AVX2__) && defined(__F16C__)
+    const __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (F == BF16) return (v8)_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+    return (v8)_mm256_cvtph_ps(h);
+#else
+    v8 w;
+    for (int i = 0; i < 8; ++i) w[i] = widen1(p, i, F);
+    return w;
+#endif
+}
+
 /* Weights are packed once (fused_cpu.py `pack`) into panels of 16 output rows laid out k-major:
- * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream. */
+ * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream,
+ * of 64 bytes a k in float32, 32 in a 16-bit format. */
 #define PANEL 16
 /* input rows per tile, each row's 16 sums in vector registers: with AVX-512, one 16-float register
  * a row, 12 rows (a verify step's 9 rows at k = 8 read each panel once; 16 gained nothing, 24 spill);
@@ -45,25 +114,45 @@ typedef struct {
 #else
 #define SEQS 6
 #endif
-/* How far ahead (in k) a tile asks for its panel: 256 cache lines, 16 KiB. Without it, a tile of
+/* How far ahead a tile asks for its panel: 16 KiB (256 k in float32, 512 in 16 bits). Without it, a tile of
  * several rows is busy with its multiply-adds while the hardware prefetcher falls behind, and a
  * step with a few rows a sequence (speculative verification) costs the weights' streaming time
  * plus the multiply-adds rather than the larger of the two (experiments/results/ says how much). */
-#define PREFETCH 256
+#define PREFETCH 16384
 
-/* y[b, n0 + j] for BT input rows and one panel: for each k, the panel's 16 weights in one vector
- * (two without AVX-512) and a broadcast of x[b, k] per row. Every sum runs over k in order, the
+/* y[b, n0 + j] for BT input rows and one panel of format F: for each k, the panel's 16 weights in
+ * one vector (two without AVX-512) and a broadcast of x[b, k] per row. Every sum runs over k in
+ * order (16-bit weights with AVX-512: the even k and the odd k each in order, then added), the
  * same for any BT, so a sequence's logits do not depend on what else is in the batch. */
 static inline __attribute__((always_inline)) void tile(const float *restrict x, int64_t K,
-                                                       const float *restrict panel, const float *bias,
-                                                       int64_t cols, float *restrict y, int64_t N, const int BT)
+                                                       const void *restrict panel, const float *bias,
+                                                       int64_t cols, float *restrict y, int64_t N, const int BT,
+                                                       const int F)
 {
+    const int64_t step = PANEL * (F == F32 ? 4 : 2); /* bytes a k */
+    const char *p = panel;
 #ifdef __AVX512F__
     v16 acc[SEQS];
     for (int b = 0; b < BT; ++b) acc[b] = (v16){0};
-    for (int64_t k = 0; k < K; ++k) {
-        __builtin_prefetch(panel + (k + PREFETCH) * PANEL); /* never faults, even past the end */
-        const v16 w = *(const v16 *)(panel + k * PANEL);
+    int64_t k = 0;
+    if (F != F32) {
+        /* two sums a row, even and odd k, added at the end: with one, a row's chain of dependent
+         * multiply-adds, not memory, bounds a 16-bit panel's pace at one or two rows */
+        v16 odd[SEQS];
+        for (int b = 0; b < BT; ++b) odd[b] = (v16){0};
+        for (; k + 1 < K; k += 2) {
+            __builtin_prefetch(p + k * step + PREFETCH); /* a cache line: two k */
+            const v16 w0 = load16(p + k * step, F), w1 = load16(p + (k + 1) * step, F);
+            for (int b = 0; b < BT; ++b) {
+                acc[b] += x[b * K + k] * w0;
+                odd[b] += x[b * K + k + 1] * w1;
+            }
+        }
+        for (int b = 0; b < BT; ++b) acc[b] += odd[b];
+    }
+    for (; k < K; ++k) {
+        __builtin_prefetch(p + k * step + PREFETCH); /* never faults, even past the end */
+        const v16 w = load16(p + k * step, F);
         for (int b = 0; b < BT; ++b) acc[b] += x[b * K + k] * w;
     }
     for (int b = 0; b < BT; ++b)
@@ -72,8 +161,8 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
     v8 acc[SEQS][2];
     for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
     for (int64_t k = 0; k < K; ++k) {
-        __builtin_prefetch(panel + (k + PREFETCH) * PANEL); /* never faults, even past the end */
-        const v8 w0 = *(const v8 *)(panel + k * PANEL), w1 = *(const v8 *)(panel + k * PANEL + 8);
+        __builtin_prefetch(p + k * step + PREFETCH); /* never faults, even past the end */
+        const v8 w0 = load8(p + k * step, F), w1 = load8(p + k * step + step / 2, F);
         for (int b = 0; b < BT; ++b) {
             const float xk = x[b * K + k];
             acc[b][0] += xk * w0;
@@ -88,22 +177,21 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
 #endif
 }
 
-/* y [B, N] = x [B, K] w[N, K]^T (+ bias) from the packed panels, shared out over the threads in
- * contiguous runs, each panel read once from memory for all B rows (SEQS at a time). */
-static void linear(const float *x, int64_t B, int64_t K, const float *w, const float *bias, int64_t N, float *y)
+/* y [B, N] = x [B, K] w[N, K]^T (+ bias) from the packed panels of format F, shared out over the
+ * threads in contiguous runs, each panel read once from memory for all B rows (SEQS at a time). */
+static inline __attribute__((always_inline)) void linear_as(const float *x, int64_t B, int64_t K, const void *w,
+                                                            const float *bias, int64_t N, float *y, const int F)
 {
-#ifdef SKIP_LINEAR
-    return;
-#endif
     const int64_t panels = (N + PANEL - 1) / PANEL;
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
-        const float *panel = w + n0 * K, *bn = bias ? bias + n0 : NULL;
+        const void *panel = (const char *)w + n0 * K * (F == F32 ? 4 : 2);
+        const float *bn = bias ? bias + n0 : NULL;
         int64_t b0 = 0;
-        for (; b0 + SEQS <= B; b0 += SEQS) tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, SEQS);
+        for (; b0 + SEQS <= B; b0 += SEQS) tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, SEQS, F);
         switch (B - b0) { /* the rest, with the row count known to the compiler */
-#define REST(n) case n: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, n); break;
+#define REST(n) case n: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, n, F); break;
             REST(1) REST(2) REST(3) REST(4) REST(5)
 #if SEQS > 6
             REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
@@ -111,6 +199,32 @@ static void linear(const float *x, int64_t B, int64_t K, const float *w, const f
 #undef REST
         }
     }
+}
+
+/* linear_as for the model's weight format, each compiled with its format known */
+static void linear(const Model *m, const float *x, int64_t B, int64_t K, const void *w, const float *bias, int64_t N,
+                   float *y)
+{
+#ifdef SKIP_LINEAR
+    return;
+#endif
+    switch (m->weights) {
+    case BF16: linear_as(x, B, K, w, bias, N, y, BF16); break;
+    case F16: linear_as(x, B, K, w, bias, N, y, F16); break;
+    default: linear_as(x, B, K, w, bias, N, y, F32);
+    }
+}
+
+/* A token's embedding row, as floats */
+static void embed_row(const Model *m, int64_t id, float *out)
+{
+    const int64_t H = m->hidden;
+    if (m->weights == F32)
+        memcpy(out, (const float *)m->embed + id * H, sizeof(float) * (size_t)H);
+    else if (m->weights == BF16)
+        for (int64_t i = 0; i < H; ++i) out[i] = widen1(m->embed, id * H + i, BF16);
+    else
+        for (int64_t i = 0; i < H; ++i) out[i] = widen1(m->embed, id * H + i, F16);
 }
 
 /* out = w * (x / rms(x)) over one row of `width` floats (RMSNorm) */
@@ -170,13 +284,13 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
     {
         float *scores = score_scratch(scratch, &failed);
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; ++b) memcpy(h + b * H, m->embed + ids[b] * H, sizeof(float) * (size_t)H);
+        for (int64_t b = 0; b < B; ++b) embed_row(m, ids[b], h + b * H);
         /* the implicit barrier above also makes `failed` seen by all */
         if (!failed) {
             for (int64_t l = 0; l < m->num_layers; ++l) {
                 const Layer *L = m->layers + l;
                 add_norm(h, residual, L->input_norm, m, B, l == 0, x);
-                linear(x, B, H, L->qkv, L->qkv_bias, QKV, qkv);
+                linear(m, x, B, H, L->qkv, L->qkv_bias, QKV, qkv);
                 /* per (sequence, head): QK-norm, rotary, then k and v into the cache */
 #pragma omp for schedule(static)
                 for (int64_t bh = 0; bh < B * (m->num_heads + m->num_kv_heads); ++bh) {
@@ -200,22 +314,22 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                 }
                 paged_attention(q, L->k_cache, L->v_cache, block_tables, table_width, context_lens, B,
                                 m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
-                linear(attn, B, NQ, L->o, L->o_bias, H, h);
+                linear(m, attn, B, NQ, L->o, L->o_bias, H, h);
                 add_norm(h, residual, L->post_norm, m, B, 0, x);
-                linear(x, B, H, L->gate_up, L->gate_up_bias, 2 * I, gate_up);
+                linear(m, x, B, H, L->gate_up, L->gate_up_bias, 2 * I, gate_up);
 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; ++b) {
                     const float *g = gate_up + b * 2 * I;
                     for (int64_t i = 0; i < I; ++i) act[b * I + i] = g[i] / (1.f + expf(-g[i])) * g[I + i];
                 }
-                linear(act, B, I, L->down, L->down_bias, H, h);
+                linear(m, act, B, I, L->down, L->down_bias, H, h);
             }
             add_norm(h, residual, m->norm, m, B, 0, x);
             /* logits only for the rows that are sampled (a prompt's last token), gathered into h */
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < num_logits; ++i)
                 memcpy(h + i * H, x + logit_rows[i] * H, sizeof(float) * (size_t)H);
-            linear(h, num_logits, H, m->lm_head, NULL, m->vocab, logits);
+            linear(m, h, num_logits, H, m->lm_head, NULL, m->vocab, logits);
         }
         free(scores);
     }

@@ -125,19 +125,27 @@ def parity_mismatches(model: str, checkpoint: str, forward: str = "auto", device
     return mismatches
 
 
-def hf_greedy(path: str, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Reference tokens: transformers, float32 on CPU, greedy, one prompt at a time, past EOS."""
-    return hf_reference(path, prompts, max_new_tokens)[0]
+def hf_greedy(path: str, prompts: list[list[int]], max_new_tokens: int,
+              round_to: torch.dtype | None = None) -> list[list[int]]:
+    """Reference tokens: transformers, float32 on CPU, greedy, one prompt at a time, past EOS.
+    `round_to`: the weights rounded to that dtype and back first (what a run that keeps its
+    weights in 16 bits and computes in float32 computes)."""
+    return hf_reference(path, prompts, max_new_tokens, round_to)[0]
 
 
-def hf_reference(path: str, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[list[int]], list[list[float]]]:
+def hf_reference(path: str, prompts: list[list[int]], max_new_tokens: int,
+                 round_to: torch.dtype | None = None) -> tuple[list[list[int]], list[list[float]]]:
     """transformers' greedy tokens (float32 on CPU, one prompt at a time, past EOS) and each one's
-    logprob (log_softmax of the raw logits)."""
+    logprob (log_softmax of the raw logits); `round_to` as for hf_greedy."""
     import inspect
 
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if round_to is not None:
+        with torch.no_grad():
+            for param in model.parameters():  # tied embeddings: one tensor, rounded once
+                param.copy_(param.to(round_to).float())
     # transformers 5 renamed `past_key_values` to `cache`
     cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     tokens, logprobs = [], []

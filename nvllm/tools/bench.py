@@ -18,7 +18,10 @@ cores or leave memory behind), with a warm-up before the clock starts; loading i
 (`load_s`). Throughput is output tokens / wall time. transformers batches statically: see
 nvllm/tools/bench_peers/hf.py for how its padding waste is handled (each request is credited only
 with its own tokens). llama.cpp runs f16 and f32 GGUFs written from the same safetensors,
-all requests in flight at once: see nvllm/tools/bench_peers/llamacpp.py.
+all requests in flight at once: see nvllm/tools/bench_peers/llamacpp.py. `--nvllm-dtypes
+float32,bfloat16` runs nvllm once per weight dtype; each peer run is then compared with the nvllm
+runs whose weights have as many bits (llama.cpp f16 with bfloat16 and float16, f32 and
+transformers with float32).
 """
 import argparse
 import json
@@ -72,7 +75,9 @@ def plan(args) -> list[dict]:
     for workload in WORKLOADS if args.workload == "all" else [args.workload]:
         for peer in args.peers:
             if peer == "nvllm":
-                runs.append(dict(workload=workload, peer="nvllm", variant="", options=args.nvllm))
+                for dtype in args.nvllm_dtypes:
+                    runs.append(dict(workload=workload, peer="nvllm", variant=dtype,
+                                     options={**args.nvllm, **({"dtype": dtype} if dtype else {})}))
             elif peer == "hf":
                 # single-stream: one request, so batch size 1
                 for bs in [1] if workload == "single-stream" else args.hf_batch_sizes:
@@ -196,16 +201,31 @@ def drop_slower_hf(results: list[dict]) -> list[dict]:
     return [r for r in results if r["peer"] != "hf" or "tok_s" not in r or best[r["workload"]] is r]
 
 
+def weight_bits(run: dict) -> int:
+    """Bits a weight takes in a run: nvllm's engine dtype, llama.cpp's GGUF type; transformers: 32."""
+    if run["peer"] == "nvllm":
+        return 16 if "16" in run["settings"]["engine"]["dtype"] else 32
+    return 16 if run["peer"] == "llamacpp" and run["variant"] == "f16" else 32
+
+
 def summarize(results: list[dict]) -> list[dict]:
-    """Per workload: nvllm against each peer run, ratio of output tok/s (and of decode tok/s)."""
+    """Per workload: nvllm against each peer run, ratio of output tok/s (and of decode tok/s). With
+    several nvllm runs (--nvllm-dtypes) a peer run is compared with each nvllm run whose weights have
+    as many bits (else with the first), a row each; `vs` names the nvllm run."""
     rows = []
     for workload in dict.fromkeys(r["workload"] for r in results):
         runs = [r for r in results if r["workload"] == workload and "tok_s" in r]
-        ours = next((r for r in runs if r["peer"] == "nvllm"), None)
+        nvllm = [r for r in runs if r["peer"] == "nvllm"]
+        pairs = [(r, None) for r in nvllm]
         for r in runs:
+            if r["peer"] != "nvllm":
+                matched = [o for o in nvllm if weight_bits(o) == weight_bits(r)] or nvllm[:1] or [None]
+                pairs += [(r, ours) for ours in matched]
+        for r, ours in pairs:
             row = dict(workload=workload, peer=r["peer"], variant=r["variant"], tok_s=r["tok_s"], wall_s=r["wall_s"],
                        decode_tok_s=r.get("decode_tok_s"))
-            if ours is not None and r is not ours:
+            if ours is not None:
+                row["vs"] = ours["variant"]
                 row["nvllm_over_peer"] = ours["tok_s"] / r["tok_s"]
                 if workload == "single-stream" and ours.get("decode_tok_s") and r.get("decode_tok_s"):
                     row["nvllm_over_peer_decode"] = ours["decode_tok_s"] / r["decode_tok_s"]
@@ -218,7 +238,7 @@ def summarize(results: list[dict]) -> list[dict]:
 def print_table(rows: list[dict], skipped: dict, failed: list[dict]):
     print()
     print(f"{'workload':14} {'peer':9} {'variant':9} {'out tok/s':>9} {'wall s':>8} {'decode tok/s':>12} "
-          f"{'nvllm/peer':>10} {'agree':>6}")
+          f"{'nvllm/peer':>10} {'agree':>6} {'vs nvllm':>8}")
     for r in rows:
         ratio = f"{r['nvllm_over_peer']:.2f}x" if "nvllm_over_peer" in r else ""
         if "nvllm_over_peer_decode" in r and r["workload"] == "single-stream":
@@ -227,7 +247,7 @@ def print_table(rows: list[dict], skipped: dict, failed: list[dict]):
         # a per-request rate: it means decode speed only with one request
         decode = f"{r['decode_tok_s']:.1f}" if r.get("decode_tok_s") and r["workload"] == "single-stream" else ""
         print(f"{r['workload']:14} {r['peer']:9} {r['variant']:9} {r['tok_s']:9.1f} {r['wall_s']:8.1f} {decode:>12} "
-              f"{ratio:>10} {'' if agree is None else f'{agree:.0f}%':>6}")
+              f"{ratio:>10} {'' if agree is None else f'{agree:.0f}%':>6} {r.get('vs', ''):>8}")
     for f in failed:
         print(f"{f['workload']:14} {f['peer']:9} {f['variant']:9} FAILED: {f['error']}")
     for peer, reason in skipped.items():
@@ -259,6 +279,8 @@ def parse_args(argv=None):
     parser.add_argument("--nvllm", action="append", default=[], metavar="KEY=VALUE",
                         help="nvllm override, as for LLM(), over the bench's "
                              + " ".join(f"{k}={v}" for k, v in NVLLM_DEFAULTS.items()) + ": attention=sdpa, ...")
+    parser.add_argument("--nvllm-dtypes", default="",
+                        help="nvllm runs, one per weight dtype: float32, bfloat16, float16 (default: one run, dtype=auto)")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -272,6 +294,11 @@ def parse_args(argv=None):
         parser.error("--llamacpp-weights takes f16 and/or f32")
     args.llamacpp = _key_values(parser, args.llamacpp)
     args.nvllm = _key_values(parser, args.nvllm)
+    args.nvllm_dtypes = [d.strip() for d in args.nvllm_dtypes.split(",")]
+    if set(args.nvllm_dtypes) - {"", "float32", "bfloat16", "float16"}:
+        parser.error("--nvllm-dtypes takes float32, bfloat16 and/or float16")
+    if "dtype" in args.nvllm and args.nvllm_dtypes != [""]:
+        parser.error("--nvllm dtype=... and --nvllm-dtypes both set the dtype; keep one")
     if args.min_len < 1 or args.max_len < args.min_len:
         parser.error("need 1 <= --min-len <= --max-len")
     return args

@@ -49,5 +49,7 @@ def test_compiler_fails(fresh_kernel_cache, monkeypatch):
 def test_refuses_other_devices_and_dtypes():
     with pytest.raises(ConfigError, match="runs on the CPU and this run is on cuda"):
         registry.build("attention", "cpu", device=torch.device("cuda"), dtype=torch.float32)
-    with pytest.raises(ConfigError, match="float32 only, not torch.bfloat16"):
-        registry.build("attention", "cpu", device=torch.device("cpu"), dtype=torch.bfloat16)
+    with pytest.raises(ConfigError, match="runs float32, bfloat16 or float16 models, not torch.float64"):
+        registry.build("attention", "cpu", device=torch.device("cpu"), dtype=torch.float64)
+    for dtype in (torch.bfloat16, torch.float16):  # 16-bit models: float32 attention over a float32 cache
+        assert registry.build("attention", "cpu", device=torch.device("cpu"), dtype=dtype).cache_dtype == torch.float32

@@ -28,6 +28,8 @@ def test_cpu_defaults_to_the_c_step_and_cuda_to_graphs():
     config, note = choose()
     assert config.name == "fused_cpu" and note == ("forward=auto chose fused_cpu (cpu, float32, tp=1, model=qwen3, "
                                                    "attention=cpu)")
+    for dtype in (torch.bfloat16, torch.float16):  # 16-bit weights, float32 activations
+        assert choose(dtype=dtype)[0].name == "fused_cpu"
     config, note = choose(device="cuda", attention="triton", dtype=torch.bfloat16)
     assert config.name == "cudagraph" and note.startswith("forward=auto chose cudagraph (cuda, bfloat16")
 
@@ -36,7 +38,8 @@ def test_cpu_defaults_to_the_c_step_and_cuda_to_graphs():
     (dict(attention="sdpa"), "fused_cpu: it computes attention=cpu's kernel and this run chose attention=sdpa"),
     (dict(tp=3), "fused_cpu: it runs one process and this run has tp=3"),
     (dict(compile=True), "fused_cpu: compile=true compiles the torch modules, which it does not run"),
-    (dict(dtype=torch.bfloat16), "fused_cpu: it is a float32 CPU kernel and this run is bfloat16 on cpu"),
+    (dict(dtype=torch.float64), "fused_cpu: it is a CPU kernel (float32, bfloat16 or float16 weights) and this run "
+                                "is float64 on cpu"),
 ])
 def test_cpu_falls_back_to_eager_saying_why(where, why):
     config, note = choose(**where)

@@ -1,0 +1,70 @@
+"""Matmuls over weights quantized in blocks of 32 along k (nvllm/kernels/quantized.c), in the
+layout the quantized loaders produce:
+
+- int8: `qweight` int8 [N, K], `scales` float16 [N, K // 32]; w = q * d (GGUF Q8_0's arithmetic)
+- int4: `qweight` uint8 [N, K // 2], in each block of 32 byte i holding weight i in its low nibble
+  and weight i + 16 in its high one; `scales`, `mins` float16 [N, K // 32]; w = q * d + m (GGUF
+  Q4_1's; Q4_0 is m = -8 d)
+
+Activations and sums are float32: `linear_int8(x, q, d)` equals `x @ dequantized.T` up to the
+order of the sums. Not yet a forward strategy's: the quantization family will call these."""
+import ctypes
+import functools
+
+import torch
+
+from nvllm.kernels import load_library
+
+BLOCK = 32
+_ptr, _i64 = ctypes.c_void_p, ctypes.c_int64
+
+
+@functools.cache
+def _library():
+    lib = load_library("quantized.c", "the quantized matmul", "float weights (quantization=none)")
+    lib.nvllm_linear_int8.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, ctypes.c_int]
+    lib.nvllm_linear_int4.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr, ctypes.c_int]
+    lib.nvllm_linear_int8.restype = lib.nvllm_linear_int4.restype = None
+    return lib
+
+
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]):
+    if t.dtype != dtype or tuple(t.shape) != shape or t.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU {str(dtype).removeprefix('torch.')} tensor of shape {list(shape)}, "
+                         f"got {str(t.dtype).removeprefix('torch.')} {list(t.shape)} on {t.device.type}")
+
+
+def _inputs(x: torch.Tensor, qweight: torch.Tensor, k_per_byte: int):
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"x: expected a float32 CPU tensor, got {x.dtype} on {x.device.type}")
+    k = x.shape[-1]
+    if k % BLOCK:
+        raise ValueError(f"x has {k} input features, not a multiple of {BLOCK} (the quantization block): "
+                         f"leave this weight unquantized")
+    n = qweight.shape[0]
+    return x.reshape(-1, k).contiguous(), n, k, (n, k // k_per_byte), (n, k // BLOCK)
+
+
+def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x [..., K] float32 times the int8 weight [N, K] transposed: [..., N] float32."""
+    x2, n, k, q_shape, s_shape = _inputs(x, qweight, 1)
+    _check("qweight", qweight, torch.int8, q_shape)
+    _check("scales", scales, torch.float16, s_shape)
+    y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+    qweight, scales = qweight.contiguous(), scales.contiguous()
+    _library().nvllm_linear_int8(x2.data_ptr(), x2.shape[0], k, qweight.data_ptr(), scales.data_ptr(), n,
+                                 y.data_ptr(), torch.get_num_threads())
+    return y.reshape(*x.shape[:-1], n)
+
+
+def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
+    """x [..., K] float32 times the int4 weight [N, K] (packed [N, K // 2]) transposed: [..., N] float32."""
+    x2, n, k, q_shape, s_shape = _inputs(x, qweight, 2)
+    _check("qweight", qweight, torch.uint8, q_shape)
+    _check("scales", scales, torch.float16, s_shape)
+    _check("mins", mins, torch.float16, s_shape)
+    y = torch.empty(x2.shape[0], n, dtype=torch.float32)
+    qweight, scales, mins = qweight.contiguous(), scales.contiguous(), mins.contiguous()
+    _library().nvllm_linear_int4(x2.data_ptr(), x2.shape[0], k, qweight.data_ptr(), scales.data_ptr(),
+                                 mins.data_ptr(), n, y.data_ptr(), torch.get_num_threads())
+    return y.reshape(*x.shape[:-1], n)

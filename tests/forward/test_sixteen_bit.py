@@ -1,0 +1,112 @@
+"""16-bit weights on a CPU (dtype=bfloat16 or float16): forward=fused_cpu keeps its packed matmul
+weights and embedding in 16 bits and computes in float32, so its greedy tokens equal transformers'
+in float32 on the same weights rounded to 16 bits, through the AVX-512 build of the C step and the
+AVX2 one; forward=eager runs the torch modules in 16 bits with attention=cpu's float32 cache."""
+import random
+
+import pytest
+import torch
+
+from nvllm import LLM, SamplingParams
+from nvllm.forward import fused_cpu
+from nvllm.testing import hf_greedy
+from nvllm.tools.checkpoint import make_random_checkpoint
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_NEW = 16
+GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = random.Random(4)
+    return [[rng.randrange(512) for _ in range(n)] for n in (1, 7, 33, 90)]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    """Weights drawn wide (std 0.4), so greedy tokens vary and rounding the weights to 16 bits
+    changes some of them: a step that computed on other weights than the rounded ones would show."""
+    return make_random_checkpoint("qwen3", str(tmp_path_factory.mktemp("wide")), preset="tiny", seed=6,
+                                  initializer_range=0.4)
+
+
+@pytest.fixture(scope="module")
+def references(tiny_path, prompts):
+    """transformers' greedy tokens, float32, on the weights as they are and rounded to each dtype."""
+    refs = {name: hf_greedy(tiny_path, prompts, MAX_NEW, round_to=dtype) for name, dtype in DTYPES.items()}
+    refs["float32"] = hf_greedy(tiny_path, prompts, MAX_NEW)
+    assert refs["bfloat16"] != refs["float32"] and refs["float16"] != refs["float32"]
+    return refs
+
+
+def generate(path, prompts, inspect=lambda runner: None, **overrides):
+    """Greedy tokens and the resolved config; `inspect(runner)` runs while the engine is up."""
+    with LLM(path, kv_cache={"block_size": 8}, max_model_len=256, **overrides) as llm:
+        inspect(llm.engine.executor)
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)], llm.engine.config
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_step_equals_transformers_on_the_rounded_weights(tiny_path, prompts, references, dtype):
+    """max_prefill_context=8 would send the longer prompts' prefills to the torch modules in float32;
+    with 16-bit weights the C step takes them all."""
+    def resident(runner):
+        assert {t.dtype for t in runner.forward_strategy.packed} == {DTYPES[dtype], torch.float32}  # norms float32
+        assert runner.model.model.embed_tokens.weight.dtype == DTYPES[dtype]
+        assert all(m.k_cache.dtype == torch.float32 for m in runner._attention_layers())
+
+    got, config = generate(tiny_path, prompts, resident, dtype=dtype,
+                           forward={"name": "fused_cpu", "max_prefill_context": 8})
+    assert config.forward.name == "fused_cpu" and config.attention.name == "cpu"
+    assert got == references[dtype]
+    with LLM(tiny_path, dtype=dtype) as llm:  # auto picks the C step for 16-bit weights too
+        assert llm.engine.config.forward.name == "fused_cpu"
+
+
+@pytest.mark.parametrize("isa, flags", [("avx2", "-mno-avx512f"), ("portable", "-mno-avx2 -mno-f16c")])
+@pytest.mark.parametrize("dtype", ["float32", *DTYPES])
+def test_other_builds(tiny_path, prompts, references, dtype, isa, flags, monkeypatch):
+    """The C step built without AVX-512 (as on an AVX2-only CPU), and without AVX2 (portable C),
+    computes the same tokens."""
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", flags)
+    fused_cpu.kernel.cache_clear()
+    try:
+        assert fused_cpu.isa() == isa
+        got, _ = generate(tiny_path, prompts, dtype=dtype, forward="fused_cpu")
+    finally:
+        fused_cpu.kernel.cache_clear()
+    assert got == references[dtype]
+
+
+def test_this_cpu_builds_its_widest_code():
+    flags = open("/proc/cpuinfo").read()
+    assert fused_cpu.isa() == ("avx512" if " avx512f " in flags else "avx2" if " avx2 " in flags else "portable")
+
+
+def test_eager_runs_16_bit_modules_with_a_float32_cache(tiny_path, prompts, references):
+    """forward=eager with dtype=bfloat16 computes in bfloat16 (so its tokens may drift from the
+    float32 reference), attention=cpu in float32 over a float32 cache; its first tokens agree."""
+    def resident(runner):
+        assert runner.model.model.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+        assert all(m.k_cache.dtype == torch.float32 for m in runner._attention_layers())
+
+    got, config = generate(tiny_path, prompts, resident, dtype="bfloat16", forward="eager")
+    assert config.attention.name == "cpu"
+    assert [g[0] for g in got] == [r[0] for r in references["bfloat16"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_smollm2(smollm2_path, dtype):
+    """The embedded SmolLM2 through the C step, chat prompts, against transformers on its rounded weights."""
+    from transformers import AutoTokenizer
+
+    from tests.test_parity import CHAT
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    chat = [tok.apply_chat_template([{"role": "user", "content": m}], add_generation_prompt=True, tokenize=True,
+                                    return_dict=False) for m in CHAT]
+    got, config = generate(smollm2_path, chat, dtype=dtype, max_num_batched_tokens=2048)
+    assert config.forward.name == "fused_cpu"
+    assert got == hf_greedy(smollm2_path, chat, MAX_NEW, round_to=DTYPES[dtype])

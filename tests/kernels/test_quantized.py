@@ -1,0 +1,92 @@
+"""The quantized matmul kernels (nvllm/kernels/quantized.c) read the shared int8 and int4 block
+layout and compute x times the dequantized float32 weights, in the AVX-512 build and the AVX2 one;
+the layout is built here by a small quantizer written from its definition."""
+import pytest
+import torch
+
+from nvllm.kernels import quantized
+
+BLOCK = 32
+
+
+def quantize_int8(w: torch.Tensor):
+    """Symmetric per block of 32: d = max|w| / 127 (rounded to float16), q = round(w / d) in [-127, 127]."""
+    blocks = w.view(w.shape[0], -1, BLOCK)
+    d = (blocks.abs().amax(-1) / 127).half()
+    q = (blocks / d.float().clamp_min(1e-30)[..., None]).round().clamp(-127, 127).to(torch.int8)
+    return q.view_as(w), d
+
+
+def dequantize_int8(q, d):
+    return (q.view(q.shape[0], -1, BLOCK).float() * d.float()[..., None]).view(q.shape)
+
+
+def quantize_int4(w: torch.Tensor, q4_0: bool = False):
+    """Per block of 32: w = q * d + m, q in 0..15 (Q4_1: m = min, d = (max - min) / 15; Q4_0: m = -8 d,
+    d = max|w| / 7); byte i of a block holds q[i] (low nibble) and q[i + 16] (high nibble)."""
+    blocks = w.view(w.shape[0], -1, BLOCK)
+    if q4_0:
+        d = (blocks.abs().amax(-1) / 7).half()
+        m = (-8 * d.float()).half()
+    else:
+        lo, hi = blocks.amin(-1), blocks.amax(-1)
+        d, m = ((hi - lo) / 15).half(), lo.half()
+    q = ((blocks - m.float()[..., None]) / d.float().clamp_min(1e-30)[..., None]).round().clamp(0, 15).to(torch.uint8)
+    packed = q[..., :16] | (q[..., 16:] << 4)
+    return packed.reshape(w.shape[0], -1), d, m
+
+
+def dequantize_int4(packed, d, m):
+    blocks = packed.view(packed.shape[0], -1, 16)
+    q = torch.cat([blocks & 0xF, blocks >> 4], dim=-1).float()
+    return (q * d.float()[..., None] + m.float()[..., None]).view(packed.shape[0], -1)
+
+
+BUILDS = {"native": "", "avx2": "-mno-avx512f", "portable": "-mno-avx2 -mno-f16c"}
+
+
+@pytest.fixture(params=BUILDS)
+def build(request, monkeypatch):
+    """The kernels as compiled for this CPU, without AVX-512 (an AVX2-only CPU's build), and without
+    AVX2 (the portable C)."""
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", BUILDS[request.param])
+    quantized._library.cache_clear()
+    yield request.param
+    quantized._library.cache_clear()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+def test_matmuls_equal_the_dequantized_float32_matmul(build, rows):
+    torch.manual_seed(rows)
+    n, k = 70, 256  # N not a multiple of anything; K eight blocks
+    w, x = torch.randn(n, k), torch.randn(rows, k)
+    q, d = quantize_int8(w)
+    want = x @ dequantize_int8(q, d).T
+    torch.testing.assert_close(quantized.linear_int8(x, q, d), want, rtol=1e-5, atol=1e-4)
+    assert (dequantize_int8(q, d) - w).abs().max() < w.abs().max() / 100  # the quantizer is sane
+    for q4_0 in (False, True):
+        packed, d, m = quantize_int4(w, q4_0)
+        want = x @ dequantize_int4(packed, d, m).T
+        torch.testing.assert_close(quantized.linear_int4(x, packed, d, m), want, rtol=1e-5, atol=1e-4)
+    assert quantized.linear_int8(x[0], *quantize_int8(w)).shape == (n,)  # a vector in, a vector out
+
+
+def test_bad_shapes_are_refused_naming_the_tensor():
+    with pytest.raises(ValueError, match="48 input features, not a multiple of 32 .* leave this weight unquantized"):
+        quantized.linear_int8(torch.randn(1, 48), torch.zeros(4, 48, dtype=torch.int8), torch.zeros(4, 1).half())
+    q, d = quantize_int8(torch.randn(4, 64))
+    with pytest.raises(ValueError, match=r"scales: expected a CPU float16 tensor of shape \[4, 2\], got float32"):
+        quantized.linear_int8(torch.randn(1, 64), q, d.float())
+
+
+def test_every_finite_float16_scale_is_read_exactly(build):
+    """A row per float16 bit pattern, q = 1 at k = 0 and x = e0: y is the scale itself (subnormals,
+    all), as torch widens it (a zero's sign aside: the sum adds +0 terms)."""
+    scales = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    scales = scales[scales.isfinite()].reshape(-1, 1)
+    q = torch.zeros(len(scales), BLOCK, dtype=torch.int8)
+    q[:, 0] = 1
+    x = torch.zeros(1, BLOCK)
+    x[0, 0] = 1
+    y = quantized.linear_int8(x, q, scales)[0]
+    assert (y == scales[:, 0].float()).all()
