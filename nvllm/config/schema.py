@@ -25,7 +25,8 @@ class EngineConfig:
     compile: bool = False
     # decode CUDA graphs: auto (as forward=auto decides), true (= forward=cudagraph), false (never)
     cudagraph: Any = "auto"
-    # auto (float32 on CPU; the checkpoint's 16-bit dtype or bfloat16 on CUDA), float32, bfloat16, float16
+    # auto (CPU: float32, the float32 reference's numbers; CUDA: the checkpoint's 16-bit dtype or bfloat16), float32,
+    # bfloat16, float16 (CPU fused_cpu: 16-bit weights, float32 activations and sums)
     dtype: str = "auto"
     # auto (cuda when present), cpu, cuda
     device: str = "auto"
