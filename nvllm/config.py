@@ -21,7 +21,7 @@ from nvllm.sampling_params import SamplingParams
 
 # max_model_len=null (auto): this, or the model's max_position_embeddings where smaller
 DEFAULT_MAX_MODEL_LEN = 4096
-GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "speculative", "workload")
+GROUPS = ("model", "scheduler", "kv_cache", "attention", "sampler", "forward", "speculative", "workload", "quantization")
 # families whose `auto` option is decided in Config.resolve, once the checkpoint and device are known
 AUTO_FAMILIES = ("attention", "forward")
 
@@ -150,6 +150,7 @@ class Schema(EngineConfig):
     forward: Any = None
     speculative: Any = None
     workload: Any = None
+    quantization: Any = None
     # per-request sampling defaults for workloads that do not set their own
     sampling: SamplingParams = field(default_factory=SamplingParams)
     # print each answer (chat and file workloads)
@@ -245,6 +246,8 @@ class Config(EngineConfig):
     workload: Any = None
     # speculative decoding's drafter (None: speculative=none)
     speculative: Any = None
+    # how the linear layers' weights are stored (None: quantization=none)
+    quantization: Any = None
     # what attention=auto and forward=auto chose and why (None: named)
     attention_choice: str | None = None
     forward_choice: str | None = None
@@ -279,8 +282,13 @@ class Config(EngineConfig):
         check_tp(hf_config, self.tp)
         attention, attention_choice = select_backend(self.attention, torch.device(device), getattr(torch, dtype),
                                                      self.kv_cache.block_size)
-        target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile)
-        forward, forward_choice = self._forward(target)
+        quantization = registry.make_config("quantization", self.quantization or "none")
+        quantizer = registry.get("quantization", quantization.name)
+        quantization = quantizer.resolve(quantization, self.model)
+        target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile,
+                               quantization.name)
+        quantizer.check(quantization, hf_config, target)
+        forward, forward_choice = self._forward(target, quantizer)
         speculative = registry.make_config("speculative", self.speculative or "none")
         registry.get("speculative", speculative.name).check(speculative, hf_config, target)
         speculating = speculative.name != "none"
@@ -317,9 +325,10 @@ class Config(EngineConfig):
                        async_scheduling=async_scheduling,
                        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
                        attention=attention, attention_choice=attention_choice,
-                       forward=forward, forward_choice=forward_choice, speculative=speculative)
+                       forward=forward, forward_choice=forward_choice, speculative=speculative,
+                       quantization=quantization)
 
-    def _forward(self, target: ForwardTarget) -> tuple[object, str | None]:
+    def _forward(self, target: ForwardTarget, quantizer) -> tuple[object, str | None]:
         """The forward strategy's Config, its autos filled in, and what forward=auto chose and why
         (None: named). cudagraph=true asks for forward=cudagraph; cudagraph=false rules it out."""
         name, choice = self.forward if isinstance(self.forward, str) else self.forward.name, None
@@ -334,14 +343,17 @@ class Config(EngineConfig):
         if name == AUTO:
             where = (f"{target.device.type}, {str(target.dtype).removeprefix('torch.')}, tp={target.tp}, "
                      f"model={target.model.name}, attention={target.attention}"
-                     + (", compile=true" if target.compile else ""))
-            name, choice = choose("forward", target.device.type, lambda cls: cls.check(target), where,
+                     + (", compile=true" if target.compile else "")
+                     + (f", quantization={target.quantization}" if target.quantization != "none" else ""))
+            name, choice = choose("forward", target.device.type,
+                                  lambda cls: (quantizer.check_forward(cls.name), cls.check(target)), where,
                                   {"cudagraph": "cudagraph=false rules it out"} if self.cudagraph is False else None)
         cls = registry.get("forward", name)
         config = self.forward if not isinstance(self.forward, str) and self.forward.name == name \
             else typed_config("forward", {"name": name})
         if choice is None:
             try:
+                quantizer.check_forward(name)
                 cls.check(target)
             except ConfigError as e:
                 raise ConfigError(f"{asked} cannot run here: {e}") from None

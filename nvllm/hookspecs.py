@@ -44,3 +44,8 @@ def register_workloads(register):
 @hookspec
 def register_drafters(register):
     """Register speculative-decoding drafters: subclasses of ``nvllm.speculative.base.Drafter``."""
+
+
+@hookspec
+def register_quantizations(register):
+    """Register weight formats: subclasses of ``nvllm.quantization.base.QuantizationMethod``."""

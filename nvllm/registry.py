@@ -11,6 +11,7 @@ FAMILIES = {  # family (= Hydra config group) -> hook that fills it
     "forward": "register_forward_strategies",
     "workload": "register_workloads",
     "speculative": "register_drafters",
+    "quantization": "register_quantizations",
 }
 
 _components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}

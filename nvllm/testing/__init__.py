@@ -14,10 +14,11 @@ from nvllm.testing.common import ComponentSuite
 from nvllm.testing.forward import ForwardSuite
 from nvllm.testing.kv_cache import KVCacheSuite
 from nvllm.testing.model import ModelSuite, hf_greedy
+from nvllm.testing.quantization import QuantizationSuite, write_gguf
 from nvllm.testing.sampler import SamplerSuite
 from nvllm.testing.scheduler import SchedulerSuite, Workload
 from nvllm.testing.speculative import DrafterSuite
 from nvllm.testing.workload import WorkloadSuite
 
-__all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "DrafterSuite", "ForwardSuite", "KVCacheSuite", "ModelSuite", "SamplerSuite",
-           "SchedulerSuite", "Workload", "WorkloadSuite", "attention_metadata", "hf_greedy", "paged_block_tables"]
+__all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "DrafterSuite", "ForwardSuite", "KVCacheSuite", "ModelSuite", "QuantizationSuite", "SamplerSuite",
+           "SchedulerSuite", "Workload", "WorkloadSuite", "attention_metadata", "hf_greedy", "paged_block_tables", "write_gguf"]
