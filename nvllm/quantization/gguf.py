@@ -87,19 +87,21 @@ class GGUF(QuantizationMethod):
 
     @classmethod
     def resolve(cls, config, model_config):
+        from nvllm.models.weights import cache_root, smollm2_gguf
+
         if config.file:
             return replace(config, file=str(Path(config.file).expanduser()))
         path = getattr(model_config, "path", None)
+        embedded = cache_root() / "smollm2-135m-instruct"  # (its directory may hold f16/f32 files the bench wrote)
+        if (not path and getattr(model_config, "embedded", None) == "smollm2") or \
+                (path and Path(path).expanduser().resolve() == embedded.resolve()):
+            return replace(config, file=str(smollm2_gguf()))
         if path:
             found = sorted(glob(str(Path(path).expanduser() / "*.gguf")))
             if len(found) != 1:
                 raise ConfigError(f"quantization=gguf needs quantization.file=/path/to/model.gguf: model.path={path} "
                                   f"holds {len(found)} *.gguf files" + (f" ({', '.join(found)})" if found else ""))
             return replace(config, file=found[0])
-        if getattr(model_config, "embedded", None) == "smollm2":
-            from nvllm.models.weights import smollm2_gguf
-
-            return replace(config, file=str(smollm2_gguf()))
         raise ConfigError("quantization=gguf needs quantization.file=/path/to/model.gguf (the blocks of the linear "
                           "layers come from it, the rest from model.path)")
 
