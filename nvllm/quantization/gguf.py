@@ -108,6 +108,9 @@ class GGUF(QuantizationMethod):
     @classmethod
     def check(cls, config, hf_config, target) -> None:
         super().check(config, hf_config, target)
+        if "llama" not in target.model.hf_model_types:
+            raise ConfigError(f"quantization=gguf reads llama GGUF files, and model={target.model.name} runs "
+                              f"{', '.join(target.model.hf_model_types)} checkpoints; use quantization=int8 or int4")
         if not Path(config.file).is_file():
             raise ConfigError(f"quantization.file={config.file} does not exist")
         reader = _reader(config.file)
@@ -163,7 +166,8 @@ class GGUF(QuantizationMethod):
                 if packed is None:  # this rank's shard of each tensor: n and k as the float weight's
                     n, k = module.weight.shape
                     full_k = full["scales"].shape[1] * GROUP
-                    packed = {key: torch.empty(n, t.shape[1] * k // full_k, dtype=t.dtype) for key, t in full.items()}
+                    packed = {key: torch.empty(n, t.shape[1] * k // full_k, dtype=t.dtype, device=module.weight.device)
+                              for key, t in full.items()}
                 for key, t in full.items():
                     args = (packed[key], t) if shard_id is None else (packed[key], t, shard_id)
                     module.weight_loader(*args)

@@ -221,11 +221,14 @@ def test_smollm2_gguf_blocks_are_the_weights_transformers_dequantizes(smollm2_pa
 
     from nvllm.testing.quantization import dequantized_weights
 
-    got, engine = nvllm_greedy(smollm2_path, smollm2_prompts, quantization="gguf")
-    assert engine.config.quantization.file.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-    runner = engine.executor
+    with LLM(smollm2_path, quantization="gguf", max_model_len=256) as llm:
+        assert llm.engine.config.quantization.file.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+        got = [o.token_ids for o in llm.generate(smollm2_prompts, GREEDY, use_tqdm=False)]
+        runner = llm.engine.executor
+        dequantized = dequantized_weights(runner.model, runner.hf_config)
     want = load_file(str(Path(smollm2_path) / "model.safetensors"))
-    for name, w in dequantized_weights(runner.model, runner.hf_config).items():
+    assert len(dequantized) == 30 * 7
+    for name, w in dequantized.items():
         assert torch.equal(w, want[name]), name
     assert got == hf_greedy(smollm2_path, smollm2_prompts, GREEDY.max_tokens)
 
@@ -237,3 +240,17 @@ def test_smollm2_greedy_equals_transformers_on_the_round_tripped_weights(fmt, sm
     reference = with_weights(smollm2_path, tmp_path / "round-trip", weights)
     got, _ = nvllm_greedy(smollm2_path, smollm2_prompts, quantization=fmt)
     assert got == hf_greedy(reference, smollm2_prompts, GREEDY.max_tokens)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["int4", "gguf"])
+def test_tp2_shards_packed_weights_and_gives_tp1s_tokens(fmt, tiny_llama_path, tmp_path):
+    """Each rank packs (int4) or reads (gguf: the file's blocks, through the layers' own shard
+    loaders) its shard: o_proj and down_proj split k at a group boundary, the rest split rows."""
+    quantization = {"name": fmt, **({"file": write_gguf(tiny_llama_path, str(tmp_path / "t.gguf"), "Q4_1")}
+                                    if fmt == "gguf" else {})}
+    prompts = prompts_for(512)
+    tp1, _ = nvllm_greedy(tiny_llama_path, prompts, quantization=quantization)
+    with LLM(tiny_llama_path, max_model_len=256, max_num_batched_tokens=512, quantization=quantization, tp=2) as llm:
+        tp2 = [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
+    assert tp2 == tp1
