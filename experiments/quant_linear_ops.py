@@ -4,7 +4,7 @@ weight: float32 F.linear (the baseline), F.linear on the weight dequantized each
 quantization=int8/int4 run), and torch's own int4 weight-only op, whose numerics differ (it is
 compared bit for bit with the dequantizing linear). Median of 30 calls, milliseconds."""
 import time, torch, torch.nn.functional as F
-from nvllm.quantization.layout import quantize_int4, quantize_int8, dequantize
+from nvllm.models.layers.packed import quantize_int4, quantize_int8, dequantize
 torch.manual_seed(0)
 def t(fn, reps=30):
     fn(); best = []

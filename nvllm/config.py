@@ -288,7 +288,7 @@ class Config(EngineConfig):
         target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile,
                                quantization.name)
         quantizer.check(quantization, hf_config, target)
-        forward, forward_choice = self._forward(target, quantizer)
+        forward, forward_choice = self._forward(target)
         speculative = registry.make_config("speculative", self.speculative or "none")
         registry.get("speculative", speculative.name).check(speculative, hf_config, target)
         speculating = speculative.name != "none"
@@ -328,9 +328,11 @@ class Config(EngineConfig):
                        forward=forward, forward_choice=forward_choice, speculative=speculative,
                        quantization=quantization)
 
-    def _forward(self, target: ForwardTarget, quantizer) -> tuple[object, str | None]:
+    def _forward(self, target: ForwardTarget) -> tuple[object, str | None]:
         """The forward strategy's Config, its autos filled in, and what forward=auto chose and why
-        (None: named). cudagraph=true asks for forward=cudagraph; cudagraph=false rules it out."""
+        (None: named). cudagraph=true asks for forward=cudagraph; cudagraph=false rules it out; a
+        weight format rules out the strategies that cannot run it."""
+        quantizer = registry.get("quantization", target.quantization)
         name, choice = self.forward if isinstance(self.forward, str) else self.forward.name, None
         if self.cudagraph and name not in (AUTO, "cudagraph"):
             raise ConfigError(f"cudagraph=true asks for decode CUDA graphs and forward={name} runs none; "

@@ -8,12 +8,12 @@ the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head a
     cls.check_forward(forward_name)       can this forward strategy run it? (forward=auto skips those that cannot)
     method = cls(config)
     method.apply(model, path)             once the float weights are loaded: pack each linear layer's
-                                          weight (layout.py), freeing the float one
+                                          weight (nvllm/models/layers/packed.py), freeing the float one
 """
 from typing import ClassVar
 
 from nvllm.errors import ConfigError
-from nvllm.quantization.layout import GROUP
+from nvllm.models.layers.packed import GROUP
 
 
 def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:

@@ -1,5 +1,5 @@
 """quantization=gguf: the linear layers keep a GGUF file's own blocks, moved into the shared layout
-(layout.py) without dequantizing: Q8_0 as int8, Q4_1 as int4, Q4_0 as int4 with min = -8 * d.
+(nvllm/models/layers/packed.py) without dequantizing: Q8_0 as int8, Q4_1 as int4, Q4_0 as int4 with min = -8 * d.
 Everything else (embeddings, norms, the LM head) comes from the model directory's safetensors, in
 `dtype`; for the embedded SmolLM2 that directory is its GGUF dequantized by transformers, so the
 model computes exactly what the file describes. Llama GGUF files only (llama.cpp stores q and k
@@ -15,7 +15,7 @@ import torch
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 from nvllm.quantization.base import QuantizationMethod, linear_layers
-from nvllm.quantization.layout import GROUP
+from nvllm.models.layers.packed import GROUP
 
 # block type -> (the layout it maps into, bytes per block of 32)
 SUPPORTED = {"Q8_0": ("int8", 34), "Q4_0": ("int4", 18), "Q4_1": ("int4", 20)}

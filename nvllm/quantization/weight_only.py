@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from nvllm.hookspecs import hookimpl
 from nvllm.quantization.base import QuantizationMethod, linear_layers
-from nvllm.quantization.layout import GROUP, quantize_int4, quantize_int8
+from nvllm.models.layers.packed import GROUP, quantize_int4, quantize_int8
 
 
 class WeightOnly(QuantizationMethod):

@@ -1,6 +1,6 @@
 """`python -m nvllm.tools.perplexity --text FILE [overrides ...]`: what a weight format costs in
 quality, as llama.cpp's `perplexity` tool measures it. The text is cut into chunks of --ctx tokens
-(the first of each replaced by BOS where the tokenizer has one); each chunk runs as one prefill
+(the first of each replaced by BOS where the tokenizer starts a text with one); each chunk runs as one prefill
 and the second half of its tokens is scored. For the run the overrides describe (the same as
 `python -m nvllm.run` takes, e.g. quantization=int8) and for the float32 model (the same overrides
 with quantization=none dtype=float32): the perplexity, the mean KL divergence of the run's next-token
@@ -37,7 +37,9 @@ def chunks(engine, text: str, ctx: int) -> list[list[int]]:
                          f"or a smaller --ctx")
     bos = engine.tokenizer.bos_token_id
     out = [tokens[i:i + ctx] for i in range(0, len(tokens) - ctx + 1, ctx)]
-    return [[bos, *c[1:]] if bos is not None else c for c in out]
+    if bos is None or tokens[0] != bos:  # the tokenizer adds no BOS (SmolLM2's): neither does a chunk
+        return out
+    return [[bos, *c[1:]] for c in out]
 
 
 @torch.inference_mode()

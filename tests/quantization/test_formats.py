@@ -14,7 +14,7 @@ import torch
 from nvllm import LLM, SamplingParams
 from nvllm.errors import ConfigError
 from nvllm.quantization.gguf import blocks
-from nvllm.quantization.layout import GROUP, dequantize, quantize_int4, quantize_int8
+from nvllm.models.layers.packed import GROUP, dequantize, quantize_int4, quantize_int8
 from nvllm.testing import hf_greedy, write_gguf
 from nvllm.testing.quantization import LINEAR_GGUF_NAMES, with_weights
 

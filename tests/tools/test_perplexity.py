@@ -34,7 +34,8 @@ def test_perplexity_kl_and_agreement(tiny_text_path, tmp_path, capsys):
           "quantization=int8"])
     result = json.loads(out.read_text())
     tokens = AutoTokenizer.from_pretrained(tiny_text_path).encode(TEXT.read_text())
-    chunks = [tokens[i:i + CTX] for i in range(0, len(tokens) - CTX + 1, CTX)]  # SmolLM2's tokenizer has no BOS
+    assert tokens[0] != 1  # SmolLM2's tokenizer starts a text with no BOS: the chunks are the text's tokens
+    chunks = [tokens[i:i + CTX] for i in range(0, len(tokens) - CTX + 1, CTX)]
     assert result["float32"]["chunks"] == len(chunks) and result["run"]["tokens_scored"] == len(chunks) * (CTX // 2 - 1)
     assert math.isclose(result["float32"]["perplexity"], transformers_perplexity(tiny_text_path, chunks), rel_tol=1e-5)
     run = result["run"]

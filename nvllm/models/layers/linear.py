@@ -1,13 +1,13 @@
 """Linear layers sharded for tensor parallelism (Megatron style). Each parameter carries a
 `weight_loader` that copies its shard out of a full Hugging Face weight. A quantized layer
-(nvllm/quantization/) holds its weight packed (`qweight`, `scales`, `mins`: layout.py) in place
+(nvllm/quantization/) holds its weight packed (`qweight`, `scales`, `mins`: packed.py) in place
 of `weight`, and multiplies by the dequantized weight."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nvllm.distributed import all_reduce, tp_rank, tp_size
-from nvllm.quantization.layout import dequantize
+from nvllm.models.layers.packed import dequantize
 
 
 def divide(numerator: int, denominator: int, what: str) -> int:
