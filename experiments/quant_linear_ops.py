@@ -3,8 +3,13 @@ K=576; down: N=576, K=1536) at 1 and 64 rows, each way forward=eager could multi
 weight: float32 F.linear (the baseline), F.linear on the weight dequantized each call (what
 quantization=int8/int4 run), and torch's own int4 weight-only op, whose numerics differ (it is
 compared bit for bit with the dequantizing linear). Median of 30 calls, milliseconds."""
-import time, torch, torch.nn.functional as F
-from nvllm.models.layers.packed import quantize_int4, quantize_int8, dequantize
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nvllm.models.layers.packed import dequantize, quantize_int4, quantize_int8
+
 torch.manual_seed(0)
 def t(fn, reps=30):
     fn(); best = []
