@@ -14,8 +14,8 @@ import torch
 
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
-from nvllm.quantization.base import QuantizationMethod, linear_layers
 from nvllm.models.layers.packed import GROUP
+from nvllm.quantization.base import QuantizationMethod, linear_layers
 
 # block type -> (the layout it maps into, bytes per block of 32)
 SUPPORTED = {"Q8_0": ("int8", 34), "Q4_0": ("int4", 18), "Q4_1": ("int4", 20)}

@@ -4,12 +4,13 @@ Q4_1). Activations and sums stay in `dtype`."""
 from dataclasses import dataclass
 
 from nvllm.hookspecs import hookimpl
-from nvllm.quantization.base import QuantizationMethod, linear_layers
 from nvllm.models.layers.packed import GROUP, quantize_int4, quantize_int8
+from nvllm.quantization.base import QuantizationMethod, linear_layers
 
 
 class WeightOnly(QuantizationMethod):
-    quantize = staticmethod(quantize_int8)
+    # float [N, K] weight -> the packed layout's tensors
+    pack = staticmethod(quantize_int8)
 
     def apply(self, model, path: str) -> None:
         for name, module in linear_layers(model):
@@ -17,7 +18,7 @@ class WeightOnly(QuantizationMethod):
             if k % GROUP:  # Config.resolve refuses the known layers; this names any other
                 raise ValueError(f"quantization={self.name}: {name} has k={k}, not a multiple of {GROUP}; "
                                  f"use quantization=none")
-            module.quantize(self.quantize(module.weight.float()))
+            module.quantize(self.pack(module.weight.float()))
 
 
 class Int8(WeightOnly):
@@ -34,7 +35,7 @@ class Int4(WeightOnly):
     """Weight-only 4-bit, per group of 32 along k with a scale and a minimum (like GGUF Q4_1: 5 bits a weight)."""
 
     name = "int4"
-    quantize = staticmethod(quantize_int4)
+    pack = staticmethod(quantize_int4)
 
     @dataclass
     class Config:
