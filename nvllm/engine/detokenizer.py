@@ -20,35 +20,35 @@ class Detokenizer:
         self.sent = 0  # characters of `text` already returned
         self.stop_string: str | None = None  # the stop string that ended the text (vLLM's stop_reason)
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def _decode(self, ids: list[int]) -> str:  # (no tokenizer, skip_tokenizer_init: no text)
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
 
     def update(self, new_ids: list[int], finished: bool) -> tuple[str, bool]:
         """Add `new_ids` (leave out a stop token: its text is not output). Returns the text to
         emit now and whether a stop string ended the text (the caller then finishes the request)."""
-        if self.tokenizer is None:
-            return "", False
         self.ids += new_ids
         if not self.incremental and not finished:
             return "", False
         before = len(self.text)
-        context = self._decode(self.ids[self.prefix:self.read])
-        window = self._decode(self.ids[self.prefix:])
+        context, window = self._decode(self.ids[self.prefix:self.read]), self._decode(self.ids[self.prefix:])
         if finished or (len(window) > len(context) and not window.endswith("\ufffd")):
             self.text += window[len(context):]
             self.prefix, self.read = self.read, len(self.ids)
-        stopped = False
-        if self.stop and len(self.text) > before:
+        stopped, end = self._find_stop(before, finished) if self.stop else (False, len(self.text))
+        piece, self.sent = self.text[self.sent:end], max(self.sent, end)
+        return piece, stopped
+
+    def _find_stop(self, before: int, finished: bool) -> tuple[bool, int]:
+        """Whether a stop string ended the text (it is cut there), and how much of the text may be
+        emitted: while streaming, an end that could be the start of a stop string is held back."""
+        if len(self.text) > before:
             start = max(self.sent, before - self.max_stop + 1)
             hits = [(i, s) for s in self.stop if (i := self.text.find(s, start)) >= 0]
             if hits:
                 at, self.stop_string = min(hits, key=lambda hit: hit[0])  # the first to start; of those, the first listed
-                self.text, stopped = self.text[:at], True
-        end = len(self.text)
-        if self.stop and not (finished or stopped):
-            end -= self._stop_prefix_len()
-        piece, self.sent = self.text[self.sent:end], max(self.sent, end)
-        return piece, stopped
+                self.text = self.text[:at]
+                return True, at
+        return False, len(self.text) - (0 if finished else self._stop_prefix_len())
 
     def _stop_prefix_len(self) -> int:
         """Length of the longest end of `text` that a stop string starts with (it may yet match)."""

@@ -38,7 +38,6 @@ class LLMEngine:
         self._arrivals = intake.Arrivals(self.clock)
         self._aborted: list[RequestDelta] = []  # the next step returns them
         self._in_flight = None  # async_scheduling: the step launched and not yet collected
-        self._last_collect = float("-inf")
 
     # -- add / abort ------------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], sampling_params: SamplingParams,
@@ -164,19 +163,13 @@ class LLMEngine:
     def _apply(self, plan: StepPlan, result: StepResult) -> list[RequestDelta]:
         """The scheduler's update from `plan`'s result, and a delta for each completion it advanced."""
         now = self.clock.now()
-        if plan.drafts and self.stats.spec_decode is not None:
-            self.stats.spec_decode.record(plan, result)
         update = self.scheduler.update(plan, result, now)
-        # a step's time: from its launch, or from when the one before it was collected if later; a
-        # decode step counts the tokens it generated (a verify step computes more than it keeps)
-        self.stats.record(sum(update.num_new) if plan.is_decode else plan.total_tokens,
-                          now - max(plan.launched, self._last_collect), plan.is_decode)
-        self._last_collect = now
-        deltas, requests, held = [], self._requests, self._held
+        self.stats.record(plan, result, update, now)
+        if self._held:  # siblings (n > 1) wait for the first completion: the prompt's full blocks are cached now
+            for sibling in (s for seq in update.seqs for s in self._held.pop(seq.seq_id, ())):
+                self.scheduler.add(sibling)
+        deltas, requests = [], self._requests
         for seq in update.seqs:
-            if held:  # siblings (n > 1) wait for the first completion: the prompt's full blocks are cached now
-                for sibling in held.pop(seq.seq_id, ()):
-                    self.scheduler.add(sibling)
             live = requests[seq.request_id][seq.index]
             if live.detokenizer.incremental or seq.is_finished:  # stream=False: the last only
                 deltas.append(self._delta(live, now))

@@ -77,9 +77,7 @@ class ModelRunner(Executor):
         self.hf_config = hf_config or AutoConfig.from_pretrained(path)
         self.model = self._load_model(path)
         self.attention = registry.build("attention", config.attention, device=self.device, dtype=self.dtype)
-        # overlap scheduling samples into a device tensor (no host sync); otherwise a list
-        self.sampler = registry.build("sampler", config.sampler, device=self.device, eos_token_ids=eos_token_ids,
-                                      device_tokens=bool(config.async_scheduling))
+        self.sampler = registry.build("sampler", config.sampler, device=self.device, eos_token_ids=eos_token_ids)
         # async_scheduling on a CPU: the forward pass on a worker thread (CUDA runs asynchronously anyway)
         self.worker = None
         if config.async_scheduling and self.device.type == "cpu":
@@ -177,11 +175,9 @@ class ModelRunner(Executor):
         bs = self.block_size
         scored = len(inputs[0]) > 3  # a verify step: some sequences score several rows
         if not scored and all(len(t[0]) == 1 for t in inputs):  # decode: one token each
-            input_ids = [t[0][0] for t in inputs]
-            positions = [t[1] for t in inputs]
+            input_ids, positions = [t[0][0] for t in inputs], [t[1] for t in inputs]
             slots = [t[2][start // bs] * bs + start % bs for t, start in zip(inputs, positions)]
-            query_lens = [1] * len(inputs)
-            context_lens = [start + 1 for start in positions]
+            query_lens, context_lens = [1] * len(inputs), [start + 1 for start in positions]
         else:
             input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
             for token_ids, start, block_table, *_ in inputs:
@@ -194,32 +190,20 @@ class ModelRunner(Executor):
                 query_lens.append(end - start)
                 context_lens.append(end)
         tables = [block_table for _, _, block_table, *_ in inputs]
-        pad = (pad_to or 0) - len(inputs)
-        if pad > 0:
+        if pad_to and pad_to > len(inputs):
+            pad = pad_to - len(inputs)
             input_ids += [0] * pad
             positions += [0] * pad
             slots += [-1] * pad
             query_lens += [1] * pad
             context_lens += [1] * pad
             tables += [[]] * pad
-        width = table_width or max(map(len, tables))
-        filler = [-1] * width
-        flat_tables = []
-        for t in tables:
-            flat_tables += t
-            if len(t) < width:
-                flat_tables += filler[len(t):]
-        meta = AttentionMetadata(
-            cu_seqlens_q=self.tensor(list(accumulate(query_lens, initial=0)), torch.int32),
-            context_lens=self.tensor(context_lens, torch.int32),
-            slot_mapping=self.tensor(slots, torch.int64),
-            block_tables=self.tensor(flat_tables, torch.int32).view(len(tables), width),
-            query_lens=query_lens,
-            context_lens_host=context_lens,
-            is_decode=max(query_lens) == 1,
-            num_logits=[t[3] for t in inputs] if scored else None,
-            num_layers=num_layers,
-        )
+        width = table_width or max(map(len, tables))  # tables padded with -1 to one width
+        block_tables = self.tensor([t + [-1] * (width - len(t)) for t in tables], torch.int32).view(len(tables), width)
+        meta = AttentionMetadata(  # device tensors, host lists, the step's kind
+            self.tensor(list(accumulate(query_lens, initial=0)), torch.int32), self.tensor(context_lens, torch.int32),
+            self.tensor(slots, torch.int64), block_tables, query_lens, context_lens,
+            is_decode=max(query_lens) == 1, num_logits=[t[3] for t in inputs] if scored else None, num_layers=num_layers)
         return self.tensor(input_ids, torch.int64), self.tensor(positions, torch.int64), meta
 
     def tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
@@ -246,17 +230,16 @@ class ModelRunner(Executor):
             rows = [i for i, samples in enumerate(plan.samples) if samples]
             logits, seqs = logits[self.tensor(rows, torch.int64)], [seqs[i] for i in rows]
         tokens = self.sampler(logits.float(), seqs) if seqs else []
-        if tokens.__class__ is not list:  # a sampler built for overlap scheduling (fault isolation runs steps alone)
-            tokens = tokens.tolist()
+        tokens = tokens if tokens.__class__ is list else tokens.tolist()  # (a tensor, or a list: see Sampler)
         logprobs = None if all(seq.logprobs is None for seq in seqs) else logprobs_of(logits, seqs, tokens)
-        if rows is None:
-            return StepResult(tokens, logprobs)
-        return StepResult(*_scatter(len(plan.seqs), rows, tokens, logprobs))
+        return StepResult(tokens, logprobs) if rows is None else StepResult(*_scatter(len(plan.seqs), rows, tokens, logprobs))
 
+    @torch.inference_mode()
     def _forward_step(self, inputs: list[StepInput], input_ids, positions, meta):
+        """`forward`, on every rank: under TP rank 0 first sends the workers the step's inputs."""
         if self.control_group is not None:
             torch.distributed.broadcast_object_list([(inputs, meta.num_layers)], src=0, group=self.control_group)
-        return self.forward(input_ids, positions, meta)
+        return self.forward_strategy(input_ids, positions, meta)
 
     def run_inputs(self, inputs: list[StepInput], num_layers: int | None = None):
         """One forward pass over `inputs` on every rank, now (under TP rank 0 sends them first): the
@@ -296,7 +279,8 @@ class ModelRunner(Executor):
         if len(rows) < len(plan.seqs):
             logits = logits[self.tensor(rows, torch.int64)]
         seqs = [plan.seqs[i] for i in rows]
-        flight.tokens = self.sampler(logits.float(), seqs)
+        tokens = self.sampler(logits.float(), seqs)
+        flight.tokens = tokens if isinstance(tokens, torch.Tensor) else torch.tensor(tokens, device=logits.device)
         if any(seq.logprobs is not None for seq in seqs):
             flight.logits = logits  # read for the logprobs once the tokens are on the host
         if self.device.type == "cuda":

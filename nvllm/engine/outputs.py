@@ -127,8 +127,7 @@ class LiveRequest:
         `finished` once every completion of the request has. Several new tokens (accepted drafts)
         go through the stop strings one at a time: the completion ends at the token that completed
         one, as it would have without speculation, and the tokens after it are dropped."""
-        seq, detokenizer = self.seq, self.detokenizer
-        start = self.num_sent
+        seq, detokenizer, start = self.seq, self.detokenizer, self.num_sent
         new_ids = seq.token_ids[seq.num_prompt_tokens + start:]
         finished = seq.status is SequenceStatus.FINISHED
         # the text of every token not yet decoded (all of them for a non-streamed request, whose one
@@ -150,9 +149,7 @@ class LiveRequest:
             scheduler.stop(seq, start + len(new_ids), now)
             finished = True
         self.num_sent += len(new_ids)
-        logprobs = None
-        if seq.logprobs is not None:
-            logprobs = [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
+        logprobs = seq.logprobs and [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
         return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
                             seq.num_prompt_tokens, seq.num_tokens - seq.num_prompt_tokens, index=seq.index, logprobs=logprobs,
                             cumulative_logprob=seq.cumulative_logprob,
@@ -251,9 +248,17 @@ class StepStats:
     # speculative decoding's counters (None: speculative=none)
     spec_decode: SpecDecodingStats | None = None
 
-    def record(self, num_tokens: int, seconds: float, decode: bool):
-        self.steps += 1
-        if decode:
-            self.decode_tokens, self.decode_time = self.decode_tokens + num_tokens, self.decode_time + seconds
+    # when the last step's result was applied (the engine's clock)
+    last_applied: float = float("-inf")
+
+    def record(self, plan, result, update, now: float):
+        """One step's records, applied at `now`. Its time runs from its launch, or from when the
+        step before it was applied if later (overlap); a decode step counts the tokens it generated
+        (a verify step computes more than it keeps), any other the tokens it computed."""
+        if plan.drafts and self.spec_decode is not None:
+            self.spec_decode.record(plan, result)
+        seconds, self.last_applied, self.steps = now - max(plan.launched, self.last_applied), now, self.steps + 1
+        if plan.is_decode:
+            self.decode_tokens, self.decode_time = self.decode_tokens + sum(update.num_new), self.decode_time + seconds
         else:
-            self.prefill_tokens, self.prefill_time = self.prefill_tokens + num_tokens, self.prefill_time + seconds
+            self.prefill_tokens, self.prefill_time = self.prefill_tokens + plan.total_tokens, self.prefill_time + seconds

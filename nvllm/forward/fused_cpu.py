@@ -110,10 +110,12 @@ class FusedCPUForward(EagerForward):
         super().__init__(config, runner)
         self.fn = kernel()
         self.packed: list[torch.Tensor] = []  # the packed copies the step reads (kept alive here)
-        self.early_exits: dict[int, _Model] = {}  # the C model cut after its first layers, by their number
+        # the C model (under None), and copies cut after their first layers (under their number)
+        self.early_exits: dict[int | None, _Model] = {}
 
     def bind_kv_cache(self):
         """Pack the matmul weights and point the C model at the weights and this cache."""
+        self.early_exits.clear()
         model = self.model
         decoder, first = model.model, model.model.layers[0]
         attn0 = first.self_attn
@@ -140,7 +142,7 @@ class FusedCPUForward(EagerForward):
             first.mlp.down_proj.weight.shape[1], self.vocab, len(decoder.layers), self.runner.block_size,
             eps.pop(), attn0.attn.scale, _p(decoder.embed_tokens.weight), _p(decoder.norm.weight),
             packed(model.lm_head.weight[:self.vocab]), _p(attn0.rotary_emb.cos_sin_cache), self.layers)
-        m = self.c_model
+        self.early_exits[None] = m = self.c_model
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
         self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate
 
@@ -154,28 +156,22 @@ class FusedCPUForward(EagerForward):
         return all(q_len == n or ctx <= self.config.max_prefill_context
                    for q_len, n, ctx in zip(meta.query_lens, num_logits, meta.context_lens_host))
 
-    def _c_model(self, num_layers: int | None):
-        """The C model, or a copy that stops after the first `num_layers` layers (a draft step)."""
-        if num_layers is None:
-            return self.c_model
-        if num_layers not in self.early_exits:
-            early = _Model.from_buffer_copy(self.c_model)
-            early.num_layers = num_layers
-            self.early_exits[num_layers] = early
-        return self.early_exits[num_layers]
+    def _early_exit(self, num_layers: int):
+        """A copy of the C model that stops after the first `num_layers` layers (a draft step)."""
+        early = self.early_exits[num_layers] = _Model.from_buffer_copy(self.c_model)
+        early.num_layers = num_layers
+        return early
 
     def __call__(self, input_ids, positions, meta):
-        if not self.runs(meta):
+        if not (meta.is_decode or self.runs(meta)):
             return super().__call__(input_ids, positions, meta)
-        c_model = self._c_model(meta.num_layers)
+        c_model = self.early_exits.get(meta.num_layers) or self._early_exit(meta.num_layers)
         n = input_ids.shape[0]
         last = logits_rows(meta)
-        if meta.is_decode:
-            tables, context_lens = meta.block_tables, meta.context_lens
-        else:  # a row per token: its sequence's block table, and the tokens up to it as context
-            per_row = torch.tensor(meta.query_lens)
-            tables = meta.block_tables.repeat_interleave(per_row, dim=0)
-            context_lens = (positions + 1).to(torch.int32)
+        # a row per token: its sequence's block table, and the tokens up to it as context
+        tables, context_lens = ((meta.block_tables, meta.context_lens) if meta.is_decode else
+                                (meta.block_tables.repeat_interleave(torch.tensor(meta.query_lens), dim=0),
+                                 (positions + 1).to(torch.int32)))
         logits = torch.empty(len(last), self.vocab, dtype=torch.float32)
         work = torch.empty(min(n, CHUNK) * self.work_per_seq, dtype=torch.float32)
         for start in range(0, n, CHUNK):
@@ -183,10 +179,9 @@ class FusedCPUForward(EagerForward):
             sampled = ((last >= start) & (last < end)).nonzero().flatten()
             rows = last[sampled] - start
             out = logits[sampled[0]:sampled[-1] + 1] if len(sampled) else logits[:0]
-            status = self.fn(ctypes.byref(c_model), input_ids[start:].data_ptr(), positions[start:].data_ptr(),
-                             meta.slot_mapping[start:].data_ptr(), tables[start:].data_ptr(), tables.shape[1],
-                             context_lens[start:].data_ptr(), end - start, rows.data_ptr(), len(rows),
-                             work.data_ptr(), out.data_ptr(), torch.get_num_threads())
+            ptrs = [t[start:].data_ptr() for t in (input_ids, positions, meta.slot_mapping, tables, context_lens)]
+            status = self.fn(ctypes.byref(c_model), *ptrs[:4], tables.shape[1], ptrs[4], end - start, rows.data_ptr(),
+                             len(rows), work.data_ptr(), out.data_ptr(), torch.get_num_threads())
             if status != 0:
                 raise MemoryError("forward=fused_cpu: the step could not allocate its attention scores")
         return logits

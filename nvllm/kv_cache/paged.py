@@ -147,12 +147,10 @@ class PagedBlockManager(KVCacheAllocator):
             self.push_free(block.block_id)
 
     def on_computed(self, seq: Sequence):
-        if not self.prefix_caching:
-            return
         # (overlap scheduling: a step may have computed a token whose value has not arrived yet)
         num_full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.block_size
         hashed = self.num_hashed_blocks.get(seq.seq_id, 0)
-        if num_full <= hashed:
+        if num_full <= hashed or not self.prefix_caching:
             return
         for i in range(hashed, num_full):
             prefix = self.blocks[seq.block_table[i - 1]].hash if i > 0 else -1

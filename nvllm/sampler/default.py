@@ -42,16 +42,12 @@ class DefaultSampler(Sampler):
         self.generators: dict[int, torch.Generator] = {}
         self.history: dict[int, torch.Tensor] = {}  # seq id -> its token ids on the device (penalties)
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int] | torch.Tensor:
-        tokens = self.sample(logits, seqs)
-        return tokens if self.device_tokens else tokens.tolist()
-
-    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        params = [seq.sampling_params for seq in seqs]
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         logits = self.process(logits, seqs)
         greedy = logits.argmax(dim=-1)
-        if all(sp.temperature == 0 for sp in params):
+        if all(seq.sampling_params.temperature == 0 for seq in seqs):
             return greedy
+        params = [seq.sampling_params for seq in seqs]
         # a temperature below float32's smallest normal still means "collapse onto the argmax", one above
         # its largest "flatten": clamp it into float32's range, and scale logits with their maximum at 0,
         # so nothing overflows to inf / inf (or -inf / inf) = nan
@@ -71,19 +67,15 @@ class DefaultSampler(Sampler):
     def process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """The logits after the penalties and min_tokens, for the rows that ask for them."""
         penalties = list(map(self.penalties, seqs))
-        rows = []  # count() finds the usual batch, no penalties at all, without a Python loop (host time a step)
-        if penalties.count(NO_PENALTIES) < len(seqs):
+        if penalties.count(NO_PENALTIES) < len(seqs):  # (count(): the usual batch, without a Python loop)
             rows = [b for b, p in enumerate(penalties) if p != NO_PENALTIES]
-        if rows:
             logits = logits.to(torch.float32, copy=True)  # a divided logit must not overflow a narrower dtype
             logits[rows] = self.penalize(logits[rows], [seqs[b] for b in rows], [penalties[b] for b in rows])
-        masked = [(b, t) for b, seq in enumerate(seqs)
-                  if seq.sampling_params.min_tokens and seq.num_completion_tokens < seq.sampling_params.min_tokens
-                  for t in self.eos_token_ids | set(seq.sampling_params.stop_token_ids or ())]
-        if masked:
-            logits = logits.clone() if not rows else logits
-            b, t = zip(*masked)
-            logits[list(b), list(t)] = float("-inf")
+        if any(seq.sampling_params.min_tokens for seq in seqs):
+            masked = [(b, t) for b, seq in enumerate(seqs) if seq.num_completion_tokens < seq.sampling_params.min_tokens
+                      for t in self.eos_token_ids | set(seq.sampling_params.stop_token_ids or ())]
+            logits = logits.clone()
+            logits[[b for b, _ in masked], [t for _, t in masked]] = float("-inf")
         return logits
 
     def penalties(self, seq: Sequence) -> tuple[float, float, float]:

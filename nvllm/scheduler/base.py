@@ -192,13 +192,12 @@ class Scheduler(ABC):
         or verified run, and finish what stops: EOS or a stop token ("stop", even for a sequence
         that max_tokens ended at launch), max_tokens ("length"), max_model_len. Returns what changed."""
         update, committed, on_computed, logprobs = StepUpdate(), plan.committed, self.kv_cache.on_computed, result.logprobs
-        first = not plan.is_decode  # (a decode step's sequences were all scheduled before)
+        if not (committed or plan.is_decode):  # (a decode step's sequences were all scheduled before)
+            self._first_scheduled(plan)
         for i, (seq, token) in enumerate(zip(plan.seqs, result.tokens)):
             if not committed:
                 seq.num_computed_tokens += plan.num_tokens[i]
                 on_computed(seq)
-                if first and seq.first_scheduled_time is None:
-                    seq.first_scheduled_time = plan.launched
             elif seq.num_tokens == len(seq.token_ids):
                 continue  # no token is coming for it: it ended while the step ran
             if token is None:
@@ -214,16 +213,26 @@ class Scheduler(ABC):
                 reason, n = self._finish_reason(seq, token), 1
                 if plan.lookahead and plan.lookahead[i] and not reason:
                     self.kv_cache.rollback(seq)  # it reserved slots for drafts and the drafter gave none
-            if reason and seq.status is not SequenceStatus.FINISHED:
-                self.finish(seq, reason, now)
-            elif reason == "stop":
-                seq.finish_reason = "stop"  # max_tokens ended it at launch (overlap): the stop token says why
-            if seq.status is SequenceStatus.FINISHED:
-                seq.finish_time = now
+            if reason:  # (one that commit finished at launch has a reason: its length)
+                self._ended(seq, reason, now)
                 update.finished.append(seq)
             update.seqs.append(seq)
             update.num_new.append(n)
         return update
+
+    def _first_scheduled(self, plan: StepPlan):
+        for seq in plan.seqs:
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = plan.launched
+
+    def _ended(self, seq: Sequence, reason: str, now: float):
+        """`seq`'s last token arrived and ends it with `reason`; one that commit finished at launch
+        (overlap: max_tokens) takes "stop" when that token is EOS or a stop token."""
+        if seq.status is not SequenceStatus.FINISHED:
+            self.finish(seq, reason, now)
+        elif reason == "stop":
+            seq.finish_reason = "stop"
+        seq.finish_time = now
 
     def _append(self, seq: Sequence, token_id: int, logprob: dict | None, now: float):
         seq.token_ids.append(token_id)
@@ -260,13 +269,12 @@ class Scheduler(ABC):
         with that token finishes here (no later step schedules it); the token still arrives. One
         that finished meanwhile (EOS in the step before, an abort) is skipped."""
         plan.committed = True
+        self._first_scheduled(plan)
         for seq, tokens, samples in zip(plan.seqs, plan.num_tokens, plan.samples):
             if seq.status is not RUNNING:
                 continue
             seq.num_computed_tokens += tokens
             self.kv_cache.on_computed(seq)
-            if seq.first_scheduled_time is None:
-                seq.first_scheduled_time = plan.launched
             if samples:
                 seq.num_tokens += 1
                 reason = self._length_reason(seq)
@@ -282,11 +290,8 @@ class Scheduler(ABC):
         return self._length_reason(seq)
 
     def _length_reason(self, seq: Sequence) -> str | None:
-        if seq.num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens:
-            return "length"
-        if seq.num_tokens >= self.max_model_len:
-            return "max_model_len"
-        return None
+        return ("length" if seq.num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens
+                else "max_model_len" if seq.num_tokens >= self.max_model_len else None)
 
     def stop(self, seq: Sequence, num_completion_tokens: int, now: float) -> None:
         """A stop string ended `seq` after its first `num_completion_tokens` generated tokens (the

@@ -22,6 +22,7 @@ from copy import copy
 
 import torch
 
+from nvllm.sampler.base import as_list
 from nvllm.sampler.logprobs import logprob_entries
 from nvllm.sequence import Sequence
 from nvllm.step import StepPlan, StepResult
@@ -58,7 +59,7 @@ def verify(sampler, logits: torch.Tensor, plan: StepPlan) -> StepResult:
     while live:
         views = [with_history(seqs[b], runs[b]) for b in live]
         rows = logits[[first_row[b] + j for b in live]]
-        sampled = sampler(rows, views)
+        sampled = as_list(sampler(rows, views))
         # logprobs (SamplingParams.logprobs) of each token drawn, from the row's raw logits
         entries = logprob_entries(rows, [seqs[b] for b in live], range(len(live)), sampled)
         still = []
@@ -84,7 +85,7 @@ def _verify_greedy(sampler, logits, seqs, drafts, first_row, live, runs, logprob
             views.append(with_history(seqs[b], drafts[b][:j]))
             owners.append(b)
     scored = logits if len(rows) == len(logits) else logits[rows]
-    sampled = sampler(scored, views)
+    sampled = as_list(sampler(scored, views))
     kept = []
     for i, (b, token_id) in enumerate(zip(owners, sampled)):
         run = runs[b]

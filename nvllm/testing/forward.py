@@ -10,6 +10,7 @@ import torch
 from nvllm.errors import ConfigError
 from nvllm.forward.base import ForwardTarget
 from nvllm.sampling_params import SamplingParams
+from nvllm.sampler.base import as_list
 from nvllm.step import StepResult
 
 from nvllm.testing.common import ComponentSuite
@@ -118,7 +119,7 @@ class ForwardSuite(ComponentSuite):
                 for m, (k, v) in zip(layers, written):
                     torch.testing.assert_close(k, m.k_cache, atol=atol, rtol=rtol, msg=f"{step} K cache")
                     torch.testing.assert_close(v, m.v_cache, atol=atol, rtol=rtol, msg=f"{step} V cache")
-                engine.scheduler.update(plan, StepResult(runner.sampler(want.float(), plan.seqs)), 0.0)
+                engine.scheduler.update(plan, StepResult(as_list(runner.sampler(want.float(), plan.seqs))), 0.0)
 
     @pytest.mark.parametrize("num_blocks", [None, 10], ids=["roomy", "preempting"])
     def test_matches_transformers_greedy(self, config_fields, checkpoint, num_blocks):

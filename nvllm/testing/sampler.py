@@ -4,6 +4,7 @@ import random
 import torch
 
 from nvllm import registry
+from nvllm.sampler.base import as_list
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence
 
@@ -20,7 +21,7 @@ class SamplerSuite(ComponentSuite):
     vocab: int = 256
 
     def make(self, config):
-        return registry.build("sampler", config, device=torch.device("cpu"))
+        return Listed(registry.build("sampler", config, device=torch.device("cpu")))
 
     def seq(self, rng: random.Random, **params) -> Sequence:
         return Sequence([rng.randrange(self.vocab) for _ in range(rng.randint(1, 12))], SamplingParams(**params), 16)
@@ -100,3 +101,16 @@ class SamplerSuite(ComponentSuite):
         logits = torch.randn(64, self.vocab) * 0.1
         logits[:, top] += 5
         assert set(sampler(logits, seqs)) <= set(top)
+
+
+class Listed:
+    """A sampler whose tokens (a tensor or a list: either is allowed) come back as a list, as the
+    engine's step reads them; anything else is the sampler's own."""
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        return as_list(self.sampler(logits, seqs))
+
+    def __getattr__(self, name):
+        return getattr(self.sampler, name)

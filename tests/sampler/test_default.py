@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from nvllm.sequence import Sequence
 from nvllm.sampler.default import DefaultSampler
 from nvllm.sampling_params import SamplingParams
+from nvllm.sequence import Sequence
+from nvllm.testing.sampler import Listed
 
 CPU = torch.device("cpu")
 
@@ -14,8 +15,8 @@ def _seed_global_rng():
     torch.manual_seed(1234)
 
 
-def make_sampler() -> DefaultSampler:
-    return DefaultSampler(DefaultSampler.Config(), device=CPU)
+def make_sampler(**kwargs) -> DefaultSampler:
+    return Listed(DefaultSampler(DefaultSampler.Config(), device=CPU, **kwargs))
 
 
 def seq(**params) -> Sequence:
@@ -455,8 +456,7 @@ def test_min_p_keeps_sampling_inside_the_kept_set():
 def test_min_tokens_masks_eos_and_stop_tokens_like_transformers():
     from transformers import MinNewTokensLengthLogitsProcessor
 
-    sampler = make_sampler()
-    sampler.eos_token_ids = frozenset({2})
+    sampler = make_sampler(eos_token_ids=frozenset({2}))
     logits = torch.randn(1, 8)
     logits[0, 2] = logits[0, 6] = 50  # the model wants to stop
     early = grown([1, 3], [4], temperature=0, min_tokens=3, stop_token_ids=[6])
@@ -506,15 +506,14 @@ def test_tiny_temperature_or_top_p_gives_the_argmax(dtype, field):
 # --- overlap scheduling ---------------------------------------------------------------------
 
 
-def test_device_tokens_gives_the_same_tokens_as_a_tensor():
-    """Under async_scheduling the runner asks for a tensor (no host sync on CUDA); the tokens, and a
-    seeded request's stream, are the ones the list would hold."""
+def test_tokens_come_as_a_tensor_on_the_logits_device():
+    """The default sampler returns a 1-D int64 tensor (under async_scheduling no host sync on CUDA);
+    its tokens, and a seeded request's stream, are the ones a second sampler gives."""
     logits = torch.randn(5, 50)
     seqs = [seq(temperature=0), seq(temperature=0.9, seed=5), seq(temperature=0.7, top_k=5, seed=6),
             seq(temperature=1.1, top_p=0.8, seed=7), seq(temperature=0.8, min_p=0.1, seed=8, repetition_penalty=1.2)]
-    listed, tensored = make_sampler(), make_sampler()
-    tensored.device_tokens = True
+    listed, tensored = make_sampler(), DefaultSampler(DefaultSampler.Config(), device=CPU)
     for _ in range(3):
         want, got = listed(logits, seqs), tensored(logits, seqs)
-        assert isinstance(want, list) and isinstance(got, torch.Tensor) and got.dtype == torch.int64
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.int64 and got.shape == (5,)
         assert got.tolist() == want

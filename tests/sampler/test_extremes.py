@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from nvllm.sampler.default import DefaultSampler
 from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence
+from nvllm.testing.sampler import Listed
 
 TINY = [5e-324, 1e-310, 1e-300, 1e-46, 3e-39, 1e-38, 1e-30, 1e-10]
 HUGE = [1e10, 1e30, 1e38, 3.5e38, 1e300, 1.7976931348623157e308]
@@ -72,8 +73,7 @@ def check_batch(batch, dtype):
     for b, (logits, _, _) in enumerate(batch):
         raw[b, :len(logits)] = torch.tensor(logits)
     raw = raw.to(dtype)
-    sampler = DefaultSampler(DefaultSampler.Config(), device=torch.device("cpu"))
-    sampler.eos_token_ids = frozenset({EOS})
+    sampler = Listed(DefaultSampler(DefaultSampler.Config(), device=torch.device("cpu"), eos_token_ids=frozenset({EOS})))
     seqs = [seq for _, seq, _ in batch]
     processed = sampler.process(raw, seqs).float()
     assert not processed.isnan().any() and not processed.isposinf().any(), processed
@@ -92,7 +92,7 @@ def test_a_vanishing_repetition_penalty_gives_the_likeliest_seen_token(penalty, 
     divides every seen token's positive logit towards infinity: the limit is the likeliest of them."""
     logits = torch.tensor([[-5.0, 1.0, 3.0, 0.5, 2.0, -1.0]])
     seen = [3, 4, 5]  # positive logits 0.5 and 2.0: token 4 wins over the unseen token 2 (3.0)
-    sampler = DefaultSampler(DefaultSampler.Config(), device=torch.device("cpu"))
+    sampler = Listed(DefaultSampler(DefaultSampler.Config(), device=torch.device("cpu")))
     for seed in range(5):
         s = Sequence(seen, SamplingParams(repetition_penalty=penalty, seed=seed, **filters), block_size=16)
         assert sampler(logits, [s]) == [4]
