@@ -16,6 +16,7 @@ from nvllm.auto import AUTO, choose, tristate
 from nvllm.forward.base import ForwardTarget, standalone_executor
 from nvllm.errors import ConfigError  # noqa: F401  (re-exported: nvllm.config.ConfigError)
 from nvllm.metrics import MetricsConfig, SLOConfig
+from nvllm.models.base import MoEConfig
 from nvllm.plugins import load_plugins
 from nvllm.sampling_params import SamplingParams
 
@@ -52,6 +53,8 @@ class EngineConfig:
     # overlap scheduling: schedule and pack step N+1 while step N runs; auto: on where the device runs
     # asynchronously to the host (CUDA), true, false
     async_scheduling: Any = "auto"
+    # a mixture of experts' placement on tensor-parallel ranks (moe.expert_parallel)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     def __post_init__(self):
         self.cudagraph = tristate("cudagraph", self.cudagraph)  # None: auto
@@ -254,7 +257,8 @@ class Config(EngineConfig):
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> "Config":
-        switches = {f.name: cfg[f.name] for f in fields(EngineConfig) if f.name in cfg}
+        switches = {f.name: OmegaConf.to_object(cfg[f.name]) if isinstance(cfg[f.name], DictConfig) else cfg[f.name]
+                    for f in fields(EngineConfig) if f.name in cfg}
         components = {family: AUTO if cfg[family].name == AUTO and family in AUTO_FAMILIES  # resolve() chooses
                       else typed_config(family, cfg[family]) for family in registry.FAMILIES}
         return cls(**switches, **components)
@@ -264,8 +268,12 @@ class Config(EngineConfig):
         take effect here (or with this checkpoint) refused."""
         arch = registry.get("model", self.model.name)
         if hf_config.model_type not in arch.hf_model_types:
+            runs = [n for n in registry.names("model")
+                    if hf_config.model_type in registry.get("model", n).hf_model_types]
             raise ConfigError(f"the checkpoint holds a {hf_config.model_type!r} model, which model={self.model.name} "
-                              f"does not run (it runs {', '.join(arch.hf_model_types)})")
+                              f"does not run (it runs {', '.join(arch.hf_model_types)}); "
+                              + (f"model={runs[0]} runs it" if runs else f"no registered architecture does. The "
+                                 f"models here: {models_note()}"))
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -279,7 +287,8 @@ class Config(EngineConfig):
             dtype = "float32" if device == "cpu" else (str(checkpoint_dtype).removeprefix("torch.") if sixteen else "bfloat16")
         if device == "cuda" and self.tp > torch.cuda.device_count():
             raise ConfigError(f"tp={self.tp} needs {self.tp} GPUs; torch sees {torch.cuda.device_count()}")
-        check_tp(hf_config, self.tp)
+        check_moe(hf_config, arch, self.tp, self.moe.expert_parallel)
+        check_tp(hf_config, self.tp, arch, self.moe.expert_parallel)
         attention, attention_choice = select_backend(self.attention, torch.device(device), getattr(torch, dtype),
                                                      self.kv_cache.block_size)
         quantization = registry.make_config("quantization", self.quantization or "none")
@@ -362,16 +371,44 @@ class Config(EngineConfig):
         return cls.resolve(config, target), choice
 
 
-def check_tp(hf_config, tp: int):
-    """Refuse a tp that does not divide the model's head counts and MLP width, naming them."""
-    dims = {name: getattr(hf_config, name, None) for name in
-            ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
+def check_tp(hf_config, tp: int, arch=None, expert_parallel: bool = False):
+    """Refuse a tp that does not divide the model's head counts and MLP widths, naming them. A
+    mixture of experts (`arch.moe_keys`) splits each expert's width, or with `expert_parallel`
+    places whole experts on ranks: then the experts' count is what tp divides."""
+    names = ["num_attention_heads", "num_key_value_heads", "intermediate_size"]
+    moe_keys = getattr(arch, "moe_keys", None)
+    if moe_keys:
+        experts, width = moe_keys
+        names = [n for n in names if n != width] + [experts if expert_parallel else width]
+    dims = {name: getattr(hf_config, name, None) for name in names}
     bad = {name: n for name, n in dims.items() if n is not None and n % tp}
     if bad:
         what = ", ".join(f"{name}={n}" for name, n in bad.items())
         fits = [t for t in range(1, 9) if all(n is None or n % t == 0 for n in dims.values())]
-        raise ConfigError(f"tp={tp} does not divide this model's {what}; tp must divide "
-                          f"{', '.join(f'{k}={v}' for k, v in dims.items() if v)} (tp in {fits} works)")
+        how = " with moe.expert_parallel=true (whole experts per rank)" if moe_keys and expert_parallel else ""
+        raise ConfigError(f"tp={tp} does not divide this model's {what}{how}; tp must divide "
+                          f"{', '.join(f'{k}={v}' for k, v in dims.items() if v)} (tp in {fits} works)"
+                          + (f"; or set moe.expert_parallel={str(not expert_parallel).lower()}" if moe_keys else ""))
+
+
+def check_moe(hf_config, arch, tp: int, expert_parallel: bool):
+    """A mixture of experts' routing and placement, refused before any weight loads: more experts
+    per token than there are, or expert parallelism where it cannot take effect."""
+    if arch.moe_keys is None:
+        if expert_parallel:
+            raise ConfigError(f"moe.expert_parallel=true places a mixture of experts' experts on ranks, and "
+                              f"model={arch.name} has no experts; drop moe.expert_parallel")
+        return
+    key = arch.moe_keys[0]
+    num_experts, top_k = getattr(hf_config, key), hf_config.num_experts_per_tok
+    if num_experts and not 1 <= top_k <= num_experts:  # 0 experts: every layer dense (Qwen3-MoE allows it)
+        raise ConfigError(f"the checkpoint's config.json has num_experts_per_tok={top_k} and {key}={num_experts}: "
+                          f"each token is routed to between 1 and {num_experts} experts. Fix num_experts_per_tok "
+                          f"in config.json (or use the config.json that came with the weights)")
+    if expert_parallel and tp == 1:
+        raise ConfigError("moe.expert_parallel=true places whole experts on tensor-parallel ranks, and this run has "
+                          "tp=1 (one rank holds every expert either way); set tp=N (N dividing "
+                          f"{key}={num_experts}) or drop moe.expert_parallel")
 
 
 def compose(**overrides) -> DictConfig:
@@ -406,19 +443,42 @@ def compose(**overrides) -> DictConfig:
 
 def detect_architecture(path: str) -> str:
     """The registered architecture that runs the model_type in `path`/config.json (`path`: a model
-    directory or a Hugging Face repo id)."""
+    directory or a Hugging Face repo id): nvllm's own where one runs it, else the one plugin's that
+    does; several plugins' are refused, naming them."""
     import json
     from pathlib import Path
 
     from nvllm.models.weights import locate
 
+    load_plugins()
     config_file = Path(locate(path)) / "config.json"  # a directory, or a Hugging Face repo id
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    for name in registry.names("model"):
-        if model_type in registry.get("model", name).hf_model_types:
-            return name
-    raise ConfigError(f"no registered architecture runs model_type {model_type!r} (from {config_file}); "
-                      f"registered: {', '.join(registry.names('model'))}")
+    config = json.loads(config_file.read_text())
+    model_type = config.get("model_type")
+    runs = [name for name in registry.names("model") if model_type in registry.get("model", name).hf_model_types]
+    # nvllm's own architecture wins: a plugin's (a subclass inherits hf_model_types) runs when named
+    runs = [name for name in runs if registry.is_builtin(registry.origin("model", name))] or runs
+    if len(runs) > 1:
+        raise ConfigError(f"{config_file} holds a model_type {model_type!r} model, which several architectures run: "
+                          f"{models_note(runs)}; name the one to use (model={{'name': '{runs[0]}', 'path': ...}} in "
+                          f"Python, model={runs[0]} model.path=... on the command line)")
+    if not runs:
+        architectures = ", ".join(config.get("architectures") or []) or "none named"
+        raise ConfigError(f"{config_file} holds a model_type {model_type!r} model (architectures: {architectures}), "
+                          f"which no registered architecture runs. The models here: {models_note()}. A plugin "
+                          f"package that provides it (see docs/plugins.md) is found once pip-installed. "
+                          f"{registry.failed_plugins_note()}".strip())
+    return runs[0]
+
+
+def models_note(names: list[str] | None = None) -> str:
+    """Each registered architecture (or those in `names`) with the model_types it runs and, for a
+    plugin's, the package that registered it."""
+    parts = []
+    for name in names or registry.names("model"):
+        origin = registry.origin("model", name)
+        parts.append(f"{name} (model_type {', '.join(registry.get('model', name).hf_model_types) or 'none'}"
+                     + ("" if registry.is_builtin(origin) else f"; plugin {origin.split(' ')[0]}") + ")")
+    return "; ".join(parts)
 
 
 def check_composed(cfg: DictConfig) -> None:

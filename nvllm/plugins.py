@@ -13,6 +13,7 @@ from nvllm import hookspecs, registry
 DEFAULT_PLUGINS = (
     "nvllm.models.llama",
     "nvllm.models.qwen3",
+    "nvllm.models.qwen3_moe",
     "nvllm.scheduler.fcfs",
     "nvllm.scheduler.chunked",
     "nvllm.scheduler.priority",
@@ -50,6 +51,7 @@ def load_plugins() -> pluggy.PluginManager:
         return pm
     import importlib
 
+    registry.builtin_origins.update(DEFAULT_PLUGINS)
     for module_name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
     for ep in _unique(_allowed(entry_points(group="nvllm"))):

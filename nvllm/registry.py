@@ -17,6 +17,7 @@ FAMILIES = {  # family (= Hydra config group) -> hook that fills it
 _components: dict[str, dict[str, type]] = {family: {} for family in FAMILIES}
 _origins: dict[tuple[str, str], str] = {}
 failed_plugins: dict[str, str] = {}  # plugin origin -> why it was skipped (filled by nvllm.plugins)
+builtin_origins: set[str] = {"nvllm"}  # the origins of nvllm's own components (DEFAULT_PLUGINS, added by nvllm.plugins)
 
 
 class UnknownComponentError(ValueError):
@@ -32,12 +33,25 @@ def register(family: str, cls: type, origin: str = "nvllm") -> None:
         raise TypeError(f"{family} {name!r} ({cls!r}) needs a `Config` dataclass")
     known = _components[family].get(name)
     if known is not None and known is not cls:
+        first = _origins[family, name]
+        if is_builtin(first) or is_builtin(origin):  # pluggy calls the hooks newest first: a plugin's may come first
+            plugin, theirs = (origin, cls) if is_builtin(first) else (first, known)
+            builtin = known if is_builtin(first) else cls
+            raise ValueError(
+                f"the plugin {plugin} registers the {family} {name!r} ({theirs.__module__}.{theirs.__qualname__}), "
+                f"and {name!r} is nvllm's built-in {builtin.__module__}.{builtin.__qualname__}: a plugin cannot "
+                f"replace a built-in. Give the plugin's class another `name` (and its Config's `name` default)")
         raise ValueError(
-            f"two plugins register the {family} {name!r}: {_origins[family, name]} "
+            f"two plugins register the {family} {name!r}: {first} "
             f"({known.__module__}.{known.__qualname__}) and {origin} ({cls.__module__}.{cls.__qualname__})"
         )
     _components[family][name] = cls
     _origins[family, name] = origin
+
+
+def is_builtin(origin: str) -> bool:
+    """Whether a component's origin is nvllm itself (a built-in registers under its module's name)."""
+    return origin in builtin_origins
 
 
 def names(family: str) -> list[str]:

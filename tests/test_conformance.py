@@ -64,6 +64,22 @@ class TestQwen3(ModelSuite):
     name = "qwen3"
 
 
+class TestQwen3Moe(ModelSuite):
+    name = "qwen3_moe"
+
+
+class TestQwen2(ModelSuite):
+    """Qwen2 runs on the qwen3 architecture: biases on q/k/v (random, so dropping one shows), no QK-norm."""
+    name = "qwen3"
+    checkpoint_overrides = {"hf_config_class": "Qwen2Config"}
+
+
+class TestQwen3CUDA(ModelSuite):
+    """eager and cudagraph on a CUDA device, float32, against transformers on the CPU."""
+    name = "qwen3"
+    device = "cuda"
+
+
 class TestEager(ForwardSuite):
     name = "eager"
     configs = [{"onednn": True}, {"onednn": False}]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.test_plugins import make_distribution
 
-# pip builds and installs the three packages and every test runs nvllm in a venv of its own: minutes
+# pip builds and installs the four packages and every test runs nvllm in a venv of its own: minutes
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # package directory -> (config group, component name, module)
@@ -22,6 +22,7 @@ PACKAGES = {
     "nvllm-sjf": ("scheduler", "sjf", "nvllm_sjf"),
     "nvllm-penalties": ("sampler", "penalties", "nvllm_penalties"),
     "nvllm-lru": ("kv_cache", "lru", "nvllm_lru"),
+    "nvllm-mixtral": ("model", "mixtral", "nvllm_mixtral"),
 }
 
 
@@ -42,7 +43,7 @@ def bare_python(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
-    """The three packages, built and installed by pip exactly as `pip install ./plugins/<pkg>` does,
+    """The four packages, built and installed by pip exactly as `pip install ./plugins/<pkg>` does,
     into a directory of their own (copies of the sources, so builds leave nothing in plugins/)."""
     tmp = tmp_path_factory.mktemp("plugins")
     sources = [shutil.copytree(ROOT / "plugins" / name, tmp / "src" / name, ignore=shutil.ignore_patterns("tests"))
@@ -103,8 +104,8 @@ def test_trace_names_every_hook_call_and_what_it_registered(bare_python, plugin_
     lines = [line for line in proc.stderr.splitlines() if line.startswith("nvllm plugin trace: ")]
     assert "nvllm plugin trace: register_schedulers of nvllm.scheduler.fcfs registered scheduler 'fcfs' " \
            "(nvllm.scheduler.fcfs.FCFSScheduler)" in lines
-    for hook, (group, name, module) in zip(("register_schedulers", "register_samplers", "register_kv_caches"),
-                                           PACKAGES.values()):
+    for hook, (group, name, module) in zip(("register_schedulers", "register_samplers", "register_kv_caches",
+                                            "register_models"), PACKAGES.values(), strict=True):
         dist = module.replace("_", "-")
         assert any(line.startswith(f"nvllm plugin trace: {hook} of {dist} (entry point '{name}' = {module}) "
                                    f"registered {group} '{name}' ({module}.") for line in lines), (hook, lines)

@@ -122,6 +122,58 @@ def test_two_plugins_with_one_name_is_an_error(tmp_path):
     assert "nvllm-reverse (" in proc.stderr and "nvllm-reverse-two (" in proc.stderr
 
 
+COLLIDING_MODEL = '''
+from dataclasses import dataclass
+from nvllm import hookimpl
+from nvllm.models.base import CausalLM, ModelConfig
+
+class MyQwen3(CausalLM):
+    name = "qwen3"
+
+    @dataclass
+    class Config(ModelConfig):
+        name: str = "qwen3"
+
+@hookimpl
+def register_models(register):
+    register(MyQwen3)
+'''
+
+
+def test_a_model_plugin_cannot_take_a_built_in_name(tmp_path):
+    site = make_distribution(tmp_path / "site", name="nvllm-myqwen", module="nvllm_myqwen", body=COLLIDING_MODEL,
+                             ep_name="myqwen")
+    proc = python("from nvllm.plugins import load_plugins; load_plugins()", site)
+    assert proc.returncode != 0
+    assert ("the plugin nvllm-myqwen (entry point 'myqwen' = nvllm_myqwen) registers the model 'qwen3' "
+            "(nvllm_myqwen.MyQwen3), and 'qwen3' is nvllm's built-in nvllm.models.qwen3.Qwen3ForCausalLM: a plugin "
+            "cannot replace a built-in. Give the plugin's class another `name`") in proc.stderr
+
+
+def test_a_checkpoint_several_architectures_run_is_never_given_to_a_plugin_silently(tmp_path, tiny_llama_path):
+    """A plugin's architecture that also runs a built-in's model_type (a subclass inherits
+    hf_model_types) runs only when named; two plugins' for one model_type are refused, naming both."""
+    import json
+    import shutil
+
+    def claiming(name, model_type):
+        return COLLIDING_MODEL.replace('"qwen3"', f'"{name}"').replace(
+            "MyQwen3(CausalLM):", f"MyQwen3(CausalLM):\n    hf_model_types = ('{model_type}',)")
+
+    site = make_distribution(tmp_path / "site", name="nvllm-a", module="nvllm_a", body=claiming("a_llama", "llama"),
+                             ep_name="a")
+    make_distribution(site, name="nvllm-b", module="nvllm_b", body=claiming("b_granite", "granite"), ep_name="b")
+    make_distribution(site, name="nvllm-c", module="nvllm_c", body=claiming("c_granite", "granite"), ep_name="c")
+    granite = shutil.copytree(tiny_llama_path, tmp_path / "granite")
+    config = json.loads((granite / "config.json").read_text())
+    (granite / "config.json").write_text(json.dumps({**config, "model_type": "granite"}))
+    proc = python(f"from nvllm.config import detect_architecture; print(detect_architecture({tiny_llama_path!r})); "
+                  f"detect_architecture({str(granite)!r})", site)
+    assert proc.stdout.strip() == "llama", proc.stderr  # not a_llama, though it sorts first
+    assert ("holds a model_type 'granite' model, which several architectures run: b_granite (model_type granite; "
+            "plugin nvllm-b); c_granite (model_type granite; plugin nvllm-c); name the one to use") in proc.stderr
+
+
 def test_load_plugins_is_idempotent():
     first = {f: registry.names(f) for f in registry.FAMILIES}
     load_plugins()

@@ -24,6 +24,7 @@ from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
 from nvllm.engine.overlap import InFlight, fill_pending
 from nvllm.kv_cache.base import CPU_DEFAULT_BUDGET_GB
+from nvllm.models.layers.moe import expert_parallel
 from nvllm.models.weights import has_weights, load_weights, random_init
 from nvllm.quantization.base import resident_weight_bytes
 from nvllm.sampler.logprobs import logprobs_of
@@ -92,7 +93,7 @@ class ModelRunner(Executor):
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
-            with torch.device(self.device):
+            with torch.device(self.device), expert_parallel(self.config.moe.expert_parallel):
                 model = registry.get("model", self.config.model.name)(self.hf_config)
         finally:
             torch.set_default_dtype(default_dtype)

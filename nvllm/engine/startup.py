@@ -31,8 +31,10 @@ def _simulated(c, simulator) -> str:
     device, dtype and attention backend are left out: nothing runs on them."""
     sim = simulator.describe()
     d = simulator.dims
+    experts = (f", {d.experts} experts ({d.experts_per_tok} a token), {d.active_params / 1e9:.3g}B active"
+               f"{', expert-parallel' if sim.get('expert_parallel') else ''}") if d.experts else ""
     shape = (f"{d.layers} layers, hidden {d.hidden}, {d.heads} heads ({d.kv_heads} KV), "
-             f"{d.params / 1e9:.3g}B parameters")
+             f"{d.params / 1e9:.3g}B parameters{experts}")
     timed = "" if sim["strategy_simulated"] == "roofline" else f", steps of forward={sim['strategy_simulated']}"
     return (f"SIMULATED{'' if sim.get('calibrated') else ', UNCALIBRATED'} ({simulation_source(sim)}{timed}): "
             f"model={c.model.name} ({f'shape {c.model.shape}: ' if c.model.shape else ''}{shape}) on "

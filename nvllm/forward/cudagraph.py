@@ -43,6 +43,10 @@ class CUDAGraphForward(EagerForward):
         if target.device.type != "cuda":
             raise ConfigError(f"decode CUDA graphs need a CUDA device and this run is on {target.device.type}; "
                               f"use cudagraph=false or auto")
+        if target.model.moe_keys is not None:  # nvllm.models.layers.moe.FusedMoE reads each expert's group size
+            raise ConfigError(f"model={target.model.name} is a mixture of experts, whose layer groups a step's "
+                              f"tokens by expert on the host, and a CUDA graph cannot capture that; use "
+                              f"cudagraph=false (forward=auto then runs eager)")
 
     def __init__(self, config, runner):
         super().__init__(config, runner)

@@ -94,6 +94,8 @@ class SimulatedForward(Executor):
         self.vocab = hf_config.vocab_size
         self.dims = ModelDims.of(hf_config)
         self.tp = run_config.tp
+        # moe.expert_parallel: a mixture of experts' experts placed whole on the tp ranks
+        self.expert_parallel = run_config.moe.expert_parallel
         self.profile = load_profile(config.profile) if config.profile else None
         if self.profile is not None:
             self._check_profile(run_config)
@@ -106,7 +108,7 @@ class SimulatedForward(Executor):
         """The model each step's duration comes from (a plugin overrides this)."""
         if self.profile is not None:
             return ProfileCost(self.profile["coefficients_s"], self.profile, self.config.profile)
-        return RooflineCost(self.dims, hardware(self.config.hardware), self.config.dtype, self.tp)
+        return RooflineCost(self.dims, hardware(self.config.hardware), self.config.dtype, self.tp, self.expert_parallel)
 
     def _check_profile(self, run_config):
         """The profile's model shape must be the run's; a named attention backend must be the profile's."""

@@ -22,6 +22,14 @@ class ModelConfig:
     shape: str | None = None
 
 
+@dataclass
+class MoEConfig:
+    """How a mixture of experts' layers are placed on tensor-parallel ranks (`moe.*`)."""
+    # true: whole experts on each rank (num_experts / tp each, the ranks' partial outputs summed);
+    # false: every expert on every rank, its intermediate dimension split tp ways
+    expert_parallel: bool = False
+
+
 class CausalLM(nn.Module):
     name: str
     Config = ModelConfig
@@ -32,6 +40,12 @@ class CausalLM(nn.Module):
     random_presets: dict[str, dict] = {}
     # checkpoint name fragment -> (fused parameter fragment, shard id)
     packed_modules_mapping: dict[str, tuple[str, str | int]] = {}
+    # a mixture of experts' per-expert checkpoint weights (`<module>.experts.<E>.<name>.weight`) ->
+    # (stacked parameter of <module>, shard id), e.g. {"gate_proj": ("w13", 0)}: see layers/moe.py
+    expert_weights_mapping: dict[str, tuple[str, int]] = {}
+    # config.json keys of the experts' count and of each expert's MLP width (a mixture of experts
+    # only): what tp and moe.expert_parallel divide, and what num_experts_per_tok is checked against
+    moe_keys: tuple[str, str] | None = None
     # the computation a forward strategy that does not run the torch modules implements for this
     # class ("llama": forward=fused_cpu's C step, nvllm/kernels/cpu_step.c). Read from the class's own
     # body only (`fused_layout(cls)`): a subclass inherits none, since one that overrides a forward

@@ -59,10 +59,10 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool, mlp: nn.Module | None = None):
         super().__init__()
         self.self_attn = DecoderAttention(cfg, qkv_bias, qk_norm)
-        self.mlp = DecoderMLP(cfg)
+        self.mlp = DecoderMLP(cfg) if mlp is None else mlp
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -77,10 +77,12 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool):
+    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool, mlp=None):
+        """`mlp(layer_index)`: each layer's MLP module (a mixture of experts' layers); None: DecoderMLP."""
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, qkv_bias, qk_norm, mlp and mlp(i))
+                                    for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids, positions, num_layers: int | None = None):
@@ -119,11 +121,11 @@ class LlamaForCausalLM(CausalLM):
     class Config(ModelConfig):
         name: str = "llama"
 
-    def __init__(self, hf_config, qkv_bias: bool | None = None, qk_norm: bool = False):
+    def __init__(self, hf_config, qkv_bias: bool | None = None, qk_norm: bool = False, mlp=None):
         super().__init__()
         if qkv_bias is None:
             qkv_bias = getattr(hf_config, "attention_bias", False)
-        self.model = DecoderModel(hf_config, qkv_bias, qk_norm)
+        self.model = DecoderModel(hf_config, qkv_bias, qk_norm, mlp)
         self.lm_head = ParallelLMHead(hf_config.vocab_size, hf_config.hidden_size)
         if getattr(hf_config, "tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight

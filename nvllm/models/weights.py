@@ -4,6 +4,7 @@ local Hugging Face cache (offline), and random-weight checkpoints for tests and 
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from glob import glob
@@ -218,16 +219,41 @@ def random_init(model: nn.Module, seed: int = 0):
                 param.fill_(0.0 if name.endswith("bias") else 1.0)
 
 
+# one expert's weight in a Hugging Face checkpoint: <module>.experts.<index>.<name>.weight
+EXPERT_WEIGHT = re.compile(r"(?P<module>.+)\.experts\.(?P<expert>\d+)\.(?P<name>\w+)\.weight")
+
+
 def load_weights(model: nn.Module, path: str):
     packed = getattr(model, "packed_modules_mapping", {})
+    experts = getattr(model, "expert_weights_mapping", {})
     params = dict(model.named_parameters(remove_duplicate=False))
     expected = _checkpoint_shapes(path)
+    files = sorted(glob(os.path.join(path, "*.safetensors")))
+    if experts:
+        _check_experts(path, files, params, experts, (getattr(model, "moe_keys", None) or ("num_experts",))[0])
     loaded = set()
-    for file in sorted(glob(os.path.join(path, "*.safetensors"))):
+    for file in files:
         with _open_safetensors(file) as f:
             for name in f.keys():
                 _check_shape(file, name, f.get_slice(name).get_shape(), expected)
                 if name not in params and "rotary_emb.inv_freq" in name:
+                    continue
+                expert = EXPERT_WEIGHT.fullmatch(name) if experts else None
+                if expert and expert["name"] in experts:  # into the stacked tensor, at the expert's index
+                    stacked, shard_id = experts[expert["name"]]
+                    target = f"{expert['module']}.{stacked}"
+                    if target not in params:
+                        raise KeyError(f"{file}: weight {name!r} has no parameter in {type(model).__name__}")
+                    param, index = params[target], int(expert["expert"])
+                    loaded.add(target)
+                    if not param.holds_expert(index) and index < param.num_experts:
+                        continue  # placed on another rank (expert parallel): not read here
+                    try:
+                        param.weight_loader(param, f.get_tensor(name), shard_id, index)
+                    except ValueError as e:
+                        raise WeightsError(f"{file}: weight {name!r}: {e}: the weights and config.json come from "
+                                           f"different models. Put the config.json that came with these weights "
+                                           f"beside them") from None
                     continue
                 for fragment, (fused, shard_id) in packed.items():
                     if fragment in name:
@@ -246,6 +272,31 @@ def load_weights(model: nn.Module, path: str):
     missing = set(params) - loaded - tied
     if missing:
         raise ValueError(f"{path}: no weights for {sorted(missing)[:5]} ({len(missing)} parameters)")
+
+
+def _check_experts(path: str, files: list[str], params: dict, experts: dict, key: str):
+    """Before any tensor is read: every expert of every mixture-of-experts layer has each of its
+    weights somewhere in the checkpoint's files (a stacked parameter would otherwise keep an
+    expert's slot unfilled)."""
+    names = set()
+    for file in files:
+        with _open_safetensors(file) as f:
+            names.update(f.keys())
+    for target, param in params.items():
+        num_experts = getattr(param, "num_experts", None)
+        if num_experts is None:
+            continue
+        module, stacked = target.rsplit(".", 1)
+        want = [f"{module}.experts.{e}.{name}.weight" for e in range(num_experts)
+                for name, (into, _) in experts.items() if into == stacked]
+        missing = [name for name in want if name not in names]
+        if missing:
+            raise WeightsError(
+                f"{path}: the checkpoint has no weight {missing[0]!r}"
+                + (f" (nor {len(missing) - 1} more of {module}'s experts)" if len(missing) > 1 else "")
+                + f", and config.json's {key}={num_experts} says each mixture-of-experts layer has {num_experts}: a "
+                  f"safetensors shard is missing or incomplete, or config.json belongs to another model. Copy the "
+                  f"checkpoint's files again")
 
 
 def _default_loader(param: nn.Parameter, loaded: torch.Tensor):

@@ -10,7 +10,8 @@ attention covers, decode sequences and the KV tokens they read. Two models turn 
 - `RooflineCost`: the larger of the step's memory traffic (weights once, the KV it reads and
   writes) over the hardware's bandwidth and its FLOPs over its matmul rate, plus tensor-parallel
   all-reduces and nvllm's host time per step; built from the model's shape and a hardware entry,
-  never measured (uncalibrated).
+  never measured (uncalibrated). For a mixture of experts the weights a step reads are the
+  experts its tokens touch (`ModelDims.experts_touched`), placed by tensor or expert parallelism.
 
 A third-party cost model subclasses CostModel and is returned by a strategy built on
 forward=simulated (docs/plugins.md)."""
@@ -99,34 +100,87 @@ class CostModel(ABC):
 # -- the model's shape ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelDims:
-    """A dense decoder's sizes (Llama, Qwen2/3), from its config.json."""
+    """A decoder's sizes (Llama, Qwen2/3, and a mixture of experts: Qwen3-MoE, Mixtral), from its config.json."""
     layers: int
     hidden: int
     heads: int
     kv_heads: int
     head_dim: int
+    # the dense MLP's width (a mixture of experts: its dense layers' only)
     intermediate: int
     vocab: int
     tied: bool
+    # a mixture of experts (0 for a dense model): routed experts per sparse layer, the experts each
+    # token is routed to, each expert's SwiGLU width, and the layers that are sparse (the others dense)
+    experts: int = 0
+    experts_per_tok: int = 0
+    expert_intermediate: int = 0
+    sparse_layers: int = 0
 
     @classmethod
     def of(cls, hf_config) -> "ModelDims":
-        heads = hf_config.num_attention_heads
-        return cls(hf_config.num_hidden_layers, hf_config.hidden_size, heads,
+        """From a transformers config. The experts: `num_experts` (Qwen3-MoE) or `num_local_experts`
+        (Mixtral), each `moe_intermediate_size` wide (Mixtral: `intermediate_size`); a Qwen3-MoE layer is
+        dense when listed in `mlp_only_layers` or off the `decoder_sparse_step` stride."""
+        heads, layers = hf_config.num_attention_heads, hf_config.num_hidden_layers
+        moe = {}
+        experts = getattr(hf_config, "num_experts", None) or getattr(hf_config, "num_local_experts", None) or 0
+        if experts:
+            step, dense = getattr(hf_config, "decoder_sparse_step", None) or 1, set(getattr(hf_config, "mlp_only_layers", None) or ())
+            moe = dict(experts=experts, experts_per_tok=hf_config.num_experts_per_tok,
+                       expert_intermediate=getattr(hf_config, "moe_intermediate_size", None) or hf_config.intermediate_size,
+                       sparse_layers=sum(1 for i in range(layers) if i not in dense and (i + 1) % step == 0))
+        return cls(layers, hf_config.hidden_size, heads,
                    getattr(hf_config, "num_key_value_heads", None) or heads,
                    getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads,
-                   hf_config.intermediate_size, hf_config.vocab_size, bool(getattr(hf_config, "tie_word_embeddings", False)))
+                   hf_config.intermediate_size, hf_config.vocab_size, bool(getattr(hf_config, "tie_word_embeddings", False)),
+                   **moe)
+
+    @property
+    def expert_params(self) -> int:
+        """One expert's weights (gate, up, down)."""
+        return 3 * self.hidden * self.expert_intermediate
+
+    @property
+    def shared_linear_params(self) -> int:
+        """Matmul weights every token runs through: attention, the dense layers' MLPs, the routers."""
+        attention = self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * self.hidden
+        dense = self.layers - self.sparse_layers
+        return self.layers * attention + dense * 3 * self.hidden * self.intermediate + self.sparse_layers * self.hidden * self.experts
 
     @property
     def linear_params(self) -> int:
-        """Matmul weights of the decoder layers (q, k, v, o, gate, up, down)."""
-        attention = self.hidden * (self.heads + 2 * self.kv_heads) * self.head_dim + self.heads * self.head_dim * self.hidden
-        return self.layers * (attention + 3 * self.hidden * self.intermediate)
+        """Matmul weights of the decoder layers (q, k, v, o, gate, up, down; every expert, the routers)."""
+        return self.shared_linear_params + self.sparse_layers * self.experts * self.expert_params
+
+    @property
+    def active_linear_params(self) -> int:
+        """The matmul weights one token runs through: the shared ones and its `experts_per_tok` experts."""
+        return self.shared_linear_params + self.sparse_layers * self.experts_per_tok * self.expert_params
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
 
     @property
     def params(self) -> int:
         """Every weight: the layers, the embedding and (untied) the LM head; norms are left out (< 0.1 %)."""
-        return self.linear_params + self.vocab * self.hidden * (1 if self.tied else 2)
+        return self.linear_params + self.embedding_params
+
+    @property
+    def active_params(self) -> int:
+        """The weights one token uses (a dense model: all of them)."""
+        return self.active_linear_params + self.embedding_params
+
+    def experts_touched(self, tokens: float) -> float:
+        """Expected distinct experts a step's `tokens` tokens route to, per sparse layer, assuming each
+        token picks its `experts_per_tok` of the `experts` uniformly at random, independently of the
+        others: an expert escapes one token with probability 1 - k/E, so E·(1 - (1 - k/E)^tokens) —
+        k for one token, tending to E. Real routers are skewed (more tokens to fewer experts, so fewer
+        touched than this); tokens of one sequence are correlated."""
+        if not self.experts:
+            return 0.0
+        return self.experts * (1 - (1 - self.experts_per_tok / self.experts) ** tokens)
 
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
         """K and V of one token in every layer, on one of `tp` ranks."""
@@ -134,13 +188,30 @@ class ModelDims:
 
     def activation_bytes(self, tokens: int, rows: int, dtype_bytes: int, tp: int = 1) -> int:
         """The working set of a step of `tokens` tokens sampling `rows` rows, on one rank: a few
-        hidden-sized buffers, q/k/v and the MLP's gate and up projections per token, and float32
-        logits per row (an estimate: the runner measures it where the model really runs)."""
-        per_token = 4 * self.hidden + ((self.heads + 2 * self.kv_heads) * self.head_dim + 2 * self.intermediate) // tp
+        hidden-sized buffers, q/k/v and the MLP's gate and up projections per token (the widest of the
+        dense MLP and the token's experts), and float32 logits per row (an estimate: the runner measures
+        it where the model really runs)."""
+        mlp = max(self.intermediate if self.sparse_layers < self.layers else 0, self.experts_per_tok * self.expert_intermediate)
+        per_token = 4 * self.hidden + ((self.heads + 2 * self.kv_heads) * self.head_dim + 2 * mlp) // tp
         return tokens * per_token * dtype_bytes + rows * self.vocab * 4
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """Its fields (a dense model's without the experts' zeros: profiles record dense dims so)."""
+        fields = asdict(self)
+        return fields if self.experts else {k: v for k, v in fields.items() if k not in _MOE_FIELDS}
+
+
+_MOE_FIELDS = ("experts", "experts_per_tok", "expert_intermediate", "sparse_layers")
+
+
+def expected_max_normal(n: int) -> float:
+    """E[max of n independent standard normal variables] (0 for n = 1; 0.564 for 2, 1.029 for 4, 1.424 for 8)."""
+    if n <= 1:
+        return 0.0
+    x = np.linspace(-8.0, 8.0, 4001)
+    pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    return float(np.sum(x * n * pdf * cdf ** (n - 1)) * (x[1] - x[0]))
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -156,30 +227,66 @@ HOST_SEQ_S = 7.3e-6
 
 
 class RooflineCost(CostModel):
-    """max(memory traffic / bandwidth, FLOPs / matmul rate) + all-reduces + host time, per step."""
+    """max(memory traffic / bandwidth, FLOPs / matmul rate) + all-reduces + host time, per step.
+
+    A mixture of experts' layers on `tp` ranks: tensor parallelism (the default) splits every
+    expert's width, so each rank reads 1/tp of every expert the step's tokens touch and computes
+    1/tp of every token's experts; expert parallelism (`expert_parallel`, nvllm's
+    moe.expert_parallel) places experts/tp whole experts on each rank, which reads each of its
+    own touched experts whole and computes the tokens routed to them. The step waits for the
+    busiest rank: its touched experts and routed tokens are taken as their mean plus the expected
+    maximum of tp standard normals times their standard deviation (binomial, capped at all of the
+    rank's). Attention stays tensor-parallel and the ranks' partial sums are all-reduced per layer
+    either way (no all-to-all dispatch), so the communication is the same; what differs is the
+    imbalance, and tp's narrower matmuls, whose lower efficiency is not modelled."""
 
     calibrated = False
 
-    def __init__(self, dims: ModelDims, hw: Hardware, dtype: str, tp: int = 1):
+    def __init__(self, dims: ModelDims, hw: Hardware, dtype: str, tp: int = 1, expert_parallel: bool = False):
         if dtype not in hw.flops:
             raise ConfigError(f"the hardware entry {hw.name!r} has no matmul rate for {dtype} (it has "
                               f"{', '.join(hw.flops)}); set forward.dtype to one of those")
-        self.dims, self.hw, self.dtype, self.tp = dims, hw, dtype, tp
+        if expert_parallel and not dims.experts:
+            raise ConfigError("moe.expert_parallel=true places a mixture of experts' experts on ranks, and this model "
+                              "has none; drop moe.expert_parallel")
+        if expert_parallel and dims.experts % tp:
+            fits = [t for t in range(1, dims.experts + 1) if dims.experts % t == 0 and t <= 64]
+            raise ConfigError(f"moe.expert_parallel=true places whole experts on each of tp={tp} ranks, and the model's "
+                              f"{dims.experts} experts do not divide by {tp}: use tp in {fits}, or "
+                              f"moe.expert_parallel=false (each expert's width split tp ways)")
+        self.dims, self.hw, self.dtype, self.tp, self.expert_parallel = dims, hw, dtype, tp, expert_parallel
         self.bytes = DTYPE_BYTES[dtype]
-        self.weight_bytes = dims.params * self.bytes / tp
+        self.shared_weight_bytes = (dims.shared_linear_params + dims.embedding_params) * self.bytes / tp
         self.kv_bytes = dims.kv_bytes_per_token(self.bytes, tp)
-        self.flops_per_token = 2 * dims.linear_params / tp
+        self.flops_per_token = 2 * dims.shared_linear_params / tp
         self.flops_per_row = 2 * dims.hidden * dims.vocab / tp  # the LM head, for each sampled row
         self.flops_per_pair = 4 * dims.layers * dims.heads * dims.head_dim / tp  # QK^T and PV
+        self.z = expected_max_normal(tp) if expert_parallel else 0.0
         self.bandwidth = hw.memory_bandwidth * hw.bandwidth_efficiency
         self.rate = hw.flops[dtype] * hw.flops_efficiency
+
+    def experts_read(self, tokens: int) -> tuple[float, float]:
+        """(experts' worth of weights one rank reads per sparse layer, experts' worth of token rows it
+        computes): its share of the experts `tokens` tokens touch, and of their tokens·k routings."""
+        d = self.dims
+        touched, routed = d.experts_touched(tokens), tokens * d.experts_per_tok
+        if not self.expert_parallel:
+            return touched / self.tp, routed / self.tp
+        n, q = d.experts / self.tp, touched / d.experts  # a rank's experts; the chance that one is touched
+        busiest = min(n, n * q + self.z * math.sqrt(n * q * (1 - q)))
+        p = 1 / self.tp  # the chance that a routing lands on a given rank
+        return busiest, min(routed, routed * p + self.z * math.sqrt(routed * p * (1 - p)))
 
     def step_seconds(self, step: StepShape) -> float:
         tokens = step.prefill_tokens + step.decode_seqs
         rows = step.prefill_seqs + step.decode_seqs
-        memory = self.weight_bytes + self.kv_bytes * (step.decode_kv + step.prefill_kv + step.prefill_tokens)
+        memory = self.shared_weight_bytes + self.kv_bytes * (step.decode_kv + step.prefill_kv + step.prefill_tokens)
         flops = (self.flops_per_token * tokens + self.flops_per_row * rows
                  + self.flops_per_pair * (step.prefill_attention + step.decode_kv))
+        if self.dims.experts:
+            read, computed = self.experts_read(tokens)
+            memory += self.dims.sparse_layers * read * self.dims.expert_params * self.bytes
+            flops += 2 * self.dims.sparse_layers * computed * self.dims.expert_params
         seconds = max(memory / self.bandwidth, flops / self.rate) + HOST_STEP_S + HOST_SEQ_S * rows
         if self.tp > 1:  # two all-reduces of the hidden states per layer, and one after the embedding (ring)
             volume = 2 * (self.tp - 1) / self.tp * tokens * self.dims.hidden * self.bytes
@@ -187,8 +294,10 @@ class RooflineCost(CostModel):
         return seconds
 
     def describe(self) -> dict:
+        moe = {"expert_parallel": self.expert_parallel,
+               "experts_touched": "uniform routing: E*(1-(1-k/E)^tokens) per sparse layer"} if self.dims.experts else {}
         return {"cost_model": "roofline", "calibrated": False, "hardware": self.hw.name,
-                "hardware_source": self.hw.source, "dtype": self.dtype, "tp": self.tp,
+                "hardware_source": self.hw.source, "dtype": self.dtype, "tp": self.tp, **moe,
                 "assumed": {"bandwidth_efficiency": self.hw.bandwidth_efficiency,
                             "flops_efficiency": self.hw.flops_efficiency,
                             "allreduce_latency_s": self.hw.allreduce_latency,

@@ -4,6 +4,7 @@ import random
 import pytest
 
 from nvllm import LLM, SamplingParams
+from nvllm.errors import ConfigError
 from nvllm.tools.checkpoint import make_random_checkpoint
 from tests.conftest import hf_greedy
 
@@ -28,6 +29,25 @@ def test_matches_transformers(variant, tmp_path):
     with LLM(path, kv_cache={"block_size": 16}, max_model_len=256, max_num_batched_tokens=512) as llm:
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
     assert [o.token_ids for o in outs] == want
+
+
+def test_an_unknown_architecture_is_refused_naming_it_and_the_models_here(tmp_path):
+    import json
+
+    path = make_random_checkpoint("llama", str(tmp_path), preset="tiny")
+    config_file = tmp_path / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"]}))
+    with pytest.raises(ConfigError, match=r"holds a model_type 'deepseek_v3' model \(architectures: "
+                                          r"DeepseekV3ForCausalLM\), which no registered architecture runs. The models "
+                                          r"here: llama \(model_type llama\); .*qwen3_moe \(model_type qwen3_moe\)"):
+        LLM(path)
+    with pytest.raises(ConfigError, match=r"holds a 'deepseek_v3' model, which model=llama does not run \(it runs "
+                                          r"llama\); no registered architecture does. The models here: llama"):
+        LLM({"name": "llama", "path": path})
+    with pytest.raises(ConfigError, match=r"holds a 'qwen3_moe' model, which model=qwen3 does not run \(it runs "
+                                          r"qwen3, qwen2\); model=qwen3_moe runs it"):
+        LLM({"name": "qwen3", "path": make_random_checkpoint("qwen3_moe", str(tmp_path / "moe"), preset="tiny")})
 
 
 def test_unsupported_rope_type_is_refused(tmp_path):

@@ -1,0 +1,117 @@
+"""A mixture-of-experts MLP: a router picks each token's top-k experts, whose SwiGLU MLPs run and
+are summed weighted by the router's scores. The experts' weights are stacked tensors (`w13`: gate
+and up concatenated, [experts, 2 * intermediate, hidden]; `w2`: down, [experts, hidden,
+intermediate]); a step's tokens are grouped by expert, so each chosen expert runs once on its group
+and its weights are read once per step.
+
+Under tensor parallelism either every rank holds every expert with its intermediate dimension
+split (the default), or, with `moe.expert_parallel=true`, whole experts are placed on ranks
+(num_experts / tp each, consecutive). Either way a rank's output is a partial sum over the hidden
+dimension, all-reduced like a row-parallel linear's."""
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nvllm.distributed import all_reduce, tp_rank, tp_size
+from nvllm.models.layers.linear import LinearBase, divide
+
+_expert_parallel = False
+
+
+@contextmanager
+def expert_parallel(enabled: bool):
+    """MoE layers built inside place whole experts on ranks (`enabled`) or split each expert's
+    intermediate dimension; the model runner builds the model inside it (`moe.expert_parallel`)."""
+    global _expert_parallel
+    previous, _expert_parallel = _expert_parallel, enabled
+    try:
+        yield
+    finally:
+        _expert_parallel = previous
+
+
+def route(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's top-k experts and their scores: softmax over the experts in float32, top-k,
+    then, where the architecture says so, the k scores divided by their sum (float32, [tokens, k])."""
+    probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)
+    scores, experts = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+    return scores, experts
+
+
+class FusedMoE(nn.Module):
+    """Router (`gate`, replicated on every rank) and stacked experts. `renormalize`: divide the
+    top-k scores by their sum (Mixtral always; Qwen3-MoE when `norm_topk_prob`). `scores_in_float32`:
+    weight the experts' outputs by the float32 scores (Mixtral) rather than by scores cast to the
+    hidden states' dtype first (Qwen3-MoE); in float32 runs both are the same."""
+
+    def __init__(self, num_experts: int, top_k: int, hidden_size: int, intermediate_size: int,
+                 renormalize: bool, scores_in_float32: bool = False):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"num_experts_per_tok={top_k} must be between 1 and the number of experts, "
+                             f"{num_experts}")
+        self.num_experts, self.top_k = num_experts, top_k
+        self.renormalize, self.scores_in_float32 = renormalize, scores_in_float32
+        self.expert_parallel = _expert_parallel and tp_size() > 1
+        if self.expert_parallel:
+            self.num_local_experts = divide(num_experts, tp_size(), "num_experts (moe.expert_parallel=true)")
+            self.intermediate_size = intermediate_size
+        else:
+            self.num_local_experts = num_experts
+            self.intermediate_size = divide(intermediate_size, tp_size(), "the experts' intermediate size")
+        self.first_expert = tp_rank() * self.num_local_experts if self.expert_parallel else 0
+        self.gate = LinearBase(hidden_size, num_experts, bias=False, tp_dim=None)
+        self.w13 = nn.Parameter(torch.empty(self.num_local_experts, 2 * self.intermediate_size, hidden_size))
+        self.w2 = nn.Parameter(torch.empty(self.num_local_experts, hidden_size, self.intermediate_size))
+        for param in (self.w13, self.w2):
+            param.weight_loader = self.weight_loader
+            param.num_experts = num_experts  # the checkpoint holds this many per layer, whatever this rank keeps
+            param.holds_expert = self.holds_expert  # the loader reads only this rank's experts' tensors
+
+    def holds_expert(self, expert: int) -> bool:
+        return 0 <= expert - self.first_expert < self.num_local_experts
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int, expert: int):
+        """One expert's Hugging Face weight (gate: shard 0, up: shard 1 of `w13`; down: `w2`) into
+        its slot, this rank's part of it; an expert placed on another rank is skipped."""
+        if not 0 <= expert < self.num_experts:
+            raise ValueError(f"expert {expert} is out of range: this layer has num_experts={self.num_experts}")
+        width = self.intermediate_size * (1 if self.expert_parallel else tp_size())
+        want = (width, param.shape[2]) if param is self.w13 else (param.shape[1], width)
+        if tuple(loaded.shape) != want:
+            raise ValueError(f"it has shape {tuple(loaded.shape)}, and this model's experts need {want} (hidden size "
+                             f"{param.shape[1 if param is self.w2 else 2]}, expert width {width} in config.json)")
+        if not self.holds_expert(expert):
+            return
+        local = expert - self.first_expert
+        size, rank = self.intermediate_size, 0 if self.expert_parallel else tp_rank()
+        if param is self.w13:
+            param.data[local].narrow(0, shard_id * size, size).copy_(loaded.narrow(0, rank * size, size))
+        else:
+            param.data[local].copy_(loaded.narrow(1, rank * size, size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores, experts = route(self.gate(x), self.top_k, self.renormalize)
+        if not self.scores_in_float32:
+            scores = scores.to(x.dtype)
+        # the (token, choice) pairs sorted by expert: each expert's group is a contiguous run
+        flat = experts.flatten()
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        scores = scores.flatten()
+        out = torch.zeros_like(x)
+        end = sum(counts[:self.first_expert])
+        for local in range(self.num_local_experts):
+            start, end = end, end + counts[self.first_expert + local]
+            if start == end:
+                continue
+            pairs = order[start:end]
+            tokens = pairs // self.top_k
+            gate, up = F.linear(x[tokens], self.w13[local]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.w2[local]) * scores[pairs, None]
+            out.index_add_(0, tokens, y.to(out.dtype))
+        return all_reduce(out)

@@ -1,0 +1,250 @@
+"""Mixtures of experts: the MoE layer against transformers' own blocks, model=qwen3_moe's greedy
+tokens against transformers' through the engine's paths (prefix caching, chunked prefill,
+preemption, speculative decoding, tp=2 and expert parallelism), its weights loaded by expert
+index from sharded checkpoints, and bad checkpoints and switches refused before loading."""
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nvllm import LLM, SamplingParams
+from nvllm.errors import ConfigError
+from nvllm.models.layers import moe
+from nvllm.models.weights import WeightsError
+from nvllm.tools.checkpoint import make_random_checkpoint
+from tests.conftest import hf_greedy
+
+MAX_NEW = 16
+GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """Tiny Qwen3-MoE: a dense layer, then two layers of 8 experts with 2 chosen per token, in
+    safetensors shards that split the experts of one layer across files."""
+    return make_random_checkpoint("qwen3_moe", str(tmp_path_factory.mktemp("qwen3-moe")), preset="tiny", seed=0,
+                                  max_shard_size="100KB")
+
+
+def prompts() -> list[list[int]]:
+    rng = random.Random(1)
+    pattern = [rng.randrange(512) for _ in range(5)]
+    out = [[rng.randrange(512) for _ in range(n)] for n in (1, 7, 30, 90)] + [pattern * 5]
+    return out + [out[3][:40] + [3, 1, 4]]  # prefix-cache hits on the fourth prompt's blocks
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    return hf_greedy(checkpoint, prompts(), MAX_NEW)
+
+
+def generate(path, inspect=lambda engine: None, **overrides) -> tuple[list[list[int]], object]:
+    """The prompts' greedy tokens (the last one in a second round, after the others' blocks are
+    cached) and the engine; `inspect(engine)` is called while it is open."""
+    settings = {"kv_cache": {"block_size": 8}, "max_model_len": 256, "max_num_batched_tokens": 512, **overrides}
+    with LLM(path, **settings) as llm:
+        assert llm.engine.config.forward.name == "eager"
+        inspect(llm.engine)
+        first = prompts()[:-1]
+        tokens = [o.token_ids for o in llm.generate(first, GREEDY, use_tqdm=False)]
+        tokens += [o.token_ids for o in llm.generate(prompts()[-1:], GREEDY, use_tqdm=False)]
+        return tokens, llm.engine
+
+
+def test_the_checkpoint_has_experts_across_shards_and_a_dense_layer(checkpoint):
+    index = json.loads((Path(checkpoint) / "model.safetensors.index.json").read_text())["weight_map"]
+    files = {index[f"model.layers.1.mlp.experts.{e}.{w}.weight"] for e in range(8) for w in ("gate_proj", "up_proj")}
+    assert len(files) > 1, "one layer's experts should span several safetensors files"
+    assert "model.layers.0.mlp.gate_proj.weight" in index and "model.layers.0.mlp.gate.weight" not in index
+
+
+def test_greedy_tokens_match_transformers_with_prefix_caching(checkpoint, reference):
+    tokens, engine = generate(checkpoint)
+    assert engine.kv_cache.num_hit_tokens > 0, "the last prompt found no prefix-cache hit"
+    assert tokens == reference
+
+
+def test_greedy_tokens_match_transformers_under_chunked_prefill_and_preemption(checkpoint, reference):
+    tokens, engine = generate(checkpoint, scheduler="chunked", max_num_batched_tokens=24,
+                              kv_cache={"block_size": 8, "num_blocks": 20})
+    assert engine.scheduler.num_preemptions > 0, "the small cache preempted nothing"
+    assert tokens == reference
+
+
+@pytest.mark.parametrize("drafter", [{"name": "ngram", "max_num_draft_tokens": 64},
+                                     {"name": "draft", "num_layers": 1, "max_num_draft_tokens": 64}],
+                         ids=["ngram", "draft"])
+def test_greedy_tokens_match_transformers_with_speculative_decoding(checkpoint, reference, drafter):
+    tokens, engine = generate(checkpoint, speculative=drafter)
+    stats = engine.stats.spec_decode
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens, "drafts were not both accepted and rejected"
+    assert tokens == reference
+
+
+@pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
+@pytest.mark.parametrize("expert_parallel", [False, True], ids=["tp-sharded-experts", "expert-parallel"])
+def test_tp2_greedy_tokens_match_transformers(checkpoint, reference, expert_parallel):
+    shapes = []
+
+    def rank0_experts(engine):
+        layer = engine.executor.model.model.layers[1].mlp
+        shapes.append((layer.w13.shape[0], layer.w2.shape[2]))
+
+    tokens, engine = generate(checkpoint, rank0_experts, tp=2, moe={"expert_parallel": expert_parallel},
+                              kv_cache={"block_size": 8, "num_blocks": 24})
+    # expert-parallel: experts 0-3 whole on rank 0; else all 8, each with half its intermediate dimension
+    assert shapes == [(4, 32) if expert_parallel else (8, 16)]
+    assert engine.scheduler.num_preemptions > 0, "the small cache preempted nothing"
+    assert tokens == reference
+
+
+def test_forward_auto_runs_eager_and_fused_cpu_refuses_by_name(checkpoint):
+    with LLM(checkpoint, max_model_len=64) as llm:
+        config = llm.engine.config
+        assert config.forward.name == "eager"
+        assert "passed over fused_cpu: model=qwen3_moe (Qwen3MoeForCausalLM) does not declare" in config.forward_choice
+    with pytest.raises(ConfigError, match=r"forward=fused_cpu cannot run here: model=qwen3_moe "
+                                          r"\(Qwen3MoeForCausalLM\) does not declare"):
+        LLM(checkpoint, forward="fused_cpu", attention="cpu")
+
+
+def hf_block(arch: str, **fields):
+    """transformers' own sparse MoE block, random, float32, with its config."""
+    import transformers
+
+    if arch == "qwen3_moe":
+        from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock as Block
+        config = transformers.Qwen3MoeConfig(hidden_size=32, moe_intermediate_size=16, num_experts=6,
+                                             num_experts_per_tok=3, **fields)
+    else:
+        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock as Block
+        config = transformers.MixtralConfig(hidden_size=32, intermediate_size=16, num_local_experts=6,
+                                            num_experts_per_tok=2, **fields)
+    torch.manual_seed(0)
+    block = Block(config).eval()
+    with torch.no_grad():
+        for param in block.parameters():
+            param.normal_(0, 0.3)
+    return block, config
+
+
+@pytest.mark.parametrize("arch, fields", [("qwen3_moe", {"norm_topk_prob": True}),
+                                          ("qwen3_moe", {"norm_topk_prob": False}), ("mixtral", {})])
+def test_the_layer_computes_what_transformers_block_does(arch, fields):
+    block, config = hf_block(arch, **fields)
+    renormalize = config.norm_topk_prob if arch == "qwen3_moe" else True
+    layer = moe.FusedMoE(config.num_experts if arch == "qwen3_moe" else config.num_local_experts,
+                         config.num_experts_per_tok, config.hidden_size, block.experts.down_proj.shape[-1],
+                         renormalize=renormalize, scores_in_float32=arch == "mixtral")
+    with torch.no_grad():
+        layer.gate.weight.copy_(block.gate.weight)
+        layer.w13.copy_(block.experts.gate_up_proj)  # transformers stacks them the same way
+        layer.w2.copy_(block.experts.down_proj)
+        x = torch.randn(37, config.hidden_size, generator=torch.Generator().manual_seed(1))
+        want = block(x[None])[0]
+        assert torch.allclose(layer(x), want, atol=1e-5, rtol=1e-5)
+        layer.renormalize = not renormalize  # the same layer with the other order of operations differs
+        assert not torch.allclose(layer(x), want, atol=1e-3)
+
+
+def test_each_chosen_expert_runs_once_on_its_group_of_tokens(monkeypatch):
+    layer = moe.FusedMoE(8, 2, 16, 8, renormalize=True)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.normal_(0, 0.5)
+    x = torch.randn(64, 16)
+    calls = []
+
+    def linear(inp, weight, bias=None):
+        calls.append(weight.data_ptr())
+        return F.linear(inp, weight, bias)
+
+    monkeypatch.setattr(moe, "F", SimpleNamespace(linear=linear, silu=F.silu, softmax=F.softmax))
+    with torch.no_grad():
+        _, experts = moe.route(layer.gate(x), 2, True)
+        layer(x)
+    chosen = sorted(set(experts.flatten().tolist()))
+    assert calls == [p for e in chosen for p in (layer.w13[e].data_ptr(), layer.w2[e].data_ptr())]
+
+
+def test_a_checkpoint_missing_an_expert_is_refused_naming_it(tmp_path):
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=0, max_shard_size="100KB")
+    index_file = Path(path) / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    # rewrite the shard that holds one expert's up_proj without it
+    from safetensors.torch import load_file, save_file
+
+    name = "model.layers.2.mlp.experts.5.up_proj.weight"
+    shard = Path(path) / index["weight_map"][name]
+    tensors = load_file(shard)
+    del tensors[name]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(WeightsError, match=rf"the checkpoint has no weight '{name}', and config.json's "
+                                           rf"num_experts=8 says"):
+        LLM(path, max_model_len=64)
+
+
+def test_more_experts_per_token_than_experts_is_refused(tmp_path):
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=0)
+    config_file = Path(path) / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "num_experts_per_tok": 9}))
+    with pytest.raises(ConfigError, match=r"config.json has num_experts_per_tok=9 and num_experts=8"):
+        LLM(path, max_model_len=64)
+
+
+def test_expert_parallel_where_it_cannot_take_effect_is_refused(checkpoint, tiny_qwen3_path, tmp_path):
+    with pytest.raises(ConfigError, match=r"moe.expert_parallel=true .* and this run has tp=1"):
+        LLM(checkpoint, moe={"expert_parallel": True})
+    with pytest.raises(ConfigError, match=r"model=qwen3 has no experts; drop moe.expert_parallel"):
+        LLM(tiny_qwen3_path, tp=2, moe={"expert_parallel": True})
+    six = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", num_experts=6, num_key_value_heads=4)
+    with pytest.raises(ConfigError, match=r"tp=4 does not divide this model's num_experts=6 with "
+                                          r"moe.expert_parallel=true .*\(tp in \[1, 2\] works\); or set "
+                                          r"moe.expert_parallel=false"):
+        LLM(six, tp=4, moe={"expert_parallel": True})
+
+
+def test_cuda_graphs_are_not_chosen_for_a_mixture_of_experts():
+    """The layer reads each expert's group size on the host, which a CUDA graph cannot capture:
+    forward=auto runs eager on CUDA, and forward=cudagraph is refused by name (checked without a GPU)."""
+    from nvllm import registry
+    from nvllm.auto import AUTO
+    from nvllm.config import Config
+    from nvllm.forward.base import ForwardTarget
+    from nvllm.plugins import load_plugins
+
+    load_plugins()
+    target = ForwardTarget(torch.device("cuda"), torch.bfloat16, 1, registry.get("model", "qwen3_moe"), "triton", False)
+    forward, choice = Config(forward=AUTO)._forward(target)
+    assert forward.name == "eager" and "passed over cudagraph: model=qwen3_moe is a mixture of experts" in choice
+    with pytest.raises(ConfigError, match=r"forward=cudagraph cannot run here: model=qwen3_moe is a mixture of "
+                                          r"experts, .* a CUDA graph cannot capture that"):
+        Config(forward="cudagraph")._forward(target)
+
+
+def test_an_expert_of_the_wrong_shape_is_refused_naming_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=0)
+    name = "model.layers.1.mlp.experts.2.down_proj.weight"
+    tensors = load_file(Path(path) / "model.safetensors")
+    tensors[name] = tensors[name][:, :16].contiguous()
+    save_file(tensors, Path(path) / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(WeightsError, match=rf"weight '{name}': it has shape \(64, 16\), and this model's experts "
+                                           rf"need \(64, 32\)"):
+        LLM(path, max_model_len=64)
+
+
+def test_an_expert_past_the_experts_config_json_has_is_refused(tmp_path):
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=0)
+    config_file = Path(path) / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "num_local_experts": 7}))  # the checkpoint holds 8
+    with pytest.raises(WeightsError, match=r"weight 'model.layers.1.mlp.experts.7.down_proj.weight': expert 7 is out "
+                                           r"of range: this layer has num_experts=7"):
+        LLM(path, max_model_len=64)
