@@ -52,6 +52,9 @@ class QuantizationMethod:
                 f"the float (or 16-bit) checkpoint")
         if cls.forwards is None:
             return
+        if getattr(target.model, "expert_weights_mapping", None):
+            raise ConfigError(f"quantization={config.name} packs the dense linear layers, and model={target.model.name} "
+                              f"keeps its MLP in experts, which no format packs yet: use quantization=none")
         for layers, what, k, split in linear_inputs(hf_config):
             if k % GROUP:
                 raise ConfigError(f"quantization={config.name}: the k of {layers} ({what}) is {k}, not a multiple of "

@@ -254,3 +254,12 @@ def test_tp2_shards_packed_weights_and_gives_tp1s_tokens(fmt, tiny_llama_path, t
     with LLM(tiny_llama_path, max_model_len=256, max_num_batched_tokens=512, quantization=quantization, tp=2) as llm:
         tp2 = [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
     assert tp2 == tp1
+
+
+def test_a_mixture_of_experts_is_refused_rather_than_packed_in_part(tmp_path):
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path / "moe"), preset="tiny")
+    with pytest.raises(ConfigError, match=r"quantization=int8 packs the dense linear layers, and model=qwen3_moe keeps "
+                                          r"its MLP in experts"):
+        LLM(path, quantization="int8")
