@@ -75,7 +75,7 @@ def main():
         try:
             with LLM(str(checkpoint), device=device, dtype="float32", attention=attention, cudagraph=cudagraph,
                      compile=compile_, max_model_len=512, max_num_seqs=16) as llm:
-                got = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+                got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
             same = sum(g == w for g, w in zip(got, want))
             cell.update(status="match" if same == len(want) else "MISMATCH", equal_prompts=same, prompts=len(want),
                         first_mismatch=next(([g, w] for g, w in zip(got, want) if g != w), None))

@@ -40,7 +40,7 @@ def simulate_bench(profile: str, smoke: bool) -> dict:
         outputs = llm.generate(prompts, params, use_tqdm=False)
         simulated_s = llm.engine.clock.now()
         blocks = llm.engine.kv_cache.num_blocks
-    tokens = sum(len(o.token_ids) for o in outputs)
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
     return dict(output_tokens=tokens, simulated_s=simulated_s, tok_s=tokens / simulated_s, kv_cache_blocks=blocks,
                 host_cpu_s=time.process_time() - start)
 

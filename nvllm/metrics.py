@@ -186,7 +186,7 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
     done = [o for o in outputs if o.error is None]
     stats = engine.stats
     device = torch.device(engine.config.device)
-    rejected = [o.error for o in outputs if o.finish_reason == "rejected"]
+    rejected = [o.error for o in outputs if o.outputs[0].finish_reason == "rejected"]
     serving = serving_metrics([timing_of(o) for o in outputs], wall_time, **(serving or {}))
     # every completion counts its tokens (n > 1 makes several per request)
     serving["total_output_tokens"] = sum(len(c.token_ids) for o in done for c in o.outputs)

@@ -113,13 +113,13 @@ def run(cfg: DictConfig, requested: dict) -> dict:
         wall = engine.clock.now() - start
         if cfg.print_outputs and workload.prints_prompts:
             for text, out in zip(workload.texts(), outputs):
-                answer = f"[{out.finish_reason}: {out.error}]" if out.error else out.text
+                answer = f"[{out.outputs[0].finish_reason}: {out.error}]" if out.error else out.outputs[0].text
                 logger.info(f"\n>>> {shorten(text)}\n{answer}")
         rate = config.workload.request_rate if arrivals is not None and workload.name != "trace" else None
         metrics = collect(engine, outputs, wall, requested, priorities,
                           {**serving, "request_rate": rate, "open_loop": arrivals is not None})
         metrics.update(burstiness=config.workload.burstiness, max_concurrency=concurrency)
-        reasons = [f"request {o.request_id}: {o.error}" for o in outputs if o.finish_reason == "rejected"]
+        reasons = [f"request {o.request_id}: {o.error}" for o in outputs if o.outputs[0].finish_reason == "rejected"]
         if reasons:
             logger.warning("\n".join([f"\n{len(reasons)} rejected:", *(f"  {shorten(r, 300)}" for r in reasons[:3]),
                                       *([f"  ... ({len(reasons) - 3} more: see rejected_by_reason in metrics.json)"]

@@ -23,24 +23,24 @@ def test_outputs_in_prompt_order_with_per_prompt_params(tiny_qwen3_path):
     with LLM(tiny_qwen3_path, max_num_seqs=2) as llm:
         outputs = llm.generate(prompts, params, use_tqdm=False)
         assert [o.request_id for o in outputs] == ["0", "1", "2"]
-        assert [len(o.token_ids) for o in outputs] == [7, 3, 5]
-        assert [o.token_ids for o in outputs] == [w[:n] for w, n in zip(want, (7, 3, 5))]
+        assert [len(o.outputs[0].token_ids) for o in outputs] == [7, 3, 5]
+        assert [o.outputs[0].token_ids for o in outputs] == [w[:n] for w, n in zip(want, (7, 3, 5))]
         assert all(o.prompt_token_ids == p for o, p in zip(outputs, prompts))
         single = llm.generate([1, 2, 3], params[0], use_tqdm=False)  # one prompt as a token list
-        assert single[0].token_ids == outputs[0].token_ids
+        assert single[0].outputs[0].token_ids == outputs[0].outputs[0].token_ids
 
 
 def test_text_prompts_and_seeded_sampling(smollm2_path):
     with LLM("smollm2", max_model_len=256, max_num_batched_tokens=512) as llm:
         prompt = llm.chat_prompt("What is the capital of France?")
-        greedy = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)[0]
+        greedy = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=12), use_tqdm=False)[0].outputs[0]
         assert "Paris" in greedy.text
         assert greedy.token_ids and greedy.text == llm.tokenizer.decode(greedy.token_ids, skip_special_tokens=True)
         seeded = SamplingParams(temperature=0.9, top_p=0.9, max_tokens=16, seed=7, ignore_eos=True)
-        a = llm.generate([prompt], seeded, use_tqdm=False)[0].token_ids
+        a = llm.generate([prompt], seeded, use_tqdm=False)[0].outputs[0].token_ids
         b = llm.generate([prompt, "Tell me a joke.", prompt], [seeded, SamplingParams(max_tokens=16), seeded],
                          use_tqdm=False)
-        assert a == b[0].token_ids == b[2].token_ids
+        assert a == b[0].outputs[0].token_ids == b[2].outputs[0].token_ids
 
 
 def test_close_frees_the_model(tiny_qwen3_path):
@@ -64,9 +64,7 @@ def test_vllm_style_code_runs(smollm2_path):
         completion = out.outputs[0]
         assert "Paris" in completion.text and completion.finish_reason in ("stop", "length") and out.finished
         assert out.request_id == "0" and out.prompt.startswith("<|im_start|>") and out.prompt_token_ids
-        assert (out.text, out.token_ids, out.finish_reason) == (completion.text, completion.token_ids,
-                                                               completion.finish_reason)  # nvllm's old names
-        assert out.metrics.ttft == out.ttft > 0 and out.metrics.arrival_time <= out.metrics.first_token_time
+        assert out.metrics.ttft > 0 and out.metrics.arrival_time <= out.metrics.first_token_time
         chats = llm.chat([[{"role": "user", "content": "What is the capital of France?"}],
                           [{"role": "system", "content": "Answer in one word."},
                            {"role": "user", "content": "What is the capital of Italy?"}]],

@@ -90,7 +90,7 @@ ops = st.one_of(
 def fuzz_llm(tiny_text_path):
     with LLM(tiny_text_path, max_model_len=MAX_MODEL_LEN, max_num_seqs=4, max_num_batched_tokens=64,
              kv_cache={"block_size": 8, "num_blocks": 16}) as llm:
-        reference = llm.generate(REFERENCE_PROMPT, GREEDY, use_tqdm=False)[0].token_ids
+        reference = llm.generate(REFERENCE_PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids
         assert len(reference) == 4
         yield llm, reference
 
@@ -166,7 +166,7 @@ class Program:
         assert not self.engine.has_unfinished_requests() and not self.engine._requests
         kv = self.engine.kv_cache
         assert kv.num_free_blocks == kv.num_blocks, f"{kv.num_blocks - kv.num_free_blocks} KV blocks still held"
-        assert self.llm.generate(REFERENCE_PROMPT, GREEDY, use_tqdm=False)[0].token_ids == reference
+        assert self.llm.generate(REFERENCE_PROMPT, GREEDY, use_tqdm=False)[0].outputs[0].token_ids == reference
 
 
 @pytest.mark.parametrize("examples", [200, pytest.param(3000, marks=pytest.mark.slow)])

@@ -192,7 +192,7 @@ def test_add_request_checks_every_argument_before_registering(llm, kwargs, match
     with pytest.raises(ValueError, match=match):
         llm.engine.add_request(**call)
     assert not llm.engine.has_unfinished_requests()
-    assert len(llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids) == 8
+    assert len(llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].outputs[0].token_ids) == 8
 
 
 def test_the_driver_behind_runs_rejects_one_request_and_runs_the_others(llm):
@@ -201,10 +201,10 @@ def test_the_driver_behind_runs_rejects_one_request_and_runs_the_others(llm):
     good = [[5, 6, 7], [8, 9, 10, 11]]
     alone = llm.engine.generate(good, [GREEDY] * 2, use_tqdm=False)
     mixed = llm.engine.generate([good[0], [], good[1], list(range(70))], [GREEDY] * 4, use_tqdm=False)
-    assert [o.token_ids for o in (mixed[0], mixed[2])] == [o.token_ids for o in alone]
-    assert mixed[1].finish_reason == "rejected" and "empty prompt" in mixed[1].error
-    assert mixed[3].finish_reason == "rejected" and "max_model_len" in mixed[3].error
-    assert all(len(o.token_ids) == 8 for o in alone)
+    assert [o.outputs[0].token_ids for o in (mixed[0], mixed[2])] == [o.outputs[0].token_ids for o in alone]
+    assert mixed[1].outputs[0].finish_reason == "rejected" and "empty prompt" in mixed[1].error
+    assert mixed[3].outputs[0].finish_reason == "rejected" and "max_model_len" in mixed[3].error
+    assert all(len(o.outputs[0].token_ids) == 8 for o in alone)
 
 
 def test_unknown_scheduler_lists_valid_names():

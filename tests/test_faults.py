@@ -219,7 +219,7 @@ LLM_GENERATE = """
     outs = llm.generate([[1, 2, 3], [4, 5, 6]], [SamplingParams(max_tokens=2), SamplingParams(max_tokens=40)],
                         use_tqdm=False)
     for o in outs:
-        print("OUT", o.finish_reason, len(o.token_ids), o.error)
+        print("OUT", o.outputs[0].finish_reason, len(o.outputs[0].token_ids), o.error)
     try:
         llm.generate([[1, 2]], use_tqdm=False)
     except RuntimeError as e:

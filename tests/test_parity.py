@@ -59,7 +59,7 @@ def run(path, prompts, one_by_one=False, **overrides):
         else:
             outputs = llm.generate(prompts, GREEDY, use_tqdm=False)
         engine = llm.engine
-        return [o.token_ids for o in outputs], engine.scheduler.num_preemptions, engine.kv_cache.hit_rate
+        return [o.outputs[0].token_ids for o in outputs], engine.scheduler.num_preemptions, engine.kv_cache.hit_rate
 
 
 def assert_same(got, want):

@@ -63,7 +63,7 @@ def test_entry_point_plugin_is_selectable_and_listed(tmp_path, tiny_qwen3_path):
         from nvllm import LLM, SamplingParams
         with LLM({tiny_qwen3_path!r}, scheduler={{"name": "reverse_fcfs", "note": "hi"}}, max_num_seqs=1) as llm:
             outs = llm.generate([[1, 2], [3, 4]], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
-            print(type(llm.engine.scheduler).__name__, llm.engine.scheduler.config.note, [len(o.token_ids) for o in outs])
+            print(type(llm.engine.scheduler).__name__, llm.engine.scheduler.config.note, [len(o.outputs[0].token_ids) for o in outs])
     """, site)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ReversePolicy hi [3, 3]"

@@ -133,15 +133,15 @@ def test_completion_equals_offline(client, offline):
     got = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=16, temperature=0,
                                     extra_body={"return_token_ids": True})
     choice = got.choices[0]
-    assert choice.text == want.text and choice.model_extra["token_ids"] == want.token_ids
-    assert choice.finish_reason == "length" == want.finish_reason
+    assert choice.text == want.outputs[0].text and choice.model_extra["token_ids"] == want.outputs[0].token_ids
+    assert choice.finish_reason == "length" == want.outputs[0].finish_reason
     assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (len(want.prompt_token_ids), 16)
     assert got.object == "text_completion" and got.model == "smollm2"
 
 
 def test_streamed_token_id_completion_equals_offline(client, offline):
     prompt = offline.tokenizer.encode(PROMPT)
-    want = offline.generate(prompt, greedy(12), use_tqdm=False)[0]
+    want = offline.generate(prompt, greedy(12), use_tqdm=False)[0].outputs[0]
     chunks = list(client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0, stream=True,
                                             stream_options={"include_usage": True},
                                             extra_body={"return_token_ids": True}))
@@ -156,7 +156,7 @@ def test_streamed_token_id_completion_equals_offline(client, offline):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_chat_equals_offline(client, offline, stream):
-    want = offline.generate(offline.chat_prompt(QUESTION), greedy(32), use_tqdm=False)[0]
+    want = offline.generate(offline.chat_prompt(QUESTION), greedy(32), use_tqdm=False)[0].outputs[0]
     assert "Paris" in want.text and want.finish_reason == "stop"
     messages = [{"role": "user", "content": QUESTION}]
     if stream:
@@ -174,14 +174,14 @@ def test_chat_equals_offline(client, offline, stream):
 
 
 def test_stop_string_and_seeded_sampling(client, offline):
-    want = offline.generate(offline.chat_prompt(QUESTION), greedy(32, stop=["Paris"]), use_tqdm=False)[0]
+    want = offline.generate(offline.chat_prompt(QUESTION), greedy(32, stop=["Paris"]), use_tqdm=False)[0].outputs[0]
     messages = [{"role": "user", "content": QUESTION}]
     answer = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=32, temperature=0,
                                             stop="Paris")
     assert answer.choices[0].message.content == want.text and "Paris" not in want.text
     assert answer.choices[0].finish_reason == "stop"
     sampled = SamplingParams(temperature=0.8, top_p=0.9, top_k=40, seed=7, max_tokens=10)
-    want = offline.generate(PROMPT, sampled, use_tqdm=False)[0]
+    want = offline.generate(PROMPT, sampled, use_tqdm=False)[0].outputs[0]
     got = client.completions.create(model="smollm2", prompt=PROMPT, max_tokens=10, temperature=0.8, top_p=0.9, seed=7,
                                     extra_body={"top_k": 40})
     assert got.choices[0].text == want.text
@@ -388,7 +388,8 @@ def test_n_and_logprobs_through_the_openai_client(client, offline):
 
 
 def text_of(llm, prompt, n):
-    return llm.generate(prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), use_tqdm=False)[0].text
+    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), use_tqdm=False)[0]
+    return out.outputs[0].text
 
 
 def test_metrics_is_prometheus_text(server, client):

@@ -35,11 +35,11 @@ def test_the_hub_id_is_the_embedded_model(llm):
 def test_vllm_prompt_shapes(llm):
     text = llm.chat_prompt(QUESTION)
     ids = llm.get_tokenizer().encode(text)
-    want = llm.generate(text, greedy(6), use_tqdm=False)[0]
+    want = llm.generate(text, greedy(6), use_tqdm=False)[0].outputs[0]
     one = llm.generate({"prompt": text}, greedy(6), use_tqdm=False)
-    assert len(one) == 1 and one[0].token_ids == want.token_ids and one[0].prompt == text
+    assert len(one) == 1 and one[0].outputs[0].token_ids == want.token_ids and one[0].prompt == text
     mixed = llm.generate([{"prompt": text}, {"prompt_token_ids": ids}, ids, text], greedy(6), use_tqdm=False)
-    assert [o.token_ids for o in mixed] == [want.token_ids] * 4
+    assert [o.outputs[0].token_ids for o in mixed] == [want.token_ids] * 4
     assert [o.prompt for o in mixed] == [text, None, None, text]
     assert mixed[1].prompt_token_ids == ids
     streamed = [d.new_token_ids for d in llm.stream([{"prompt_token_ids": ids}], greedy(6))]
@@ -68,7 +68,8 @@ def test_chat_takes_what_the_server_takes_through_its_conversion(llm, monkeypatc
     as_parts = [{"role": "user", "content": [{"type": "text", "text": "What is the capital "},
                                              {"type": "text", "text": "of France?"}]}]
     want, got = (llm.chat(c, greedy(8), use_tqdm=False)[0] for c in (as_string, as_parts))
-    assert got.prompt == want.prompt and got.prompt_token_ids == want.prompt_token_ids and got.token_ids == want.token_ids
+    assert got.prompt == want.prompt and got.prompt_token_ids == want.prompt_token_ids
+    assert got.outputs[0].token_ids == want.outputs[0].token_ids
     monkeypatch.setattr(prompts, "_tokenizer", llm.get_tokenizer())
     assert prompts._encode_chat(as_parts) == (True, got.prompt_token_ids)  # the server's worker: the same ids
     roles = [{"role": role, "content": "hi"} for role in ("system", "developer", "user", "assistant", "tool", "user")]

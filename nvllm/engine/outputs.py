@@ -60,8 +60,7 @@ class RequestMetrics:
 @dataclass
 class RequestOutput:
     """What `LLM.generate` returns per prompt (vLLM's shape): the prompt, and `outputs`, one
-    CompletionOutput per completion (`SamplingParams.n`). `text`, `token_ids`, `finish_reason`,
-    `ttft` and `tpot` read `outputs[0]` and `metrics` (nvllm's earlier names, kept)."""
+    CompletionOutput per completion (`SamplingParams.n`)."""
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
@@ -70,17 +69,6 @@ class RequestOutput:
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     # why the request was rejected (finish_reason "rejected") or ended by a fault ("abort")
     error: str | None = None
-
-    text = property(lambda self: self.outputs[0].text, doc="outputs[0].text")
-    token_ids = property(lambda self: self.outputs[0].token_ids, doc="outputs[0].token_ids")
-    finish_reason = property(lambda self: self.outputs[0].finish_reason, doc="outputs[0].finish_reason")
-    ttft = property(lambda self: self.metrics.ttft, doc="metrics.ttft (seconds)")
-    tpot = property(lambda self: self.metrics.tpot, doc="metrics.tpot (seconds)")
-    token_times = property(lambda self: self.outputs[0].token_times, doc="outputs[0].token_times")
-    arrival_time = property(lambda self: self.metrics.arrival_time, doc="metrics.arrival_time")
-    first_scheduled_time = property(lambda self: self.metrics.first_scheduled_time, doc="metrics.first_scheduled_time")
-    finish_time = property(lambda self: self.metrics.finished_time, doc="metrics.finished_time")
-    num_preemptions = property(lambda self: self.metrics.num_preemptions, doc="metrics.num_preemptions")
 
     def end(self, reason: str, error: str):
         """Finish every completion not yet finished with `reason`, the request with `error`."""

@@ -132,7 +132,7 @@ class ForwardSuite(ComponentSuite):
         greedy = SamplingParams(temperature=0, max_tokens=self.max_new_tokens, ignore_eos=True)
         kv_cache = {"block_size": 8, **({"num_blocks": num_blocks} if num_blocks else {})}
         with self._llm(checkpoint, {"name": self.name, **config_fields}, kv_cache=kv_cache) as llm:
-            got = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+            got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
             if num_blocks:
                 assert llm.engine.scheduler.num_preemptions > 0, "the small cache forced no preemption"
             assert llm.engine.kv_cache.num_free_blocks == llm.engine.kv_cache.num_blocks
@@ -161,14 +161,14 @@ class ForwardSuite(ComponentSuite):
                 s, kv = engine.stats, engine.kv_cache
                 runs[forward["name"]] = dict(
                     steps=(s.steps, s.prefill_tokens, s.decode_tokens), preemptions=engine.scheduler.num_preemptions,
-                    per_request=[o.num_preemptions for o in outputs], hits=(kv.num_hit_tokens, kv.num_lookup_tokens),
-                    lengths=[len(o.token_ids) for o in outputs], free=kv.num_free_blocks == kv.num_blocks)
+                    per_request=[o.metrics.num_preemptions for o in outputs], hits=(kv.num_hit_tokens, kv.num_lookup_tokens),
+                    lengths=[len(o.outputs[0].token_ids) for o in outputs], free=kv.num_free_blocks == kv.num_blocks)
                 if forward["name"] == self.name:
                     assert engine.clock is engine.executor.clock, "the engine reads the executor's clock"
                     for o in outputs:
-                        times = [o.arrival_time, *o.token_times]
+                        times = [o.metrics.arrival_time, *o.outputs[0].token_times]
                         assert all(a < b for a, b in zip(times, times[1:])), f"time stood still or ran back: {times}"
-                    assert engine.clock.now() == max(o.token_times[-1] for o in outputs)
+                    assert engine.clock.now() == max(o.outputs[0].token_times[-1] for o in outputs)
         want, got = runs["eager"], runs[self.name]
         assert got == want
         assert got["lengths"] == lengths and got["free"]
@@ -185,6 +185,6 @@ class ForwardSuite(ComponentSuite):
                 SamplingParams(**plain), SamplingParams(**{**plain, "ignore_eos": False}),
                 SamplingParams(**plain, stop_token_ids=[7]), SamplingParams(**plain, stop=["x"]),
                 SamplingParams(**plain)], use_tqdm=False)
-        assert outputs[0].error is None and len(outputs[0].token_ids) == 4
+        assert outputs[0].error is None and len(outputs[0].outputs[0].token_ids) == 4
         for out in outputs[1:]:
-            assert out.finish_reason == "rejected" and out.error.startswith(f"forward={self.name}: "), out.error
+            assert out.outputs[0].finish_reason == "rejected" and out.error.startswith(f"forward={self.name}: "), out.error

@@ -82,7 +82,7 @@ class DrafterSuite(ComponentSuite):
 
             engine.drafter.propose = checked
             priorities = [i % 3 for i in range(len(self.prompts()))] if scenario == "priority" else None
-            got = [o.token_ids for o in llm.generate(self.prompts(), greedy, use_tqdm=False, priorities=priorities)]
+            got = [o.outputs[0].token_ids for o in llm.generate(self.prompts(), greedy, use_tqdm=False, priorities=priorities)]
             if scenario in ("preempting", "priority"):
                 assert engine.scheduler.num_preemptions > 0, "the small cache forced no preemption"
             assert engine.kv_cache.num_free_blocks == engine.kv_cache.num_blocks, "blocks leaked"
@@ -99,9 +99,9 @@ class DrafterSuite(ComponentSuite):
         params = [SamplingParams(temperature=t, top_k=k, seed=s, max_tokens=self.max_new_tokens, ignore_eos=True)
                   for t, k, s in ((0.3, 0, 1), (0.8, 5, 2), (1.5, 0, 3), (0.3, 0, 4), (0.8, 0, 5), (0.0, 0, 6), (0.5, 3, 7))]
         with self._llm(checkpoint, config_fields) as llm:
-            got = [o.token_ids for o in llm.generate(self.prompts(), params, use_tqdm=False)]
+            got = [o.outputs[0].token_ids for o in llm.generate(self.prompts(), params, use_tqdm=False)]
         with LLM(checkpoint, **{"kv_cache": {"block_size": 8}, "max_model_len": 128, **self.overrides}) as llm:
-            want = [o.token_ids for o in llm.generate(self.prompts(), params, use_tqdm=False)]
+            want = [o.outputs[0].token_ids for o in llm.generate(self.prompts(), params, use_tqdm=False)]
         assert got == want
 
     def test_check_refuses_with_a_config_error(self, config, checkpoint):

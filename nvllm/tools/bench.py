@@ -104,11 +104,11 @@ def run_nvllm(spec: dict) -> dict:
     rejected = [o.error for o in outputs if o.error]
     if rejected:
         raise RuntimeError(f"{len(rejected)} requests rejected, e.g. {rejected[0]}")
-    tokens = [o.token_ids for o in outputs]
+    tokens = [o.outputs[0].token_ids for o in outputs]
     output_tokens = sum(len(t) for t in tokens)
-    decode = [(len(o.token_ids) - 1, o.tpot * (len(o.token_ids) - 1)) for o in outputs if o.tpot]
+    decode = [(len(t) - 1, o.metrics.tpot * (len(t) - 1)) for o, t in zip(outputs, tokens) if o.metrics.tpot]
     return dict(output_tokens=output_tokens, computed_tokens=output_tokens, wall_s=wall, tok_s=output_tokens / wall,
-                load_s=load_s, ttft_s=sorted(o.ttft for o in outputs)[len(outputs) // 2],
+                load_s=load_s, ttft_s=sorted(o.metrics.ttft for o in outputs)[len(outputs) // 2],
                 decode_tok_s=sum(n for n, _ in decode) / sum(t for _, t in decode) if decode else None,
                 tokens=tokens[:spec["check"]], settings=dict(overrides=options, threads=spec["threads"],
                                                              engine=effective))

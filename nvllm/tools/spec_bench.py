@@ -47,7 +47,7 @@ def run(llm, prompts, params) -> tuple[list[list[int]], int, float]:
     stats = llm.engine.stats
     tokens, seconds = stats.decode_tokens, stats.decode_time
     outputs = llm.generate(prompts, params, use_tqdm=False)
-    return [o.token_ids for o in outputs], stats.decode_tokens - tokens, stats.decode_time - seconds
+    return [o.outputs[0].token_ids for o in outputs], stats.decode_tokens - tokens, stats.decode_time - seconds
 
 
 def main(argv=None):

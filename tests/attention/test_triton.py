@@ -251,7 +251,7 @@ def test_greedy_tokens_match_sdpa_and_hf(tiny_qwen3_path):
         with LLM(tiny_qwen3_path, attention=attention, device="cpu", max_model_len=64, max_num_batched_tokens=256,
                  kv_cache={"block_size": 16, "num_blocks": 6, "prefix_caching": True}) as llm:
             outputs = llm.generate(prompts, greedy, use_tqdm=False)
-            return [o.token_ids for o in outputs], llm.engine.scheduler.num_preemptions, llm.engine.kv_cache.hit_rate
+            return [o.outputs[0].token_ids for o in outputs], llm.engine.scheduler.num_preemptions, llm.engine.kv_cache.hit_rate
 
     got, preemptions, hit_rate = generate("triton")
     assert preemptions > 0 and hit_rate > 0
@@ -275,7 +275,7 @@ def test_greedy_tokens_with_split_decode_match_hf(tiny_qwen3_path, monkeypatch):
     with LLM(tiny_qwen3_path, attention="triton", device="cpu", max_model_len=64, max_num_batched_tokens=256,
              kv_cache={"block_size": 16}) as llm:
         assert triton_backend.decode_splits(2, 2, 48, triton_backend.num_sms(None)) > 1
-        got = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
     assert got == hf_greedy(tiny_qwen3_path, prompts, MAX_NEW)
 
 
@@ -294,6 +294,6 @@ def test_greedy_tokens_match_sdpa_on_cuda(tiny_qwen3_path):
     def generate(attention):
         with LLM(tiny_qwen3_path, attention=attention, device="cuda", dtype="float32", max_model_len=512,
                  kv_cache={"block_size": 16, "num_blocks": 24, "prefix_caching": True}) as llm:
-            return [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+            return [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
 
     assert generate("triton") == generate("sdpa")

@@ -18,7 +18,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 def generate(path, prompts, **overrides):
     with LLM(path, max_model_len=256, max_num_batched_tokens=512, **overrides) as llm:
         outs = llm.generate(prompts, GREEDY, use_tqdm=False)
-        return [o.token_ids for o in outs], llm.engine.scheduler.num_preemptions
+        return [o.outputs[0].token_ids for o in outs], llm.engine.scheduler.num_preemptions
 
 
 @pytest.mark.parametrize("prefix_caching", [True, False])
@@ -70,7 +70,7 @@ def test_killed_worker_gives_clear_error_and_no_orphan(tmp_path, tiny_qwen3_path
         worker = llm.engine.workers.processes[0]
         os.kill(worker.pid, signal.SIGKILL)
         out = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4), use_tqdm=False)[0]
-        print("ERROR", out.finish_reason, out.error)
+        print("ERROR", out.outputs[0].finish_reason, out.error)
         print("ALIVE", worker.is_alive())
     """, tmp_path)
     assert "ERROR abort a tensor-parallel worker failed: rank 1 (exit code -9)" in proc.stdout, proc.stderr
@@ -114,7 +114,7 @@ def test_raising_worker_reports_its_traceback(tmp_path, tiny_qwen3_path):
         from nvllm import LLM, SamplingParams
         llm = LLM({tiny_qwen3_path!r}, tp=2, attention="fails_on_rank1")
         out = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4), use_tqdm=False)[0]
-        print("ERROR", out.finish_reason, out.error)
+        print("ERROR", out.outputs[0].finish_reason, out.error)
         print("WORKERS", llm.engine.workers)
     """, tmp_path, env={"PYTHONPATH": str(site)})
     assert "ERROR abort a tensor-parallel worker failed: rank 1" in proc.stdout, proc.stderr
@@ -128,7 +128,7 @@ def test_two_tp_runs_at_once_do_not_collide(tmp_path, tiny_qwen3_path):
     code = f"""
         from nvllm import LLM, SamplingParams
         with LLM({tiny_qwen3_path!r}, tp=2) as llm:
-            print("TOKENS", llm.generate([[4, 5, 6]], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].token_ids)
+            print("TOKENS", llm.generate([[4, 5, 6]], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0].outputs[0].token_ids)
     """
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     for d in ("a", "b"):

@@ -45,11 +45,13 @@ def test_greedy_tokens_same_on_and_off_with_preemption_and_prefix_hits(tiny_qwen
     on, pre_on, hits_on = run(tiny_qwen3_path, prompts, greedy, True, scheduler=scheduler, kv_cache=kv, **extra)
     assert pre_off > 0 and pre_on > 0, "the small cache forced no preemption"
     assert hits_off > 0 and hits_on > 0
-    assert [o.token_ids for o in on] == [o.token_ids for o in off] == hf_greedy(tiny_qwen3_path, prompts, 12)
-    assert [o.finish_reason for o in on] == ["length"] * len(prompts)
+    tokens = [o.outputs[0].token_ids for o in on]
+    assert tokens == [o.outputs[0].token_ids for o in off] == hf_greedy(tiny_qwen3_path, prompts, 12)
+    assert [o.outputs[0].finish_reason for o in on] == ["length"] * len(prompts)
     for o in on:  # a timestamp per token, in order, after the request was first scheduled
-        assert len(o.token_times) == 12 and o.token_times == sorted(o.token_times)
-        assert o.first_scheduled_time <= o.token_times[0]
+        times = o.outputs[0].token_times
+        assert len(times) == 12 and times == sorted(times)
+        assert o.metrics.first_scheduled_time <= times[0]
 
 
 def test_a_stop_token_seen_a_step_late_drops_the_lookahead_token(tiny_qwen3_path):
@@ -58,8 +60,9 @@ def test_a_stop_token_seen_a_step_late_drops_the_lookahead_token(tiny_qwen3_path
     request's blocks are freed when the stop is seen, and the outputs equal those without overlap."""
     prompts = prompts_with_shared_prefixes(1)[:4]
     full = run(tiny_qwen3_path, prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), False)[0]
-    params = [SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[o.token_ids[2 + i]]) for i, o in enumerate(full)]
-    off = run(tiny_qwen3_path, prompts, params, False)[0]
+    params = [SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[o.outputs[0].token_ids[2 + i]])
+              for i, o in enumerate(full)]
+    off = [o.outputs[0] for o in run(tiny_qwen3_path, prompts, params, False)[0]]
     with LLM(tiny_qwen3_path, async_scheduling=True, **BASE) as llm:
         engine, outputs, dropped = llm.engine, {}, 0
         for i, (p, sp) in enumerate(zip(prompts, params)):
@@ -85,7 +88,7 @@ def test_length_limits_end_a_request_at_launch_without_a_lookahead_step(tiny_qwe
     prompts, limits = [[1, 2, 3] * 4, [4, 5], [6] * 7], [30, 3, 5]
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in limits]
     kw = dict(kv_cache={"block_size": 8, "num_blocks": 8}, max_model_len=20, max_num_batched_tokens=64)
-    off = run(tiny_qwen3_path, prompts, params, False, **kw)[0]
+    off = [o.outputs[0] for o in run(tiny_qwen3_path, prompts, params, False, **kw)[0]]
     with LLM(tiny_qwen3_path, async_scheduling=True, **kw) as llm:
         engine, tokens, reasons = llm.engine, {}, {}
         for i, (p, sp) in enumerate(zip(prompts, params)):
@@ -105,7 +108,7 @@ def test_length_limits_end_a_request_at_launch_without_a_lookahead_step(tiny_qwe
 def test_an_abort_while_its_step_is_in_flight_drops_that_token_and_frees_its_blocks(tiny_qwen3_path):
     prompts = prompts_with_shared_prefixes(2)[:3]
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
-    want = [o.token_ids for o in run(tiny_qwen3_path, prompts, params, False)[0]]
+    want = [o.outputs[0].token_ids for o in run(tiny_qwen3_path, prompts, params, False)[0]]
     with LLM(tiny_qwen3_path, async_scheduling=True, kv_cache={"block_size": 8}, **BASE) as llm:
         engine, tokens = llm.engine, {}
         for i, p in enumerate(prompts):
@@ -145,7 +148,7 @@ def text_model(tmp_path_factory) -> str:
 def test_stop_strings_and_streams_are_the_same_on_and_off(text_model):
     prompts = ["Once upon a time", "The capital of France is", "🍣 sushi and 🍜 ramen:"]
     greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
-    full = run(text_model, prompts, greedy, False)[0]
+    full = [o.outputs[0] for o in run(text_model, prompts, greedy, False)[0]]
     stops = [o.text[len(o.text) // 2:len(o.text) // 2 + 2] for o in full]  # two characters from the middle
     params = [SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, stop=[s]) for s in stops]
 
@@ -171,7 +174,7 @@ def test_seeded_sampling_is_the_same_on_and_off(tiny_qwen3_path):
     params = [SamplingParams(temperature=0.8, top_k=50, seed=i, max_tokens=10) for i in range(len(prompts))]
     off = run(tiny_qwen3_path, prompts, params, False)[0]
     on = run(tiny_qwen3_path, prompts, params, True)[0]
-    assert [o.token_ids for o in on] == [o.token_ids for o in off]
+    assert [o.outputs[0].token_ids for o in on] == [o.outputs[0].token_ids for o in off]
 
 
 def test_n_logprobs_penalties_and_min_tokens_are_the_same_on_and_off(tiny_qwen3_path):
@@ -236,7 +239,7 @@ def test_tp2_with_overlap_matches_tp1(tiny_qwen3_path):
     off = run(tiny_qwen3_path, prompts, greedy, False, kv_cache=kv)
     on = run(tiny_qwen3_path, prompts, greedy, True, kv_cache=kv, tp=2)
     assert on[1] > 0  # preempted sequences were re-prefilled on both ranks
-    assert [o.token_ids for o in on[0]] == [o.token_ids for o in off[0]]
+    assert [o.outputs[0].token_ids for o in on[0]] == [o.outputs[0].token_ids for o in off[0]]
 
 
 @pytest.mark.gpu
@@ -254,7 +257,7 @@ def test_overlap_on_cuda_keeps_the_greedy_tokens(tiny_qwen3_path, attention):
               max_model_len=256, max_num_batched_tokens=512, max_num_seqs=16)
     with LLM(tiny_qwen3_path, **kw) as llm:
         assert llm.engine.config.async_scheduling is True  # auto, on CUDA
-        on = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+        on = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
     with LLM(tiny_qwen3_path, async_scheduling=False, **kw) as llm:
-        off = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+        off = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
     assert on == off

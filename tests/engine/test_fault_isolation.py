@@ -38,14 +38,14 @@ def assert_idle(llm):
 def test_a_fault_in_one_request_ends_only_that_request(llm):
     alone = llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
     mixed = llm.generate(PROMPTS, NEIGHBOURS + [marked(FAULT_SEED)], use_tqdm=False)
-    assert [o.token_ids for o in mixed[:3]] == [o.token_ids for o in alone]
-    assert [o.finish_reason for o in mixed[:3]] == ["length"] * 3 and all(o.error is None for o in mixed[:3])
+    assert [o.outputs[0].token_ids for o in mixed[:3]] == [o.outputs[0].token_ids for o in alone]
+    assert [o.outputs[0].finish_reason for o in mixed[:3]] == ["length"] * 3 and all(o.error is None for o in mixed[:3])
     failed = mixed[3]
-    assert failed.finish_reason == "error" and "injected fault for request 3" in failed.error
-    assert len(failed.token_ids) == FAULT_AT  # what it generated before the fault is kept
+    assert failed.outputs[0].finish_reason == "error" and "injected fault for request 3" in failed.error
+    assert len(failed.outputs[0].token_ids) == FAULT_AT  # what it generated before the fault is kept
     assert_idle(llm)
     again = llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)  # the same LLM goes on
-    assert [o.token_ids for o in again] == [o.token_ids for o in alone]
+    assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in alone]
 
 
 def test_a_fault_in_a_request_of_n_completions_ends_all_of_them_and_only_them(llm):
@@ -54,7 +54,7 @@ def test_a_fault_in_a_request_of_n_completions_ends_all_of_them_and_only_them(ll
     alone = llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
     params = SamplingParams(n=3, temperature=0, seed=FAULT_SEED, max_tokens=8, ignore_eos=True)
     mixed = llm.generate(PROMPTS, NEIGHBOURS + [params], use_tqdm=False)
-    assert [o.token_ids for o in mixed[:3]] == [o.token_ids for o in alone]
+    assert [o.outputs[0].token_ids for o in mixed[:3]] == [o.outputs[0].token_ids for o in alone]
     failed = mixed[3]
     assert [c.finish_reason for c in failed.outputs] == ["error"] * 3 and "injected fault" in failed.error
     assert all(len(c.token_ids) == FAULT_AT for c in failed.outputs)
@@ -72,8 +72,8 @@ def test_under_async_scheduling_a_fault_ends_only_its_request(llm, tiny_qwen3_pa
              kv_cache={"block_size": 4, "num_blocks": 40}) as overlapped:
         assert overlapped.engine.config.async_scheduling
         mixed = overlapped.generate(PROMPTS, NEIGHBOURS + [culprit], use_tqdm=False)
-        assert [o.token_ids for o in mixed[:3]] == [o.token_ids for o in alone]
-        assert [o.finish_reason for o in mixed[:3]] == ["length"] * 3
+        assert [o.outputs[0].token_ids for o in mixed[:3]] == [o.outputs[0].token_ids for o in alone]
+        assert [o.outputs[0].finish_reason for o in mixed[:3]] == ["length"] * 3
         failed = mixed[3]
         assert [c.finish_reason for c in failed.outputs] == ["error"] * n and "injected fault" in failed.error
         # the first completion raises at FAULT_AT; its siblings, which start once it has computed the
@@ -81,7 +81,7 @@ def test_under_async_scheduling_a_fault_ends_only_its_request(llm, tiny_qwen3_pa
         assert len(failed.outputs[0].token_ids) == FAULT_AT and all(len(c.token_ids) <= FAULT_AT for c in failed.outputs)
         assert_idle(overlapped)
         again = overlapped.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
-        assert [o.token_ids for o in again] == [o.token_ids for o in alone]
+        assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in alone]
 
 
 def test_a_fault_ends_its_stream_with_an_error_delta(llm):
@@ -109,7 +109,7 @@ def test_a_value_changed_mid_request_overflows_in_the_real_sampler_and_ends_only
         if d.finished:
             finals[d.request_id] = d
     assert finals["3"].finish_reason == "error" and "Overflow" in finals["3"].error
-    assert [tokens[i] for i in "012"] == [o.token_ids for o in alone]
+    assert [tokens[i] for i in "012"] == [o.outputs[0].token_ids for o in alone]
     assert_idle(llm)
 
 
@@ -133,7 +133,8 @@ def test_ctrl_c_leaves_the_llm_usable(llm, api, ctrl_c_raises):
         else:
             list(llm.stream(PROMPTS, NEIGHBOURS + [marked(INTERRUPT_SEED)]))
     assert_idle(llm)
-    assert [o.token_ids for o in llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)] == [o.token_ids for o in alone]
+    after = llm.generate(PROMPTS[:3], NEIGHBOURS, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in after] == [o.outputs[0].token_ids for o in alone]
 
 
 def test_generate_while_a_stream_is_open_is_refused(llm):
@@ -150,7 +151,7 @@ def test_generate_while_a_stream_is_open_is_refused(llm):
     next(stream)
     stream.close()  # closing it aborts its requests and frees the LLM
     assert_idle(llm)
-    assert len(llm.generate([[1, 2]], NEIGHBOURS[0], use_tqdm=False)[0].token_ids) == 8
+    assert len(llm.generate([[1, 2]], NEIGHBOURS[0], use_tqdm=False)[0].outputs[0].token_ids) == 8
 
 
 def test_generate_on_an_engine_with_requests_of_its_own_is_refused(llm):

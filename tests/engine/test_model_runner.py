@@ -62,7 +62,7 @@ def test_compile_matches_transformers(tiny_qwen3_path):
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
         assert llm.engine.config.compile is True
         assert llm.engine.scheduler.num_preemptions > 0
-    assert [o.token_ids for o in outs] == want
+    assert [o.outputs[0].token_ids for o in outs] == want
 
 
 @pytest.mark.gpu
@@ -76,6 +76,6 @@ def test_cudagraph_matches_eager_on_cuda(tiny_qwen3_path, attention):
     for forward in ("eager", "cudagraph"):
         with LLM(tiny_qwen3_path, device="cuda", dtype="float32", forward=forward, attention=attention,
                  max_num_seqs=16, kv_cache={"block_size": 16}, max_model_len=256, max_num_batched_tokens=512) as llm:
-            tokens[forward] = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+            tokens[forward] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
             assert bool(getattr(llm.engine.executor.forward_strategy, "graphs", None)) == (forward == "cudagraph")
     assert tokens["cudagraph"] == tokens["eager"]

@@ -61,7 +61,7 @@ def run_stream(llm, prompts, params):
 @pytest.mark.parametrize("scheduler", ["fcfs", "chunked", "priority"])
 def test_stream_equals_generate_for_every_scheduler(text_model, scheduler):
     with LLM(text_model, scheduler=scheduler, **BASE) as llm:
-        outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+        outs = [o.outputs[0] for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
         tokens, texts, reasons = run_stream(llm, PROMPTS, GREEDY)
         assert tokens == [o.token_ids for o in outs]
         assert texts == [o.text for o in outs]
@@ -115,7 +115,7 @@ def test_duplicate_request_id_refused(llm):
 
 def test_stop_strings_offline_and_streaming(smol):
     llm, prompts = smol, chat(smol, QUESTIONS)
-    full = llm.generate(prompts, GREEDY, use_tqdm=False)
+    full = [o.outputs[0] for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
     stops, want = [], []
     for o in full:
         # a stop string from the middle of the text, straddling a token boundary where it can
@@ -126,7 +126,7 @@ def test_stop_strings_offline_and_streaming(smol):
         stops.append(stop)
         want.append(o.text[:o.text.index(stop)])
     params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=["never appears 🙃", s]) for s in stops]
-    offline = llm.generate(prompts, params, use_tqdm=False)
+    offline = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
     assert [o.text for o in offline] == want
     assert all(o.finish_reason == "stop" and len(o.token_ids) < 24 for o in offline)
     for o, f in zip(offline, full):
@@ -138,10 +138,10 @@ def test_stop_strings_offline_and_streaming(smol):
 
 def test_stop_token_ids_offline_and_streaming(smol):
     llm, prompts = smol, chat(smol, QUESTIONS)
-    full = llm.generate(prompts, GREEDY, use_tqdm=False)
+    full = [o.outputs[0] for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
     stop_ids = [o.token_ids[5] for o in full]
     params = [SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop_token_ids=[t]) for t in stop_ids]
-    offline = llm.generate(prompts, params, use_tqdm=False)
+    offline = [o.outputs[0] for o in llm.generate(prompts, params, use_tqdm=False)]
     for o, f, t in zip(offline, full, stop_ids):
         n = f.token_ids.index(t) + 1
         assert o.token_ids == f.token_ids[:n] and o.finish_reason == "stop"
@@ -156,7 +156,7 @@ def test_real_text_streams_exactly(smol):
     prompts = chat(smol, QUESTIONS + ["Translate 'good morning' into Chinese, Korean and Greek.",
                                       "Reply with only emoji: 🍣🍜🌍"])
     params = [SamplingParams(temperature=0.8, seed=i, max_tokens=40) for i in range(len(prompts))]
-    outs = smol.generate(prompts, params, use_tqdm=False)
+    outs = [o.outputs[0] for o in smol.generate(prompts, params, use_tqdm=False)]
     tokens, texts, _ = run_stream(smol, prompts, params)
     assert tokens == [o.token_ids for o in outs] and texts == [o.text for o in outs]
     for o in outs:
@@ -166,9 +166,9 @@ def test_real_text_streams_exactly(smol):
 
 def test_max_model_len_is_its_own_finish_reason(text_model):
     with LLM(text_model, kv_cache={"block_size": 8, "num_blocks": 8}, max_model_len=20, max_num_batched_tokens=64) as llm:
-        out = llm.generate([[1, 2, 3] * 4, [4, 5]], [SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
-                                                    SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)],
-                           use_tqdm=False)
+        out = [o.outputs[0] for o in llm.generate([[1, 2, 3] * 4, [4, 5]], [
+            SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
+            SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)], use_tqdm=False)]
         assert (out[0].finish_reason, len(out[0].token_ids)) == ("max_model_len", 8)
         assert (out[1].finish_reason, len(out[1].token_ids)) == ("length", 3)
         with pytest.raises(ValueError, match="prompt 0: empty prompt"):
@@ -184,16 +184,17 @@ def test_open_loop_arrivals_keep_the_tokens(llm):
     opened = llm.generate(prompts, GREEDY, use_tqdm=False, arrival_times=[0.0, 0.3, 0.6])
     capped = llm.generate(prompts, GREEDY, use_tqdm=False, arrival_times=[0.0] * 3, max_concurrency=1)
     for outs in (at_zero, opened, capped):
-        assert [o.token_ids for o in outs] == [o.token_ids for o in closed]
-        assert [o.text for o in outs] == [o.text for o in closed]
-    start = opened[0].arrival_time
+        assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in closed]
+        assert [o.outputs[0].text for o in outs] == [o.outputs[0].text for o in closed]
+    start = opened[0].metrics.arrival_time
     for o, offset in zip(opened, [0.0, 0.3, 0.6]):
-        assert o.arrival_time == pytest.approx(start + offset, abs=1e-3)  # the first arrives "now", just after the start
-        assert o.first_scheduled_time >= o.arrival_time  # admitted at its time, not before
-        assert o.ttft == pytest.approx(o.token_times[0] - o.arrival_time)
+        m = o.metrics
+        assert m.arrival_time == pytest.approx(start + offset, abs=1e-3)  # the first arrives "now", just after the start
+        assert m.first_scheduled_time >= m.arrival_time  # admitted at its time, not before
+        assert m.ttft == pytest.approx(o.outputs[0].token_times[0] - m.arrival_time)
     # one at a time: each arrives when the previous has finished
     for a, b in zip(capped, capped[1:]):
-        assert b.arrival_time >= a.finish_time
+        assert b.metrics.arrival_time >= a.metrics.finished_time
 
 
 # -- the detokenizer alone, with the real SmolLM2 tokenizer ---------------------------------------------

@@ -92,7 +92,7 @@ def test_long_prefill_through_torch_then_decode_in_c(tiny_qwen3_path, monkeypatc
         monkeypatch.setattr(step, "runs", lambda meta: calls.append(runs(meta)) or calls[-1])
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
     assert calls[0] is False and all(calls[1:])  # the prefill went to torch, every decode step to C
-    assert [o.token_ids for o in outs] == hf_greedy(tiny_qwen3_path, prompts, 12)
+    assert [o.outputs[0].token_ids for o in outs] == hf_greedy(tiny_qwen3_path, prompts, 12)
 
 
 def test_auto_passes_it_over_where_it_cannot_build(tiny_qwen3_path, monkeypatch):

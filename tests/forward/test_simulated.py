@@ -71,9 +71,9 @@ def test_the_virtual_clock_orders_events_exactly(tmp_path, scheduler, times):
                                arrival_times=list(arrivals.values()), use_tqdm=False)
         assert llm.engine.clock.now() == 1.0
     for out, name in zip(outputs, times):
-        assert out.arrival_time == arrivals[name] and out.token_times == times[name], name
-        assert out.ttft == times[name][0] - arrivals[name]
-    assert outputs[2].ttft == 0.375 and outputs[2].first_scheduled_time == 0.5
+        assert out.metrics.arrival_time == arrivals[name] and out.outputs[0].token_times == times[name], name
+        assert out.metrics.ttft == times[name][0] - arrivals[name]
+    assert outputs[2].metrics.ttft == 0.375 and outputs[2].metrics.first_scheduled_time == 0.5
 
 
 def test_step_shape_of_a_batch():
@@ -179,7 +179,7 @@ def test_model_shapes():
     with LLM(TINY, max_model_len=64) as llm:
         assert llm.engine.random_weights
         out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), use_tqdm=False)
-        assert len(out[0].token_ids) == 4
+        assert len(out[0].outputs[0].token_ids) == 4
 
 
 def test_roofline_run_is_labelled_uncalibrated(capsys):
@@ -191,12 +191,12 @@ def test_roofline_run_is_labelled_uncalibrated(capsys):
         sim = simulation(llm.engine)
     assert sim["simulated"] and sim["simulation"]["cost_model"] == "roofline" and not sim["simulation"]["calibrated"]
     assert sim["simulation"]["hardware"] == "cpu" and sim["simulation"]["measured_error"] is None
-    assert sim["simulation"]["steps"] == 5 and all(len(o.token_ids) == 5 for o in outs)
+    assert sim["simulation"]["steps"] == 5 and all(len(o.outputs[0].token_ids) == 5 for o in outs)
     line = summary_line({"status": "ok", "requests": 3, "rejected": 0, "completed": 3, "total_input_tokens": 9,
                          "total_output_tokens": 15, "duration": 1.0, "output_throughput": 15.0, "median_ttft_ms": 10.0,
                          "median_tpot_ms": 5.0, **sim})
     assert line.startswith("SIMULATED, UNCALIBRATED (roofline of cpu): 3 requests") and "(simulated time;" in line
-    assert math.isfinite(outs[0].ttft) and outs[0].ttft > 0
+    assert math.isfinite(outs[0].metrics.ttft) and outs[0].metrics.ttft > 0
 
 
 PLUGIN = '''

@@ -28,7 +28,7 @@ def test_matches_transformers(variant, tmp_path):
     want = hf_greedy(path, prompts, 16)
     with LLM(path, kv_cache={"block_size": 16}, max_model_len=256, max_num_batched_tokens=512) as llm:
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
-    assert [o.token_ids for o in outs] == want
+    assert [o.outputs[0].token_ids for o in outs] == want
 
 
 def test_an_unknown_architecture_is_refused_naming_it_and_the_models_here(tmp_path):

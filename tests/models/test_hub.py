@@ -43,10 +43,10 @@ def test_llm_by_repo_id_from_the_local_cache(hub_cache, tiny_qwen3_path, tmp_pat
         from nvllm import LLM, SamplingParams
         greedy = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
         with LLM("tiny-org/tiny-qwen3") as llm:
-            by_id = llm.generate([[1, 2, 3]], greedy, use_tqdm=False)[0].token_ids
+            by_id = llm.generate([[1, 2, 3]], greedy, use_tqdm=False)[0].outputs[0].token_ids
             print(llm.engine.model_path)
         with LLM({tiny_qwen3_path!r}) as llm:
-            print(by_id == llm.generate([[1, 2, 3]], greedy, use_tqdm=False)[0].token_ids)
+            print(by_id == llm.generate([[1, 2, 3]], greedy, use_tqdm=False)[0].outputs[0].token_ids)
     """, hub_cache, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     path, same = proc.stdout.split()[-2:]

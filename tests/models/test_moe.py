@@ -50,8 +50,8 @@ def generate(path, inspect=lambda engine: None, **overrides) -> tuple[list[list[
         assert llm.engine.config.forward.name == "eager"
         inspect(llm.engine)
         first = prompts()[:-1]
-        tokens = [o.token_ids for o in llm.generate(first, GREEDY, use_tqdm=False)]
-        tokens += [o.token_ids for o in llm.generate(prompts()[-1:], GREEDY, use_tqdm=False)]
+        tokens = [o.outputs[0].token_ids for o in llm.generate(first, GREEDY, use_tqdm=False)]
+        tokens += [o.outputs[0].token_ids for o in llm.generate(prompts()[-1:], GREEDY, use_tqdm=False)]
         return tokens, llm.engine
 
 

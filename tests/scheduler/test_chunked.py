@@ -116,7 +116,7 @@ def test_engine_refuses_a_budget_below_max_model_len_for_fcfs_only(tiny_qwen3_pa
     with LLM(tiny_qwen3_path, scheduler="chunked", max_model_len=64, max_num_batched_tokens=16,
              kv_cache={"block_size": 8, "num_blocks": 16}) as llm:
         out = llm.generate([list(range(1, 40))], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
-        assert len(out[0].token_ids) == 3
+        assert len(out[0].outputs[0].token_ids) == 3
 
 
 # -- random workloads ----------------------------------------------------------------------------
@@ -316,5 +316,5 @@ def test_seeded_sampling_does_not_depend_on_chunking(tiny_qwen3_path):
     for budget in (512, 32):  # the 99-token prompt in one step, then in four chunks
         with LLM(tiny_qwen3_path, scheduler="chunked", max_model_len=256, max_num_batched_tokens=budget,
                  kv_cache={"block_size": 16, "num_blocks": 64}) as llm:
-            tokens.append(llm.generate([list(range(1, 100))], sp, use_tqdm=False)[0].token_ids)
+            tokens.append(llm.generate([list(range(1, 100))], sp, use_tqdm=False)[0].outputs[0].token_ids)
     assert tokens[0] == tokens[1]

@@ -27,7 +27,7 @@ def engines(smollm2_path):
 
 
 def outcome(llm, params):
-    out = llm.generate([llm.chat_prompt(QUOTE)], params, use_tqdm=False)[0]
+    out = llm.generate([llm.chat_prompt(QUOTE)], params, use_tqdm=False)[0].outputs[0]
     return out.token_ids, out.text, out.finish_reason
 
 
@@ -72,11 +72,12 @@ def test_streamed_deltas_carry_several_tokens_and_add_up(engines):
 def test_one_time_per_token_and_itl_per_chunk(engines):
     _, spec = engines
     out = spec.generate([spec.chat_prompt(QUOTE)], SamplingParams(temperature=0, max_tokens=40), use_tqdm=False)[0]
-    assert len(out.token_times) == len(out.token_ids)
-    chunks = sorted(set(out.token_times))
-    assert len(chunks) < len(out.token_times), "no step gave several tokens"
-    m = serving_metrics([RequestTiming(out.arrival_time, out.token_times, 10, len(out.token_ids))], 1.0,
-                        detailed=True)
+    completion = out.outputs[0]
+    assert len(completion.token_times) == len(completion.token_ids)
+    chunks = sorted(set(completion.token_times))
+    assert len(chunks) < len(completion.token_times), "no step gave several tokens"
+    timing = RequestTiming(out.metrics.arrival_time, completion.token_times, 10, len(completion.token_ids))
+    m = serving_metrics([timing], 1.0, detailed=True)
     assert m["itls"] == [[b - a for a, b in zip(chunks, chunks[1:])]]
 
 
@@ -204,9 +205,9 @@ def test_disable_by_batch_size(tiny_qwen3_path):
              kv_cache={"block_size": 8}, max_model_len=128) as llm:
         engine, propose = llm.engine, llm.engine.drafter.propose
         engine.drafter.propose = lambda seqs, slots: seen.append(len(engine.scheduler.running)) or propose(seqs, slots)
-        got = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=128) as llm:
-        assert got == [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        assert got == [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     assert seen and set(seen) == {1}  # the long request alone, once the three short ones finished
 
 
@@ -220,9 +221,9 @@ def test_a_step_shares_out_max_num_draft_tokens(tiny_qwen3_path):
         engine, propose = llm.engine, llm.engine.drafter.propose
         engine.drafter.propose = lambda seqs, slots: seen.append(
             (len(engine.scheduler.running), list(slots))) or propose(seqs, slots)
-        got = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     with LLM(tiny_qwen3_path, kv_cache={"block_size": 8}, max_model_len=128) as llm:
-        assert got == [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        assert got == [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     assert all(sum(slots) <= 8 and max(slots) <= 8 // running for running, slots in seen)
     assert (4, [2, 2, 2, 2]) in seen and (1, [8]) in seen
 

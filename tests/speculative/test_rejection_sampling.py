@@ -53,7 +53,7 @@ def test_samples_follow_the_target_distribution(tmp_path):
         stats = llm.engine.stats.spec_decode
     counts = {}
     for out in outputs:
-        counts[tuple(out.token_ids)] = counts.get(tuple(out.token_ids), 0) + 1
+        counts[tuple(out.outputs[0].token_ids)] = counts.get(tuple(out.outputs[0].token_ids), 0) + 1
     assert 0.2 < stats.num_accepted_tokens / stats.num_draft_tokens < 0.8, stats  # both paths well exercised
     assert chi_square_p_value(counts, probs, NUM_SAMPLES) > 1e-3
     # the power to see a verifier that accepts drafts a little too often: a tenth of the mass moved

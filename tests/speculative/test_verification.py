@@ -48,7 +48,7 @@ def reference(checkpoint):
 
 def generate(path, drafter, **overrides):
     with LLM(path, speculative=drafter, **{"kv_cache": {"block_size": 8}, "max_model_len": 128, **overrides}) as llm:
-        tokens = [o.token_ids for o in llm.generate(prompts(), GREEDY, use_tqdm=False)]
+        tokens = [o.outputs[0].token_ids for o in llm.generate(prompts(), GREEDY, use_tqdm=False)]
         kv = llm.engine.kv_cache
         assert kv.num_free_blocks == kv.num_blocks, "blocks leaked"
         return tokens, llm.engine.stats.spec_decode
@@ -82,7 +82,7 @@ def test_fused_cpu_runs_verify_and_draft_steps_in_c(checkpoint, monkeypatch):
              speculative={"name": "draft", "num_layers": 1}, kv_cache={"block_size": 8}, max_model_len=256) as llm:
         out = llm.generate([long_prompt], GREEDY, use_tqdm=False)[0]
         stats = llm.engine.stats.spec_decode
-    assert stats.num_drafts > 0 and out.token_ids == hf_greedy(checkpoint, [long_prompt], MAX_NEW)[0]
+    assert stats.num_drafts > 0 and out.outputs[0].token_ids == hf_greedy(checkpoint, [long_prompt], MAX_NEW)[0]
     assert fallbacks == [(None, None)], "only the 90-token prefill (context > 64) may leave the C step"
 
 
@@ -110,7 +110,7 @@ def test_tp2_drafts_and_verifies_on_every_rank(tiny_qwen3_path, drafter):
     want = hf_greedy(tiny_qwen3_path, batch, 16)
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     with LLM(tiny_qwen3_path, tp=2, speculative=DRAFTERS[drafter], kv_cache={"block_size": 8}, max_model_len=128) as llm:
-        assert [o.token_ids for o in llm.generate(batch, params, use_tqdm=False)] == want
+        assert [o.outputs[0].token_ids for o in llm.generate(batch, params, use_tqdm=False)] == want
         assert llm.engine.stats.spec_decode.num_accepted_tokens > 0
 
 
@@ -127,7 +127,7 @@ def test_tp3_smollm2_with_speculation_matches_tp1(smollm2_path, drafter):
 
     def run(**overrides):
         with LLM(smollm2_path, kv_cache={"block_size": 16}, max_model_len=256, **overrides) as llm:
-            return [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)], llm.engine.stats.spec_decode
+            return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)], llm.engine.stats.spec_decode
 
     tp1, _ = run()
     tp3, stats = run(tp=3, speculative=DRAFTERS[drafter])
@@ -151,7 +151,7 @@ def test_a_plugin_sampler_that_reads_the_history_verifies_the_same(checkpoint):
 
     def run(**overrides):
         with LLM(checkpoint, sampler=sampler, kv_cache={"block_size": 8}, max_model_len=128, **overrides) as llm:
-            return [o.token_ids for o in llm.generate(prompts(), params, use_tqdm=False)], llm.engine.stats.spec_decode
+            return [o.outputs[0].token_ids for o in llm.generate(prompts(), params, use_tqdm=False)], llm.engine.stats.spec_decode
 
     want, _ = run()
     got, stats = run(speculative={"name": "draft", "num_layers": 2})

@@ -40,7 +40,7 @@ def test_profile_then_simulate(tmp_path, tiny_llama_path, capsys):
         outs = llm.generate([[1, 2, 3], [4, 5, 6, 7]], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
                             use_tqdm=False)
         sim = llm.engine.executor.describe()
-    assert [len(o.token_ids) for o in outs] == [6, 6]
+    assert [len(o.outputs[0].token_ids) for o in outs] == [6, 6]
     assert sim["cost_model"] == "profile" and sim["calibrated"] and sim["profile"] == str(out)
     assert sim["measured_with"]["forward"] == "fused_cpu" and sim["strategy_simulated"] == "fused_cpu"
     with pytest.raises(ConfigError, match="forward.strategy=eager but forward.profile"):

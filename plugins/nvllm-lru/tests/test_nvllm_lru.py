@@ -89,7 +89,7 @@ def test_engine_tokens_are_the_same_as_with_paged(tiny_model):
     for name in ("paged", "lru"):
         with LLM(tiny_model, kv_cache={"name": name, "block_size": 16, "num_blocks": 10}, max_num_seqs=2,
                  max_model_len=128, max_num_batched_tokens=128) as llm:
-            tokens = [o.token_ids for p in prompts for o in llm.generate([p], greedy, use_tqdm=False)]
+            tokens = [o.outputs[0].token_ids for p in prompts for o in llm.generate([p], greedy, use_tqdm=False)]
             runs[name] = tokens, llm.engine.kv_cache.hit_rate
     assert runs["lru"][0] == runs["paged"][0]
     assert runs["lru"][1] >= runs["paged"][1] > 0

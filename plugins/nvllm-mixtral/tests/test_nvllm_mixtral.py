@@ -51,8 +51,8 @@ def generate(path, inspect=lambda engine: None, **overrides):
     with LLM(path, **settings) as llm:
         assert llm.engine.config.model.name == "mixtral" and llm.engine.config.forward.name == "eager"
         inspect(llm.engine)
-        tokens = [o.token_ids for o in llm.generate(prompts()[:-1], GREEDY, use_tqdm=False)]
-        tokens += [o.token_ids for o in llm.generate(prompts()[-1:], GREEDY, use_tqdm=False)]
+        tokens = [o.outputs[0].token_ids for o in llm.generate(prompts()[:-1], GREEDY, use_tqdm=False)]
+        tokens += [o.outputs[0].token_ids for o in llm.generate(prompts()[-1:], GREEDY, use_tqdm=False)]
         return tokens, llm.engine
 
 

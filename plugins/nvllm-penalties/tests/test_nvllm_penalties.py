@@ -69,7 +69,7 @@ def test_neutral_settings_are_the_default_sampler():
             for t, s in ((0, None), (1.0, 3), (0.7, 4))]
     logits = torch.randn(3, 100)
     default = registry.get("sampler", "default")
-    assert make(repetition_penalty=1.0)(logits, seqs) == default(default.Config(), torch.device("cpu"))(logits, seqs)
+    assert torch.equal(make(repetition_penalty=1.0)(logits, seqs), default(default.Config(), torch.device("cpu"))(logits, seqs))
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,9 @@ def test_greedy_with_repetition_penalty_matches_transformers_generate(tiny_model
         want.append(out[0, len(prompt):].tolist())
     greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     with LLM(tiny_model, sampler={"name": "penalties", "repetition_penalty": 1.3}) as llm:
-        got = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
     with LLM(tiny_model) as llm:
-        plain = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+        plain = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
     assert got == want
     assert got != plain, "the penalty changed nothing: the test would not notice a no-op sampler"
 

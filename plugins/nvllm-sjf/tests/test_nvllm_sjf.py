@@ -101,8 +101,8 @@ def test_same_tokens_as_fcfs_and_short_requests_start_first(tiny_model):
         with LLM(tiny_model, scheduler=policy, max_num_seqs=1, kv_cache={"block_size": 16, "num_blocks": 8},
                  max_model_len=128, max_num_batched_tokens=128) as llm:
             runs[policy] = llm.generate(prompts, params, use_tqdm=False)
-    assert [o.token_ids for o in runs["sjf"]] == [o.token_ids for o in runs["fcfs"]]
+    assert [o.outputs[0].token_ids for o in runs["sjf"]] == [o.outputs[0].token_ids for o in runs["fcfs"]]
     short, long = [1, 3, 4], [0, 2]
     sjf, fcfs = runs["sjf"], runs["fcfs"]
-    assert max(sjf[i].ttft for i in short) < min(sjf[i].ttft for i in long)
-    assert fcfs[0].ttft < min(fcfs[i].ttft for i in short)  # fcfs serves the long first prompt first
+    assert max(sjf[i].metrics.ttft for i in short) < min(sjf[i].metrics.ttft for i in long)
+    assert fcfs[0].metrics.ttft < min(fcfs[i].metrics.ttft for i in short)  # fcfs serves the long first prompt first

@@ -16,7 +16,7 @@ with LLM() as llm:
     outputs = llm.generate(prompts, params, use_tqdm=False)
 counts = {}  # n -> [positions, first token right]
 for prompt, output in zip(prompts, outputs):
-    seq, out = list(output.prompt_token_ids), output.token_ids
+    seq, out = list(output.prompt_token_ids), output.outputs[0].token_ids
     for i, token in enumerate(out):
         t = np.asarray(seq)
         ends = np.flatnonzero(t[:-1] == t[-1])
