@@ -120,7 +120,7 @@ class QuantizationSuite(ComponentSuite):
         prompts = [[rng.randrange(vocab) for _ in range(n)] for n in (1, 9, 40)]
         greedy = SamplingParams(temperature=0, max_tokens=self.max_new_tokens, ignore_eos=True)
         with self._llm(checkpoint, tmp_path, config_fields, forward=self.forward) as llm:
-            got = [o.token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+            got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
             runner = llm.engine.executor
             weights = dequantized_weights(runner.model, runner.hf_config)
         reference = with_weights(checkpoint, tmp_path / "dequantized", weights)

@@ -41,7 +41,7 @@ def nvllm_greedy(path, prompts, **overrides):
     with LLM(path, max_model_len=256, max_num_batched_tokens=512, kv_cache={"block_size": 16}, **overrides) as llm:
         layers = linear_layers(llm.engine.executor.model)
         assert layers and all(m.qweight is not None and m.weight is None for _, m in layers)
-        return [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)], llm.engine
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)], llm.engine
 
 
 def test_int8_error_is_at_most_half_a_step_and_int4_within_its_range():
@@ -223,7 +223,7 @@ def test_smollm2_gguf_blocks_are_the_weights_transformers_dequantizes(smollm2_pa
 
     with LLM(smollm2_path, quantization="gguf", max_model_len=256) as llm:
         assert llm.engine.config.quantization.file.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-        got = [o.token_ids for o in llm.generate(smollm2_prompts, GREEDY, use_tqdm=False)]
+        got = [o.outputs[0].token_ids for o in llm.generate(smollm2_prompts, GREEDY, use_tqdm=False)]
         runner = llm.engine.executor
         dequantized = dequantized_weights(runner.model, runner.hf_config)
     want = load_file(str(Path(smollm2_path) / "model.safetensors"))
@@ -252,7 +252,7 @@ def test_tp2_shards_packed_weights_and_gives_tp1s_tokens(fmt, tiny_llama_path, t
     prompts = prompts_for(512)
     tp1, _ = nvllm_greedy(tiny_llama_path, prompts, quantization=quantization)
     with LLM(tiny_llama_path, max_model_len=256, max_num_batched_tokens=512, quantization=quantization, tp=2) as llm:
-        tp2 = [o.token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
+        tp2 = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
     assert tp2 == tp1
 
 
