@@ -211,6 +211,8 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         # speculative decoding, vLLM's counters and rates (null: speculative=none)
         "spec_decode": stats.spec_decode.as_dict() if stats.spec_decode else None,
         "peak_memory_bytes": _peak_memory(device),
+        # bytes the model's weights hold (one rank's; the linear layers in quantization's format); null: simulated
+        "weight_bytes": engine.executor.weight_bytes(),
         "ttft_ms_by_priority": _by_priority(done, priorities),
         "preemptions": engine.scheduler.num_preemptions,
         "prefix_cache_hit_rate": engine.kv_cache.hit_rate,

@@ -31,6 +31,9 @@ DEFAULT_PLUGINS = (
     "nvllm.speculative.none",
     "nvllm.speculative.ngram",
     "nvllm.speculative.draft",
+    "nvllm.quantization.none",
+    "nvllm.quantization.weight_only",
+    "nvllm.quantization.gguf",
 )
 
 pm = pluggy.PluginManager("nvllm")

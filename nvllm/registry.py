@@ -29,6 +29,8 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (  # in the order of the defau
            "none"),
     Family("workload", "register_workloads", "workloads (what a run sends, datasets included)",
            "nvllm.workloads.Workload", "chat"),
+    Family("quantization", "register_quantizations", "weight formats", "nvllm.quantization.base.QuantizationMethod",
+           "none"),
 )}
 
 _components: dict[str, dict[str, type]] = {}

@@ -112,6 +112,10 @@ class Executor(ABC):
         """What metrics.json records of the executor (None: nothing beyond the config)."""
         return None
 
+    def weight_bytes(self) -> int | None:
+        """Bytes the model's weights hold resident (on one tensor-parallel rank); None: no weights."""
+        return None
+
     def release(self, seq: Sequence) -> None:
         """Forget per-request state once `seq` has finished."""
 

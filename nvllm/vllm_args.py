@@ -44,7 +44,6 @@ LLM_ARGS = {
     "tokenizer_mode": "the model directory's own tokenizer is used",
     "skip_tokenizer_init": "token-id prompts run without one; a model directory without a tokenizer needs none",
     "trust_remote_code": "nvllm runs its registered architectures, never a checkpoint's own code",
-    "quantization": None,
     "kv_cache_dtype": None,
     "download_dir": "HF_HUB_CACHE=... in the environment",
     "hf_token": "HF_TOKEN=... in the environment",

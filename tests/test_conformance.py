@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from nvllm import registry
 from nvllm.testing import (ATTENTION_CASES, AttentionSuite, DrafterSuite, ForwardSuite, KVCacheSuite, ModelSuite,
+                           QuantizationSuite, write_gguf,
                            SamplerSuite, SchedulerSuite, WorkloadSuite, attention_metadata, paged_block_tables)
 
 
@@ -170,3 +171,29 @@ class TestDraft(DrafterSuite):
 
 class TestNoSpeculation(DrafterSuite):
     name = "none"
+
+
+class TestNoQuantization(QuantizationSuite):
+    name = "none"
+
+
+class TestInt8(QuantizationSuite):
+    name = "int8"
+
+
+class TestInt4(QuantizationSuite):
+    name = "int4"
+
+
+class TestInt4Qwen3(QuantizationSuite):
+    """Biases and QK-norm beside packed weights."""
+    name = "int4"
+    model = "qwen3"
+
+
+class TestGGUF(QuantizationSuite):
+    """A tiny GGUF file written by gguf's own quantizer, Q8_0 blocks."""
+    name = "gguf"
+
+    def setup_files(self, checkpoint, tmp_path):
+        return {"file": write_gguf(checkpoint, str(tmp_path / "model.gguf"), "Q8_0")}

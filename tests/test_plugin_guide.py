@@ -31,7 +31,7 @@ def test_every_hook_is_documented_with_its_signature():
 def test_every_suite_is_documented():
     suites = [name for name, obj in vars(testing).items()
               if inspect.isclass(obj) and name.endswith("Suite") and obj is not testing.ComponentSuite]
-    assert len(suites) == 8
+    assert len(suites) == 9
     for name in suites:
         assert f"`{name}`" in GUIDE, name
 

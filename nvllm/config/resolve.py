@@ -86,7 +86,12 @@ class Config(EngineConfig):
         check_tp(hf_config, self.tp, arch, self.moe.expert_parallel)
         attention, attention_choice = select_backend(self.attention, torch.device(device), getattr(torch, dtype),
                                                      self.kv_cache.block_size)
-        target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile)
+        quantization = registry.make_config("quantization", self.quantization or "none")
+        quantizer = registry.get("quantization", quantization.name)
+        quantization = quantizer.resolve(quantization, self.model)
+        target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile,
+                               quantization.name)
+        quantizer.check(quantization, hf_config, target)
         forward, forward_choice = self._forward(target)
         speculative = registry.make_config("speculative", self.speculative or "none")
         registry.get("speculative", speculative.name).check(speculative, hf_config, target)
@@ -124,11 +129,14 @@ class Config(EngineConfig):
                        async_scheduling=async_scheduling,
                        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
                        attention=attention, attention_choice=attention_choice,
-                       forward=forward, forward_choice=forward_choice, speculative=speculative)
+                       forward=forward, forward_choice=forward_choice, speculative=speculative,
+                       quantization=quantization)
 
     def _forward(self, target: ForwardTarget) -> tuple[object, str | None]:
         """The forward strategy's Config, its autos filled in, and what forward=auto chose and why
-        (None: named). cudagraph=true asks for forward=cudagraph; cudagraph=false rules it out."""
+        (None: named). cudagraph=true asks for forward=cudagraph; cudagraph=false rules it out; a
+        weight format rules out the strategies that cannot run it."""
+        quantizer = registry.get("quantization", target.quantization)
         name, choice = self.forward if isinstance(self.forward, str) else self.forward.name, None
         if self.cudagraph and name not in (AUTO, "cudagraph"):
             raise ConfigError(f"cudagraph=true asks for decode CUDA graphs and forward={name} runs none; "
@@ -141,14 +149,17 @@ class Config(EngineConfig):
         if name == AUTO:
             where = (f"{target.device.type}, {str(target.dtype).removeprefix('torch.')}, tp={target.tp}, "
                      f"model={target.model.name}, attention={target.attention}"
-                     + (", compile=true" if target.compile else ""))
-            name, choice = choose("forward", target.device.type, lambda cls: cls.check(target), where,
+                     + (", compile=true" if target.compile else "")
+                     + (f", quantization={target.quantization}" if target.quantization != "none" else ""))
+            name, choice = choose("forward", target.device.type,
+                                  lambda cls: (quantizer.check_forward(cls.name), cls.check(target)), where,
                                   {"cudagraph": "cudagraph=false rules it out"} if self.cudagraph is False else None)
         cls = registry.get("forward", name)
         config = self.forward if not isinstance(self.forward, str) and self.forward.name == name \
             else typed_config("forward", {"name": name})
         if choice is None:
             try:
+                quantizer.check_forward(name)
                 cls.check(target)
             except ConfigError as e:
                 raise ConfigError(f"{asked} cannot run here: {e}") from None

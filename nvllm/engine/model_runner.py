@@ -25,6 +25,7 @@ from nvllm.engine.overlap import InFlight, fill_pending
 from nvllm.kv_cache.base import CPU_DEFAULT_BUDGET_GB
 from nvllm.models.layers.moe import expert_parallel
 from nvllm.models.weights import has_weights, load_hf_config, load_weights, random_init
+from nvllm.quantization.base import resident_weight_bytes
 from nvllm.sampler.logprobs import logprobs_of
 from nvllm.sequence import SequenceStatus
 from nvllm.speculative.verify import verify
@@ -99,6 +100,8 @@ class ModelRunner(Executor):
             load_weights(model, path, self.hf_config)
         else:  # a model.shape: no checkpoint, random weights drawn here
             random_init(model, self.config.seed)
+        # the linear layers' weights packed (quantization=int8, int4, gguf), their float copies freed
+        registry.build("quantization", self.config.quantization or "none").apply(model, path)
         return model.eval()
 
     # -- KV cache ------------------------------------------------------------------------
@@ -321,6 +324,9 @@ class ModelRunner(Executor):
 
     def describe(self) -> dict | None:
         return self.forward_strategy.describe()
+
+    def weight_bytes(self) -> int:
+        return resident_weight_bytes(self.model)
 
     def close(self):
         if self.worker is not None:

@@ -16,7 +16,14 @@ def startup_line(engine) -> str:
     return (f"nvllm: model={c.model.name} ({engine.model_path}{', RANDOM WEIGHTS' if engine.random_weights else ''}) "
             f"on {c.device}, {c.dtype}, tp={c.tp}; forward={c.forward.name}{auto(c.forward_choice)}, "
             f"attention={c.attention.name}{auto(c.attention_choice)}{', compile' if c.compile else ''}; "
-            f"{cache}{threads.startup_clause(c.device)}{loaded}")
+            f"{cache}{_weights(c, executor)}{threads.startup_clause(c.device)}{loaded}")
+
+
+def _weights(c, executor) -> str:
+    """The weights' resident bytes, and in what format the linear layers hold them."""
+    quantization = c.quantization.name if c.quantization else "none"
+    return (f"weights {executor.weight_bytes() / 2**20:.1f} MiB (quantization={quantization}"
+            f"{'' if quantization == 'none' else f', linear layers packed, the rest {c.dtype}'}); ")
 
 
 def _simulated(c, simulator) -> str:

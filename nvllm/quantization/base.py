@@ -1,0 +1,95 @@
+"""The quantization family: how the weights of the linear layers (attention's q/k/v and output,
+the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head and norms stay in
+`dtype` in every format. A format's life:
+
+    cls.resolve(config, model_config)     its Config with every `auto`/null filled in (a file to read)
+    cls.check(config, hf_config, target)  before anything loads: raise ConfigError naming the key or
+                                          tensor, the value and what works
+    cls.check_forward(forward_name)       can this forward strategy run it? (forward=auto skips those that cannot)
+    method = cls(config)
+    method.apply(model, path)             once the float weights are loaded: pack each linear layer's
+                                          weight (nvllm/models/layers/packed.py), freeing the float one
+"""
+from typing import ClassVar
+
+from nvllm.errors import ConfigError
+from nvllm.models.layers.packed import GROUP
+
+
+def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
+    """(layers, what sets their k, k, whether tp splits k) for the Llama-family linear layers: the
+    row-parallel ones (o_proj, down_proj) split their input across ranks."""
+    heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    return [("q/k/v_proj, gate/up_proj", "hidden_size", hf_config.hidden_size, False),
+            ("o_proj", "num_attention_heads x head_dim", heads * head_dim, True),
+            ("down_proj", "intermediate_size", hf_config.intermediate_size, True)]
+
+
+class QuantizationMethod:
+    name: ClassVar[str]
+    # the forward strategies that run this format: those that run the model's torch modules, whose
+    # linear layers dequantize (forward=fused_cpu's C step reads float32 weights; forward=simulated's
+    # cost model prices `dtype` bytes); None: every strategy
+    forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph")
+
+    @classmethod
+    def resolve(cls, config, model_config):
+        return config
+
+    @classmethod
+    def check(cls, config, hf_config, target) -> None:
+        """Refuse a checkpoint already quantized in a format nvllm does not read, and (for a packed
+        format) a linear layer whose k is no multiple of 32 or whose k tp would split mid-group."""
+        quantized = getattr(hf_config, "quantization_config", None)
+        if quantized is not None:
+            method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else \
+                getattr(quantized, "quant_method", "?")
+            raise ConfigError(
+                f"the checkpoint's config.json has quantization_config (quant_method={method}): its weights are "
+                f"already quantized in a format nvllm does not read. nvllm quantizes a float checkpoint itself "
+                f"(quantization=int8 or int4) or keeps a GGUF file's blocks (quantization=gguf): point model.path at "
+                f"the float (or 16-bit) checkpoint")
+        if cls.forwards is None:
+            return
+        if getattr(target.model, "expert_weights_mapping", None):
+            raise ConfigError(f"quantization={config.name} packs the dense linear layers, and model={target.model.name} "
+                              f"keeps its MLP in experts, which no format packs yet: use quantization=none")
+        for layers, what, k, split in linear_inputs(hf_config):
+            if k % GROUP:
+                raise ConfigError(f"quantization={config.name}: the k of {layers} ({what}) is {k}, not a multiple of "
+                                  f"{GROUP} (the group size of every packed format); use quantization=none")
+            if split and target.tp > 1 and (k // target.tp) % GROUP:
+                fits = [t for t in range(1, 9) if k % t == 0 and (k // t) % GROUP == 0]
+                raise ConfigError(f"quantization={config.name} with tp={target.tp}: {layers} splits its k ({what} = "
+                                  f"{k}) into {k // target.tp} per rank, which is not a multiple of {GROUP}: a group "
+                                  f"would straddle two ranks. Use a tp whose share is a multiple of {GROUP} "
+                                  f"(tp in {fits}), or quantization=none")
+
+    @classmethod
+    def check_forward(cls, forward: str) -> None:
+        if cls.forwards is not None and forward not in cls.forwards:
+            raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)} (the torch "
+                              f"modules, whose linear layers dequantize its weights), not forward={forward}, which "
+                              f"reads weights in dtype; use forward=eager (or auto), or quantization=none")
+
+    def __init__(self, config):
+        self.config = config
+
+    def apply(self, model, path: str) -> None:
+        """Pack every linear layer's weight (nothing for quantization=none)."""
+
+
+def linear_layers(model):
+    """(name, module) of every linear layer a format packs."""
+    from nvllm.models.layers.linear import LinearBase
+
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LinearBase)]
+
+
+def resident_weight_bytes(model) -> int:
+    """Bytes the model's weights hold: every parameter once (tied ones once), and the packed buffers."""
+    tensors = {id(t): t for t in model.parameters()}
+    for _, m in linear_layers(model):
+        tensors.update({id(t): t for t in (m.qweight, m.scales, m.mins) if t is not None})
+    return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,0 +1,179 @@
+"""quantization=gguf: the linear layers keep a GGUF file's own blocks, moved into the shared layout
+(nvllm/models/layers/packed.py) without dequantizing: Q8_0 as int8, Q4_1 as int4, Q4_0 as int4 with min = -8 * d.
+Everything else (embeddings, norms, the LM head) comes from the model directory's safetensors, in
+`dtype`; for the embedded SmolLM2 that directory is its GGUF dequantized by transformers, so the
+model computes exactly what the file describes. Llama GGUF files only (llama.cpp stores q and k
+rows in its rotary order: they are put back in Hugging Face's order, a permutation of whole rows)."""
+from dataclasses import dataclass, replace
+from glob import glob
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from nvllm.errors import ConfigError
+from nvllm.hookspecs import hookimpl
+from nvllm.models.layers.packed import GROUP
+from nvllm.quantization.base import QuantizationMethod, linear_layers
+
+# block type -> (the layout it maps into, bytes per block of 32)
+SUPPORTED = {"Q8_0": ("int8", 34), "Q4_0": ("int4", 18), "Q4_1": ("int4", 20)}
+# nvllm's linear layers (name suffix) and the GGUF tensors of one block each is made of, with their shard id
+MODULES = {"self_attn.qkv_proj": (("attn_q", "q"), ("attn_k", "k"), ("attn_v", "v")),
+           "self_attn.o_proj": (("attn_output", None),),
+           "mlp.gate_up_proj": (("ffn_gate", 0), ("ffn_up", 1)),
+           "mlp.down_proj": (("ffn_down", None),)}
+
+
+def _reader(file: str):
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(file)
+    except Exception as e:
+        raise ConfigError(f"quantization.file={file} is not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+
+def _expected_shapes(hf_config) -> dict[str, tuple[int, int]]:
+    """GGUF tensor kind -> (N, K) as the checkpoint's config.json describes the model."""
+    heads, kv_heads, hidden = hf_config.num_attention_heads, hf_config.num_key_value_heads, hf_config.hidden_size
+    head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
+    inter = hf_config.intermediate_size
+    return {"attn_q": (heads * head_dim, hidden), "attn_k": (kv_heads * head_dim, hidden),
+            "attn_v": (kv_heads * head_dim, hidden), "attn_output": (hidden, heads * head_dim),
+            "ffn_gate": (inter, hidden), "ffn_up": (inter, hidden), "ffn_down": (hidden, inter)}
+
+
+def blocks(data: np.ndarray, block_type: str, name: str) -> dict[str, torch.Tensor]:
+    """A GGUF tensor's bytes ([N, bytes per row]) of a supported block type as the shared layout's
+    tensors: bytes moved, nothing dequantized."""
+    size = SUPPORTED[block_type][1]
+    raw = torch.from_numpy(np.array(data, dtype=np.uint8))
+    n = raw.shape[0]
+    raw = raw.view(n, -1, size)
+
+    def half(start):
+        return raw[..., start:start + 2].contiguous().view(torch.float16).squeeze(-1)
+
+    if block_type == "Q8_0":
+        return {"qweight": raw[..., 2:].contiguous().view(torch.int8).reshape(n, -1), "scales": half(0)}
+    if block_type == "Q4_1":
+        return {"qweight": raw[..., 4:].reshape(n, -1).contiguous(), "scales": half(0), "mins": half(2)}
+    d = half(0)  # Q4_0: (q - 8) * d = q * d + (-8 * d); -8 * d is exact in float16 unless it overflows
+    mins = (d.float() * -8).half()
+    if not torch.isfinite(mins).all():
+        raise ValueError(f"{name}: a Q4_0 scale is too large for min = -8 * d in float16")
+    return {"qweight": raw[..., 2:].reshape(n, -1).contiguous(), "scales": d, "mins": mins}
+
+
+def unpermute_rotary(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's rotary row order (adjacent pairs) back to Hugging Face's (halves) — the inverse
+    of convert_hf_to_gguf.py's permute, on whole rows."""
+    return t.reshape(heads, t.shape[0] // heads // 2, 2, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
+
+
+class GGUF(QuantizationMethod):
+    """The linear layers keep a GGUF file's Q8_0, Q4_0 or Q4_1 blocks as stored (default: the embedded model's Q4_1 file)."""
+
+    name = "gguf"
+
+    @dataclass
+    class Config:
+        name: str = "gguf"
+        # the GGUF file whose blocks the linear layers keep; null: the one *.gguf in model.path, or
+        # for the embedded SmolLM2 the Q4_1 file it is converted from
+        file: Optional[str] = None
+
+    @classmethod
+    def resolve(cls, config, model_config):
+        from nvllm.models.weights import cache_root, smollm2_gguf
+
+        if config.file:
+            return replace(config, file=str(Path(config.file).expanduser()))
+        path = getattr(model_config, "path", None)
+        embedded = cache_root() / "smollm2-135m-instruct"  # (its directory may hold f16/f32 files the bench wrote)
+        if (not path and getattr(model_config, "embedded", None) == "smollm2") or \
+                (path and Path(path).expanduser().resolve() == embedded.resolve()):
+            return replace(config, file=str(smollm2_gguf()))
+        if path:
+            found = sorted(glob(str(Path(path).expanduser() / "*.gguf")))
+            if len(found) != 1:
+                raise ConfigError(f"quantization=gguf needs quantization.file=/path/to/model.gguf: model.path={path} "
+                                  f"holds {len(found)} *.gguf files" + (f" ({', '.join(found)})" if found else ""))
+            return replace(config, file=found[0])
+        raise ConfigError("quantization=gguf needs quantization.file=/path/to/model.gguf (the blocks of the linear "
+                          "layers come from it, the rest from model.path)")
+
+    @classmethod
+    def check(cls, config, hf_config, target) -> None:
+        super().check(config, hf_config, target)
+        if "llama" not in target.model.hf_model_types:
+            raise ConfigError(f"quantization=gguf reads llama GGUF files, and model={target.model.name} runs "
+                              f"{', '.join(target.model.hf_model_types)} checkpoints; use quantization=int8 or int4")
+        if not Path(config.file).is_file():
+            raise ConfigError(f"quantization.file={config.file} does not exist")
+        reader = _reader(config.file)
+        arch = reader.fields.get("general.architecture")
+        arch = arch.contents() if arch is not None else None
+        if arch != "llama":
+            raise ConfigError(f"quantization.file={config.file} holds a {arch!r} model; quantization=gguf reads "
+                              f"llama GGUF files (Llama, SmolLM2). Use quantization=int8 or int4 on the float checkpoint")
+        tensors = {t.name: t for t in reader.tensors}
+        shapes = _expected_shapes(hf_config)
+        for i in range(hf_config.num_hidden_layers):
+            for module, parts in MODULES.items():
+                layouts = {}
+                for kind, _ in parts:
+                    name = f"blk.{i}.{kind}.weight"
+                    t = tensors.get(name)
+                    if t is None:
+                        raise ConfigError(f"quantization.file={config.file} has no tensor {name}: it does not hold "
+                                          f"the model at model.path (its config.json has {hf_config.num_hidden_layers} "
+                                          f"layers)")
+                    block_type = t.tensor_type.name
+                    if block_type not in SUPPORTED:
+                        raise ConfigError(f"quantization.file={config.file}: tensor {name} is stored as {block_type}, "
+                                          f"which quantization=gguf does not read; it reads "
+                                          f"{', '.join(SUPPORTED)}. Use a file quantized to one of those (llama.cpp's "
+                                          f"llama-quantize ... Q8_0), or quantization=int8 or int4 on the float checkpoint")
+                    n, k = shapes[kind]
+                    if [int(x) for x in t.shape] != [k, n]:
+                        raise ConfigError(f"quantization.file={config.file}: tensor {name} has shape (n={int(t.shape[1])}, "
+                                          f"k={int(t.shape[0])}) and the model at model.path needs (n={n}, k={k}): the "
+                                          f"file holds another model")
+                    layouts[name] = SUPPORTED[block_type][0]
+                if len(set(layouts.values())) > 1:
+                    raise ConfigError(f"quantization.file={config.file}: {', '.join(f'{n} ({v})' for n, v in layouts.items())} "
+                                      f"make one fused linear layer ({module}) and nvllm keeps one layout per layer; "
+                                      f"use a file with one block type for them")
+
+    def apply(self, model, path: str) -> None:
+        tensors = {t.name: t for t in _reader(self.config.file).tensors}
+        for name, module in linear_layers(model):
+            parts = layer = None
+            for suffix, p in MODULES.items():
+                if name.endswith("." + suffix) and ".layers." in name:
+                    parts, layer = p, int(name.split(".layers.")[1].split(".")[0])
+            if parts is None:
+                raise ValueError(f"quantization=gguf: no GGUF tensor holds the linear layer {name}")
+            packed = None
+            for kind, shard_id in parts:
+                t = tensors[f"blk.{layer}.{kind}.weight"]
+                full = blocks(t.data, t.tensor_type.name, t.name)
+                if kind in ("attn_q", "attn_k"):
+                    full = {key: unpermute_rotary(t, t.shape[0] // module.head_dim) for key, t in full.items()}
+                if packed is None:  # this rank's shard of each tensor: n and k as the float weight's
+                    n, k = module.weight.shape
+                    full_k = full["scales"].shape[1] * GROUP
+                    packed = {key: torch.empty(n, t.shape[1] * k // full_k, dtype=t.dtype, device=module.weight.device)
+                              for key, t in full.items()}
+                for key, t in full.items():
+                    args = (packed[key], t) if shard_id is None else (packed[key], t, shard_id)
+                    module.weight_loader(*args)
+            module.quantize(packed)
+
+
+@hookimpl
+def register_quantizations(register):
+    register(GGUF)

@@ -1,0 +1,149 @@
+"""QuantizationSuite: a weight format computes exactly what transformers computes on the weights
+the format stands for; `write_gguf`, a GGUF file of a checkpoint's linear layers (llama.cpp's layout,
+gguf's own quantizer) for tests of quantization=gguf."""
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from nvllm.errors import ConfigError
+from nvllm.sampling_params import SamplingParams
+from nvllm.testing.common import ComponentSuite
+from nvllm.testing.model import hf_greedy
+
+# the Hugging Face names of the Llama-family linear layers, and the GGUF names of the same tensors
+LINEAR_GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                     "mlp.down_proj": "ffn_down"}
+
+
+def with_weights(checkpoint: str, out: Path, weights: dict[str, torch.Tensor]) -> str:
+    """A copy of `checkpoint` (config, tokenizer files) whose safetensors hold `weights` in place of its own."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in Path(checkpoint).iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy(f, out / f.name)
+    state = load_file(str(Path(checkpoint) / "model.safetensors"))
+    state.update({k: v.contiguous() for k, v in weights.items()})
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return str(out)
+
+
+def dequantized_weights(model, hf_config) -> dict[str, torch.Tensor]:
+    """Every linear layer's weight as a loaded nvllm model (tp=1) multiplies by it, in float32,
+    under the Hugging Face names (fused q/k/v and gate/up split apart)."""
+    heads, kv_heads = hf_config.num_attention_heads, hf_config.num_key_value_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        prefix = f"model.layers.{i}."
+        q, k, v = layer.self_attn.qkv_proj.dense_weight(torch.float32).split(
+            [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+        gate, up = layer.mlp.gate_up_proj.dense_weight(torch.float32).chunk(2)
+        for name, w in (("self_attn.q_proj", q), ("self_attn.k_proj", k), ("self_attn.v_proj", v),
+                        ("self_attn.o_proj", layer.self_attn.o_proj.dense_weight(torch.float32)),
+                        ("mlp.gate_proj", gate), ("mlp.up_proj", up),
+                        ("mlp.down_proj", layer.mlp.down_proj.dense_weight(torch.float32))):
+            out[f"{prefix}{name}.weight"] = w.clone()
+    return out
+
+
+def write_gguf(checkpoint: str, out: str, block_type: str = "Q8_0", types: dict[str, str] | None = None) -> str:
+    """A llama GGUF file holding `checkpoint`'s linear layers quantized by gguf's own quantizer to
+    `block_type` (`types`: GGUF tensor name -> another type for that tensor), q and k rows in
+    llama.cpp's rotary order, as convert_hf_to_gguf.py writes them."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    from nvllm.tools.bench_peers.llamacpp import permute_rotary
+
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    writer = gguf.GGUFWriter(out, arch="llama")
+    writer.add_block_count(config["num_hidden_layers"])
+    for name, w in load_file(str(Path(checkpoint) / "model.safetensors")).items():
+        module = next((m for m in LINEAR_GGUF_NAMES if f".{m}." in name), None)
+        if module is None:
+            continue
+        if module == "self_attn.q_proj":
+            w = permute_rotary(w, config["num_attention_heads"])
+        elif module == "self_attn.k_proj":
+            w = permute_rotary(w, config["num_key_value_heads"])
+        gguf_name = f"blk.{name.split('.')[2]}.{LINEAR_GGUF_NAMES[module]}.weight"
+        kind = gguf.GGMLQuantizationType[(types or {}).get(gguf_name, block_type)]
+        writer.add_tensor(gguf_name, gguf.quants.quantize(w.astype("float32"), kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+class QuantizationSuite(ComponentSuite):
+    """On a tiny random-weight checkpoint of `model`, through forward=`forward`: greedy tokens equal
+    transformers' (float32, CPU) running the weights the format stands for (each linear layer's
+    dequantized weight, read back from the loaded model); the resident weights take no more bytes
+    than float32's; a forward strategy the format cannot run is refused naming both, and
+    forward=auto picks one that runs it. `setup_files(checkpoint, tmp_path)` returns Config fields a
+    format needs from files (quantization=gguf: the file)."""
+
+    family = "quantization"
+    model: str = "llama"
+    forward: str = "eager"
+    max_new_tokens: int = 10
+
+    def setup_files(self, checkpoint: str, tmp_path: Path) -> dict:
+        return {}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def checkpoint(cls, tmp_path_factory) -> str:
+        from nvllm.tools.checkpoint import make_random_checkpoint
+
+        return make_random_checkpoint(cls.model, str(tmp_path_factory.mktemp(f"quantization-{cls.name}")),
+                                      preset="tiny", seed=0)
+
+    def _llm(self, checkpoint, tmp_path, config_fields, **overrides):
+        from nvllm import LLM
+
+        fields = {**config_fields, **self.setup_files(checkpoint, tmp_path)}
+        return LLM(checkpoint, quantization={"name": self.name, **fields}, kv_cache={"block_size": 16},
+                   max_model_len=256, max_num_batched_tokens=512, **overrides)
+
+    def test_matches_transformers_on_its_dequantized_weights(self, config_fields, checkpoint, tmp_path):
+        vocab = json.loads((Path(checkpoint) / "config.json").read_text())["vocab_size"]
+        rng = random.Random(0)
+        prompts = [[rng.randrange(vocab) for _ in range(n)] for n in (1, 9, 40)]
+        greedy = SamplingParams(temperature=0, max_tokens=self.max_new_tokens, ignore_eos=True)
+        with self._llm(checkpoint, tmp_path, config_fields, forward=self.forward) as llm:
+            got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+            runner = llm.engine.executor
+            weights = dequantized_weights(runner.model, runner.hf_config)
+        reference = with_weights(checkpoint, tmp_path / "dequantized", weights)
+        assert got == hf_greedy(reference, prompts, self.max_new_tokens)
+
+    def test_weights_take_no_more_bytes_than_float32(self, config_fields, checkpoint, tmp_path):
+        from nvllm import LLM
+
+        with self._llm(checkpoint, tmp_path, config_fields, forward=self.forward) as llm:
+            packed = llm.engine.executor.weight_bytes()
+        with LLM(checkpoint, max_model_len=256) as llm:
+            assert packed <= llm.engine.executor.weight_bytes()
+
+    def test_forward_strategies_it_cannot_run_are_refused_and_auto_avoids_them(self, config_fields, checkpoint,
+                                                                                tmp_path):
+        from nvllm import registry
+
+        forwards = self.component.forwards
+        if forwards is None:
+            pytest.skip(f"quantization={self.name} runs with every forward strategy")
+        for name in registry.names("forward"):
+            if name not in forwards:
+                with pytest.raises(ConfigError, match=f"forward={name}.*quantization={self.name}"):
+                    self._llm(checkpoint, tmp_path, config_fields, forward=name)
+        with self._llm(checkpoint, tmp_path, config_fields) as llm:
+            assert llm.engine.config.forward.name in forwards

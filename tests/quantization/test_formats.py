@@ -1,0 +1,265 @@
+"""Weight formats: each computes exactly what transformers computes on the weights it stands for
+(the round trip done here apart from the engine: the layout's own functions for int8/int4, gguf's
+own dequantizer for GGUF blocks), and bad input is refused before anything loads, naming the key or
+tensor, the value and what works."""
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nvllm import LLM, SamplingParams
+from nvllm.errors import ConfigError
+from nvllm.quantization.gguf import blocks
+from nvllm.models.layers.packed import GROUP, dequantize, quantize_int4, quantize_int8
+from nvllm.testing import hf_greedy, write_gguf
+from nvllm.testing.quantization import LINEAR_GGUF_NAMES, with_weights
+
+GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+ROUND_TRIP = {"int8": quantize_int8, "int4": quantize_int4}
+
+
+def prompts_for(vocab: int) -> list[list[int]]:
+    rng = random.Random(1)
+    return [[rng.randrange(vocab) for _ in range(n)] for n in (1, 7, 33, 70)]
+
+
+def linear_weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(Path(checkpoint) / "model.safetensors")).items()
+            if any(f".{m}." in k for m in LINEAR_GGUF_NAMES)}
+
+
+def nvllm_greedy(path, prompts, **overrides):
+    """Greedy tokens, and the engine (closed), having checked that every linear layer is packed."""
+    from nvllm.quantization.base import linear_layers
+
+    with LLM(path, max_model_len=256, max_num_batched_tokens=512, kv_cache={"block_size": 16}, **overrides) as llm:
+        layers = linear_layers(llm.engine.executor.model)
+        assert layers and all(m.qweight is not None and m.weight is None for _, m in layers)
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)], llm.engine
+
+
+def test_int8_error_is_at_most_half_a_step_and_int4_within_its_range():
+    w = torch.randn(8, 4 * GROUP) * torch.logspace(-3, 1, 8)[:, None]
+    q8 = quantize_int8(w)
+    d = q8["scales"].float().repeat_interleave(GROUP, dim=1)
+    assert q8["qweight"].abs().max() <= 127
+    assert ((dequantize(**q8, mins=None) - w).abs() <= d / 2 + 1e-6 * w.abs()).all()
+    q4 = quantize_int4(w)
+    assert q4["qweight"].dtype == torch.uint8 and q4["qweight"].shape == (8, 2 * GROUP)
+    d = q4["scales"].float().repeat_interleave(GROUP, dim=1)
+    assert ((dequantize(**q4) - w).abs() <= d * 0.51 + 1e-3 * w.abs()).all()
+
+
+@pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_blocks_move_into_the_layout_and_dequantize_as_gguf_does(block_type):
+    import gguf
+
+    w = np.random.default_rng(0).standard_normal((48, 96)).astype(np.float32)
+    kind = gguf.GGMLQuantizationType[block_type]
+    stored = gguf.quants.quantize(w, kind)
+    packed = blocks(stored, block_type, "blk.0.attn_q.weight")
+    assert torch.equal(dequantize(packed["qweight"], packed["scales"], packed.get("mins")),
+                       torch.from_numpy(gguf.quants.dequantize(stored, kind)))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_greedy_equals_transformers_on_the_round_tripped_weights(fmt, arch, tiny_llama_path, tiny_qwen3_path, tmp_path):
+    """Quantize each Hugging Face weight alone (q, k and v apart), dequantize, and give transformers
+    those weights: nvllm, which packs the fused q/k/v and gate/up layers, computes the same tokens."""
+    checkpoint = tiny_llama_path if arch == "llama" else tiny_qwen3_path
+    weights = {k: dequantize(**{"mins": None, **ROUND_TRIP[fmt](w)}) for k, w in linear_weights(checkpoint).items()}
+    reference = with_weights(checkpoint, tmp_path / "round-trip", weights)
+    prompts = prompts_for(json.loads((Path(checkpoint) / "config.json").read_text())["vocab_size"])
+    got, engine = nvllm_greedy(checkpoint, prompts, quantization=fmt, forward="eager")
+    assert engine.config.quantization.name == fmt
+    assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
+
+
+@pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_greedy_equals_transformers_on_gguf_dequantized_weights(block_type, tiny_llama_path, tmp_path):
+    import gguf
+
+    from nvllm.tools.bench_peers.llamacpp import permute_rotary  # noqa: F401  (write_gguf permutes; gguf reads back)
+
+    file = write_gguf(tiny_llama_path, str(tmp_path / "tiny.gguf"), block_type)
+    kind = gguf.GGMLQuantizationType[block_type]
+    weights = {k: torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), kind), kind))
+               for k, w in linear_weights(tiny_llama_path).items()}
+    reference = with_weights(tiny_llama_path, tmp_path / "dequantized", weights)
+    prompts = prompts_for(512)
+    got, engine = nvllm_greedy(tiny_llama_path, prompts, quantization={"name": "gguf", "file": file})
+    assert engine.config.forward.name == "eager" and "quantization=gguf" in engine.config.forward_choice
+    assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
+
+
+def test_resident_bytes_are_the_packed_layers_plus_the_rest_in_float32(tiny_llama_path):
+    with LLM(tiny_llama_path, max_model_len=256) as llm:
+        float_bytes = llm.engine.executor.weight_bytes()
+    linear = sum(w.numel() for w in linear_weights(tiny_llama_path).values())
+    rest = float_bytes - 4 * linear
+    for fmt, bits in (("int8", 8.5), ("int4", 5.0)):
+        with LLM(tiny_llama_path, max_model_len=256, quantization=fmt) as llm:
+            assert llm.engine.executor.weight_bytes() == rest + linear * bits / 8
+            from nvllm.engine.startup import startup_line
+
+            line = startup_line(llm.engine)
+        assert f"weights {(rest + linear * bits / 8) / 2**20:.1f} MiB (quantization={fmt}, linear layers packed" in line
+
+
+# -- refused before loading -------------------------------------------------------------------------------------
+
+
+def test_an_unsupported_gguf_block_type_is_refused_naming_the_tensor_and_type(tiny_llama_path, tmp_path):
+    file = write_gguf(tiny_llama_path, str(tmp_path / "mixed.gguf"), "Q8_0", {"blk.1.ffn_down.weight": "Q5_0"})
+    with pytest.raises(ConfigError, match=r"tensor blk\.1\.ffn_down\.weight is stored as Q5_0.*Q8_0, Q4_0, Q4_1"):
+        LLM(tiny_llama_path, quantization={"name": "gguf", "file": file})
+
+
+def test_a_fused_layer_of_two_layouts_is_refused(tiny_llama_path, tmp_path):
+    file = write_gguf(tiny_llama_path, str(tmp_path / "mixed.gguf"), "Q8_0", {"blk.0.attn_k.weight": "Q4_1"})
+    with pytest.raises(ConfigError, match=r"blk\.0\.attn_k\.weight \(int4\).*self_attn\.qkv_proj"):
+        LLM(tiny_llama_path, quantization={"name": "gguf", "file": file})
+
+
+def test_a_gguf_file_of_another_model_or_none_is_refused(tiny_llama_path, tmp_path):
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    other = make_random_checkpoint("llama", str(tmp_path / "other"), preset="tiny", intermediate_size=96)
+    file = write_gguf(other, str(tmp_path / "other.gguf"), "Q8_0")
+    with pytest.raises(ConfigError, match=r"blk\.0\.ffn_gate\.weight has shape \(n=96, k=64\) and the model at "
+                                          r"model.path needs \(n=128, k=64\)"):
+        LLM(tiny_llama_path, quantization={"name": "gguf", "file": file})
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file")
+    with pytest.raises(ConfigError, match="junk.gguf is not a readable GGUF file"):
+        LLM(tiny_llama_path, quantization={"name": "gguf", "file": str(tmp_path / "junk.gguf")})
+    with pytest.raises(ConfigError, match=r"quantization=gguf needs quantization.file=.*holds 0 \*\.gguf files"):
+        LLM(tiny_llama_path, quantization="gguf")
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_an_already_quantized_checkpoint_is_refused_naming_its_method(method, tiny_llama_path, tmp_path):
+    checkpoint = tmp_path / method
+    shutil.copytree(tiny_llama_path, checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": method, "bits": 4, "group_size": 128}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=f"quantization_config \\(quant_method={method}\\).*quantization=int8 or int4"):
+        LLM(str(checkpoint))
+
+
+def test_a_k_that_is_no_multiple_of_32_is_refused(tmp_path):
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    path = make_random_checkpoint("llama", str(tmp_path / "odd"), preset="tiny", intermediate_size=80)
+    with pytest.raises(ConfigError, match=r"quantization=int8: the k of down_proj \(intermediate_size\) is 80, "
+                                          r"not a multiple of 32"):
+        LLM(path, quantization="int8")
+
+
+def test_a_tp_that_would_split_a_group_is_refused_naming_the_numbers(tmp_path):
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    path = make_random_checkpoint("llama", str(tmp_path / "split"), preset="tiny", intermediate_size=96)
+    with pytest.raises(ConfigError, match=r"quantization=int4 with tp=2: down_proj splits its k \(intermediate_size = "
+                                          r"96\) into 48 per rank, which is not a multiple of 32.*tp in \[1, 3\]"):
+        LLM(path, quantization="int4", tp=2)
+
+
+def test_the_fused_cpu_step_and_onednn_refuse_packed_weights_and_auto_picks_eager(tiny_llama_path):
+    with pytest.raises(ConfigError, match=r"forward=fused_cpu cannot run here: quantization=int8 runs with "
+                                          r"forward=eager or cudagraph"):
+        LLM(tiny_llama_path, quantization="int8", forward="fused_cpu")
+    with pytest.raises(ConfigError, match=r"forward.onednn=true .* with quantization=int4"):
+        LLM(tiny_llama_path, quantization="int4", forward={"name": "eager", "onednn": True})
+    with LLM(tiny_llama_path, quantization="int8", max_model_len=256) as llm:
+        c = llm.engine.config
+        assert c.forward.name == "eager" and c.forward.onednn is False
+        assert "passed over fused_cpu: quantization=int8 runs with forward=eager or cudagraph" in c.forward_choice
+
+
+def test_nvllm_run_reports_the_format_and_its_bytes(tmp_path, tiny_qwen3_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "nvllm.run", "model=qwen3", f"model.path={tiny_qwen3_path}",
+                           "quantization=int4", "workload=random_tiny", "workload.num_seqs=2", "workload.output_len=[2,3]",
+                           "workload.max_token_id=500", "max_model_len=160", f"hydra.run.dir={tmp_path}/run"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "weights 0.2 MiB (quantization=int4, linear layers packed, the rest float32)" in proc.stdout, proc.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["effective_config"]["quantization"] == {"name": "int4"}
+    assert 0 < metrics["weight_bytes"] < 0.3 * 2**20
+
+
+# -- the embedded SmolLM2 --------------------------------------------------------------------------------------
+
+SMOLLM2_PROMPTS = ["What is the capital of France?", "def fibonacci(n):",
+                   "Once upon a time, in a small village at the edge of a great forest, there lived"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_prompts(smollm2_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    return [tok.encode(t) for t in SMOLLM2_PROMPTS]
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_blocks_are_the_weights_transformers_dequantizes(smollm2_path, smollm2_prompts):
+    """quantization=gguf keeps the shipped Q4_1 blocks; dequantized they are bit for bit the float32
+    weights transformers made of the same file, so the greedy tokens are transformers' own."""
+    from safetensors.torch import load_file
+
+    from nvllm.testing.quantization import dequantized_weights
+
+    with LLM(smollm2_path, quantization="gguf", max_model_len=256) as llm:
+        assert llm.engine.config.quantization.file.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+        got = [o.outputs[0].token_ids for o in llm.generate(smollm2_prompts, GREEDY, use_tqdm=False)]
+        runner = llm.engine.executor
+        dequantized = dequantized_weights(runner.model, runner.hf_config)
+    want = load_file(str(Path(smollm2_path) / "model.safetensors"))
+    assert len(dequantized) == 30 * 7
+    for name, w in dequantized.items():
+        assert torch.equal(w, want[name]), name
+    assert got == hf_greedy(smollm2_path, smollm2_prompts, GREEDY.max_tokens)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_smollm2_greedy_equals_transformers_on_the_round_tripped_weights(fmt, smollm2_path, smollm2_prompts, tmp_path):
+    weights = {k: dequantize(**{"mins": None, **ROUND_TRIP[fmt](w)}) for k, w in linear_weights(smollm2_path).items()}
+    reference = with_weights(smollm2_path, tmp_path / "round-trip", weights)
+    got, _ = nvllm_greedy(smollm2_path, smollm2_prompts, quantization=fmt)
+    assert got == hf_greedy(reference, smollm2_prompts, GREEDY.max_tokens)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["int4", "gguf"])
+def test_tp2_shards_packed_weights_and_gives_tp1s_tokens(fmt, tiny_llama_path, tmp_path):
+    """Each rank packs (int4) or reads (gguf: the file's blocks, through the layers' own shard
+    loaders) its shard: o_proj and down_proj split k at a group boundary, the rest split rows."""
+    quantization = {"name": fmt, **({"file": write_gguf(tiny_llama_path, str(tmp_path / "t.gguf"), "Q4_1")}
+                                    if fmt == "gguf" else {})}
+    prompts = prompts_for(512)
+    tp1, _ = nvllm_greedy(tiny_llama_path, prompts, quantization=quantization)
+    with LLM(tiny_llama_path, max_model_len=256, max_num_batched_tokens=512, quantization=quantization, tp=2) as llm:
+        tp2 = [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
+    assert tp2 == tp1
+
+
+def test_a_mixture_of_experts_is_refused_rather_than_packed_in_part(tmp_path):
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path / "moe"), preset="tiny")
+    with pytest.raises(ConfigError, match=r"quantization=int8 packs the dense linear layers, and model=qwen3_moe keeps "
+                                          r"its MLP in experts"):
+        LLM(path, quantization="int8")
