@@ -59,7 +59,7 @@ def real_host_parts(batch: int, repeats: int) -> tuple[float, float]:
         pack, sample = [], []
         for _ in range(repeats):
             start = time.process_time()
-            runner.prepare(step_inputs(plan))
+            runner.prepare(*step_inputs(plan))
             pack.append(time.process_time() - start)
             start = time.process_time()
             runner.sampler(logits, plan.seqs)

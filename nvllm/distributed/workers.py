@@ -113,8 +113,8 @@ def _serve(runner_cls: type, runner_args: tuple, group, on_ready=None):
         dist.broadcast_object_list(message, src=0, group=group)
         if message[0] is None:
             return
-        inputs, num_layers = message[0]
-        runner.forward(*runner.prepare(inputs, num_layers=num_layers))
+        inputs, num_logits, num_layers = message[0]
+        runner.forward(*runner.prepare(inputs, num_logits, num_layers=num_layers))
 
 
 def _exited(p, timeout: float = 0) -> bool:

@@ -34,23 +34,22 @@ from nvllm.step import Executor, StepPlan, StepResult
 
 NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
 
-# one scheduled sequence as the model sees it: (token ids to run, position of the first, block
-# table[, how many of its last rows the step returns logits for]); a step's inputs all have the
-# fourth entry (a speculative verify step) or none do (one row each)
-StepInput = tuple[list[int], int, list[int]] | tuple[list[int], int, list[int], int]
+# one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
+StepInput = tuple[list[int], int, list[int]]
 
 
-def step_inputs(plan: StepPlan) -> list[StepInput]:
+def step_inputs(plan: StepPlan) -> tuple[list[StepInput], list[int] | None]:
     """Exactly the tokens each sequence runs this step (a re-prefilled preempted sequence sends
-    all of its tokens, not only the last), then its drafts, if the plan has any, each of which is
-    scored. Under overlap scheduling a sequence's last token may still be coming: its list is then
-    one short (`InFlight` fills it in)."""
+    all of its tokens, not only the last), then its drafts, if the plan has any; and, for a verify
+    step (drafts), how many of each sequence's last rows it scores (its last token and each draft;
+    None: the last row of each). Under overlap scheduling a sequence's last token may still be
+    coming: its list is then one short (`InFlight` fills it in)."""
     inputs = [(seq.token_ids[seq.num_computed_tokens:seq.num_computed_tokens + n], seq.num_computed_tokens, seq.block_table)
               for seq, n in zip(plan.seqs, plan.num_tokens)]
-    if plan.drafts and any(plan.drafts):
-        inputs = [(token_ids + drafts, start, table, 1 + len(drafts))
-                  for (token_ids, start, table), drafts in zip(inputs, plan.drafts)]
-    return inputs
+    if not (plan.drafts and any(plan.drafts)):
+        return inputs, None
+    return ([(token_ids + drafts, start, table) for (token_ids, start, table), drafts in zip(inputs, plan.drafts)],
+            [1 + len(drafts) for drafts in plan.drafts])
 
 
 def warmup_steps(config: Config, block_size: int, batch: int) -> tuple[list[StepInput], list[StepInput]]:
@@ -166,21 +165,20 @@ class ModelRunner(Executor):
             m.v_cache = torch.zeros(shape, dtype=self.attention.cache_dtype, device=self.device)
 
     # -- one step ------------------------------------------------------------------------
-    def prepare(self, inputs: list[StepInput], pad_to: int | None = None, table_width: int | None = None,
-                num_layers: int | None = None):
+    def prepare(self, inputs: list[StepInput], num_logits: list[int] | None = None, pad_to: int | None = None,
+                table_width: int | None = None, num_layers: int | None = None):
         """Input tensors and attention metadata. `pad_to` adds dummy one-token sequences (slot -1,
         context 1) and `table_width` pads block tables, for fixed CUDA-graph shapes; `num_layers`
-        makes it a draft step (the model's first layers only). An input's fourth entry, when there,
-        is how many of its last rows the step scores (a verify step: its last token and each draft)."""
+        makes it a draft step (the model's first layers only). `num_logits`: how many of each
+        input's last rows the step scores (a verify step: its last token and each draft; None: one)."""
         bs = self.block_size
-        scored = len(inputs[0]) > 3  # a verify step: some sequences score several rows
-        if not scored and all(len(t[0]) == 1 for t in inputs):  # decode: one token each
+        if num_logits is None and all(len(t[0]) == 1 for t in inputs):  # decode: one token each
             input_ids, positions = [t[0][0] for t in inputs], [t[1] for t in inputs]
             slots = [t[2][start // bs] * bs + start % bs for t, start in zip(inputs, positions)]
             query_lens, context_lens = [1] * len(inputs), [start + 1 for start in positions]
         else:
             input_ids, positions, slots, query_lens, context_lens = [], [], [], [], []
-            for token_ids, start, block_table, *_ in inputs:
+            for token_ids, start, block_table in inputs:
                 input_ids += token_ids
                 end = start + len(token_ids)
                 positions += range(start, end)
@@ -189,7 +187,7 @@ class ModelRunner(Executor):
                     slots += range(base + max(start - p, 0), base + min(end - p, bs))
                 query_lens.append(end - start)
                 context_lens.append(end)
-        tables = [block_table for _, _, block_table, *_ in inputs]
+        tables = [block_table for _, _, block_table in inputs]
         if pad_to and pad_to > len(inputs):
             pad = pad_to - len(inputs)
             input_ids += [0] * pad
@@ -203,7 +201,7 @@ class ModelRunner(Executor):
         meta = AttentionMetadata(  # device tensors, host lists, the step's kind
             self.tensor(list(accumulate(query_lens, initial=0)), torch.int32), self.tensor(context_lens, torch.int32),
             self.tensor(slots, torch.int64), block_tables, query_lens, context_lens,
-            is_decode=max(query_lens) == 1, num_logits=[t[3] for t in inputs] if scored else None, num_layers=num_layers)
+            is_decode=max(query_lens) == 1, num_logits=num_logits, num_layers=num_layers)
         return self.tensor(input_ids, torch.int64), self.tensor(positions, torch.int64), meta
 
     def tensor(self, data: list, dtype: torch.dtype) -> torch.Tensor:
@@ -221,8 +219,8 @@ class ModelRunner(Executor):
         return self.forward_strategy(input_ids, positions, meta)
 
     def execute(self, plan: StepPlan) -> StepResult:
-        inputs = step_inputs(plan)
-        logits = self._forward_step(inputs, *self.prepare(inputs))
+        inputs, num_logits = step_inputs(plan)
+        logits = self._forward_step(inputs, *self.prepare(inputs, num_logits))
         if plan.drafts is not None and any(plan.drafts):
             return verify(self.sampler, logits.float(), plan)
         seqs, rows = plan.seqs, None
@@ -238,26 +236,28 @@ class ModelRunner(Executor):
     def _forward_step(self, inputs: list[StepInput], input_ids, positions, meta):
         """`forward`, on every rank: under TP rank 0 first sends the workers the step's inputs."""
         if self.control_group is not None:
-            torch.distributed.broadcast_object_list([(inputs, meta.num_layers)], src=0, group=self.control_group)
+            torch.distributed.broadcast_object_list([(inputs, meta.num_logits, meta.num_layers)], src=0,
+                                                    group=self.control_group)
         return self.forward_strategy(input_ids, positions, meta)
 
-    def run_inputs(self, inputs: list[StepInput], num_layers: int | None = None):
+    def run_inputs(self, inputs: list[StepInput], num_logits: list[int] | None = None, num_layers: int | None = None):
         """One forward pass over `inputs` on every rank, now (under TP rank 0 sends them first): the
-        logits of their scored rows, or of a draft step's when `num_layers` is set (a drafter's call)."""
-        return self._forward_step(inputs, *self.prepare(inputs, num_layers=num_layers))
+        logits of their scored rows (`num_logits` per input, as `prepare` takes it), or of a draft
+        step's when `num_layers` is set (a drafter's call)."""
+        return self._forward_step(inputs, *self.prepare(inputs, num_logits, num_layers=num_layers))
 
     # -- overlap scheduling -------------------------------------------------------------------
     def launch(self, plan: StepPlan, held: InFlight | None = None) -> InFlight:
         """Pack `plan`'s inputs and start its forward pass; nothing waits for it. An input token
         still coming (`held`'s sample, not yet on the host) is filled in from its token tensor."""
-        inputs = step_inputs(plan)
+        inputs, num_logits = step_inputs(plan)
         pending = held.pending(plan, inputs) if held is not None else []
         if pending and (self.control_group is not None or self.device.type == "cpu"):  # fill them in on the host
             values = held.tokens.tolist()  # (the other ranks are sent these token ids)
             for i, row in pending:
                 inputs[i][0][-1] = values[row]
             pending = []
-        input_ids, positions, meta = self.prepare(inputs)
+        input_ids, positions, meta = self.prepare(inputs, num_logits)
         if pending:
             fill_pending(input_ids, inputs, pending, held.tokens, self.tensor)
         if self.worker is None:

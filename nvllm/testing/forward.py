@@ -104,7 +104,7 @@ class ForwardSuite(ComponentSuite):
                 engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=3))
             for step in ("prefill", "decode"):
                 plan = engine.scheduler.schedule()
-                inputs = runner.prepare(step_inputs(plan))
+                inputs = runner.prepare(*step_inputs(plan))
                 assert inputs[2].is_decode == (step == "decode")
                 layers = runner._attention_layers()
                 before = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]

@@ -19,7 +19,7 @@ def engine_for(overrides: list[str], ctx: int):
     """The engine the overrides describe, with a KV cache of just the blocks one chunk needs."""
     from hydra import compose, initialize_config_module
 
-    from nvllm.config import Config, setup
+    from nvllm.config import Config, prepare, setup
     from nvllm.engine.llm_engine import LLMEngine
 
     setup()
@@ -27,7 +27,7 @@ def engine_for(overrides: list[str], ctx: int):
         overrides = [*overrides, f"kv_cache.num_blocks={-(-ctx // 16) + 1}", "kv_cache.block_size=16"]
     with initialize_config_module("nvllm.conf", version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"max_num_batched_tokens={max(ctx, 4096)}"])
-    return LLMEngine(Config.from_cfg(cfg))
+    return LLMEngine(prepare(Config.from_cfg(cfg)))  # every auto, the checkpoint read once
 
 
 def chunks(engine, text: str, ctx: int) -> list[list[int]]:
@@ -47,7 +47,7 @@ def scored_logprobs(engine, chunk: list[int]) -> torch.Tensor:
     """Log-probabilities (float64) of the next token at each scored position of `chunk` (its second half)."""
     runner = engine.executor
     table = list(range(-(-len(chunk) // runner.block_size)))
-    logits = runner.run_inputs([(chunk, 0, table, len(chunk))])  # every row scored, as a verify step scores drafts
+    logits = runner.run_inputs([(chunk, 0, table)], [len(chunk)])  # every row scored, as a verify step scores drafts
     return torch.log_softmax(logits[len(chunk) // 2:-1].double(), dim=-1)
 
 

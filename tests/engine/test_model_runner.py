@@ -35,7 +35,7 @@ def test_padded_decode_matches_unpadded(tiny_qwen3_path):
         plan = engine.scheduler.schedule()  # the first decode step
         seqs = plan.seqs
         assert plan.is_decode and plan.num_tokens == [1] * len(seqs)
-        runner, inputs = engine.executor, step_inputs(plan)
+        runner, (inputs, _) = engine.executor, step_inputs(plan)
         caches = [(m, m.k_cache.clone(), m.v_cache.clone()) for m in runner._attention_layers()]
         plain = runner.forward(*runner.prepare(inputs))
         after_plain = [(m.k_cache.clone(), m.v_cache.clone()) for m, _, _ in caches]

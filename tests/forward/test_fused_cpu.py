@@ -18,7 +18,7 @@ from tests.models.test_architectures import VARIANTS
 
 def compare_step(runner, plan):
     """One scheduled step through the C step and through the torch modules, from the same cache."""
-    inputs = runner.prepare(step_inputs(plan))
+    inputs = runner.prepare(*step_inputs(plan))
     layers = runner._attention_layers()
     before = [(m.k_cache.clone(), m.v_cache.clone()) for m in layers]
     fused = runner.forward(*inputs)
