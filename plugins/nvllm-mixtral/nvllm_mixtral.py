@@ -4,42 +4,20 @@ mixture of experts (`block_sparse_moe`): softmax over `num_local_experts`, the t
 `num_experts_per_tok` renormalised, their SwiGLU experts (`w1` gate, `w3` up, `w2` down) summed."""
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from nvllm import hookimpl
 from nvllm.models.base import CausalLM, ModelConfig
-from nvllm.models.layers.attention import Attention
+from nvllm.models.layers.decoder import DecoderAttention
 from nvllm.models.layers.embed_head import ParallelLMHead, VocabParallelEmbedding
-from nvllm.models.layers.linear import QKVParallelLinear, RowParallelLinear
 from nvllm.models.layers.moe import FusedMoE
 from nvllm.models.layers.norm import RMSNorm
-from nvllm.models.layers.rotary import RotaryEmbedding, rope_parameters
-
-
-class MixtralAttention(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, cfg.num_attention_heads, cfg.num_key_value_heads)
-        self.num_heads, self.num_kv_heads, self.head_dim = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, head_dim
-        self.o_proj = RowParallelLinear(cfg.num_attention_heads * head_dim, cfg.hidden_size)
-        theta, scaling = rope_parameters(cfg)
-        self.rotary_emb = RotaryEmbedding(head_dim, cfg.max_position_embeddings, theta, scaling)
-        self.attn = Attention(self.num_heads, head_dim, self.num_kv_heads, head_dim ** -0.5)
-
-    def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(hidden_states).split([q_size, kv_size, kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, q.view(-1, self.num_heads, self.head_dim),
-                               k.view(-1, self.num_kv_heads, self.head_dim))
-        return self.o_proj(self.attn(q, k, v.view(-1, self.num_kv_heads, self.head_dim)).flatten(1))
 
 
 class MixtralDecoderLayer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.self_attn = MixtralAttention(cfg)
+        self.self_attn = DecoderAttention(cfg, qkv_bias=False, qk_norm=False)  # no biases, no QK-norm
         # Mixtral's scores stay float32 when they weight the experts' outputs (transformers' MixtralTopKRouter)
         self.block_sparse_moe = FusedMoE(cfg.num_local_experts, cfg.num_experts_per_tok, cfg.hidden_size,
                                          cfg.intermediate_size, renormalize=True, scores_in_float32=True)
