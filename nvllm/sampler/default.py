@@ -74,7 +74,8 @@ class DefaultSampler(Sampler):
         if any(seq.sampling_params.min_tokens for seq in seqs):
             masked = [(b, t) for b, seq in enumerate(seqs) if seq.num_completion_tokens < seq.sampling_params.min_tokens
                       for t in self.eos_token_ids | set(seq.sampling_params.stop_token_ids or ())]
-            logits = logits.clone()
+            if penalties.count(NO_PENALTIES) == len(seqs):  # (else the penalties made a copy already)
+                logits = logits.clone()
             logits[[b for b, _ in masked], [t for _, t in masked]] = float("-inf")
         return logits
 
