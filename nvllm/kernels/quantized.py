@@ -7,7 +7,10 @@ layout the quantized loaders produce:
   Q4_1's; Q4_0 is m = -8 d)
 
 Activations and sums are float32: `linear_int8(x, q, d)` equals `x @ dequantized.T` up to the
-order of the sums. Not yet a forward strategy's: the quantization family will call these."""
+order of the sums. `linear_int8_dot` quantizes each row of x to int8 first (one scale a row) and
+sums int8 x int8 products exactly in int32 (quantization.activations=int8's arithmetic, as
+forward=fused_cpu's step runs it). The kernels themselves are quantized.h's, which the step shares;
+these wrappers let the tests run them alone."""
 import ctypes
 import functools
 
@@ -24,7 +27,10 @@ def _library():
     lib = load_library("quantized.c", "the quantized matmul", "float weights (quantization=none)")
     lib.nvllm_linear_int8.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, ctypes.c_int]
     lib.nvllm_linear_int4.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr, ctypes.c_int]
+    lib.nvllm_linear_int8_dot.argtypes = lib.nvllm_linear_int8.argtypes
     lib.nvllm_linear_int8.restype = lib.nvllm_linear_int4.restype = None
+    lib.nvllm_linear_int8_dot.restype = ctypes.c_int
+    lib.nvllm_int8_dot_isa.restype = ctypes.c_char_p
     return lib
 
 
@@ -45,16 +51,24 @@ def _inputs(x: torch.Tensor, qweight: torch.Tensor, k_per_byte: int):
     return x.reshape(-1, k).contiguous(), n, k, (n, k // k_per_byte), (n, k // BLOCK)
 
 
-def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [..., K] float32 times the int8 weight [N, K] transposed: [..., N] float32."""
+def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, activations: str = "float") -> torch.Tensor:
+    """x [..., K] float32 times the int8 weight [N, K] transposed: [..., N] float32; activations="int8":
+    x's rows quantized to int8 first, the products summed in int32."""
     x2, n, k, q_shape, s_shape = _inputs(x, qweight, 1)
     _check("qweight", qweight, torch.int8, q_shape)
     _check("scales", scales, torch.float16, s_shape)
     y = torch.empty(x2.shape[0], n, dtype=torch.float32)
     qweight, scales = qweight.contiguous(), scales.contiguous()
-    _library().nvllm_linear_int8(x2.data_ptr(), x2.shape[0], k, qweight.data_ptr(), scales.data_ptr(), n,
-                                 y.data_ptr(), torch.get_num_threads())
+    fn = _library().nvllm_linear_int8_dot if activations == "int8" else _library().nvllm_linear_int8
+    if fn(x2.data_ptr(), x2.shape[0], k, qweight.data_ptr(), scales.data_ptr(), n, y.data_ptr(),
+          torch.get_num_threads()):
+        raise MemoryError("linear_int8: no memory for the int8 activations")
     return y.reshape(*x.shape[:-1], n)
+
+
+def int8_dot_isa() -> str:
+    """Where linear_int8_dot's int32 sums come from in this build: vnni, avx2 or portable."""
+    return _library().nvllm_int8_dot_isa().decode()
 
 
 def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:

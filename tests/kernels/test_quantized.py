@@ -90,3 +90,30 @@ def test_every_finite_float16_scale_is_read_exactly(build):
     x[0, 0] = 1
     y = quantized.linear_int8(x, q, scales)[0]
     assert (y == scales[:, 0].float()).all()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+def test_int8_activations_equal_the_int8_rows_times_the_dequantized_weights(build, rows):
+    """activations="int8": each row of x rounded to int8 with one scale (max |x| / 127), the products
+    summed exactly in int32 (vpdpbusd, vpmaddubsw or C, as the build has them), then scaled."""
+    torch.manual_seed(rows)
+    n, k = 70, 256
+    w, x = torch.randn(n, k), torch.randn(rows, k) * torch.logspace(-2, 2, rows)[:, None]
+    x[0, :5] = 0  # zeros, and a row the rounding cannot widen past 127
+    q, d = quantize_int8(w)
+    amax = x.abs().amax(-1, keepdim=True)
+    xq = torch.round(x * (127 / amax)).clamp(-127, 127)
+    want = (xq.double() @ dequantize_int8(q, d).double().T) * (amax.double() / 127)
+    got = quantized.linear_int8(x, q, d, activations="int8")
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    exact = x @ dequantize_int8(q, d).T  # what the rounding of the activations costs: a little
+    assert ((got - exact).abs().amax(-1) < 0.05 * exact.abs().amax(-1)).all()
+    assert quantized.linear_int8(torch.zeros(1, k), q, d, activations="int8").abs().max() == 0
+    if build != "native":  # without AVX-512 (and no AVX-VNNI here): vpmaddubsw; without AVX2: C
+        assert quantized.int8_dot_isa() == build
+
+
+def test_int8_dot_products_use_vnni_where_the_cpu_has_it():
+    flags = open("/proc/cpuinfo").read()
+    vnni = " avx512_vnni " in flags and " avx512vl " in flags or " avx_vnni " in flags
+    assert quantized.int8_dot_isa() == ("vnni" if vnni else "avx2" if " avx2 " in flags else "portable")

@@ -1,0 +1,212 @@
+/* Matmuls that read weights quantized in blocks of 32 along k, in the layout the quantized loaders
+ * produce (nvllm/models/layers/packed.py: row-major, one row per output feature), shared by
+ * quantized.c (the torch wrappers' matmuls) and cpu_step.c (forward=fused_cpu's step):
+ *
+ *   int8 (GGUF Q8_0's arithmetic)  qweight int8 [N, K], scales float16 [N, K/32]
+ *                                  w[n, k] = q[n, k] * d[n, k/32]
+ *   int4 (GGUF Q4_1's, and Q4_0's  qweight uint8 [N, K/2], scales and mins float16 [N, K/32]; in each
+ *         with m = -8 d)           block's 16 bytes, byte i holds weight i (low nibble) and i + 16 (high)
+ *                                  w[n, k] = q * d + m, q in 0..15
+ *
+ * `feature` computes y[b, n] = x[b, :] . w[n, :] for every input row b of one output feature n,
+ * float32 activations and sums: each block's 32 weights are widened to float32 in registers (q * d
+ * is exact in float32: at most 8 + 11 significant bits; int4's + m rounds once, as the dequantized
+ * float32 weight does) and multiplied into 8-float sums per input row, which are added up across
+ * the row's blocks and then across their lanes. So y equals x times the dequantized float32 weights
+ * up to the order of the sums. Each block is dequantized once for up to ROWS input rows, so one
+ * output feature's weights are read from memory once for all rows; the callers share out the
+ * output features over their threads.
+ *
+ * `feature_int8_dot` is the int8 x int8 variant (quantization.activations=int8): each input row is
+ * quantized to int8 with one scale (`quantize_row`), a block's 32 products are summed exactly in
+ * int32, then scaled by the weight's and the row's scales in float32. It changes the numerics (the
+ * activations are rounded to 8 bits), so it is a separate option, never the default. The int32
+ * sums come from VNNI's vpdpbusd where the CPU has AVX512_VNNI (with AVX512VL) or AVX-VNNI, from
+ * AVX2's vpmaddubsw + vpmaddwd elsewhere (no overflow: |q|, |x| <= 127, so a pair sums to at most
+ * 2 * 128 * 127 < 2^15), and from portable C without AVX2: the same integers in every build.
+ *
+ * Vector code: AVX2 + F16C intrinsics widen the bytes and scales (GCC 12's __builtin_convertvector
+ * widens bytes one at a time), on AVX-512 CPUs too; portable C elsewhere. */
+#ifndef NVLLM_QUANTIZED_H
+#define NVLLM_QUANTIZED_H
+#include "widen.h"
+
+#include <math.h>
+#include <stdint.h>
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, unaligned loads allowed */
+
+#define BLOCK 32
+#define ROWS 8 /* input rows whose sums stay in registers while a block's weights are reused */
+
+/* Block j's 32 weights as four 8-float vectors: w[0..3] = weights 0-7, 8-15, 16-23, 24-31 */
+static inline __attribute__((always_inline)) void dequantize(const uint8_t *q, const uint16_t *scales,
+                                                             const uint16_t *mins, int64_t j, v8 w[4], const int INT4)
+{
+#if defined(__AVX2__) && defined(__F16C__)
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(scales[j]));
+    const __m256 m = _mm256_set1_ps(INT4 ? _cvtsh_ss(mins[j]) : 0.f);
+    __m128i b[2]; /* weights 0-15 and 16-31, a byte each */
+    if (INT4) {
+        const __m128i bytes = _mm_loadu_si128((const __m128i *)(q + j * BLOCK / 2)), low = _mm_set1_epi8(0xf);
+        b[0] = _mm_and_si128(bytes, low);
+        b[1] = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
+    } else {
+        b[0] = _mm_loadu_si128((const __m128i *)(q + j * BLOCK));
+        b[1] = _mm_loadu_si128((const __m128i *)(q + j * BLOCK + 16));
+    }
+    for (int h = 0; h < 2; ++h) {
+        const __m128i half[2] = {b[h], _mm_unpackhi_epi64(b[h], b[h])};
+        for (int i = 0; i < 2; ++i) {
+            const __m256 f = _mm256_cvtepi32_ps(INT4 ? _mm256_cvtepu8_epi32(half[i]) : _mm256_cvtepi8_epi32(half[i]));
+            w[2 * h + i] = (v8)(INT4 ? _mm256_fmadd_ps(f, d, m) : _mm256_mul_ps(f, d));
+        }
+    }
+#else
+    const float d = f16_to_float(scales[j]), m = INT4 ? f16_to_float(mins[j]) : 0.f;
+    for (int i = 0; i < BLOCK; ++i) {
+        const uint8_t byte = INT4 ? q[j * BLOCK / 2 + i % 16] : 0;
+        w[i / 8][i % 8] = INT4 ? (float)(i < 16 ? byte & 0xf : byte >> 4) * d + m : (float)(int8_t)q[j * BLOCK + i] * d;
+    }
+#endif
+}
+
+/* The lanes of an 8-float sum added up, plus the bias where there is one */
+static inline float lanes_sum(v8 a, const float *bias)
+{
+    float s = 0.f;
+    for (int i = 0; i < 8; ++i) s += a[i];
+    return bias ? s + *bias : s;
+}
+
+/* One output feature for BT input rows: two 8-float sums a row, added up across the blocks, then
+ * across their lanes. */
+static inline __attribute__((always_inline)) void row(const float *restrict x, int64_t K, const uint8_t *restrict q,
+                                                      const uint16_t *restrict scales, const uint16_t *restrict mins,
+                                                      const float *bias, float *restrict y, int64_t N, const int BT,
+                                                      const int INT4)
+{
+    v8 acc[ROWS][2];
+    for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
+    for (int64_t j = 0; j < K / BLOCK; ++j) {
+        v8 w[4];
+        dequantize(q, scales, mins, j, w, INT4);
+        for (int b = 0; b < BT; ++b) {
+            const float *xb = x + b * K + j * BLOCK;
+            acc[b][0] += w[0] * *(const v8 *)xb + w[2] * *(const v8 *)(xb + 16);
+            acc[b][1] += w[1] * *(const v8 *)(xb + 8) + w[3] * *(const v8 *)(xb + 24);
+        }
+    }
+    for (int b = 0; b < BT; ++b) y[b * N] = lanes_sum(acc[b][0] + acc[b][1], bias);
+}
+
+/* y[b * N] for b < B: output feature n of x [B, K] times the weight whose row n starts at q, its
+ * scales (and int4's mins) at scales, mins; bias: the feature's bias, or NULL. K a multiple of 32. */
+static inline __attribute__((always_inline)) void feature(const float *x, int64_t B, int64_t K, const uint8_t *q,
+                                                          const uint16_t *scales, const uint16_t *mins,
+                                                          const float *bias, float *y, int64_t N, const int INT4)
+{
+    int64_t b0 = 0;
+    for (; b0 + ROWS <= B; b0 += ROWS) row(x + b0 * K, K, q, scales, mins, bias, y + b0 * N, N, ROWS, INT4);
+    switch (B - b0) { /* the rest, with the row count known to the compiler */
+#define REST(r) case r: row(x + b0 * K, K, q, scales, mins, bias, y + b0 * N, N, r, INT4); break;
+        REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
+#undef REST
+    }
+}
+
+/* -- int8 weights x int8 activations ------------------------------------------------------------------- */
+
+/* The int32 dot products a block of 32 int8 weights makes with a row's 32 int8 activations */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+#define INT8_DOT "vnni"
+#elif defined(__AVX2__)
+#define INT8_DOT "avx2"
+#else
+#define INT8_DOT "portable"
+#endif
+#if defined(__AVX2__)
+typedef __m256i i8x32;
+static inline __attribute__((always_inline)) i8x32 load_i8x32(const int8_t *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+/* 8 int32 lanes summing the 32 products w[i] * a[i]; vpdpbusd and vpmaddubsw multiply unsigned
+ * bytes by signed ones, so |w| goes in the unsigned operand and w's sign onto a */
+static inline __attribute__((always_inline)) __m256i dot_block(i8x32 w, i8x32 a)
+{
+    const __m256i uw = _mm256_sign_epi8(w, w), sa = _mm256_sign_epi8(a, w);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), uw, sa);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), uw, sa);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(uw, sa), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
+/* One output feature for BT input rows of int8 activations xq (row scales sx): per row, a block's
+ * int32 sums times the block's scale into 8 float lanes, added up across the blocks, then across
+ * the lanes and times the row's scale. */
+static inline __attribute__((always_inline)) void row_int8_dot(const int8_t *restrict xq, const float *restrict sx,
+                                                               int64_t K, const int8_t *restrict q,
+                                                               const uint16_t *restrict scales, const float *bias,
+                                                               float *restrict y, int64_t N, const int BT)
+{
+#if defined(__AVX2__)
+    __m256 acc[ROWS];
+    for (int b = 0; b < BT; ++b) acc[b] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < K / BLOCK; ++j) {
+        const i8x32 w = load_i8x32(q + j * BLOCK);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(scales[j]));
+        for (int b = 0; b < BT; ++b)
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_block(w, load_i8x32(xq + b * K + j * BLOCK))), d, acc[b]);
+    }
+    for (int b = 0; b < BT; ++b) {
+        const float s = lanes_sum((v8)acc[b], NULL) * sx[b];
+        y[b * N] = bias ? s + *bias : s;
+    }
+#else
+    float acc[ROWS];
+    for (int b = 0; b < BT; ++b) acc[b] = 0.f;
+    for (int64_t j = 0; j < K / BLOCK; ++j) {
+        const float d = f16_to_float(scales[j]);
+        for (int b = 0; b < BT; ++b) {
+            int32_t s = 0;
+            for (int i = 0; i < BLOCK; ++i) s += (int32_t)q[j * BLOCK + i] * xq[b * K + j * BLOCK + i];
+            acc[b] += (float)s * d;
+        }
+    }
+    for (int b = 0; b < BT; ++b) y[b * N] = bias ? acc[b] * sx[b] + *bias : acc[b] * sx[b];
+#endif
+}
+
+/* feature() for int8 weights and the int8 rows xq [B, K] with their scales sx [B] */
+static inline void feature_int8_dot(const int8_t *xq, const float *sx, int64_t B, int64_t K, const int8_t *q,
+                                    const uint16_t *scales, const float *bias, float *y, int64_t N)
+{
+    int64_t b0 = 0;
+    for (; b0 + ROWS <= B; b0 += ROWS) row_int8_dot(xq + b0 * K, sx + b0, K, q, scales, bias, y + b0 * N, N, ROWS);
+    switch (B - b0) {
+#define REST(r) case r: row_int8_dot(xq + b0 * K, sx + b0, K, q, scales, bias, y + b0 * N, N, r); break;
+        REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
+#undef REST
+    }
+}
+
+/* One row of activations as int8 with one scale: s = max |x| / 127, q = round(x / s) in [-127, 127]
+ * (s = 0 and q = 0 for a row of zeros). */
+static inline void quantize_row(const float *x, int64_t K, int8_t *q, float *s)
+{
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; ++k) amax = fmaxf(amax, fabsf(x[k]));
+    *s = amax / 127.f;
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    for (int64_t k = 0; k < K; ++k) q[k] = (int8_t)lrintf(x[k] * inv);
+}
+
+#endif
