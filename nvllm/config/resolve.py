@@ -92,7 +92,7 @@ class Config(EngineConfig):
         target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile,
                                quantization.name)
         quantizer.check(quantization, hf_config, target)
-        forward, forward_choice = self._forward(target)
+        forward, forward_choice = self._forward(target, quantization)
         speculative = registry.make_config("speculative", self.speculative or "none")
         registry.get("speculative", speculative.name).check(speculative, hf_config, target)
         speculating = speculative.name != "none"
@@ -132,10 +132,10 @@ class Config(EngineConfig):
                        forward=forward, forward_choice=forward_choice, speculative=speculative,
                        quantization=quantization)
 
-    def _forward(self, target: ForwardTarget) -> tuple[object, str | None]:
+    def _forward(self, target: ForwardTarget, quantization=None) -> tuple[object, str | None]:
         """The forward strategy's Config, its autos filled in, and what forward=auto chose and why
         (None: named). cudagraph=true asks for forward=cudagraph; cudagraph=false rules it out; a
-        weight format rules out the strategies that cannot run it."""
+        weight format (`quantization`: its Config, where known) rules out the strategies that cannot run it."""
         quantizer = registry.get("quantization", target.quantization)
         name, choice = self.forward if isinstance(self.forward, str) else self.forward.name, None
         if self.cudagraph and name not in (AUTO, "cudagraph"):
@@ -152,14 +152,14 @@ class Config(EngineConfig):
                      + (", compile=true" if target.compile else "")
                      + (f", quantization={target.quantization}" if target.quantization != "none" else ""))
             name, choice = choose("forward", target.device.type,
-                                  lambda cls: (quantizer.check_forward(cls.name), cls.check(target)), where,
+                                  lambda cls: (quantizer.check_forward(cls.name, quantization), cls.check(target)), where,
                                   {"cudagraph": "cudagraph=false rules it out"} if self.cudagraph is False else None)
         cls = registry.get("forward", name)
         config = self.forward if not isinstance(self.forward, str) and self.forward.name == name \
             else typed_config("forward", {"name": name})
         if choice is None:
             try:
-                quantizer.check_forward(name)
+                quantizer.check_forward(name, quantization)
                 cls.check(target)
             except ConfigError as e:
                 raise ConfigError(f"{asked} cannot run here: {e}") from None

@@ -30,8 +30,15 @@ from nvllm.models.llama import LlamaForCausalLM
 _ptr, _i64, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
 
+class _Weight(ctypes.Structure):
+    _fields_ = [("data", _ptr), ("scales", _ptr), ("mins", _ptr), ("format", _i64)]
+
+
+MATMULS = ("qkv", "o", "gate_up", "down")  # a layer's Weight fields
+
+
 class _Layer(ctypes.Structure):
-    _fields_ = [(name, _ptr) for name in (
+    _fields_ = [(name, _Weight if name in MATMULS else _ptr) for name in (
         "input_norm", "qkv", "qkv_bias", "q_norm", "k_norm", "o", "o_bias",
         "post_norm", "gate_up", "gate_up_bias", "down", "down_bias", "k_cache", "v_cache")]
 
@@ -63,6 +70,7 @@ def isa() -> str:
 
 PANEL = 16  # cpu_step.c's PANEL
 WEIGHTS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # cpu_step.c's Model.weights
+INT8, INT4, INT8_DOT = 3, 4, 5  # cpu_step.c's quantized Weight.format
 CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
 
 
@@ -127,6 +135,10 @@ class FusedCPUForward(EagerForward):
         self.fn = kernel()
         self.packed: list[torch.Tensor] = []  # the packed (and float32) copies the step reads (kept alive here)
         self.weights = runner.dtype  # the packed weights' and the embedding's dtype; all else float32
+        quantization = runner.config.quantization
+        # a packed format (quantization=int8, int4, gguf): the linear layers' quantized rows, read in place
+        self.quantized = quantization is not None and quantization.name != "none"
+        self.int8_activations = getattr(quantization, "activations", None) == "int8"
         # the C model (under None), and copies cut after their first layers (under their number)
         self.early_exits: dict[int | None, _Model] = {}
 
@@ -141,6 +153,15 @@ class FusedCPUForward(EagerForward):
             self.packed.append(pack(weight))
             return _p(self.packed[-1], self.weights)
 
+        def matmul(linear) -> _Weight:
+            """A linear layer's weight as the step reads it: panels packed in dtype, or the layer's own
+            quantized rows (nvllm/models/layers/packed.py), in place."""
+            if linear.qweight is None:
+                return _Weight(packed(linear.weight), None, None, WEIGHTS[self.weights])
+            fmt = INT4 if linear.mins is not None else INT8_DOT if self.int8_activations else INT8
+            return _Weight(_p(linear.qweight, linear.qweight.dtype), _p(linear.scales, torch.float16),
+                           _p(linear.mins, torch.float16), fmt)
+
         def f32(t):  # norms and biases: float32, copied where the model holds them in 16 bits
             if t is None or t.dtype == torch.float32:
                 return _p(t)
@@ -151,10 +172,10 @@ class FusedCPUForward(EagerForward):
         for layer in decoder.layers:
             a, mlp = layer.self_attn, layer.mlp
             layers.append(_Layer(
-                f32(layer.input_layernorm.weight), packed(a.qkv_proj.weight), f32(a.qkv_proj.bias),
+                f32(layer.input_layernorm.weight), matmul(a.qkv_proj), f32(a.qkv_proj.bias),
                 f32(a.q_norm.weight) if a.qk_norm else None, f32(a.k_norm.weight) if a.qk_norm else None,
-                packed(a.o_proj.weight), f32(a.o_proj.bias), f32(layer.post_attention_layernorm.weight),
-                packed(mlp.gate_up_proj.weight), f32(mlp.gate_up_proj.bias), packed(mlp.down_proj.weight),
+                matmul(a.o_proj), f32(a.o_proj.bias), f32(layer.post_attention_layernorm.weight),
+                matmul(mlp.gate_up_proj), f32(mlp.gate_up_proj.bias), matmul(mlp.down_proj),
                 f32(mlp.down_proj.bias), _p(a.attn.k_cache), _p(a.attn.v_cache)))
         self.layers = (_Layer * len(layers))(*layers)
         eps = {layer.input_layernorm.eps for layer in decoder.layers}
@@ -162,20 +183,22 @@ class FusedCPUForward(EagerForward):
         self.vocab = decoder.embed_tokens.vocab_size
         self.c_model = _Model(
             decoder.embed_tokens.weight.shape[1], attn0.num_heads, attn0.num_kv_heads, attn0.head_dim,
-            first.mlp.down_proj.weight.shape[1], self.vocab, len(decoder.layers), self.runner.block_size,
+            first.mlp.gate_up_proj.output_sizes[0], self.vocab, len(decoder.layers), self.runner.block_size,
             WEIGHTS[self.weights], eps.pop(), attn0.attn.scale, _p(decoder.embed_tokens.weight, self.weights),
             f32(decoder.norm.weight), packed(model.lm_head.weight[:self.vocab]), f32(attn0.rotary_emb.cos_sin_cache),
             self.layers)
         self.early_exits[None] = m = self.c_model
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
-        self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate
+        # activations (cpu_step.c's `work`), then a row's int8 activations and their scale (INT8_DOT)
+        self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate + 1 + max(m.hidden, q, m.intermediate) // 4
 
     def runs(self, meta) -> bool:
         """Whether the C step takes this step (else the torch modules do): every sequence either
         returns logits for each of its query rows (a decode, a speculative verify step: a few rows
         over the cache, each like a decode row) or has a context of at most max_prefill_context, or
-        the weights are 16-bit."""
-        if meta.is_decode or self.weights != torch.float32:
+        the weights are 16-bit or quantized (the torch modules would compute in 16 bits, or
+        dequantize every weight on every call)."""
+        if meta.is_decode or self.weights != torch.float32 or self.quantized:
             return True
         num_logits = meta.num_logits or [1] * len(meta.query_lens)
         return all(q_len == n or ctx <= self.config.max_prefill_context

@@ -15,13 +15,16 @@
  * copies (see `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out.
  *
  * Weights (the packed matmul panels and the embedding table) are float32, bfloat16 or float16
- * (Model.weights); norms, biases, rotary table and KV cache are always float32. A 16-bit weight is
+ * (Model.weights); norms, biases, rotary table and KV cache are always float32. A layer's matmul
+ * weight may instead be quantized (Weight.format: quantization=int8, int4, gguf), read in its own
+ * row-major layout by quantized.h's kernels, which dequantize it in registers. A 16-bit weight is
  * widened to float32 in registers as it is loaded (bfloat16: a 16-bit shift; float16: F16C's
  * vcvtph2ps), both exact, and multiplied and summed in float32: the arithmetic is the float32
  * step's on the 16-bit-rounded weights, at half the bytes streamed. Which vector code runs is fixed
  * when the kernel is compiled for the CPU at hand (-march=native, nvllm/kernels/__init__.py):
  * AVX-512 where the CPU has it, else AVX2 + F16C, else portable scalar widening. */
 #include "paged_attention.h"
+#include "quantized.h"
 #include "widen.h"
 
 #include <string.h>
@@ -29,24 +32,34 @@
 #include <immintrin.h>
 #endif
 
-typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, unaligned loads allowed */
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+/* a weight's format: Model.weights (F32, BF16, F16), and a layer's Weight.format (any) */
+enum {
+    F32 = 0, BF16 = 1, F16 = 2, /* packed panels (`linear`) */
+    INT8 = 3, INT4 = 4,         /* quantized.h's layout: qweight, scales (and int4's mins) */
+    INT8_DOT = 5                /* INT8's layout, multiplied by int8 activations (quantization.activations=int8) */
+};
+
+/* A layer's matmul weight: packed panels in a float format, or quantized rows */
+typedef struct {
+    const void *data; /* the panels, or the quantized rows (qweight) */
+    const uint16_t *scales, *mins; /* float16, one per 32 weights along k (quantized formats; mins: INT4) */
+    int64_t format;
+} Weight;
 
 typedef struct {
     const float *input_norm;
-    const void *qkv;
+    Weight qkv;
     const float *qkv_bias, *q_norm, *k_norm;
-    const void *o;
+    Weight o;
     const float *o_bias, *post_norm;
-    const void *gate_up;
+    Weight gate_up;
     const float *gate_up_bias;
-    const void *down;
+    Weight down;
     const float *down_bias;
     float *k_cache, *v_cache;
 } Layer;
-
-/* the weights' format: Model.weights */
-enum { F32 = 0, BF16 = 1, F16 = 2 };
 
 typedef struct {
     int64_t hidden, num_heads, num_kv_heads, head_dim, intermediate, vocab, num_layers, block_size, weights;
@@ -215,6 +228,44 @@ static void linear(const Model *m, const float *x, int64_t B, int64_t K, const v
     }
 }
 
+/* y [B, N] = x [B, K] w^T (+ bias) for a layer's weight in any format: the packed panels, or the
+ * quantized rows, an output feature at a time, the threads sharing out the features (INT8_DOT: x's
+ * rows quantized to int8 first, into `act8`: B scales, then B * K bytes). */
+static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, const float *bias,
+                       int64_t N, float *y, float *act8)
+{
+#ifdef SKIP_LINEAR
+    return;
+#endif
+    const int64_t blocks = K / BLOCK;
+    const uint8_t *q = w->data;
+    int8_t *xq = (int8_t *)(act8 + B);
+    switch (w->format) {
+    case INT8:
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; ++n)
+            feature(x, B, K, q + n * K, w->scales + n * blocks, NULL, bias ? bias + n : NULL, y + n, N, 0);
+        break;
+    case INT4:
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; ++n)
+            feature(x, B, K, q + n * K / 2, w->scales + n * blocks, w->mins + n * blocks, bias ? bias + n : NULL,
+                    y + n, N, 1);
+        break;
+    case INT8_DOT:
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; ++b) quantize_row(x + b * K, K, xq + b * K, act8 + b);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; ++n)
+            feature_int8_dot(xq, act8, B, K, (const int8_t *)q + n * K, w->scales + n * blocks,
+                             bias ? bias + n : NULL, y + n, N);
+        break;
+    case BF16: linear_as(x, B, K, w->data, bias, N, y, BF16); break;
+    case F16: linear_as(x, B, K, w->data, bias, N, y, F16); break;
+    default: linear_as(x, B, K, w->data, bias, N, y, F32);
+    }
+}
+
 /* A token's embedding row, as floats */
 static void embed_row(const Model *m, int64_t id, float *out)
 {
@@ -277,6 +328,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
     const int64_t QKV = NQ + 2 * NKV, I = m->intermediate;
     float *h = work, *residual = h + B * H, *x = residual + B * H, *qkv = x + B * H, *attn = qkv + B * QKV;
     float *gate_up = attn + B * NQ, *act = gate_up + B * 2 * I, *q = act + B * I; /* q: [B, NQ] for attention */
+    float *act8 = q + B * NQ; /* int8 activations: linear_any */
     const int64_t scratch = m->num_heads / m->num_kv_heads * longest(context_lens, B) + 1;
     int failed = 0;
 
@@ -290,7 +342,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
             for (int64_t l = 0; l < m->num_layers; ++l) {
                 const Layer *L = m->layers + l;
                 add_norm(h, residual, L->input_norm, m, B, l == 0, x);
-                linear(m, x, B, H, L->qkv, L->qkv_bias, QKV, qkv);
+                linear_any(x, B, H, &L->qkv, L->qkv_bias, QKV, qkv, act8);
                 /* per (sequence, head): QK-norm, rotary, then k and v into the cache */
 #pragma omp for schedule(static)
                 for (int64_t bh = 0; bh < B * (m->num_heads + m->num_kv_heads); ++bh) {
@@ -314,15 +366,15 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                 }
                 paged_attention(q, L->k_cache, L->v_cache, block_tables, table_width, context_lens, B,
                                 m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
-                linear(m, attn, B, NQ, L->o, L->o_bias, H, h);
+                linear_any(attn, B, NQ, &L->o, L->o_bias, H, h, act8);
                 add_norm(h, residual, L->post_norm, m, B, 0, x);
-                linear(m, x, B, H, L->gate_up, L->gate_up_bias, 2 * I, gate_up);
+                linear_any(x, B, H, &L->gate_up, L->gate_up_bias, 2 * I, gate_up, act8);
 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; ++b) {
                     const float *g = gate_up + b * 2 * I;
                     for (int64_t i = 0; i < I; ++i) act[b * I + i] = g[i] / (1.f + expf(-g[i])) * g[I + i];
                 }
-                linear(m, act, B, I, L->down, L->down_bias, H, h);
+                linear_any(act, B, I, &L->down, L->down_bias, H, h, act8);
             }
             add_norm(h, residual, m->norm, m, B, 0, x);
             /* logits only for the rows that are sampled (a prompt's last token), gathered into h */

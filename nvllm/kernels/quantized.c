@@ -55,4 +55,4 @@ int nvllm_linear_int8_dot(const float *x, int64_t B, int64_t K, const int8_t *qw
 }
 
 /* Where the int8 dot products' int32 sums come from in this build: vnni, avx2 or portable */
-const char *nvllm_int8_dot_isa(void) { return INT8_DOT; }
+const char *nvllm_int8_dot_isa(void) { return INT8_DOT_ISA; }

@@ -122,11 +122,11 @@ static inline __attribute__((always_inline)) void feature(const float *x, int64_
 
 /* The int32 dot products a block of 32 int8 weights makes with a row's 32 int8 activations */
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
-#define INT8_DOT "vnni"
+#define INT8_DOT_ISA "vnni"
 #elif defined(__AVX2__)
-#define INT8_DOT "avx2"
+#define INT8_DOT_ISA "avx2"
 #else
-#define INT8_DOT "portable"
+#define INT8_DOT_ISA "portable"
 #endif
 #if defined(__AVX2__)
 typedef __m256i i8x32;

@@ -5,7 +5,7 @@ the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head a
     cls.resolve(config, model_config)     its Config with every `auto`/null filled in (a file to read)
     cls.check(config, hf_config, target)  before anything loads: raise ConfigError naming the key or
                                           tensor, the value and what works
-    cls.check_forward(forward_name)       can this forward strategy run it? (forward=auto skips those that cannot)
+    cls.check_forward(forward_name, config)  can this forward strategy run it? (forward=auto skips those that cannot)
     method = cls(config)
     method.apply(model, path)             once the float weights are loaded: pack each linear layer's
                                           weight (nvllm/models/layers/packed.py), freeing the float one
@@ -28,10 +28,10 @@ def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
 
 class QuantizationMethod:
     name: ClassVar[str]
-    # the forward strategies that run this format: those that run the model's torch modules, whose
-    # linear layers dequantize (forward=fused_cpu's C step reads float32 weights; forward=simulated's
-    # cost model prices `dtype` bytes); None: every strategy
-    forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph")
+    # the forward strategies that run this format: the torch modules' (their linear layers
+    # dequantize) and forward=fused_cpu's C step (it reads the packed rows and dequantizes in
+    # registers); not forward=simulated, whose cost model prices `dtype` bytes. None: every strategy
+    forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph", "fused_cpu")
 
     @classmethod
     def resolve(cls, config, model_config):
@@ -67,11 +67,12 @@ class QuantizationMethod:
                                   f"(tp in {fits}), or quantization=none")
 
     @classmethod
-    def check_forward(cls, forward: str) -> None:
+    def check_forward(cls, forward: str, config=None) -> None:
+        """Refuse a forward strategy that cannot run this format (`config`: the format's options, where known)."""
         if cls.forwards is not None and forward not in cls.forwards:
-            raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)} (the torch "
-                              f"modules, whose linear layers dequantize its weights), not forward={forward}, which "
-                              f"reads weights in dtype; use forward=eager (or auto), or quantization=none")
+            raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)}, not "
+                              f"forward={forward}, which reads weights in dtype only; use forward=auto, or "
+                              f"quantization=none")
 
     def __init__(self, config):
         self.config = config

@@ -68,22 +68,29 @@ def test_gguf_blocks_move_into_the_layout_and_dequantize_as_gguf_does(block_type
                        torch.from_numpy(gguf.quants.dequantize(stored, kind)))
 
 
+FORWARDS = ["eager", "fused_cpu"]  # the torch modules' dequantizing linear, and the C step's kernels
+
+
+@pytest.mark.parametrize("forward", FORWARDS)
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_greedy_equals_transformers_on_the_round_tripped_weights(fmt, arch, tiny_llama_path, tiny_qwen3_path, tmp_path):
+def test_greedy_equals_transformers_on_the_round_tripped_weights(fmt, arch, forward, tiny_llama_path, tiny_qwen3_path,
+                                                                 tmp_path):
     """Quantize each Hugging Face weight alone (q, k and v apart), dequantize, and give transformers
-    those weights: nvllm, which packs the fused q/k/v and gate/up layers, computes the same tokens."""
+    those weights: nvllm, which packs the fused q/k/v and gate/up layers, computes the same tokens
+    through the torch modules and through the C step."""
     checkpoint = tiny_llama_path if arch == "llama" else tiny_qwen3_path
     weights = {k: dequantize(**{"mins": None, **ROUND_TRIP[fmt](w)}) for k, w in linear_weights(checkpoint).items()}
     reference = with_weights(checkpoint, tmp_path / "round-trip", weights)
     prompts = prompts_for(json.loads((Path(checkpoint) / "config.json").read_text())["vocab_size"])
-    got, engine = nvllm_greedy(checkpoint, prompts, quantization=fmt, forward="eager")
-    assert engine.config.quantization.name == fmt
+    got, engine = nvllm_greedy(checkpoint, prompts, quantization=fmt, forward=forward)
+    assert engine.config.quantization.name == fmt and engine.config.forward.name == forward
     assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
 
 
+@pytest.mark.parametrize("forward", [None, *FORWARDS])
 @pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_1"])
-def test_gguf_greedy_equals_transformers_on_gguf_dequantized_weights(block_type, tiny_llama_path, tmp_path):
+def test_gguf_greedy_equals_transformers_on_gguf_dequantized_weights(block_type, forward, tiny_llama_path, tmp_path):
     import gguf
 
     from nvllm.tools.bench_peers.llamacpp import permute_rotary  # noqa: F401  (write_gguf permutes; gguf reads back)
@@ -94,8 +101,10 @@ def test_gguf_greedy_equals_transformers_on_gguf_dequantized_weights(block_type,
                for k, w in linear_weights(tiny_llama_path).items()}
     reference = with_weights(tiny_llama_path, tmp_path / "dequantized", weights)
     prompts = prompts_for(512)
-    got, engine = nvllm_greedy(tiny_llama_path, prompts, quantization={"name": "gguf", "file": file})
-    assert engine.config.forward.name == "eager" and "quantization=gguf" in engine.config.forward_choice
+    got, engine = nvllm_greedy(tiny_llama_path, prompts, quantization={"name": "gguf", "file": file},
+                               **({"forward": forward} if forward else {}))
+    if forward is None:  # forward=auto: the C step
+        assert engine.config.forward.name == "fused_cpu" and "quantization=gguf" in engine.config.forward_choice
     assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
 
 
@@ -172,16 +181,46 @@ def test_a_tp_that_would_split_a_group_is_refused_naming_the_numbers(tmp_path):
         LLM(path, quantization="int4", tp=2)
 
 
-def test_the_fused_cpu_step_and_onednn_refuse_packed_weights_and_auto_picks_eager(tiny_llama_path):
-    with pytest.raises(ConfigError, match=r"forward=fused_cpu cannot run here: quantization=int8 runs with "
-                                          r"forward=eager or cudagraph"):
-        LLM(tiny_llama_path, quantization="int8", forward="fused_cpu")
+def test_simulated_and_onednn_refuse_packed_weights_and_auto_picks_the_c_step(tiny_llama_path):
+    with pytest.raises(ConfigError, match=r"forward=simulated cannot run here: quantization=int8 runs with "
+                                          r"forward=eager or cudagraph or fused_cpu"):
+        LLM(tiny_llama_path, quantization="int8", forward="simulated")
     with pytest.raises(ConfigError, match=r"forward.onednn=true .* with quantization=int4"):
         LLM(tiny_llama_path, quantization="int4", forward={"name": "eager", "onednn": True})
-    with LLM(tiny_llama_path, quantization="int8", max_model_len=256) as llm:
-        c = llm.engine.config
-        assert c.forward.name == "eager" and c.forward.onednn is False
-        assert "passed over fused_cpu: quantization=int8 runs with forward=eager or cudagraph" in c.forward_choice
+    for fmt in ("int8", "int4"):
+        with LLM(tiny_llama_path, quantization=fmt, max_model_len=256) as llm:
+            c = llm.engine.config
+            assert c.forward.name == "fused_cpu" and c.forward_choice.startswith("forward=auto chose fused_cpu")
+            packed = llm.engine.executor.forward_strategy.packed  # the quantized rows are read in place
+            assert {t.dtype for t in packed} == {torch.float32}  # only the LM head's panels and norms
+
+
+def test_int8_activations_are_a_named_option_of_the_c_step(tiny_llama_path):
+    with pytest.raises(ConfigError, match=r"forward=eager cannot run here: quantization.activations=int8 multiplies "
+                                          r"int8 activations in forward=fused_cpu's C step only"):
+        LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int8"}, forward="eager")
+    with pytest.raises(ConfigError, match=r"quantization.activations='int4' is not allowed: use float or int8"):
+        LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int4"})
+    with LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int8"}, max_model_len=256) as llm:
+        assert llm.engine.config.forward.name == "fused_cpu"
+
+
+def test_int8_activations_stay_close_to_float_activations(tiny_qwen3_path):
+    """Not exact (the activations are rounded to 8 bits): each prefill position's next-token
+    distribution stays close to the weight-only int8 step's, and mostly puts the same token first."""
+    from nvllm.tools.perplexity import scored_logprobs
+
+    chunk = prompts_for(512)[-1]
+    logprobs = {}
+    for activations in ("float", "int8"):
+        with LLM(tiny_qwen3_path, quantization={"name": "int8", "activations": activations}, forward="fused_cpu",
+                 max_model_len=256, kv_cache={"block_size": 16}) as llm:
+            logprobs[activations] = scored_logprobs(llm.engine, chunk)
+    exact, int8 = logprobs["float"], logprobs["int8"]
+    assert not torch.equal(exact, int8)  # the option does change the numerics
+    kl = (exact.exp() * (exact - int8)).sum(-1)
+    assert kl.mean() < 0.01, kl
+    assert (exact.argmax(-1) == int8.argmax(-1)).float().mean() >= 0.9
 
 
 def test_nvllm_run_reports_the_format_and_its_bytes(tmp_path, tiny_qwen3_path):
@@ -238,8 +277,10 @@ def test_smollm2_gguf_blocks_are_the_weights_transformers_dequantizes(smollm2_pa
 def test_smollm2_greedy_equals_transformers_on_the_round_tripped_weights(fmt, smollm2_path, smollm2_prompts, tmp_path):
     weights = {k: dequantize(**{"mins": None, **ROUND_TRIP[fmt](w)}) for k, w in linear_weights(smollm2_path).items()}
     reference = with_weights(smollm2_path, tmp_path / "round-trip", weights)
-    got, _ = nvllm_greedy(smollm2_path, smollm2_prompts, quantization=fmt)
-    assert got == hf_greedy(reference, smollm2_prompts, GREEDY.max_tokens)
+    want = hf_greedy(reference, smollm2_prompts, GREEDY.max_tokens)
+    for forward in FORWARDS:
+        got, _ = nvllm_greedy(smollm2_path, smollm2_prompts, quantization=fmt, forward=forward)
+        assert got == want, forward
 
 
 @pytest.mark.slow
