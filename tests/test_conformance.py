@@ -197,3 +197,17 @@ class TestGGUF(QuantizationSuite):
 
     def setup_files(self, checkpoint, tmp_path):
         return {"file": write_gguf(checkpoint, str(tmp_path / "model.gguf"), "Q8_0")}
+
+
+class TestInt8FusedCPU(QuantizationSuite):
+    """The C step's kernels (forward=fused_cpu) read the packed rows in place."""
+    name = "int8"
+    forward = "fused_cpu"
+
+
+class TestInt4Qwen3FusedCPU(TestInt4Qwen3):
+    forward = "fused_cpu"
+
+
+class TestGGUFFusedCPU(TestGGUF):
+    forward = "fused_cpu"

@@ -34,6 +34,25 @@ def with_weights(checkpoint: str, out: Path, weights: dict[str, torch.Tensor]) -
     return str(out)
 
 
+def linear_weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's Llama-family linear layer weights, under their Hugging Face names."""
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(Path(checkpoint) / "model.safetensors")).items()
+            if any(f".{m}." in k for m in LINEAR_GGUF_NAMES)}
+
+
+def round_tripped(checkpoint: str, out: Path, fmt: str) -> str:
+    """A copy of `checkpoint` whose linear weights are quantized to `fmt` (int8, int4) and
+    dequantized, each Hugging Face tensor alone (q, k and v apart): the float32 weights a run with
+    quantization=`fmt` stands for."""
+    from nvllm.models.layers.packed import dequantize, quantize_int4, quantize_int8
+
+    quantize = {"int8": quantize_int8, "int4": quantize_int4}[fmt]
+    return with_weights(checkpoint, out, {k: dequantize(**{"mins": None, **quantize(w)})
+                                          for k, w in linear_weights(checkpoint).items()})
+
+
 def dequantized_weights(model, hf_config) -> dict[str, torch.Tensor]:
     """Every linear layer's weight as a loaded nvllm model (tp=1) multiplies by it, in float32,
     under the Hugging Face names (fused q/k/v and gate/up split apart)."""

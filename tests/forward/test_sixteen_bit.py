@@ -1,7 +1,8 @@
 """16-bit weights on a CPU (dtype=bfloat16 or float16): forward=fused_cpu keeps its packed matmul
 weights and embedding in 16 bits and computes in float32, so its greedy tokens equal transformers'
 in float32 on the same weights rounded to 16 bits, through the AVX-512 build of the C step and the
-AVX2 one; forward=eager runs the torch modules in 16 bits with attention=cpu's float32 cache."""
+AVX2 one (and so do the quantized formats, on the weights they stand for); forward=eager runs the
+torch modules in 16 bits with attention=cpu's float32 cache."""
 import random
 
 import pytest
@@ -10,9 +11,11 @@ import torch
 from nvllm import LLM, SamplingParams
 from nvllm.forward import fused_cpu
 from nvllm.testing import hf_greedy
+from nvllm.testing.quantization import round_tripped
 from nvllm.tools.checkpoint import make_random_checkpoint
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZED = ("int8", "int4")  # the C step's quantized formats (gguf's blocks are these layouts)
 MAX_NEW = 16
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
 
@@ -32,10 +35,14 @@ def tiny_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def references(tiny_path, prompts):
-    """transformers' greedy tokens, float32, on the weights as they are and rounded to each dtype."""
+def references(tiny_path, prompts, tmp_path_factory):
+    """transformers' greedy tokens, float32, on the weights as they are, rounded to each dtype, and
+    round-tripped through each quantized format."""
     refs = {name: hf_greedy(tiny_path, prompts, MAX_NEW, round_to=dtype) for name, dtype in DTYPES.items()}
     refs["float32"] = hf_greedy(tiny_path, prompts, MAX_NEW)
+    for fmt in QUANTIZED:
+        refs[fmt] = hf_greedy(round_tripped(tiny_path, tmp_path_factory.mktemp(fmt), fmt), prompts, MAX_NEW)
+        assert refs[fmt] != refs["float32"]
     assert refs["bfloat16"] != refs["float32"] and refs["float16"] != refs["float32"]
     return refs
 
@@ -65,18 +72,19 @@ def test_fused_step_equals_transformers_on_the_rounded_weights(tiny_path, prompt
 
 
 @pytest.mark.parametrize("isa, flags", [("avx2", "-mno-avx512f"), ("portable", "-mno-avx2 -mno-f16c")])
-@pytest.mark.parametrize("dtype", ["float32", *DTYPES])
-def test_other_builds(tiny_path, prompts, references, dtype, isa, flags, monkeypatch):
+@pytest.mark.parametrize("fmt", ["float32", *DTYPES, *QUANTIZED])
+def test_other_builds(tiny_path, prompts, references, fmt, isa, flags, monkeypatch):
     """The C step built without AVX-512 (as on an AVX2-only CPU), and without AVX2 (portable C),
-    computes the same tokens."""
+    computes the same tokens, with weights in each dtype and each quantized format."""
     monkeypatch.setenv("NVLLM_KERNEL_FLAGS", flags)
     fused_cpu.kernel.cache_clear()
     try:
         assert fused_cpu.isa() == isa
-        got, _ = generate(tiny_path, prompts, dtype=dtype, forward="fused_cpu")
+        got, _ = generate(tiny_path, prompts, forward="fused_cpu",
+                          **({"quantization": fmt} if fmt in QUANTIZED else {"dtype": fmt}))
     finally:
         fused_cpu.kernel.cache_clear()
-    assert got == references[dtype]
+    assert got == references[fmt]
 
 
 def test_this_cpu_builds_its_widest_code():

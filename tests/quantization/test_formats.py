@@ -16,22 +16,14 @@ from nvllm.errors import ConfigError
 from nvllm.quantization.gguf import blocks
 from nvllm.models.layers.packed import GROUP, dequantize, quantize_int4, quantize_int8
 from nvllm.testing import hf_greedy, write_gguf
-from nvllm.testing.quantization import LINEAR_GGUF_NAMES, with_weights
+from nvllm.testing.quantization import linear_weights, round_tripped, with_weights
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-ROUND_TRIP = {"int8": quantize_int8, "int4": quantize_int4}
 
 
 def prompts_for(vocab: int) -> list[list[int]]:
     rng = random.Random(1)
     return [[rng.randrange(vocab) for _ in range(n)] for n in (1, 7, 33, 70)]
-
-
-def linear_weights(checkpoint: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return {k: v for k, v in load_file(str(Path(checkpoint) / "model.safetensors")).items()
-            if any(f".{m}." in k for m in LINEAR_GGUF_NAMES)}
 
 
 def nvllm_greedy(path, prompts, **overrides):
@@ -80,8 +72,7 @@ def test_greedy_equals_transformers_on_the_round_tripped_weights(fmt, arch, forw
     those weights: nvllm, which packs the fused q/k/v and gate/up layers, computes the same tokens
     through the torch modules and through the C step."""
     checkpoint = tiny_llama_path if arch == "llama" else tiny_qwen3_path
-    weights = {k: dequantize(**{"mins": None, **ROUND_TRIP[fmt](w)}) for k, w in linear_weights(checkpoint).items()}
-    reference = with_weights(checkpoint, tmp_path / "round-trip", weights)
+    reference = round_tripped(checkpoint, tmp_path / "round-trip", fmt)
     prompts = prompts_for(json.loads((Path(checkpoint) / "config.json").read_text())["vocab_size"])
     got, engine = nvllm_greedy(checkpoint, prompts, quantization=fmt, forward=forward)
     assert engine.config.quantization.name == fmt and engine.config.forward.name == forward
@@ -275,8 +266,7 @@ def test_smollm2_gguf_blocks_are_the_weights_transformers_dequantizes(smollm2_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["int8", "int4"])
 def test_smollm2_greedy_equals_transformers_on_the_round_tripped_weights(fmt, smollm2_path, smollm2_prompts, tmp_path):
-    weights = {k: dequantize(**{"mins": None, **ROUND_TRIP[fmt](w)}) for k, w in linear_weights(smollm2_path).items()}
-    reference = with_weights(smollm2_path, tmp_path / "round-trip", weights)
+    reference = round_tripped(smollm2_path, tmp_path / "round-trip", fmt)
     want = hf_greedy(reference, smollm2_prompts, GREEDY.max_tokens)
     for forward in FORWARDS:
         got, _ = nvllm_greedy(smollm2_path, smollm2_prompts, quantization=fmt, forward=forward)
