@@ -19,9 +19,11 @@ cores or leave memory behind), with a warm-up before the clock starts; loading i
 nvllm/tools/bench_peers/hf.py for how its padding waste is handled (each request is credited only
 with its own tokens). llama.cpp runs f16 and f32 GGUFs written from the same safetensors,
 all requests in flight at once: see nvllm/tools/bench_peers/llamacpp.py. `--nvllm-dtypes
-float32,bfloat16` runs nvllm once per weight dtype; each peer run is then compared with the nvllm
-runs whose weights have as many bits (llama.cpp f16 with bfloat16 and float16, f32 and
-transformers with float32).
+float32,bfloat16` runs nvllm once per weight dtype (or weight format: int8, int8-a8, int4, gguf are
+quantization=int8, int8 with activations=int8, int4, gguf); each peer run is then compared with the
+nvllm runs whose weights have as many bits (llama.cpp f16 with bfloat16 and float16, f32 and
+transformers with float32). `--rounds 3` runs the whole plan three times, alternating, and keeps
+each run's median (every round's numbers stay in the JSON).
 """
 import argparse
 import json
@@ -45,6 +47,12 @@ LLAMACPP_CANDIDATES = [{}, dict(flash_attn=False), dict(kv_unified=False), dict(
 # resolved, see the run's settings.engine in the JSON); only the device is pinned, so that a CUDA
 # machine still benchmarks the CPU
 NVLLM_DEFAULTS = {"device": "cpu"}
+# --nvllm-dtypes: a weight dtype, or a weight format (nvllm/quantization/, dtype auto), with its bits
+# a weight for matching peers
+NVLLM_WEIGHTS = {"float32": ({"dtype": "float32"}, 32), "bfloat16": ({"dtype": "bfloat16"}, 16),
+                 "float16": ({"dtype": "float16"}, 16), "int8": ({"quantization": "int8"}, 8),
+                 "int8-a8": ({"quantization": {"name": "int8", "activations": "int8"}}, 8),
+                 "int4": ({"quantization": "int4"}, 4), "gguf": ({"quantization": "gguf"}, 4)}
 
 
 def requests(workload: str, num_requests: int | None, min_len: int, max_len: int, seed: int = 0):
@@ -75,9 +83,9 @@ def plan(args) -> list[dict]:
     for workload in WORKLOADS if args.workload == "all" else [args.workload]:
         for peer in args.peers:
             if peer == "nvllm":
-                for dtype in args.nvllm_dtypes:
-                    runs.append(dict(workload=workload, peer="nvllm", variant=dtype,
-                                     options={**args.nvllm, **({"dtype": dtype} if dtype else {})}))
+                for weights in args.nvllm_dtypes:
+                    runs.append(dict(workload=workload, peer="nvllm", variant=weights,
+                                     options={**args.nvllm, **(NVLLM_WEIGHTS[weights][0] if weights else {})}))
             elif peer == "hf":
                 # single-stream: one request, so batch size 1
                 for bs in [1] if workload == "single-stream" else args.hf_batch_sizes:
@@ -201,9 +209,30 @@ def drop_slower_hf(results: list[dict]) -> list[dict]:
     return [r for r in results if r["peer"] != "hf" or "tok_s" not in r or best[r["workload"]] is r]
 
 
+def medians(results: list[dict]) -> list[dict]:
+    """One result per (workload, peer, variant): with several rounds, the one of median output tok/s
+    (the lower middle one of an even count), every round's tok/s and decode tok/s kept in `rounds`;
+    a run that failed in any round stays failed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["workload"], r["peer"], r["variant"]), []).append(r)
+    out = []
+    for group in groups.values():
+        failed = [r for r in group if "tok_s" not in r]
+        if len(group) == 1 or failed:
+            out.append(failed[0] if failed else group[0])
+            continue
+        ranked = sorted(group, key=lambda r: r["tok_s"])
+        out.append({**ranked[(len(ranked) - 1) // 2],
+                    "rounds": [dict(tok_s=r["tok_s"], decode_tok_s=r.get("decode_tok_s")) for r in group]})
+    return out
+
+
 def weight_bits(run: dict) -> int:
     """Bits a weight takes in a run: nvllm's engine dtype, llama.cpp's GGUF type; transformers: 32."""
     if run["peer"] == "nvllm":
+        if run["variant"] in NVLLM_WEIGHTS:
+            return NVLLM_WEIGHTS[run["variant"]][1]
         return 16 if "16" in run["settings"]["engine"]["dtype"] else 32
     return 16 if run["peer"] == "llamacpp" and run["variant"] == "f16" else 32
 
@@ -280,7 +309,10 @@ def parse_args(argv=None):
                         help="nvllm override, as for LLM(), over the bench's "
                              + " ".join(f"{k}={v}" for k, v in NVLLM_DEFAULTS.items()) + ": attention=sdpa, ...")
     parser.add_argument("--nvllm-dtypes", default="",
-                        help="nvllm runs, one per weight dtype: float32, bfloat16, float16 (default: one run, dtype=auto)")
+                        help="nvllm runs, one per weight dtype or format: " + ", ".join(NVLLM_WEIGHTS)
+                             + " (default: one run, dtype=auto)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the whole plan this many times, alternating, and keep each run's median")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -295,10 +327,12 @@ def parse_args(argv=None):
     args.llamacpp = _key_values(parser, args.llamacpp)
     args.nvllm = _key_values(parser, args.nvllm)
     args.nvllm_dtypes = [d.strip() for d in args.nvllm_dtypes.split(",")]
-    if set(args.nvllm_dtypes) - {"", "float32", "bfloat16", "float16"}:
-        parser.error("--nvllm-dtypes takes float32, bfloat16 and/or float16")
-    if "dtype" in args.nvllm and args.nvllm_dtypes != [""]:
-        parser.error("--nvllm dtype=... and --nvllm-dtypes both set the dtype; keep one")
+    if set(args.nvllm_dtypes) - {"", *NVLLM_WEIGHTS}:
+        parser.error(f"--nvllm-dtypes takes {', '.join(NVLLM_WEIGHTS)}")
+    if {"dtype", "quantization"} & set(args.nvllm) and args.nvllm_dtypes != [""]:
+        parser.error("--nvllm dtype=... (or quantization=...) and --nvllm-dtypes both set the weights; keep one")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     if args.min_len < 1 or args.max_len < args.min_len:
         parser.error("need 1 <= --min-len <= --max-len")
     return args
@@ -335,14 +369,17 @@ def main(argv=None):
         args.peers.remove("llamacpp")
     tuning = tune_llamacpp(args) if args.llamacpp_tune and "llamacpp" in args.peers else None
     results = []
-    for run in plan(args):
-        prompts, max_tokens = requests(run["workload"], args.num_requests, args.min_len, args.max_len)
-        label = f"{run['workload']}: {run['peer']} {run['variant']}".strip()
-        print(f"\n== {label} ({len(prompts)} requests, {sum(max_tokens)} output tokens) ==", flush=True)
-        result = {**run, "requests": len(prompts), **run_child(run, prompts, max_tokens, args)}
-        if "tok_s" in result:
-            print(f"== {label}: {result['tok_s']:.1f} output tok/s, {result['wall_s']:.1f} s", flush=True)
-        results.append(result)
+    for round_ in range(args.rounds):
+        for run in plan(args):
+            prompts, max_tokens = requests(run["workload"], args.num_requests, args.min_len, args.max_len)
+            label = f"{run['workload']}: {run['peer']} {run['variant']}".strip()
+            label += f" (round {round_ + 1} of {args.rounds})" if args.rounds > 1 else ""
+            print(f"\n== {label} ({len(prompts)} requests, {sum(max_tokens)} output tokens) ==", flush=True)
+            result = {**run, "requests": len(prompts), **run_child(run, prompts, max_tokens, args)}
+            if "tok_s" in result:
+                print(f"== {label}: {result['tok_s']:.1f} output tok/s, {result['wall_s']:.1f} s", flush=True)
+            results.append(result)
+    results = medians(results)
     shown = drop_slower_hf(results)
     rows = summarize(shown)
     failed = [r for r in results if "error" in r]
