@@ -243,14 +243,15 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     switch (w->format) {
     case INT8:
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; ++n)
-            feature(x, B, K, q + n * K, w->scales + n * blocks, NULL, bias ? bias + n : NULL, y + n, N, 0);
+        for (int64_t n = 0; n < N; n += FEATURES)
+            features(x, B, K, q + n * K, K, w->scales + n * blocks, NULL, bias ? bias + n : NULL, y + n, N,
+                     N - n < FEATURES ? N - n : FEATURES, 0);
         break;
     case INT4:
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; ++n)
-            feature(x, B, K, q + n * K / 2, w->scales + n * blocks, w->mins + n * blocks, bias ? bias + n : NULL,
-                    y + n, N, 1);
+        for (int64_t n = 0; n < N; n += FEATURES)
+            features(x, B, K, q + n * K / 2, K / 2, w->scales + n * blocks, w->mins + n * blocks,
+                     bias ? bias + n : NULL, y + n, N, N - n < FEATURES ? N - n : FEATURES, 1);
         break;
     case INT8_DOT:
 #pragma omp for schedule(static)

@@ -14,8 +14,9 @@ static void matmul(const float *x, int64_t B, int64_t K, const uint8_t *q, const
 {
     const int64_t row_bytes = INT4 ? K / 2 : K, blocks = K / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t n = 0; n < N; ++n)
-        feature(x, B, K, q + n * row_bytes, scales + n * blocks, INT4 ? mins + n * blocks : 0, 0, y + n, N, INT4);
+    for (int64_t n = 0; n < N; n += FEATURES)
+        features(x, B, K, q + n * row_bytes, row_bytes, scales + n * blocks, INT4 ? mins + n * blocks : 0, 0, y + n, N,
+                 N - n < FEATURES ? N - n : FEATURES, INT4);
 }
 
 /* y [B, N] = x [B, K] (qweight, scales)^T; K a multiple of 32 (the caller checks). */

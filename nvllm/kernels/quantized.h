@@ -25,8 +25,9 @@
  * AVX2's vpmaddubsw + vpmaddwd elsewhere (no overflow: |q|, |x| <= 127, so a pair sums to at most
  * 2 * 128 * 127 < 2^15), and from portable C without AVX2: the same integers in every build.
  *
- * Vector code: AVX2 + F16C intrinsics widen the bytes and scales (GCC 12's __builtin_convertvector
- * widens bytes one at a time), on AVX-512 CPUs too; portable C elsewhere. */
+ * Vector code: AVX-512 widens a block's bytes 16 at a time into two 16-float vectors; else AVX2 +
+ * F16C intrinsics, 8 at a time (GCC 12's __builtin_convertvector widens bytes one at a time);
+ * portable C elsewhere. */
 #ifndef NVLLM_QUANTIZED_H
 #define NVLLM_QUANTIZED_H
 #include "widen.h"
@@ -82,6 +83,79 @@ static inline float lanes_sum(v8 a, const float *bias)
     return bias ? s + *bias : s;
 }
 
+#ifdef __AVX512F__
+/* Block j's 32 weights as two 16-float vectors (weights 0-15, 16-31): int8's bytes sign-extended,
+ * int4's bytes zero-extended once and split into their low (weights 0-15) and high nibbles */
+static inline __attribute__((always_inline)) void dequantize16(const uint8_t *q, const uint16_t *scales,
+                                                               const uint16_t *mins, int64_t j, __m512 w[2],
+                                                               const int INT4)
+{
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(scales[j]));
+    if (INT4) {
+        const __m512 m = _mm512_set1_ps(_cvtsh_ss(mins[j]));
+        const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + j * BLOCK / 2)));
+        w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(0xf))), d, m);
+        w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), d, m);
+    } else
+        for (int h = 0; h < 2; ++h)
+            w[h] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                     _mm_loadu_si128((const __m128i *)(q + j * BLOCK + 16 * h)))), d);
+}
+#endif
+
+#ifdef __AVX512F__
+#define FEATURES 4 /* output features multiplied together: a block of a row's activations is loaded once for all */
+#define TILE 4     /* input rows a tile: TILE x FEATURES 16-float sums, plus the rows' activations, in 32 registers */
+/* FT output features (their rows of weights row_bytes apart) for BT input rows: one 16-float sum
+ * per (row, feature), added up across the blocks, then across its lanes. */
+static inline __attribute__((always_inline)) void tile16(const float *restrict x, int64_t K, const uint8_t *restrict q,
+                                                         int64_t row_bytes, const uint16_t *restrict scales,
+                                                         const uint16_t *restrict mins, const float *bias,
+                                                         float *restrict y, int64_t N, const int BT, const int FT,
+                                                         const int INT4)
+{
+    const int64_t blocks = K / BLOCK;
+    __m512 acc[TILE][FEATURES];
+    for (int b = 0; b < BT; ++b)
+        for (int f = 0; f < FT; ++f) acc[b][f] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < blocks; ++j) {
+        __m512 xv[TILE][2];
+        for (int b = 0; b < BT; ++b) {
+            xv[b][0] = _mm512_loadu_ps(x + b * K + j * BLOCK);
+            xv[b][1] = _mm512_loadu_ps(x + b * K + j * BLOCK + 16);
+        }
+        for (int f = 0; f < FT; ++f) {
+            __m512 w[2];
+            dequantize16(q + f * row_bytes, scales + f * blocks, INT4 ? mins + f * blocks : 0, j, w, INT4);
+            for (int b = 0; b < BT; ++b)
+                acc[b][f] = _mm512_fmadd_ps(w[1], xv[b][1], _mm512_fmadd_ps(w[0], xv[b][0], acc[b][f]));
+        }
+    }
+    for (int b = 0; b < BT; ++b)
+        for (int f = 0; f < FT; ++f) {
+            const float s = _mm512_reduce_add_ps(acc[b][f]);
+            y[b * N + f] = bias ? s + bias[f] : s;
+        }
+}
+
+/* tile16 over all B rows, TILE at a time */
+static inline __attribute__((always_inline)) void tiles16(const float *x, int64_t B, int64_t K, const uint8_t *q,
+                                                          int64_t row_bytes, const uint16_t *scales,
+                                                          const uint16_t *mins, const float *bias, float *y, int64_t N,
+                                                          const int FT, const int INT4)
+{
+    int64_t b0 = 0;
+    for (; b0 + TILE <= B; b0 += TILE)
+        tile16(x + b0 * K, K, q, row_bytes, scales, mins, bias, y + b0 * N, N, TILE, FT, INT4);
+    switch (B - b0) { /* the rest, with the row count known to the compiler */
+#define REST(r) case r: tile16(x + b0 * K, K, q, row_bytes, scales, mins, bias, y + b0 * N, N, r, FT, INT4); break;
+        REST(1) REST(2) REST(3)
+#undef REST
+    }
+}
+#else
+#define FEATURES 1
+
 /* One output feature for BT input rows: two 8-float sums a row, added up across the blocks, then
  * across their lanes. */
 static inline __attribute__((always_inline)) void row(const float *restrict x, int64_t K, const uint8_t *restrict q,
@@ -102,19 +176,39 @@ static inline __attribute__((always_inline)) void row(const float *restrict x, i
     }
     for (int b = 0; b < BT; ++b) y[b * N] = lanes_sum(acc[b][0] + acc[b][1], bias);
 }
+#endif
 
-/* y[b * N] for b < B: output feature n of x [B, K] times the weight whose row n starts at q, its
- * scales (and int4's mins) at scales, mins; bias: the feature's bias, or NULL. K a multiple of 32. */
-static inline __attribute__((always_inline)) void feature(const float *x, int64_t B, int64_t K, const uint8_t *q,
-                                                          const uint16_t *scales, const uint16_t *mins,
-                                                          const float *bias, float *y, int64_t N, const int INT4)
+/* y[b * N + f] for b < B, f < count <= FEATURES: output features n0 .. n0 + count - 1 of x [B, K]
+ * times the weight, q, scales and mins (int4) pointing at feature n0's row (rows row_bytes and
+ * K / 32 apart), bias at its bias (or NULL). K a multiple of 32. Callers share out the groups of
+ * FEATURES output features over their threads. */
+static inline __attribute__((always_inline)) void features(const float *x, int64_t B, int64_t K, const uint8_t *q,
+                                                           int64_t row_bytes, const uint16_t *scales,
+                                                           const uint16_t *mins, const float *bias, float *y, int64_t N,
+                                                           int64_t count, const int INT4)
 {
-    int64_t b0 = 0;
-    for (; b0 + ROWS <= B; b0 += ROWS) row(x + b0 * K, K, q, scales, mins, bias, y + b0 * N, N, ROWS, INT4);
-    switch (B - b0) { /* the rest, with the row count known to the compiler */
-#define REST(r) case r: row(x + b0 * K, K, q, scales, mins, bias, y + b0 * N, N, r, INT4); break;
-        REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
+#ifdef __AVX512F__
+    if (count == FEATURES) {
+        tiles16(x, B, K, q, row_bytes, scales, mins, bias, y, N, FEATURES, INT4);
+        return;
+    }
+#endif
+    const int64_t blocks = K / BLOCK;
+    for (int64_t f = 0; f < count; ++f) {
+        const uint8_t *qf = q + f * row_bytes;
+        const uint16_t *sf = scales + f * blocks, *mf = INT4 ? mins + f * blocks : 0;
+        const float *bf = bias ? bias + f : 0;
+#ifdef __AVX512F__
+        tiles16(x, B, K, qf, row_bytes, sf, mf, bf, y + f, N, 1, INT4);
+#else
+        int64_t b0 = 0;
+        for (; b0 + ROWS <= B; b0 += ROWS) row(x + b0 * K, K, qf, sf, mf, bf, y + f + b0 * N, N, ROWS, INT4);
+        switch (B - b0) { /* the rest, with the row count known to the compiler */
+#define REST(r) case r: row(x + b0 * K, K, qf, sf, mf, bf, y + f + b0 * N, N, r, INT4); break;
+            REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
 #undef REST
+        }
+#endif
     }
 }
 
