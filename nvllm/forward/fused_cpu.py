@@ -12,7 +12,13 @@ once, and returns the logits of the sampled rows only. Its attention is attentio
 dtype=bfloat16 or float16 keeps the packed matmul weights (the LM head's too) and the embedding
 table in 16 bits, half the bytes a step streams, and widens them to float32 in registers: the step
 computes what the float32 step computes on the 16-bit-rounded weights. Such a run takes every
-prefill in C (the torch modules would compute in 16 bits), whatever max_prefill_context says."""
+prefill in C (the torch modules would compute in 16 bits), whatever max_prefill_context says.
+
+A packed format (quantization=int8, int4, gguf) is read in place: each linear layer's quantized
+rows (nvllm/models/layers/packed.py), dequantized in registers by nvllm/kernels/quantized.h, so the
+step computes x times the dequantized float32 weights; the embedding and the LM head stay in
+dtype. quantization.activations=int8 multiplies the int8 weights by activations rounded to int8
+(a numerics change, asked for by name). Such a run, too, takes every prefill in C."""
 import ctypes
 import functools
 from dataclasses import dataclass
@@ -91,8 +97,8 @@ def _p(t: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> int | None
 
 
 class FusedCPUForward(EagerForward):
-    """A Llama-family step as one C call (CPU, float32 or 16-bit weights, attention=cpu, tp=1); long
-    float32 prefills run eagerly."""
+    """A Llama-family step as one C call (CPU, float32, 16-bit or packed weights, attention=cpu, tp=1);
+    long float32 prefills run eagerly."""
 
     name = "fused_cpu"
     auto_rank = {"cpu": 0}

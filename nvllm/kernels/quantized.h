@@ -106,19 +106,29 @@ static inline __attribute__((always_inline)) void dequantize16(const uint8_t *q,
 #ifdef __AVX512F__
 #define FEATURES 4 /* output features multiplied together: a block of a row's activations is loaded once for all */
 #define TILE 4     /* input rows a tile: TILE x FEATURES 16-float sums, plus the rows' activations, in 32 registers */
+#define QPREFETCH 8192 /* how far ahead (bytes of weights) a tile asks for them */
 /* FT output features (their rows of weights row_bytes apart) for BT input rows: one 16-float sum
- * per (row, feature), added up across the blocks, then across its lanes. */
+ * per (row, feature), added up across the blocks, then across its lanes. wf: the FT rows already
+ * dequantized ([FT][K] floats, the same values), or NULL to dequantize them here. */
 static inline __attribute__((always_inline)) void tile16(const float *restrict x, int64_t K, const uint8_t *restrict q,
                                                          int64_t row_bytes, const uint16_t *restrict scales,
-                                                         const uint16_t *restrict mins, const float *bias,
-                                                         float *restrict y, int64_t N, const int BT, const int FT,
-                                                         const int INT4)
+                                                         const uint16_t *restrict mins, const float *wf,
+                                                         const float *bias, float *restrict y, int64_t N, const int BT,
+                                                         const int FT, const int INT4)
 {
     const int64_t blocks = K / BLOCK;
     __m512 acc[TILE][FEATURES];
     for (int b = 0; b < BT; ++b)
         for (int f = 0; f < FT; ++f) acc[b][f] = _mm512_setzero_ps();
+    const int64_t step = FT * row_bytes / blocks, scale_step = FT * 2; /* the FT rows' bytes a block */
     for (int64_t j = 0; j < blocks; ++j) {
+        /* FT rows are one contiguous run of weights (and of scales): ask for it PREFETCH bytes ahead
+         * of where the block reads, for the hardware prefetcher does not keep up with a single
+         * stream at this pace */
+        if (!wf) {
+            for (int64_t line = 0; line < step; line += 64) __builtin_prefetch(q + j * step + line + QPREFETCH);
+            __builtin_prefetch((const char *)scales + j * scale_step + QPREFETCH / 8);
+        }
         __m512 xv[TILE][2];
         for (int b = 0; b < BT; ++b) {
             xv[b][0] = _mm512_loadu_ps(x + b * K + j * BLOCK);
@@ -126,7 +136,11 @@ static inline __attribute__((always_inline)) void tile16(const float *restrict x
         }
         for (int f = 0; f < FT; ++f) {
             __m512 w[2];
-            dequantize16(q + f * row_bytes, scales + f * blocks, INT4 ? mins + f * blocks : 0, j, w, INT4);
+            if (wf) {
+                w[0] = _mm512_loadu_ps(wf + f * K + j * BLOCK);
+                w[1] = _mm512_loadu_ps(wf + f * K + j * BLOCK + 16);
+            } else
+                dequantize16(q + f * row_bytes, scales + f * blocks, INT4 ? mins + f * blocks : 0, j, w, INT4);
             for (int b = 0; b < BT; ++b)
                 acc[b][f] = _mm512_fmadd_ps(w[1], xv[b][1], _mm512_fmadd_ps(w[0], xv[b][0], acc[b][f]));
         }
@@ -138,17 +152,31 @@ static inline __attribute__((always_inline)) void tile16(const float *restrict x
         }
 }
 
-/* tile16 over all B rows, TILE at a time */
+/* tile16 over all B rows, TILE at a time. More than a tile of rows: the FT rows of weights are
+ * dequantized once into wf (on the stack: FT * K floats) rather than once a tile. */
 static inline __attribute__((always_inline)) void tiles16(const float *x, int64_t B, int64_t K, const uint8_t *q,
                                                           int64_t row_bytes, const uint16_t *scales,
                                                           const uint16_t *mins, const float *bias, float *y, int64_t N,
                                                           const int FT, const int INT4)
 {
+    float dequantized[B > TILE ? FT * K : 1];
+    const float *wf = NULL;
+    if (B > TILE) {
+        const int64_t blocks = K / BLOCK;
+        for (int f = 0; f < FT; ++f)
+            for (int64_t j = 0; j < blocks; ++j) {
+                __m512 w[2];
+                dequantize16(q + f * row_bytes, scales + f * blocks, INT4 ? mins + f * blocks : 0, j, w, INT4);
+                _mm512_storeu_ps(dequantized + f * K + j * BLOCK, w[0]);
+                _mm512_storeu_ps(dequantized + f * K + j * BLOCK + 16, w[1]);
+            }
+        wf = dequantized;
+    }
     int64_t b0 = 0;
     for (; b0 + TILE <= B; b0 += TILE)
-        tile16(x + b0 * K, K, q, row_bytes, scales, mins, bias, y + b0 * N, N, TILE, FT, INT4);
+        tile16(x + b0 * K, K, q, row_bytes, scales, mins, wf, bias, y + b0 * N, N, TILE, FT, INT4);
     switch (B - b0) { /* the rest, with the row count known to the compiler */
-#define REST(r) case r: tile16(x + b0 * K, K, q, row_bytes, scales, mins, bias, y + b0 * N, N, r, FT, INT4); break;
+#define REST(r) case r: tile16(x + b0 * K, K, q, row_bytes, scales, mins, wf, bias, y + b0 * N, N, r, FT, INT4); break;
         REST(1) REST(2) REST(3)
 #undef REST
     }
