@@ -214,23 +214,10 @@ static inline __attribute__((always_inline)) void linear_as(const float *x, int6
     }
 }
 
-/* linear_as for the model's weight format, each compiled with its format known */
-static void linear(const Model *m, const float *x, int64_t B, int64_t K, const void *w, const float *bias, int64_t N,
-                   float *y)
-{
-#ifdef SKIP_LINEAR
-    return;
-#endif
-    switch (m->weights) {
-    case BF16: linear_as(x, B, K, w, bias, N, y, BF16); break;
-    case F16: linear_as(x, B, K, w, bias, N, y, F16); break;
-    default: linear_as(x, B, K, w, bias, N, y, F32);
-    }
-}
-
-/* y [B, N] = x [B, K] w^T (+ bias) for a layer's weight in any format: the packed panels, or the
- * quantized rows, an output feature at a time, the threads sharing out the features (INT8_DOT: x's
- * rows quantized to int8 first, into `act8`: B scales, then B * K bytes). */
+/* y [B, N] = x [B, K] w^T (+ bias) for a weight in any format, each compiled with its format known:
+ * the packed panels (linear_as), or the quantized rows (quantized.h), FEATURES output features at a
+ * time, the threads sharing out the features (INT8_DOT: x's rows quantized to int8 first, into
+ * `act8`: B scales, then B * K bytes). */
 static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, const float *bias,
                        int64_t N, float *y, float *act8)
 {
@@ -239,7 +226,6 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
 #endif
     const int64_t blocks = K / BLOCK;
     const uint8_t *q = w->data;
-    int8_t *xq = (int8_t *)(act8 + B);
     switch (w->format) {
     case INT8:
 #pragma omp for schedule(static)
@@ -253,7 +239,8 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
             features(x, B, K, q + n * K / 2, K / 2, w->scales + n * blocks, w->mins + n * blocks,
                      bias ? bias + n : NULL, y + n, N, N - n < FEATURES ? N - n : FEATURES, 1);
         break;
-    case INT8_DOT:
+    case INT8_DOT: {
+        int8_t *xq = (int8_t *)(act8 + B);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) quantize_row(x + b * K, K, xq + b * K, act8 + b);
 #pragma omp for schedule(static)
@@ -261,10 +248,19 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
             feature_int8_dot(xq, act8, B, K, (const int8_t *)q + n * K, w->scales + n * blocks,
                              bias ? bias + n : NULL, y + n, N);
         break;
+    }
     case BF16: linear_as(x, B, K, w->data, bias, N, y, BF16); break;
     case F16: linear_as(x, B, K, w->data, bias, N, y, F16); break;
     default: linear_as(x, B, K, w->data, bias, N, y, F32);
     }
+}
+
+/* linear_any for panels in the model's weight format (the LM head's) */
+static void linear(const Model *m, const float *x, int64_t B, int64_t K, const void *w, const float *bias, int64_t N,
+                   float *y)
+{
+    const Weight panels = {w, NULL, NULL, m->weights};
+    linear_any(x, B, K, &panels, bias, N, y, NULL);
 }
 
 /* A token's embedding row, as floats */
