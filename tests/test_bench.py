@@ -123,3 +123,24 @@ def test_nvllm_dtypes_each_meet_the_peers_of_their_width():
                       ("f32", "float32"): 1.2}
     with pytest.raises(SystemExit):
         bench.parse_args(["--nvllm-dtypes", "float64"])
+
+
+def test_nvllm_weight_formats_and_rounds():
+    """--nvllm-dtypes takes the weight formats too, each run with its quantization; --rounds repeats
+    the plan and keeps each run's median, every round's numbers beside it."""
+    args = bench.parse_args(["--workload", "single-stream", "--peers", "nvllm", "--nvllm-dtypes", "int8,int8-a8,gguf",
+                             "--rounds", "3"])
+    assert [(r["variant"], r["options"]) for r in bench.plan(args)] == [
+        ("int8", {"quantization": "int8"}), ("int8-a8", {"quantization": {"name": "int8", "activations": "int8"}}),
+        ("gguf", {"quantization": "gguf"})]
+    runs = [dict(workload="single-stream", peer="nvllm", variant=v, tok_s=t, decode_tok_s=t)
+            for t in (30.0, 10.0, 20.0) for v in ("int8", "gguf")]
+    runs[2] = dict(workload="single-stream", peer="nvllm", variant="int8", error="boom")
+    merged = bench.medians(runs)
+    assert [(r["variant"], r.get("tok_s"), "error" in r) for r in merged] == [("int8", None, True),
+                                                                              ("gguf", 20.0, False)]
+    assert [r["tok_s"] for r in merged[1]["rounds"]] == [30.0, 10.0, 20.0]
+    assert bench.weight_bits(merged[1]) == 4
+    for bad in (["--nvllm-dtypes", "int3"], ["--rounds", "0"], ["--nvllm", "quantization=int8", "--nvllm-dtypes", "int4"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
