@@ -15,13 +15,16 @@ from nvllm.plugins import load_plugins
 load_plugins()
 
 
-def target(device="cpu", attention="cpu", tp=1, compile=False, dtype=torch.float32):
-    return ForwardTarget(torch.device(device), dtype, tp, registry.get("model", "qwen3"), attention, compile)
+def target(device="cpu", attention="cpu", tp=1, compile=False, dtype=torch.float32, quantization="none"):
+    return ForwardTarget(torch.device(device), dtype, tp, registry.get("model", "qwen3"), attention, compile,
+                         quantization)
 
 
-def choose(cudagraph=None, forward=AUTO, **where):
-    """What Config.resolve decides for the forward family, without a model or a device."""
-    return Config(cudagraph=cudagraph, forward=forward)._forward(target(**where))
+def choose(cudagraph=None, forward=AUTO, quantization=None, **where):
+    """What Config.resolve decides for the forward family, without a model or a device
+    (`quantization`: the format's Config)."""
+    name = quantization.name if quantization else "none"
+    return Config(cudagraph=cudagraph, forward=forward)._forward(target(quantization=name, **where), quantization)
 
 
 def test_cpu_defaults_to_the_c_step_and_cuda_to_graphs():
@@ -32,6 +35,19 @@ def test_cpu_defaults_to_the_c_step_and_cuda_to_graphs():
         assert choose(dtype=dtype)[0].name == "fused_cpu"
     config, note = choose(device="cuda", attention="triton", dtype=torch.bfloat16)
     assert config.name == "cudagraph" and note.startswith("forward=auto chose cudagraph (cuda, bfloat16")
+
+
+def test_cpu_picks_the_c_step_for_packed_formats_and_int8_activations_need_it():
+    for fmt in ("int8", "int4", "gguf"):
+        config, note = choose(quantization=registry.make_config("quantization", fmt))
+        assert config.name == "fused_cpu" and note.endswith(f"attention=cpu, quantization={fmt})")
+    int8_activations = registry.make_config("quantization", {"name": "int8", "activations": "int8"})
+    with pytest.raises(ConfigError, match=r"forward=auto found nothing that runs here .*attention=sdpa.*eager: "
+                                          r"quantization.activations=int8 multiplies int8 activations in "
+                                          r"forward=fused_cpu's C step only"):
+        choose(quantization=int8_activations, attention="sdpa")  # no C step here: nothing runs it
+    with pytest.raises(ConfigError, match="forward=eager cannot run here: quantization.activations=int8"):
+        choose(quantization=int8_activations, forward="eager")
 
 
 @pytest.mark.parametrize("where, why", [
