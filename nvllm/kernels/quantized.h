@@ -8,14 +8,17 @@
  *         with m = -8 d)           block's 16 bytes, byte i holds weight i (low nibble) and i + 16 (high)
  *                                  w[n, k] = q * d + m, q in 0..15
  *
- * `feature` computes y[b, n] = x[b, :] . w[n, :] for every input row b of one output feature n,
- * float32 activations and sums: each block's 32 weights are widened to float32 in registers (q * d
- * is exact in float32: at most 8 + 11 significant bits; int4's + m rounds once, as the dequantized
- * float32 weight does) and multiplied into 8-float sums per input row, which are added up across
- * the row's blocks and then across their lanes. So y equals x times the dequantized float32 weights
- * up to the order of the sums. Each block is dequantized once for up to ROWS input rows, so one
- * output feature's weights are read from memory once for all rows; the callers share out the
- * output features over their threads.
+ * `features` computes y[b, n] = x[b, :] . w[n, :] for every input row b of a group of FEATURES
+ * output features n, float32 activations and sums: each block's 32 weights are widened to float32
+ * in registers (q * d is exact in float32: at most 8 + 11 significant bits; int4's + m rounds once,
+ * as the dequantized float32 weight does) and multiplied into float32 sums per input row, which
+ * are added up across the row's blocks and then across their lanes. So y equals x times the
+ * dequantized float32 weights up to the order of the sums. The callers share out the groups over
+ * their threads; a group's weights are read from memory once for all rows:
+ *   AVX-512: FEATURES = 4 output features over tiles of TILE = 4 input rows, a block of each row's
+ *            activations loaded once for the four; past one tile of rows, the four features'
+ *            weights are dequantized once into a buffer (the same floats) instead of once a tile;
+ *   else:    one output feature over tiles of ROWS = 8 input rows, each block dequantized once a tile.
  *
  * `feature_int8_dot` is the int8 x int8 variant (quantization.activations=int8): each input row is
  * quantized to int8 with one scale (`quantize_row`), a block's 32 products are summed exactly in
