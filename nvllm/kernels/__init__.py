@@ -4,7 +4,9 @@
 - cpu_decode.c       attention=cpu's decode kernel (nvllm/attention/cpu.py)
 - cpu_step.c         a Llama-family step's whole forward pass, forward=fused_cpu (nvllm/forward/fused_cpu.py)
 - widen.h            16-bit floats (bfloat16, float16) to float32, exactly (shared code)
-- quantized.c        matmuls over int8 / int4 weights in blocks of 32 (quantized.py: their torch wrappers)
+- quantized.h        matmuls over int8 / int4 weights in blocks of 32, dequantized in registers, and int8 x
+                     int8 ones (shared code: cpu_step.c's packed formats, quantized.c)
+- quantized.c        those matmuls alone (quantized.py: their torch wrappers)
 - threads.py         how their OpenMP threads (torch's too: one runtime) wait, set before torch loads
 
 Each .c is compiled on first use with the system's C compiler and OpenMP into a per-user cache,
