@@ -7,7 +7,9 @@ rows read each other's K/V through the cache) unless its context is longer than
 `forward.max_prefill_context`, where the torch modules (forward=eager, SDPA) are faster. It reads
 the model's norms, biases and KV cache in place and its matmul weights from packed copies made
 once, and returns the logits of the sampled rows only. Its attention is attention=cpu's kernel
-(nvllm/kernels/paged_attention.h), so it runs with attention=cpu (whose KV cache is float32).
+(nvllm/kernels/paged_attention.h), so it runs with attention=cpu (whose KV cache is float32). A
+mixture of experts' layer (a FusedMoE: qwen3_moe, the Mixtral plugin) runs nvllm/kernels/moe_step.h:
+each row routed in C, and only the experts the step's rows chose run, each over its rows.
 
 dtype=bfloat16 or float16 keeps the packed matmul weights (the LM head's too) and the embedding
 table in 16 bits, half the bytes a step streams, and widens them to float32 in registers: the step

@@ -3,6 +3,7 @@
 - paged_attention.h  decode attention straight from the paged cache (shared code)
 - cpu_decode.c       attention=cpu's decode kernel (nvllm/attention/cpu.py)
 - cpu_step.c         a Llama-family step's whole forward pass, forward=fused_cpu (nvllm/forward/fused_cpu.py)
+- moe_step.h         its mixture-of-experts MLP: routing per row, each chosen expert over its rows (cpu_step.c's)
 - widen.h            16-bit floats (bfloat16, float16) to float32, exactly (shared code)
 - quantized.c        matmuls over int8 / int4 weights in blocks of 32 (quantized.py: their torch wrappers)
 - threads.py         how their OpenMP threads (torch's too: one runtime) wait, set before torch loads
