@@ -91,8 +91,8 @@ def decoder_mlp(layer: torch.nn.Module) -> torch.nn.Module:
 
 
 def moe_work_per_row(moe: _MoeLayer, hidden: int) -> int:
-    """The floats of moe_step.h's scratch a step needs per row (its [E + 1] expert starts counted in each)."""
-    return 2 * moe.num_experts + 1 + 3 * moe.top_k + moe.top_k * (hidden + 3 * moe.intermediate)
+    """The floats of moe_step.h's scratch a step needs per row (its 2 x [E + 1] of expert lists counted in each)."""
+    return 3 * moe.num_experts + 2 + 3 * moe.top_k + moe.top_k * (hidden + 3 * moe.intermediate)
 
 
 def _p(t: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> int | None:

@@ -7,13 +7,13 @@
  * expert), then, where the architecture says so (`renormalize`), the k scores divided by their sum.
  * Then the step's (row, choice) pairs are grouped by expert (a counting sort, rows in order within
  * an expert) and each expert that any row chose runs its gate|up and down matmuls over just its
- * rows: `linear` streams each chosen expert's packed panels once a step, for all of its rows, and
- * never touches the others (a single stream reads the active parameters, not all of them). A row's
- * output is the score-weighted sum of its k experts' outputs.
+ * rows, in `linear`'s panel layout and tiles: each chosen expert's packed panels are streamed once
+ * a step, for all of its rows, and the others' never (a single stream reads the active parameters,
+ * not all of them). A row's output is the score-weighted sum of its k experts' outputs.
  *
  * Its scratch (after the dense step's in `work`, sized by fused_cpu.py `moe_work_per_row`), floats
- * unless said: logits [B, E] | score [B*k] | choice, slot (int32) [B*k] | start (int32) [E + 1] |
- * xs [B*k, H] (the grouped rows; later their outputs) | gu [B*k, 2I] | act [B*k, I]. */
+ * unless said: logits [B, E] | score [B*k] | choice, slot (int32) [B*k] | start, used (int32)
+ * [E + 1] each | xs [B*k, H] (the grouped rows; later their outputs) | gu [B*k, 2I] | act [B*k, I]. */
 #ifndef NVLLM_MOE_STEP_H
 #define NVLLM_MOE_STEP_H
 
@@ -51,57 +51,86 @@ static void route_row(const float *logits, int64_t E, int64_t k, int64_t renorma
     }
 }
 
+/* Rows [start[x], start[x + 1]) of ys [., N] = the same rows of xs [., K] times expert x's packed
+ * weight [N, K] (at w + x * stride bytes), for each expert x in used[0..n): `linear_as`'s tiles
+ * under one omp for over the (expert, panel) pairs, so the step's experts share one barrier rather
+ * than one each (a thread descheduled on a busy machine holds up every barrier). */
+static inline __attribute__((always_inline)) void experts_as(const float *xs, const int32_t *start, const int32_t *used,
+                                                             int64_t n, int64_t K, const char *w, int64_t stride,
+                                                             int64_t N, float *ys, const int F)
+{
+    const int64_t panels = (N + PANEL - 1) / PANEL;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < n * panels; ++item) {
+        const int64_t x = used[item / panels], n0 = item % panels * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
+        const int64_t rows = start[x + 1] - start[x];
+        const void *panel = w + x * stride + n0 * K * (F == F32 ? 4 : 2);
+        const float *xe = xs + start[x] * K;
+        float *ye = ys + start[x] * N + n0;
+        int64_t b0 = 0;
+        for (; b0 + SEQS <= rows; b0 += SEQS) tile(xe + b0 * K, K, panel, NULL, cols, ye + b0 * N, N, SEQS, F);
+        switch (rows - b0) {
+#define REST(r) case r: tile(xe + b0 * K, K, panel, NULL, cols, ye + b0 * N, N, r, F); break;
+            REST(1) REST(2) REST(3) REST(4) REST(5)
+#if SEQS > 6
+            REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
+#endif
+#undef REST
+        }
+    }
+}
+
+/* experts_as for the model's weight format */
+static void experts_linear(const Model *m, const float *xs, const int32_t *start, const int32_t *used, int64_t n,
+                           int64_t K, const void *w, int64_t stride, int64_t N, float *ys)
+{
+#ifdef SKIP_LINEAR
+    return;
+#endif
+    switch (m->weights) {
+    case BF16: experts_as(xs, start, used, n, K, w, stride, N, ys, BF16); break;
+    case F16: experts_as(xs, start, used, n, K, w, stride, N, ys, F16); break;
+    default: experts_as(xs, start, used, n, K, w, stride, N, ys, F32);
+    }
+}
+
 /* out [B, H] = the mixture of experts `e` over x [B, H]; run by every thread of the step's parallel region */
 static void moe_mlp(const Model *m, const struct MoeLayer *e, const float *x, int64_t B, float *work, float *out)
 {
     const int64_t H = m->hidden, E = e->num_experts, k = e->top_k, I = e->intermediate, R = B * k;
     float *logits = work, *score = logits + B * E;
-    int32_t *choice = (int32_t *)(score + R), *slot = choice + R, *start = slot + R;
-    float *xs = (float *)(start + E + 1), *gu = xs + R * H, *act = gu + R * 2 * I;
-    float *ys = xs; /* the grouped rows are read only by the gate|up matmuls, which all run before the first down */
+    int32_t *choice = (int32_t *)(score + R), *slot = choice + R, *start = slot + R, *used = start + E + 1;
+    float *xs = (float *)(used + E + 1), *gu = xs + R * H, *act = gu + R * 2 * I;
+    float *ys = xs; /* the grouped rows are read only by the gate|up matmuls, which all run before the down ones */
 
     linear(m, x, B, H, e->gate, NULL, E, logits);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) route_row(logits + b * E, E, k, e->renormalize, choice + b * k, score + b * k);
 #pragma omp single
-    { /* group the pairs by expert: start[x] = the first grouped row of expert x, slot[r] = pair r's row */
+    { /* route each row; group the (row, choice) pairs by expert: start[x] = expert x's first grouped
+       * row, slot[r] = pair r's row, used[0..used[E]) = the experts with rows; then gather the rows */
+        for (int64_t b = 0; b < B; ++b) route_row(logits + b * E, E, k, e->renormalize, choice + b * k, score + b * k);
         memset(start, 0, sizeof(int32_t) * (size_t)(E + 1));
         for (int64_t r = 0; r < R; ++r) ++start[choice[r] + 1];
-        for (int64_t x = 0; x < E; ++x) start[x + 1] += start[x];
+        int32_t n = 0;
+        for (int64_t x = 0; x < E; ++x) {
+            if (start[x + 1]) used[n++] = (int32_t)x;
+            if (e->counters) e->counters[x] += start[x + 1];
+            start[x + 1] += start[x];
+        }
         for (int64_t r = 0; r < R; ++r) slot[r] = start[choice[r]]++; /* start[x] ends as expert x + 1's start */
         for (int64_t x = E; x > 0; --x) start[x] = start[x - 1];
         start[0] = 0;
-        if (e->counters)
-            for (int64_t x = 0; x < E; ++x) e->counters[x] += start[x + 1] - start[x];
-    } /* the barrier: every thread sees the groups */
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < R; ++r) memcpy(xs + slot[r] * H, x + r / k * H, sizeof(float) * (size_t)H);
-    /* each expert that has rows, gate|up then SiLU(gate) x up then down; the others are never read */
-    for (int64_t x = 0; x < E; ++x)
-        if (start[x + 1] > start[x]) {
-            linear(m, xs + start[x] * H, start[x + 1] - start[x], H, (const char *)e->w13 + x * e->w13_stride, NULL,
-                   2 * I, gu + start[x] * 2 * I);
-            if (e->counters) {
-#pragma omp single nowait
-#pragma omp atomic
-                e->counters[E] += e->w13_stride;
-            }
-        }
+        for (int64_t r = 0; r < R; ++r) memcpy(xs + slot[r] * H, x + r / k * H, sizeof(float) * (size_t)H);
+        used[E] = n;
+        if (e->counters) e->counters[E] += n * (e->w13_stride + e->w2_stride); /* what the two matmuls stream */
+    } /* its barrier: every thread sees the groups */
+    /* the experts with rows: gate|up, SiLU(gate) x up, down; the others are never read */
+    experts_linear(m, xs, start, used, used[E], H, e->w13, e->w13_stride, 2 * I, gu);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < R; ++r) {
         const float *g = gu + r * 2 * I;
         for (int64_t i = 0; i < I; ++i) act[r * I + i] = g[i] / (1.f + expf(-g[i])) * g[I + i];
     }
-    for (int64_t x = 0; x < E; ++x)
-        if (start[x + 1] > start[x]) {
-            linear(m, act + start[x] * I, start[x + 1] - start[x], I, (const char *)e->w2 + x * e->w2_stride, NULL, H,
-                   ys + start[x] * H);
-            if (e->counters) {
-#pragma omp single nowait
-#pragma omp atomic
-                e->counters[E] += e->w2_stride;
-            }
-        }
+    experts_linear(m, act, start, used, used[E], I, e->w2, e->w2_stride, H, ys);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
         float *o = out + b * H;
