@@ -143,6 +143,23 @@ def test_the_fused_step_with_16_bit_weights_matches_transformers_on_the_rounded_
     assert tokens == hf_greedy(checkpoint, prompts(), MAX_NEW, round_to=dtype)
 
 
+@pytest.mark.parametrize("fields", [{"norm_topk_prob": False}, {"mlp_only_layers": [], "decoder_sparse_step": 2}],
+                         ids=["scores-not-renormalised", "dense-layers-by-stride"])
+def test_the_fused_step_follows_the_checkpoints_routing_and_dense_layers(fields, tmp_path):
+    """The other order of operations (Qwen3-MoE's top-k scores as the softmax left them), and dense
+    layers chosen by decoder_sparse_step rather than listed (layers 0 and 2 dense, 1 sparse)."""
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=1, **fields)
+    sparse = []
+
+    def layers(engine):  # which layers have experts, and whether they renormalise
+        sparse.extend(layer.mlp.renormalize if isinstance(layer.mlp, moe.FusedMoE) else None
+                      for layer in engine.executor.model.model.layers)
+
+    tokens, _ = generate(path, "fused_cpu", layers)
+    assert sparse == ([None, False, False] if "norm_topk_prob" in fields else [None, True, None])
+    assert tokens == hf_greedy(path, prompts(), MAX_NEW)
+
+
 def test_the_fused_step_routes_as_the_layer_and_reads_each_chosen_expert_once(checkpoint):
     """A decode step of many sequences through the C step with its expert counters on: the rows it
     routed to each expert are what the torch layer's `route` chooses on the same step, and the
