@@ -112,14 +112,14 @@ def reads(args, paths):
             engine.scheduler.update(plan, runner.execute(plan), 0.0)  # the C step, counting
             elapsed = time.perf_counter() - start
             for i, (c, chosen, nbytes) in enumerate(zip(counters, routed, per_expert)):
-                union = len(chosen.unique())
+                rows, union = c[:-1], len(chosen.unique())
                 print(json.dumps({
                     "step": s, "layer": i, "seqs": args.seqs, "step_ms": round(elapsed * 1e3, 1),
-                    "experts_chosen_by_route": union, "experts_with_rows_in_c": int((c[:-1] > 0).sum()),
-                    "rows_routed_in_c": int(c[:-1].sum()), "rows_match_route": c[:-1].tolist() == torch.bincount(
-                        chosen.flatten(), minlength=len(c) - 1).tolist(),
+                    "experts_chosen_by_route": union, "experts_with_rows_in_c": int((rows > 0).sum()),
+                    "rows_routed_in_c": int(rows.sum()),
+                    "rows_match_route": rows.tolist() == torch.bincount(chosen.flatten(), minlength=len(rows)).tolist(),
                     "bytes_read_in_c": int(c[-1]), "bytes_union": union * nbytes,
-                    "bytes_if_per_row": args.seqs * layers[i].top_k * nbytes, "bytes_all_experts": (len(c) - 1) * nbytes,
+                    "bytes_if_per_row": args.seqs * layers[i].top_k * nbytes, "bytes_all_experts": len(rows) * nbytes,
                     "loadavg": load()}), flush=True)
 
 
