@@ -5,6 +5,7 @@ a dense Qwen3 with an MLP 3072 wide, and a Qwen3-MoE whose every layer has 32 ex
 
     python experiments/moe_fused_decode.py single --rounds 6 --steps 64 > single.jsonl
     python experiments/moe_fused_decode.py reads --seqs 64 --steps 4 > reads.jsonl
+    python experiments/moe_fused_decode.py single --dtype bfloat16 > single-bf16.jsonl   # 16-bit weights
 
 `single`: single-stream decode tokens/s of the dense and the MoE model, both loaded in one process
 and timed in turn (`--rounds` rounds, `--steps` decode steps each after a prefill of 16 tokens).
@@ -44,8 +45,8 @@ def load() -> str:
     return open("/proc/loadavg").read().strip()
 
 
-def open_llm(path: str, max_seqs: int = 1) -> LLM:
-    return LLM(path, forward="fused_cpu", kv_cache={"block_size": 16, "num_blocks": max(64, 8 * max_seqs)},
+def open_llm(path: str, dtype: str, max_seqs: int = 1) -> LLM:
+    return LLM(path, forward="fused_cpu", dtype=dtype, kv_cache={"block_size": 16, "num_blocks": max(64, 8 * max_seqs)},
                max_model_len=512, max_num_seqs=max_seqs, max_num_batched_tokens=4096)
 
 
@@ -64,7 +65,7 @@ def decode_tok_s(llm: LLM, steps: int, rng: random.Random) -> float:
 
 
 def single(args, paths):
-    llms = {name: open_llm(path) for name, path in paths.items()}
+    llms = {name: open_llm(path, args.dtype) for name, path in paths.items()}
     rng = random.Random(0)
     for llm in llms.values():
         decode_tok_s(llm, 8, rng)  # warm-up
@@ -72,7 +73,7 @@ def single(args, paths):
         for name, llm in llms.items():
             before = load()
             tok_s = decode_tok_s(llm, args.steps, rng)
-            print(json.dumps({"round": r, "model": name, "decode_tok_s": round(tok_s, 2), "steps": args.steps,
+            print(json.dumps({"round": r, "model": name, "dtype": args.dtype, "decode_tok_s": round(tok_s, 2), "steps": args.steps,
                               "loadavg_before": before, "loadavg_after": load()}), flush=True)
     for llm in llms.values():
         llm.close()
@@ -86,7 +87,7 @@ def reads(args, paths):
     from nvllm.models.layers.moe import FusedMoE, route
 
     rng = random.Random(1)
-    with open_llm(paths["moe"], args.seqs) as llm:
+    with open_llm(paths["moe"], args.dtype, args.seqs) as llm:
         engine, runner = llm.engine, llm.engine.executor
         step = runner.forward_strategy
         for i in range(args.seqs):
@@ -130,6 +131,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--seqs", type=int, default=64)
+    parser.add_argument("--dtype", default="float32", help="the weights' (float32, bfloat16, float16)")
     args = parser.parse_args()
     paths = checkpoints(Path(args.dir))
     (single if args.what == "single" else reads)(args, paths)
