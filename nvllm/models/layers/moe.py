@@ -2,7 +2,8 @@
 are summed weighted by the router's scores. The experts' weights are stacked tensors (`w13`: gate
 and up concatenated, [experts, 2 * intermediate, hidden]; `w2`: down, [experts, hidden,
 intermediate]); a step's tokens are grouped by expert, so each chosen expert runs once on its group
-and its weights are read once per step.
+and its weights are read once per step. forward=fused_cpu computes the same layer in C
+(nvllm/kernels/moe_step.h), reading these parameters.
 
 Under tensor parallelism either every rank holds every expert with its intermediate dimension
 split (the default), or, with `moe.expert_parallel=true`, whole experts are placed on ranks
