@@ -8,7 +8,8 @@ a dense Qwen3 with an MLP 3072 wide, and a Qwen3-MoE whose every layer has 32 ex
     python experiments/moe_fused_decode.py single --dtype bfloat16 > single-bf16.jsonl   # 16-bit weights
 
 `single`: single-stream decode tokens/s of the dense and the MoE model, both loaded in one process
-and timed in turn (`--rounds` rounds, `--steps` decode steps each after a prefill of 16 tokens).
+and timed in turn, the first of a round alternating (`--rounds` rounds, `--steps` decode steps each
+after a prefill of 16 tokens).
 `reads`: decode steps of `--seqs` sequences through the MoE model with the C step's expert counters
 on (fused_cpu.py `count_experts`); for each step and layer, the bytes of expert weights the C step
 read against the union of the experts chosen, which the torch layer's `route` gives on the same
@@ -70,7 +71,7 @@ def single(args, paths):
     for llm in llms.values():
         decode_tok_s(llm, 8, rng)  # warm-up
     for r in range(args.rounds):
-        for name, llm in llms.items():
+        for name, llm in list(llms.items())[::1 if r % 2 == 0 else -1]:  # dense first, then MoE first, ...
             before = load()
             tok_s = decode_tok_s(llm, args.steps, rng)
             print(json.dumps({"round": r, "model": name, "dtype": args.dtype, "decode_tok_s": round(tok_s, 2), "steps": args.steps,

@@ -169,7 +169,8 @@ class FusedCPUForward(EagerForward):
             return _p(self.packed[-1])
 
         def experts(moe: FusedMoE) -> _MoeLayer:  # the router, and every expert packed, expert after expert
-            w13, w2 = (torch.stack([pack(w) for w in param]) for param in (moe.w13, moe.w2))
+            gate_up = [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]  # gate and up each in panels
+            w13, w2 = torch.stack(gate_up), torch.stack([pack(w) for w in moe.w2])
             self.packed += [w13, w2]
             self.moe_layers.append(_MoeLayer(
                 moe.num_experts, moe.top_k, moe.intermediate_size, moe.renormalize, packed(moe.gate.weight),

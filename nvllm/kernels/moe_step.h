@@ -20,8 +20,9 @@
 struct MoeLayer {
     int64_t num_experts, top_k, intermediate, renormalize;
     const void *gate; /* the router: [num_experts, hidden], packed like every matmul weight */
-    /* each expert's gate|up [2I, hidden] and down [hidden, I], packed, expert after expert: expert e's
-     * start w13_stride * e and w2_stride * e bytes in */
+    /* each expert's gate [I, hidden] then up [I, hidden], each packed on its own (so a panel of one
+     * lines up with the same panel of the other), and down [hidden, I] packed, expert after expert:
+     * expert e's start w13_stride * e and w2_stride * e bytes in */
     const void *w13, *w2;
     int64_t w13_stride, w2_stride;
     /* NULL (the default), or [num_experts + 1] that the step adds to: the rows routed to each expert,
@@ -51,46 +52,65 @@ static void route_row(const float *logits, int64_t E, int64_t k, int64_t renorma
     }
 }
 
-/* Rows [start[x], start[x + 1]) of ys [., N] = the same rows of xs [., K] times expert x's packed
- * weight [N, K] (at w + x * stride bytes), for each expert x in used[0..n): `linear_as`'s tiles
- * under one omp for over the (expert, panel) pairs, so the step's experts share one barrier rather
- * than one each (a thread descheduled on a busy machine holds up every barrier). */
-static inline __attribute__((always_inline)) void experts_as(const float *xs, const int32_t *start, const int32_t *used,
-                                                             int64_t n, int64_t K, const char *w, int64_t stride,
-                                                             int64_t N, float *ys, const int F)
+/* rows x [rows, K] times one packed panel of format F into cols columns of y (row stride ld): linear_as's tiles */
+static inline __attribute__((always_inline)) void panel_rows(const float *x, int64_t rows, int64_t K, const void *panel,
+                                                             int64_t cols, float *y, int64_t ld, const int F)
 {
-    const int64_t panels = (N + PANEL - 1) / PANEL;
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < n * panels; ++item) {
-        const int64_t x = used[item / panels], n0 = item % panels * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
-        const int64_t rows = start[x + 1] - start[x];
-        const void *panel = w + x * stride + n0 * K * (F == F32 ? 4 : 2);
-        const float *xe = xs + start[x] * K;
-        float *ye = ys + start[x] * N + n0;
-        int64_t b0 = 0;
-        for (; b0 + SEQS <= rows; b0 += SEQS) tile(xe + b0 * K, K, panel, NULL, cols, ye + b0 * N, N, SEQS, F);
-        switch (rows - b0) {
-#define REST(r) case r: tile(xe + b0 * K, K, panel, NULL, cols, ye + b0 * N, N, r, F); break;
-            REST(1) REST(2) REST(3) REST(4) REST(5)
+    int64_t b0 = 0;
+    for (; b0 + SEQS <= rows; b0 += SEQS) tile(x + b0 * K, K, panel, NULL, cols, y + b0 * ld, ld, SEQS, F);
+    switch (rows - b0) {
+#define REST(r) case r: tile(x + b0 * K, K, panel, NULL, cols, y + b0 * ld, ld, r, F); break;
+        REST(1) REST(2) REST(3) REST(4) REST(5)
 #if SEQS > 6
-            REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
+        REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
 #endif
 #undef REST
+    }
+}
+
+/* For each expert x in used[0..n), its rows [start[x], start[x + 1]) of xs [., K] times its packed
+ * weight (at w + x * stride bytes) into the same rows of ys: one omp for over the (expert, panel)
+ * pairs, so the step's experts share one barrier rather than one each (a thread descheduled on a
+ * busy machine holds up every barrier). act NULL: the weight is [N, K], ys [., N] (down). Else it
+ * is gate [N, K] then up [N, K], each packed on its own, ys [., 2N] gets both, and the same item
+ * writes act [., N] = SiLU(gate) x up for its columns (gate|up and the activation, one barrier). */
+static inline __attribute__((always_inline)) void experts_as(const float *xs, const int32_t *start, const int32_t *used,
+                                                             int64_t n, int64_t K, const char *w, int64_t stride,
+                                                             int64_t N, float *ys, float *act, const int F)
+{
+    const int64_t panels = (N + PANEL - 1) / PANEL, panel_bytes = PANEL * K * (F == F32 ? 4 : 2);
+    const int64_t ld = act ? 2 * N : N;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < n * panels; ++item) {
+        const int64_t x = used[item / panels], p = item % panels, n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
+        const int64_t rows = start[x + 1] - start[x];
+        const char *panel = w + x * stride + p * panel_bytes;
+        const float *xe = xs + start[x] * K;
+        float *ye = ys + start[x] * ld + n0;
+        panel_rows(xe, rows, K, panel, cols, ye, ld, F);
+        if (act) {
+            panel_rows(xe, rows, K, panel + panels * panel_bytes, cols, ye + N, ld, F); /* up's panel p */
+            float *a = act + start[x] * N + n0;
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t j = 0; j < cols; ++j) {
+                    const float g = ye[r * ld + j];
+                    a[r * N + j] = g / (1.f + expf(-g)) * ye[r * ld + N + j];
+                }
         }
     }
 }
 
 /* experts_as for the model's weight format */
 static void experts_linear(const Model *m, const float *xs, const int32_t *start, const int32_t *used, int64_t n,
-                           int64_t K, const void *w, int64_t stride, int64_t N, float *ys)
+                           int64_t K, const void *w, int64_t stride, int64_t N, float *ys, float *act)
 {
 #ifdef SKIP_LINEAR
     return;
 #endif
     switch (m->weights) {
-    case BF16: experts_as(xs, start, used, n, K, w, stride, N, ys, BF16); break;
-    case F16: experts_as(xs, start, used, n, K, w, stride, N, ys, F16); break;
-    default: experts_as(xs, start, used, n, K, w, stride, N, ys, F32);
+    case BF16: experts_as(xs, start, used, n, K, w, stride, N, ys, act, BF16); break;
+    case F16: experts_as(xs, start, used, n, K, w, stride, N, ys, act, F16); break;
+    default: experts_as(xs, start, used, n, K, w, stride, N, ys, act, F32);
     }
 }
 
@@ -123,14 +143,9 @@ static void moe_mlp(const Model *m, const struct MoeLayer *e, const float *x, in
         used[E] = n;
         if (e->counters) e->counters[E] += n * (e->w13_stride + e->w2_stride); /* what the two matmuls stream */
     } /* its barrier: every thread sees the groups */
-    /* the experts with rows: gate|up, SiLU(gate) x up, down; the others are never read */
-    experts_linear(m, xs, start, used, used[E], H, e->w13, e->w13_stride, 2 * I, gu);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < R; ++r) {
-        const float *g = gu + r * 2 * I;
-        for (int64_t i = 0; i < I; ++i) act[r * I + i] = g[i] / (1.f + expf(-g[i])) * g[I + i];
-    }
-    experts_linear(m, act, start, used, used[E], I, e->w2, e->w2_stride, H, ys);
+    /* the experts with rows: gate|up with SiLU(gate) x up, then down; the others are never read */
+    experts_linear(m, xs, start, used, used[E], H, e->w13, e->w13_stride, I, gu, act);
+    experts_linear(m, act, start, used, used[E], I, e->w2, e->w2_stride, H, ys, NULL);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
         float *o = out + b * H;

@@ -143,20 +143,25 @@ def test_the_fused_step_with_16_bit_weights_matches_transformers_on_the_rounded_
     assert tokens == hf_greedy(checkpoint, prompts(), MAX_NEW, round_to=dtype)
 
 
-@pytest.mark.parametrize("fields", [{"norm_topk_prob": False}, {"mlp_only_layers": [], "decoder_sparse_step": 2}],
-                         ids=["scores-not-renormalised", "dense-layers-by-stride"])
-def test_the_fused_step_follows_the_checkpoints_routing_and_dense_layers(fields, tmp_path):
-    """The other order of operations (Qwen3-MoE's top-k scores as the softmax left them), and dense
-    layers chosen by decoder_sparse_step rather than listed (layers 0 and 2 dense, 1 sparse)."""
+@pytest.mark.parametrize("fields, layers", [
+    ({"norm_topk_prob": False}, [None, False, False]),
+    ({"mlp_only_layers": [], "decoder_sparse_step": 2}, [None, True, None]),
+    ({"moe_intermediate_size": 24, "num_experts_per_tok": 3}, [None, True, True])],
+    ids=["scores-not-renormalised", "dense-layers-by-stride", "experts-off-the-panel-width"])
+def test_the_fused_step_follows_the_checkpoints_routing_and_dense_layers(fields, layers, tmp_path):
+    """The other order of operations (Qwen3-MoE's top-k scores as the softmax left them), dense
+    layers chosen by decoder_sparse_step rather than listed (layers 0 and 2 dense, 1 sparse), and
+    experts 24 wide (their gate and up halves each padded to the C step's 16-row panels), top 3.
+    `layers`: each layer's renormalize, None where it is dense."""
     path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=1, **fields)
     sparse = []
 
-    def layers(engine):  # which layers have experts, and whether they renormalise
+    def inspect(engine):  # which layers have experts, and whether they renormalise
         sparse.extend(layer.mlp.renormalize if isinstance(layer.mlp, moe.FusedMoE) else None
                       for layer in engine.executor.model.model.layers)
 
-    tokens, _ = generate(path, "fused_cpu", layers)
-    assert sparse == ([None, False, False] if "norm_topk_prob" in fields else [None, True, None])
+    tokens, _ = generate(path, "fused_cpu", inspect)
+    assert sparse == layers
     assert tokens == hf_greedy(path, prompts(), MAX_NEW)
 
 
