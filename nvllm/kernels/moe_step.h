@@ -125,19 +125,19 @@ static void moe_mlp(const Model *m, const struct MoeLayer *e, const float *x, in
 
     linear(m, x, B, H, e->gate, NULL, E, logits);
 #pragma omp single
-    { /* route each row; group the (row, choice) pairs by expert: start[x] = expert x's first grouped
+    { /* route each row; group the (row, choice) pairs by expert: start[ex] = expert ex's first grouped
        * row, slot[r] = pair r's row, used[0..used[E]) = the experts with rows; then gather the rows */
         for (int64_t b = 0; b < B; ++b) route_row(logits + b * E, E, k, e->renormalize, choice + b * k, score + b * k);
         memset(start, 0, sizeof(int32_t) * (size_t)(E + 1));
         for (int64_t r = 0; r < R; ++r) ++start[choice[r] + 1];
         int32_t n = 0;
-        for (int64_t x = 0; x < E; ++x) {
-            if (start[x + 1]) used[n++] = (int32_t)x;
-            if (e->counters) e->counters[x] += start[x + 1];
-            start[x + 1] += start[x];
+        for (int64_t ex = 0; ex < E; ++ex) {
+            if (start[ex + 1]) used[n++] = (int32_t)ex;
+            if (e->counters) e->counters[ex] += start[ex + 1];
+            start[ex + 1] += start[ex];
         }
-        for (int64_t r = 0; r < R; ++r) slot[r] = start[choice[r]]++; /* start[x] ends as expert x + 1's start */
-        for (int64_t x = E; x > 0; --x) start[x] = start[x - 1];
+        for (int64_t r = 0; r < R; ++r) slot[r] = start[choice[r]]++; /* start[ex] ends as expert ex + 1's start */
+        for (int64_t ex = E; ex > 0; --ex) start[ex] = start[ex - 1];
         start[0] = 0;
         for (int64_t r = 0; r < R; ++r) memcpy(xs + slot[r] * H, x + r / k * H, sizeof(float) * (size_t)H);
         used[E] = n;
