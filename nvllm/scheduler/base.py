@@ -119,9 +119,9 @@ class Scheduler(ABC):
         return budget
 
     def _continue(self, plan: StepPlan, budget: int) -> int:
-        chunk, seqs, num_tokens = self.chunk, plan.seqs, plan.num_tokens
+        seqs, num_tokens, samples, max_num_seqs = plan.seqs, plan.num_tokens, plan.samples, self.max_num_seqs
         for seq in self.running_order():
-            if not budget or len(seqs) >= self.max_num_seqs:
+            if not budget or len(seqs) >= max_num_seqs:
                 break
             if seq.status is not RUNNING:
                 continue  # preempted earlier in this step
@@ -130,10 +130,10 @@ class Scheduler(ABC):
             if seq.num_tokens - seq.num_computed_tokens == 1:  # a decode runs its token and samples
                 seqs.append(seq)
                 num_tokens.append(1)
-                plan.samples.append(True)
+                samples.append(True)
                 budget -= 1
             else:
-                tokens = chunk(seq, budget)
+                tokens = self.chunk(seq, budget)
                 self._add(plan, seq, tokens)
                 plan.is_decode = False
                 budget -= tokens
@@ -190,12 +190,12 @@ class Scheduler(ABC):
         launch), enter full blocks in the prefix cache, append each sampled token (at time `now`)
         or verified run, and finish what stops: EOS or a stop token ("stop", even for a sequence
         that max_tokens ended at launch), max_tokens ("length"), max_model_len. Returns what changed."""
-        update, committed, logprobs = StepUpdate(), plan.committed, result.logprobs
+        updated, num_new, finished, committed, logprobs = [], [], [], plan.committed, result.logprobs
         if not (committed or plan.is_decode):  # (a decode step's sequences were all scheduled before)
             self._first_scheduled(plan)
-        for i, (seq, token) in enumerate(zip(plan.seqs, result.tokens)):
+        for i, (seq, tokens, token) in enumerate(zip(plan.seqs, plan.num_tokens, result.tokens)):
             if not committed:
-                seq.num_computed_tokens += plan.num_tokens[i]
+                seq.num_computed_tokens += tokens
             elif seq.num_tokens == len(seq.token_ids):
                 continue  # no token is coming for it: it ended while the step ran
             if token is None:  # a prefill chunk that leaves part of its prompt for the next step
@@ -211,10 +211,10 @@ class Scheduler(ABC):
                     self.kv_cache.rollback(seq)  # it reserved slots for drafts and the drafter gave none
             if reason:  # (one that commit finished at launch has a reason: its length)
                 self._ended(seq, reason, now)
-                update.finished.append(seq)
-            update.seqs.append(seq)
-            update.num_new.append(n)
-        return update
+                finished.append(seq)
+            updated.append(seq)
+            num_new.append(n)
+        return StepUpdate(updated, num_new, finished)
 
     def _first_scheduled(self, plan: StepPlan):
         for seq in plan.seqs:
