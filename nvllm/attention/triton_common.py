@@ -1,5 +1,6 @@
-"""What both Triton-using backends (triton, flash_attn) share: importing Triton in the mode this
-process can serve, and the kernel that writes K/V into the paged cache.
+"""What the Triton-using code (the triton and flash_attn backends, the weight-only matmuls and the
+fused MoE in nvllm/kernels/) shares: importing Triton in the mode this process can serve, and the
+kernel that writes K/V into the paged cache.
 
 Triton picks interpreter or compiler once per process, at import: nvllm sets TRITON_INTERPRET=1
 itself where it can (no GPU, or a CPU backend built before triton is imported) and refuses a
@@ -8,6 +9,7 @@ device the process's mode cannot serve."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import sys
 from types import SimpleNamespace
@@ -68,6 +70,25 @@ def kernels_for(device: torch.device) -> SimpleNamespace:
                           "the kernels would run in the (CPU) interpreter; unset it to compile them for the GPU")
     return SimpleNamespace(store=jit(_store_kernel, interpreted), interpreted=interpreted,
                            language=triton.language, next_power_of_2=triton.next_power_of_2)
+
+
+@functools.cache
+def compiles_for(device: torch.device) -> bool:
+    """Whether Triton kernels can be compiled for CUDA `device` in this process: where not (triton
+    missing, or imported in interpreter mode) the layers with Triton kernels run their torch code."""
+    try:
+        return not kernels_for(device).interpreted
+    except (ImportError, ConfigError):
+        return False
+
+
+def why_no_compiled_kernels() -> str | None:
+    """Why this process could not compile Triton kernels for CUDA, or None; without importing triton."""
+    if importlib.util.find_spec("triton") is None:
+        return "the `triton` package is not installed (pip install triton)"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "TRITON_INTERPRET=1 is set, so Triton would run its kernels in the CPU interpreter (unset it)"
+    return None
 
 
 @functools.cache
