@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import torch
 
 from nvllm.attention.base import AttentionMetadata, forward_context
-from nvllm.attention.triton_common import why_no_compiled_kernels
 from nvllm.errors import ConfigError
 from nvllm.forward.base import ForwardTarget, logits_rows
 from nvllm.forward.eager import EagerForward
 from nvllm.hookspecs import hookimpl
+from nvllm.kernels.triton_mode import why_no_compiled_kernels
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:

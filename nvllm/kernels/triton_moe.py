@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nvllm.attention.triton_common import jit, kernels_for
+from nvllm.kernels.triton_mode import jit, triton_for
 
 tl = None  # triton.language, bound by _jit()
 
@@ -88,7 +88,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, scores: torc
     for x [tokens, hidden], w13 [local experts, 2 * inter, hidden], w2 [local experts, hidden, inter],
     scores and experts [tokens, k] (global expert ids; this rank holds first_expert onwards). Pairs
     routed to experts this rank does not hold add nothing."""
-    kernels = kernels_for(x.device)
+    kernels = triton_for(x.device, "the Triton fused MoE", "a MoE layer on a CPU, which runs its torch code")
     tokens, top_k = experts.shape
     num_local, inter2, hidden = w13.shape
     num_pairs = tokens * top_k

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from nvllm.attention.triton_common import jit, kernels_for
-from nvllm.models.layers.packed import GROUP
+from nvllm.kernels.quantized import BLOCK
+from nvllm.kernels.triton_mode import jit, triton_for
 
 tl = None  # triton.language, bound by _jit()
 
@@ -86,10 +86,10 @@ def linear_packed(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     `bias`: [..., N] in x's dtype. Every tensor on one device; K a multiple of 32."""
     k = x.shape[-1]
     n = qweight.shape[0]
-    if k % GROUP or scales.shape != (n, k // GROUP):
+    if k % BLOCK or scales.shape != (n, k // BLOCK):
         raise ValueError(f"x has {k} input features and the packed weight's scales are {list(scales.shape)}: "
-                         f"expected [{n}, {k // GROUP}] with k a multiple of {GROUP}")
-    kernels = kernels_for(x.device)
+                         f"expected [{n}, {k // BLOCK}] with k a multiple of {BLOCK}")
+    kernels = triton_for(x.device, "the Triton weight-only matmul", "quantized weights on a CPU, which dequantize in torch")
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()

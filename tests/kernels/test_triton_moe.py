@@ -94,7 +94,7 @@ def test_align_puts_every_pair_once_in_a_block_of_its_expert(tokens, top_k, bloc
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_layer_on_cuda_is_captured_in_a_cuda_graph_and_replays_other_tokens():
-    from nvllm.attention.triton_common import compiles_for
+    from nvllm.kernels.triton_mode import compiles_for
 
     assert compiles_for(torch.device("cuda")), "Triton cannot compile here: the layer would fall back to torch"
     moe = layer(2, True, seed=3)

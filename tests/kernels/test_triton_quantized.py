@@ -75,7 +75,7 @@ def test_a_k_off_the_groups_is_refused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4], ids=["int8", "int4"])
 def test_a_packed_linear_layer_on_cuda_runs_the_kernel(quantize):
-    from nvllm.attention.triton_common import compiles_for
+    from nvllm.kernels.triton_mode import compiles_for
     from nvllm.models.layers.linear import RowParallelLinear
 
     assert compiles_for(torch.device("cuda")), "Triton cannot compile here: the layer would fall back to torch"

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nvllm.attention.triton_common import compiles_for
 from nvllm.distributed import all_reduce, tp_rank, tp_size
+from nvllm.kernels.triton_mode import compiles_for
 from nvllm.kernels.triton_quantized import linear_packed
 from nvllm.models.layers.packed import dequantize
 

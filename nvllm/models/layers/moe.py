@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nvllm.attention.triton_common import compiles_for, why_no_compiled_kernels
 from nvllm.distributed import all_reduce, tp_rank, tp_size
+from nvllm.kernels.triton_mode import compiles_for, why_no_compiled_kernels
 from nvllm.kernels.triton_moe import fused_moe
 from nvllm.models.layers.linear import LinearBase, divide
 
