@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BUDGETS = dict(tests=60, parity=80, kernels=100, trace=60, bench=130, profile=80)  # seconds per part: under 9.5 minutes with the install
+# seconds per part: under 9.5 minutes with the install
+BUDGETS = dict(tests=60, parity=80, kernels=100, trace=60, bench=130, profile=80)
 SMOKE_BUDGETS = dict(tests=120, parity=240, kernels=240, trace=120, bench=300, profile=240)
 # the kernels part runs these test files itself (their many compiles would crowd the tests part's cap)
 KERNEL_TESTS = ("kernels/test_triton_quantized.py", "kernels/test_triton_moe.py")
@@ -91,8 +92,8 @@ def _attach(out: Path, parts: list[dict]):
         lines = p["last_lines"]
         if p["part"] != "tests" and "" in lines:
             p["table"] = lines[len(lines) - lines[::-1].index(""):]
-        for path in (out / "parity" / "parity.json", out / "kernels" / "parity.json", out / "trace" / "summary.json", out / "bench" / "bench_gpu.json",
-                     out / "profile" / "profile.json"):
+        for path in (out / "parity" / "parity.json", out / "kernels" / "parity.json", out / "trace" / "summary.json",
+                     out / "bench" / "bench_gpu.json", out / "profile" / "profile.json"):
             if path.parent.name == p["part"] and path.exists():
                 p["results"] = json.loads(path.read_text())
                 if "table" not in p and isinstance(p["results"], list):  # cut off by its cap: list what finished
@@ -113,8 +114,9 @@ def _summary(part: dict) -> str:
     if part["part"] in ("parity", "kernels"):
         cells = [r for r in results if "status" in r]
         tests = [f"tests {r['tests']}: {r['summary']}" for r in results if "tests" in r]
-        return ", ".join(tests + [f"{sum(r['status'] == s for r in cells)} {s}"
-                                  for s in ("match", "MISMATCH", "refused", "error") if any(r["status"] == s for r in cells)])
+        counts = [f"{sum(r['status'] == s for r in cells)} {s}" for s in ("match", "MISMATCH", "refused", "error")
+                  if any(r["status"] == s for r in cells)]
+        return ", ".join(tests + counts)
     if part["part"] == "trace":
         if "device_busy_ms_per_step" not in results:
             return f"{results['wall_ms_per_step']:.2f} ms/step (no device)" if results else ""

@@ -3,18 +3,19 @@
 tests/kernels/test_triton_*.py: every dtype, and the MoE layer captured in a CUDA graph), then
 greedy float32 parity through the engine with transformers on the same device, TF32 off:
 
-- quantization=int8 and int4, forward=cudagraph, on a checkpoint with the Qwen3-0.6B
-  shape (2 layers, a 10,000-token vocabulary, random weights), against transformers running the same checkpoint with each
-  linear weight round-tripped through the format (quantized, then dequantized);
-- model=qwen3_moe, forward=cudagraph and eager (which tells a kernel's error from the capture's), on a random checkpoint of a small Qwen3-MoE
-  (32 experts, 4 chosen per token, a dense first layer), against transformers.
+- quantization=int8 and int4, forward=cudagraph, on a checkpoint with the Qwen3-0.6B shape (2
+  layers, a 10,000-token vocabulary, random weights), against transformers running the same
+  checkpoint with each linear weight round-tripped through the format (quantized, then dequantized);
+- model=qwen3_moe, forward=cudagraph and eager (which tells a kernel's error from the capture's),
+  on a random checkpoint of a small Qwen3-MoE (32 experts, 4 chosen per token, a dense first
+  layer), against transformers.
 
 A cell that cannot run here records the engine's refusal. Writes tests.log, then parity.json after
 every cell (so a time cap keeps what finished), prints a table last. Run by gpu_check.py's
 `kernels` part.
 
     python experiments/gpu_kernels.py --out DIR [--tests tests/kernels/test_triton_*.py]   # on a CUDA machine
-    python experiments/gpu_kernels.py --smoke --out DIR    # CPU, tiny models, the quantized cells eager: checks the script
+    python experiments/gpu_kernels.py --smoke --out DIR   # CPU, tiny models, quantized cells eager: checks it
 """
 import argparse
 import json
@@ -102,8 +103,8 @@ def run_tests(args, out: Path) -> dict:
     start = time.perf_counter()
     with (out / "tests.log").open("w") as log:
         try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", *args.tests, "-m", "gpu", "-q", "-p", "no:cacheprovider"],
-                                  stdout=log, stderr=subprocess.STDOUT, timeout=args.tests_budget_s)
+            command = [sys.executable, "-m", "pytest", *args.tests, "-m", "gpu", "-q", "-p", "no:cacheprovider"]
+            proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=args.tests_budget_s)
             status = "ok" if proc.returncode in (0, 5) else f"exit {proc.returncode}"  # 5: none collected
         except subprocess.TimeoutExpired:
             status = f"timed out at {args.tests_budget_s:.0f} s"

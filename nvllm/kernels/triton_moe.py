@@ -88,7 +88,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, scores: torc
     for x [tokens, hidden], w13 [local experts, 2 * inter, hidden], w2 [local experts, hidden, inter],
     scores and experts [tokens, k] (global expert ids; this rank holds first_expert onwards). Pairs
     routed to experts this rank does not hold add nothing."""
-    kernels = triton_for(x.device, "the Triton fused MoE", "a MoE layer on a CPU, which runs its torch code")
+    kernels = triton_for(x.device, "the Triton fused MoE", "a CPU, where the MoE layer runs its torch code")
     tokens, top_k = experts.shape
     num_local, inter2, hidden = w13.shape
     num_pairs = tokens * top_k

@@ -27,49 +27,41 @@ from nvllm.kernels.triton_mode import jit, triton_for
 tl = None  # triton.language, bound by _jit()
 
 
-def _int8_kernel(x_ptr, q_ptr, s_ptr, y_ptr, M, N, K, x_stride, y_stride,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+def _kernel(x_ptr, q_ptr, s_ptr, min_ptr, y_ptr, M, N, K, x_stride, y_stride, INT4: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """One [BLOCK_M, BLOCK_N] tile of y = x @ w.T, w int8 (q * d) or, INT4, int4 (q * d + m)."""
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = m < M, n < N
     rows, cols = m.to(tl.int64), n.to(tl.int64)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for start in range(0, K, BLOCK_K):
-        k = start + tl.arange(0, BLOCK_K)
-        k_ok = k < K
-        x = tl.load(x_ptr + rows[:, None] * x_stride + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        w_ok = k_ok[:, None] & n_ok[None, :]
-        q = tl.load(q_ptr + cols[None, :] * K + k[:, None], mask=w_ok, other=0)
-        d = tl.load(s_ptr + cols[None, :] * (K // 32) + k[:, None] // 32, mask=w_ok, other=0.0)
-        w = (q.to(tl.float32) * d.to(tl.float32)).to(x.dtype)
-        acc += tl.dot(x, w, input_precision=PRECISION)
-    tl.store(y_ptr + rows[:, None] * y_stride + cols[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
-
-
-def _int4_kernel(x_ptr, q_ptr, s_ptr, min_ptr, y_ptr, M, N, K, x_stride, y_stride,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok, n_ok = m < M, n < N
-    rows, cols = m.to(tl.int64), n.to(tl.int64)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for start in range(0, K // 2, BLOCK_K // 2):
-        j = start + tl.arange(0, BLOCK_K // 2)  # byte j of the row: group j // 16, weights j % 16 and j % 16 + 16
-        j_ok = j < K // 2
-        low = (j // 16) * 32 + j % 16  # the x columns of the low nibbles; the high ones are 16 further
-        x_ok = m_ok[:, None] & j_ok[None, :]
-        x_low = tl.load(x_ptr + rows[:, None] * x_stride + low[None, :], mask=x_ok, other=0.0)
-        x_high = tl.load(x_ptr + rows[:, None] * x_stride + low[None, :] + 16, mask=x_ok, other=0.0)
-        w_ok = j_ok[:, None] & n_ok[None, :]
-        b = tl.load(q_ptr + cols[None, :] * (K // 2) + j[:, None], mask=w_ok, other=0)
-        group = cols[None, :] * (K // 32) + j[:, None] // 16
-        d = tl.load(s_ptr + group, mask=w_ok, other=0.0).to(tl.float32)
-        mn = tl.load(min_ptr + group, mask=w_ok, other=0.0).to(tl.float32)
-        w_low = ((b & 15).to(tl.float32) * d + mn).to(x_low.dtype)
-        w_high = ((b >> 4).to(tl.float32) * d + mn).to(x_low.dtype)
-        acc += tl.dot(x_low, w_low, input_precision=PRECISION)
-        acc += tl.dot(x_high, w_high, input_precision=PRECISION)
+        if INT4:
+            # byte j of the row: group j // 16, weights j % 16 (low nibble) and j % 16 + 16 (high)
+            j = start // 2 + tl.arange(0, BLOCK_K // 2)
+            j_ok = j < K // 2
+            low = (j // 16) * 32 + j % 16  # the x columns of the low nibbles; the high ones are 16 further
+            x_ok = m_ok[:, None] & j_ok[None, :]
+            x_low = tl.load(x_ptr + rows[:, None] * x_stride + low[None, :], mask=x_ok, other=0.0)
+            x_high = tl.load(x_ptr + rows[:, None] * x_stride + low[None, :] + 16, mask=x_ok, other=0.0)
+            w_ok = j_ok[:, None] & n_ok[None, :]
+            b = tl.load(q_ptr + cols[None, :] * (K // 2) + j[:, None], mask=w_ok, other=0)
+            group = cols[None, :] * (K // 32) + j[:, None] // 16
+            d = tl.load(s_ptr + group, mask=w_ok, other=0.0).to(tl.float32)
+            mn = tl.load(min_ptr + group, mask=w_ok, other=0.0).to(tl.float32)
+            w_low = ((b & 15).to(tl.float32) * d + mn).to(x_low.dtype)
+            w_high = ((b >> 4).to(tl.float32) * d + mn).to(x_low.dtype)
+            acc += tl.dot(x_low, w_low, input_precision=PRECISION)
+            acc += tl.dot(x_high, w_high, input_precision=PRECISION)
+        else:
+            k = start + tl.arange(0, BLOCK_K)
+            k_ok = k < K
+            x = tl.load(x_ptr + rows[:, None] * x_stride + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w_ok = k_ok[:, None] & n_ok[None, :]
+            q = tl.load(q_ptr + cols[None, :] * K + k[:, None], mask=w_ok, other=0)
+            d = tl.load(s_ptr + cols[None, :] * (K // 32) + k[:, None] // 32, mask=w_ok, other=0.0)
+            w = (q.to(tl.float32) * d.to(tl.float32)).to(x.dtype)
+            acc += tl.dot(x, w, input_precision=PRECISION)
     tl.store(y_ptr + rows[:, None] * y_stride + cols[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
@@ -89,7 +81,7 @@ def linear_packed(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     if k % BLOCK or scales.shape != (n, k // BLOCK):
         raise ValueError(f"x has {k} input features and the packed weight's scales are {list(scales.shape)}: "
                          f"expected [{n}, {k // BLOCK}] with k a multiple of {BLOCK}")
-    kernels = triton_for(x.device, "the Triton weight-only matmul", "quantized weights on a CPU, which dequantize in torch")
+    kernels = triton_for(x.device, "the Triton weight-only matmul", "a CPU, where packed layers dequantize in torch")
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -101,12 +93,9 @@ def linear_packed(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     # float32 means float32: no silent TF32 on the GPU (16-bit inputs take the default)
     precision = "ieee" if x.dtype == torch.float32 else None
     grid = (-(-rows // block_m), -(-n // block_n))
-    common = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PRECISION=precision)
-    if mins is None:
-        _jit(_int8_kernel, kernels)[grid](x2, qweight, scales, y, rows, n, k, x2.stride(0), y.stride(0), **common)
-    else:
-        _jit(_int4_kernel, kernels)[grid](x2, qweight, scales, mins, y, rows, n, k, x2.stride(0), y.stride(0),
-                                          **common)
+    _jit(_kernel, kernels)[grid](x2, qweight, scales, scales if mins is None else mins, y, rows, n, k, x2.stride(0),
+                                 y.stride(0), INT4=mins is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                                 PRECISION=precision)
     if bias is not None:
         y += bias
     return y.view(*x.shape[:-1], n)

@@ -72,7 +72,8 @@ class QuantizationMethod:
         if cls.forwards is not None and forward not in cls.forwards:
             raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)} (the torch "
                               f"modules, whose linear layers dequantize its weights, or on CUDA multiply by them with "
-                              f"Triton's weight-only kernels), not forward={forward}, which reads weights in dtype; use forward=eager (or auto), or quantization=none")
+                              f"Triton's weight-only kernels), not forward={forward}, which reads weights in dtype; "
+                              f"use forward=eager (or auto), or quantization=none")
 
     def __init__(self, config):
         self.config = config

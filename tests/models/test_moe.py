@@ -234,7 +234,8 @@ def test_cuda_graphs_capture_a_mixture_of_experts_only_through_triton(monkeypatc
             for key, value in modules.items():
                 m.setitem(sys.modules, key, value)
             forward, choice = Config(forward=AUTO)._forward(target)
-            assert forward.name == "eager" and "passed over cudagraph: model=qwen3_moe is a mixture of experts" in choice
+            assert forward.name == "eager"
+            assert "passed over cudagraph: model=qwen3_moe is a mixture of experts" in choice
             with pytest.raises(ConfigError, match=rf"forward=cudagraph cannot run here: model=qwen3_moe is a mixture "
                                                   rf"of experts, whose layer a CUDA graph captures only as its Triton "
                                                   rf"kernels, and {why}.*; fix that, or use cudagraph=false"):
