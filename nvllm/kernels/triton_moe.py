@@ -97,7 +97,7 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, scores: torc
     grouped = _jit(_grouped_kernel, kernels)
     precision = "ieee" if x.dtype == torch.float32 else None  # float32 means float32: no silent TF32
     blocks = dict(BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=32, PRECISION=precision)
-    x = x.contiguous()
+    x, w13, w2 = x.contiguous(), w13.contiguous(), w2.contiguous()  # the kernel reads rows of k
     gate_up = torch.empty(num_pairs, inter2, dtype=x.dtype, device=x.device)
     grouped[(block_expert.numel(), -(-inter2 // 64))](
         x, w13, gate_up, scores, pair_ids, block_expert, num_pairs, num_local, inter2, hidden,

@@ -85,6 +85,9 @@ def linear_packed(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
+    qweight, scales = qweight.contiguous(), scales.contiguous()  # the kernel reads them row after row
+    int4 = mins is not None
+    mins = mins.contiguous() if int4 else scales  # int8: an unread stand-in
     rows = x2.shape[0]
     y = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     # tl.dot wants each dimension >= 16; a decode step's few rows pad to 16
@@ -93,8 +96,8 @@ def linear_packed(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
     # float32 means float32: no silent TF32 on the GPU (16-bit inputs take the default)
     precision = "ieee" if x.dtype == torch.float32 else None
     grid = (-(-rows // block_m), -(-n // block_n))
-    _jit(_kernel, kernels)[grid](x2, qweight, scales, scales if mins is None else mins, y, rows, n, k, x2.stride(0),
-                                 y.stride(0), INT4=mins is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+    _jit(_kernel, kernels)[grid](x2, qweight, scales, mins, y, rows, n, k, x2.stride(0), y.stride(0),
+                                 INT4=int4, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                                  PRECISION=precision)
     if bias is not None:
         y += bias
