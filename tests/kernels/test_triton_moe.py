@@ -91,6 +91,22 @@ def test_align_puts_every_pair_once_in_a_block_of_its_expert(tokens, top_k, bloc
     assert block_expert.tolist() == sorted(block_expert.tolist())  # runs in expert order
 
 
+def test_routing_and_the_sort_read_nothing_back_to_the_host():
+    """What a CUDA graph needs of the torch ops around the kernels: no value read on the host and no
+    shape that depends on data. Tensors on the meta device hold no data, so those ops fail there,
+    as the layer's torch code does (its group sizes)."""
+    from nvllm.kernels.triton_moe import align
+
+    moe = layer(2, True).to("meta")
+    x = torch.empty(9, HIDDEN, device="meta")
+    with torch.no_grad():
+        scores, experts = route(moe.gate(x), 2, True)
+        pair_ids, block_expert = align(experts, EXPERTS, 0, 16)
+        assert (pair_ids.shape, block_expert.shape) == ((16 * 10,), (10,))  # 18 pairs: 18 // 16 + a part-block per run (9)
+        with pytest.raises(NotImplementedError, match="bincount"):
+            moe.experts_torch(x, scores, experts)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_layer_on_cuda_is_captured_in_a_cuda_graph_and_replays_other_tokens():
