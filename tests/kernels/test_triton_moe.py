@@ -102,7 +102,8 @@ def test_routing_and_the_sort_read_nothing_back_to_the_host():
     with torch.no_grad():
         scores, experts = route(moe.gate(x), 2, True)
         pair_ids, block_expert = align(experts, EXPERTS, 0, 16)
-        assert (pair_ids.shape, block_expert.shape) == ((16 * 10,), (10,))  # 18 pairs: 18 // 16 + a part-block per run (9)
+        # 18 pairs: the grid's worst case, 18 // 16 full blocks and a part-block for each of the 9 runs
+        assert (pair_ids.shape, block_expert.shape) == ((16 * 10,), (10,))
         with pytest.raises(NotImplementedError, match="bincount"):
             moe.experts_torch(x, scores, experts)
 
