@@ -191,8 +191,7 @@ class FusedCPUForward(EagerForward):
         if not (meta.is_decode or self.runs(meta)):
             return super().__call__(input_ids, positions, meta)
         c_model = self.early_exits.get(meta.num_layers) or self._early_exit(meta.num_layers)
-        n = input_ids.shape[0]
-        last = logits_rows(meta)
+        n, last = len(input_ids), logits_rows(meta)
         # a row per token: its sequence's block table, and the tokens up to it as context
         tables, context_lens = ((meta.block_tables, meta.context_lens) if meta.is_decode else
                                 (meta.block_tables.repeat_interleave(torch.tensor(meta.query_lens), dim=0),
@@ -201,9 +200,8 @@ class FusedCPUForward(EagerForward):
         work = torch.empty(min(n, CHUNK) * self.work_per_seq, dtype=torch.float32)
         for start in range(0, n, CHUNK):
             end = min(start + CHUNK, n)
-            sampled = ((last >= start) & (last < end)).nonzero().flatten()
-            rows = last[sampled] - start
-            out = logits[sampled[0]:sampled[-1] + 1] if len(sampled) else logits[:0]
+            lo, hi = torch.searchsorted(last, torch.tensor([start, end])).tolist()  # (`last` ascends)
+            rows, out = last[lo:hi] - start, logits[lo:hi]  # the scored rows among this call's, their logits
             ptrs = [t[start:].data_ptr() for t in (input_ids, positions, meta.slot_mapping, tables, context_lens)]
             status = self.fn(ctypes.byref(c_model), *ptrs[:4], tables.shape[1], ptrs[4], end - start, rows.data_ptr(),
                              len(rows), work.data_ptr(), out.data_ptr(), torch.get_num_threads())
