@@ -57,6 +57,12 @@ def compiles_for(device: torch.device) -> bool:
         return False
 
 
+def use_kernels(x: torch.Tensor) -> bool:
+    """Whether a layer that has Triton kernels runs them on `x` (on CUDA, where Triton compiles for
+    it) rather than its torch code."""
+    return x.is_cuda and compiles_for(x.device)
+
+
 def why_no_compiled_kernels() -> str | None:
     """Why this process could not compile Triton kernels for CUDA, or None; without importing triton."""
     if importlib.util.find_spec("triton") is None:

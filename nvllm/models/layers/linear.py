@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nvllm.distributed import all_reduce, tp_rank, tp_size
-from nvllm.kernels.triton_mode import compiles_for
+from nvllm.kernels.triton_mode import use_kernels
 from nvllm.kernels.triton_quantized import linear_packed
 from nvllm.models.layers.packed import dequantize
 
@@ -67,7 +67,7 @@ class LinearBase(nn.Module):
         return self.weight if self.qweight is None else dequantize(self.qweight, self.scales, self.mins, dtype)
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.qweight is not None and x.is_cuda and compiles_for(x.device):
+        if self.qweight is not None and use_kernels(x):
             return linear_packed(x, self.qweight, self.scales, self.mins, bias)
         return linear(x, self.dense_weight(x.dtype), self.packed, bias)
 

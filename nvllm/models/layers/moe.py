@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nvllm.distributed import all_reduce, tp_rank, tp_size
-from nvllm.kernels.triton_mode import compiles_for, why_no_compiled_kernels
+from nvllm.kernels.triton_mode import use_kernels, why_no_compiled_kernels
 from nvllm.kernels.triton_moe import fused_moe
 from nvllm.models.layers.linear import LinearBase, divide
 
@@ -102,7 +102,7 @@ class FusedMoE(nn.Module):
         scores, experts = route(self.gate(x), self.top_k, self.renormalize)
         if not self.scores_in_float32:
             scores = scores.to(x.dtype)
-        if x.is_cuda and compiles_for(x.device):
+        if use_kernels(x):
             out = self.experts_triton(x, scores, experts)
         else:
             out = self.experts_torch(x, scores, experts)
