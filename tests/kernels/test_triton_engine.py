@@ -2,7 +2,7 @@
 CUDA only, so here each layer's device test (`use_kernels`) is made to answer yes for CPU tensors
 and the kernels run in Triton's interpreter through a whole forward=eager generate: quantization=int8
 and int4 (every packed linear layer's matmul) against transformers on the weights the format stands
-for, and a tiny Qwen3-MoE (every MoE layer's fused step) against transformers on its checkpoint."""
+for, and tiny Qwen3-MoE and Mixtral models (every MoE layer's fused step) against transformers."""
 import random
 
 import pytest
@@ -54,8 +54,9 @@ def test_quantized_greedy_tokens_equal_transformers_on_the_dequantized_weights(k
     assert got == hf_greedy(with_weights(unit_llama, tmp_path / "dequantized", weights), prompts(512), 8)
 
 
-def test_moe_greedy_tokens_equal_transformers(kernels_on_cpu, tmp_path):
-    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=0)
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral"])  # mixtral: the plugin package's model
+def test_moe_greedy_tokens_equal_transformers(kernels_on_cpu, arch, tmp_path):
+    path = make_random_checkpoint(arch, str(tmp_path), preset="tiny", seed=0)
     with LLM(path, forward="eager", max_model_len=64) as llm:
         got = [o.outputs[0].token_ids for o in llm.generate(prompts(512), GREEDY, use_tqdm=False)]
     assert kernels_on_cpu, "no MoE layer ran its kernels"
