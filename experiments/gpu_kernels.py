@@ -10,7 +10,9 @@ greedy float32 parity through the engine with transformers on the same device, T
   on a random checkpoint of a small Qwen3-MoE (32 experts, 4 chosen per token, a dense first
   layer), against transformers.
 
-A cell that cannot run here records the engine's refusal. Writes tests.log, then parity.json after
+A cell that cannot run here records the engine's refusal. Last, each kernel timed against the
+torch code it replaces (timing.json: bfloat16, a 4096 x 4096 layer at 1, 16 and 256 rows, and a
+Qwen3-30B-A3B MoE layer's shape at 1, 16 and 256 tokens). Writes tests.log, then parity.json after
 every cell (so a time cap keeps what finished), prints a table last. Run by gpu_check.py's
 `kernels` part.
 
@@ -20,12 +22,14 @@ every cell (so a time cap keeps what finished), prints a table last. Run by gpu_
 import argparse
 import json
 import random
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from gpu_parity import hf_greedy, print_table, run_cell
 
@@ -96,6 +100,60 @@ def main():
                                 attention=attention, forward=forward))
         (out / "parity.json").write_text(json.dumps(results, indent=2))
     print_table(results)
+    timing = time_kernels(device, args.smoke)
+    (out / "timing.json").write_text(json.dumps(timing, indent=2))
+    for t in timing:
+        print(f"{t['op'] + ' ' + str(t['rows']) + ' rows':<40} torch {t['torch_ms']:.3f} ms, triton {t['triton_ms']:.3f} ms")
+
+
+def median_ms(fn, device: str, reps: int) -> float:
+    """Wall time of one call (launches included), the median of `reps` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+@torch.inference_mode()
+def time_kernels(device: str, smoke: bool) -> list[dict]:
+    """Each kernel against the torch code it replaces, in bfloat16 (float32 on a CPU): the weight-only
+    matmuls against dequantize + F.linear on a 4096 x 4096 layer, the fused MoE against the MoE
+    layer's torch code at a Qwen3-30B-A3B layer's shape (128 experts, 8 chosen, hidden 2048, width 768)."""
+    from nvllm.kernels.triton_quantized import linear_packed
+    from nvllm.models.layers.moe import FusedMoE, route
+    from nvllm.models.layers.packed import dequantize, quantize_int4, quantize_int8
+
+    dtype, reps = (torch.float32, 2) if smoke else (torch.bfloat16, 20)
+    timing = []
+    n = k = 64 if smoke else 4096
+    weight = torch.randn(n, k, device=device) * 0.02
+    for fmt, quantize in (("int8", quantize_int8), ("int4", quantize_int4)):
+        packed = quantize(weight)
+        q, d, m = packed["qweight"], packed["scales"], packed.get("mins")
+        for rows in (1, 16, 256):
+            x = torch.randn(rows, k, device=device, dtype=dtype)
+            timing.append(dict(op=f"{fmt} linear {n}x{k}", rows=rows,
+                               torch_ms=median_ms(lambda: F.linear(x, dequantize(q, d, m, dtype)), device, reps),
+                               triton_ms=median_ms(lambda: linear_packed(x, q, d, m), device, reps)))
+    experts, top_k, hidden, width = (8, 2, 64, 32) if smoke else (128, 8, 2048, 768)
+    layer = FusedMoE(experts, top_k, hidden, width, renormalize=True).to(device, dtype)
+    for param in layer.parameters():
+        param.normal_(0, 0.02)
+    for tokens in (1, 16, 256):
+        x = torch.randn(tokens, hidden, device=device, dtype=dtype)
+        scores, chosen = route(layer.gate(x), top_k, True)
+        scores = scores.to(dtype)
+        timing.append(dict(op=f"moe {experts} experts top-{top_k}", rows=tokens,
+                           torch_ms=median_ms(lambda: layer.experts_torch(x, scores, chosen), device, reps),
+                           triton_ms=median_ms(lambda: layer.experts_triton(x, scores, chosen), device, reps)))
+    return timing
 
 
 def run_tests(args, out: Path) -> dict:
