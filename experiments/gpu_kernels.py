@@ -103,7 +103,8 @@ def main():
     timing = time_kernels(device, args.smoke)
     (out / "timing.json").write_text(json.dumps(timing, indent=2))
     for t in timing:
-        print(f"{t['op'] + ' ' + str(t['rows']) + ' rows':<40} torch {t['torch_ms']:.3f} ms, triton {t['triton_ms']:.3f} ms")
+        what = f"{t['op']}, {t['rows']} rows"
+        print(f"{what:<40} torch {t['torch_ms']:.3f} ms, triton {t['triton_ms']:.3f} ms")
 
 
 def median_ms(fn, device: str, reps: int) -> float:
