@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 BUDGETS = dict(tests=60, parity=80, kernels=100, trace=60, bench=130, profile=80)
 SMOKE_BUDGETS = dict(tests=120, parity=240, kernels=240, trace=120, bench=300, profile=240)
 # the kernels part runs these test files itself (their many compiles would crowd the tests part's cap)
-KERNEL_TESTS = ("kernels/test_triton_quantized.py", "kernels/test_triton_moe.py")
+KERNEL_TESTS = ("kernels/test_triton_moe.py", "kernels/test_triton_quantized.py")
 
 
 def run_part(name: str, cmd: list[str], budget: float, out: Path) -> dict:

@@ -1,6 +1,6 @@
 """The Triton weight-only matmuls (nvllm/kernels/triton_quantized.py) and fused MoE
 (nvllm/kernels/triton_moe.py) on a GPU: first their tests on CUDA (pytest -m gpu on
-tests/kernels/test_triton_*.py: every dtype, and the MoE layer captured in a CUDA graph), then
+tests/kernels/test_triton_*.py: float32 and bfloat16, and the MoE layer captured in a CUDA graph), then
 greedy float32 parity through the engine with transformers on the same device, TF32 off:
 
 - quantization=int8 and int4, forward=cudagraph, on a checkpoint with the Qwen3-0.6B shape (2

@@ -73,15 +73,17 @@ def why_no_compiled_kernels() -> str | None:
 
 
 @functools.cache
-def jit(fn, interpreted: bool):
-    """`triton.jit(fn)` in the process's mode; `fn`'s module must have bound `tl` first."""
+def jit(fn, interpreted: bool, do_not_specialize: tuple[str, ...] = ()):
+    """`triton.jit(fn)` in the process's mode; `fn`'s module must have bound `tl` first.
+    `do_not_specialize`: arguments that vary from call to call (a batch's rows), which Triton would
+    otherwise compile a kernel for per value class (1, a multiple of 16, other)."""
     import triton
 
     # jit reads the variable now: match triton.language's helpers, whatever the env says today
     saved = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpreted else "0"
     try:
-        return triton.jit(fn)
+        return triton.jit(fn, do_not_specialize=list(do_not_specialize) or None)
     finally:
         if saved is None:
             del os.environ["TRITON_INTERPRET"]

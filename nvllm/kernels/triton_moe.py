@@ -55,7 +55,7 @@ def _grouped_kernel(a_ptr, b_ptr, c_ptr, weight_ptr, pair_ptr, block_expert_ptr,
 def _jit(fn, kernels):
     global tl
     tl = kernels.language
-    return jit(fn, kernels.interpreted)
+    return jit(fn, kernels.interpreted, ("num_pairs",))  # one kernel for every decode bucket's pairs
 
 
 def align(experts: torch.Tensor, num_local_experts: int, first_expert: int, block_m: int):

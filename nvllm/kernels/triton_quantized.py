@@ -69,7 +69,7 @@ def _kernel(x_ptr, q_ptr, s_ptr, min_ptr, y_ptr, M, N, K, x_stride, y_stride, IN
 def _jit(fn, kernels):
     global tl
     tl = kernels.language
-    return jit(fn, kernels.interpreted)
+    return jit(fn, kernels.interpreted, ("M",))  # one kernel for every decode bucket's rows
 
 
 def linear_packed(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None,
