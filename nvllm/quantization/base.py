@@ -29,8 +29,9 @@ def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
 class QuantizationMethod:
     name: ClassVar[str]
     # the forward strategies that run this format: those that run the model's torch modules, whose
-    # linear layers dequantize (forward=fused_cpu's C step reads float32 weights; forward=simulated's
-    # cost model prices `dtype` bytes); None: every strategy
+    # linear layers dequantize (on CUDA, read the packed weights with Triton's weight-only matmuls,
+    # which CUDA graphs capture); forward=fused_cpu's C step reads float32 weights and
+    # forward=simulated's cost model prices `dtype` bytes. None: every strategy
     forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph")
 
     @classmethod
@@ -70,8 +71,9 @@ class QuantizationMethod:
     def check_forward(cls, forward: str) -> None:
         if cls.forwards is not None and forward not in cls.forwards:
             raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)} (the torch "
-                              f"modules, whose linear layers dequantize its weights), not forward={forward}, which "
-                              f"reads weights in dtype; use forward=eager (or auto), or quantization=none")
+                              f"modules, whose linear layers dequantize its weights, or on CUDA multiply by them with "
+                              f"Triton's weight-only kernels), not forward={forward}, which reads weights in dtype; "
+                              f"use forward=eager (or auto), or quantization=none")
 
     def __init__(self, config):
         self.config = config

@@ -297,9 +297,12 @@ def test_expert_parallel_where_it_cannot_take_effect_is_refused(checkpoint, tiny
         LLM(six, tp=4, moe={"expert_parallel": True})
 
 
-def test_cuda_graphs_are_not_chosen_for_a_mixture_of_experts():
-    """The layer reads each expert's group size on the host, which a CUDA graph cannot capture:
-    forward=auto runs eager on CUDA, and forward=cudagraph is refused by name (checked without a GPU)."""
+def test_cuda_graphs_capture_a_mixture_of_experts_only_through_triton(monkeypatch):
+    """The layer's Triton kernels are what a CUDA graph captures (its torch code reads each expert's
+    group size on the host): forward=auto takes cudagraph on CUDA where Triton compiles, else eager,
+    and forward=cudagraph is refused naming why (checked without a GPU)."""
+    import sys
+
     from nvllm import registry
     from nvllm.auto import AUTO
     from nvllm.config import Config
@@ -308,11 +311,23 @@ def test_cuda_graphs_are_not_chosen_for_a_mixture_of_experts():
 
     load_plugins()
     target = ForwardTarget(torch.device("cuda"), torch.bfloat16, 1, registry.get("model", "qwen3_moe"), "triton", False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # as on a machine with a GPU
     forward, choice = Config(forward=AUTO)._forward(target)
-    assert forward.name == "eager" and "passed over cudagraph: model=qwen3_moe is a mixture of experts" in choice
-    with pytest.raises(ConfigError, match=r"forward=cudagraph cannot run here: model=qwen3_moe is a mixture of "
-                                          r"experts, .* a CUDA graph cannot capture that"):
-        Config(forward="cudagraph")._forward(target)
+    assert forward.name == "cudagraph", choice
+    for env, modules, why in [({"TRITON_INTERPRET": "1"}, {}, "TRITON_INTERPRET=1 is set"),
+                              ({}, {"triton": None}, "the `triton` package is not installed")]:
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            for key, value in modules.items():
+                m.setitem(sys.modules, key, value)
+            forward, choice = Config(forward=AUTO)._forward(target)
+            assert forward.name == "eager"
+            assert "passed over cudagraph: model=qwen3_moe is a mixture of experts" in choice
+            with pytest.raises(ConfigError, match=rf"forward=cudagraph cannot run here: model=qwen3_moe is a mixture "
+                                                  rf"of experts, whose layer a CUDA graph captures only as its Triton "
+                                                  rf"kernels, and {why}.*; fix that, or use cudagraph=false"):
+                Config(forward="cudagraph")._forward(target)
 
 
 def test_an_expert_of_the_wrong_shape_is_refused_naming_it(tmp_path):
