@@ -235,7 +235,7 @@ class Scheduler(ABC):
         cache). Returns why the token ends `seq`, if it does: EOS or a stop token ("stop"), max_tokens
         ("length"), max_model_len."""
         seq.token_ids.append(token_id)
-        seq.num_tokens = max(seq.num_tokens, len(seq.token_ids))  # overlap already counted it
+        seq.num_tokens += seq.num_tokens < len(seq.token_ids)  # (overlap already counted it)
         seq.token_times.append(now)
         self.kv_cache.on_computed(seq)  # (a full block's hash covers known tokens only)
         if logprob is not None:
