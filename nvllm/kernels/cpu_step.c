@@ -10,7 +10,8 @@
  * panel is read once per call for all of its rows, and one OpenMP parallel region covers the whole call.
  *
  * Compiled on first use by nvllm/kernels/__init__.py and called through ctypes by forward=fused_cpu
- * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h). The cache is
+ * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h); a mixture of
+ * experts' layer runs moe_step.h's MLP in place of the dense one. The cache is
  * the torch modules' [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed
  * copies (see `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out.
  *
@@ -59,6 +60,7 @@ typedef struct {
     Weight down;
     const float *down_bias;
     float *k_cache, *v_cache;
+    const struct MoeLayer *moe; /* NULL: the dense MLP above; else a mixture of experts in its place (moe_step.h) */
 } Layer;
 
 typedef struct {
@@ -311,6 +313,8 @@ static void add_norm(float *h, float *residual, const float *w, const Model *m, 
     }
 }
 
+#include "moe_step.h"
+
 /* One step over B rows: each row is one token with its own position, cache slot, block table and
  * context length (its position + 1), so a decode step has a row per sequence and a prefill a row
  * per prompt token, all of whose K/V are stored before any row attends. Rows may come in several
@@ -325,7 +329,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
     const int64_t QKV = NQ + 2 * NKV, I = m->intermediate;
     float *h = work, *residual = h + B * H, *x = residual + B * H, *qkv = x + B * H, *attn = qkv + B * QKV;
     float *gate_up = attn + B * NQ, *act = gate_up + B * 2 * I, *q = act + B * I; /* q: [B, NQ] for attention */
-    float *act8 = q + B * NQ; /* int8 activations: linear_any */
+    float *act8 = q + B * NQ; /* int8 activations: linear_any (a mixture of experts' scratch is the same room) */
     const int64_t scratch = m->num_heads / m->num_kv_heads * longest(context_lens, B) + 1;
     int failed = 0;
 
@@ -365,6 +369,10 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                                 m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
                 linear_any(attn, B, NQ, &L->o, L->o_bias, H, h, act8);
                 add_norm(h, residual, L->post_norm, m, B, 0, x);
+                if (L->moe) { /* its scratch follows the dense step's in `work` */
+                    moe_mlp(m, L->moe, x, B, q + B * NQ, h);
+                    continue;
+                }
                 linear_any(x, B, H, &L->gate_up, L->gate_up_bias, 2 * I, gate_up, act8);
 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; ++b) {

@@ -28,9 +28,11 @@ def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
 
 class QuantizationMethod:
     name: ClassVar[str]
-    # the forward strategies that run this format: the torch modules' (their linear layers
-    # dequantize) and forward=fused_cpu's C step (it reads the packed rows and dequantizes in
-    # registers); not forward=simulated, whose cost model prices `dtype` bytes. None: every strategy
+    # the forward strategies that run this format: those that run the model's torch modules, whose
+    # linear layers dequantize (on CUDA, read the packed weights with Triton's weight-only matmuls,
+    # which CUDA graphs capture), and forward=fused_cpu's C step (it reads the packed rows and
+    # dequantizes in registers); not forward=simulated, whose cost model prices `dtype` bytes.
+    # None: every strategy
     forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph", "fused_cpu")
 
     @classmethod
