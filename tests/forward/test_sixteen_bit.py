@@ -87,6 +87,26 @@ def test_other_builds(tiny_path, prompts, references, fmt, isa, flags, monkeypat
     assert got == references[fmt]
 
 
+@pytest.mark.parametrize("fmt", QUANTIZED)
+def test_packed_formats_with_16_bit_embeddings(tiny_path, prompts, references, tmp_path, fmt):
+    """dtype=bfloat16 with a packed format: the C step reads the packed linear layers (quantized from
+    the bfloat16 weights) and the embedding and LM head in bfloat16. transformers, float32, on every
+    weight rounded to bfloat16, the linear ones then round-tripped through the format."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from nvllm.testing.quantization import with_weights
+
+    state = load_file(str(Path(tiny_path) / "model.safetensors"))
+    rounded = with_weights(tiny_path, tmp_path / "bf16", {k: v.bfloat16().float() for k, v in state.items()})
+    want = hf_greedy(round_tripped(rounded, tmp_path / fmt, fmt), prompts, MAX_NEW)
+    assert want != references[fmt]  # the bfloat16 rounding shows in the tokens
+    got, config = generate(tiny_path, prompts, dtype="bfloat16", quantization=fmt)
+    assert config.forward.name == "fused_cpu"
+    assert got == want
+
+
 def test_this_cpu_builds_its_widest_code():
     flags = open("/proc/cpuinfo").read()
     assert fused_cpu.isa() == ("avx512" if " avx512f " in flags else "avx2" if " avx2 " in flags else "portable")
