@@ -6,6 +6,8 @@ the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head a
     cls.check(config, hf_config, target)  before anything loads: raise ConfigError naming the key or
                                           tensor, the value and what works
     cls.check_forward(forward_name)       can this forward strategy run it? (forward=auto skips those that cannot)
+    cls.bytes_per_weight(config, dtype_bytes)  what a linear layer's weight takes, scales included
+                                          (forward=simulated's cost model streams that many bytes a weight)
     method = cls(config)
     method.apply(model, path)             once the float weights are loaded: pack each linear layer's
                                           weight (nvllm/models/layers/packed.py), freeing the float one
@@ -29,9 +31,9 @@ def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
 class QuantizationMethod:
     name: ClassVar[str]
     # the forward strategies that run this format: those that run the model's torch modules, whose
-    # linear layers dequantize (forward=fused_cpu's C step reads float32 weights; forward=simulated's
-    # cost model prices `dtype` bytes); None: every strategy
-    forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph")
+    # linear layers dequantize (forward=fused_cpu's C step reads float32 weights), and forward=simulated,
+    # whose cost model prices the format's bytes (bytes_per_weight); None: every strategy
+    forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph", "simulated")
 
     @classmethod
     def resolve(cls, config, model_config):
@@ -72,6 +74,12 @@ class QuantizationMethod:
             raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)} (the torch "
                               f"modules, whose linear layers dequantize its weights), not forward={forward}, which "
                               f"reads weights in dtype; use forward=eager (or auto), or quantization=none")
+
+    @classmethod
+    def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
+        """Bytes one weight of a linear layer takes in this format, its share of the scales and
+        minimums included; `dtype_bytes`: what a weight in `dtype` takes (the other weights')."""
+        return dtype_bytes
 
     def __init__(self, config):
         self.config = config

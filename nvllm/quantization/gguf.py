@@ -148,6 +148,15 @@ class GGUF(QuantizationMethod):
                                       f"make one fused linear layer ({module}) and nvllm keeps one layout per layer; "
                                       f"use a file with one block type for them")
 
+    @classmethod
+    def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
+        """The file's linear layers' bytes over their weights (its block types may differ by tensor)."""
+        kinds = {kind for parts in MODULES.values() for kind, _ in parts}
+        linear = [t for t in _reader(config.file).tensors
+                  if t.name.startswith("blk.") and t.name.split(".")[2] in kinds and t.tensor_type.name in SUPPORTED]
+        weights = sum(int(t.n_elements) for t in linear)
+        return sum(int(t.n_elements) // GROUP * SUPPORTED[t.tensor_type.name][1] for t in linear) / weights
+
     def apply(self, model, path: str) -> None:
         tensors = {t.name: t for t in _reader(self.config.file).tensors}
         for name, module in linear_layers(model):
