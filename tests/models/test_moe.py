@@ -248,3 +248,57 @@ def test_an_expert_past_the_experts_config_json_has_is_refused(tmp_path):
     with pytest.raises(WeightsError, match=r"weight 'model.layers.1.mlp.experts.7.down_proj.weight': expert 7 is out "
                                            r"of range: this layer has num_experts=7"):
         LLM(path, max_model_len=64)
+
+
+def routed_tokens(batch: list[list[int]]) -> int:
+    """Tokens the model computes for `batch` without cache hits: each prompt, then every output
+    token but the last (nothing computes after it)."""
+    return sum(len(p) + MAX_NEW - 1 for p in batch)
+
+
+def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoint):
+    """Each sparse layer counts top_k = 2 routings per computed token (warm-up excluded); the counts
+    are metrics.json's `expert_load` and /metrics' nvllm:moe_expert_tokens_total, which are read at
+    scrape time; moe.expert_load=false counts nothing."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from nvllm.metrics import collect
+    from nvllm.server.prometheus import PrometheusMetrics
+
+    batch = prompts()[:-1]
+    settings = {"kv_cache": {"block_size": 8, "prefix_caching": False}, "max_model_len": 256}
+    with LLM(checkpoint, **settings) as llm:
+        prometheus = PrometheusMetrics("tiny-moe")
+        assert "moe_expert_tokens" not in prometheus.render().decode()  # no step yet: nothing to read
+        outputs = llm.generate(batch, GREEDY, use_tqdm=False)
+        prometheus.on_step(llm.engine, [], {})
+        load = llm.engine.executor.expert_load()
+        metrics = collect(llm.engine, outputs, 1.0, {})
+        text = prometheus.render().decode()
+        stats = llm.engine.stats
+    assert routed_tokens(batch) == stats.prefill_tokens + stats.decode_tokens
+    assert set(load) == {1, 2}  # layer 0 is dense (mlp_only_layers)
+    for counts in load.values():
+        assert len(counts) == 8 and sum(counts) == 2 * routed_tokens(batch)
+        assert sum(c > 0 for c in counts) > 1
+    assert metrics["expert_load"]["tokens_per_expert"] == {"1": load[1], "2": load[2]}
+    assert metrics["expert_load"]["max_over_mean"]["1"] == max(load[1]) * 8 / sum(load[1])
+    samples = {(s.labels["layer"], s.labels["expert"]): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name == "nvllm:moe_expert_tokens_total"}
+    assert samples == {(str(layer), str(e)): n for layer, counts in load.items() for e, n in enumerate(counts)}
+    with LLM(checkpoint, moe={"expert_load": False}, **settings) as llm:
+        outputs = llm.generate(batch[:1], GREEDY, use_tqdm=False)
+        assert llm.engine.executor.expert_load() is None and collect(llm.engine, outputs, 1.0, {})["expert_load"] is None
+
+
+@pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
+def test_rank_0_counts_every_experts_tokens_under_expert_parallelism(checkpoint):
+    """Rank 0 holds experts 0-3 only, and its replicated router routes every token over all 8: its
+    counts are the whole layer's."""
+    batch = prompts()[:3]
+    with LLM(checkpoint, tp=2, moe={"expert_parallel": True}, kv_cache={"block_size": 8, "prefix_caching": False},
+             max_model_len=256) as llm:
+        llm.generate(batch, GREEDY, use_tqdm=False)
+        load = llm.engine.executor.expert_load()
+        assert llm.engine.executor.model.model.layers[1].mlp.num_local_experts == 4
+    assert all(len(c) == 8 and sum(c) == 2 * routed_tokens(batch) and sum(c[4:]) > 0 for c in load.values())

@@ -7,7 +7,9 @@ and its weights are read once per step.
 Under tensor parallelism either every rank holds every expert with its intermediate dimension
 split (the default), or, with `moe.expert_parallel=true`, whole experts are placed on ranks
 (num_experts / tp each, consecutive). Either way a rank's output is a partial sum over the hidden
-dimension, all-reduced like a row-parallel linear's."""
+dimension, all-reduced like a row-parallel linear's. The router is replicated: every rank routes
+every token over every expert, so one rank's count of the tokens each expert got (`expert_tokens`)
+is the whole layer's."""
 from contextlib import contextmanager
 
 import torch
@@ -64,6 +66,9 @@ class FusedMoE(nn.Module):
             self.num_local_experts = num_experts
             self.intermediate_size = divide(intermediate_size, tp_size(), "the experts' intermediate size")
         self.first_expert = tp_rank() * self.num_local_experts if self.expert_parallel else 0
+        # tokens routed to each expert since counting started (moe.expert_load: the model runner sets it
+        # to zeros on rank 0); None: not counted
+        self.expert_tokens: torch.Tensor | None = None
         self.gate = LinearBase(hidden_size, num_experts, bias=False, tp_dim=None)
         self.w13 = nn.Parameter(torch.empty(self.num_local_experts, 2 * self.intermediate_size, hidden_size))
         self.w2 = nn.Parameter(torch.empty(self.num_local_experts, hidden_size, self.intermediate_size))
@@ -101,7 +106,10 @@ class FusedMoE(nn.Module):
         # the (token, choice) pairs sorted by expert: each expert's group is a contiguous run
         flat = experts.flatten()
         order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        counts = torch.bincount(flat, minlength=self.num_experts)
+        if self.expert_tokens is not None:
+            self.expert_tokens += counts
+        counts = counts.tolist()
         scores = scores.flatten()
         out = torch.zeros_like(x)
         end = sum(counts[:self.first_expert])
