@@ -1,7 +1,9 @@
 """What counting the tokens routed to each expert costs (moe.expert_load): decode tokens/s of a random
 Qwen3-MoE with the count on and off, two engines built in one process, rounds alternated (on, off,
-on, off, ...) so that the machine's load falls on both alike. Prints each round and the median
-ratio; `--json FILE` keeps them.
+on, off, ...) so that the machine's load falls on both alike; and, since a busy machine's noise
+hides a small cost, the count's own work timed alone (the in-place add of a layer's bincount,
+per MoE layer per step) against the measured step. Prints each round and the median ratio;
+`--json FILE` keeps them.
 
     python experiments/moe_expert_load.py --preset tiny --rounds 6
     python experiments/moe_expert_load.py --preset tiny --hidden 512 --experts 64 --top-k 8   # wider layers
@@ -13,6 +15,8 @@ import statistics
 import tempfile
 import time
 
+import torch
+
 from nvllm import LLM, SamplingParams
 from nvllm.tools.checkpoint import make_random_checkpoint
 
@@ -23,6 +27,16 @@ def decode_tok_s(llm, prompts, params) -> float:
     tokens, seconds = stats.decode_tokens, stats.decode_time
     llm.generate(prompts, params, use_tqdm=False)
     return (stats.decode_tokens - tokens) / (stats.decode_time - seconds)
+
+
+def add_seconds(num_experts: int, repeats: int = 20000) -> float:
+    """Seconds of what counting adds to a MoE layer's forward: adding its [experts] bincount to the count."""
+    counts, total = torch.bincount(torch.randint(num_experts, (64,)), minlength=num_experts), torch.zeros(
+        num_experts, dtype=torch.int64)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        total += counts
+    return (time.perf_counter() - start) / repeats
 
 
 def main(argv=None):
@@ -51,14 +65,22 @@ def main(argv=None):
                     rounds[name].append(decode_tok_s(llm, prompts, params))
                     print(f"round {r} expert_load={name}: {rounds[name][-1]:.1f} decode tok/s", flush=True)
             counted = on.engine.executor.expert_load()
+            experts = on.engine.executor.hf_config.num_experts
     ratios = [a / b for a, b in zip(rounds["on"], rounds["off"])]
+    # per decode step: each MoE layer's add, against the fastest step measured with the count off (the
+    # least disturbed by the load, so the largest share)
+    added = add_seconds(experts) * len(counted)
+    step = args.seqs / max(rounds["off"])
     result = {"model": {"preset": args.preset, **fields}, "seqs": args.seqs, "prompt": args.prompt, "output": args.output,
+              "count_seconds_per_step": added, "decode_step_seconds": step, "count_share_of_step": added / step,
               "decode_tok_s": rounds, "on_over_off": ratios, "median_on_over_off": statistics.median(ratios),
               "load_average": os.getloadavg(), "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "layers_counted": sorted(counted)}
     print(f"median decode tok/s on {statistics.median(rounds['on']):.1f}, off {statistics.median(rounds['off']):.1f}; "
           f"on/off per round pair: {', '.join(f'{r:.3f}' for r in ratios)} (median {result['median_on_over_off']:.3f}); "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"the count's own work: {added * 1e6:.1f} us per decode step ({len(counted)} MoE layers), "
+          f"{100 * added / step:.3f} % of a {step * 1e3:.1f} ms step")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -301,7 +301,7 @@ def print_table(rows: list[dict], skipped: dict, failed: list[dict]):
         size = f"{r['weight_bytes'] / 2**20:.1f}" if r.get("weight_bytes") else ""
         print(f"{r['workload']:14} {r['peer']:9} {r['variant']:12} {r['format']:6} {size:>11} {r['tok_s']:9.1f} "
               f"{r['wall_s']:8.1f} {decode:>12} {ratio:>10} {'' if agree is None else f'{agree:.0f}%':>6} "
-              f"{r.get('vs', ''):>12}")
+              f"{(r['vs'] or 'defaults') if 'vs' in r else '':>12}")
     for f in failed:
         print(f"{f['workload']:14} {f['peer']:9} {f['variant']:12} FAILED: {f['error']}")
     for peer, reason in skipped.items():
