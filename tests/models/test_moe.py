@@ -302,3 +302,32 @@ def test_rank_0_counts_every_experts_tokens_under_expert_parallelism(checkpoint)
         load = llm.engine.executor.expert_load()
         assert llm.engine.executor.model.model.layers[1].mlp.num_local_experts == 4
     assert all(len(c) == 8 and sum(c) == 2 * routed_tokens(batch) and sum(c[4:]) > 0 for c in load.values())
+
+
+@pytest.mark.slow  # a run and a server, each a process loading torch
+def test_the_counts_reach_metrics_json_and_the_servers_metrics(checkpoint, tmp_path):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_run import nvllm_run
+    from tests.test_serve import Server
+
+    _, metrics = nvllm_run("model=qwen3_moe", f"model.path={checkpoint}", "workload=random_tiny", "workload.num_seqs=3",
+                           "workload.input_len=[8,8]", "workload.output_len=[4,4]", "workload.max_token_id=500",
+                           "kv_cache.prefix_caching=false", "max_model_len=64", cwd=tmp_path)
+    load = metrics["expert_load"]["tokens_per_expert"]
+    assert set(load) == {"1", "2"} and all(len(c) == 8 and sum(c) == 2 * 3 * (8 + 3) for c in load.values())
+    server = Server(tmp_path, "model=qwen3_moe", f"model.path={checkpoint}", "max_model_len=64")
+    try:
+        answer = httpx.post(f"{server.url}/v1/completions", timeout=60,
+                            json={"prompt": [1, 2, 3, 4, 5], "max_tokens": 4, "ignore_eos": True})
+        assert answer.status_code == 200, answer.text
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        server.stop()
+    per_layer = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "nvllm:moe_expert_tokens_total":
+                per_layer[s.labels["layer"]] = per_layer.get(s.labels["layer"], 0) + s.value
+    assert per_layer == {"1": 2 * (5 + 3), "2": 2 * (5 + 3)}
