@@ -647,7 +647,9 @@ def plot_frontier(out_dir: Path, title: str, axes: list[str], rows: pd.DataFrame
         name = ", ".join(f"{a}={v}" for a, v in zip(others, label)) or "runs"
         panel.scatter(group["perplexity"], group["output_throughput_median"], color=f"C{i}", zorder=3)
         front = group[group["frontier"]].sort_values("perplexity")
-        panel.plot(front["perplexity"], front["output_throughput_median"], color=f"C{i}", label=_sim(name, group.iloc[0]))
+        # the frontier: a line through its points, each ringed (a frontier of one point is a ring)
+        panel.plot(front["perplexity"], front["output_throughput_median"], color=f"C{i}", marker="o", markersize=11,
+                   markerfacecolor="none", label=_sim(name, group.iloc[0]))
         for _, r in group.iterrows():
             panel.annotate(r[QUALITY_AXIS], (r["perplexity"], r["output_throughput_median"]), fontsize="small",
                            xytext=(4, 4), textcoords="offset points")
@@ -656,7 +658,7 @@ def plot_frontier(out_dir: Path, title: str, axes: list[str], rows: pd.DataFrame
     panel.set_yscale("log")
     _plain_log_y(panel)
     panel.grid(alpha=0.3, which="both")
-    fig.suptitle(f"{_marked(title, rows)}: speed against quality (lines: the frontier)")
+    fig.suptitle(f"{_marked(title, rows)}: speed against quality (ringed and joined: the frontier)")
     _legend(fig, panel, len(others) > 0)
     fig.savefig(out_dir / "frontier.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
