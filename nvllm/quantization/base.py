@@ -72,8 +72,9 @@ class QuantizationMethod:
     def check_forward(cls, forward: str) -> None:
         if cls.forwards is not None and forward not in cls.forwards:
             raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)} (the torch "
-                              f"modules, whose linear layers dequantize its weights), not forward={forward}, which "
-                              f"reads weights in dtype; use forward=eager (or auto), or quantization=none")
+                              f"modules, whose linear layers dequantize its weights, and the simulation, which prices "
+                              f"its bytes), not forward={forward}, which reads weights in dtype; use forward=eager "
+                              f"(or auto), or quantization=none")
 
     @classmethod
     def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
