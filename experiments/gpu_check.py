@@ -1,5 +1,6 @@
 """The device check's parts, each in its own process under its own time cap, so one slow part
-cannot eat the others: the GPU tests, greedy parity with transformers (gpu_parity.py), a
+cannot eat the others: the GPU tests, greedy parity with transformers (gpu_parity.py), the Triton
+weight-only matmuls' and fused MoE's tests and parity (gpu_kernels.py), a
 torch.profiler trace of one decode step of nano-vllm's benchmark at full batch (gpu_trace.py), the
 benchmark itself (bench_gpu.py; the two share one checkpoint, written outside --out) and profiles
 for forward=simulated, with the benchmark simulated from one of them (gpu_profile.py). Writes
@@ -18,8 +19,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BUDGETS = dict(tests=60, parity=80, trace=60, bench=180, profile=90)  # seconds per part: under 9 minutes with the install
-SMOKE_BUDGETS = dict(tests=120, parity=240, trace=120, bench=300, profile=240)
+# seconds per part: under 9.5 minutes with the install
+BUDGETS = dict(tests=60, parity=80, kernels=100, trace=60, bench=130, profile=80)
+SMOKE_BUDGETS = dict(tests=120, parity=240, kernels=240, trace=120, bench=300, profile=240)
+# the kernels part runs these test files itself (their many compiles would crowd the tests part's cap)
+KERNEL_TESTS = ("kernels/test_triton_moe.py", "kernels/test_triton_quantized.py")
 
 
 def run_part(name: str, cmd: list[str], budget: float, out: Path) -> dict:
@@ -41,7 +45,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--tests", default=str(HERE.parent / "tests"), help="the test tree to run with -m gpu")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, tiny workloads: checks the check")
-    parser.add_argument("--parts", default="tests,parity,trace,bench,profile")
+    parser.add_argument("--parts", default="tests,parity,kernels,trace,bench,profile")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,8 +55,13 @@ def main():
     scratch = Path(tempfile.mkdtemp(prefix="nvllm-gpu-check-"))  # the benchmark's checkpoint: not for $OUT
     checkpoint = ["--checkpoint", str(scratch / "ckpt")]
     commands = {
-        "tests": [py, "-m", "pytest", args.tests, "-m", "gpu", "-q", "-p", "no:cacheprovider"],
+        "tests": [py, "-m", "pytest", args.tests, "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                  *(f"--ignore={Path(args.tests) / f}" for f in KERNEL_TESTS)],
         "parity": [py, str(HERE / "gpu_parity.py"), "--out", str(out / "parity"), *smoke],
+        # the kernels' tests capped at 35 s, then four parity cells
+        "kernels": [py, str(HERE / "gpu_kernels.py"), "--out", str(out / "kernels"),
+                    "--tests", *(str(Path(args.tests) / f) for f in KERNEL_TESTS),
+                    "--tests-budget-s", "35", *smoke],
         "trace": [py, str(HERE / "gpu_trace.py"), "--out", str(out / "trace"), *checkpoint, *smoke],
         # per configuration: 35 s of generate (room for the defaults to finish on one datacenter GPU; a slower configuration reports a lower bound), 40 s of set-up
         "bench": [py, str(HERE / "bench_gpu.py"), "--out", str(out / "bench"), "--budget-s", "35",
@@ -83,8 +92,8 @@ def _attach(out: Path, parts: list[dict]):
         lines = p["last_lines"]
         if p["part"] != "tests" and "" in lines:
             p["table"] = lines[len(lines) - lines[::-1].index(""):]
-        for path in (out / "parity" / "parity.json", out / "trace" / "summary.json", out / "bench" / "bench_gpu.json",
-                     out / "profile" / "profile.json"):
+        for path in (out / "parity" / "parity.json", out / "kernels" / "parity.json", out / "trace" / "summary.json",
+                     out / "bench" / "bench_gpu.json", out / "profile" / "profile.json"):
             if path.parent.name == p["part"] and path.exists():
                 p["results"] = json.loads(path.read_text())
                 if "table" not in p and isinstance(p["results"], list):  # cut off by its cap: list what finished
@@ -102,10 +111,12 @@ def _summary(part: dict) -> str:
         b = results.get("bench_simulated") if isinstance(results, dict) else None
         return f"{len(results.get('profiles', {}))} profiles" + (f", bench SIMULATED {b['tok_s']:.0f} tok/s" if b else "") \
             if isinstance(results, dict) else ""
-    if part["part"] == "parity":
+    if part["part"] in ("parity", "kernels"):
         cells = [r for r in results if "status" in r]
-        return ", ".join(f"{sum(r['status'] == s for r in cells)} {s}" for s in ("match", "MISMATCH", "refused", "error")
-                         if any(r["status"] == s for r in cells))
+        tests = [f"tests {r['tests']}: {r['summary']}" for r in results if "tests" in r]
+        counts = [f"{sum(r['status'] == s for r in cells)} {s}" for s in ("match", "MISMATCH", "refused", "error")
+                  if any(r["status"] == s for r in cells)]
+        return ", ".join(tests + counts)
     if part["part"] == "trace":
         if "device_busy_ms_per_step" not in results:
             return f"{results['wall_ms_per_step']:.2f} ms/step (no device)" if results else ""

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The device check: one call on a machine with one NVIDIA GPU, from a fresh checkout, under
-# 8 minutes. Installs nothing from the network: make the wheels first, here (where PyPI is
+# 9.5 minutes. Installs nothing from the network: make the wheels first, here (where PyPI is
 # reachable), then run it there carrying them:
 #   bash experiments/gpu_wheels.sh                                            # here: .whl/, ~17 MiB
 #   device tool: run(command="bash experiments/gpu_check.sh", carry=[".whl"], timeout_s=600)
 # It installs the wheels and this checkout into a scratch directory (so nvllm.conf exists under
 # a plain python3), then runs experiments/gpu_check.py from there: the GPU tests, greedy float32
-# parity with transformers, nano-vllm's benchmark; each part under its own cap. A table is
+# parity with transformers, the Triton kernels' tests and parity (quantized matmuls, fused MoE),
+# nano-vllm's benchmark; each part under its own cap. A table is
 # printed last; check.json, logs and each part's JSON go to $OUT.
 #   --smoke: the same on a CPU with a tiny model (the test suite runs it; no .whl needed)
 set -uo pipefail

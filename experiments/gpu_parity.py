@@ -28,7 +28,9 @@ def hf_greedy(path: str, prompts: list[list[int]], max_new_tokens: int, device: 
     outputs = []
     with torch.inference_mode():
         for prompt in prompts:
-            out = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens,
+            ids = torch.tensor([prompt], device=device)
+            # the mask given: inferred, it would hide every prompt token equal to pad_token_id
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  min_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
                                  temperature=None, top_p=None, top_k=None)
             outputs.append(out[0, len(prompt):].tolist())
@@ -45,7 +47,7 @@ def main():
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    from nvllm import LLM, SamplingParams
+    from nvllm import SamplingParams
     from nvllm.tools.checkpoint import make_random_checkpoint
 
     out = Path(args.out)
@@ -70,26 +72,41 @@ def main():
     if args.smoke:  # a CPU compiles slowly: one compiled cell proves the path
         cells = [c for c in cells if not c[2] or c[0] == "cpu"]
     for attention, cudagraph, compile_ in cells:
-        cell = dict(cell=f"{attention} cudagraph={cudagraph} compile={str(compile_).lower()}")
-        start = time.perf_counter()
-        try:
-            with LLM(str(checkpoint), device=device, dtype="float32", attention=attention, cudagraph=cudagraph,
-                     compile=compile_, max_model_len=512, max_num_seqs=16) as llm:
-                got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
-            same = sum(g == w for g, w in zip(got, want))
-            cell.update(status="match" if same == len(want) else "MISMATCH", equal_prompts=same, prompts=len(want),
-                        first_mismatch=next(([g, w] for g, w in zip(got, want) if g != w), None))
-        except Exception as e:  # a refusal (ConfigError/ImportError) is this cell's answer, not a crash
-            cell.update(status="refused" if type(e).__name__ in ("ConfigError", "ImportError") else "error",
-                        reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
-        cell["seconds"] = time.perf_counter() - start
-        results.append(cell)
+        results.append(run_cell(f"{attention} cudagraph={cudagraph} compile={str(compile_).lower()}", str(checkpoint),
+                                prompts, want, greedy, device=device, attention=attention, cudagraph=cudagraph,
+                                compile=compile_))
         (out / "parity.json").write_text(json.dumps(results, indent=2))
-        print(f"parity: {cell['cell']}: {cell['status']} ({cell['seconds']:.0f} s)", flush=True)
+    print_table(results)
+
+
+def run_cell(name: str, checkpoint: str, prompts, want: list[list[int]], greedy, **overrides) -> dict:
+    """One engine configuration's greedy tokens (float32) against `want`: match, MISMATCH, or the
+    refusal (ConfigError/ImportError: this cell's answer, not a crash) or error it raised."""
+    from nvllm import LLM
+
+    cell = dict(cell=name)
+    start = time.perf_counter()
+    try:
+        with LLM(checkpoint, **{"dtype": "float32", "max_model_len": 512, "max_num_seqs": 16, **overrides}) as llm:
+            got = [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
+        same = sum(g == w for g, w in zip(got, want))
+        cell.update(status="match" if same == len(want) else "MISMATCH", equal_prompts=same, prompts=len(want),
+                    first_mismatch=next(([g, w] for g, w in zip(got, want) if g != w), None))
+    except Exception as e:
+        cell.update(status="refused" if type(e).__name__ in ("ConfigError", "ImportError") else "error",
+                    reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
+    cell["seconds"] = time.perf_counter() - start
+    print(f"parity: {cell['cell']}: {cell['status']} ({cell['seconds']:.0f} s)", flush=True)
+    return cell
+
+
+def print_table(results: list[dict]):
+    """The cells (those with a status) as a table, after a blank line (gpu_check.py shows it)."""
     print(f"\n{'cell':<40} result")
-    for r in results[1:]:
-        detail = f"{r['equal_prompts']}/{r['prompts']} prompts" if "equal_prompts" in r else r["reason"][:80]
-        print(f"{r['cell']:<40} {r['status']}: {detail}")
+    for r in results:
+        if "status" in r:
+            detail = f"{r['equal_prompts']}/{r['prompts']} prompts" if "equal_prompts" in r else r["reason"][:80]
+            print(f"{r['cell']:<40} {r['status']}: {detail}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ class Sequence:
         self.block_size = block_size
         self.status = SequenceStatus.WAITING
         self.token_ids = copy(token_ids)
-        self.last_token = token_ids[-1]
         # len(token_ids), plus one while a launched step's token is coming (overlap scheduling)
         self.num_tokens = len(token_ids)
         self.num_prompt_tokens = len(token_ids)
@@ -44,6 +43,10 @@ class Sequence:
         # with SamplingParams.logprobs: per generated token {token id: (logprob, rank)}, and their sum
         self.logprobs: list[dict[int, tuple[float, int]]] | None = None if sampling_params.logprobs is None else []
         self.cumulative_logprob: float | None = None if sampling_params.logprobs is None else 0.0
+
+    @property
+    def last_token(self) -> int:
+        return self.token_ids[-1]
 
     @property
     def first_token_time(self) -> float:
@@ -78,5 +81,4 @@ class Sequence:
     def append_token(self, token_id: int):
         """Add a generated token (what the scheduler's update does; tests and suites drive sequences by hand)."""
         self.token_ids.append(token_id)
-        self.last_token = token_id
         self.num_tokens += 1

@@ -97,6 +97,13 @@ class TestFusedCPU(ForwardSuite):
     configs = [{}, {"max_prefill_context": 0}]
 
 
+class TestFusedCPUMoE(ForwardSuite):
+    """The C step on a mixture of experts (a dense layer, then experts): routing and the chosen experts in C."""
+    name = "fused_cpu"
+    model = "qwen3_moe"
+    overrides = {"attention": "cpu"}
+
+
 class TestCUDAGraph(ForwardSuite):
     name = "cudagraph"
     device = "cuda"

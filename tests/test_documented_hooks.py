@@ -110,7 +110,8 @@ def test_every_documented_hook_is_called(registered, tiny_text_path, async_sched
     with LLM(tiny_text_path, scheduler="recording_fcfs", sampler="recording_default",
              forward={"name": "recording_eager", "onednn": False}, async_scheduling=async_scheduling,
              kv_cache={"block_size": 4, "num_blocks": 14}, max_model_len=64) as llm:
-        outputs = llm.generate(prompts, params, use_tqdm=False)
+        # the last prompt arrives later: while it is due, each step asks is_finished whether to sleep until it
+        outputs = llm.generate(prompts, params, use_tqdm=False, arrival_times=[0, 0, 0, 0, 0.2])
         assert llm.engine.scheduler.num_preemptions > 0, "the small cache forced no preemption"
     assert all(o.error is None for o in outputs)
     want = {f"recording_fcfs.{n}" for n in SCHEDULER_HOOKS} | {f"recording_default.{n}" for n in SAMPLER_HOOKS} \

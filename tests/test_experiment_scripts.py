@@ -50,12 +50,17 @@ def test_gpu_check_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check = json.loads((tmp_path / "check.json").read_text())
     parts = {p["part"]: p for p in check["parts"]}
-    assert list(parts) == ["tests", "parity", "trace", "bench", "profile"], parts
+    assert list(parts) == ["tests", "parity", "kernels", "trace", "bench", "profile"], parts
     assert all(p["status"] == "ok" for p in parts.values()), parts
     cells = {r["cell"]: r for r in parts["parity"]["results"][1:]}
     assert cells["sdpa cudagraph=false compile=false"]["status"] == "match"
     assert cells["cpu cudagraph=false compile=true"]["status"] == "match"
     assert cells["sdpa cudagraph=true compile=false"]["status"] == "refused"  # no CUDA here
+    kernels = {r.get("cell", "tests"): r for r in parts["kernels"]["results"]}
+    assert kernels["tests"]["tests"] == "ok"  # on a CPU every one of them is a cuda case: skipped
+    assert [kernels[c]["status"] for c in ("quantization=int8 forward=eager", "quantization=int4 forward=eager",
+                                           "qwen3_moe forward=eager", "qwen3_moe forward=cudagraph")] == \
+        ["match", "match", "match", "refused"]
     trace = parts["trace"]["results"]
     assert trace["steps"] == 5 and trace["batch"] > 0 and trace["top"] and trace["wall_ms_per_step"] > 0
     assert (tmp_path / "trace" / "trace.json.gz").stat().st_size > 0 and "-- trace --" in proc.stdout

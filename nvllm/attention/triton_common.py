@@ -1,28 +1,19 @@
 """What both Triton-using backends (triton, flash_attn) share: importing Triton in the mode this
-process can serve, and the kernel that writes K/V into the paged cache.
-
-Triton picks interpreter or compiler once per process, at import: nvllm sets TRITON_INTERPRET=1
-itself where it can (no GPU, or a CPU backend built before triton is imported) and refuses a
-device the process's mode cannot serve."""
+process can serve (nvllm/kernels/triton_mode.py, shared with the kernels there), and the kernel
+that writes K/V into the paged cache."""
 # the kernels' `tl.constexpr` annotations must stay strings: `tl` is bound only on first use
 from __future__ import annotations
 
 import functools
-import os
-import sys
 from types import SimpleNamespace
 
 import torch
 
-from nvllm.errors import ConfigError
+from nvllm.kernels.triton_mode import jit, triton_for
+
+__all__ = ["jit", "kernels_for", "store_kvcache"]
 
 tl = None  # triton.language, bound by kernels_for()
-
-# Triton picks interpreter or compiler when it is first imported, and torch._dynamo imports it
-# (transformers reaches dynamo when saving or loading models). Where no GPU can run compiled
-# kernels the interpreter is the only mode that works: pick it at registration, importing nothing.
-if "triton" not in sys.modules and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _store_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
@@ -47,44 +38,9 @@ def _store_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
 def kernels_for(device: torch.device) -> SimpleNamespace:
     """Import triton and return the kernels for tensors on `device`, or say why they cannot run."""
     global tl
-    if device.type == "cpu" and "triton" not in sys.modules:
-        os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import triton
-        import triton.language
-    except ImportError as e:
-        raise ImportError("attention=triton needs the `triton` package, which is not installed: "
-                          "pip install triton (or nvllm[triton]), or use attention=sdpa") from e
+    triton = triton_for(device, "attention=triton", "attention=sdpa")
     tl = triton.language
-    # triton.language's own helpers were jitted at import: they tell which mode this process has
-    interpreted = type(triton.language.standard.zeros).__name__ == "InterpretedFunction"
-    if device.type == "cpu" and not interpreted:
-        raise ConfigError("attention=triton on the CPU runs in Triton's interpreter, which must be chosen before "
-                          "triton is imported, and triton was already imported without it in this process: set "
-                          "TRITON_INTERPRET=1 in the environment (or load nvllm's plugins before anything imports "
-                          "triton), or use attention=sdpa")
-    if device.type != "cpu" and interpreted:
-        raise ConfigError(f"attention=triton on {device}: TRITON_INTERPRET=1 was set when triton was imported, so "
-                          "the kernels would run in the (CPU) interpreter; unset it to compile them for the GPU")
-    return SimpleNamespace(store=jit(_store_kernel, interpreted), interpreted=interpreted,
-                           language=triton.language, next_power_of_2=triton.next_power_of_2)
-
-
-@functools.cache
-def jit(fn, interpreted: bool):
-    """`triton.jit(fn)` in the process's mode; `fn`'s module must have bound `tl` first."""
-    import triton
-
-    # jit reads the variable now: match triton.language's helpers, whatever the env says today
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if interpreted else "0"
-    try:
-        return triton.jit(fn)
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
+    return SimpleNamespace(store=jit(_store_kernel, triton.interpreted), **vars(triton))
 
 
 def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

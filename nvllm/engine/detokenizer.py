@@ -5,6 +5,7 @@ a window that starts one step back (vLLM's prefix/read offsets), so a token whos
 its neighbour (a leading space, one byte of a multi-byte character) is read with it, and text that
 ends in an incomplete UTF-8 sequence ("\\ufffd") is held until the bytes that complete it arrive.
 While streaming, the end of the text that could be the start of a stop string is held back too."""
+import functools
 
 
 class Detokenizer:
@@ -19,16 +20,15 @@ class Detokenizer:
         self.text = ""
         self.sent = 0  # characters of `text` already returned
         self.stop_string: str | None = None  # the stop string that ended the text (vLLM's stop_reason)
-
-    def _decode(self, ids: list[int]) -> str:  # (no tokenizer, skip_tokenizer_init: no text)
-        return self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
+        # ids -> text (no tokenizer, skip_tokenizer_init: no text)
+        self._decode = (functools.partial(tokenizer.decode, skip_special_tokens=True) if tokenizer is not None
+                        else lambda ids: "")
 
     def update(self, new_ids: list[int], finished: bool) -> tuple[str, bool]:
         """Add `new_ids` (leave out a stop token: its text is not output). Returns the text to
-        emit now and whether a stop string ended the text (the caller then finishes the request)."""
+        emit now and whether a stop string ended the text (the caller then finishes the request).
+        A detokenizer that is not incremental is given every id at once, when the text is finished."""
         self.ids += new_ids
-        if not self.incremental and not finished:
-            return "", False
         before = len(self.text)
         context, window = self._decode(self.ids[self.prefix:self.read]), self._decode(self.ids[self.prefix:])
         if finished or (len(window) > len(context) and not window.endswith("\ufffd")):

@@ -113,9 +113,9 @@ class LLMEngine:
             self._fail(e)
 
     def _sync_step(self) -> list[RequestDelta]:
-        if self.scheduler.is_finished():
-            return []
         plan = self._plan()
+        if plan is None:
+            return []
         try:
             result = self.executor.execute(plan)
         except Exception as e:
@@ -126,9 +126,8 @@ class LLMEngine:
         """Launch the next plan, then apply the held one's result (its EOS and stop tokens end
         sequences before the new plan samples), then sample the new plan and hold it."""
         held, self._in_flight = self._in_flight, None
-        plan = flight = fault = None
-        if not self.scheduler.is_finished():
-            plan = self._plan()
+        plan, flight, fault = self._plan(), None, None
+        if plan is not None:
             try:
                 flight = self.executor.launch(plan, held)
             except Exception as e:
@@ -146,10 +145,13 @@ class LLMEngine:
             self._in_flight = flight
         return deltas
 
-    def _plan(self) -> StepPlan:
-        """The scheduler's plan (with the drafter's drafts when it reserved slots), stamped with its launch time."""
+    def _plan(self) -> StepPlan | None:
+        """The scheduler's plan (with the drafter's drafts when it reserved slots), stamped with its
+        launch time; None when no request is waiting or running."""
         plan = self.scheduler.schedule(self.drafter.lookahead(len(self.scheduler.running)) if self.stats.spec_decode else 0)
         if not plan.seqs:
+            if self.scheduler.is_finished():
+                return None
             raise RuntimeError("the scheduler picked nothing while requests are pending")
         if plan.lookahead:
             self.drafter.draft(plan)  # (a drafter raising is a step that raises: see _isolate)
@@ -169,12 +171,9 @@ class LLMEngine:
         if self._held:  # siblings (n > 1) wait for the first completion: the prompt's full blocks are cached now
             for sibling in (s for seq in update.seqs for s in self._held.pop(seq.seq_id, ())):
                 self.scheduler.add(sibling)
-        deltas, requests = [], self._requests
-        for seq in update.seqs:
-            live = requests[seq.request_id][seq.index]
-            if live.detokenizer.incremental or seq.is_finished:  # stream=False: the last only
-                deltas.append(self._delta(live, now))
-        return deltas
+        lives = [self._requests[seq.request_id][seq.index] for seq in update.seqs]
+        # stream=False (the detokenizer is not incremental): the last delta only
+        return [self._delta(live, now) for live in lives if live.detokenizer.incremental or live.seq.is_finished]
 
     def _delta(self, request: LiveRequest, now: float) -> RequestDelta:
         """The completion's delta; a finished completion (a stop string may finish it here) leaves

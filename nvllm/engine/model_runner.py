@@ -210,9 +210,7 @@ class ModelRunner(Executor):
         """`data` on the device, through numpy (a few times faster than torch.tensor from a list);
         to CUDA from pinned memory, so the copy never waits for the device."""
         host = torch.from_numpy(np.array(data, dtype=NUMPY[dtype]))
-        if self.device.type == "cpu":
-            return host
-        return host.pin_memory().to(self.device, non_blocking=True)
+        return host if self.device.type == "cpu" else host.pin_memory().to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata):
@@ -222,17 +220,21 @@ class ModelRunner(Executor):
 
     def execute(self, plan: StepPlan) -> StepResult:
         inputs, num_logits = step_inputs(plan)
-        logits = self._forward_step(inputs, *self.prepare(inputs, num_logits))
-        if plan.drafts is not None and any(plan.drafts):
-            return verify(self.sampler, logits.float(), plan)
-        seqs, rows = plan.seqs, None
-        if not plan.is_decode and not all(plan.samples):  # prefill chunks that leave part of the prompt draw nothing
-            rows = [i for i, samples in enumerate(plan.samples) if samples]
-            logits, seqs = logits[self.tensor(rows, torch.int64)], [seqs[i] for i in rows]
-        tokens = self.sampler(logits.float(), seqs) if seqs else []
+        logits = self._forward_step(inputs, *self.prepare(inputs, num_logits)).float()
+        if num_logits is not None:  # a verify step: each sequence's last token and its drafts are scored
+            return verify(self.sampler, logits, plan)
+        if plan.is_decode or all(plan.samples):
+            return self._sample(logits, plan.seqs)
+        # prefill chunks that leave part of the prompt draw nothing
+        rows = [i for i, samples in enumerate(plan.samples) if samples]
+        drawn = self._sample(logits[self.tensor(rows, torch.int64)], [plan.seqs[i] for i in rows]) if rows else StepResult([])
+        return StepResult(*_scatter(len(plan.seqs), rows, drawn.tokens, drawn.logprobs))
+
+    def _sample(self, logits: torch.Tensor, seqs: list) -> StepResult:
+        """A token for each row of `logits` (seqs[b]'s), and the logprobs of those that ask."""
+        tokens = self.sampler(logits, seqs)
         tokens = tokens if tokens.__class__ is list else tokens.tolist()  # (a tensor, or a list: see Sampler)
-        logprobs = None if all(seq.logprobs is None for seq in seqs) else logprobs_of(logits, seqs, tokens)
-        return StepResult(tokens, logprobs) if rows is None else StepResult(*_scatter(len(plan.seqs), rows, tokens, logprobs))
+        return StepResult(tokens, None if all(seq.logprobs is None for seq in seqs) else logprobs_of(logits, seqs, tokens))
 
     @torch.inference_mode()
     def _forward_step(self, inputs: list[StepInput], input_ids, positions, meta):

@@ -120,9 +120,7 @@ class LiveRequest:
         finished = seq.status is SequenceStatus.FINISHED
         # the text of every token not yet decoded (all of them for a non-streamed request, whose one
         # delta comes when it finishes); a stop token's text is left out
-        text_ids = new_ids if detokenizer.incremental else seq.token_ids[seq.num_prompt_tokens:]
-        if seq.finish_reason == "stop" and text_ids:
-            text_ids = text_ids[:-1]
+        text_ids = new_ids[:-1] if seq.finish_reason == "stop" and new_ids else new_ids
         if detokenizer.stop and len(text_ids) > 1:  # (stop strings make it incremental: text_ids are new_ids)
             text, stopped = "", False
             for i, token_id in enumerate(text_ids):
@@ -138,7 +136,7 @@ class LiveRequest:
             finished = True
         self.num_sent += len(new_ids)
         logprobs = seq.logprobs and [self._logprobs(entry) for entry in seq.logprobs[start:start + len(new_ids)]]
-        return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason if finished else None,
+        return RequestDelta(seq.request_id, new_ids, text, finished, seq.finish_reason,
                             seq.num_prompt_tokens, seq.num_tokens - seq.num_prompt_tokens, index=seq.index, logprobs=logprobs,
                             cumulative_logprob=seq.cumulative_logprob,
                             stop_reason=stop_reason(seq, detokenizer.stop_string) if finished else None)

@@ -3,7 +3,8 @@
 of every kernel of every layer. A decode batch runs in the smallest bucket that holds it, padded
 with dummy sequences (cache slot -1, context 1) and block tables padded to max_model_len's width;
 prefills and larger batches run eagerly. All graphs share one memory pool and one set of static
-input tensors, filled in before each replay."""
+input tensors, filled in before each replay. A mixture of experts is captured through its Triton
+fused MoE (nvllm/kernels/triton_moe.py), so it needs Triton compiling for CUDA."""
 import bisect
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from nvllm.errors import ConfigError
 from nvllm.forward.base import ForwardTarget, logits_rows
 from nvllm.forward.eager import EagerForward
 from nvllm.hookspecs import hookimpl
+from nvllm.kernels.triton_mode import why_no_compiled_kernels
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
@@ -43,10 +45,13 @@ class CUDAGraphForward(EagerForward):
         if target.device.type != "cuda":
             raise ConfigError(f"decode CUDA graphs need a CUDA device and this run is on {target.device.type}; "
                               f"use cudagraph=false or auto")
-        if target.model.moe_keys is not None:  # nvllm.models.layers.moe.FusedMoE reads each expert's group size
-            raise ConfigError(f"model={target.model.name} is a mixture of experts, whose layer groups a step's "
-                              f"tokens by expert on the host, and a CUDA graph cannot capture that; use "
-                              f"cudagraph=false (forward=auto then runs eager)")
+        # nvllm.models.layers.moe.FusedMoE: a graph captures its Triton kernels; its torch code reads
+        # each expert's group size on the host, which a graph cannot capture
+        why = why_no_compiled_kernels() if target.model.moe_keys is not None else None
+        if why:
+            raise ConfigError(f"model={target.model.name} is a mixture of experts, whose layer a CUDA graph "
+                              f"captures only as its Triton kernels, and {why}; fix that, or use cudagraph=false "
+                              f"(forward=auto then runs eager)")
 
     def __init__(self, config, runner):
         super().__init__(config, runner)

@@ -7,7 +7,9 @@ rows read each other's K/V through the cache) unless its context is longer than
 `forward.max_prefill_context`, where the torch modules (forward=eager, SDPA) are faster. It reads
 the model's norms, biases and KV cache in place and its matmul weights from packed copies made
 once, and returns the logits of the sampled rows only. Its attention is attention=cpu's kernel
-(nvllm/kernels/paged_attention.h), so it runs with attention=cpu (whose KV cache is float32).
+(nvllm/kernels/paged_attention.h), so it runs with attention=cpu (whose KV cache is float32). A
+mixture of experts' layer (a FusedMoE: qwen3_moe, the Mixtral plugin) runs nvllm/kernels/moe_step.h:
+each row routed in C, and only the experts the step's rows chose run, each over its rows.
 
 dtype=bfloat16 or float16 keeps the packed matmul weights (the LM head's too) and the embedding
 table in 16 bits, half the bytes a step streams, and widens them to float32 in registers: the step
@@ -25,15 +27,21 @@ from nvllm.forward.eager import EagerForward
 from nvllm.hookspecs import hookimpl
 from nvllm.kernels import load_library
 from nvllm.models.base import fused_layout
-from nvllm.models.llama import LlamaForCausalLM
+from nvllm.models.layers.moe import FusedMoE
 
 _ptr, _i64, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+
+
+class _MoeLayer(ctypes.Structure):
+    _fields_ = [(name, _i64) for name in ("num_experts", "top_k", "intermediate", "renormalize")] + [
+        ("gate", _ptr), ("w13", _ptr), ("w2", _ptr), ("w13_stride", _i64), ("w2_stride", _i64), ("counters", _ptr)]
 
 
 class _Layer(ctypes.Structure):
     _fields_ = [(name, _ptr) for name in (
         "input_norm", "qkv", "qkv_bias", "q_norm", "k_norm", "o", "o_bias",
-        "post_norm", "gate_up", "gate_up_bias", "down", "down_bias", "k_cache", "v_cache")]
+        "post_norm", "gate_up", "gate_up_bias", "down", "down_bias", "k_cache", "v_cache")] + [
+        ("moe", ctypes.POINTER(_MoeLayer))]
 
 
 class _Model(ctypes.Structure):
@@ -75,6 +83,18 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(-1, PANEL, k).transpose(1, 2).contiguous()
 
 
+def decoder_mlp(layer: torch.nn.Module) -> torch.nn.Module:
+    """A decoder layer's MLP: its FusedMoE, whatever the attribute's name (Qwen3-MoE's `mlp`, Mixtral's
+    `block_sparse_moe`), else its dense `mlp`."""
+    moe = next((m for m in layer.children() if isinstance(m, FusedMoE)), None)
+    return layer.mlp if moe is None else moe
+
+
+def moe_work_per_row(moe: _MoeLayer, hidden: int) -> int:
+    """The floats of moe_step.h's scratch a step needs per row (its 2 x [E + 1] of expert lists counted in each)."""
+    return 3 * moe.num_experts + 2 + 3 * moe.top_k + moe.top_k * (hidden + 3 * moe.intermediate)
+
+
 def _p(t: torch.Tensor | None, dtype: torch.dtype = torch.float32) -> int | None:
     if t is None:
         return None
@@ -105,7 +125,7 @@ class FusedCPUForward(EagerForward):
     @classmethod
     def check(cls, target: ForwardTarget) -> None:
         dtype = str(target.dtype).removeprefix("torch.")
-        if fused_layout(target.model) != "llama" or not issubclass(target.model, LlamaForCausalLM):
+        if fused_layout(target.model) != "llama":
             why = (f"model={target.model.name} ({target.model.__qualname__}) does not declare the computation "
                    f"cpu_step.c implements (fused_step_layout = \"llama\" in its own class body: a subclass "
                    f"inherits none, since the C step would ignore what it overrides)")
@@ -129,6 +149,7 @@ class FusedCPUForward(EagerForward):
         self.weights = runner.dtype  # the packed weights' and the embedding's dtype; all else float32
         # the C model (under None), and copies cut after their first layers (under their number)
         self.early_exits: dict[int | None, _Model] = {}
+        self.moe_layers: list[_MoeLayer] = []  # the C step's view of each mixture of experts (moe_step.h)
 
     def bind_kv_cache(self):
         """Pack the matmul weights and point the C model at the weights and this cache."""
@@ -147,28 +168,55 @@ class FusedCPUForward(EagerForward):
             self.packed.append(t.detach().float().contiguous())
             return _p(self.packed[-1])
 
-        layers = []
-        for layer in decoder.layers:
-            a, mlp = layer.self_attn, layer.mlp
+        def experts(moe: FusedMoE) -> _MoeLayer:  # the router, and every expert packed, expert after expert
+            gate_up = [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]  # gate and up each in panels
+            w13, w2 = torch.stack(gate_up), torch.stack([pack(w) for w in moe.w2])
+            self.packed += [w13, w2]
+            self.moe_layers.append(_MoeLayer(
+                moe.num_experts, moe.top_k, moe.intermediate_size, moe.renormalize, packed(moe.gate.weight),
+                _p(w13, self.weights), _p(w2, self.weights), w13[0].nbytes, w2[0].nbytes, None))
+            return self.moe_layers[-1]
+
+        mlps = [decoder_mlp(layer) for layer in decoder.layers]
+        dense = [mlp for mlp in mlps if not isinstance(mlp, FusedMoE)]
+        layers, self.moe_layers = [], []
+        for layer, mlp in zip(decoder.layers, mlps):
+            a = layer.self_attn
+            if isinstance(mlp, FusedMoE):
+                mlp_weights, moe = (None,) * 4, ctypes.pointer(experts(mlp))
+            else:
+                mlp_weights = (packed(mlp.gate_up_proj.weight), f32(mlp.gate_up_proj.bias), packed(mlp.down_proj.weight),
+                               f32(mlp.down_proj.bias))
+                moe = None
             layers.append(_Layer(
                 f32(layer.input_layernorm.weight), packed(a.qkv_proj.weight), f32(a.qkv_proj.bias),
                 f32(a.q_norm.weight) if a.qk_norm else None, f32(a.k_norm.weight) if a.qk_norm else None,
                 packed(a.o_proj.weight), f32(a.o_proj.bias), f32(layer.post_attention_layernorm.weight),
-                packed(mlp.gate_up_proj.weight), f32(mlp.gate_up_proj.bias), packed(mlp.down_proj.weight),
-                f32(mlp.down_proj.bias), _p(a.attn.k_cache), _p(a.attn.v_cache)))
+                *mlp_weights, _p(a.attn.k_cache), _p(a.attn.v_cache), moe))
         self.layers = (_Layer * len(layers))(*layers)
         eps = {layer.input_layernorm.eps for layer in decoder.layers}
         assert len(eps) == 1
         self.vocab = decoder.embed_tokens.vocab_size
         self.c_model = _Model(
             decoder.embed_tokens.weight.shape[1], attn0.num_heads, attn0.num_kv_heads, attn0.head_dim,
-            first.mlp.down_proj.weight.shape[1], self.vocab, len(decoder.layers), self.runner.block_size,
+            max((mlp.down_proj.weight.shape[1] for mlp in dense), default=0), self.vocab, len(decoder.layers),
+            self.runner.block_size,
             WEIGHTS[self.weights], eps.pop(), attn0.attn.scale, _p(decoder.embed_tokens.weight, self.weights),
             f32(decoder.norm.weight), packed(model.lm_head.weight[:self.vocab]), f32(attn0.rotary_emb.cos_sin_cache),
             self.layers)
         self.early_exits[None] = m = self.c_model
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
-        self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate
+        self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate + max(
+            (moe_work_per_row(e, m.hidden) for e in self.moe_layers), default=0)
+
+    def count_experts(self) -> list[torch.Tensor]:
+        """Turn on the C step's expert counters (moe_step.h `counters`, a measurement): one int64 tensor per
+        mixture-of-experts layer, [num_experts + 1], that the steps from now on add to: the rows routed
+        to each expert, then the bytes of expert weights the step's matmuls read."""
+        self.counters = [torch.zeros(e.num_experts + 1, dtype=torch.int64) for e in self.moe_layers]
+        for e, counters in zip(self.moe_layers, self.counters):
+            e.counters = counters.data_ptr()
+        return self.counters
 
     def runs(self, meta) -> bool:
         """Whether the C step takes this step (else the torch modules do): every sequence either
@@ -191,8 +239,7 @@ class FusedCPUForward(EagerForward):
         if not (meta.is_decode or self.runs(meta)):
             return super().__call__(input_ids, positions, meta)
         c_model = self.early_exits.get(meta.num_layers) or self._early_exit(meta.num_layers)
-        n = input_ids.shape[0]
-        last = logits_rows(meta)
+        n, last = len(input_ids), logits_rows(meta)
         # a row per token: its sequence's block table, and the tokens up to it as context
         tables, context_lens = ((meta.block_tables, meta.context_lens) if meta.is_decode else
                                 (meta.block_tables.repeat_interleave(torch.tensor(meta.query_lens), dim=0),
@@ -201,9 +248,8 @@ class FusedCPUForward(EagerForward):
         work = torch.empty(min(n, CHUNK) * self.work_per_seq, dtype=torch.float32)
         for start in range(0, n, CHUNK):
             end = min(start + CHUNK, n)
-            sampled = ((last >= start) & (last < end)).nonzero().flatten()
-            rows = last[sampled] - start
-            out = logits[sampled[0]:sampled[-1] + 1] if len(sampled) else logits[:0]
+            lo, hi = torch.searchsorted(last, torch.tensor([start, end])).tolist()  # (`last` ascends)
+            rows, out = last[lo:hi] - start, logits[lo:hi]  # the scored rows among this call's, their logits
             ptrs = [t[start:].data_ptr() for t in (input_ids, positions, meta.slot_mapping, tables, context_lens)]
             status = self.fn(ctypes.byref(c_model), *ptrs[:4], tables.shape[1], ptrs[4], end - start, rows.data_ptr(),
                              len(rows), work.data_ptr(), out.data_ptr(), torch.get_num_threads())
@@ -214,6 +260,7 @@ class FusedCPUForward(EagerForward):
     def close(self):
         self.packed.clear()
         self.layers = self.c_model = None  # pointers into the weights and the cache
+        self.moe_layers = []
         self.early_exits.clear()
 
 

@@ -1,11 +1,17 @@
-"""The C kernels nvllm runs on a CPU, in one place because more than one family uses them:
+"""The kernels nvllm brings, in one place because more than one family uses them. C, for a CPU:
 
 - paged_attention.h  decode attention straight from the paged cache (shared code)
 - cpu_decode.c       attention=cpu's decode kernel (nvllm/attention/cpu.py)
 - cpu_step.c         a Llama-family step's whole forward pass, forward=fused_cpu (nvllm/forward/fused_cpu.py)
+- moe_step.h         its mixture-of-experts MLP: routing per row, each chosen expert over its rows (cpu_step.c's)
 - widen.h            16-bit floats (bfloat16, float16) to float32, exactly (shared code)
 - quantized.c        matmuls over int8 / int4 weights in blocks of 32 (quantized.py: their torch wrappers)
 - threads.py         how their OpenMP threads (torch's too: one runtime) wait, set before torch loads
+
+Triton, for CUDA (tested on a CPU in Triton's interpreter):
+
+- triton_quantized.py  weight-only int8 / int4 matmuls over the same packed layout (the linear layers)
+- triton_moe.py        the fused mixture-of-experts step: tokens sorted by expert, grouped matmuls
 
 Each .c is compiled on first use with the system's C compiler and OpenMP into a per-user cache,
 keyed on its source (and its quoted includes), the compiler, the flags and the CPU, and loaded

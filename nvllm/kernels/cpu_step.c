@@ -10,7 +10,8 @@
  * panel is read once per call for all of its rows, and one OpenMP parallel region covers the whole call.
  *
  * Compiled on first use by nvllm/kernels/__init__.py and called through ctypes by forward=fused_cpu
- * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h). The cache is
+ * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h); a mixture of
+ * experts' layer runs moe_step.h's MLP in place of the dense one. The cache is
  * the torch modules' [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed
  * copies (see `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out.
  *
@@ -43,6 +44,7 @@ typedef struct {
     const void *down;
     const float *down_bias;
     float *k_cache, *v_cache;
+    const struct MoeLayer *moe; /* NULL: the dense MLP above; else a mixture of experts in its place (moe_step.h) */
 } Layer;
 
 /* the weights' format: Model.weights */
@@ -263,6 +265,8 @@ static void add_norm(float *h, float *residual, const float *w, const Model *m, 
     }
 }
 
+#include "moe_step.h"
+
 /* One step over B rows: each row is one token with its own position, cache slot, block table and
  * context length (its position + 1), so a decode step has a row per sequence and a prefill a row
  * per prompt token, all of whose K/V are stored before any row attends. Rows may come in several
@@ -316,6 +320,10 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                                 m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
                 linear(m, attn, B, NQ, L->o, L->o_bias, H, h);
                 add_norm(h, residual, L->post_norm, m, B, 0, x);
+                if (L->moe) { /* its scratch follows the dense step's in `work` */
+                    moe_mlp(m, L->moe, x, B, q + B * NQ, h);
+                    continue;
+                }
                 linear(m, x, B, H, L->gate_up, L->gate_up_bias, 2 * I, gate_up);
 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; ++b) {

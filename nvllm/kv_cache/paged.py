@@ -147,18 +147,19 @@ class PagedBlockManager(KVCacheAllocator):
             self.push_free(block.block_id)
 
     def on_computed(self, seq: Sequence):
-        # (overlap scheduling: a step may have computed a token whose value has not arrived yet)
-        num_full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.block_size
         hashed = self.num_hashed_blocks.get(seq.seq_id, 0)
-        if num_full <= hashed or not self.prefix_caching:
-            return
+        if seq.num_computed_tokens // self.block_size <= hashed or not self.prefix_caching:
+            return  # no block filled since the last call (most calls: one token each)
+        # the full blocks of tokens both computed and known (overlap scheduling: a step may have
+        # computed a token whose value has not arrived yet)
+        num_full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.block_size
         for i in range(hashed, num_full):
             prefix = self.blocks[seq.block_table[i - 1]].hash if i > 0 else -1
             block = self.blocks[seq.block_table[i]]
             block.token_ids = seq.block(i)
             block.hash = compute_hash(block.token_ids, prefix)
             self.hash_to_block_id[block.hash] = block.block_id
-        self.num_hashed_blocks[seq.seq_id] = num_full
+        self.num_hashed_blocks[seq.seq_id] = max(hashed, num_full)
 
 
 @hookimpl

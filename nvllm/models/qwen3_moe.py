@@ -20,7 +20,7 @@ class Qwen3MoeForCausalLM(LlamaForCausalLM):
     name = "qwen3_moe"
     hf_model_types = ("qwen3_moe",)
     hf_config_class = "Qwen3MoeConfig"
-    # no fused_step_layout: forward=fused_cpu's C step has no experts (forward=auto runs eager)
+    fused_step_layout = "llama"  # forward=fused_cpu's C step: Qwen3's layers, its experts or dense MLP in each
     expert_weights_mapping = {"gate_proj": ("w13", 0), "up_proj": ("w13", 1), "down_proj": ("w2", 0)}
     moe_keys = ("num_experts", "moe_intermediate_size")
     random_presets = {

@@ -31,8 +31,9 @@ def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
 class QuantizationMethod:
     name: ClassVar[str]
     # the forward strategies that run this format: those that run the model's torch modules, whose
-    # linear layers dequantize (forward=fused_cpu's C step reads float32 weights), and forward=simulated,
-    # whose cost model prices the format's bytes (bytes_per_weight); None: every strategy
+    # linear layers dequantize (on CUDA, read the packed weights with Triton's weight-only matmuls,
+    # which CUDA graphs capture), and forward=simulated, whose cost model prices the format's bytes
+    # (bytes_per_weight); forward=fused_cpu's C step reads float32 weights. None: every strategy
     forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph", "simulated")
 
     @classmethod
@@ -72,9 +73,10 @@ class QuantizationMethod:
     def check_forward(cls, forward: str) -> None:
         if cls.forwards is not None and forward not in cls.forwards:
             raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)} (the torch "
-                              f"modules, whose linear layers dequantize its weights, and the simulation, which prices "
-                              f"its bytes), not forward={forward}, which reads weights in dtype; use forward=eager "
-                              f"(or auto), or quantization=none")
+                              f"modules, whose linear layers dequantize its weights, or on CUDA multiply by them with "
+                              f"Triton's weight-only kernels, and the simulation, which prices its bytes), not "
+                              f"forward={forward}, which reads weights in dtype; use forward=eager (or auto), or "
+                              f"quantization=none")
 
     @classmethod
     def bytes_per_weight(cls, config, dtype_bytes: int) -> float:

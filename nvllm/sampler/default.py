@@ -7,6 +7,7 @@ then temperature, min_p, top-k and top-p. Sampling is the exponential race (Gumb
 argmax(p / E) with E ~ Exp(1) draws from p without a host sync. A seeded request draws its noise
 from its own generator, so its tokens do not depend on what else is in the batch."""
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from nvllm.sequence import Sequence
 
 
 NO_PENALTIES = (1.0, 0.0, 0.0)
+_PENALTIES = attrgetter("repetition_penalty", "frequency_penalty", "presence_penalty")  # a request's, in that order
 FLOAT32_MAX = torch.finfo(torch.float32).max
 REPETITION_MIN = 1e-30
 
@@ -44,9 +46,8 @@ class DefaultSampler(Sampler):
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         logits = self.process(logits, seqs)
-        greedy = logits.argmax(dim=-1)
         if all(seq.sampling_params.temperature == 0 for seq in seqs):
-            return greedy
+            return logits.argmax(dim=-1)
         params = [seq.sampling_params for seq in seqs]
         # a temperature below float32's smallest normal still means "collapse onto the argmax", one above
         # its largest "flatten": clamp it into float32's range, and scale logits with their maximum at 0,
@@ -62,7 +63,7 @@ class DefaultSampler(Sampler):
                 noise[b].exponential_(1, generator=self._generator(seq))
         sampled = (probs / noise.clamp_min(1e-10)).argmax(dim=-1)
         is_greedy = per_row([sp.temperature == 0 for sp in params], torch.bool, logits.device)
-        return torch.where(is_greedy, greedy, sampled)
+        return torch.where(is_greedy, logits.argmax(dim=-1), sampled)
 
     def process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """The logits after the penalties and min_tokens, for the rows that ask for them."""
@@ -82,8 +83,7 @@ class DefaultSampler(Sampler):
     def penalties(self, seq: Sequence) -> tuple[float, float, float]:
         """(repetition, frequency, presence) penalties for `seq`: its request's. A sampler that sets
         them another way (plugins/nvllm-penalties: one setting for a whole run) overrides this."""
-        sp = seq.sampling_params
-        return sp.repetition_penalty, sp.frequency_penalty, sp.presence_penalty
+        return _PENALTIES(seq.sampling_params)
 
     def penalize(self, logits: torch.Tensor, seqs: list[Sequence], penalties: list[tuple[float, float, float]]) -> torch.Tensor:
         """Repetition penalty over the prompt and output (transformers' RepetitionPenaltyLogitsProcessor:

@@ -58,9 +58,8 @@ class Scheduler(ABC):
 
     def running_order(self) -> list[Sequence]:  # decodes, then prefill chunks under way
         decodes = [s for s in self.running if s.num_tokens - s.num_computed_tokens <= 1]
-        if len(decodes) == len(self.running):
-            return decodes
-        return decodes + [s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
+        return decodes if len(decodes) == len(self.running) else decodes + [
+            s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
 
     def victim(self, seq: Sequence, candidates: list[Sequence]) -> Sequence | None:
         return candidates[-1] if candidates else None  # the newest admitted; None: seq itself
@@ -120,9 +119,9 @@ class Scheduler(ABC):
         return budget
 
     def _continue(self, plan: StepPlan, budget: int) -> int:
-        chunk, seqs, num_tokens = self.chunk, plan.seqs, plan.num_tokens
+        seqs, num_tokens, samples, max_num_seqs = plan.seqs, plan.num_tokens, plan.samples, self.max_num_seqs
         for seq in self.running_order():
-            if not budget or len(seqs) >= self.max_num_seqs:
+            if not budget or len(seqs) >= max_num_seqs:
                 break
             if seq.status is not RUNNING:
                 continue  # preempted earlier in this step
@@ -131,10 +130,10 @@ class Scheduler(ABC):
             if seq.num_tokens - seq.num_computed_tokens == 1:  # a decode runs its token and samples
                 seqs.append(seq)
                 num_tokens.append(1)
-                plan.samples.append(True)
+                samples.append(True)
                 budget -= 1
             else:
-                tokens = chunk(seq, budget)
+                tokens = self.chunk(seq, budget)
                 self._add(plan, seq, tokens)
                 plan.is_decode = False
                 budget -= tokens
@@ -191,34 +190,31 @@ class Scheduler(ABC):
         launch), enter full blocks in the prefix cache, append each sampled token (at time `now`)
         or verified run, and finish what stops: EOS or a stop token ("stop", even for a sequence
         that max_tokens ended at launch), max_tokens ("length"), max_model_len. Returns what changed."""
-        update, committed, on_computed, logprobs = StepUpdate(), plan.committed, self.kv_cache.on_computed, result.logprobs
+        updated, num_new, finished, committed, logprobs = [], [], [], plan.committed, result.logprobs
         if not (committed or plan.is_decode):  # (a decode step's sequences were all scheduled before)
             self._first_scheduled(plan)
-        for i, (seq, token) in enumerate(zip(plan.seqs, result.tokens)):
+        for i, (seq, tokens, token) in enumerate(zip(plan.seqs, plan.num_tokens, result.tokens)):
             if not committed:
-                seq.num_computed_tokens += plan.num_tokens[i]
-                on_computed(seq)
+                seq.num_computed_tokens += tokens
             elif seq.num_tokens == len(seq.token_ids):
                 continue  # no token is coming for it: it ended while the step ran
-            if token is None:
-                continue  # a prefill chunk that leaves part of its prompt for the next step
+            if token is None:  # a prefill chunk that leaves part of its prompt for the next step
+                self.kv_cache.on_computed(seq)
+                continue
             if token.__class__ is list:  # a verified run (speculative decoding)
                 before = len(seq.token_ids)
                 reason = self._append_run(seq, token, plan.lookahead[i], logprobs and logprobs[i], now)
                 n = len(seq.token_ids) - before
             else:
-                self._append(seq, token, logprobs[i][0] if logprobs and logprobs[i] else None, now)
-                if committed:
-                    on_computed(seq)  # a block its token completes is hashed once the token is known
-                reason, n = self._finish_reason(seq, token), 1
+                reason, n = self._append(seq, token, logprobs[i][0] if logprobs and logprobs[i] else None, now), 1
                 if plan.lookahead and plan.lookahead[i] and not reason:
                     self.kv_cache.rollback(seq)  # it reserved slots for drafts and the drafter gave none
             if reason:  # (one that commit finished at launch has a reason: its length)
                 self._ended(seq, reason, now)
-                update.finished.append(seq)
-            update.seqs.append(seq)
-            update.num_new.append(n)
-        return update
+                finished.append(seq)
+            updated.append(seq)
+            num_new.append(n)
+        return StepUpdate(updated, num_new, finished)
 
     def _first_scheduled(self, plan: StepPlan):
         for seq in plan.seqs:
@@ -234,14 +230,21 @@ class Scheduler(ABC):
             seq.finish_reason = "stop"
         seq.finish_time = now
 
-    def _append(self, seq: Sequence, token_id: int, logprob: dict | None, now: float):
+    def _append(self, seq: Sequence, token_id: int, logprob: dict | None, now: float) -> str | None:
+        """Add a token the model gave (and enter the blocks the computed tokens fill in the prefix
+        cache). Returns why the token ends `seq`, if it does: EOS or a stop token ("stop"), max_tokens
+        ("length"), max_model_len."""
         seq.token_ids.append(token_id)
-        seq.last_token = token_id
-        seq.num_tokens = max(seq.num_tokens, len(seq.token_ids))  # overlap already counted it
+        seq.num_tokens += seq.num_tokens < len(seq.token_ids)  # (overlap already counted it)
         seq.token_times.append(now)
+        self.kv_cache.on_computed(seq)  # (a full block's hash covers known tokens only)
         if logprob is not None:
             seq.logprobs.append(logprob)
             seq.cumulative_logprob += logprob[token_id][0]
+        sp = seq.sampling_params
+        if (not sp.ignore_eos and token_id in self.eos_token_ids) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
+            return "stop"
+        return self._length_reason(seq)
 
     def _append_run(self, seq: Sequence, run: list[int], lookahead: int, logprobs: list | None, now: float) -> str | None:
         """`update` for a sequence that drafted: its run is the accepted drafts, then one token of
@@ -252,12 +255,9 @@ class Scheduler(ABC):
         for j, token_id in enumerate(run):
             if j:
                 seq.num_computed_tokens += 1  # the token before it: an accepted draft, computed in this step
-            self._append(seq, token_id, logprobs[j] if logprobs else None, now)
-            reason = self._finish_reason(seq, token_id)
+            reason = self._append(seq, token_id, logprobs[j] if logprobs else None, now)
             if reason:
                 break
-        if len(run) > 1:
-            self.kv_cache.on_computed(seq)  # a full block's hash covers accepted tokens only
         if not reason and lookahead:
             self.kv_cache.rollback(seq)
         return reason
@@ -282,13 +282,6 @@ class Scheduler(ABC):
                     self.finish(seq, reason)
                     seq.num_tokens += 1  # finish dropped the coming token; it still arrives with the result
 
-    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
-        """Why `token_id`, just appended, ends `seq`: EOS or a stop token, max_tokens, max_model_len."""
-        sp = seq.sampling_params
-        if (not sp.ignore_eos and token_id in self.eos_token_ids) or (sp.stop_token_ids and token_id in sp.stop_token_ids):
-            return "stop"
-        return self._length_reason(seq)
-
     def _length_reason(self, seq: Sequence) -> str | None:
         return ("length" if seq.num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens
                 else "max_model_len" if seq.num_tokens >= self.max_model_len else None)
@@ -298,7 +291,7 @@ class Scheduler(ABC):
         output layer found it): those after are dropped, as if never generated, and it finishes
         with "stop"."""
         del seq.token_ids[seq.num_prompt_tokens + num_completion_tokens:]
-        seq.num_tokens, seq.last_token = len(seq.token_ids), seq.token_ids[-1]
+        seq.num_tokens = len(seq.token_ids)
         del seq.token_times[num_completion_tokens:]
         if seq.logprobs is not None and len(seq.logprobs) > num_completion_tokens:
             del seq.logprobs[num_completion_tokens:]

@@ -35,7 +35,7 @@ def with_history(seq: Sequence, extra: list[int]) -> Sequence:
         return seq
     view = copy(seq)
     view.token_ids = seq.token_ids + extra
-    view.num_tokens, view.last_token = len(view.token_ids), extra[-1]
+    view.num_tokens = len(view.token_ids)
     return view
 
 

@@ -55,6 +55,8 @@ class MixtralForCausalLM(CausalLM):
     name = "mixtral"
     hf_model_types = ("mixtral",)
     hf_config_class = "MixtralConfig"
+    # forward=fused_cpu's C step computes these layers: Llama's attention, then `block_sparse_moe`, a FusedMoE
+    fused_step_layout = "llama"
     packed_modules_mapping = {"q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v")}
     expert_weights_mapping = {"w1": ("w13", 0), "w3": ("w13", 1), "w2": ("w2", 0)}
     moe_keys = ("num_local_experts", "intermediate_size")

@@ -1,6 +1,6 @@
 """forward=fused_cpu (nvllm/kernels/cpu_step.c): the C forward pass computes what the torch modules
 compute — the same logits (to float32 rounding) and the same K/V written to the cache — for every
-Llama-family variant, in prefill (whole, and split into calls of a few rows) and decode, at batch
+Llama-family variant and a mixture of experts (qwen3_moe: a dense layer, then experts), in prefill (whole, and split into calls of a few rows) and decode, at batch
 sizes that exercise each tile shape."""
 import random
 
@@ -34,11 +34,11 @@ def compare_step(runner, plan):
     assert fused.argmax(-1).tolist() == plain.argmax(-1).tolist()
 
 
-@pytest.mark.parametrize("variant", ["llama", "llama-bias", "llama3-rope-scaling", "qwen3", "qwen2"])
+@pytest.mark.parametrize("variant", ["llama", "llama-bias", "llama3-rope-scaling", "qwen3", "qwen2", "qwen3_moe"])
 @pytest.mark.parametrize("num_seqs", [1, 2, 7])
 def test_step_matches_the_torch_modules(variant, num_seqs, tmp_path, monkeypatch):
     monkeypatch.setattr(fused_cpu, "CHUNK", 16 if num_seqs == 7 else fused_cpu.CHUNK)  # prefill in several calls
-    spec = dict(VARIANTS[variant])
+    spec = dict(VARIANTS.get(variant, {"arch": variant}))
     path = make_random_checkpoint(spec.pop("arch"), str(tmp_path), preset="tiny", seed=5, **spec)
     rng = random.Random(num_seqs)
     prompts = [[rng.randrange(512) for _ in range(rng.randint(1, 70))] for _ in range(num_seqs)]

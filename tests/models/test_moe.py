@@ -1,7 +1,8 @@
 """Mixtures of experts: the MoE layer against transformers' own blocks, model=qwen3_moe's greedy
 tokens against transformers' through the engine's paths (prefix caching, chunked prefill,
-preemption, speculative decoding, tp=2 and expert parallelism), its weights loaded by expert
-index from sharded checkpoints, and bad checkpoints and switches refused before loading."""
+preemption, speculative decoding, each through forward=eager and forward=fused_cpu's C step; tp=2
+and expert parallelism), the C step reading each chosen expert once a step, its weights loaded by
+expert index from sharded checkpoints, and bad checkpoints and switches refused before loading."""
 import json
 import random
 from pathlib import Path
@@ -12,7 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from nvllm import LLM, SamplingParams
+from nvllm.engine.model_runner import step_inputs
 from nvllm.errors import ConfigError
+from nvllm.forward import fused_cpu
+from nvllm.forward.eager import EagerForward
 from nvllm.models.layers import moe
 from nvllm.models.weights import WeightsError
 from nvllm.tools.checkpoint import make_random_checkpoint
@@ -20,6 +24,8 @@ from tests.conftest import hf_greedy
 
 MAX_NEW = 16
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+# the torch modules, and the C step (moe_step.h); a parity test runs under each
+FORWARDS = ["eager", "fused_cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +48,12 @@ def reference(checkpoint):
     return hf_greedy(checkpoint, prompts(), MAX_NEW)
 
 
-def generate(path, inspect=lambda engine: None, **overrides) -> tuple[list[list[int]], object]:
-    """The prompts' greedy tokens (the last one in a second round, after the others' blocks are
-    cached) and the engine; `inspect(engine)` is called while it is open."""
+def generate(path, forward, inspect=lambda engine: None, **overrides) -> tuple[list[list[int]], object]:
+    """The prompts' greedy tokens under forward=`forward` (the last one in a second round, after the
+    others' blocks are cached) and the engine; `inspect(engine)` is called while it is open."""
     settings = {"kv_cache": {"block_size": 8}, "max_model_len": 256, "max_num_batched_tokens": 512, **overrides}
-    with LLM(path, **settings) as llm:
-        assert llm.engine.config.forward.name == "eager"
+    with LLM(path, forward=forward, **settings) as llm:
+        assert llm.engine.config.forward.name == forward
         inspect(llm.engine)
         first = prompts()[:-1]
         tokens = [o.outputs[0].token_ids for o in llm.generate(first, GREEDY, use_tqdm=False)]
@@ -62,14 +68,16 @@ def test_the_checkpoint_has_experts_across_shards_and_a_dense_layer(checkpoint):
     assert "model.layers.0.mlp.gate_proj.weight" in index and "model.layers.0.mlp.gate.weight" not in index
 
 
-def test_greedy_tokens_match_transformers_with_prefix_caching(checkpoint, reference):
-    tokens, engine = generate(checkpoint)
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_greedy_tokens_match_transformers_with_prefix_caching(checkpoint, reference, forward):
+    tokens, engine = generate(checkpoint, forward)
     assert engine.kv_cache.num_hit_tokens > 0, "the last prompt found no prefix-cache hit"
     assert tokens == reference
 
 
-def test_greedy_tokens_match_transformers_under_chunked_prefill_and_preemption(checkpoint, reference):
-    tokens, engine = generate(checkpoint, scheduler="chunked", max_num_batched_tokens=24,
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_greedy_tokens_match_transformers_under_chunked_prefill_and_preemption(checkpoint, reference, forward):
+    tokens, engine = generate(checkpoint, forward, scheduler="chunked", max_num_batched_tokens=24,
                               kv_cache={"block_size": 8, "num_blocks": 20})
     assert engine.scheduler.num_preemptions > 0, "the small cache preempted nothing"
     assert tokens == reference
@@ -78,8 +86,9 @@ def test_greedy_tokens_match_transformers_under_chunked_prefill_and_preemption(c
 @pytest.mark.parametrize("drafter", [{"name": "ngram", "max_num_draft_tokens": 64},
                                      {"name": "draft", "num_layers": 1, "max_num_draft_tokens": 64}],
                          ids=["ngram", "draft"])
-def test_greedy_tokens_match_transformers_with_speculative_decoding(checkpoint, reference, drafter):
-    tokens, engine = generate(checkpoint, speculative=drafter)
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_greedy_tokens_match_transformers_with_speculative_decoding(checkpoint, reference, forward, drafter):
+    tokens, engine = generate(checkpoint, forward, speculative=drafter)
     stats = engine.stats.spec_decode
     assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens, "drafts were not both accepted and rejected"
     assert tokens == reference
@@ -94,7 +103,7 @@ def test_tp2_greedy_tokens_match_transformers(checkpoint, reference, expert_para
         layer = engine.executor.model.model.layers[1].mlp
         shapes.append((layer.w13.shape[0], layer.w2.shape[2]))
 
-    tokens, engine = generate(checkpoint, rank0_experts, tp=2, moe={"expert_parallel": expert_parallel},
+    tokens, engine = generate(checkpoint, "eager", rank0_experts, tp=2, moe={"expert_parallel": expert_parallel},
                               kv_cache={"block_size": 8, "num_blocks": 24})
     # expert-parallel: experts 0-3 whole on rank 0; else all 8, each with half its intermediate dimension
     assert shapes == [(4, 32) if expert_parallel else (8, 16)]
@@ -102,14 +111,93 @@ def test_tp2_greedy_tokens_match_transformers(checkpoint, reference, expert_para
     assert tokens == reference
 
 
-def test_forward_auto_runs_eager_and_fused_cpu_refuses_by_name(checkpoint):
+def test_forward_auto_runs_the_fused_step_on_a_cpu(checkpoint):
     with LLM(checkpoint, max_model_len=64) as llm:
-        config = llm.engine.config
-        assert config.forward.name == "eager"
-        assert "passed over fused_cpu: model=qwen3_moe (Qwen3MoeForCausalLM) does not declare" in config.forward_choice
-    with pytest.raises(ConfigError, match=r"forward=fused_cpu cannot run here: model=qwen3_moe "
-                                          r"\(Qwen3MoeForCausalLM\) does not declare"):
-        LLM(checkpoint, forward="fused_cpu", attention="cpu")
+        assert llm.engine.config.forward.name == "fused_cpu"
+        assert llm.engine.config.forward_choice.startswith("forward=auto chose fused_cpu")
+
+
+def test_the_avx2_build_of_the_fused_step_matches_transformers(checkpoint, reference, monkeypatch):
+    """The C step built without AVX-512 (as on an AVX2-only CPU: 6-row tiles, two 8-float vectors a
+    panel), with chunked prefill and preemption."""
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f")
+    fused_cpu.kernel.cache_clear()
+    try:
+        assert fused_cpu.isa() == "avx2"
+        tokens, engine = generate(checkpoint, "fused_cpu", scheduler="chunked", max_num_batched_tokens=24,
+                                  kv_cache={"block_size": 8, "num_blocks": 20})
+    finally:
+        fused_cpu.kernel.cache_clear()
+    assert engine.scheduler.num_preemptions > 0, "the small cache preempted nothing"
+    assert tokens == reference
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_the_fused_step_with_16_bit_weights_matches_transformers_on_the_rounded_weights(checkpoint, dtype):
+    """Router and experts packed in 16 bits and widened in registers: the float32 arithmetic on the
+    rounded weights."""
+    def resident(engine):
+        assert {t.dtype for t in engine.executor.forward_strategy.packed} == {dtype, torch.float32}
+
+    tokens, _ = generate(checkpoint, "fused_cpu", resident, dtype=str(dtype).removeprefix("torch."))
+    assert tokens == hf_greedy(checkpoint, prompts(), MAX_NEW, round_to=dtype)
+
+
+@pytest.mark.parametrize("fields, layers", [
+    ({"norm_topk_prob": False}, [None, False, False]),
+    ({"mlp_only_layers": [], "decoder_sparse_step": 2}, [None, True, None]),
+    ({"moe_intermediate_size": 24, "num_experts_per_tok": 3}, [None, True, True])],
+    ids=["scores-not-renormalised", "dense-layers-by-stride", "experts-off-the-panel-width"])
+def test_the_fused_step_follows_the_checkpoints_routing_and_dense_layers(fields, layers, tmp_path):
+    """The other order of operations (Qwen3-MoE's top-k scores as the softmax left them), dense
+    layers chosen by decoder_sparse_step rather than listed (layers 0 and 2 dense, 1 sparse), and
+    experts 24 wide (their gate and up halves each padded to the C step's 16-row panels), top 3.
+    `layers`: each layer's renormalize, None where it is dense."""
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path), preset="tiny", seed=1, **fields)
+    sparse = []
+
+    def inspect(engine):  # which layers have experts, and whether they renormalise
+        sparse.extend(layer.mlp.renormalize if isinstance(layer.mlp, moe.FusedMoE) else None
+                      for layer in engine.executor.model.model.layers)
+
+    tokens, _ = generate(path, "fused_cpu", inspect)
+    assert sparse == layers
+    assert tokens == hf_greedy(path, prompts(), MAX_NEW)
+
+
+def test_the_fused_step_routes_as_the_layer_and_reads_each_chosen_expert_once(checkpoint):
+    """A decode step of many sequences through the C step with its expert counters on: the rows it
+    routed to each expert are what the torch layer's `route` chooses on the same step, and the
+    expert weights its matmuls read are each chosen expert's once (gate|up and down), no other's."""
+    rng = random.Random(5)
+    num_seqs = 3  # few enough that some experts go unchosen
+    with LLM(checkpoint, forward="fused_cpu", kv_cache={"block_size": 8}, max_model_len=64) as llm:
+        engine, runner = llm.engine, llm.engine.executor
+        step = runner.forward_strategy
+        for i in range(num_seqs):
+            engine.add_request(str(i), [rng.randrange(512) for _ in range(rng.randint(1, 20))],
+                               SamplingParams(temperature=0, max_tokens=4))
+        engine.step()  # the prefills
+        plan = engine.scheduler.schedule()
+        assert plan.is_decode and len(plan.seqs) == num_seqs
+        inputs = runner.prepare(*step_inputs(plan))
+        counters = step.count_experts()
+        runner.forward(*inputs)
+        layers = [layer.mlp for layer in runner.model.model.layers if isinstance(layer.mlp, moe.FusedMoE)]
+        routed = []
+        hooks = [layer.gate.register_forward_hook(  # each layer's choice of experts, from its router's logits
+            lambda _, args, logits, layer=layer: routed.append(moe.route(logits, layer.top_k, layer.renormalize)[1]))
+            for layer in layers]
+        with torch.inference_mode():
+            EagerForward.__call__(step, *inputs)  # the same step through the torch modules
+        for hook in hooks:
+            hook.remove()
+    assert len(routed) == len(counters) == 2
+    for layer, counts, chosen, moe_layer in zip(layers, counters, routed, step.moe_layers):
+        assert counts[:-1].tolist() == torch.bincount(chosen.flatten(), minlength=layer.num_experts).tolist()
+        used = len(chosen.unique())
+        assert 1 < used < layer.num_experts
+        assert counts[-1] == used * (moe_layer.w13_stride + moe_layer.w2_stride)
 
 
 def hf_block(arch: str, **fields):
@@ -209,9 +297,12 @@ def test_expert_parallel_where_it_cannot_take_effect_is_refused(checkpoint, tiny
         LLM(six, tp=4, moe={"expert_parallel": True})
 
 
-def test_cuda_graphs_are_not_chosen_for_a_mixture_of_experts():
-    """The layer reads each expert's group size on the host, which a CUDA graph cannot capture:
-    forward=auto runs eager on CUDA, and forward=cudagraph is refused by name (checked without a GPU)."""
+def test_cuda_graphs_capture_a_mixture_of_experts_only_through_triton(monkeypatch):
+    """The layer's Triton kernels are what a CUDA graph captures (its torch code reads each expert's
+    group size on the host): forward=auto takes cudagraph on CUDA where Triton compiles, else eager,
+    and forward=cudagraph is refused naming why (checked without a GPU)."""
+    import sys
+
     from nvllm import registry
     from nvllm.auto import AUTO
     from nvllm.config import Config
@@ -220,11 +311,23 @@ def test_cuda_graphs_are_not_chosen_for_a_mixture_of_experts():
 
     load_plugins()
     target = ForwardTarget(torch.device("cuda"), torch.bfloat16, 1, registry.get("model", "qwen3_moe"), "triton", False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # as on a machine with a GPU
     forward, choice = Config(forward=AUTO)._forward(target)
-    assert forward.name == "eager" and "passed over cudagraph: model=qwen3_moe is a mixture of experts" in choice
-    with pytest.raises(ConfigError, match=r"forward=cudagraph cannot run here: model=qwen3_moe is a mixture of "
-                                          r"experts, .* a CUDA graph cannot capture that"):
-        Config(forward="cudagraph")._forward(target)
+    assert forward.name == "cudagraph", choice
+    for env, modules, why in [({"TRITON_INTERPRET": "1"}, {}, "TRITON_INTERPRET=1 is set"),
+                              ({}, {"triton": None}, "the `triton` package is not installed")]:
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            for key, value in modules.items():
+                m.setitem(sys.modules, key, value)
+            forward, choice = Config(forward=AUTO)._forward(target)
+            assert forward.name == "eager"
+            assert "passed over cudagraph: model=qwen3_moe is a mixture of experts" in choice
+            with pytest.raises(ConfigError, match=rf"forward=cudagraph cannot run here: model=qwen3_moe is a mixture "
+                                                  rf"of experts, whose layer a CUDA graph captures only as its Triton "
+                                                  rf"kernels, and {why}.*; fix that, or use cudagraph=false"):
+                Config(forward="cudagraph")._forward(target)
 
 
 def test_an_expert_of_the_wrong_shape_is_refused_naming_it(tmp_path):

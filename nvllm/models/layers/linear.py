@@ -1,12 +1,15 @@
 """Linear layers sharded for tensor parallelism (Megatron style). Each parameter carries a
 `weight_loader` that copies its shard out of a full Hugging Face weight. A quantized layer
 (nvllm/quantization/) holds its weight packed (`qweight`, `scales`, `mins`: packed.py) in place
-of `weight`, and multiplies by the dequantized weight."""
+of `weight`: on CUDA (with Triton) a weight-only matmul reads the packed weight itself
+(nvllm/kernels/triton_quantized.py); elsewhere it multiplies by the dequantized weight."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nvllm.distributed import all_reduce, tp_rank, tp_size
+from nvllm.kernels.triton_mode import use_kernels
+from nvllm.kernels.triton_quantized import linear_packed
 from nvllm.models.layers.packed import dequantize
 
 
@@ -63,8 +66,13 @@ class LinearBase(nn.Module):
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         return self.weight if self.qweight is None else dequantize(self.qweight, self.scales, self.mins, dtype)
 
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.qweight is not None and use_kernels(x):
+            return linear_packed(x, self.qweight, self.scales, self.mins, bias)
+        return linear(x, self.dense_weight(x.dtype), self.packed, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.dense_weight(x.dtype), self.packed, self.bias)
+        return self.matmul(x, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -106,5 +114,4 @@ class RowParallelLinear(LinearBase):
         super().__init__(divide(input_size, tp_size(), what), output_size, bias, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = linear(x, self.dense_weight(x.dtype), self.packed, self.bias if self.tp_rank == 0 else None)
-        return all_reduce(y)
+        return all_reduce(self.matmul(x, self.bias if self.tp_rank == 0 else None))

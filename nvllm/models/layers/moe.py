@@ -2,7 +2,10 @@
 are summed weighted by the router's scores. The experts' weights are stacked tensors (`w13`: gate
 and up concatenated, [experts, 2 * intermediate, hidden]; `w2`: down, [experts, hidden,
 intermediate]); a step's tokens are grouped by expert, so each chosen expert runs once on its group
-and its weights are read once per step.
+and its weights are read once per step: in torch on a CPU (and on CUDA without Triton), where
+the host reads each expert's group size; on CUDA by the Triton fused MoE
+(nvllm/kernels/triton_moe.py), which reads nothing back to the host, so CUDA graphs capture it.
+forward=fused_cpu computes the same layer in C (nvllm/kernels/moe_step.h), reading these parameters.
 
 Under tensor parallelism either every rank holds every expert with its intermediate dimension
 split (the default), or, with `moe.expert_parallel=true`, whole experts are placed on ranks
@@ -17,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nvllm.distributed import all_reduce, tp_rank, tp_size
+from nvllm.kernels.triton_mode import use_kernels, why_no_compiled_kernels
+from nvllm.kernels.triton_moe import fused_moe
 from nvllm.models.layers.linear import LinearBase, divide
 
 _expert_parallel = False
@@ -103,6 +108,22 @@ class FusedMoE(nn.Module):
         scores, experts = route(self.gate(x), self.top_k, self.renormalize)
         if not self.scores_in_float32:
             scores = scores.to(x.dtype)
+        if use_kernels(x):
+            out = self.experts_triton(x, scores, experts)
+        else:
+            out = self.experts_torch(x, scores, experts)
+        return all_reduce(out)
+
+    def experts_triton(self, x: torch.Tensor, scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """This rank's experts' weighted sum for every token, by the Triton fused MoE."""
+        return fused_moe(x, self.w13, self.w2, scores, experts, self.first_expert)
+
+    def experts_torch(self, x: torch.Tensor, scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """The same in torch, one matmul pair per expert that has tokens (group sizes read on the host)."""
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            why = why_no_compiled_kernels() or f"Triton cannot compile kernels for {x.device}"
+            raise RuntimeError(f"a CUDA graph is capturing a MoE layer that cannot run its Triton kernels ({why}), "
+                               f"and its torch code reads group sizes on the host; use cudagraph=false")
         # the (token, choice) pairs sorted by expert: each expert's group is a contiguous run
         flat = experts.flatten()
         order = flat.argsort(stable=True)
@@ -122,4 +143,4 @@ class FusedMoE(nn.Module):
             gate, up = F.linear(x[tokens], self.w13[local]).chunk(2, dim=-1)
             y = F.linear(F.silu(gate) * up, self.w2[local]) * scores[pairs, None]
             out.index_add_(0, tokens, y.to(out.dtype))
-        return all_reduce(out)
+        return out

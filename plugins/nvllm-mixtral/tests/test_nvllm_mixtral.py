@@ -1,7 +1,8 @@
 """nvllm-mixtral: nvllm's model conformance suite, then Mixtral's greedy tokens against
 transformers' through the engine's paths (prefix caching, chunked prefill, preemption, speculative
-decoding, tp=2 and expert parallelism), its per-expert weights loaded from sharded checkpoints, and
-the plugin written with nvllm's public layers only."""
+decoding, each through forward=eager and forward=fused_cpu's C step; tp=2 and expert parallelism),
+its per-expert weights loaded from sharded checkpoints, and the plugin written with nvllm's public
+layers only."""
 import ast
 import json
 import random
@@ -13,12 +14,15 @@ import pytest
 
 from nvllm import LLM, SamplingParams
 from nvllm.errors import ConfigError
+from nvllm.forward import fused_cpu
 from nvllm.models.weights import WeightsError
 from nvllm.testing import ModelSuite, hf_greedy
 from nvllm.tools.checkpoint import make_random_checkpoint
 
 MAX_NEW = 16
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+# the torch modules, and nvllm's C step (it declares fused_step_layout); a parity test runs under each
+FORWARDS = ["eager", "fused_cpu"]
 
 
 class TestMixtralConformance(ModelSuite):
@@ -44,12 +48,12 @@ def reference(checkpoint):
     return hf_greedy(checkpoint, prompts(), MAX_NEW)
 
 
-def generate(path, inspect=lambda engine: None, **overrides):
-    """The prompts' greedy tokens (the last one in a second round, after the others' blocks are
-    cached) and the engine; `inspect(engine)` is called while it is open."""
+def generate(path, forward, inspect=lambda engine: None, **overrides):
+    """The prompts' greedy tokens under forward=`forward` (the last one in a second round, after the
+    others' blocks are cached) and the engine; `inspect(engine)` is called while it is open."""
     settings = {"kv_cache": {"block_size": 8}, "max_model_len": 256, "max_num_batched_tokens": 512, **overrides}
-    with LLM(path, **settings) as llm:
-        assert llm.engine.config.model.name == "mixtral" and llm.engine.config.forward.name == "eager"
+    with LLM(path, forward=forward, **settings) as llm:
+        assert llm.engine.config.model.name == "mixtral" and llm.engine.config.forward.name == forward
         inspect(llm.engine)
         tokens = [o.outputs[0].token_ids for o in llm.generate(prompts()[:-1], GREEDY, use_tqdm=False)]
         tokens += [o.outputs[0].token_ids for o in llm.generate(prompts()[-1:], GREEDY, use_tqdm=False)]
@@ -63,14 +67,16 @@ def test_the_checkpoint_holds_per_expert_weights_across_shards(checkpoint):
     assert len(files) > 1, "one layer's experts should span several safetensors files"
 
 
-def test_greedy_tokens_match_transformers_with_prefix_caching(checkpoint, reference):
-    tokens, engine = generate(checkpoint)
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_greedy_tokens_match_transformers_with_prefix_caching(checkpoint, reference, forward):
+    tokens, engine = generate(checkpoint, forward)
     assert engine.kv_cache.num_hit_tokens > 0, "the last prompt found no prefix-cache hit"
     assert tokens == reference
 
 
-def test_greedy_tokens_match_transformers_under_chunked_prefill_and_preemption(checkpoint, reference):
-    tokens, engine = generate(checkpoint, scheduler="chunked", max_num_batched_tokens=24,
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_greedy_tokens_match_transformers_under_chunked_prefill_and_preemption(checkpoint, reference, forward):
+    tokens, engine = generate(checkpoint, forward, scheduler="chunked", max_num_batched_tokens=24,
                               kv_cache={"block_size": 8, "num_blocks": 20})
     assert engine.scheduler.num_preemptions > 0, "the small cache preempted nothing"
     assert tokens == reference
@@ -79,8 +85,9 @@ def test_greedy_tokens_match_transformers_under_chunked_prefill_and_preemption(c
 @pytest.mark.parametrize("drafter", [{"name": "ngram", "max_num_draft_tokens": 64},
                                      {"name": "draft", "num_layers": 1, "max_num_draft_tokens": 64}],
                          ids=["ngram", "draft"])
-def test_greedy_tokens_match_transformers_with_speculative_decoding(checkpoint, reference, drafter):
-    tokens, engine = generate(checkpoint, speculative=drafter)
+@pytest.mark.parametrize("forward", FORWARDS)
+def test_greedy_tokens_match_transformers_with_speculative_decoding(checkpoint, reference, forward, drafter):
+    tokens, engine = generate(checkpoint, forward, speculative=drafter)
     stats = engine.stats.spec_decode
     assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens, "drafts were not both accepted and rejected"
     assert tokens == reference
@@ -95,7 +102,7 @@ def test_tp2_greedy_tokens_match_transformers(checkpoint, reference, expert_para
         layer = engine.executor.model.model.layers[0].block_sparse_moe
         shapes.append((layer.w13.shape[0], layer.w2.shape[2]))
 
-    tokens, engine = generate(checkpoint, rank0_experts, tp=2, moe={"expert_parallel": expert_parallel},
+    tokens, engine = generate(checkpoint, "eager", rank0_experts, tp=2, moe={"expert_parallel": expert_parallel},
                               kv_cache={"block_size": 8, "num_blocks": 24})
     # expert-parallel: experts 0-1 whole on rank 0; else all 4, each with half its intermediate dimension
     assert shapes == [(2, 32) if expert_parallel else (4, 16)]
@@ -103,10 +110,24 @@ def test_tp2_greedy_tokens_match_transformers(checkpoint, reference, expert_para
     assert tokens == reference
 
 
-def test_forward_fused_cpu_refuses_it_by_name(checkpoint):
-    with pytest.raises(ConfigError, match=r"forward=fused_cpu cannot run here: model=mixtral \(MixtralForCausalLM\) "
-                                          r"does not declare the computation cpu_step.c implements"):
-        LLM(checkpoint, forward="fused_cpu", attention="cpu")
+def test_forward_auto_runs_the_fused_step_on_a_cpu(checkpoint):
+    with LLM(checkpoint, max_model_len=64) as llm:
+        assert llm.engine.config.forward.name == "fused_cpu"
+        assert llm.engine.config.forward_choice.startswith("forward=auto chose fused_cpu")
+
+
+def test_the_avx2_build_of_the_fused_step_matches_transformers(checkpoint, reference, monkeypatch):
+    """nvllm's C step built without AVX-512 (as on an AVX2-only CPU), with chunked prefill and preemption."""
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f")
+    fused_cpu.kernel.cache_clear()
+    try:
+        assert fused_cpu.isa() == "avx2"
+        tokens, engine = generate(checkpoint, "fused_cpu", scheduler="chunked", max_num_batched_tokens=24,
+                                  kv_cache={"block_size": 8, "num_blocks": 20})
+    finally:
+        fused_cpu.kernel.cache_clear()
+    assert engine.scheduler.num_preemptions > 0, "the small cache preempted nothing"
+    assert tokens == reference
 
 
 def test_a_checkpoint_missing_an_expert_is_refused_naming_it(tmp_path):
