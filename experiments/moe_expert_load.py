@@ -1,7 +1,7 @@
 """What counting the tokens routed to each expert costs (moe.expert_load): decode tokens/s of a random
-Qwen3-MoE with the count on and off, two engines built in one process, rounds alternated (on, off,
+Qwen3-MoE (forward=eager) with the count on and off, two engines built in one process, rounds alternated (on, off,
 on, off, ...) so that the machine's load falls on both alike; and, since a busy machine's noise
-hides a small cost, the count's own work timed alone (the in-place add of a layer's bincount,
+hides a small cost, the count's own work timed alone (a scatter-add of ones at the chosen experts,
 per MoE layer per step) against the measured step. Prints each round and the median ratio;
 `--json FILE` keeps them.
 
@@ -29,13 +29,14 @@ def decode_tok_s(llm, prompts, params) -> float:
     return (stats.decode_tokens - tokens) / (stats.decode_time - seconds)
 
 
-def add_seconds(num_experts: int, repeats: int = 20000) -> float:
-    """Seconds of what counting adds to a MoE layer's forward: adding its [experts] bincount to the count."""
-    counts, total = torch.bincount(torch.randint(num_experts, (64,)), minlength=num_experts), torch.zeros(
-        num_experts, dtype=torch.int64)
+def add_seconds(num_experts: int, routings: int, repeats: int = 20000) -> float:
+    """Seconds of what counting adds to a MoE layer's forward: a scatter-add of ones at the step's
+    `routings` chosen experts into the layer's [experts] count."""
+    experts, total = torch.randint(num_experts, (routings,)), torch.zeros(num_experts, dtype=torch.int64)
     start = time.perf_counter()
     for _ in range(repeats):
-        total += counts
+        flat = experts.flatten()
+        total.scatter_add_(0, flat, torch.ones_like(flat))
     return (time.perf_counter() - start) / repeats
 
 
@@ -57,7 +58,8 @@ def main(argv=None):
     params = SamplingParams(temperature=0, max_tokens=args.output, ignore_eos=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = make_random_checkpoint("qwen3_moe", tmp, preset=args.preset, seed=0, **fields)
-        settings = dict(max_model_len=args.prompt + args.output + 16, kv_cache={"prefix_caching": False})
+        # forward=eager: the strategy whose MoE layers count (fused_cpu's C step routes in C)
+        settings = dict(forward="eager", max_model_len=args.prompt + args.output + 16, kv_cache={"prefix_caching": False})
         with LLM(path, moe={"expert_load": True}, **settings) as on, LLM(path, moe={"expert_load": False}, **settings) as off:
             rounds = {"on": [], "off": []}
             for r in range(args.rounds):
@@ -65,11 +67,11 @@ def main(argv=None):
                     rounds[name].append(decode_tok_s(llm, prompts, params))
                     print(f"round {r} expert_load={name}: {rounds[name][-1]:.1f} decode tok/s", flush=True)
             counted = on.engine.executor.expert_load()
-            experts = on.engine.executor.hf_config.num_experts
+            experts, top_k = on.engine.executor.hf_config.num_experts, on.engine.executor.hf_config.num_experts_per_tok
     ratios = [a / b for a, b in zip(rounds["on"], rounds["off"])]
     # per decode step: each MoE layer's add, against the fastest step measured with the count off (the
     # least disturbed by the load, so the largest share)
-    added = add_seconds(experts) * len(counted)
+    added = add_seconds(experts, args.seqs * top_k) * len(counted)
     step = args.seqs / max(rounds["off"])
     result = {"model": {"preset": args.preset, **fields}, "seqs": args.seqs, "prompt": args.prompt, "output": args.output,
               "count_seconds_per_step": added, "decode_step_seconds": step, "count_share_of_step": added / step,

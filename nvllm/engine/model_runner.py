@@ -36,6 +36,11 @@ from nvllm.step import Executor, StepPlan, StepResult
 
 NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
 
+# forward strategies under which MoE layers count no tokens per expert (moe.expert_load): fused_cpu's
+# C step routes in C, never calling the layer's forward; cudagraph's graphs pad a batch with dummy rows,
+# whose routings a captured count would add
+UNCOUNTED = ("fused_cpu", "cudagraph")
+
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
 StepInput = tuple[list[int], int, list[int]]
 
@@ -322,7 +327,8 @@ class ModelRunner(Executor):
 
     def warm_up(self) -> None:
         warm_up(self, self.num_blocks, self.block_size, self.config.max_model_len)
-        if self.config.moe.expert_load and tp_rank() == 0:  # the router is replicated: rank 0 sees every token
+        # the router is replicated: rank 0 sees every token
+        if self.config.moe.expert_load and tp_rank() == 0 and self.config.forward.name not in UNCOUNTED:
             for layer in self._moe_layers().values():
                 layer.expert_tokens = torch.zeros(layer.num_experts, dtype=torch.int64, device=self.device)
 

@@ -29,7 +29,8 @@ class MoEConfig:
     # false: every expert on every rank, its intermediate dimension split tp ways
     expert_parallel: bool = False
     # count the tokens routed to each expert of each layer (metrics.json `expert_load`, Prometheus
-    # nvllm:moe_expert_tokens_total); false: nothing counted
+    # nvllm:moe_expert_tokens_total) where the layer's torch forward routes them (not forward=fused_cpu
+    # or cudagraph); false: nothing counted
     expert_load: bool = True
 
 

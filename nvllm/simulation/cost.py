@@ -8,10 +8,11 @@ attention covers, decode sequences and the KV tokens they read. Two models turn 
   computing the step's P prefill and D decode tokens — its coefficients fitted by least squares
   to steps that `python -m nvllm.tools.profile` timed on a real forward strategy (calibrated);
 - `RooflineCost`: the larger of the step's memory traffic (weights once, the linear layers' in the
-  run's weight format, the KV it reads and writes) over the hardware's bandwidth and its FLOPs over its matmul rate, plus tensor-parallel
-  all-reduces and nvllm's host time per step; built from the model's shape and a hardware entry,
-  never measured (uncalibrated). For a mixture of experts the weights a step reads are the
-  experts its tokens touch (`ModelDims.experts_touched`), placed by tensor or expert parallelism.
+  run's weight format, the KV it reads and writes) over the hardware's bandwidth and its FLOPs over
+  its matmul rate, plus tensor-parallel all-reduces and nvllm's host time per step; built from the
+  model's shape and a hardware entry, never measured (uncalibrated). For a mixture of experts the
+  weights a step reads are the experts its tokens touch (`ModelDims.experts_touched`), placed by
+  tensor or expert parallelism.
 
 A third-party cost model subclasses CostModel and is returned by a strategy built on
 forward=simulated (docs/plugins.md)."""

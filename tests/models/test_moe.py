@@ -360,9 +360,10 @@ def routed_tokens(batch: list[list[int]]) -> int:
 
 
 def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoint):
-    """Each sparse layer counts top_k = 2 routings per computed token (warm-up excluded); the counts
-    are metrics.json's `expert_load` and /metrics' nvllm:moe_expert_tokens_total, which are read at
-    scrape time; moe.expert_load=false counts nothing."""
+    """Through forward=eager each sparse layer counts top_k = 2 routings per computed token (warm-up
+    excluded); the counts are metrics.json's `expert_load` and /metrics' nvllm:moe_expert_tokens_total,
+    which are read at scrape time; moe.expert_load=false counts nothing, and neither does forward=fused_cpu
+    (its C step routes without the layer), which says so with null rather than zeros."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from nvllm.metrics import collect
@@ -370,7 +371,7 @@ def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoin
 
     batch = prompts()[:-1]
     settings = {"kv_cache": {"block_size": 8, "prefix_caching": False}, "max_model_len": 256}
-    with LLM(checkpoint, **settings) as llm:
+    with LLM(checkpoint, forward="eager", **settings) as llm:
         prometheus = PrometheusMetrics("tiny-moe")
         assert "moe_expert_tokens" not in prometheus.render().decode()  # no step yet: nothing to read
         outputs = llm.generate(batch, GREEDY, use_tqdm=False)
@@ -389,9 +390,11 @@ def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoin
     samples = {(s.labels["layer"], s.labels["expert"]): s.value for f in text_string_to_metric_families(text)
                for s in f.samples if s.name == "nvllm:moe_expert_tokens_total"}
     assert samples == {(str(layer), str(e)): n for layer, counts in load.items() for e, n in enumerate(counts)}
-    with LLM(checkpoint, moe={"expert_load": False}, **settings) as llm:
-        outputs = llm.generate(batch[:1], GREEDY, use_tqdm=False)
-        assert llm.engine.executor.expert_load() is None and collect(llm.engine, outputs, 1.0, {})["expert_load"] is None
+    for overrides in ({"forward": "eager", "moe": {"expert_load": False}}, {"forward": "fused_cpu"}):
+        with LLM(checkpoint, **overrides, **settings) as llm:
+            outputs = llm.generate(batch[:1], GREEDY, use_tqdm=False)
+            assert llm.engine.executor.expert_load() is None
+            assert collect(llm.engine, outputs, 1.0, {})["expert_load"] is None
 
 
 @pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
@@ -399,8 +402,8 @@ def test_rank_0_counts_every_experts_tokens_under_expert_parallelism(checkpoint)
     """Rank 0 holds experts 0-3 only, and its replicated router routes every token over all 8: its
     counts are the whole layer's."""
     batch = prompts()[:3]
-    with LLM(checkpoint, tp=2, moe={"expert_parallel": True}, kv_cache={"block_size": 8, "prefix_caching": False},
-             max_model_len=256) as llm:
+    with LLM(checkpoint, tp=2, forward="eager", moe={"expert_parallel": True}, max_model_len=256,
+             kv_cache={"block_size": 8, "prefix_caching": False}) as llm:
         llm.generate(batch, GREEDY, use_tqdm=False)
         load = llm.engine.executor.expert_load()
         assert llm.engine.executor.model.model.layers[1].mlp.num_local_experts == 4
@@ -415,12 +418,13 @@ def test_the_counts_reach_metrics_json_and_the_servers_metrics(checkpoint, tmp_p
     from tests.test_run import nvllm_run
     from tests.test_serve import Server
 
-    _, metrics = nvllm_run("model=qwen3_moe", f"model.path={checkpoint}", "workload=random_tiny", "workload.num_seqs=3",
+    _, metrics = nvllm_run("model=qwen3_moe", f"model.path={checkpoint}", "forward=eager", "workload=random_tiny",
+                           "workload.num_seqs=3",
                            "workload.input_len=[8,8]", "workload.output_len=[4,4]", "workload.max_token_id=500",
                            "kv_cache.prefix_caching=false", "max_model_len=64", cwd=tmp_path)
     load = metrics["expert_load"]["tokens_per_expert"]
     assert set(load) == {"1", "2"} and all(len(c) == 8 and sum(c) == 2 * 3 * (8 + 3) for c in load.values())
-    server = Server(tmp_path, "model=qwen3_moe", f"model.path={checkpoint}", "max_model_len=64")
+    server = Server(tmp_path, "model=qwen3_moe", f"model.path={checkpoint}", "forward=eager", "max_model_len=64")
     try:
         answer = httpx.post(f"{server.url}/v1/completions", timeout=60,
                             json={"prompt": [1, 2, 3, 4, 5], "max_tokens": 4, "ignore_eos": True})

@@ -108,6 +108,9 @@ class FusedMoE(nn.Module):
         scores, experts = route(self.gate(x), self.top_k, self.renormalize)
         if not self.scores_in_float32:
             scores = scores.to(x.dtype)
+        if self.expert_tokens is not None:  # (no host sync: a CUDA graph may capture it)
+            flat = experts.flatten()
+            self.expert_tokens.scatter_add_(0, flat, torch.ones_like(flat))
         if use_kernels(x):
             out = self.experts_triton(x, scores, experts)
         else:
@@ -127,10 +130,7 @@ class FusedMoE(nn.Module):
         # the (token, choice) pairs sorted by expert: each expert's group is a contiguous run
         flat = experts.flatten()
         order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.num_experts)
-        if self.expert_tokens is not None:
-            self.expert_tokens += counts
-        counts = counts.tolist()
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
         scores = scores.flatten()
         out = torch.zeros_like(x)
         end = sum(counts[:self.first_expert])
