@@ -36,10 +36,9 @@ from nvllm.step import Executor, StepPlan, StepResult
 
 NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
 
-# forward strategies under which MoE layers count no tokens per expert (moe.expert_load): fused_cpu's
-# C step routes in C, never calling the layer's forward; cudagraph's graphs pad a batch with dummy rows,
-# whose routings a captured count would add
-UNCOUNTED = ("fused_cpu", "cudagraph")
+# forward strategies under which MoE layers count no tokens per expert (moe.expert_load): cudagraph's
+# graphs pad a batch with dummy rows, whose routings a captured count would add
+UNCOUNTED = ("cudagraph",)
 
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
 StepInput = tuple[list[int], int, list[int]]
@@ -329,8 +328,13 @@ class ModelRunner(Executor):
         warm_up(self, self.num_blocks, self.block_size, self.config.max_model_len)
         # the router is replicated: rank 0 sees every token
         if self.config.moe.expert_load and tp_rank() == 0 and self.config.forward.name not in UNCOUNTED:
-            for layer in self._moe_layers().values():
-                layer.expert_tokens = torch.zeros(layer.num_experts, dtype=torch.int64, device=self.device)
+            layers = list(self._moe_layers().values())
+            # a strategy that routes without the layers (fused_cpu's C step) counts into its own counters, which
+            # the layers then add to as well (a step it leaves to the torch modules)
+            counters = self.forward_strategy.count_experts() or [
+                torch.zeros(m.num_experts + 1, dtype=torch.int64, device=self.device) for m in layers]
+            for layer, counts in zip(layers, counters, strict=True):
+                layer.expert_tokens = counts[:layer.num_experts]
 
     def _moe_layers(self) -> dict[int | str, FusedMoE]:
         """The model's MoE layers by decoder layer index (by module name where it has none)."""

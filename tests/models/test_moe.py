@@ -359,11 +359,12 @@ def routed_tokens(batch: list[list[int]]) -> int:
     return sum(len(p) + MAX_NEW - 1 for p in batch)
 
 
-def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoint):
-    """Through forward=eager each sparse layer counts top_k = 2 routings per computed token (warm-up
-    excluded); the counts are metrics.json's `expert_load` and /metrics' nvllm:moe_expert_tokens_total,
-    which are read at scrape time; moe.expert_load=false counts nothing, and neither does forward=fused_cpu
-    (its C step routes without the layer), which says so with null rather than zeros."""
+@pytest.mark.parametrize("forward", ["eager", "fused_cpu"])
+def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoint, forward):
+    """Each sparse layer counts top_k = 2 routings per computed token (warm-up excluded), through the
+    torch modules and through the C step (which routes in C, and counts there); the counts are
+    metrics.json's `expert_load` and /metrics' nvllm:moe_expert_tokens_total, which are read at scrape
+    time; moe.expert_load=false counts nothing, and says so with null rather than zeros."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from nvllm.metrics import collect
@@ -371,7 +372,7 @@ def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoin
 
     batch = prompts()[:-1]
     settings = {"kv_cache": {"block_size": 8, "prefix_caching": False}, "max_model_len": 256}
-    with LLM(checkpoint, forward="eager", **settings) as llm:
+    with LLM(checkpoint, forward=forward, **settings) as llm:
         prometheus = PrometheusMetrics("tiny-moe")
         assert "moe_expert_tokens" not in prometheus.render().decode()  # no step yet: nothing to read
         outputs = llm.generate(batch, GREEDY, use_tqdm=False)
@@ -390,8 +391,13 @@ def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoin
     samples = {(s.labels["layer"], s.labels["expert"]): s.value for f in text_string_to_metric_families(text)
                for s in f.samples if s.name == "nvllm:moe_expert_tokens_total"}
     assert samples == {(str(layer), str(e)): n for layer, counts in load.items() for e, n in enumerate(counts)}
-    for overrides in ({"forward": "eager", "moe": {"expert_load": False}}, {"forward": "fused_cpu"}):
-        with LLM(checkpoint, **overrides, **settings) as llm:
+    if forward == "eager":
+        return
+    with LLM(checkpoint, forward="eager", **settings) as llm:  # the same routings through the torch modules
+        llm.generate(batch, GREEDY, use_tqdm=False)
+        assert llm.engine.executor.expert_load() == load
+    for strategy in ("eager", "fused_cpu"):
+        with LLM(checkpoint, forward=strategy, moe={"expert_load": False}, **settings) as llm:
             outputs = llm.generate(batch[:1], GREEDY, use_tqdm=False)
             assert llm.engine.executor.expert_load() is None
             assert collect(llm.engine, outputs, 1.0, {})["expert_load"] is None
