@@ -213,6 +213,9 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         "peak_memory_bytes": _peak_memory(device),
         # bytes the model's weights hold (one rank's; the linear layers in quantization's format); null: simulated
         "weight_bytes": engine.executor.weight_bytes(),
+        # a mixture of experts' load balance (moe.expert_load): tokens routed to each expert of each
+        # layer during the run, and per layer the busiest expert's over the mean; null: no experts counted
+        "expert_load": expert_load(engine.executor.expert_load()),
         "ttft_ms_by_priority": _by_priority(done, priorities),
         "preemptions": engine.scheduler.num_preemptions,
         "prefix_cache_hit_rate": engine.kv_cache.hit_rate,
@@ -233,6 +236,15 @@ def collect(engine, outputs, wall_time: float, requested: dict, priorities: list
         "device": _device_name(device),
         **simulation(engine),
     }
+
+
+def expert_load(counts: dict | None) -> dict | None:
+    """{"tokens_per_expert": {layer: [tokens routed to each expert]}, "max_over_mean": {layer: the
+    busiest expert's tokens over the mean, 1 when balanced}} of an executor's expert_load()."""
+    if counts is None:
+        return None
+    return {"tokens_per_expert": {str(layer): c for layer, c in counts.items()},
+            "max_over_mean": {str(layer): max(c) * len(c) / sum(c) if sum(c) else None for layer, c in counts.items()}}
 
 
 def simulation(engine) -> dict:

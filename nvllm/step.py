@@ -116,6 +116,11 @@ class Executor(ABC):
         """Bytes the model's weights hold resident (on one tensor-parallel rank); None: no weights."""
         return None
 
+    def expert_load(self) -> dict[int, list[int]] | None:
+        """Tokens routed to each expert of each mixture-of-experts layer since the warm-up, by layer
+        index (moe.expert_load); None: no such layers, or not counted."""
+        return None
+
     def release(self, seq: Sequence) -> None:
         """Forget per-request state once `seq` has finished."""
 

@@ -111,12 +111,11 @@ def test_nvllm_dtypes_each_meet_the_peers_of_their_width():
         ("nvllm", "float32", "float32"), ("nvllm", "bfloat16", "bfloat16"), ("llamacpp", "f16", None),
         ("llamacpp", "f32", None)]
 
-    def result(peer, variant, tok_s, dtype=None):
-        settings = dict(engine=dict(dtype=dtype)) if dtype else {}
+    def result(peer, variant, tok_s, weight_format=None):
         return dict(workload="single-stream", peer=peer, variant=variant, tok_s=tok_s, wall_s=1.0,
-                    decode_tok_s=tok_s, settings=settings)
+                    decode_tok_s=tok_s, **({"format": weight_format} if weight_format else {}))
 
-    rows = bench.summarize([result("nvllm", "float32", 60.0, "float32"), result("nvllm", "bfloat16", 120.0, "bfloat16"),
+    rows = bench.summarize([result("nvllm", "float32", 60.0, "f32"), result("nvllm", "bfloat16", 120.0, "f16"),
                             result("llamacpp", "f16", 100.0), result("llamacpp", "f32", 50.0)])
     ratios = {(r["variant"], r.get("vs")): r.get("nvllm_over_peer_decode") for r in rows}
     assert ratios == {("float32", None): None, ("bfloat16", None): None, ("f16", "bfloat16"): 1.2,
@@ -125,14 +124,78 @@ def test_nvllm_dtypes_each_meet_the_peers_of_their_width():
         bench.parse_args(["--nvllm-dtypes", "float64"])
 
 
-def test_nvllm_weight_formats_and_rounds():
-    """--nvllm-dtypes takes the weight formats too, each run with its quantization; --rounds repeats
-    the plan and keeps each run's median, every round's numbers beside it."""
-    args = bench.parse_args(["--workload", "single-stream", "--peers", "nvllm", "--nvllm-dtypes", "int8,int8-a8,gguf",
-                             "--rounds", "3"])
-    assert [(r["variant"], r["options"]) for r in bench.plan(args)] == [
-        ("int8", {"quantization": "int8"}), ("int8-a8", {"quantization": {"name": "int8", "activations": "int8"}}),
-        ("gguf", {"quantization": "gguf"})]
+def test_nvllm_formats_each_meet_llamacpp_on_the_same_blocks():
+    """--nvllm-quantizations: one nvllm run per format; int8 meets llama.cpp's q8_0, int4 and the
+    embedded Q4_1 file (gguf) its q4_1, gguf=q4_0 (llama.cpp's own Q4_0 file) its q4_0."""
+    args = bench.parse_args(["--workload", "single-stream", "--peers", "nvllm,llamacpp", "--llamacpp-weights",
+                             "f32,q8_0,q4_0,q4_1", "--nvllm-quantizations", "none,int8,int4,gguf,gguf=q4_0"])
+    runs = bench.plan(args)
+    assert [(r["peer"], r["variant"]) for r in runs] == [
+        ("nvllm", ""), ("nvllm", "int8"), ("nvllm", "int4"), ("nvllm", "gguf"), ("nvllm", "gguf=q4_0"),
+        ("llamacpp", "f32"), ("llamacpp", "q8_0"), ("llamacpp", "q4_0"), ("llamacpp", "q4_1")]
+    assert runs[1]["options"] == {"quantization.name": "int8"}
+    assert runs[4]["options"] == {"quantization.name": "gguf", "quantization.file": "llamacpp:q4_0"}
+    formats = {"": "f32", "int8": "q8_0", "int4": "q4_1", "gguf": "q4_1", "gguf=q4_0": "q4_0"}
+    results = [dict(workload="single-stream", peer=r["peer"], variant=r["variant"], tok_s=10.0 + i, wall_s=1.0,
+                    **({"format": formats[r["variant"]]} if r["peer"] == "nvllm" else {})) for i, r in enumerate(runs)]
+    pairs = [(r["variant"], r["vs"]) for r in bench.summarize(results) if r["peer"] == "llamacpp"]
+    assert pairs == [("f32", ""), ("q8_0", "int8"), ("q4_0", "gguf=q4_0"), ("q4_1", "int4"), ("q4_1", "gguf")]
+    for bad in (["--llamacpp-weights", "q5_k"], ["--nvllm-quantizations", "int3"],
+                ["--nvllm-quantizations", "int8", "--nvllm", "quantization=int4"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def test_an_nvllm_runs_format_names_the_gguf_blocks_its_linear_layers_hold():
+    from nvllm.models.weights import smollm2_gguf
+
+    def config(dtype, name, **fields):
+        return SimpleNamespace(dtype=dtype, quantization=SimpleNamespace(name=name, **fields))
+
+    assert bench.nvllm_format(config("float32", "none")) == "f32"
+    assert bench.nvllm_format(config("bfloat16", "none")) == "f16"
+    assert bench.nvllm_format(config("float32", "int8")) == "q8_0"
+    assert bench.nvllm_format(config("float32", "gguf", file=str(smollm2_gguf()))) == "q4_1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(llamacpp.unavailable_reason() is not None, reason="llama_cpp is not installed")
+def test_llamacpp_quantizes_and_nvllm_reads_the_same_blocks():
+    """llama.cpp's quantizer writes Q4_0 linear layers from the f32 file, and nvllm's quantization=gguf
+    reads that file's blocks. Its Q8_0 file holds nearly the weights nvllm's int8 makes of the same
+    floats: llama.cpp divides by the float32 scale and stores it rounded to float16, nvllm divides by
+    the rounded one, so a few weights land one step apart."""
+    import torch
+    from gguf.quants import dequantize
+
+    from nvllm import LLM
+    from nvllm.models.layers.packed import dequantize as unpack
+    from nvllm.quantization.gguf import linear_tensors
+
+    path = llamacpp.gguf_path("q4_0")
+    assert {t.tensor_type.name for t in linear_tensors(str(path))} == {"Q4_0"}
+    q8 = {t.name: t for t in linear_tensors(str(llamacpp.gguf_path("q8_0")))}
+    with LLM("smollm2", quantization="int8", forward="eager", max_model_len=64) as llm:
+        down = llm.engine.executor.model.model.layers[0].mlp.down_proj
+        ours, step = unpack(down.qweight, down.scales, down.mins), down.scales.float().repeat_interleave(32, dim=1)
+    t = q8["blk.0.ffn_down.weight"]
+    apart = (ours - torch.from_numpy(dequantize(t.data, t.tensor_type).reshape(ours.shape))).abs()
+    assert (apart == 0).float().mean() > 0.98 and (apart <= step * 1.0001).all()
+    with LLM("smollm2", quantization={"name": "gguf", "file": str(path)}, max_model_len=64) as llm:
+        out = llm.generate([[1, 2, 3]], bench_greedy(4), use_tqdm=False)[0]
+    assert len(out.outputs[0].token_ids) == 4
+
+
+def bench_greedy(n):
+    from nvllm import SamplingParams
+
+    return SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+
+
+def test_rounds_keep_each_runs_median():
+    """--rounds repeats the plan; each run keeps its median, every round's numbers beside it, and a
+    run that failed in a round stays failed."""
+    assert bench.parse_args(["--rounds", "3"]).rounds == 3
     runs = [dict(workload="single-stream", peer="nvllm", variant=v, tok_s=t, decode_tok_s=t)
             for t in (30.0, 10.0, 20.0) for v in ("int8", "gguf")]
     runs[2] = dict(workload="single-stream", peer="nvllm", variant="int8", error="boom")
@@ -140,7 +203,5 @@ def test_nvllm_weight_formats_and_rounds():
     assert [(r["variant"], r.get("tok_s"), "error" in r) for r in merged] == [("int8", None, True),
                                                                               ("gguf", 20.0, False)]
     assert [r["tok_s"] for r in merged[1]["rounds"]] == [30.0, 10.0, 20.0]
-    assert bench.weight_bits(merged[1]) == 4
-    for bad in (["--nvllm-dtypes", "int3"], ["--rounds", "0"], ["--nvllm", "quantization=int8", "--nvllm-dtypes", "int4"]):
-        with pytest.raises(SystemExit):
-            bench.parse_args(bad)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rounds", "0"])

@@ -47,7 +47,8 @@ def recording(cls, names):
 SCHEDULER_HOOKS = documented("schedulers")
 SAMPLER_HOOKS = documented("samplers")
 FORWARD_HOOKS = documented("forward_strategies") - {"check", "resolve", "execute", "block_bytes", "check_request",
-                                                    "describe", "warm_up", "release", "launch", "sample", "collect"}
+                                                    "describe", "warm_up", "release", "launch", "sample", "collect",
+                                                    "weight_bytes", "expert_load"}
 
 
 @dataclass

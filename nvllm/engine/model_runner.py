@@ -11,6 +11,7 @@ samples.
 yet on the host, is filled in on the device: nvllm/engine/overlap.py), `sample` draws the tokens
 without waiting for the host, `collect` brings them over. CUDA runs asynchronously to the host by
 itself; on a CPU the forward pass runs on a worker thread instead."""
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from itertools import accumulate
@@ -23,7 +24,8 @@ from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
 from nvllm.engine.overlap import InFlight, fill_pending
 from nvllm.kv_cache.base import CPU_DEFAULT_BUDGET_GB
-from nvllm.models.layers.moe import expert_parallel
+from nvllm.distributed import tp_rank
+from nvllm.models.layers.moe import FusedMoE, expert_parallel
 from nvllm.models.weights import has_weights, load_hf_config, load_weights, random_init
 from nvllm.quantization.base import resident_weight_bytes
 from nvllm.sampler.logprobs import logprobs_of
@@ -33,6 +35,10 @@ from nvllm.engine.warmup import warm_up
 from nvllm.step import Executor, StepPlan, StepResult
 
 NUMPY = {torch.int64: np.int64, torch.int32: np.int32}
+
+# forward strategies under which MoE layers count no tokens per expert (moe.expert_load): cudagraph's
+# graphs pad a batch with dummy rows, whose routings a captured count would add
+UNCOUNTED = ("cudagraph",)
 
 # one scheduled sequence as the model sees it: (token ids to run, position of the first, block table)
 StepInput = tuple[list[int], int, list[int]]
@@ -320,6 +326,28 @@ class ModelRunner(Executor):
 
     def warm_up(self) -> None:
         warm_up(self, self.num_blocks, self.block_size, self.config.max_model_len)
+        # the router is replicated: rank 0 sees every token
+        if self.config.moe.expert_load and tp_rank() == 0 and self.config.forward.name not in UNCOUNTED:
+            layers = list(self._moe_layers().values())
+            # a strategy that routes without the layers (fused_cpu's C step) counts into its own counters, which
+            # the layers then add to as well (a step it leaves to the torch modules)
+            counters = self.forward_strategy.count_experts() or [
+                torch.zeros(m.num_experts + 1, dtype=torch.int64, device=self.device) for m in layers]
+            for layer, counts in zip(layers, counters, strict=True):
+                layer.expert_tokens = counts[:layer.num_experts]
+
+    def _moe_layers(self) -> dict[int | str, FusedMoE]:
+        """The model's MoE layers by decoder layer index (by module name where it has none)."""
+        layers = {}
+        for name, m in self.model.named_modules():
+            if isinstance(m, FusedMoE):
+                index = re.search(r"\.layers\.(\d+)\.", f".{name}.")
+                layers[int(index[1]) if index else name] = m
+        return layers
+
+    def expert_load(self) -> dict[int | str, list[int]] | None:
+        counted = {i: m.expert_tokens.tolist() for i, m in self._moe_layers().items() if m.expert_tokens is not None}
+        return counted or None
 
     def release(self, seq) -> None:
         self.sampler.release(seq)

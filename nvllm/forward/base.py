@@ -106,6 +106,13 @@ class ForwardStrategy(ABC):
         """What metrics.json records of the strategy beyond its config (None: nothing)."""
         return None
 
+    def count_experts(self) -> list[torch.Tensor] | None:
+        """A strategy that routes a mixture of experts' tokens without the layers' forward starts
+        counting them (moe.expert_load): one int64 tensor per MoE layer, in layer order, that its steps
+        add the rows routed to each expert to (num_experts entries first; what follows is the
+        strategy's own). None: the layers count, as their forward routes."""
+        return None
+
 
 def standalone_executor(forward_config) -> type[Executor] | None:
     """The executor class a config's forward names when it stands in for the model runner

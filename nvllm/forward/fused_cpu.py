@@ -238,7 +238,7 @@ class FusedCPUForward(EagerForward):
         self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate + max(
             [1 + max(m.hidden, q, m.intermediate) // 4, *(moe_work_per_row(e, m.hidden) for e in self.moe_layers)])
 
-    def count_experts(self) -> list[torch.Tensor]:
+    def count_experts(self) -> list[torch.Tensor] | None:
         """Turn on the C step's expert counters (moe_step.h `counters`, a measurement): one int64 tensor per
         mixture-of-experts layer, [num_experts + 1], that the steps from now on add to: the rows routed
         to each expert, then the bytes of expert weights the step's matmuls read."""

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from nvllm import registry
 from nvllm.clock import VirtualClock
 from nvllm.errors import ConfigError
 from nvllm.forward.base import ForwardTarget
@@ -84,6 +85,13 @@ class SimulatedForward(Executor):
             raise ConfigError(f"tp={target.tp} but forward.profile={config.profile} was measured at tp={profile['tp']}: "
                               f"a profile does not extrapolate across tp. Measure one at tp={target.tp}, or drop "
                               f"forward.profile for the (uncalibrated) roofline")
+        measured_format = profile.get("quantization", "none")  # a profile written before formats: dtype weights
+        if measured_format != target.quantization:
+            raise ConfigError(f"quantization={target.quantization} but forward.profile={config.profile} was measured "
+                              f"with quantization={measured_format}: a profile's coefficients hold its format's bytes. "
+                              f"Measure one with it (python -m nvllm.tools.profile quantization={target.quantization} "
+                              f"... --out FILE), or drop forward.profile for the (uncalibrated) roofline, which prices "
+                              f"the format's bytes")
         return replace(config, **measured)
 
     def __init__(self, config, run_config, hf_config):
@@ -94,6 +102,11 @@ class SimulatedForward(Executor):
         self.vocab = hf_config.vocab_size
         self.dims = ModelDims.of(hf_config)
         self.tp = run_config.tp
+        # bytes a linear layer's weight takes in the run's weight format (quantization=int8: 1 + 2/32)
+        quantization = run_config.quantization or registry.make_config("quantization", "none")
+        self.quantization = quantization.name
+        self.linear_bytes = registry.get("quantization", quantization.name).bytes_per_weight(
+            quantization, DTYPE_BYTES[config.dtype])
         # moe.expert_parallel: a mixture of experts' experts placed whole on the tp ranks
         self.expert_parallel = run_config.moe.expert_parallel
         self.profile = load_profile(config.profile) if config.profile else None
@@ -108,7 +121,8 @@ class SimulatedForward(Executor):
         """The model each step's duration comes from (a plugin overrides this)."""
         if self.profile is not None:
             return ProfileCost(self.profile["coefficients_s"], self.profile, self.config.profile)
-        return RooflineCost(self.dims, hardware(self.config.hardware), self.config.dtype, self.tp, self.expert_parallel)
+        return RooflineCost(self.dims, hardware(self.config.hardware), self.config.dtype, self.tp, self.expert_parallel,
+                            self.linear_bytes)
 
     def _check_profile(self, run_config):
         """The profile's model shape must be the run's; a named attention backend must be the profile's."""
@@ -135,7 +149,7 @@ class SimulatedForward(Executor):
         c, dtype_bytes = self.run, DTYPE_BYTES[self.config.dtype]
         block_bytes = self.dims.kv_bytes_per_token(dtype_bytes, self.tp) * kv_config.block_size
         kind, memory_gib = self._memory()
-        weights = self.dims.params * dtype_bytes / self.tp
+        weights = self.dims.weight_bytes(dtype_bytes, self.linear_bytes) / self.tp
         if kv_config.memory_budget_gb is not None:
             budget = kv_config.memory_budget_gb * 2**30
         elif kind == "gpu":
@@ -191,7 +205,8 @@ class SimulatedForward(Executor):
         """What metrics.json says of the simulation: the cost model, its provenance and measured
         error, the simulated device, and the real time the run took on this host."""
         wall, cpu = self._host_start
-        return {"hardware": self.config.hardware, "dtype": self.config.dtype, **self.cost.describe(),
+        return {"hardware": self.config.hardware, "dtype": self.config.dtype, "quantization": self.quantization,
+                **self.cost.describe(),
                 "strategy_simulated": self.config.strategy, "tp": self.tp, "steps": self.steps,
                 "host_wall_s": time.perf_counter() - wall, "host_cpu_s": time.process_time() - cpu}
 

@@ -24,10 +24,14 @@ class ModelConfig:
 
 @dataclass
 class MoEConfig:
-    """How a mixture of experts' layers are placed on tensor-parallel ranks (`moe.*`)."""
+    """How a mixture of experts' layers are placed on tensor-parallel ranks, and what is counted (`moe.*`)."""
     # true: whole experts on each rank (num_experts / tp each, the ranks' partial outputs summed);
     # false: every expert on every rank, its intermediate dimension split tp ways
     expert_parallel: bool = False
+    # count the tokens routed to each expert of each layer (metrics.json `expert_load`, Prometheus
+    # nvllm:moe_expert_tokens_total) where the layer's torch forward routes them (not forward=fused_cpu
+    # or cudagraph); false: nothing counted
+    expert_load: bool = True
 
 
 class CausalLM(nn.Module):

@@ -6,6 +6,8 @@ the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head a
     cls.check(config, hf_config, target)  before anything loads: raise ConfigError naming the key or
                                           tensor, the value and what works
     cls.check_forward(forward_name, config)  can this forward strategy run it? (forward=auto skips those that cannot)
+    cls.bytes_per_weight(config, dtype_bytes)  what a linear layer's weight takes, scales included
+                                          (forward=simulated's cost model streams that many bytes a weight)
     method = cls(config)
     method.apply(model, path)             once the float weights are loaded: pack each linear layer's
                                           weight (nvllm/models/layers/packed.py), freeing the float one
@@ -30,10 +32,10 @@ class QuantizationMethod:
     name: ClassVar[str]
     # the forward strategies that run this format: those that run the model's torch modules, whose
     # linear layers dequantize (on CUDA, read the packed weights with Triton's weight-only matmuls,
-    # which CUDA graphs capture), and forward=fused_cpu's C step (it reads the packed rows and
-    # dequantizes in registers); not forward=simulated, whose cost model prices `dtype` bytes.
-    # None: every strategy
-    forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph", "fused_cpu")
+    # which CUDA graphs capture), forward=fused_cpu's C step (it reads the packed rows and
+    # dequantizes in registers), and forward=simulated, whose cost model prices the format's bytes
+    # (bytes_per_weight). None: every strategy, and no check of the packed layers' shapes
+    forwards: ClassVar[tuple[str, ...] | None] = ("eager", "cudagraph", "fused_cpu", "simulated")
 
     @classmethod
     def resolve(cls, config, model_config):
@@ -75,6 +77,12 @@ class QuantizationMethod:
             raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)}, not "
                               f"forward={forward}, which reads weights in dtype only; use forward=auto, or "
                               f"quantization=none")
+
+    @classmethod
+    def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
+        """Bytes one weight of a linear layer takes in this format, its share of the scales and
+        minimums included; `dtype_bytes`: what a weight in `dtype` takes (the other weights')."""
+        return dtype_bytes
 
     def __init__(self, config):
         self.config = config

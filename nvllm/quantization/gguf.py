@@ -35,6 +35,12 @@ def _reader(file: str):
         raise ConfigError(f"quantization.file={file} is not a readable GGUF file ({type(e).__name__}: {e})") from None
 
 
+def linear_tensors(file: str) -> list:
+    """The file's tensors that hold the linear layers (blk.N.attn_q, ..., ffn_down), as gguf reads them."""
+    kinds = {kind for parts in MODULES.values() for kind, _ in parts}
+    return [t for t in _reader(file).tensors if t.name.startswith("blk.") and t.name.split(".")[2] in kinds]
+
+
 def _expected_shapes(hf_config) -> dict[str, tuple[int, int]]:
     """GGUF tensor kind -> (N, K) as the checkpoint's config.json describes the model."""
     heads, kv_heads, hidden = hf_config.num_attention_heads, hf_config.num_key_value_heads, hf_config.hidden_size
@@ -147,6 +153,13 @@ class GGUF(QuantizationMethod):
                     raise ConfigError(f"quantization.file={config.file}: {', '.join(f'{n} ({v})' for n, v in layouts.items())} "
                                       f"make one fused linear layer ({module}) and nvllm keeps one layout per layer; "
                                       f"use a file with one block type for them")
+
+    @classmethod
+    def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
+        """The file's linear layers' bytes over their weights (its block types may differ by tensor)."""
+        linear = [t for t in linear_tensors(config.file) if t.tensor_type.name in SUPPORTED]
+        weights = sum(int(t.n_elements) for t in linear)
+        return sum(int(t.n_elements) // GROUP * SUPPORTED[t.tensor_type.name][1] for t in linear) / weights
 
     def apply(self, model, path: str) -> None:
         tensors = {t.name: t for t in _reader(self.config.file).tensors}

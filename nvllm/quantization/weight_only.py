@@ -13,6 +13,12 @@ from nvllm.quantization.base import QuantizationMethod, linear_layers
 class WeightOnly(QuantizationMethod):
     # float [N, K] weight -> the packed layout's tensors
     pack = staticmethod(quantize_int8)
+    # bytes of one group of GROUP weights: the values, a float16 scale (and, int4, a float16 minimum)
+    group_bytes = GROUP + 2
+
+    @classmethod
+    def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
+        return cls.group_bytes / GROUP
 
     def apply(self, model, path: str) -> None:
         for name, module in linear_layers(model):
@@ -57,6 +63,7 @@ class Int4(WeightOnly):
 
     name = "int4"
     pack = staticmethod(quantize_int4)
+    group_bytes = GROUP // 2 + 4
 
     @dataclass
     class Config:

@@ -1,8 +1,11 @@
 """GET /metrics in Prometheus' text format, through prometheus_client, with vLLM's metric names under
 an `nvllm:` prefix (vllm:time_to_first_token_seconds -> nvllm:time_to_first_token_seconds), so a
 dashboard built for vLLM reads nvllm by swapping the prefix. The engine thread reports each step
-(`on_step`) and each finished request (`on_finished`); histograms and counters are thread-safe."""
+(`on_step`) and each finished request (`on_finished`); histograms and counters are thread-safe.
+A mixture of experts' tokens per expert per layer (moe.expert_load) are read from the model when
+/metrics is scraped, not at every step: nvllm:moe_expert_tokens_total{layer, expert}."""
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 # vLLM's buckets (seconds)
 LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
@@ -50,6 +53,8 @@ class PrometheusMetrics:
         self.accepted_per_pos = metric(Counter, "spec_decode_num_accepted_tokens_per_pos",
                                        "Drafts whose token at this position was accepted.", "position")
         self.model_name = model_name
+        self._expert_load = None  # the executor's expert_load, known from the first step
+        r.register(self)  # collect(): the counts the model holds
         self._lookups = self._hits = 0
         self._spec = {"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0}
         self._spec_per_pos: list[int] = []
@@ -74,6 +79,7 @@ class PrometheusMetrics:
                 elif t > previous:  # tokens of one step (accepted drafts) share a time: one gap per chunk
                     self._(self.itl).observe(t - previous)
                 previous = t
+        self._expert_load = engine.executor.expert_load
         scheduler, kv = engine.scheduler, engine.kv_cache
         self._(self.running).set(len(scheduler.running))
         self._(self.waiting).set(len(scheduler.waiting))
@@ -108,6 +114,19 @@ class PrometheusMetrics:
             self._(self.e2el).observe(timing.token_times[-1] - timing.arrival)
             if timing.output_len > 1:
                 self._(self.tpot).observe((timing.token_times[-1] - timing.token_times[0]) / (timing.output_len - 1))
+
+    def collect(self):
+        """The tokens routed to each expert of each MoE layer, as the model counted them so far (no
+        family where nothing is counted: a dense model, moe.expert_load=false)."""
+        load = self._expert_load and self._expert_load()
+        if not load:
+            return
+        family = CounterMetricFamily("nvllm:moe_expert_tokens", "Tokens routed to each expert of each mixture-of-"
+                                     "experts layer (moe.expert_load).", labels=["model_name", "layer", "expert"])
+        for layer, counts in load.items():
+            for expert, n in enumerate(counts):
+                family.add_metric([self.model_name, str(layer), str(expert)], n)
+        yield family
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,11 +7,12 @@ attention covers, decode sequences and the KV tokens they read. Two models turn 
   + decode_seq·D + decode_kv·K — the matmuls cost the larger of streaming the weights once and
   computing the step's P prefill and D decode tokens — its coefficients fitted by least squares
   to steps that `python -m nvllm.tools.profile` timed on a real forward strategy (calibrated);
-- `RooflineCost`: the larger of the step's memory traffic (weights once, the KV it reads and
-  writes) over the hardware's bandwidth and its FLOPs over its matmul rate, plus tensor-parallel
-  all-reduces and nvllm's host time per step; built from the model's shape and a hardware entry,
-  never measured (uncalibrated). For a mixture of experts the weights a step reads are the
-  experts its tokens touch (`ModelDims.experts_touched`), placed by tensor or expert parallelism.
+- `RooflineCost`: the larger of the step's memory traffic (weights once, the linear layers' in the
+  run's weight format, the KV it reads and writes) over the hardware's bandwidth and its FLOPs over
+  its matmul rate, plus tensor-parallel all-reduces and nvllm's host time per step; built from the
+  model's shape and a hardware entry, never measured (uncalibrated). For a mixture of experts the
+  weights a step reads are the experts its tokens touch (`ModelDims.experts_touched`), placed by
+  tensor or expert parallelism.
 
 A third-party cost model subclasses CostModel and is returned by a strategy built on
 forward=simulated (docs/plugins.md)."""
@@ -182,6 +183,12 @@ class ModelDims:
             return 0.0
         return self.experts * (1 - (1 - self.experts_per_tok / self.experts) ** tokens)
 
+    def weight_bytes(self, dtype_bytes: float, linear_bytes: float, linear_params: int | None = None) -> float:
+        """Bytes of the embedding (and LM head) in `dtype` and of `linear_params` linear weights (default:
+        all of them) at `linear_bytes` each: a weight format packs only the linear layers."""
+        linear = self.linear_params if linear_params is None else linear_params
+        return linear * linear_bytes + self.embedding_params * dtype_bytes
+
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
         """K and V of one token in every layer, on one of `tp` ranks."""
         return 2 * self.layers * (self.kv_heads // tp) * self.head_dim * dtype_bytes
@@ -242,7 +249,11 @@ class RooflineCost(CostModel):
 
     calibrated = False
 
-    def __init__(self, dims: ModelDims, hw: Hardware, dtype: str, tp: int = 1, expert_parallel: bool = False):
+    def __init__(self, dims: ModelDims, hw: Hardware, dtype: str, tp: int = 1, expert_parallel: bool = False,
+                 linear_bytes: float | None = None):
+        """`linear_bytes`: bytes a weight of the decoder's linear layers (attention, MLPs, experts) takes
+        in the run's weight format (quantization: int8 1 + 2/32, ...); None: `dtype`'s. The embeddings
+        and LM head stay in `dtype`, and a weight-only format leaves the FLOPs as they are."""
         if dtype not in hw.flops:
             raise ConfigError(f"the hardware entry {hw.name!r} has no matmul rate for {dtype} (it has "
                               f"{', '.join(hw.flops)}); set forward.dtype to one of those")
@@ -256,7 +267,8 @@ class RooflineCost(CostModel):
                               f"moe.expert_parallel=false (each expert's width split tp ways)")
         self.dims, self.hw, self.dtype, self.tp, self.expert_parallel = dims, hw, dtype, tp, expert_parallel
         self.bytes = DTYPE_BYTES[dtype]
-        self.shared_weight_bytes = (dims.shared_linear_params + dims.embedding_params) * self.bytes / tp
+        self.linear_bytes = self.bytes if linear_bytes is None else linear_bytes
+        self.shared_weight_bytes = dims.weight_bytes(self.bytes, self.linear_bytes, dims.shared_linear_params) / tp
         self.kv_bytes = dims.kv_bytes_per_token(self.bytes, tp)
         self.flops_per_token = 2 * dims.shared_linear_params / tp
         self.flops_per_row = 2 * dims.hidden * dims.vocab / tp  # the LM head, for each sampled row
@@ -285,7 +297,7 @@ class RooflineCost(CostModel):
                  + self.flops_per_pair * (step.prefill_attention + step.decode_kv))
         if self.dims.experts:
             read, computed = self.experts_read(tokens)
-            memory += self.dims.sparse_layers * read * self.dims.expert_params * self.bytes
+            memory += self.dims.sparse_layers * read * self.dims.expert_params * self.linear_bytes
             flops += 2 * self.dims.sparse_layers * computed * self.dims.expert_params
         seconds = max(memory / self.bandwidth, flops / self.rate) + HOST_STEP_S + HOST_SEQ_S * rows
         if self.tp > 1:  # two all-reduces of the hidden states per layer, and one after the embedding (ring)
@@ -297,7 +309,8 @@ class RooflineCost(CostModel):
         moe = {"expert_parallel": self.expert_parallel,
                "experts_touched": "uniform routing: E*(1-(1-k/E)^tokens) per sparse layer"} if self.dims.experts else {}
         return {"cost_model": "roofline", "calibrated": False, "hardware": self.hw.name,
-                "hardware_source": self.hw.source, "dtype": self.dtype, "tp": self.tp, **moe,
+                "hardware_source": self.hw.source, "dtype": self.dtype, "linear_bytes_per_weight": self.linear_bytes,
+                "tp": self.tp, **moe,
                 "assumed": {"bandwidth_efficiency": self.hw.bandwidth_efficiency,
                             "flops_efficiency": self.hw.flops_efficiency,
                             "allreduce_latency_s": self.hw.allreduce_latency,

@@ -17,13 +17,23 @@ Each run happens in a child process of its own, one after another (no two runs s
 cores or leave memory behind), with a warm-up before the clock starts; loading is timed apart
 (`load_s`). Throughput is output tokens / wall time. transformers batches statically: see
 nvllm/tools/bench_peers/hf.py for how its padding waste is handled (each request is credited only
-with its own tokens). llama.cpp runs f16 and f32 GGUFs written from the same safetensors,
-all requests in flight at once: see nvllm/tools/bench_peers/llamacpp.py. `--nvllm-dtypes
-float32,bfloat16` runs nvllm once per weight dtype (or weight format: int8, int8-a8, int4, gguf are
-quantization=int8, int8 with activations=int8, int4, gguf); each peer run is then compared with the
-nvllm runs whose weights have as many bits (llama.cpp f16 with bfloat16 and float16, f32 and
-transformers with float32). `--rounds 3` runs the whole plan three times, alternating, and keeps
-each run's median (every round's numbers stay in the JSON).
+with its own tokens). llama.cpp runs f16 and f32 GGUFs written from the same safetensors, and
+(`--llamacpp-weights`) q8_0, q4_0 and q4_1 files its own quantizer makes of the f32 one, all
+requests in flight at once: see nvllm/tools/bench_peers/llamacpp.py.
+
+Matched formats: `--nvllm-dtypes float32,bfloat16` runs nvllm once per weight dtype and
+`--nvllm-quantizations none,int8,int4,gguf` once per weight format (every pair of the two). Each
+peer run is compared with the nvllm runs whose linear layers are stored alike (`format`):
+float32 (f32: llama.cpp f32, transformers), bfloat16 and float16 (f16), int8 (q8_0: Q8_0's
+scheme), int4 (q4_1: Q4_1's), gguf (the file's own block type: the embedded SmolLM2's Q4_1 file,
+or with `gguf=q8_0|q4_0|q4_1` the very file llama.cpp's quantizer wrote for the peer, so both read
+the same blocks). nvllm keeps the embeddings and the LM head in `dtype` in every format; llama.cpp
+keeps them as its quantizer's mixture picks (each run's `settings.tensor_types`), and each run's
+`weight_bytes` says what the weights take. `--rounds 3` runs the whole plan three times,
+alternating, and keeps each run's median (every round's numbers stay in the JSON).
+
+    python -m nvllm.tools.bench --peers nvllm,llamacpp --llamacpp-weights f32,f16,q8_0,q4_0,q4_1 \
+        --nvllm-quantizations none,int8,int4,gguf,gguf=q4_0
 """
 import argparse
 import json
@@ -47,12 +57,6 @@ LLAMACPP_CANDIDATES = [{}, dict(flash_attn=False), dict(kv_unified=False), dict(
 # resolved, see the run's settings.engine in the JSON); only the device is pinned, so that a CUDA
 # machine still benchmarks the CPU
 NVLLM_DEFAULTS = {"device": "cpu"}
-# --nvllm-dtypes: a weight dtype, or a weight format (nvllm/quantization/, dtype auto), with its bits
-# a weight for matching peers
-NVLLM_WEIGHTS = {"float32": ({"dtype": "float32"}, 32), "bfloat16": ({"dtype": "bfloat16"}, 16),
-                 "float16": ({"dtype": "float16"}, 16), "int8": ({"quantization": "int8"}, 8),
-                 "int8-a8": ({"quantization": {"name": "int8", "activations": "int8"}}, 8),
-                 "int4": ({"quantization": "int4"}, 4), "gguf": ({"quantization": "gguf"}, 4)}
 
 
 def requests(workload: str, num_requests: int | None, min_len: int, max_len: int, seed: int = 0):
@@ -77,15 +81,34 @@ def workload_description(workload: str, args) -> dict:
                 greedy=True, ignore_eos=True)
 
 
+# the GGUF block type each nvllm weight format stores its linear layers like (docs/quantization.md):
+# a llama.cpp run on that type is its match
+PACKED_LIKE = {"int8": "q8_0", "int4": "q4_1"}
+
+
+def nvllm_options(dtype: str, quantization: str) -> dict:
+    """LLM() overrides for one nvllm run: `quantization` is a format's name, or gguf=TYPE (the file
+    llama.cpp's quantizer writes for the peer at TYPE, as quantization.file)."""
+    options = {"dtype": dtype} if dtype else {}
+    name, _, weights = quantization.partition("=")
+    if name != "none":
+        options["quantization.name"] = name
+    if weights:
+        options["quantization.file"] = f"llamacpp:{weights}"  # the child writes (once) and names the file
+    return options
+
+
 def plan(args) -> list[dict]:
     """The runs, in order: (workload, peer, variant, options) for each."""
     runs = []
     for workload in WORKLOADS if args.workload == "all" else [args.workload]:
         for peer in args.peers:
             if peer == "nvllm":
-                for weights in args.nvllm_dtypes:
-                    runs.append(dict(workload=workload, peer="nvllm", variant=weights,
-                                     options={**args.nvllm, **(NVLLM_WEIGHTS[weights][0] if weights else {})}))
+                for dtype in args.nvllm_dtypes:
+                    for quantization in args.nvllm_quantizations:
+                        variant = "+".join(v for v in (dtype, quantization) if v and v != "none")
+                        runs.append(dict(workload=workload, peer="nvllm", variant=variant,
+                                         options={**args.nvllm, **nvllm_options(dtype, quantization)}))
             elif peer == "hf":
                 # single-stream: one request, so batch size 1
                 for bs in [1] if workload == "single-stream" else args.hf_batch_sizes:
@@ -105,6 +128,12 @@ def run_nvllm(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     prompts, max_tokens = spec["prompts"], spec["max_tokens"]
     options = {**NVLLM_DEFAULTS, **_nest(spec.get("options", {}))}
+    quantization = options.get("quantization")
+    file = quantization.get("file") or "" if isinstance(quantization, dict) else ""
+    if file.startswith("llamacpp:"):
+        from nvllm.tools.bench_peers import llamacpp
+
+        options["quantization"]["file"] = str(llamacpp.gguf_path(file.removeprefix("llamacpp:")))
     params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=n) for n in max_tokens]
     start = time.perf_counter()
     with LLM("smollm2", **options) as llm:
@@ -114,6 +143,7 @@ def run_nvllm(spec: dict) -> dict:
         outputs = llm.generate(prompts, params, use_tqdm=False)
         wall = time.perf_counter() - start
         effective = {k: str(v) for k, v in vars(llm.engine.config).items()}
+        weight_format, weight_bytes = nvllm_format(llm.engine.config), llm.engine.executor.weight_bytes()
     rejected = [o.error for o in outputs if o.error]
     if rejected:
         raise RuntimeError(f"{len(rejected)} requests rejected, e.g. {rejected[0]}")
@@ -123,8 +153,20 @@ def run_nvllm(spec: dict) -> dict:
     return dict(output_tokens=output_tokens, computed_tokens=output_tokens, wall_s=wall, tok_s=output_tokens / wall,
                 load_s=load_s, ttft_s=sorted(o.metrics.ttft for o in outputs)[len(outputs) // 2],
                 decode_tok_s=sum(n for n, _ in decode) / sum(t for _, t in decode) if decode else None,
-                tokens=tokens[:spec["check"]], settings=dict(overrides=options, threads=spec["threads"],
-                                                             engine=effective))
+                tokens=tokens[:spec["check"]], format=weight_format, weight_bytes=weight_bytes,
+                settings=dict(overrides=options, threads=spec["threads"], engine=effective))
+
+
+def nvllm_format(config) -> str:
+    """How a run's linear layers are stored, as a GGUF type name (f32, f16, q8_0, q4_1, ...)."""
+    q = config.quantization
+    if q is None or q.name == "none":
+        return "f32" if config.dtype == "float32" else "f16"
+    if q.name == "gguf":
+        from nvllm.quantization.gguf import linear_tensors
+
+        return "+".join(sorted({t.tensor_type.name.lower() for t in linear_tensors(q.file)}))
+    return PACKED_LIKE.get(q.name, q.name)
 
 
 def _nest(flat: dict) -> dict:
@@ -228,19 +270,19 @@ def medians(results: list[dict]) -> list[dict]:
     return out
 
 
-def weight_bits(run: dict) -> int:
-    """Bits a weight takes in a run: nvllm's engine dtype, llama.cpp's GGUF type; transformers: 32."""
+def weight_format(run: dict) -> str:
+    """How a run stores its linear layers' weights, as a GGUF type name: nvllm's `format`,
+    llama.cpp's GGUF type; transformers: f32."""
     if run["peer"] == "nvllm":
-        if run["variant"] in NVLLM_WEIGHTS:
-            return NVLLM_WEIGHTS[run["variant"]][1]
-        return 16 if "16" in run["settings"]["engine"]["dtype"] else 32
-    return 16 if run["peer"] == "llamacpp" and run["variant"] == "f16" else 32
+        return run["format"]
+    return run["variant"] if run["peer"] == "llamacpp" else "f32"
 
 
 def summarize(results: list[dict]) -> list[dict]:
     """Per workload: nvllm against each peer run, ratio of output tok/s (and of decode tok/s). With
-    several nvllm runs (--nvllm-dtypes) a peer run is compared with each nvllm run whose weights have
-    as many bits (else with the first), a row each; `vs` names the nvllm run."""
+    several nvllm runs (--nvllm-dtypes, --nvllm-quantizations) a peer run is compared with each
+    nvllm run whose weights are stored in its format (else with the first), a row each; `vs` names
+    the nvllm run."""
     rows = []
     for workload in dict.fromkeys(r["workload"] for r in results):
         runs = [r for r in results if r["workload"] == workload and "tok_s" in r]
@@ -248,11 +290,12 @@ def summarize(results: list[dict]) -> list[dict]:
         pairs = [(r, None) for r in nvllm]
         for r in runs:
             if r["peer"] != "nvllm":
-                matched = [o for o in nvllm if weight_bits(o) == weight_bits(r)] or nvllm[:1] or [None]
+                matched = [o for o in nvllm if weight_format(o) == weight_format(r)] or nvllm[:1] or [None]
                 pairs += [(r, ours) for ours in matched]
         for r, ours in pairs:
-            row = dict(workload=workload, peer=r["peer"], variant=r["variant"], tok_s=r["tok_s"], wall_s=r["wall_s"],
-                       decode_tok_s=r.get("decode_tok_s"))
+            row = dict(workload=workload, peer=r["peer"], variant=r["variant"], format=weight_format(r),
+                       tok_s=r["tok_s"], wall_s=r["wall_s"], decode_tok_s=r.get("decode_tok_s"),
+                       weight_bytes=r.get("weight_bytes"))
             if ours is not None:
                 row["vs"] = ours["variant"]
                 row["nvllm_over_peer"] = ours["tok_s"] / r["tok_s"]
@@ -266,8 +309,8 @@ def summarize(results: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict], skipped: dict, failed: list[dict]):
     print()
-    print(f"{'workload':14} {'peer':9} {'variant':9} {'out tok/s':>9} {'wall s':>8} {'decode tok/s':>12} "
-          f"{'nvllm/peer':>10} {'agree':>6} {'vs nvllm':>8}")
+    print(f"{'workload':14} {'peer':9} {'variant':12} {'format':6} {'weights MiB':>11} {'out tok/s':>9} {'wall s':>8} "
+          f"{'decode tok/s':>12} {'nvllm/peer':>10} {'agree':>6} {'vs nvllm':>12}")
     for r in rows:
         ratio = f"{r['nvllm_over_peer']:.2f}x" if "nvllm_over_peer" in r else ""
         if "nvllm_over_peer_decode" in r and r["workload"] == "single-stream":
@@ -275,19 +318,24 @@ def print_table(rows: list[dict], skipped: dict, failed: list[dict]):
         agree = r.get("agreement", {}).get("prefix_agreement_pct")
         # a per-request rate: it means decode speed only with one request
         decode = f"{r['decode_tok_s']:.1f}" if r.get("decode_tok_s") and r["workload"] == "single-stream" else ""
-        print(f"{r['workload']:14} {r['peer']:9} {r['variant']:9} {r['tok_s']:9.1f} {r['wall_s']:8.1f} {decode:>12} "
-              f"{ratio:>10} {'' if agree is None else f'{agree:.0f}%':>6} {r.get('vs', ''):>8}")
+        size = f"{r['weight_bytes'] / 2**20:.1f}" if r.get("weight_bytes") else ""
+        print(f"{r['workload']:14} {r['peer']:9} {r['variant']:12} {r['format']:6} {size:>11} {r['tok_s']:9.1f} "
+              f"{r['wall_s']:8.1f} {decode:>12} {ratio:>10} {'' if agree is None else f'{agree:.0f}%':>6} "
+              f"{(r['vs'] or 'defaults') if 'vs' in r else '':>12}")
     for f in failed:
-        print(f"{f['workload']:14} {f['peer']:9} {f['variant']:9} FAILED: {f['error']}")
+        print(f"{f['workload']:14} {f['peer']:9} {f['variant']:12} FAILED: {f['error']}")
     for peer, reason in skipped.items():
         print(f"skipped {peer}: {reason}")
     print("out tok/s: output tokens / wall time (transformers: each request credited with its own max_tokens "
           "only, though a static batch computes up to the batch's longest). nvllm/peer: output tok/s ratio "
           "(single-stream: decode tok/s ratio, decode = tokens after the first / time after the first). agree: greedy tokens equal to nvllm's before the first "
-          "mismatch, on the first requests.")
+          "mismatch, on the first requests. format: how the linear layers are stored (nvllm: int8 as q8_0, int4 as "
+          "q4_1); a peer is compared with the nvllm runs of its format.")
 
 
 def parse_args(argv=None):
+    from nvllm.tools.bench_peers import llamacpp
+
     parser = argparse.ArgumentParser(prog="python -m nvllm.tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", default="all", choices=[*WORKLOADS, "all"])
@@ -299,7 +347,9 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for every peer")
     parser.add_argument("--check", type=int, default=4, help="compare greedy tokens on this many first requests")
     parser.add_argument("--hf-batch-sizes", default="16,64", help="transformers batch sizes to try; best is kept")
-    parser.add_argument("--llamacpp-weights", default="f16,f32", help="GGUF types to run: f16, f32")
+    parser.add_argument("--llamacpp-weights", default="f16,f32",
+                        help="GGUF types to run: f32, f16 (written from the safetensors), q8_0, q4_0, q4_1 "
+                             "(llama.cpp's quantizer on the f32 file)")
     parser.add_argument("--llamacpp", action="append", default=[], metavar="KEY=VALUE",
                         help="llama.cpp context setting: n_batch, n_ubatch, flash_attn, kv_unified, kv (auto|f16|f32), "
                              "max_in_flight (0 = all)")
@@ -309,8 +359,10 @@ def parse_args(argv=None):
                         help="nvllm override, as for LLM(), over the bench's "
                              + " ".join(f"{k}={v}" for k, v in NVLLM_DEFAULTS.items()) + ": attention=sdpa, ...")
     parser.add_argument("--nvllm-dtypes", default="",
-                        help="nvllm runs, one per weight dtype or format: " + ", ".join(NVLLM_WEIGHTS)
-                             + " (default: one run, dtype=auto)")
+                        help="nvllm runs, one per weight dtype: float32, bfloat16, float16 (default: one run, dtype=auto)")
+    parser.add_argument("--nvllm-quantizations", default="none",
+                        help="nvllm runs, one per weight format: none, int8, int4, gguf (the embedded Q4_1 file), "
+                             "gguf=q8_0|q4_0|q4_1 (the file llama.cpp's quantizer writes for the peer)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the whole plan this many times, alternating, and keep each run's median")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
@@ -322,15 +374,21 @@ def parse_args(argv=None):
         parser.error(f"unknown peers {sorted(unknown)}; peers: {', '.join(PEERS)}")
     args.hf_batch_sizes = [int(b) for b in args.hf_batch_sizes.split(",")]
     args.llamacpp_weights = [w.strip() for w in args.llamacpp_weights.split(",")]
-    if set(args.llamacpp_weights) - {"f16", "f32"}:
-        parser.error("--llamacpp-weights takes f16 and/or f32")
+    if set(args.llamacpp_weights) - set(llamacpp.WEIGHTS):
+        parser.error(f"--llamacpp-weights takes {', '.join(llamacpp.WEIGHTS)}")
     args.llamacpp = _key_values(parser, args.llamacpp)
     args.nvllm = _key_values(parser, args.nvllm)
     args.nvllm_dtypes = [d.strip() for d in args.nvllm_dtypes.split(",")]
-    if set(args.nvllm_dtypes) - {"", *NVLLM_WEIGHTS}:
-        parser.error(f"--nvllm-dtypes takes {', '.join(NVLLM_WEIGHTS)}")
-    if {"dtype", "quantization"} & set(args.nvllm) and args.nvllm_dtypes != [""]:
-        parser.error("--nvllm dtype=... (or quantization=...) and --nvllm-dtypes both set the weights; keep one")
+    if set(args.nvllm_dtypes) - {"", "float32", "bfloat16", "float16"}:
+        parser.error("--nvllm-dtypes takes float32, bfloat16 and/or float16")
+    args.nvllm_quantizations = [q.strip() for q in args.nvllm_quantizations.split(",")]
+    known = {"none", "int8", "int4", "gguf", *(f"gguf={w}" for w in llamacpp.QUANTIZED_WEIGHTS)}
+    if set(args.nvllm_quantizations) - known:
+        parser.error(f"--nvllm-quantizations takes {', '.join(sorted(known))}")
+    if any(k.split(".")[0] == "quantization" for k in args.nvllm) and args.nvllm_quantizations != ["none"]:
+        parser.error("--nvllm quantization=... and --nvllm-quantizations both set the format; keep one")
+    if "dtype" in args.nvllm and args.nvllm_dtypes != [""]:
+        parser.error("--nvllm dtype=... and --nvllm-dtypes both set the dtype; keep one")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     if args.min_len < 1 or args.max_len < args.min_len:

@@ -8,7 +8,11 @@ are listed with their reason, never dropped. Writes report.md (with a definition
 report.csv and by_<axis>.png (needs pandas, tabulate and matplotlib: the `report` extra) into the
 sweep directory or --out, and load.png when `workload.request_rate` is swept: p99 TTFT, p99 ITL and
 goodput against the achieved request rate, a line per configuration, and a table of each
-configuration's knee. Simulated runs (forward=simulated) are marked SIMULATED in every table and
+configuration's knee. A sweep over `quantization` with perplexities beside it (`--quality`, by
+default the `perplexity-*.json` files nvllm.tools.perplexity wrote into the sweep directory) also
+gets speed against quality: a table and frontier.png, output throughput against perplexity, a line
+per configuration of the other axes through the formats no other beats on both (the frontier).
+Simulated runs (forward=simulated) are marked SIMULATED in every table and
 plot, with what simulated them and whether it was calibrated. A sweep where a drafter ran gets
 vLLM's acceptance columns; settings that cannot change a run (`speculative.*` under
 speculative=none) are not told apart, so such cells fold into one configuration."""
@@ -265,7 +269,9 @@ def sweep_title(axes: list[str], fixed: dict) -> str:
     return " × ".join(axes) if axes else "one configuration"
 
 
-def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed, table, plots: list[str]):
+def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed, table, plots: list[str],
+                   extra: list[str] = ()):
+    """report.md; `extra`: sections (markdown lines) put after the knees."""
     counts = ", ".join(f"{int((runs['status'] == s).sum())} {s}" for s in ("ok", "skipped", "failed"))
     title = f"{sweep_title(axes, fixed)} ({sweep_dir.resolve().name})"  # resolved: `.` has no name
     lines = [f"# Sweep report: {_marked(title, table)}", "",
@@ -300,6 +306,7 @@ def write_markdown(path: Path, sweep_dir: Path, runs: pd.DataFrame, axes, fixed,
     lines += ["", "Columns:", ""] + [f"- **{_header(table, n)}**: {COLUMNS[n].definition}." for n in names]
     lines += _by_priority(axes, runs, table)
     lines += _knees(axes, table)
+    lines += extra
     not_ok = runs[runs["status"] != "ok"]
     if len(not_ok):
         listed = pd.DataFrame({
@@ -559,7 +566,106 @@ def _slo(runs: pd.DataFrame) -> str:
     return ""
 
 
-def report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
+# -- speed against quality --------------------------------------------------------------------------
+QUALITY_AXIS = "quantization"
+
+
+def load_quality(files: list[Path]) -> dict[str, dict]:
+    """What nvllm.tools.perplexity measured (its --json files), by the weight format of the run it
+    scored: perplexity, the float32 model's, mean KL divergence and top-1 agreement against it."""
+    quality = {}
+    for file in files:
+        data = json.loads(Path(file).read_text())
+        run, reference = data["run"], data["float32"]
+        if run["quantization"] in quality:
+            raise SystemExit(f"{file} and {quality[run['quantization']]['file']} both measured "
+                             f"quantization={run['quantization']}; keep one")
+        quality[run["quantization"]] = {
+            "perplexity": run["perplexity"], "float32_perplexity": reference["perplexity"],
+            "mean_kl_divergence": run.get("mean_kl_divergence"), "top1_agreement": run.get("top1_agreement"),
+            "weight_bytes": run.get("weight_bytes"), "text": data.get("text"), "file": str(file)}
+    return quality
+
+
+def frontier_table(axes: list[str], table: pd.DataFrame, quality: dict[str, dict]) -> pd.DataFrame:
+    """The configurations whose format was measured for quality, with its perplexity, and
+    `frontier`: whether no other format at the same settings of the other axes is both faster
+    (output throughput) and at most as perplexed."""
+    rows = table[table[QUALITY_AXIS].isin(list(quality)) & table["output_throughput_median"].notna()].copy()
+    rows["perplexity"] = [quality[q]["perplexity"] for q in rows[QUALITY_AXIS]]
+    others = [a for a in axes if a != QUALITY_AXIS]
+    rows["frontier"] = False
+    for _, group in (rows.groupby(others, sort=False) if others else [((), rows)]):
+        for i, row in group.iterrows():
+            rows.loc[i, "frontier"] = not any(
+                o["output_throughput_median"] > row["output_throughput_median"] and o["perplexity"] <= row["perplexity"]
+                for _, o in group.iterrows())
+    return rows
+
+
+def quality_markdown(axes: list[str], rows: pd.DataFrame, quality: dict[str, dict]) -> list[str]:
+    others = [a for a in axes if a != QUALITY_AXIS]
+    reference = next(iter(quality.values()))
+    files = ", ".join(f"`{Path(q['file']).name}`" for q in quality.values())
+    shown = pd.DataFrame({
+        **{f"`{a}`": list(rows[a]) for a in [QUALITY_AXIS, *others]},
+        "perplexity": [f"{p:.4f}" for p in rows["perplexity"]],
+        "vs float32": [f"{100 * (quality[q]['perplexity'] / quality[q]['float32_perplexity'] - 1):+.2f} %"
+                       for q in rows[QUALITY_AXIS]],
+        "mean KL divergence": [_fmt_small(quality[q]["mean_kl_divergence"]) for q in rows[QUALITY_AXIS]],
+        "top-1 agreement": ["—" if quality[q]["top1_agreement"] is None else f"{100 * quality[q]['top1_agreement']:.2f} %"
+                            for q in rows[QUALITY_AXIS]],
+        "weights (MiB)": ["—" if not quality[q]["weight_bytes"] else f"{quality[q]['weight_bytes'] / 2**20:.1f}"
+                          for q in rows[QUALITY_AXIS]],
+        _header(rows, "output_throughput"): [_cell(r, rows, "output_throughput") for _, r in rows.iterrows()],
+        "on the frontier": ["yes" if f else "" for f in rows["frontier"]]})
+    return ["", f"## {_marked('Speed against quality', rows)}", "",
+            f"Perplexity of each format on `{reference['text']}` against the float32 model's "
+            f"({reference['float32_perplexity']:.4f}), from `python -m nvllm.tools.perplexity` (its JSON files: "
+            f"{files}); output throughput from this sweep. "
+            f"On the frontier: no other format" + (f" at the same {', '.join(f'`{a}`' for a in others)}" if others else "")
+            + " is faster at a perplexity no higher.", "", shown.to_markdown(index=False, disable_numparse=True)]
+
+
+def _fmt_small(x) -> str:
+    return "—" if x is None else f"{x:.3g}"
+
+
+def plot_frontier(out_dir: Path, title: str, axes: list[str], rows: pd.DataFrame) -> list[str]:
+    """frontier.png: output throughput against perplexity, a point per format (labelled) and a line per
+    configuration of the other axes through its frontier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    others = [a for a in axes if a != QUALITY_AXIS]
+    fig, panel = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    groups = rows.groupby(others, sort=False) if others else [((), rows)]
+    for i, (label, group) in enumerate(groups):
+        label = label if isinstance(label, tuple) else (label,)
+        name = ", ".join(f"{a}={v}" for a, v in zip(others, label)) or "runs"
+        panel.scatter(group["perplexity"], group["output_throughput_median"], color=f"C{i}", zorder=3)
+        front = group[group["frontier"]].sort_values("perplexity")
+        # the frontier: a line through its points, each ringed (a frontier of one point is a ring)
+        panel.plot(front["perplexity"], front["output_throughput_median"], color=f"C{i}", marker="o", markersize=11,
+                   markerfacecolor="none", label=_sim(name, group.iloc[0]))
+        for _, r in group.iterrows():
+            panel.annotate(r[QUALITY_AXIS], (r["perplexity"], r["output_throughput_median"]), fontsize="small",
+                           xytext=(4, 4), textcoords="offset points")
+    panel.set_xlabel("perplexity (lower is better)")
+    panel.set_ylabel(_header(rows, "output_throughput"))
+    panel.set_yscale("log")
+    _plain_log_y(panel)
+    panel.grid(alpha=0.3, which="both")
+    fig.suptitle(f"{_marked(title, rows)}: speed against quality (ringed and joined: the frontier)")
+    _legend(fig, panel, len(others) > 0)
+    fig.savefig(out_dir / "frontier.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return ["frontier.png"]
+
+
+def report(sweep_dir: Path, out_dir: Path | None = None, quality_files: list[Path] | None = None) -> Path:
     out_dir = out_dir or sweep_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(sweep_dir)
@@ -567,14 +673,19 @@ def report(sweep_dir: Path, out_dir: Path | None = None) -> Path:
         raise SystemExit(f"no metrics.json under {sweep_dir}: is it the directory a sweep (-m) wrote?")
     axes, fixed, table = summarise(runs)
     _, _, runs = with_configs(runs)
+    quality = load_quality(sorted(sweep_dir.glob("perplexity-*.json")) if quality_files is None else quality_files)
+    frontier = frontier_table(axes, table, quality) if quality and QUALITY_AXIS in axes else None
     try:
         title = sweep_title(axes, fixed)
         plots = plot(out_dir, title, axes, table) + plot_load(out_dir, title, axes, table, _slo(runs))
+        if frontier is not None and len(frontier):
+            plots += plot_frontier(out_dir, title, axes, frontier)
     except ImportError:
         print("nvllm.tools.report: matplotlib is not installed, so no plots (pip install 'nvllm[report]')", file=sys.stderr)
         plots = []
     table.to_csv(out_dir / "report.csv", index=False)
-    write_markdown(out_dir / "report.md", sweep_dir, runs, axes, fixed, table, plots)
+    extra = quality_markdown(axes, frontier, quality) if frontier is not None and len(frontier) else []
+    write_markdown(out_dir / "report.md", sweep_dir, runs, axes, fixed, table, plots, extra)
     return out_dir / "report.md"
 
 
@@ -582,8 +693,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m nvllm.tools.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="the directory a sweep wrote (hydra.sweep.dir)")
     parser.add_argument("--out", type=Path, help="where to write report.md, report.csv and the plots (default: sweep_dir)")
+    parser.add_argument("--quality", type=Path, nargs="+", metavar="JSON",
+                        help="perplexities of the swept formats (python -m nvllm.tools.perplexity --json); default: "
+                             "sweep_dir/perplexity-*.json")
     args = parser.parse_args(argv)
-    path = report(args.sweep_dir, args.out)
+    path = report(args.sweep_dir, args.out, args.quality)
     print(path.read_text())
     print(f"report: {path}")
 

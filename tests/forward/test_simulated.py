@@ -261,3 +261,57 @@ def test_a_third_party_cost_model_registers_through_the_forward_hook(tmp_path):
     # the first token of each request comes from the one prefill step, every later one from a decode step
     decodes = m["total_output_tokens"] - m["completed"]
     assert m["duration"] == pytest.approx(0.125 * sim["steps"] + 0.0625 * decodes, abs=1e-9)
+
+
+def test_a_weight_format_streams_its_bytes():
+    """A memory-bound decode step (one sequence, Qwen3-8B's shape on an H200) costs the weights' bytes
+    over the bandwidth: the linear layers' at the format's bytes a weight, the embeddings' in dtype."""
+    dims = ModelDims.of(AutoConfig.from_pretrained(shape_path("qwen3", "qwen3-8b")))
+    h200 = hardware("h200")
+    bandwidth = h200.memory_bandwidth * h200.bandwidth_efficiency
+    decode = StepShape.synthetic([], [16])
+    kv = dims.kv_bytes_per_token(2) * 17
+    host = HOST_STEP_S + HOST_SEQ_S
+    seconds = {}
+    for name, linear_bytes in (("bfloat16", None), ("int8", 1 + 2 / 32), ("int4", 0.5 + 4 / 32)):
+        seconds[name] = RooflineCost(dims, h200, "bfloat16", linear_bytes=linear_bytes).step_seconds(decode) - host
+        weights = dims.linear_params * (linear_bytes or 2) + dims.embedding_params * 2
+        assert seconds[name] == pytest.approx((weights + kv) / bandwidth, rel=1e-9), name
+    # the linear layers are 92 % of Qwen3-8B's weights: int8 takes 0.53 of bfloat16's time, int4 0.35
+    linear_share = dims.linear_params / dims.params
+    for name, ratio in (("int8", 34 / 64), ("int4", 20 / 64)):
+        assert seconds[name] / seconds["bfloat16"] == pytest.approx(linear_share * ratio + 1 - linear_share, rel=1e-3)
+    prefill = StepShape.synthetic([(0, 8192)], [])  # compute-bound: a weight-only format changes no FLOPs
+    assert RooflineCost(dims, h200, "bfloat16", linear_bytes=0.625).step_seconds(prefill) == \
+        pytest.approx(RooflineCost(dims, h200, "bfloat16").step_seconds(prefill), rel=1e-3)
+
+
+@pytest.mark.parametrize("quantization, linear_bytes", [("int8", 34 / 32), ("int4", 20 / 32)])
+def test_a_simulated_run_takes_the_weight_format(quantization, linear_bytes):
+    """forward=simulated accepts quantization=int8 and int4; a single stream's TPOT drops by the
+    bytes ratio, and the KV cache gets the memory the format frees."""
+    model = {"name": "qwen3", "shape": "qwen3-8b"}
+    dims = ModelDims.of(AutoConfig.from_pretrained(shape_path("qwen3", "qwen3-8b")))
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    tpot, blocks = {}, {}
+    for name in ("none", quantization):
+        with LLM(model, forward={"name": "simulated", "hardware": "h200"}, quantization=name, max_model_len=256) as llm:
+            out = llm.generate([[1] * 16], greedy, use_tqdm=False)[0]
+            tpot[name] = out.metrics.tpot - HOST_STEP_S - HOST_SEQ_S
+            blocks[name] = llm.engine.kv_cache.num_blocks
+            sim = llm.engine.executor.describe()
+        assert sim["quantization"] == name and sim["linear_bytes_per_weight"] == (2 if name == "none" else linear_bytes)
+    expected = dims.weight_bytes(2, linear_bytes) / dims.weight_bytes(2, 2)
+    assert tpot[quantization] / tpot["none"] == pytest.approx(expected, rel=1e-3)  # the KV read is < 0.1 % of it
+    assert blocks[quantization] >= blocks["none"]
+
+
+def test_gguf_prices_the_files_blocks_and_a_profile_of_another_format_is_refused(tmp_path):
+    from nvllm.models.weights import smollm2_gguf
+    from nvllm.quantization.gguf import GGUF
+
+    # the embedded SmolLM2's file: every linear tensor Q4_1, 20 bytes per 32 weights
+    assert GGUF.bytes_per_weight(GGUF.Config(file=str(smollm2_gguf())), 4) == 20 / 32
+    profile = write_profile(tmp_path / "p.json", tiny_dims(), step=0.25)
+    with pytest.raises(ConfigError, match="quantization=int8 but forward.profile=.* was measured with quantization=none"):
+        LLM(TINY, forward={"name": "simulated", "profile": profile}, quantization="int8")

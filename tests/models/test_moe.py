@@ -351,3 +351,96 @@ def test_an_expert_past_the_experts_config_json_has_is_refused(tmp_path):
     with pytest.raises(WeightsError, match=r"weight 'model.layers.1.mlp.experts.7.down_proj.weight': expert 7 is out "
                                            r"of range: this layer has num_experts=7"):
         LLM(path, max_model_len=64)
+
+
+def routed_tokens(batch: list[list[int]]) -> int:
+    """Tokens the model computes for `batch` without cache hits: each prompt, then every output
+    token but the last (nothing computes after it)."""
+    return sum(len(p) + MAX_NEW - 1 for p in batch)
+
+
+@pytest.mark.parametrize("forward", ["eager", "fused_cpu"])
+def test_tokens_per_expert_are_counted_for_metrics_json_and_prometheus(checkpoint, forward):
+    """Each sparse layer counts top_k = 2 routings per computed token (warm-up excluded), through the
+    torch modules and through the C step (which routes in C, and counts there); the counts are
+    metrics.json's `expert_load` and /metrics' nvllm:moe_expert_tokens_total, which are read at scrape
+    time; moe.expert_load=false counts nothing, and says so with null rather than zeros."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from nvllm.metrics import collect
+    from nvllm.server.prometheus import PrometheusMetrics
+
+    batch = prompts()[:-1]
+    settings = {"kv_cache": {"block_size": 8, "prefix_caching": False}, "max_model_len": 256}
+    with LLM(checkpoint, forward=forward, **settings) as llm:
+        prometheus = PrometheusMetrics("tiny-moe")
+        assert "moe_expert_tokens" not in prometheus.render().decode()  # no step yet: nothing to read
+        outputs = llm.generate(batch, GREEDY, use_tqdm=False)
+        prometheus.on_step(llm.engine, [], {})
+        load = llm.engine.executor.expert_load()
+        metrics = collect(llm.engine, outputs, 1.0, {})
+        text = prometheus.render().decode()
+        stats = llm.engine.stats
+    assert routed_tokens(batch) == stats.prefill_tokens + stats.decode_tokens
+    assert set(load) == {1, 2}  # layer 0 is dense (mlp_only_layers)
+    for counts in load.values():
+        assert len(counts) == 8 and sum(counts) == 2 * routed_tokens(batch)
+        assert sum(c > 0 for c in counts) > 1
+    assert metrics["expert_load"]["tokens_per_expert"] == {"1": load[1], "2": load[2]}
+    assert metrics["expert_load"]["max_over_mean"]["1"] == max(load[1]) * 8 / sum(load[1])
+    samples = {(s.labels["layer"], s.labels["expert"]): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name == "nvllm:moe_expert_tokens_total"}
+    assert samples == {(str(layer), str(e)): n for layer, counts in load.items() for e, n in enumerate(counts)}
+    if forward == "eager":
+        return
+    with LLM(checkpoint, forward="eager", **settings) as llm:  # the same routings through the torch modules
+        llm.generate(batch, GREEDY, use_tqdm=False)
+        assert llm.engine.executor.expert_load() == load
+    for strategy in ("eager", "fused_cpu"):
+        with LLM(checkpoint, forward=strategy, moe={"expert_load": False}, **settings) as llm:
+            outputs = llm.generate(batch[:1], GREEDY, use_tqdm=False)
+            assert llm.engine.executor.expert_load() is None
+            assert collect(llm.engine, outputs, 1.0, {})["expert_load"] is None
+
+
+@pytest.mark.slow  # tp=2 worker processes, each loading torch and a model
+def test_rank_0_counts_every_experts_tokens_under_expert_parallelism(checkpoint):
+    """Rank 0 holds experts 0-3 only, and its replicated router routes every token over all 8: its
+    counts are the whole layer's."""
+    batch = prompts()[:3]
+    with LLM(checkpoint, tp=2, forward="eager", moe={"expert_parallel": True}, max_model_len=256,
+             kv_cache={"block_size": 8, "prefix_caching": False}) as llm:
+        llm.generate(batch, GREEDY, use_tqdm=False)
+        load = llm.engine.executor.expert_load()
+        assert llm.engine.executor.model.model.layers[1].mlp.num_local_experts == 4
+    assert all(len(c) == 8 and sum(c) == 2 * routed_tokens(batch) and sum(c[4:]) > 0 for c in load.values())
+
+
+@pytest.mark.slow  # a run and a server, each a process loading torch
+def test_the_counts_reach_metrics_json_and_the_servers_metrics(checkpoint, tmp_path):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_run import nvllm_run
+    from tests.test_serve import Server
+
+    _, metrics = nvllm_run("model=qwen3_moe", f"model.path={checkpoint}", "forward=eager", "workload=random_tiny",
+                           "workload.num_seqs=3",
+                           "workload.input_len=[8,8]", "workload.output_len=[4,4]", "workload.max_token_id=500",
+                           "kv_cache.prefix_caching=false", "max_model_len=64", cwd=tmp_path)
+    load = metrics["expert_load"]["tokens_per_expert"]
+    assert set(load) == {"1", "2"} and all(len(c) == 8 and sum(c) == 2 * 3 * (8 + 3) for c in load.values())
+    server = Server(tmp_path, "model=qwen3_moe", f"model.path={checkpoint}", "forward=eager", "max_model_len=64")
+    try:
+        answer = httpx.post(f"{server.url}/v1/completions", timeout=60,
+                            json={"prompt": [1, 2, 3, 4, 5], "max_tokens": 4, "ignore_eos": True})
+        assert answer.status_code == 200, answer.text
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        server.stop()
+    per_layer = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "nvllm:moe_expert_tokens_total":
+                per_layer[s.labels["layer"]] = per_layer.get(s.labels["layer"], 0) + s.value
+    assert per_layer == {"1": 2 * (5 + 3), "2": 2 * (5 + 3)}

@@ -172,10 +172,7 @@ def test_a_tp_that_would_split_a_group_is_refused_naming_the_numbers(tmp_path):
         LLM(path, quantization="int4", tp=2)
 
 
-def test_simulated_and_onednn_refuse_packed_weights_and_auto_picks_the_c_step(tiny_llama_path):
-    with pytest.raises(ConfigError, match=r"forward=simulated cannot run here: quantization=int8 runs with "
-                                          r"forward=eager or cudagraph or fused_cpu"):
-        LLM(tiny_llama_path, quantization="int8", forward="simulated")
+def test_onednn_refuses_packed_weights_and_auto_picks_the_c_step(tiny_llama_path):
     with pytest.raises(ConfigError, match=r"forward.onednn=true .* with quantization=int4"):
         LLM(tiny_llama_path, quantization="int4", forward={"name": "eager", "onednn": True})
     for fmt in ("int8", "int4"):

