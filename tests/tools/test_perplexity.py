@@ -39,7 +39,7 @@ def test_perplexity_kl_and_agreement(tiny_text_path, tmp_path, capsys):
     assert result["float32"]["chunks"] == len(chunks) and result["run"]["tokens_scored"] == len(chunks) * (CTX // 2 - 1)
     assert math.isclose(result["float32"]["perplexity"], transformers_perplexity(tiny_text_path, chunks), rel_tol=1e-5)
     run = result["run"]
-    assert run["quantization"] == "int8" and run["forward"] == "eager"
+    assert run["quantization"] == "int8" and run["forward"] == "fused_cpu"  # auto: the C step reads packed weights
     assert run["mean_kl_divergence"] > 0 and 0 < run["top1_agreement"] <= 1
     assert run["weight_bytes"] < result["float32"]["weight_bytes"]
     assert "quantization=int8: perplexity" in capsys.readouterr().out
