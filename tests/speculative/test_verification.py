@@ -91,7 +91,8 @@ def test_fused_cpu_takes_a_verify_step_over_a_long_context():
     from nvllm.forward.fused_cpu import FusedCPUForward
 
     strategy = FusedCPUForward.__new__(FusedCPUForward)
-    strategy.config, strategy.weights, strategy.quantized = FusedCPUForward.Config(max_prefill_context=512), torch.float32, False
+    strategy.config = FusedCPUForward.Config(max_prefill_context=512)
+    strategy.weights, strategy.quantized = torch.float32, False
 
     def meta(query_lens, context_lens, num_logits):
         return AttentionMetadata(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), query_lens,
