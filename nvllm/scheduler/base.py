@@ -58,8 +58,9 @@ class Scheduler(ABC):
 
     def running_order(self) -> list[Sequence]:  # decodes, then prefill chunks under way
         decodes = [s for s in self.running if s.num_tokens - s.num_computed_tokens <= 1]
-        return decodes if len(decodes) == len(self.running) else decodes + [
-            s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
+        if len(decodes) == len(self.running):
+            return decodes
+        return decodes + [s for s in self.running if s.num_tokens - s.num_computed_tokens > 1]
 
     def victim(self, seq: Sequence, candidates: list[Sequence]) -> Sequence | None:
         return candidates[-1] if candidates else None  # the newest admitted; None: seq itself
