@@ -20,10 +20,11 @@ def startup_line(engine) -> str:
 
 
 def _weights(c, executor) -> str:
-    """The weights' resident bytes, and in what format the linear layers hold them."""
+    """The weights' resident bytes, and in what format the model holds them (a packed format: the linear
+    layers, the embedding and the LM head; gguf keeps a file's F16 or F32 embedding in dtype)."""
     quantization = c.quantization.name if c.quantization else "none"
     return (f"weights {executor.weight_bytes() / 2**20:.1f} MiB (quantization={quantization}"
-            f"{'' if quantization == 'none' else f', linear layers packed, the rest {c.dtype}'}); ")
+            f"{'' if quantization == 'none' else f', linear layers and embedding packed, norms {c.dtype}'}); ")
 
 
 def _simulated(c, simulator) -> str:

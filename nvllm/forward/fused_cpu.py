@@ -18,9 +18,10 @@ prefill in C (the torch modules would compute in 16 bits), whatever max_prefill_
 
 A packed format (quantization=int8, int4, gguf) is read in place: each linear layer's quantized
 rows (nvllm/models/layers/packed.py), dequantized in registers by nvllm/kernels/quantized.h, so the
-step computes x times the dequantized float32 weights; the embedding and the LM head stay in
-dtype. quantization.activations=int8 multiplies the int8 weights by activations rounded to int8
-(a numerics change, asked for by name). Such a run, too, takes every prefill in C."""
+step computes x times the dequantized float32 weights; the embedding table and the LM head are the
+model's int8 rows too (tied: one table), a looked-up row dequantized, the head multiplied as an int8
+linear layer with float activations. quantization.activations=int8 multiplies the linear layers'
+int8 weights by activations rounded to int8 (a numerics change, asked for by name). Such a run, too, takes every prefill in C."""
 import ctypes
 import functools
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class _Model(ctypes.Structure):
         "hidden", "num_heads", "num_kv_heads", "head_dim", "intermediate", "vocab", "num_layers", "block_size",
         "weights")] + [
         ("eps", _f32), ("scale", _f32),
-        ("embed", _ptr), ("norm", _ptr), ("lm_head", _ptr), ("cos_sin", _ptr), ("layers", ctypes.POINTER(_Layer))]
+        ("embed", _Weight), ("norm", _ptr), ("lm_head", _Weight), ("cos_sin", _ptr), ("layers", ctypes.POINTER(_Layer))]
 
 
 @functools.cache
@@ -180,12 +181,12 @@ class FusedCPUForward(EagerForward):
             self.packed.append(pack(weight))
             return _p(self.packed[-1], self.weights)
 
-        def matmul(linear) -> _Weight:
-            """A linear layer's weight as the step reads it: panels packed in dtype, or the layer's own
-            quantized rows (nvllm/models/layers/packed.py), in place."""
+        def matmul(linear, int8_dot: bool = self.int8_activations) -> _Weight:
+            """A linear layer's (or the LM head's) weight as the step reads it: panels packed in dtype,
+            or the layer's own quantized rows (nvllm/models/layers/packed.py), in place."""
             if linear.qweight is None:
                 return _Weight(packed(linear.weight), None, None, WEIGHTS[self.weights])
-            fmt = INT4 if linear.mins is not None else INT8_DOT if self.int8_activations else INT8
+            fmt = INT4 if linear.mins is not None else INT8_DOT if int8_dot else INT8
             return _Weight(_p(linear.qweight, linear.qweight.dtype), _p(linear.scales, torch.float16),
                            _p(linear.mins, torch.float16), fmt)
 
@@ -223,13 +224,16 @@ class FusedCPUForward(EagerForward):
         self.layers = (_Layer * len(layers))(*layers)
         eps = {layer.input_layernorm.eps for layer in decoder.layers}
         assert len(eps) == 1
-        self.vocab = decoder.embed_tokens.vocab_size
+        embed = decoder.embed_tokens
+        self.vocab = embed.vocab_size  # (tp=1: the table's and the head's rows)
+        table = matmul(embed, int8_dot=False) if embed.qweight is not None else \
+            _Weight(_p(embed.weight, self.weights), None, None, WEIGHTS[self.weights])  # read in place
         self.c_model = _Model(
-            decoder.embed_tokens.weight.shape[1], attn0.num_heads, attn0.num_kv_heads, attn0.head_dim,
+            decoder.norm.weight.shape[0], attn0.num_heads, attn0.num_kv_heads, attn0.head_dim,
             max((mlp.gate_up_proj.output_sizes[0] for mlp in dense), default=0), self.vocab, len(decoder.layers),
             self.runner.block_size,
-            WEIGHTS[self.weights], eps.pop(), attn0.attn.scale, _p(decoder.embed_tokens.weight, self.weights),
-            f32(decoder.norm.weight), packed(model.lm_head.weight[:self.vocab]), f32(attn0.rotary_emb.cos_sin_cache),
+            WEIGHTS[self.weights], eps.pop(), attn0.attn.scale, table,
+            f32(decoder.norm.weight), matmul(model.lm_head, int8_dot=False), f32(attn0.rotary_emb.cos_sin_cache),
             self.layers)
         self.early_exits[None] = m = self.c_model
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim

@@ -105,8 +105,10 @@ class SimulatedForward(Executor):
         # bytes a linear layer's weight takes in the run's weight format (quantization=int8: 1 + 2/32)
         quantization = run_config.quantization or registry.make_config("quantization", "none")
         self.quantization = quantization.name
-        self.linear_bytes = registry.get("quantization", quantization.name).bytes_per_weight(
-            quantization, DTYPE_BYTES[config.dtype])
+        quantizer = registry.get("quantization", quantization.name)
+        self.linear_bytes = quantizer.bytes_per_weight(quantization, DTYPE_BYTES[config.dtype])
+        # and a weight of the embedding and LM head (a packed format holds them in int8)
+        self.embedding_bytes = quantizer.embedding_bytes_per_weight(quantization, DTYPE_BYTES[config.dtype])
         # moe.expert_parallel: a mixture of experts' experts placed whole on the tp ranks
         self.expert_parallel = run_config.moe.expert_parallel
         self.profile = load_profile(config.profile) if config.profile else None
@@ -122,7 +124,7 @@ class SimulatedForward(Executor):
         if self.profile is not None:
             return ProfileCost(self.profile["coefficients_s"], self.profile, self.config.profile)
         return RooflineCost(self.dims, hardware(self.config.hardware), self.config.dtype, self.tp, self.expert_parallel,
-                            self.linear_bytes)
+                            self.linear_bytes, self.embedding_bytes)
 
     def _check_profile(self, run_config):
         """The profile's model shape must be the run's; a named attention backend must be the profile's."""
@@ -149,7 +151,7 @@ class SimulatedForward(Executor):
         c, dtype_bytes = self.run, DTYPE_BYTES[self.config.dtype]
         block_bytes = self.dims.kv_bytes_per_token(dtype_bytes, self.tp) * kv_config.block_size
         kind, memory_gib = self._memory()
-        weights = self.dims.weight_bytes(dtype_bytes, self.linear_bytes) / self.tp
+        weights = self.dims.weight_bytes(dtype_bytes, self.linear_bytes, embedding_bytes=self.embedding_bytes) / self.tp
         if kv_config.memory_budget_gb is not None:
             budget = kv_config.memory_budget_gb * 2**30
         elif kind == "gpu":

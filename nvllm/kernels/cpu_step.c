@@ -18,7 +18,8 @@
  * Weights (the packed matmul panels and the embedding table) are float32, bfloat16 or float16
  * (Model.weights); norms, biases, rotary table and KV cache are always float32. A layer's matmul
  * weight may instead be quantized (Weight.format: quantization=int8, int4, gguf), read in its own
- * row-major layout by quantized.h's kernels, which dequantize it in registers. A 16-bit weight is
+ * row-major layout by quantized.h's kernels, which dequantize it in registers; with those formats
+ * the embedding table and the LM head are INT8 rows (one copy when tied). A 16-bit weight is
  * widened to float32 in registers as it is loaded (bfloat16: a 16-bit shift; float16: F16C's
  * vcvtph2ps), both exact, and multiplied and summed in float32: the arithmetic is the float32
  * step's on the 16-bit-rounded weights, at half the bytes streamed. Which vector code runs is fixed
@@ -66,9 +67,9 @@ typedef struct {
 typedef struct {
     int64_t hidden, num_heads, num_kv_heads, head_dim, intermediate, vocab, num_layers, block_size, weights;
     float eps, scale;
-    const void *embed;    /* in the weights' format, as is lm_head */
+    Weight embed;         /* [vocab, hidden]: in the weights' format, or INT8 rows (a packed format), as is lm_head */
     const float *norm;
-    const void *lm_head;
+    Weight lm_head;       /* panels, or INT8 rows (a tied head: the embedding's own) */
     const float *cos_sin; /* [max_position, head_dim]: cos | sin */
     const Layer *layers;
 } Model;
@@ -257,7 +258,7 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     }
 }
 
-/* linear_any for panels in the model's weight format (the LM head's) */
+/* linear_any for panels in the model's weight format (a router's: moe_step.h) */
 static void linear(const Model *m, const float *x, int64_t B, int64_t K, const void *w, const float *bias, int64_t N,
                    float *y)
 {
@@ -265,16 +266,21 @@ static void linear(const Model *m, const float *x, int64_t B, int64_t K, const v
     linear_any(x, B, K, &panels, bias, N, y, NULL);
 }
 
-/* A token's embedding row, as floats */
+/* A token's embedding row, as floats (INT8: q * d in float32, as packed.py's dequantize) */
 static void embed_row(const Model *m, int64_t id, float *out)
 {
     const int64_t H = m->hidden;
-    if (m->weights == F32)
-        memcpy(out, (const float *)m->embed + id * H, sizeof(float) * (size_t)H);
-    else if (m->weights == BF16)
-        for (int64_t i = 0; i < H; ++i) out[i] = widen1(m->embed, id * H + i, BF16);
+    const void *e = m->embed.data;
+    if (m->embed.format == INT8) {
+        const int8_t *q = (const int8_t *)e + id * H;
+        const uint16_t *d = m->embed.scales + id * (H / BLOCK);
+        for (int64_t i = 0; i < H; ++i) out[i] = (float)q[i] * f16_to_float(d[i / BLOCK]);
+    } else if (m->embed.format == F32)
+        memcpy(out, (const float *)e + id * H, sizeof(float) * (size_t)H);
+    else if (m->embed.format == BF16)
+        for (int64_t i = 0; i < H; ++i) out[i] = widen1(e, id * H + i, BF16);
     else
-        for (int64_t i = 0; i < H; ++i) out[i] = widen1(m->embed, id * H + i, F16);
+        for (int64_t i = 0; i < H; ++i) out[i] = widen1(e, id * H + i, F16);
 }
 
 /* out = w * (x / rms(x)) over one row of `width` floats (RMSNorm) */
@@ -386,7 +392,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < num_logits; ++i)
                 memcpy(h + i * H, x + logit_rows[i] * H, sizeof(float) * (size_t)H);
-            linear(m, h, num_logits, H, m->lm_head, NULL, m->vocab, logits);
+            linear_any(h, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8);
         }
         free(scores);
     }

@@ -1,6 +1,8 @@
 """The quantization family: how the weights of the linear layers (attention's q/k/v and output,
-the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head and norms stay in
-`dtype` in every format. A format's life:
+the MLP's gate/up and down) are stored and multiplied. A packed format also holds the embedding
+table and the LM head in the int8 layout (GGUF Q8_0), as llama.cpp keeps them at 8 bits in every
+quantized file, its 4-bit ones included: a tied head shares the embedding's one packed copy. Norms
+(and, with quantization=none, everything) stay in `dtype`. A format's life:
 
     cls.resolve(config, model_config)     its Config with every `auto`/null filled in (a file to read)
     cls.check(config, hf_config, target)  before anything loads: raise ConfigError naming the key or
@@ -8,9 +10,11 @@ the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head a
     cls.check_forward(forward_name, config)  can this forward strategy run it? (forward=auto skips those that cannot)
     cls.bytes_per_weight(config, dtype_bytes)  what a linear layer's weight takes, scales included
                                           (forward=simulated's cost model streams that many bytes a weight)
+    cls.embedding_bytes_per_weight(config, dtype_bytes)  the same for the embedding table and LM head
     method = cls(config)
     method.apply(model, path)             once the float weights are loaded: pack each linear layer's
-                                          weight (nvllm/models/layers/packed.py), freeing the float one
+                                          weight (nvllm/models/layers/packed.py), the embedding's and
+                                          the head's, freeing the float ones
 """
 from typing import ClassVar
 
@@ -84,6 +88,12 @@ class QuantizationMethod:
         minimums included; `dtype_bytes`: what a weight in `dtype` takes (the other weights')."""
         return dtype_bytes
 
+    @classmethod
+    def embedding_bytes_per_weight(cls, config, dtype_bytes: int) -> float:
+        """Bytes one weight of the embedding table (and LM head) takes: int8's 34 a group of 32 in a
+        packed format (it holds them in the int8 layout), `dtype_bytes` with quantization=none."""
+        return dtype_bytes if cls.forwards is None else (GROUP + 2) / GROUP
+
     def __init__(self, config):
         self.config = config
 
@@ -98,9 +108,28 @@ def linear_layers(model):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LinearBase)]
 
 
+def pack_embeddings(model, pack) -> None:
+    """Hold the embedding table and the LM head packed: `pack(name, module)` gives the module's packed
+    tensors (its rank's vocabulary shard, as its float `weight`), or None to leave it in `dtype`. A
+    tied head is given the embedding's tensors: one packed copy that both read."""
+    from nvllm.models.layers.embed_head import VocabParallelEmbedding
+
+    packed = {}  # id of a float weight -> (the weight, kept alive here, and its packed tensors)
+    for name, m in model.named_modules():
+        if isinstance(m, VocabParallelEmbedding) and m.weight is not None:
+            if id(m.weight) not in packed:
+                packed[id(m.weight)] = m.weight, pack(name, m)
+            if packed[id(m.weight)][1] is not None:
+                m.quantize(packed[id(m.weight)][1])
+
+
 def resident_weight_bytes(model) -> int:
-    """Bytes the model's weights hold: every parameter once (tied ones once), and the packed buffers."""
+    """Bytes the model's weights hold: every parameter once (tied ones once), and the packed buffers
+    (a tied head's, the embedding's, once)."""
+    from nvllm.models.layers.linear import PackedWeight
+
     tensors = {id(t): t for t in model.parameters()}
-    for _, m in linear_layers(model):
-        tensors.update({id(t): t for t in (m.qweight, m.scales, m.mins) if t is not None})
+    for m in model.modules():
+        if isinstance(m, PackedWeight):
+            tensors.update({id(t): t for t in (m.qweight, m.scales, m.mins) if t is not None})
     return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,8 +1,10 @@
 """quantization=gguf: the linear layers keep a GGUF file's own blocks, moved into the shared layout
 (nvllm/models/layers/packed.py) without dequantizing: Q8_0 as int8, Q4_1 as int4, Q4_0 as int4 with min = -8 * d.
-Everything else (embeddings, norms, the LM head) comes from the model directory's safetensors, in
-`dtype`; for the embedded SmolLM2 that directory is its GGUF dequantized by transformers, so the
-model computes exactly what the file describes. Llama GGUF files only (llama.cpp stores q and k
+The embedding table (`token_embd`) and the LM head (`output`, or tied, the table) keep the file's
+blocks too where it stores them as Q8_0, as llama.cpp's quantized files do (F16, F32 or another
+type: they come from the safetensors, in `dtype`). Everything else (norms) comes from the model
+directory's safetensors; for the embedded SmolLM2 that directory is its GGUF dequantized by
+transformers, so the model computes exactly what the file describes. Llama GGUF files only (llama.cpp stores q and k
 rows in its rotary order: they are put back in Hugging Face's order, a permutation of whole rows)."""
 from dataclasses import dataclass, replace
 from glob import glob
@@ -15,7 +17,7 @@ import torch
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 from nvllm.models.layers.packed import GROUP
-from nvllm.quantization.base import QuantizationMethod, linear_layers
+from nvllm.quantization.base import QuantizationMethod, linear_layers, pack_embeddings
 
 # block type -> (the layout it maps into, bytes per block of 32)
 SUPPORTED = {"Q8_0": ("int8", 34), "Q4_0": ("int4", 18), "Q4_1": ("int4", 20)}
@@ -24,6 +26,13 @@ MODULES = {"self_attn.qkv_proj": (("attn_q", "q"), ("attn_k", "k"), ("attn_v", "
            "self_attn.o_proj": (("attn_output", None),),
            "mlp.gate_up_proj": (("ffn_gate", 0), ("ffn_up", 1)),
            "mlp.down_proj": (("ffn_down", None),)}
+# the embedding table and the LM head (module name's last part) -> their GGUF tensors, kept where Q8_0
+EMBEDDINGS = {"embed_tokens": "token_embd.weight", "lm_head": "output.weight"}
+
+
+def embedding_tensors(file: str) -> list:
+    """The file's embedding table and LM head tensors (the head only where untied), as gguf reads them."""
+    return [t for t in _reader(file).tensors if t.name in EMBEDDINGS.values()]
 
 
 def _reader(file: str):
@@ -80,7 +89,7 @@ def unpermute_rotary(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class GGUF(QuantizationMethod):
-    """The linear layers keep a GGUF file's Q8_0, Q4_0 or Q4_1 blocks as stored (default: the embedded model's Q4_1 file)."""
+    """The linear layers keep a GGUF file's Q8_0, Q4_0 or Q4_1 blocks as stored, the embedding and LM head its Q8_0 ones (default: the embedded model's Q4_1 file)."""
 
     name = "gguf"
 
@@ -153,6 +162,11 @@ class GGUF(QuantizationMethod):
                     raise ConfigError(f"quantization.file={config.file}: {', '.join(f'{n} ({v})' for n, v in layouts.items())} "
                                       f"make one fused linear layer ({module}) and nvllm keeps one layout per layer; "
                                       f"use a file with one block type for them")
+        for t in embedding_tensors(config.file):
+            if t.tensor_type.name == "Q8_0" and [int(x) for x in t.shape] != [hf_config.hidden_size, hf_config.vocab_size]:
+                raise ConfigError(f"quantization.file={config.file}: tensor {t.name} has shape (vocab={int(t.shape[1])}, "
+                                  f"hidden={int(t.shape[0])}) and the model at model.path needs (vocab="
+                                  f"{hf_config.vocab_size}, hidden={hf_config.hidden_size}): the file holds another model")
 
     @classmethod
     def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
@@ -160,6 +174,16 @@ class GGUF(QuantizationMethod):
         linear = [t for t in linear_tensors(config.file) if t.tensor_type.name in SUPPORTED]
         weights = sum(int(t.n_elements) for t in linear)
         return sum(int(t.n_elements) // GROUP * SUPPORTED[t.tensor_type.name][1] for t in linear) / weights
+
+    @classmethod
+    def embedding_bytes_per_weight(cls, config, dtype_bytes: int) -> float:
+        """Q8_0's where the file stores the embedding (and head) as Q8_0, else `dtype`'s."""
+        tensors = embedding_tensors(config.file)
+        if not tensors:
+            return dtype_bytes
+        q8 = SUPPORTED["Q8_0"][1] / GROUP
+        return sum(int(t.n_elements) * (q8 if t.tensor_type.name == "Q8_0" else dtype_bytes) for t in tensors) / \
+            sum(int(t.n_elements) for t in tensors)
 
     def apply(self, model, path: str) -> None:
         tensors = {t.name: t for t in _reader(self.config.file).tensors}
@@ -185,6 +209,19 @@ class GGUF(QuantizationMethod):
                     args = (packed[key], t) if shard_id is None else (packed[key], t, shard_id)
                     module.weight_loader(*args)
             module.quantize(packed)
+
+        def embedding(name, module):  # the file's Q8_0 rows of this rank's vocabulary shard, zero rows past it
+            t = tensors.get(EMBEDDINGS[name.rsplit(".", 1)[-1]])
+            if t is None or t.tensor_type.name != "Q8_0":
+                return None
+            full = blocks(t.data, "Q8_0", t.name)
+            shard = {key: torch.zeros(module.shard, *f.shape[1:], dtype=f.dtype, device=module.weight.device)
+                     for key, f in full.items()}
+            for key, f in full.items():
+                module.weight_loader(shard[key], f)
+            return shard
+
+        pack_embeddings(model, embedding)
 
 
 @hookimpl

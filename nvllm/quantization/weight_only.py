@@ -1,13 +1,15 @@
 """quantization=int8 and int4: weight-only, quantized at load from a float checkpoint, per group
 of 32 weights along k: int8 symmetric (like GGUF Q8_0), int4 with a scale and a minimum (like
-Q4_1). Activations and sums stay in `dtype`, unless quantization.activations=int8 (int8 only):
-forward=fused_cpu then quantizes each row of activations to int8 and sums int8 x int8 products."""
+Q4_1). The embedding table and the LM head are int8 in both, as llama.cpp keeps them Q8_0 in its
+4-bit files too (base.py). Activations and sums stay in `dtype`, unless
+quantization.activations=int8 (int8 only): forward=fused_cpu then quantizes each row of activations
+of the linear layers to int8 and sums int8 x int8 products."""
 from dataclasses import dataclass
 
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 from nvllm.models.layers.packed import GROUP, quantize_int4, quantize_int8
-from nvllm.quantization.base import QuantizationMethod, linear_layers
+from nvllm.quantization.base import QuantizationMethod, linear_layers, pack_embeddings
 
 
 class WeightOnly(QuantizationMethod):
@@ -27,6 +29,7 @@ class WeightOnly(QuantizationMethod):
                 raise ValueError(f"quantization={self.name}: {name} has k={k}, not a multiple of {GROUP}; "
                                  f"use quantization=none")
             module.quantize(self.pack(module.weight.float()))
+        pack_embeddings(model, lambda name, module: quantize_int8(module.weight.float()))
 
 
 class Int8(WeightOnly):

@@ -183,11 +183,13 @@ class ModelDims:
             return 0.0
         return self.experts * (1 - (1 - self.experts_per_tok / self.experts) ** tokens)
 
-    def weight_bytes(self, dtype_bytes: float, linear_bytes: float, linear_params: int | None = None) -> float:
-        """Bytes of the embedding (and LM head) in `dtype` and of `linear_params` linear weights (default:
-        all of them) at `linear_bytes` each: a weight format packs only the linear layers."""
+    def weight_bytes(self, dtype_bytes: float, linear_bytes: float, linear_params: int | None = None,
+                     embedding_bytes: float | None = None) -> float:
+        """Bytes of `linear_params` linear weights (default: all of them) at `linear_bytes` each and of
+        the embedding (and LM head) at `embedding_bytes` each (None: `dtype_bytes`; a packed format
+        holds them in int8)."""
         linear = self.linear_params if linear_params is None else linear_params
-        return linear * linear_bytes + self.embedding_params * dtype_bytes
+        return linear * linear_bytes + self.embedding_params * (dtype_bytes if embedding_bytes is None else embedding_bytes)
 
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
         """K and V of one token in every layer, on one of `tp` ranks."""
@@ -250,10 +252,11 @@ class RooflineCost(CostModel):
     calibrated = False
 
     def __init__(self, dims: ModelDims, hw: Hardware, dtype: str, tp: int = 1, expert_parallel: bool = False,
-                 linear_bytes: float | None = None):
+                 linear_bytes: float | None = None, embedding_bytes: float | None = None):
         """`linear_bytes`: bytes a weight of the decoder's linear layers (attention, MLPs, experts) takes
-        in the run's weight format (quantization: int8 1 + 2/32, ...); None: `dtype`'s. The embeddings
-        and LM head stay in `dtype`, and a weight-only format leaves the FLOPs as they are."""
+        in the run's weight format (quantization: int8 1 + 2/32, ...); `embedding_bytes`: the same for
+        the embedding and LM head (a packed format: int8's); None: `dtype`'s. A weight-only format
+        leaves the FLOPs as they are."""
         if dtype not in hw.flops:
             raise ConfigError(f"the hardware entry {hw.name!r} has no matmul rate for {dtype} (it has "
                               f"{', '.join(hw.flops)}); set forward.dtype to one of those")
@@ -268,7 +271,9 @@ class RooflineCost(CostModel):
         self.dims, self.hw, self.dtype, self.tp, self.expert_parallel = dims, hw, dtype, tp, expert_parallel
         self.bytes = DTYPE_BYTES[dtype]
         self.linear_bytes = self.bytes if linear_bytes is None else linear_bytes
-        self.shared_weight_bytes = dims.weight_bytes(self.bytes, self.linear_bytes, dims.shared_linear_params) / tp
+        self.embedding_bytes = self.bytes if embedding_bytes is None else embedding_bytes
+        self.shared_weight_bytes = dims.weight_bytes(self.bytes, self.linear_bytes, dims.shared_linear_params,
+                                                     self.embedding_bytes) / tp
         self.kv_bytes = dims.kv_bytes_per_token(self.bytes, tp)
         self.flops_per_token = 2 * dims.shared_linear_params / tp
         self.flops_per_row = 2 * dims.hidden * dims.vocab / tp  # the LM head, for each sampled row
@@ -310,7 +315,7 @@ class RooflineCost(CostModel):
                "experts_touched": "uniform routing: E*(1-(1-k/E)^tokens) per sparse layer"} if self.dims.experts else {}
         return {"cost_model": "roofline", "calibrated": False, "hardware": self.hw.name,
                 "hardware_source": self.hw.source, "dtype": self.dtype, "linear_bytes_per_weight": self.linear_bytes,
-                "tp": self.tp, **moe,
+                "embedding_bytes_per_weight": self.embedding_bytes, "tp": self.tp, **moe,
                 "assumed": {"bandwidth_efficiency": self.hw.bandwidth_efficiency,
                             "flops_efficiency": self.hw.flops_efficiency,
                             "allreduce_latency_s": self.hw.allreduce_latency,

@@ -1,6 +1,6 @@
 """QuantizationSuite: a weight format computes exactly what transformers computes on the weights
-the format stands for; `write_gguf`, a GGUF file of a checkpoint's linear layers (llama.cpp's layout,
-gguf's own quantizer) for tests of quantization=gguf."""
+the format stands for; `write_gguf`, a GGUF file of a checkpoint's linear layers and embedding
+(llama.cpp's layout, gguf's own quantizer) for tests of quantization=gguf."""
 import json
 import random
 import shutil
@@ -18,6 +18,8 @@ from nvllm.testing.model import hf_greedy
 LINEAR_GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                      "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
                      "mlp.down_proj": "ffn_down"}
+# the embedding table and the (untied) LM head: Hugging Face names -> GGUF names
+EMBEDDING_GGUF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight"}
 
 
 def with_weights(checkpoint: str, out: Path, weights: dict[str, torch.Tensor]) -> str:
@@ -42,20 +44,30 @@ def linear_weights(checkpoint: str) -> dict[str, torch.Tensor]:
             if any(f".{m}." in k for m in LINEAR_GGUF_NAMES)}
 
 
+def embedding_weights(checkpoint: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's embedding table and (untied) LM head, under their Hugging Face names."""
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(Path(checkpoint) / "model.safetensors")).items()
+            if k in EMBEDDING_GGUF_NAMES}
+
+
 def round_tripped(checkpoint: str, out: Path, fmt: str) -> str:
     """A copy of `checkpoint` whose linear weights are quantized to `fmt` (int8, int4) and
-    dequantized, each Hugging Face tensor alone (q, k and v apart): the float32 weights a run with
-    quantization=`fmt` stands for."""
+    dequantized, each Hugging Face tensor alone (q, k and v apart), and its embedding and LM head
+    to int8 (every packed format's): the float32 weights a run with quantization=`fmt` stands for."""
     from nvllm.models.layers.packed import dequantize, quantize_int4, quantize_int8
 
     quantize = {"int8": quantize_int8, "int4": quantize_int4}[fmt]
-    return with_weights(checkpoint, out, {k: dequantize(**{"mins": None, **quantize(w)})
-                                          for k, w in linear_weights(checkpoint).items()})
+    weights = {k: dequantize(**{"mins": None, **quantize(w)}) for k, w in linear_weights(checkpoint).items()}
+    weights.update({k: dequantize(**quantize_int8(w), mins=None) for k, w in embedding_weights(checkpoint).items()})
+    return with_weights(checkpoint, out, weights)
 
 
 def dequantized_weights(model, hf_config) -> dict[str, torch.Tensor]:
     """Every linear layer's weight as a loaded nvllm model (tp=1) multiplies by it, in float32,
-    under the Hugging Face names (fused q/k/v and gate/up split apart)."""
+    under the Hugging Face names (fused q/k/v and gate/up split apart), and the embedding table
+    and (untied) LM head."""
     heads, kv_heads = hf_config.num_attention_heads, hf_config.num_key_value_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
     out = {}
@@ -69,12 +81,16 @@ def dequantized_weights(model, hf_config) -> dict[str, torch.Tensor]:
                         ("mlp.gate_proj", gate), ("mlp.up_proj", up),
                         ("mlp.down_proj", layer.mlp.down_proj.dense_weight(torch.float32))):
             out[f"{prefix}{name}.weight"] = w.clone()
+    out["model.embed_tokens.weight"] = model.model.embed_tokens.dense_weight(torch.float32).float().clone()
+    if not getattr(hf_config, "tie_word_embeddings", False):
+        out["lm_head.weight"] = model.lm_head.dense_weight(torch.float32).float().clone()
     return out
 
 
 def write_gguf(checkpoint: str, out: str, block_type: str = "Q8_0", types: dict[str, str] | None = None) -> str:
     """A llama GGUF file holding `checkpoint`'s linear layers quantized by gguf's own quantizer to
-    `block_type` (`types`: GGUF tensor name -> another type for that tensor), q and k rows in
+    `block_type`, and its embedding table (and untied LM head) to Q8_0, as llama.cpp's quantized
+    files store them (`types`: GGUF tensor name -> another type for that tensor), q and k rows in
     llama.cpp's rotary order, as convert_hf_to_gguf.py writes them."""
     import gguf
     from safetensors.numpy import load_file
@@ -85,6 +101,11 @@ def write_gguf(checkpoint: str, out: str, block_type: str = "Q8_0", types: dict[
     writer = gguf.GGUFWriter(out, arch="llama")
     writer.add_block_count(config["num_hidden_layers"])
     for name, w in load_file(str(Path(checkpoint) / "model.safetensors")).items():
+        if name in EMBEDDING_GGUF_NAMES:
+            gguf_name = EMBEDDING_GGUF_NAMES[name]
+            kind = gguf.GGMLQuantizationType[(types or {}).get(gguf_name, "Q8_0")]
+            writer.add_tensor(gguf_name, gguf.quants.quantize(w.astype("float32"), kind), raw_dtype=kind)
+            continue
         module = next((m for m in LINEAR_GGUF_NAMES if f".{m}." in name), None)
         if module is None:
             continue

@@ -27,9 +27,10 @@ peer run is compared with the nvllm runs whose linear layers are stored alike (`
 float32 (f32: llama.cpp f32, transformers), bfloat16 and float16 (f16), int8 (q8_0: Q8_0's
 scheme), int4 (q4_1: Q4_1's), gguf (the file's own block type: the embedded SmolLM2's Q4_1 file,
 or with `gguf=q8_0|q4_0|q4_1` the very file llama.cpp's quantizer wrote for the peer, so both read
-the same blocks). nvllm keeps the embeddings and the LM head in `dtype` in every format; llama.cpp
-keeps them as its quantizer's mixture picks (each run's `settings.tensor_types`), and each run's
-`weight_bytes` says what the weights take. `--rounds 3` runs the whole plan three times,
+the same blocks). nvllm keeps the embedding and the LM head in int8 (Q8_0's scheme) in every
+packed format, `dtype` with none; llama.cpp keeps them as its quantizer's mixture picks (each run's
+`settings.tensor_types`: Q8_0 in its q8_0, q4_0 and q4_1 files), and each run's `weight_bytes`
+says what the weights take. `--rounds 3` runs the whole plan three times,
 alternating, and keeps each run's median (every round's numbers stay in the JSON).
 
     python -m nvllm.tools.bench --peers nvllm,llamacpp --llamacpp-weights f32,f16,q8_0,q4_0,q4_1 \

@@ -289,7 +289,8 @@ def test_a_weight_format_streams_its_bytes():
 @pytest.mark.parametrize("quantization, linear_bytes", [("int8", 34 / 32), ("int4", 20 / 32)])
 def test_a_simulated_run_takes_the_weight_format(quantization, linear_bytes):
     """forward=simulated accepts quantization=int8 and int4; a single stream's TPOT drops by the
-    bytes ratio, and the KV cache gets the memory the format frees."""
+    bytes ratio (the embedding and LM head at int8's bytes in both), and the KV cache gets the memory
+    the format frees."""
     model = {"name": "qwen3", "shape": "qwen3-8b"}
     dims = ModelDims.of(AutoConfig.from_pretrained(shape_path("qwen3", "qwen3-8b")))
     greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -301,7 +302,8 @@ def test_a_simulated_run_takes_the_weight_format(quantization, linear_bytes):
             blocks[name] = llm.engine.kv_cache.num_blocks
             sim = llm.engine.executor.describe()
         assert sim["quantization"] == name and sim["linear_bytes_per_weight"] == (2 if name == "none" else linear_bytes)
-    expected = dims.weight_bytes(2, linear_bytes) / dims.weight_bytes(2, 2)
+        assert sim["embedding_bytes_per_weight"] == (2 if name == "none" else 34 / 32)
+    expected = dims.weight_bytes(2, linear_bytes, embedding_bytes=34 / 32) / dims.weight_bytes(2, 2)
     assert tpot[quantization] / tpot["none"] == pytest.approx(expected, rel=1e-3)  # the KV read is < 0.1 % of it
     assert blocks[quantization] >= blocks["none"]
 
@@ -310,8 +312,10 @@ def test_gguf_prices_the_files_blocks_and_a_profile_of_another_format_is_refused
     from nvllm.models.weights import smollm2_gguf
     from nvllm.quantization.gguf import GGUF
 
-    # the embedded SmolLM2's file: every linear tensor Q4_1, 20 bytes per 32 weights
+    # the embedded SmolLM2's file: every linear tensor Q4_1, 20 bytes per 32 weights; its tied
+    # embedding Q8_0, 34
     assert GGUF.bytes_per_weight(GGUF.Config(file=str(smollm2_gguf())), 4) == 20 / 32
+    assert GGUF.embedding_bytes_per_weight(GGUF.Config(file=str(smollm2_gguf())), 4) == 34 / 32
     profile = write_profile(tmp_path / "p.json", tiny_dims(), step=0.25)
     with pytest.raises(ConfigError, match="quantization=int8 but forward.profile=.* was measured with quantization=none"):
         LLM(TINY, forward={"name": "simulated", "profile": profile}, quantization="int8")

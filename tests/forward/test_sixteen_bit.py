@@ -88,10 +88,10 @@ def test_other_builds(tiny_path, prompts, references, fmt, isa, flags, monkeypat
 
 
 @pytest.mark.parametrize("fmt", QUANTIZED)
-def test_packed_formats_with_16_bit_embeddings(tiny_path, prompts, references, tmp_path, fmt):
-    """dtype=bfloat16 with a packed format: the C step reads the packed linear layers (quantized from
-    the bfloat16 weights) and the embedding and LM head in bfloat16. transformers, float32, on every
-    weight rounded to bfloat16, the linear ones then round-tripped through the format."""
+def test_packed_formats_from_16_bit_weights(tiny_path, prompts, references, tmp_path, fmt):
+    """dtype=bfloat16 with a packed format: the C step reads the packed linear layers, embedding and
+    LM head (quantized from the bfloat16 weights; the embedding and head in int8). transformers,
+    float32, on every weight rounded to bfloat16, then round-tripped through the format."""
     from pathlib import Path
 
     from safetensors.torch import load_file

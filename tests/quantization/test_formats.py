@@ -16,7 +16,7 @@ from nvllm.errors import ConfigError
 from nvllm.quantization.gguf import blocks
 from nvllm.models.layers.packed import GROUP, dequantize, quantize_int4, quantize_int8
 from nvllm.testing import hf_greedy, write_gguf
-from nvllm.testing.quantization import linear_weights, round_tripped, with_weights
+from nvllm.testing.quantization import embedding_weights, linear_weights, round_tripped, with_weights
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
@@ -90,6 +90,9 @@ def test_gguf_greedy_equals_transformers_on_gguf_dequantized_weights(block_type,
     kind = gguf.GGMLQuantizationType[block_type]
     weights = {k: torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), kind), kind))
                for k, w in linear_weights(tiny_llama_path).items()}
+    q8 = gguf.GGMLQuantizationType.Q8_0  # the (tied) embedding: Q8_0 whatever the linear layers' type
+    weights |= {k: torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), q8), q8))
+                for k, w in embedding_weights(tiny_llama_path).items()}
     reference = with_weights(tiny_llama_path, tmp_path / "dequantized", weights)
     prompts = prompts_for(512)
     got, engine = nvllm_greedy(tiny_llama_path, prompts, quantization={"name": "gguf", "file": file},
@@ -99,18 +102,42 @@ def test_gguf_greedy_equals_transformers_on_gguf_dequantized_weights(block_type,
     assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
 
 
-def test_resident_bytes_are_the_packed_layers_plus_the_rest_in_float32(tiny_llama_path):
+def test_gguf_keeps_a_q8_0_embedding_as_stored_and_an_f16_one_in_dtype(tiny_llama_path, tmp_path):
+    """llama.cpp's quantized files store token_embd (the tied head) as Q8_0: those blocks are kept, one
+    copy for the embedding and the head; a file that stores it otherwise leaves it as loaded."""
+    from gguf import GGUFReader
+
+    for kind in ("Q8_0", "F16"):
+        file = write_gguf(tiny_llama_path, str(tmp_path / f"{kind}.gguf"), "Q4_1", {"token_embd.weight": kind})
+        with LLM(tiny_llama_path, quantization={"name": "gguf", "file": file}, max_model_len=256) as llm:
+            model = llm.engine.executor.model
+            table = model.model.embed_tokens
+            assert model.lm_head.qweight is table.qweight and model.lm_head.weight is table.weight
+            if kind == "F16":
+                assert table.qweight is None and table.weight.dtype == torch.float32
+                continue
+        stored = next(t for t in GGUFReader(file).tensors if t.name == "token_embd.weight")
+        assert torch.equal(table.qweight, blocks(stored.data, "Q8_0", stored.name)["qweight"])
+
+
+def test_resident_bytes_are_the_packed_layers_and_one_int8_table_plus_the_norms_in_float32(tiny_llama_path):
+    """The tied embedding and LM head are one int8 table (8.5 bits a weight) in every packed format."""
+    from nvllm.engine.startup import startup_line
+
     with LLM(tiny_llama_path, max_model_len=256) as llm:
         float_bytes = llm.engine.executor.weight_bytes()
     linear = sum(w.numel() for w in linear_weights(tiny_llama_path).values())
-    rest = float_bytes - 4 * linear
+    embedding = sum(w.numel() for w in embedding_weights(tiny_llama_path).values())
+    assert json.loads((Path(tiny_llama_path) / "config.json").read_text())["tie_word_embeddings"]
+    rest = float_bytes - 4 * (linear + embedding)
     for fmt, bits in (("int8", 8.5), ("int4", 5.0)):
         with LLM(tiny_llama_path, max_model_len=256, quantization=fmt) as llm:
-            assert llm.engine.executor.weight_bytes() == rest + linear * bits / 8
-            from nvllm.engine.startup import startup_line
-
+            model = llm.engine.executor.model
+            assert model.lm_head.qweight is model.model.embed_tokens.qweight is not None
+            want = rest + linear * bits / 8 + embedding * 8.5 / 8
+            assert llm.engine.executor.weight_bytes() == want
             line = startup_line(llm.engine)
-        assert f"weights {(rest + linear * bits / 8) / 2**20:.1f} MiB (quantization={fmt}, linear layers packed" in line
+        assert f"weights {want / 2**20:.1f} MiB (quantization={fmt}, linear layers and embedding packed, norms float32)" in line
 
 
 # -- refused before loading -------------------------------------------------------------------------------------
@@ -179,8 +206,8 @@ def test_onednn_refuses_packed_weights_and_auto_picks_the_c_step(tiny_llama_path
         with LLM(tiny_llama_path, quantization=fmt, max_model_len=256) as llm:
             c = llm.engine.config
             assert c.forward.name == "fused_cpu" and c.forward_choice.startswith("forward=auto chose fused_cpu")
-            packed = llm.engine.executor.forward_strategy.packed  # the quantized rows are read in place
-            assert {t.dtype for t in packed} == {torch.float32}  # only the LM head's panels and norms
+            # the quantized rows, the embedding's and the LM head's included, are read in place: no copies
+            assert llm.engine.executor.forward_strategy.packed == []
 
 
 def test_int8_activations_are_a_named_option_of_the_c_step(tiny_llama_path):
@@ -220,7 +247,7 @@ def test_nvllm_run_reports_the_format_and_its_bytes(tmp_path, tiny_qwen3_path):
                            "workload.max_token_id=500", "max_model_len=160", f"hydra.run.dir={tmp_path}/run"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "weights 0.2 MiB (quantization=int4, linear layers packed, the rest float32)" in proc.stdout, proc.stdout
+    assert "weights 0.1 MiB (quantization=int4, linear layers and embedding packed, norms float32)" in proc.stdout, proc.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["effective_config"]["quantization"] == {"name": "int4"}
     assert 0 < metrics["weight_bytes"] < 0.3 * 2**20
@@ -242,8 +269,9 @@ def smollm2_prompts(smollm2_path):
 
 @pytest.mark.slow
 def test_smollm2_gguf_blocks_are_the_weights_transformers_dequantizes(smollm2_path, smollm2_prompts):
-    """quantization=gguf keeps the shipped Q4_1 blocks; dequantized they are bit for bit the float32
-    weights transformers made of the same file, so the greedy tokens are transformers' own."""
+    """quantization=gguf keeps the shipped Q4_1 blocks (and its Q8_0 tied embedding); dequantized they
+    are bit for bit the float32 weights transformers made of the same file, so the greedy tokens are
+    transformers' own."""
     from safetensors.torch import load_file
 
     from nvllm.testing.quantization import dequantized_weights
@@ -253,8 +281,9 @@ def test_smollm2_gguf_blocks_are_the_weights_transformers_dequantizes(smollm2_pa
         got = [o.outputs[0].token_ids for o in llm.generate(smollm2_prompts, GREEDY, use_tqdm=False)]
         runner = llm.engine.executor
         dequantized = dequantized_weights(runner.model, runner.hf_config)
+        assert runner.model.model.embed_tokens.qweight is not None  # the file's Q8_0 token_embd, as stored
     want = load_file(str(Path(smollm2_path) / "model.safetensors"))
-    assert len(dequantized) == 30 * 7
+    assert len(dequantized) == 30 * 7 + 1
     for name, w in dequantized.items():
         assert torch.equal(w, want[name]), name
     assert got == hf_greedy(smollm2_path, smollm2_prompts, GREEDY.max_tokens)

@@ -1,8 +1,9 @@
 """Linear layers sharded for tensor parallelism (Megatron style). Each parameter carries a
 `weight_loader` that copies its shard out of a full Hugging Face weight. A quantized layer
 (nvllm/quantization/) holds its weight packed (`qweight`, `scales`, `mins`: packed.py) in place
-of `weight`: on CUDA (with Triton) a weight-only matmul reads the packed weight itself
-(nvllm/kernels/triton_quantized.py); elsewhere it multiplies by the dequantized weight."""
+of `weight` (`PackedWeight`, which the embedding and the LM head share): on CUDA (with Triton) a
+weight-only matmul reads the packed weight itself (nvllm/kernels/triton_quantized.py); elsewhere
+it multiplies by the dequantized weight."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,33 +32,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor | None, b
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-class LinearBase(nn.Module):
-    def __init__(self, input_size: int, output_size: int, bias: bool, tp_dim: int | None):
+class PackedWeight(nn.Module):
+    """A module multiplying by a `weight` [N, K] that a packed format (nvllm/quantization/) may hold
+    as `qweight`, `scales`, `mins` (packed.py) in its place: the linear layers, the embedding
+    table and the LM head."""
+
+    packed = None  # forward.onednn's copy of the float weight (`pack_weights`, where a module has it)
+
+    def __init__(self):
         super().__init__()
-        self.tp_dim, self.tp_rank, self.tp_size = tp_dim, tp_rank(), tp_size()
-        self.weight = nn.Parameter(torch.empty(output_size, input_size))
-        self.weight.weight_loader = self.weight_loader
-        if bias:
-            self.bias = nn.Parameter(torch.empty(output_size))
-            self.bias.weight_loader = self.weight_loader
-        else:
-            self.register_parameter("bias", None)
         for name in ("qweight", "scales", "mins"):  # set by `quantize`
             self.register_buffer(name, None, persistent=False)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor):
-        if self.tp_dim is not None and param.dim() > self.tp_dim:  # a row-parallel bias is not split
-            shard = param.size(self.tp_dim)
-            loaded = loaded.narrow(self.tp_dim, self.tp_rank * shard, shard)
-        param.data.copy_(loaded)
-
-    packed = None
-
-    def pack_weights(self):
-        self.packed = pack(self.weight)
-
     def quantize(self, packed: dict[str, torch.Tensor]):
-        """Hold the weight as `packed` (qweight, scales[, mins]) from now on; the float one is freed."""
+        """Hold the weight as `packed` (qweight, scales[, mins]) from now on; the float one is freed
+        (a tied module given the same tensors shares them)."""
+        self.weight_dtype = self.weight.dtype
         del self.weight
         self.weight = None
         for name, tensor in packed.items():
@@ -70,6 +60,28 @@ class LinearBase(nn.Module):
         if self.qweight is not None and use_kernels(x):
             return linear_packed(x, self.qweight, self.scales, self.mins, bias)
         return linear(x, self.dense_weight(x.dtype), self.packed, bias)
+
+
+class LinearBase(PackedWeight):
+    def __init__(self, input_size: int, output_size: int, bias: bool, tp_dim: int | None):
+        super().__init__()
+        self.tp_dim, self.tp_rank, self.tp_size = tp_dim, tp_rank(), tp_size()
+        self.weight = nn.Parameter(torch.empty(output_size, input_size))
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(output_size))
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor):
+        if self.tp_dim is not None and param.dim() > self.tp_dim:  # a row-parallel bias is not split
+            shard = param.size(self.tp_dim)
+            loaded = loaded.narrow(self.tp_dim, self.tp_rank * shard, shard)
+        param.data.copy_(loaded)
+
+    def pack_weights(self):
+        self.packed = pack(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x, self.bias)
