@@ -90,9 +90,9 @@ class QuantizationMethod:
 
     @classmethod
     def embedding_bytes_per_weight(cls, config, dtype_bytes: int) -> float:
-        """Bytes one weight of the embedding table (and LM head) takes: int8's 34 a group of 32 in a
-        packed format (it holds them in the int8 layout), `dtype_bytes` with quantization=none."""
-        return dtype_bytes if cls.forwards is None else (GROUP + 2) / GROUP
+        """Bytes one weight of the embedding table (and LM head) takes: `dtype_bytes` unless the
+        format packs them (`pack_embeddings`)."""
+        return dtype_bytes
 
     def __init__(self, config):
         self.config = config

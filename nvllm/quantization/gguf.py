@@ -4,8 +4,9 @@ The embedding table (`token_embd`) and the LM head (`output`, or tied, the table
 blocks too where it stores them as Q8_0, as llama.cpp's quantized files do (F16, F32 or another
 type: they come from the safetensors, in `dtype`). Everything else (norms) comes from the model
 directory's safetensors; for the embedded SmolLM2 that directory is its GGUF dequantized by
-transformers, so the model computes exactly what the file describes. Llama GGUF files only (llama.cpp stores q and k
-rows in its rotary order: they are put back in Hugging Face's order, a permutation of whole rows)."""
+transformers, so the model computes exactly what the file describes. Llama GGUF files only
+(llama.cpp stores q and k rows in its rotary order: they are put back in Hugging Face's order, a
+permutation of whole rows)."""
 from dataclasses import dataclass, replace
 from glob import glob
 from pathlib import Path
@@ -89,7 +90,7 @@ def unpermute_rotary(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class GGUF(QuantizationMethod):
-    """The linear layers keep a GGUF file's Q8_0, Q4_0 or Q4_1 blocks as stored, the embedding and LM head its Q8_0 ones (default: the embedded model's Q4_1 file)."""
+    """A GGUF file's Q8_0, Q4_0 or Q4_1 blocks as stored, its Q8_0 embedding too (default: the embedded model's Q4_1 file)."""
 
     name = "gguf"
 
@@ -211,7 +212,7 @@ class GGUF(QuantizationMethod):
             module.quantize(packed)
 
         def embedding(name, module):  # the file's Q8_0 rows of this rank's vocabulary shard, zero rows past it
-            t = tensors.get(EMBEDDINGS[name.rsplit(".", 1)[-1]])
+            t = tensors.get(EMBEDDINGS.get(name.rsplit(".", 1)[-1]))
             if t is None or t.tensor_type.name != "Q8_0":
                 return None
             full = blocks(t.data, "Q8_0", t.name)

@@ -22,6 +22,10 @@ class WeightOnly(QuantizationMethod):
     def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
         return cls.group_bytes / GROUP
 
+    @classmethod
+    def embedding_bytes_per_weight(cls, config, dtype_bytes: int) -> float:
+        return Int8.group_bytes / GROUP  # the table is int8 in both formats
+
     def apply(self, model, path: str) -> None:
         for name, module in linear_layers(model):
             k = module.weight.shape[1]
