@@ -21,7 +21,8 @@ rows (nvllm/models/layers/packed.py), dequantized in registers by nvllm/kernels/
 step computes x times the dequantized float32 weights; the embedding table and the LM head are the
 model's int8 rows too (tied: one table), a looked-up row dequantized, the head multiplied as an int8
 linear layer with float activations. quantization.activations=int8 multiplies the linear layers'
-int8 weights by activations rounded to int8 (a numerics change, asked for by name). Such a run, too, takes every prefill in C."""
+int8 weights by activations rounded to int8 (a numerics change, asked for by name). Such a run,
+too, takes every prefill in C."""
 import ctypes
 import functools
 from dataclasses import dataclass

@@ -163,11 +163,12 @@ class GGUF(QuantizationMethod):
                     raise ConfigError(f"quantization.file={config.file}: {', '.join(f'{n} ({v})' for n, v in layouts.items())} "
                                       f"make one fused linear layer ({module}) and nvllm keeps one layout per layer; "
                                       f"use a file with one block type for them")
-        for t in embedding_tensors(config.file):
-            if t.tensor_type.name == "Q8_0" and [int(x) for x in t.shape] != [hf_config.hidden_size, hf_config.vocab_size]:
-                raise ConfigError(f"quantization.file={config.file}: tensor {t.name} has shape (vocab={int(t.shape[1])}, "
-                                  f"hidden={int(t.shape[0])}) and the model at model.path needs (vocab="
-                                  f"{hf_config.vocab_size}, hidden={hf_config.hidden_size}): the file holds another model")
+        vocab, hidden = hf_config.vocab_size, hf_config.hidden_size
+        for t in embedding_tensors(config.file):  # kept where Q8_0: its rows must be the model's
+            if t.tensor_type.name == "Q8_0" and [int(x) for x in t.shape] != [hidden, vocab]:
+                raise ConfigError(f"quantization.file={config.file}: tensor {t.name} has shape (vocab="
+                                  f"{int(t.shape[1])}, hidden={int(t.shape[0])}) and the model at model.path needs "
+                                  f"(vocab={vocab}, hidden={hidden}): the file holds another model")
 
     @classmethod
     def bytes_per_weight(cls, config, dtype_bytes: int) -> float:

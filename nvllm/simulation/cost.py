@@ -189,7 +189,8 @@ class ModelDims:
         the embedding (and LM head) at `embedding_bytes` each (None: `dtype_bytes`; a packed format
         holds them in int8)."""
         linear = self.linear_params if linear_params is None else linear_params
-        return linear * linear_bytes + self.embedding_params * (dtype_bytes if embedding_bytes is None else embedding_bytes)
+        embedding = dtype_bytes if embedding_bytes is None else embedding_bytes
+        return linear * linear_bytes + self.embedding_params * embedding
 
     def kv_bytes_per_token(self, dtype_bytes: int, tp: int = 1) -> int:
         """K and V of one token in every layer, on one of `tp` ranks."""
