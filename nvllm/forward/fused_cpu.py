@@ -84,7 +84,7 @@ def isa() -> str:
 
 PANEL = 16  # cpu_step.c's PANEL
 WEIGHTS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # cpu_step.c's Model.weights
-INT8, INT4, INT8_DOT = 3, 4, 5  # cpu_step.c's quantized Weight.format
+INT8, INT4, INT8_DOT, INT4_F32 = 3, 4, 5, 6  # cpu_step.c's quantized Weight.format
 CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
 
 
@@ -185,9 +185,12 @@ class FusedCPUForward(EagerForward):
             quantized rows (nvllm/models/layers/packed.py), in place."""
             if linear.qweight is None:
                 return _Weight(packed(linear.weight), None, None, WEIGHTS[self.weights])
-            fmt = INT4 if linear.mins is not None else INT8_DOT if self.int8_activations else INT8
-            return _Weight(_p(linear.qweight, linear.qweight.dtype), _p(linear.scales, torch.float16),
-                           _p(linear.mins, torch.float16), fmt)
+            if linear.mins is not None:  # int4: float16 scales, or float32 ones (GGUF Q4_K)
+                fmt = INT4_F32 if linear.scales.dtype == torch.float32 else INT4
+            else:
+                fmt = INT8_DOT if self.int8_activations else INT8
+            return _Weight(_p(linear.qweight, linear.qweight.dtype), _p(linear.scales, linear.scales.dtype),
+                           _p(linear.mins, linear.scales.dtype), fmt)
 
         def f32(t):  # norms and biases: float32, copied where the model holds them in 16 bits
             if t is None or t.dtype == torch.float32:

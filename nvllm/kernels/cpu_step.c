@@ -39,13 +39,15 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 enum {
     F32 = 0, BF16 = 1, F16 = 2, /* packed panels (`linear`) */
     INT8 = 3, INT4 = 4,         /* quantized.h's layout: qweight, scales (and int4's mins) */
-    INT8_DOT = 5                /* INT8's layout, multiplied by int8 activations (quantization.activations=int8) */
+    INT8_DOT = 5,               /* INT8's layout, multiplied by int8 activations (quantization.activations=int8) */
+    INT4_F32 = 6                /* INT4's with float32 scales and mins (GGUF Q4_K's sub-blocks) */
 };
 
 /* A layer's matmul weight: packed panels in a float format, or quantized rows */
 typedef struct {
     const void *data; /* the panels, or the quantized rows (qweight) */
-    const uint16_t *scales, *mins; /* float16, one per 32 weights along k (quantized formats; mins: INT4) */
+    const void *scales, *mins; /* one per 32 weights along k (quantized formats; mins: INT4, INT4_F32):
+                                * float16, or INT4_F32's float32 */
     int64_t format;
 } Weight;
 
@@ -232,14 +234,22 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     case INT8:
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n += FEATURES)
-            features(x, B, K, q + n * K, K, w->scales + n * blocks, NULL, bias ? bias + n : NULL, y + n, N,
-                     N - n < FEATURES ? N - n : FEATURES, 0);
+            features(x, B, K, q + n * K, K, scales_from(w->scales, n * blocks, Q_INT8), NULL, bias ? bias + n : NULL,
+                     y + n, N, N - n < FEATURES ? N - n : FEATURES, Q_INT8);
         break;
     case INT4:
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n += FEATURES)
-            features(x, B, K, q + n * K / 2, K / 2, w->scales + n * blocks, w->mins + n * blocks,
-                     bias ? bias + n : NULL, y + n, N, N - n < FEATURES ? N - n : FEATURES, 1);
+            features(x, B, K, q + n * K / 2, K / 2, scales_from(w->scales, n * blocks, Q_INT4),
+                     scales_from(w->mins, n * blocks, Q_INT4), bias ? bias + n : NULL, y + n, N,
+                     N - n < FEATURES ? N - n : FEATURES, Q_INT4);
+        break;
+    case INT4_F32:
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n += FEATURES)
+            features(x, B, K, q + n * K / 2, K / 2, scales_from(w->scales, n * blocks, Q_INT4_F32),
+                     scales_from(w->mins, n * blocks, Q_INT4_F32), bias ? bias + n : NULL, y + n, N,
+                     N - n < FEATURES ? N - n : FEATURES, Q_INT4_F32);
         break;
     case INT8_DOT: {
         int8_t *xq = (int8_t *)(act8 + B);
@@ -247,7 +257,7 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
         for (int64_t b = 0; b < B; ++b) quantize_row(x + b * K, K, xq + b * K, act8 + b);
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; ++n)
-            feature_int8_dot(xq, act8, B, K, (const int8_t *)q + n * K, w->scales + n * blocks,
+            feature_int8_dot(xq, act8, B, K, (const int8_t *)q + n * K, (const uint16_t *)w->scales + n * blocks,
                              bias ? bias + n : NULL, y + n, N);
         break;
     }
