@@ -16,7 +16,7 @@ from nvllm.errors import ConfigError
 from nvllm.quantization.gguf import blocks
 from nvllm.models.layers.packed import GROUP, dequantize, quantize_int4, quantize_int8
 from nvllm.testing import hf_greedy, write_gguf
-from nvllm.testing.quantization import linear_weights, round_tripped, with_weights
+from nvllm.testing.quantization import gguf_quantize, linear_weights, round_tripped, with_weights
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
@@ -60,6 +60,30 @@ def test_gguf_blocks_move_into_the_layout_and_dequantize_as_gguf_does(block_type
                        torch.from_numpy(gguf.quants.dequantize(stored, kind)))
 
 
+def random_q4_k(rows: int, super_blocks: int, rng) -> np.ndarray:
+    """Valid Q4_K bytes drawn over everything the block holds: any 6-bit scales, minimums and quants,
+    float16 d and dmin of any exponent (subnormals too) and sign."""
+    raw = rng.integers(0, 256, (rows, super_blocks, 144), dtype=np.uint8)
+    scales = rng.standard_normal((rows, super_blocks, 2)) * np.exp2(rng.integers(-24, 4, (rows, super_blocks, 2)))
+    raw[..., :4] = scales.astype(np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def test_q4_k_blocks_move_into_int4_with_float32_scales_bit_for_bit():
+    """Q4_K's d * sc and -dmin * m in float32 and its quants as int4 nibbles: dequantized, bit for bit
+    gguf's own dequantizer's weights, at 24 bytes per 32 (float16 scales could not hold d * sc)."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    for stored in (random_q4_k(12, 3, rng), gguf_quantize(rng.standard_normal((8, 512)).astype(np.float32), "Q4_K")):
+        packed = blocks(stored, "Q4_K", "blk.0.ffn_down.weight")
+        want = torch.from_numpy(gguf.quants.dequantize(stored, gguf.GGMLQuantizationType.Q4_K))
+        assert packed["scales"].dtype == packed["mins"].dtype == torch.float32
+        assert sum(t.numel() * t.element_size() for t in packed.values()) == want.numel() // GROUP * 24
+        assert torch.equal(dequantize(packed["qweight"], packed["scales"], packed["mins"]), want)
+    assert (packed["scales"].half().float() != packed["scales"]).any()  # float16 would round them
+
+
 FORWARDS = ["eager", "fused_cpu"]  # the torch modules' dequantizing linear, and the C step's kernels
 
 
@@ -99,6 +123,53 @@ def test_gguf_greedy_equals_transformers_on_gguf_dequantized_weights(block_type,
     assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
 
 
+@pytest.fixture(scope="module")
+def q4_k_llama_path(tmp_path_factory) -> str:
+    """A tiny random Llama whose linear layers' k (hidden, q heads, intermediate) are multiples of 256."""
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("q4-k-llama")), preset="tiny", seed=1,
+                                  hidden_size=256, intermediate_size=512, head_dim=64)
+
+
+@pytest.fixture(scope="module")
+def q4_k_file_and_tokens(q4_k_llama_path, tmp_path_factory):
+    """A Q4_K file of the checkpoint's linear layers, and transformers' greedy tokens (float32) on
+    the weights gguf's dequantizer makes of its blocks."""
+    import gguf
+
+    tmp = tmp_path_factory.mktemp("q4-k")
+    file = write_gguf(q4_k_llama_path, str(tmp / "q4_k.gguf"), "Q4_K")
+    kind = gguf.GGMLQuantizationType.Q4_K
+    weights = {k: torch.from_numpy(gguf.quants.dequantize(gguf_quantize(w.numpy(), "Q4_K"), kind))
+               for k, w in linear_weights(q4_k_llama_path).items()}
+    want = hf_greedy(with_weights(q4_k_llama_path, tmp / "dequantized", weights), prompts_for(512), GREEDY.max_tokens)
+    assert want != hf_greedy(q4_k_llama_path, prompts_for(512), GREEDY.max_tokens)  # the blocks' weights show
+    return file, want
+
+
+@pytest.mark.parametrize("forward, isa", [(None, None), ("eager", None), ("fused_cpu", None),
+                                          ("fused_cpu", "avx2"), ("fused_cpu", "portable")],
+                         ids=["auto", "eager", "fused_cpu", "fused_cpu-avx2", "fused_cpu-portable"])
+def test_gguf_q4_k_greedy_equals_transformers_on_gguf_dequantized_weights(forward, isa, q4_k_llama_path,
+                                                                         q4_k_file_and_tokens, monkeypatch):
+    """Through the torch modules and the C step (as built for this CPU, without AVX-512, without AVX2)."""
+    from nvllm.forward import fused_cpu
+
+    file, want = q4_k_file_and_tokens
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", {None: "", "avx2": "-mno-avx512f", "portable": "-mno-avx2 -mno-f16c"}[isa])
+    fused_cpu.kernel.cache_clear()
+    try:
+        assert isa is None or fused_cpu.isa() == isa
+        got, engine = nvllm_greedy(q4_k_llama_path, prompts_for(512), quantization={"name": "gguf", "file": file},
+                                   **({"forward": forward} if forward else {}))
+    finally:
+        fused_cpu.kernel.cache_clear()
+    if forward is None:  # forward=auto: the C step
+        assert engine.config.forward.name == "fused_cpu"
+    assert got == want
+
+
 def test_resident_bytes_are_the_packed_layers_plus_the_rest_in_float32(tiny_llama_path):
     with LLM(tiny_llama_path, max_model_len=256) as llm:
         float_bytes = llm.engine.executor.weight_bytes()
@@ -120,6 +191,42 @@ def test_an_unsupported_gguf_block_type_is_refused_naming_the_tensor_and_type(ti
     file = write_gguf(tiny_llama_path, str(tmp_path / "mixed.gguf"), "Q8_0", {"blk.1.ffn_down.weight": "Q5_0"})
     with pytest.raises(ConfigError, match=r"tensor blk\.1\.ffn_down\.weight is stored as Q5_0.*Q8_0, Q4_0, Q4_1"):
         LLM(tiny_llama_path, quantization={"name": "gguf", "file": file})
+
+
+def test_q4_k_is_held_at_24_bytes_per_32_weights_and_priced_so(q4_k_llama_path, tmp_path):
+    from nvllm.quantization.gguf import GGUF
+
+    file = write_gguf(q4_k_llama_path, str(tmp_path / "q4_k.gguf"), "Q4_K", {"blk.1.ffn_down.weight": "Q8_0"})
+    linear = linear_weights(q4_k_llama_path)
+    q8_0 = linear["model.layers.1.mlp.down_proj.weight"].numel()
+    total = sum(w.numel() for w in linear.values())
+    assert GGUF.bytes_per_weight(GGUF.Config(file=file), 4) == ((total - q8_0) * 24 + q8_0 * 34) / 32 / total
+    with LLM(q4_k_llama_path, max_model_len=256) as llm:
+        rest = llm.engine.executor.weight_bytes() - 4 * total
+    with LLM(q4_k_llama_path, max_model_len=256, quantization={"name": "gguf", "file": file}) as llm:
+        assert llm.engine.executor.weight_bytes() == rest + ((total - q8_0) * 24 + q8_0 * 34) / 32
+
+
+def test_a_q4_k_tensor_whose_k_is_no_multiple_of_256_is_refused_naming_it(q4_k_llama_path, tmp_path):
+    """Q4_K's blocks are 256 weights along k: a model whose k is not a multiple of 256 cannot take a Q4_K
+    tensor (llama.cpp stores such tensors in another type), and a file that claims one is unreadable."""
+    import gguf
+
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    file = write_gguf(q4_k_llama_path, str(tmp_path / "q4_k.gguf"), "Q4_K")
+    odd = make_random_checkpoint("llama", str(tmp_path / "odd"), preset="tiny", hidden_size=320, head_dim=64)
+    with pytest.raises(ConfigError, match=r"tensor blk\.0\.attn_q\.weight is stored as Q4_K, whose blocks are "
+                                          r"256 weights along k.*\(n=256, k=320\), k not a multiple of 256"):
+        LLM(odd, quantization={"name": "gguf", "file": file})
+    writer = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), arch="llama")
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((256, 162), dtype=np.int8), raw_shape=(256, 320),
+                      raw_dtype=gguf.GGMLQuantizationType.Q4_K)  # 320 weights a row claimed, in 1.25 blocks
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file,
+                  writer.close):
+        write()
+    with pytest.raises(ConfigError, match=r"bad\.gguf is not a readable GGUF file .*320.*Q4_K"):
+        LLM(odd, quantization={"name": "gguf", "file": str(tmp_path / "bad.gguf")})
 
 
 def test_a_fused_layer_of_two_layouts_is_refused(tiny_llama_path, tmp_path):
