@@ -14,10 +14,19 @@ static void matmul(const float *x, int64_t B, int64_t K, const uint8_t *q, const
 {
     const int64_t row_bytes = FMT == Q_INT8 ? K : K / 2, blocks = K / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t n = 0; n < N; n += FEATURES)
-        features(x, B, K, q + n * row_bytes, row_bytes, scales_from(scales, n * blocks, FMT),
-                 FMT != Q_INT8 ? scales_from(mins, n * blocks, FMT) : 0, 0, y + n, N,
-                 N - n < FEATURES ? N - n : FEATURES, FMT);
+    for (int64_t n = 0; n < N; n += FEATURES) {
+        const uint8_t *qn = q + n * row_bytes;
+        const int64_t count = N - n < FEATURES ? N - n : FEATURES;
+        /* each layout's call with its format a constant, so that its code is compiled for it alone */
+        if (FMT == Q_INT8)
+            features(x, B, K, qn, row_bytes, scales_from(scales, n * blocks, Q_INT8), 0, 0, y + n, N, count, Q_INT8);
+        else if (FMT == Q_INT4)
+            features(x, B, K, qn, row_bytes, scales_from(scales, n * blocks, Q_INT4),
+                     scales_from(mins, n * blocks, Q_INT4), 0, y + n, N, count, Q_INT4);
+        else
+            features(x, B, K, qn, row_bytes, scales_from(scales, n * blocks, Q_INT4_F32),
+                     scales_from(mins, n * blocks, Q_INT4_F32), 0, y + n, N, count, Q_INT4_F32);
+    }
 }
 
 /* y [B, N] = x [B, K] (qweight, scales)^T; K a multiple of 32 (the caller checks). */
