@@ -207,6 +207,14 @@ def test_q4_k_is_held_at_24_bytes_per_32_weights_and_priced_so(q4_k_llama_path, 
         assert llm.engine.executor.weight_bytes() == rest + ((total - q8_0) * 24 + q8_0 * 34) / 32
 
 
+def test_q4_k_and_q4_1_in_one_fused_layer_are_refused(q4_k_llama_path, tmp_path):
+    """Both int4, but Q4_K's scales are float32 and Q4_1's float16: two layouts."""
+    file = write_gguf(q4_k_llama_path, str(tmp_path / "mixed.gguf"), "Q4_K", {"blk.0.ffn_up.weight": "Q4_1"})
+    with pytest.raises(ConfigError, match=r"blk\.0\.ffn_gate\.weight \(int4, float32 scales\), "
+                                          r"blk\.0\.ffn_up\.weight \(int4\) make one fused linear layer"):
+        LLM(q4_k_llama_path, quantization={"name": "gguf", "file": file})
+
+
 def test_a_q4_k_tensor_whose_k_is_no_multiple_of_256_is_refused_naming_it(q4_k_llama_path, tmp_path):
     """Q4_K's blocks are 256 weights along k: a model whose k is not a multiple of 256 cannot take a Q4_K
     tensor (llama.cpp stores such tensors in another type), and a file that claims one is unreadable."""
