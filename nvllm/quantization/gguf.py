@@ -89,14 +89,16 @@ def _q4_k(raw: torch.Tensor) -> dict[str, torch.Tensor]:
     128 of quants) as int4 with float32 scales: sub-block s's scale d * sc[s] and minimum
     -(dmin * m[s]), computed in float32 as gguf's dequantizer does (exact), so q * scale + min is its
     d * sc * q - dmin * m."""
-    n, blocks = raw.shape[:2]
+    n, supers = raw.shape[:2]
     d, dmin = (raw[..., i:i + 2].contiguous().view(torch.float16).float() for i in (0, 2))
-    lo, mid, hi = raw[..., 4:8], raw[..., 8:12], raw[..., 12:16]  # llama.cpp's get_scale_min_k4 packing
-    sc = torch.cat([lo & 63, (hi & 15) | ((lo >> 2) & 48)], dim=-1).float()
-    m = torch.cat([mid & 63, (hi >> 4) | ((mid >> 2) & 48)], dim=-1).float()
+    # llama.cpp's get_scale_min_k4 packing: sub-blocks 0-3's sc and m in the low 6 bits of bytes 4-7
+    # and 8-11, sub-blocks 4-7's low 4 bits in bytes 12-15 and their top 2 in the top bits of 4-11
+    sc_bytes, m_bytes, low_bits = raw[..., 4:8], raw[..., 8:12], raw[..., 12:16]
+    sc = torch.cat([sc_bytes & 63, (low_bits & 15) | ((sc_bytes >> 2) & 48)], dim=-1).float()
+    m = torch.cat([m_bytes & 63, (low_bits >> 4) | ((m_bytes >> 2) & 48)], dim=-1).float()
     # each 32 bytes of quants: sub-block 2j's 32 weights in the low nibbles, 2j + 1's in the high ones
-    qs = raw[..., 16:].reshape(n, blocks, 4, 1, 32)
-    q = torch.cat([qs & 15, qs >> 4], dim=3).reshape(n, blocks * 8, 32)
+    qs = raw[..., 16:].reshape(n, supers, 4, 1, 32)
+    q = torch.cat([qs & 15, qs >> 4], dim=3).reshape(n, supers * 8, 32)
     return {"qweight": pack_nibbles(q).reshape(n, -1), "scales": (d * sc).reshape(n, -1),
             "mins": -(dmin * m).reshape(n, -1)}
 
