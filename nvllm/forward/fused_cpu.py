@@ -209,7 +209,8 @@ class FusedCPUForward(EagerForward):
                            for q, s, m in (moe.expert_weights("w13"), moe.expert_weights("w2")))
                 strides = moe.w13_qweight[0].nbytes, moe.w2_qweight[0].nbytes
             else:
-                gate_up = [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]  # gate and up each in panels
+                # gate and up each in panels
+                gate_up = [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]
                 w13, w2 = torch.stack(gate_up), torch.stack([pack(w) for w in moe.w2])
                 self.packed += [w13, w2]
                 strides = w13[0].nbytes, w2[0].nbytes

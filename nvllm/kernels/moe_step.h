@@ -2,15 +2,17 @@
  * computes, for the step's B rows. cpu_step.c includes it after `linear` and runs it in place of
  * the dense MLP for a layer whose `moe` is set (Qwen3-MoE's sparse layers, Mixtral's every layer).
  *
- * Routing, per row, in moe.py `route`'s order: the router's logits (one `linear_any`, in its
- * layer's format like any matmul's), softmax in float32, the top-k experts by probability (largest first; on a tie the lower
- * expert), then, where the architecture says so (`renormalize`), the k scores divided by their sum.
- * Then the step's (row, choice) pairs are grouped by expert (a counting sort, rows in order within
- * an expert) and each expert that any row chose runs its gate|up and down matmuls over just its
- * rows, in `linear`'s panel layout and tiles, or, for experts packed by a weight format (quantization=int8,
- * int4), their quantized rows through quantized.h's `features`, as `linear_any` reads a layer's: each
- * chosen expert's weights are streamed once a step, for all of its rows, and the others' never (a
- * single stream reads the active parameters, not all of them). A row's output is the score-weighted sum of its k experts' outputs.
+ * Routing, per row, in moe.py `route`'s order: the router's logits (one `linear_any`, in the
+ * router's format like any layer's), softmax in float32, the top-k experts by probability (largest
+ * first; on a tie the lower expert), then, where the architecture says so (`renormalize`), the k
+ * scores divided by their sum. Then the step's (row, choice) pairs are grouped by expert (a
+ * counting sort, rows in order within an expert) and each expert that any row chose runs its
+ * gate|up and down matmuls over just its rows, in `linear`'s panel layout and tiles, or, for
+ * experts a weight format packed (quantization=int8, int4), their quantized rows through
+ * quantized.h's `features` as `linear_any` reads a layer's: each chosen expert's weights are
+ * streamed once a step, for all of its rows, and the others' never (a single stream reads the
+ * active parameters, not all of them). A row's output is the score-weighted sum of its k experts'
+ * outputs.
  *
  * Its scratch (after the dense step's in `work`, sized by fused_cpu.py `moe_work_per_row`), floats
  * unless said: logits [B, E] | score [B*k] | choice, slot (int32) [B*k] | start, used (int32)
@@ -89,11 +91,12 @@ static inline __attribute__((always_inline)) void expert_cols(const float *x, in
 }
 
 /* For each expert x in used[0..n), its rows [start[x], start[x + 1]) of xs [., K] times its
- * weight (data at w->data + x * stride bytes) into the same rows of ys, PANEL output features an item: one omp for over the (expert, panel)
- * pairs, so the step's experts share one barrier rather than one each (a thread descheduled on a
- * busy machine holds up every barrier). act NULL: the weight is [N, K], ys [., N] (down). Else it
- * is gate [N, K] then up [N, K], each packed on its own, ys [., 2N] gets both, and the same item
- * writes act [., N] = SiLU(gate) x up for its columns (gate|up and the activation, one barrier). */
+ * weight (data at w->data + x * stride bytes) into the same rows of ys, PANEL output features an
+ * item: one omp for over the (expert, panel) pairs, so the step's experts share one barrier rather
+ * than one each (a thread descheduled on a busy machine holds up every barrier). act NULL: the
+ * weight is [N, K], ys [., N] (down). Else it is gate [N, K] then up [N, K] (in panels, each packed
+ * on its own), ys [., 2N] gets both, and the same item writes act [., N] = SiLU(gate) x up for its
+ * columns (gate|up and the activation, one barrier). */
 static inline __attribute__((always_inline)) void experts_as(const float *xs, const int32_t *start, const int32_t *used,
                                                              int64_t n, int64_t K, const Weight *w, int64_t stride,
                                                              int64_t N, float *ys, float *act, const int F)

@@ -1,6 +1,6 @@
 """The quantization family: how the weights of the linear layers (attention's q/k/v and output,
-the MLP's gate/up and down, a mixture of experts' router and experts) are stored and multiplied. Embeddings, the LM head and norms stay in
-`dtype` in every format. A format's life:
+the MLP's gate/up and down, a mixture of experts' router and experts) are stored and multiplied.
+Embeddings, the LM head and norms stay in `dtype` in every format. A format's life:
 
     cls.resolve(config, model_config)     its Config with every `auto`/null filled in (a file to read)
     cls.check(config, hf_config, target)  before anything loads: raise ConfigError naming the key or

@@ -1,7 +1,9 @@
 """quantization=int8 and int4: weight-only, quantized at load from a float checkpoint (the linear
-layers, a mixture of experts' router and each of its experts), per group of 32 weights along k: int8 symmetric (like GGUF Q8_0), int4 with a scale and a minimum (like
-Q4_1). Activations and sums stay in `dtype`, unless quantization.activations=int8 (int8 only):
-forward=fused_cpu then quantizes each row of activations to int8 and sums int8 x int8 products."""
+layers, a mixture of experts' router and each of its experts), per group of 32 weights along k:
+int8 symmetric (like GGUF Q8_0), int4 with a scale and a minimum (like Q4_1). Activations and sums
+stay in `dtype`, unless quantization.activations=int8 (int8 only): forward=fused_cpu then
+quantizes each row of activations to int8 and sums int8 x int8 products (the attention's layers;
+a mixture of experts' router and experts keep float activations)."""
 from dataclasses import dataclass
 
 from nvllm.errors import ConfigError
