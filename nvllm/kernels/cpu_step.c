@@ -46,8 +46,9 @@ enum {
 /* A layer's matmul weight: packed panels in a float format, or quantized rows */
 typedef struct {
     const void *data; /* the panels, or the quantized rows (qweight) */
-    const void *scales, *mins; /* one per 32 weights along k (quantized formats; mins: INT4, INT4_F32):
-                                * float16, or INT4_F32's float32 */
+    /* one per 32 weights along k (quantized formats; mins: INT4, INT4_F32): float16, or INT4_F32's
+     * float32 (read through quantized.h's scales_from and scale_at) */
+    const uint16_t *scales, *mins;
     int64_t format;
 } Weight;
 
@@ -257,7 +258,7 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
         for (int64_t b = 0; b < B; ++b) quantize_row(x + b * K, K, xq + b * K, act8 + b);
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; ++n)
-            feature_int8_dot(xq, act8, B, K, (const int8_t *)q + n * K, (const uint16_t *)w->scales + n * blocks,
+            feature_int8_dot(xq, act8, B, K, (const int8_t *)q + n * K, w->scales + n * blocks,
                              bias ? bias + n : NULL, y + n, N);
         break;
     }

@@ -1,6 +1,6 @@
 """The quantization family: how the weights of the linear layers (attention's q/k/v and output,
-the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head and norms stay in
-`dtype` in every format. A format's life:
+the MLP's gate/up and down, a mixture of experts' router and experts) are stored and multiplied.
+Embeddings, the LM head and norms stay in `dtype` in every format. A format's life:
 
     cls.resolve(config, model_config)     its Config with every `auto`/null filled in (a file to read)
     cls.check(config, hf_config, target)  before anything loads: raise ConfigError naming the key or
@@ -10,7 +10,8 @@ the MLP's gate/up and down) are stored and multiplied. Embeddings, the LM head a
                                           (forward=simulated's cost model streams that many bytes a weight)
     method = cls(config)
     method.apply(model, path)             once the float weights are loaded: pack each linear layer's
-                                          weight (nvllm/models/layers/packed.py), freeing the float one
+                                          weight (nvllm/models/layers/packed.py), and each expert's,
+                                          freeing the float ones
 """
 from typing import ClassVar
 
@@ -26,6 +27,15 @@ def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
     return [("q/k/v_proj, gate/up_proj", "hidden_size", hf_config.hidden_size, False),
             ("o_proj", "num_attention_heads x head_dim", heads * head_dim, True),
             ("down_proj", "intermediate_size", hf_config.intermediate_size, True)]
+
+
+def expert_inputs(hf_config, arch, expert_parallel: bool) -> list[tuple[str, str, int, bool]]:
+    """The same for a mixture of experts' stacked experts (`arch.moe_keys`: the experts' count and
+    width keys): tp splits each expert's width, the k of its down projection, unless
+    `expert_parallel` places whole experts on ranks."""
+    width = arch.moe_keys[1]
+    return [("the experts' gate/up (w13)", "hidden_size", hf_config.hidden_size, False),
+            ("the experts' down (w2)", width, getattr(hf_config, width), not expert_parallel)]
 
 
 class QuantizationMethod:
@@ -56,10 +66,10 @@ class QuantizationMethod:
                 f"the float (or 16-bit) checkpoint")
         if cls.forwards is None:
             return
-        if getattr(target.model, "expert_weights_mapping", None):
-            raise ConfigError(f"quantization={config.name} packs the dense linear layers, and model={target.model.name} "
-                              f"keeps its MLP in experts, which no format packs yet: use quantization=none")
-        for layers, what, k, split in linear_inputs(hf_config):
+        inputs = linear_inputs(hf_config)
+        if getattr(target.model, "moe_keys", None):
+            inputs += expert_inputs(hf_config, target.model, target.expert_parallel)
+        for layers, what, k, split in inputs:
             if k % GROUP:
                 raise ConfigError(f"quantization={config.name}: the k of {layers} ({what}) is {k}, not a multiple of "
                                   f"{GROUP} (the group size of every packed format); use quantization=none")
@@ -68,7 +78,8 @@ class QuantizationMethod:
                 raise ConfigError(f"quantization={config.name} with tp={target.tp}: {layers} splits its k ({what} = "
                                   f"{k}) into {k // target.tp} per rank, which is not a multiple of {GROUP}: a group "
                                   f"would straddle two ranks. Use a tp whose share is a multiple of {GROUP} "
-                                  f"(tp in {fits}), or quantization=none")
+                                  f"(tp in {fits})" + (", moe.expert_parallel=true (whole experts on each rank)"
+                                                       if "experts'" in layers else "") + ", or quantization=none")
 
     @classmethod
     def check_forward(cls, forward: str, config=None) -> None:
@@ -99,8 +110,14 @@ def linear_layers(model):
 
 
 def resident_weight_bytes(model) -> int:
-    """Bytes the model's weights hold: every parameter once (tied ones once), and the packed buffers."""
+    """Bytes the model's weights hold: every parameter once (tied ones once), and the packed buffers
+    (the linear layers', and the experts')."""
+    from nvllm.models.layers.moe import FusedMoE
+
     tensors = {id(t): t for t in model.parameters()}
     for _, m in linear_layers(model):
         tensors.update({id(t): t for t in (m.qweight, m.scales, m.mins) if t is not None})
+    for m in model.modules():
+        if isinstance(m, FusedMoE):
+            tensors.update({id(t): t for t in m.packed_experts().values() if t is not None})
     return sum(t.numel() * t.element_size() for t in tensors.values())

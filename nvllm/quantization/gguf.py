@@ -144,6 +144,11 @@ class GGUF(QuantizationMethod):
 
     @classmethod
     def check(cls, config, hf_config, target) -> None:
+        if getattr(target.model, "expert_weights_mapping", None):
+            raise ConfigError(f"quantization=gguf reads a llama GGUF file's dense linear layers, and "
+                              f"model={target.model.name} keeps its MLP in experts, whose GGUF tensors it does not "
+                              f"read; use quantization=int8 or int4 (which pack the experts too) on the float "
+                              f"checkpoint")
         super().check(config, hf_config, target)
         if "llama" not in target.model.hf_model_types:
             raise ConfigError(f"quantization=gguf reads llama GGUF files, and model={target.model.name} runs "

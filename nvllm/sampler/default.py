@@ -20,7 +20,7 @@ from nvllm.sequence import Sequence
 
 NO_PENALTIES = (1.0, 0.0, 0.0)
 _PENALTIES = attrgetter("repetition_penalty", "frequency_penalty", "presence_penalty")  # a request's, in that order
-_TEMPERATURE, _SEED = attrgetter("temperature"), attrgetter("seed")
+_SEED = attrgetter("seed")
 FLOAT32_MAX, TINY = torch.finfo(torch.float32).max, torch.finfo(torch.float32).tiny
 REPETITION_MIN = 1e-30
 
@@ -47,11 +47,11 @@ class DefaultSampler(Sampler):
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         logits = self.process(logits, seqs)
-        params = [seq.sampling_params for seq in seqs]
-        temperature = list(map(_TEMPERATURE, params))
-        greedy = temperature.count(0)
-        if greedy == len(seqs):
+        if not any(seq.sampling_params.temperature for seq in seqs):
             return logits.argmax(dim=-1)
+        params = [seq.sampling_params for seq in seqs]
+        temperature = [sp.temperature for sp in params]
+        greedy = temperature.count(0)
         # a temperature below float32's smallest normal still means "collapse onto the argmax", one above
         # its largest "flatten": clamp it into float32's range (a greedy row's 0 divides by 1: its argmax
         # is taken below), and scale logits with their maximum at 0, so nothing overflows to inf / inf
@@ -62,8 +62,8 @@ class DefaultSampler(Sampler):
         scaled = logits - logits.amax(dim=-1, keepdim=True)
         scaled /= per_row(temperature, torch.float32, logits.device)[:, None]
         probs = self.filter_top_k_top_p(self.filter_min_p(scaled, params), params).softmax(dim=-1)
-        # Exp(1) noise as -log(U), U uniform in [0, 1): the same draw as exponential_, several times faster
-        # on a CPU; a seeded request draws its row from its own generator
+        # Exp(1) noise drawn as -log(U), U uniform in [0, 1): the same distribution as exponential_'s, far
+        # cheaper to draw on a CPU; a seeded request draws its row from its own generator
         uniform = torch.rand_like(probs)
         seeds = list(map(_SEED, params))
         if seeds.count(None) < len(seeds):
@@ -73,7 +73,7 @@ class DefaultSampler(Sampler):
         sampled = (probs / uniform.log_().neg_()).argmax(dim=-1)
         if not greedy:
             return sampled
-        is_greedy = per_row([t == 0 for t in map(_TEMPERATURE, params)], torch.bool, logits.device)
+        is_greedy = per_row([sp.temperature == 0 for sp in params], torch.bool, logits.device)
         return torch.where(is_greedy, logits.argmax(dim=-1), sampled)
 
     def process(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

@@ -36,11 +36,12 @@ def with_weights(checkpoint: str, out: Path, weights: dict[str, torch.Tensor]) -
 
 
 def linear_weights(checkpoint: str) -> dict[str, torch.Tensor]:
-    """The checkpoint's Llama-family linear layer weights, under their Hugging Face names."""
+    """The checkpoint's linear layer weights, under their Hugging Face names: every matrix but the
+    embedding and the LM head (a mixture of experts' router and each expert's included)."""
     from safetensors.torch import load_file
 
     return {k: v for k, v in load_file(str(Path(checkpoint) / "model.safetensors")).items()
-            if any(f".{m}." in k for m in LINEAR_GGUF_NAMES)}
+            if v.dim() == 2 and "embed_tokens" not in k and "lm_head" not in k}
 
 
 def round_tripped(checkpoint: str, out: Path, fmt: str) -> str:

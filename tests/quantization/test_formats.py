@@ -27,12 +27,16 @@ def prompts_for(vocab: int) -> list[list[int]]:
 
 
 def nvllm_greedy(path, prompts, **overrides):
-    """Greedy tokens, and the engine (closed), having checked that every linear layer is packed."""
+    """Greedy tokens, and the engine (closed), having checked that every linear layer is packed (and
+    a mixture of experts' experts)."""
+    from nvllm.models.layers.moe import FusedMoE
     from nvllm.quantization.base import linear_layers
 
     with LLM(path, max_model_len=256, max_num_batched_tokens=512, kv_cache={"block_size": 16}, **overrides) as llm:
-        layers = linear_layers(llm.engine.executor.model)
+        model = llm.engine.executor.model
+        layers = linear_layers(model)
         assert layers and all(m.qweight is not None and m.weight is None for _, m in layers)
+        assert all(m.w13 is None and m.w2_qweight is not None for m in model.modules() if isinstance(m, FusedMoE))
         return [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)], llm.engine
 
 
@@ -170,13 +174,16 @@ def test_gguf_q4_k_greedy_equals_transformers_on_gguf_dequantized_weights(forwar
     assert got == want
 
 
-def test_resident_bytes_are_the_packed_layers_plus_the_rest_in_float32(tiny_llama_path):
-    with LLM(tiny_llama_path, max_model_len=256) as llm:
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_resident_bytes_are_the_packed_layers_plus_the_rest_in_float32(arch, tiny_llama_path, moe_checkpoint):
+    """A mixture of experts: its router and experts count among the packed weights."""
+    path = tiny_llama_path if arch == "llama" else moe_checkpoint
+    with LLM(path, max_model_len=256) as llm:
         float_bytes = llm.engine.executor.weight_bytes()
-    linear = sum(w.numel() for w in linear_weights(tiny_llama_path).values())
+    linear = sum(w.numel() for w in linear_weights(path).values())
     rest = float_bytes - 4 * linear
     for fmt, bits in (("int8", 8.5), ("int4", 5.0)):
-        with LLM(tiny_llama_path, max_model_len=256, quantization=fmt) as llm:
+        with LLM(path, max_model_len=256, quantization=fmt) as llm:
             assert llm.engine.executor.weight_bytes() == rest + linear * bits / 8
             from nvllm.engine.startup import startup_line
 
@@ -399,10 +406,81 @@ def test_tp2_shards_packed_weights_and_gives_tp1s_tokens(fmt, tiny_llama_path, t
     assert tp2 == tp1
 
 
-def test_a_mixture_of_experts_is_refused_rather_than_packed_in_part(tmp_path):
+# -- a mixture of experts: router and experts packed --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moe_checkpoint(tmp_path_factory) -> str:
+    """Tiny Qwen3-MoE (a dense layer, then two of 8 experts, 2 chosen per token; experts 32 wide), one file."""
     from nvllm.tools.checkpoint import make_random_checkpoint
 
-    path = make_random_checkpoint("qwen3_moe", str(tmp_path / "moe"), preset="tiny")
-    with pytest.raises(ConfigError, match=r"quantization=int8 packs the dense linear layers, and model=qwen3_moe keeps "
-                                          r"its MLP in experts"):
-        LLM(path, quantization="int8")
+    return make_random_checkpoint("qwen3_moe", str(tmp_path_factory.mktemp("qwen3-moe")), preset="tiny", seed=0)
+
+
+@pytest.mark.parametrize("forward", ["eager", "fused_cpu", "fused_cpu-avx2"])
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_a_mixture_of_experts_greedy_equals_transformers_on_the_round_tripped_weights(fmt, forward, moe_checkpoint,
+                                                                                      tmp_path, monkeypatch):
+    """Every expert's gate, up and down and the router quantized alone and dequantized for
+    transformers: the torch modules (dequantizing the experts a step's tokens chose) and the C step
+    (reading their packed rows; also built without AVX-512, as on an AVX2-only CPU) compute the same tokens."""
+    from nvllm.forward import fused_cpu
+
+    reference = round_tripped(moe_checkpoint, tmp_path / "round-trip", fmt)
+    prompts = prompts_for(512)
+    if forward.endswith("-avx2"):
+        monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f")
+        fused_cpu.kernel.cache_clear()
+    try:
+        if forward.endswith("-avx2"):
+            assert fused_cpu.isa() == "avx2"
+        got, _ = nvllm_greedy(moe_checkpoint, prompts, quantization=fmt, forward=forward.removesuffix("-avx2"))
+    finally:
+        fused_cpu.kernel.cache_clear()
+    assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
+
+
+def test_the_c_step_reads_each_chosen_packed_expert_once(moe_checkpoint):
+    """The C step's expert counters with int4 experts: the bytes its matmuls read are each chosen
+    expert's packed rows, scales and minimums (gate|up and down), once."""
+    with LLM(moe_checkpoint, forward="fused_cpu", quantization="int4", max_model_len=64) as llm:
+        step = llm.engine.executor.forward_strategy
+        counters = step.count_experts()
+        llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)
+        layers = [m for m in llm.engine.executor.model.modules() if hasattr(m, "w13_qweight")]
+        for layer, counts in zip(layers, counters):
+            expert_bytes = sum(t[0].nbytes for t in layer.packed_experts().values() if t is not None)
+            used = int(counts[-1]) // expert_bytes  # the experts read, over the prefill (3 rows) and one decode step
+            assert counts[:-1].sum() == (3 + 1) * layer.top_k
+            assert counts[-1] == used * expert_bytes and 2 * layer.top_k <= used <= (3 + 1) * layer.top_k
+
+
+@pytest.mark.slow  # tp=2 worker processes
+def test_tp2_expert_parallel_int8_greedy_equals_transformers_on_the_round_tripped_weights(moe_checkpoint, tmp_path):
+    reference = round_tripped(moe_checkpoint, tmp_path / "round-trip", "int8")
+    prompts = prompts_for(512)
+    got, _ = nvllm_greedy(moe_checkpoint, prompts, quantization="int8", tp=2, moe={"expert_parallel": True})
+    assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
+
+
+def test_experts_whose_k_is_no_multiple_of_32_are_refused(tmp_path):
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path / "odd"), preset="tiny", moe_intermediate_size=24)
+    with pytest.raises(ConfigError, match=r"quantization=int4: the k of the experts' down \(w2\) "
+                                          r"\(moe_intermediate_size\) is 24, not a multiple of 32"):
+        LLM(path, quantization="int4")
+
+
+def test_a_tp_that_would_split_an_experts_group_is_refused_and_expert_parallel_named(moe_checkpoint):
+    """tp splits each expert's width (32 -> 16 a rank); moe.expert_parallel=true keeps experts whole."""
+    with pytest.raises(ConfigError, match=r"quantization=int8 with tp=2: the experts' down \(w2\) splits its k "
+                                          r"\(moe_intermediate_size = 32\) into 16 per rank, which is not a multiple "
+                                          r"of 32.*tp in \[1\]\), moe.expert_parallel=true"):
+        LLM(moe_checkpoint, quantization="int8", tp=2)
+
+
+def test_gguf_on_a_mixture_of_experts_is_refused_naming_what_packs_it(moe_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match=r"quantization=gguf reads a llama GGUF file's dense linear layers, and "
+                                          r"model=qwen3_moe keeps its MLP in experts.*quantization=int8 or int4"):
+        LLM(moe_checkpoint, quantization={"name": "gguf", "file": str(tmp_path / "model.gguf")})
