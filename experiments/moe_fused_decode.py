@@ -6,10 +6,12 @@ a dense Qwen3 with an MLP 3072 wide, and a Qwen3-MoE whose every layer has 32 ex
     python experiments/moe_fused_decode.py single --rounds 6 --steps 64 > single.jsonl
     python experiments/moe_fused_decode.py reads --seqs 64 --steps 4 > reads.jsonl
     python experiments/moe_fused_decode.py single --dtype bfloat16 > single-bf16.jsonl   # 16-bit weights
+    python experiments/moe_fused_decode.py single --models moe --quantization none,int8,int4 > single-q.jsonl
 
-`single`: single-stream decode tokens/s of the dense and the MoE model, both loaded in one process
-and timed in turn, the first of a round alternating (`--rounds` rounds, `--steps` decode steps each
-after a prefill of 16 tokens).
+`single`: single-stream decode tokens/s of the dense and the MoE model (`--models`), each in every
+weight format of `--quantization` (int8, int4: router and experts packed too), all loaded in one
+process and timed in turn, the order of a round reversed every other round (`--rounds` rounds,
+`--steps` decode steps each after a prefill of 16 tokens).
 `reads`: decode steps of `--seqs` sequences through the MoE model with the C step's expert counters
 on (fused_cpu.py `count_experts`); for each step and layer, the bytes of expert weights the C step
 read against the union of the experts chosen, which the torch layer's `route` gives on the same
@@ -46,9 +48,9 @@ def load() -> str:
     return open("/proc/loadavg").read().strip()
 
 
-def open_llm(path: str, dtype: str, max_seqs: int = 1) -> LLM:
+def open_llm(path: str, dtype: str, max_seqs: int = 1, quantization: str = "none") -> LLM:
     return LLM(path, forward="fused_cpu", dtype=dtype, kv_cache={"block_size": 16, "num_blocks": max(64, 8 * max_seqs)},
-               max_model_len=512, max_num_seqs=max_seqs, max_num_batched_tokens=4096)
+               max_model_len=512, max_num_seqs=max_seqs, max_num_batched_tokens=4096, quantization=quantization)
 
 
 def decode_tok_s(llm: LLM, steps: int, rng: random.Random) -> float:
@@ -66,15 +68,18 @@ def decode_tok_s(llm: LLM, steps: int, rng: random.Random) -> float:
 
 
 def single(args, paths):
-    llms = {name: open_llm(path, args.dtype) for name, path in paths.items()}
+    llms = {(name, fmt): open_llm(paths[name], args.dtype, quantization=fmt)
+            for name in args.models.split(",") for fmt in args.quantization.split(",")}
     rng = random.Random(0)
     for llm in llms.values():
         decode_tok_s(llm, 8, rng)  # warm-up
     for r in range(args.rounds):
-        for name, llm in list(llms.items())[::1 if r % 2 == 0 else -1]:  # dense first, then MoE first, ...
+        for (name, fmt), llm in list(llms.items())[::1 if r % 2 == 0 else -1]:  # in order, then reversed, ...
             before = load()
             tok_s = decode_tok_s(llm, args.steps, rng)
-            print(json.dumps({"round": r, "model": name, "dtype": args.dtype, "decode_tok_s": round(tok_s, 2), "steps": args.steps,
+            print(json.dumps({"round": r, "model": name, "dtype": args.dtype, "quantization": fmt,
+                              "decode_tok_s": round(tok_s, 2), "steps": args.steps,
+                              "weight_bytes": llm.engine.executor.weight_bytes(),
                               "loadavg_before": before, "loadavg_after": load()}), flush=True)
     for llm in llms.values():
         llm.close()
@@ -88,7 +93,7 @@ def reads(args, paths):
     from nvllm.models.layers.moe import FusedMoE, route
 
     rng = random.Random(1)
-    with open_llm(paths["moe"], args.dtype, args.seqs) as llm:
+    with open_llm(paths["moe"], args.dtype, args.seqs, args.quantization) as llm:
         engine, runner = llm.engine, llm.engine.executor
         step = runner.forward_strategy
         for i in range(args.seqs):
@@ -101,7 +106,9 @@ def reads(args, paths):
             layer.gate.register_forward_hook(
                 lambda _, args, logits, layer=layer: routed.append(route(logits, layer.top_k, layer.renormalize)[1]))
         counters = step.count_experts()
-        per_expert = [e.w13_stride + e.w2_stride for e in step.moe_layers]
+        # an expert's bytes: its weights (packed: and their scales and minimums)
+        per_expert = [sum(t[0].nbytes for t in layer.packed_experts().values() if t is not None)
+                      if layer.w13 is None else e.w13_stride + e.w2_stride for layer, e in zip(layers, step.moe_layers)]
         for s in range(args.steps):
             plan = engine.scheduler.schedule()
             assert plan.is_decode and len(plan.seqs) == args.seqs, "not a decode step of every sequence"
@@ -133,6 +140,9 @@ def main():
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--seqs", type=int, default=64)
     parser.add_argument("--dtype", default="float32", help="the weights' (float32, bfloat16, float16)")
+    parser.add_argument("--models", default="dense,moe", help="single: which models (dense, moe), comma-separated")
+    parser.add_argument("--quantization", default="none",
+                        help="weight formats (none, int8, int4): single takes a comma-separated list, reads one")
     args = parser.parse_args()
     paths = checkpoints(Path(args.dir))
     (single if args.what == "single" else reads)(args, paths)

@@ -90,7 +90,7 @@ class Config(EngineConfig):
         quantizer = registry.get("quantization", quantization.name)
         quantization = quantizer.resolve(quantization, self.model)
         target = ForwardTarget(torch.device(device), getattr(torch, dtype), self.tp, arch, attention.name, self.compile,
-                               quantization.name)
+                               quantization.name, self.moe.expert_parallel)
         quantizer.check(quantization, hf_config, target)
         forward, forward_choice = self._forward(target, quantization)
         speculative = registry.make_config("speculative", self.speculative or "none")

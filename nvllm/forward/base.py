@@ -43,6 +43,8 @@ class ForwardTarget:
     compile: bool
     # the weight format (nvllm/quantization/): none keeps weights in dtype
     quantization: str = "none"
+    # moe.expert_parallel: whole experts on each rank (else tp splits every expert's width)
+    expert_parallel: bool = False
 
 
 def logits_rows(meta: AttentionMetadata) -> torch.Tensor:

@@ -49,7 +49,8 @@ MATMULS = ("qkv", "o", "gate_up", "down")  # a layer's Weight fields
 
 class _MoeLayer(ctypes.Structure):
     _fields_ = [(name, _i64) for name in ("num_experts", "top_k", "intermediate", "renormalize")] + [
-        ("gate", _ptr), ("w13", _ptr), ("w2", _ptr), ("w13_stride", _i64), ("w2_stride", _i64), ("counters", _ptr)]
+        ("gate", _Weight), ("w13", _Weight), ("w2", _Weight), ("w13_stride", _i64), ("w2_stride", _i64),
+        ("counters", _ptr)]
 
 
 class _Layer(ctypes.Structure):
@@ -86,7 +87,7 @@ def isa() -> str:
 
 PANEL = 16  # cpu_step.c's PANEL
 WEIGHTS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # cpu_step.c's Model.weights
-INT8, INT4, INT8_DOT = 3, 4, 5  # cpu_step.c's quantized Weight.format
+INT8, INT4, INT8_DOT, INT4_F32 = 3, 4, 5, 6  # cpu_step.c's quantized Weight.format
 CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
 
 
@@ -187,9 +188,12 @@ class FusedCPUForward(EagerForward):
             or the layer's own quantized rows (nvllm/models/layers/packed.py), in place."""
             if linear.qweight is None:
                 return _Weight(packed(linear.weight), None, None, WEIGHTS[self.weights])
-            fmt = INT4 if linear.mins is not None else INT8_DOT if int8_dot else INT8
-            return _Weight(_p(linear.qweight, linear.qweight.dtype), _p(linear.scales, torch.float16),
-                           _p(linear.mins, torch.float16), fmt)
+            if linear.mins is not None:  # int4: float16 scales, or float32 ones (GGUF Q4_K)
+                fmt = INT4_F32 if linear.scales.dtype == torch.float32 else INT4
+            else:
+                fmt = INT8_DOT if int8_dot else INT8
+            return _Weight(_p(linear.qweight, linear.qweight.dtype), _p(linear.scales, linear.scales.dtype),
+                           _p(linear.mins, linear.scales.dtype), fmt)
 
         def f32(t):  # norms and biases: float32, copied where the model holds them in 16 bits
             if t is None or t.dtype == torch.float32:
@@ -197,13 +201,27 @@ class FusedCPUForward(EagerForward):
             self.packed.append(t.detach().float().contiguous())
             return _p(self.packed[-1])
 
-        def experts(moe: FusedMoE) -> _MoeLayer:  # the router, and every expert packed, expert after expert
-            gate_up = [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]  # gate and up each in panels
-            w13, w2 = torch.stack(gate_up), torch.stack([pack(w) for w in moe.w2])
-            self.packed += [w13, w2]
-            self.moe_layers.append(_MoeLayer(
-                moe.num_experts, moe.top_k, moe.intermediate_size, moe.renormalize, packed(moe.gate.weight),
-                _p(w13, self.weights), _p(w2, self.weights), w13[0].nbytes, w2[0].nbytes, None))
+        def experts(moe: FusedMoE) -> _MoeLayer:
+            """The router like any linear layer (quantized: float activations, whatever
+            quantization.activations says), and every expert, expert after expert: packed in panels,
+            or a weight format's stacked rows (moe.py `quantize`), read in place."""
+            gate = matmul(moe.gate)
+            if gate.format == INT8_DOT:
+                gate.format = INT8
+            if moe.w13 is None:
+                fmt = INT4 if moe.w13_mins is not None else INT8
+                w13, w2 = (_Weight(_p(q, q.dtype), _p(s, torch.float16), _p(m, torch.float16), fmt)
+                           for q, s, m in (moe.expert_weights("w13"), moe.expert_weights("w2")))
+                strides = moe.w13_qweight[0].nbytes, moe.w2_qweight[0].nbytes
+            else:
+                # gate and up each in panels
+                gate_up = [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]
+                w13, w2 = torch.stack(gate_up), torch.stack([pack(w) for w in moe.w2])
+                self.packed += [w13, w2]
+                strides = w13[0].nbytes, w2[0].nbytes
+                w13, w2 = (_Weight(_p(w, self.weights), None, None, WEIGHTS[self.weights]) for w in (w13, w2))
+            self.moe_layers.append(_MoeLayer(moe.num_experts, moe.top_k, moe.intermediate_size, moe.renormalize,
+                                             gate, w13, w2, *strides, None))
             return self.moe_layers[-1]
 
         mlps = [decoder_mlp(layer) for layer in decoder.layers]

@@ -13,7 +13,7 @@
  * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h); a mixture of
  * experts' layer runs moe_step.h's MLP in place of the dense one. The cache is
  * the torch modules' [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed
- * copies (see `linear`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out.
+ * copies (see `linear_as`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out.
  *
  * Weights (the packed matmul panels and the embedding table) are float32, bfloat16 or float16
  * (Model.weights); norms, biases, rotary table and KV cache are always float32. A layer's matmul
@@ -38,15 +38,18 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
 /* a weight's format: Model.weights (F32, BF16, F16), and a layer's Weight.format (any) */
 enum {
-    F32 = 0, BF16 = 1, F16 = 2, /* packed panels (`linear`) */
+    F32 = 0, BF16 = 1, F16 = 2, /* packed panels (`linear_as`) */
     INT8 = 3, INT4 = 4,         /* quantized.h's layout: qweight, scales (and int4's mins) */
-    INT8_DOT = 5                /* INT8's layout, multiplied by int8 activations (quantization.activations=int8) */
+    INT8_DOT = 5,               /* INT8's layout, multiplied by int8 activations (quantization.activations=int8) */
+    INT4_F32 = 6                /* INT4's with float32 scales and mins (GGUF Q4_K's sub-blocks) */
 };
 
 /* A layer's matmul weight: packed panels in a float format, or quantized rows */
 typedef struct {
     const void *data; /* the panels, or the quantized rows (qweight) */
-    const uint16_t *scales, *mins; /* float16, one per 32 weights along k (quantized formats; mins: INT4) */
+    /* one per 32 weights along k (quantized formats; mins: INT4, INT4_F32): float16, or INT4_F32's
+     * float32 (read through quantized.h's scales_from and scale_at) */
+    const uint16_t *scales, *mins;
     int64_t format;
 } Weight;
 
@@ -233,14 +236,22 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     case INT8:
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n += FEATURES)
-            features(x, B, K, q + n * K, K, w->scales + n * blocks, NULL, bias ? bias + n : NULL, y + n, N,
-                     N - n < FEATURES ? N - n : FEATURES, 0);
+            features(x, B, K, q + n * K, K, scales_from(w->scales, n * blocks, Q_INT8), NULL, bias ? bias + n : NULL,
+                     y + n, N, N - n < FEATURES ? N - n : FEATURES, Q_INT8);
         break;
     case INT4:
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n += FEATURES)
-            features(x, B, K, q + n * K / 2, K / 2, w->scales + n * blocks, w->mins + n * blocks,
-                     bias ? bias + n : NULL, y + n, N, N - n < FEATURES ? N - n : FEATURES, 1);
+            features(x, B, K, q + n * K / 2, K / 2, scales_from(w->scales, n * blocks, Q_INT4),
+                     scales_from(w->mins, n * blocks, Q_INT4), bias ? bias + n : NULL, y + n, N,
+                     N - n < FEATURES ? N - n : FEATURES, Q_INT4);
+        break;
+    case INT4_F32:
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n += FEATURES)
+            features(x, B, K, q + n * K / 2, K / 2, scales_from(w->scales, n * blocks, Q_INT4_F32),
+                     scales_from(w->mins, n * blocks, Q_INT4_F32), bias ? bias + n : NULL, y + n, N,
+                     N - n < FEATURES ? N - n : FEATURES, Q_INT4_F32);
         break;
     case INT8_DOT: {
         int8_t *xq = (int8_t *)(act8 + B);
@@ -256,14 +267,6 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     case F16: linear_as(x, B, K, w->data, bias, N, y, F16); break;
     default: linear_as(x, B, K, w->data, bias, N, y, F32);
     }
-}
-
-/* linear_any for panels in the model's weight format (a router's: moe_step.h) */
-static void linear(const Model *m, const float *x, int64_t B, int64_t K, const void *w, const float *bias, int64_t N,
-                   float *y)
-{
-    const Weight panels = {w, NULL, NULL, m->weights};
-    linear_any(x, B, K, &panels, bias, N, y, NULL);
 }
 
 /* A token's embedding row, as floats (INT8: q * d in float32, as packed.py's dequantize) */

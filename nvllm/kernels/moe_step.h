@@ -2,14 +2,17 @@
  * computes, for the step's B rows. cpu_step.c includes it after `linear` and runs it in place of
  * the dense MLP for a layer whose `moe` is set (Qwen3-MoE's sparse layers, Mixtral's every layer).
  *
- * Routing, per row, in moe.py `route`'s order: the router's logits (one `linear` over its packed
- * rows), softmax in float32, the top-k experts by probability (largest first; on a tie the lower
- * expert), then, where the architecture says so (`renormalize`), the k scores divided by their sum.
- * Then the step's (row, choice) pairs are grouped by expert (a counting sort, rows in order within
- * an expert) and each expert that any row chose runs its gate|up and down matmuls over just its
- * rows, in `linear`'s panel layout and tiles: each chosen expert's packed panels are streamed once
- * a step, for all of its rows, and the others' never (a single stream reads the active parameters,
- * not all of them). A row's output is the score-weighted sum of its k experts' outputs.
+ * Routing, per row, in moe.py `route`'s order: the router's logits (one `linear_any`, in the
+ * router's format like any layer's), softmax in float32, the top-k experts by probability (largest
+ * first; on a tie the lower expert), then, where the architecture says so (`renormalize`), the k
+ * scores divided by their sum. Then the step's (row, choice) pairs are grouped by expert (a
+ * counting sort, rows in order within an expert) and each expert that any row chose runs its
+ * gate|up and down matmuls over just its rows, in `linear`'s panel layout and tiles, or, for
+ * experts a weight format packed (quantization=int8, int4), their quantized rows through
+ * quantized.h's `features` as `linear_any` reads a layer's: each chosen expert's weights are
+ * streamed once a step, for all of its rows, and the others' never (a single stream reads the
+ * active parameters, not all of them). A row's output is the score-weighted sum of its k experts'
+ * outputs.
  *
  * Its scratch (after the dense step's in `work`, sized by fused_cpu.py `moe_work_per_row`), floats
  * unless said: logits [B, E] | score [B*k] | choice, slot (int32) [B*k] | start, used (int32)
@@ -19,11 +22,13 @@
 
 struct MoeLayer {
     int64_t num_experts, top_k, intermediate, renormalize;
-    const void *gate; /* the router: [num_experts, hidden], packed like every matmul weight */
-    /* each expert's gate [I, hidden] then up [I, hidden], each packed on its own (so a panel of one
-     * lines up with the same panel of the other), and down [hidden, I] packed, expert after expert:
-     * expert e's start w13_stride * e and w2_stride * e bytes in */
-    const void *w13, *w2;
+    Weight gate; /* the router: [num_experts, hidden], in any format, like every layer's matmul weight */
+    /* each expert's gate [I, hidden] then up [I, hidden], and down [hidden, I], expert after expert,
+     * expert e's data starting w13_stride * e and w2_stride * e bytes in. Float formats: packed in
+     * panels, gate and up each on its own (so a panel of one lines up with the same panel of the
+     * other). INT8, INT4: packed.py's rows (gate's I, then up's I), expert e's scales (and mins)
+     * starting 2I x hidden / 32 (down: hidden x I / 32) values in. */
+    Weight w13, w2;
     int64_t w13_stride, w2_stride;
     /* NULL (the default), or [num_experts + 1] that the step adds to: the rows routed to each expert,
      * then the bytes of expert weights its matmuls were handed (a measurement: fused_cpu.py
@@ -68,28 +73,49 @@ static inline __attribute__((always_inline)) void panel_rows(const float *x, int
     }
 }
 
-/* For each expert x in used[0..n), its rows [start[x], start[x + 1]) of xs [., K] times its packed
- * weight (at w + x * stride bytes) into the same rows of ys: one omp for over the (expert, panel)
- * pairs, so the step's experts share one barrier rather than one each (a thread descheduled on a
- * busy machine holds up every barrier). act NULL: the weight is [N, K], ys [., N] (down). Else it
- * is gate [N, K] then up [N, K], each packed on its own, ys [., 2N] gets both, and the same item
- * writes act [., N] = SiLU(gate) x up for its columns (gate|up and the activation, one barrier). */
+/* rows x [rows, K] times the output features n0 .. n0 + cols - 1 (cols <= PANEL) of one expert's
+ * weight of format F (data w; quantized: scales s and INT4's mins mn) into y (row stride ld) */
+static inline __attribute__((always_inline)) void expert_cols(const float *x, int64_t rows, int64_t K, const char *w,
+                                                              const uint16_t *s, const uint16_t *mn, int64_t n0,
+                                                              int64_t cols, float *y, int64_t ld, const int F)
+{
+    if (F == INT8 || F == INT4) {
+        const int64_t row_bytes = F == INT4 ? K / 2 : K, blocks = K / BLOCK;
+        for (int64_t f = 0; f < cols; f += FEATURES)
+            features(x, rows, K, (const uint8_t *)w + (n0 + f) * row_bytes, row_bytes, s + (n0 + f) * blocks,
+                     F == INT4 ? mn + (n0 + f) * blocks : NULL, NULL, y + f, ld,
+                     cols - f < FEATURES ? cols - f : FEATURES, F == INT4);
+        return;
+    }
+    panel_rows(x, rows, K, w + n0 * K * (F == F32 ? 4 : 2), cols, y, ld, F);
+}
+
+/* For each expert x in used[0..n), its rows [start[x], start[x + 1]) of xs [., K] times its
+ * weight (data at w->data + x * stride bytes) into the same rows of ys, PANEL output features an
+ * item: one omp for over the (expert, panel) pairs, so the step's experts share one barrier rather
+ * than one each (a thread descheduled on a busy machine holds up every barrier). act NULL: the
+ * weight is [N, K], ys [., N] (down). Else it is gate [N, K] then up [N, K] (in panels, each packed
+ * on its own), ys [., 2N] gets both, and the same item writes act [., N] = SiLU(gate) x up for its
+ * columns (gate|up and the activation, one barrier). */
 static inline __attribute__((always_inline)) void experts_as(const float *xs, const int32_t *start, const int32_t *used,
-                                                             int64_t n, int64_t K, const char *w, int64_t stride,
+                                                             int64_t n, int64_t K, const Weight *w, int64_t stride,
                                                              int64_t N, float *ys, float *act, const int F)
 {
-    const int64_t panels = (N + PANEL - 1) / PANEL, panel_bytes = PANEL * K * (F == F32 ? 4 : 2);
-    const int64_t ld = act ? 2 * N : N;
+    const int quantized = F == INT8 || F == INT4;
+    const int64_t panels = (N + PANEL - 1) / PANEL, ld = act ? 2 * N : N;
+    const int64_t up = quantized ? N : panels * PANEL; /* up's first row: past gate's rows (its panels' padding) */
+    const int64_t groups = ld * (K / BLOCK);            /* an expert's scales (and mins) */
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < n * panels; ++item) {
         const int64_t x = used[item / panels], p = item % panels, n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
         const int64_t rows = start[x + 1] - start[x];
-        const char *panel = w + x * stride + p * panel_bytes;
+        const char *we = (const char *)w->data + x * stride;
+        const uint16_t *s = quantized ? w->scales + x * groups : NULL, *mn = F == INT4 ? w->mins + x * groups : NULL;
         const float *xe = xs + start[x] * K;
         float *ye = ys + start[x] * ld + n0;
-        panel_rows(xe, rows, K, panel, cols, ye, ld, F);
+        expert_cols(xe, rows, K, we, s, mn, n0, cols, ye, ld, F);
         if (act) {
-            panel_rows(xe, rows, K, panel + panels * panel_bytes, cols, ye + N, ld, F); /* up's panel p */
+            expert_cols(xe, rows, K, we, s, mn, up + n0, cols, ye + N, ld, F); /* up's features n0 .. */
             float *a = act + start[x] * N + n0;
             for (int64_t r = 0; r < rows; ++r)
                 for (int64_t j = 0; j < cols; ++j) {
@@ -100,14 +126,16 @@ static inline __attribute__((always_inline)) void experts_as(const float *xs, co
     }
 }
 
-/* experts_as for the model's weight format */
-static void experts_linear(const Model *m, const float *xs, const int32_t *start, const int32_t *used, int64_t n,
-                           int64_t K, const void *w, int64_t stride, int64_t N, float *ys, float *act)
+/* experts_as for the experts' weight format */
+static void experts_linear(const float *xs, const int32_t *start, const int32_t *used, int64_t n, int64_t K,
+                           const Weight *w, int64_t stride, int64_t N, float *ys, float *act)
 {
 #ifdef SKIP_LINEAR
     return;
 #endif
-    switch (m->weights) {
+    switch (w->format) {
+    case INT8: experts_as(xs, start, used, n, K, w, stride, N, ys, act, INT8); break;
+    case INT4: experts_as(xs, start, used, n, K, w, stride, N, ys, act, INT4); break;
     case BF16: experts_as(xs, start, used, n, K, w, stride, N, ys, act, BF16); break;
     case F16: experts_as(xs, start, used, n, K, w, stride, N, ys, act, F16); break;
     default: experts_as(xs, start, used, n, K, w, stride, N, ys, act, F32);
@@ -123,7 +151,7 @@ static void moe_mlp(const Model *m, const struct MoeLayer *e, const float *x, in
     float *xs = (float *)(used + E + 1), *gu = xs + R * H, *act = gu + R * 2 * I;
     float *ys = xs; /* the grouped rows are read only by the gate|up matmuls, which all run before the down ones */
 
-    linear(m, x, B, H, e->gate, NULL, E, logits);
+    linear_any(x, B, H, &e->gate, NULL, E, logits, NULL);
 #pragma omp single
     { /* route each row; group the (row, choice) pairs by expert: start[ex] = expert ex's first grouped
        * row, slot[r] = pair r's row, used[0..used[E]) = the experts with rows; then gather the rows */
@@ -141,11 +169,13 @@ static void moe_mlp(const Model *m, const struct MoeLayer *e, const float *x, in
         start[0] = 0;
         for (int64_t r = 0; r < R; ++r) memcpy(xs + slot[r] * H, x + r / k * H, sizeof(float) * (size_t)H);
         used[E] = n;
-        if (e->counters) e->counters[E] += n * (e->w13_stride + e->w2_stride); /* what the two matmuls stream */
+        if (e->counters) /* what the two matmuls stream: the weights, and a quantized format's scales (mins) */
+            e->counters[E] += n * (e->w13_stride + e->w2_stride +
+                                   (e->w13.format == INT8 ? 2 : e->w13.format == INT4 ? 4 : 0) * 3 * I * H / BLOCK);
     } /* its barrier: every thread sees the groups */
     /* the experts with rows: gate|up with SiLU(gate) x up, then down; the others are never read */
-    experts_linear(m, xs, start, used, used[E], H, e->w13, e->w13_stride, I, gu, act);
-    experts_linear(m, act, start, used, used[E], I, e->w2, e->w2_stride, H, ys, NULL);
+    experts_linear(xs, start, used, used[E], H, &e->w13, e->w13_stride, I, gu, act);
+    experts_linear(act, start, used, used[E], I, &e->w2, e->w2_stride, H, ys, NULL);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
         float *o = out + b * H;

@@ -1,7 +1,7 @@
-/* Matmuls over weights quantized in blocks of 32 along k (int8, int4: the layout and the arithmetic
- * are quantized.h's, which forward=fused_cpu's step shares): y [B, N] = x [B, K] w^T, float32
- * activations and sums, equal to x times the dequantized float32 weights up to the order of the
- * sums. The threads share out the output features.
+/* Matmuls over weights quantized in blocks of 32 along k (int8; int4, float16 or float32 scales: the
+ * layouts and the arithmetic are quantized.h's, which forward=fused_cpu's step shares):
+ * y [B, N] = x [B, K] w^T, float32 activations and sums, equal to x times the dequantized float32
+ * weights up to the order of the sums. The threads share out the output features.
  *
  * Compiled on first use by nvllm/kernels/__init__.py (-march=native) and called through ctypes
  * (nvllm/kernels/quantized.py). */
@@ -9,28 +9,45 @@
 
 #include <stdlib.h>
 
-static void matmul(const float *x, int64_t B, int64_t K, const uint8_t *q, const uint16_t *scales,
-                   const uint16_t *mins, int64_t N, float *y, int num_threads, const int INT4)
+static void matmul(const float *x, int64_t B, int64_t K, const uint8_t *q, const void *scales, const void *mins,
+                   int64_t N, float *y, int num_threads, const int FMT)
 {
-    const int64_t row_bytes = INT4 ? K / 2 : K, blocks = K / BLOCK;
+    const int64_t row_bytes = FMT == Q_INT8 ? K : K / 2, blocks = K / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t n = 0; n < N; n += FEATURES)
-        features(x, B, K, q + n * row_bytes, row_bytes, scales + n * blocks, INT4 ? mins + n * blocks : 0, 0, y + n, N,
-                 N - n < FEATURES ? N - n : FEATURES, INT4);
+    for (int64_t n = 0; n < N; n += FEATURES) {
+        const uint8_t *qn = q + n * row_bytes;
+        const int64_t count = N - n < FEATURES ? N - n : FEATURES;
+        /* each layout's call with its format a constant, so that its code is compiled for it alone */
+        if (FMT == Q_INT8)
+            features(x, B, K, qn, row_bytes, scales_from(scales, n * blocks, Q_INT8), 0, 0, y + n, N, count, Q_INT8);
+        else if (FMT == Q_INT4)
+            features(x, B, K, qn, row_bytes, scales_from(scales, n * blocks, Q_INT4),
+                     scales_from(mins, n * blocks, Q_INT4), 0, y + n, N, count, Q_INT4);
+        else
+            features(x, B, K, qn, row_bytes, scales_from(scales, n * blocks, Q_INT4_F32),
+                     scales_from(mins, n * blocks, Q_INT4_F32), 0, y + n, N, count, Q_INT4_F32);
+    }
 }
 
 /* y [B, N] = x [B, K] (qweight, scales)^T; K a multiple of 32 (the caller checks). */
 void nvllm_linear_int8(const float *x, int64_t B, int64_t K, const int8_t *qweight, const uint16_t *scales,
                        int64_t N, float *y, int num_threads)
 {
-    matmul(x, B, K, (const uint8_t *)qweight, scales, 0, N, y, num_threads, 0);
+    matmul(x, B, K, (const uint8_t *)qweight, scales, 0, N, y, num_threads, Q_INT8);
 }
 
 /* y [B, N] = x [B, K] (qweight, scales, mins)^T; K a multiple of 32 (the caller checks). */
 void nvllm_linear_int4(const float *x, int64_t B, int64_t K, const uint8_t *qweight, const uint16_t *scales,
                        const uint16_t *mins, int64_t N, float *y, int num_threads)
 {
-    matmul(x, B, K, qweight, scales, mins, N, y, num_threads, 1);
+    matmul(x, B, K, qweight, scales, mins, N, y, num_threads, Q_INT4);
+}
+
+/* nvllm_linear_int4 with float32 scales and mins (GGUF Q4_K's sub-blocks) */
+void nvllm_linear_int4_f32(const float *x, int64_t B, int64_t K, const uint8_t *qweight, const float *scales,
+                           const float *mins, int64_t N, float *y, int num_threads)
+{
+    matmul(x, B, K, qweight, scales, mins, N, y, num_threads, Q_INT4_F32);
 }
 
 /* y [B, N] = x [B, K] (qweight, scales)^T with each row of x quantized to int8 first (quantize_row):

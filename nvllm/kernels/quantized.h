@@ -7,6 +7,11 @@
  *   int4 (GGUF Q4_1's, and Q4_0's  qweight uint8 [N, K/2], scales and mins float16 [N, K/32]; in each
  *         with m = -8 d)           block's 16 bytes, byte i holds weight i (low nibble) and i + 16 (high)
  *                                  w[n, k] = q * d + m, q in 0..15
+ *   int4, float32 scales (GGUF     int4's qweight; scales and mins float32 [N, K/32] (Q4_K's d * sc and
+ *         Q4_K's sub-blocks)       -dmin * m, which float16 cannot hold exactly)
+ *
+ * A kernel is compiled for one layout (FMT: Q_INT8, Q_INT4, Q_INT4_F32); `scale_at` reads a scale or
+ * minimum in the layout's type.
  *
  * `features` computes y[b, n] = x[b, :] . w[n, :] for every input row b of a group of FEATURES
  * output features n, float32 activations and sums: each block's 32 weights are widened to float32
@@ -46,13 +51,33 @@ typedef float v8 __attribute__((vector_size(32), aligned(4))); /* 8 floats, unal
 #define BLOCK 32
 #define ROWS 8 /* input rows whose sums stay in registers while a block's weights are reused */
 
-/* Block j's 32 weights as four 8-float vectors: w[0..3] = weights 0-7, 8-15, 16-23, 24-31 */
-static inline __attribute__((always_inline)) void dequantize(const uint8_t *q, const uint16_t *scales,
-                                                             const uint16_t *mins, int64_t j, v8 w[4], const int INT4)
+enum { Q_INT8 = 0, Q_INT4 = 1, Q_INT4_F32 = 2 }; /* the layouts above */
+
+/* Scale (or minimum) j of a run of them, as a float: float16 widened exactly, or float32 (Q_INT4_F32) */
+static inline __attribute__((always_inline)) float scale_at(const void *s, int64_t j, const int FMT)
 {
+    if (FMT == Q_INT4_F32) return ((const float *)s)[j];
 #if defined(__AVX2__) && defined(__F16C__)
-    const __m256 d = _mm256_set1_ps(_cvtsh_ss(scales[j]));
-    const __m256 m = _mm256_set1_ps(INT4 ? _cvtsh_ss(mins[j]) : 0.f);
+    return _cvtsh_ss(((const uint16_t *)s)[j]);
+#else
+    return f16_to_float(((const uint16_t *)s)[j]);
+#endif
+}
+
+/* The run of scales (or minimums) from j on */
+static inline __attribute__((always_inline)) const void *scales_from(const void *s, int64_t j, const int FMT)
+{
+    return (const char *)s + j * (FMT == Q_INT4_F32 ? 4 : 2);
+}
+
+/* Block j's 32 weights as four 8-float vectors: w[0..3] = weights 0-7, 8-15, 16-23, 24-31 */
+static inline __attribute__((always_inline)) void dequantize(const uint8_t *q, const void *scales, const void *mins,
+                                                             int64_t j, v8 w[4], const int FMT)
+{
+    const int INT4 = FMT != Q_INT8;
+#if defined(__AVX2__) && defined(__F16C__)
+    const __m256 d = _mm256_set1_ps(scale_at(scales, j, FMT));
+    const __m256 m = _mm256_set1_ps(INT4 ? scale_at(mins, j, FMT) : 0.f);
     __m128i b[2]; /* weights 0-15 and 16-31, a byte each */
     if (INT4) {
         const __m128i bytes = _mm_loadu_si128((const __m128i *)(q + j * BLOCK / 2)), low = _mm_set1_epi8(0xf);
@@ -70,7 +95,7 @@ static inline __attribute__((always_inline)) void dequantize(const uint8_t *q, c
         }
     }
 #else
-    const float d = f16_to_float(scales[j]), m = INT4 ? f16_to_float(mins[j]) : 0.f;
+    const float d = scale_at(scales, j, FMT), m = INT4 ? scale_at(mins, j, FMT) : 0.f;
     for (int i = 0; i < BLOCK; ++i) {
         const uint8_t byte = INT4 ? q[j * BLOCK / 2 + i % 16] : 0;
         w[i / 8][i % 8] = INT4 ? (float)(i < 16 ? byte & 0xf : byte >> 4) * d + m : (float)(int8_t)q[j * BLOCK + i] * d;
@@ -89,13 +114,12 @@ static inline float lanes_sum(v8 a, const float *bias)
 #ifdef __AVX512F__
 /* Block j's 32 weights as two 16-float vectors (weights 0-15, 16-31): int8's bytes sign-extended,
  * int4's bytes zero-extended once and split into their low (weights 0-15) and high nibbles */
-static inline __attribute__((always_inline)) void dequantize16(const uint8_t *q, const uint16_t *scales,
-                                                               const uint16_t *mins, int64_t j, __m512 w[2],
-                                                               const int INT4)
+static inline __attribute__((always_inline)) void dequantize16(const uint8_t *q, const void *scales,
+                                                               const void *mins, int64_t j, __m512 w[2], const int FMT)
 {
-    const __m512 d = _mm512_set1_ps(_cvtsh_ss(scales[j]));
-    if (INT4) {
-        const __m512 m = _mm512_set1_ps(_cvtsh_ss(mins[j]));
+    const __m512 d = _mm512_set1_ps(scale_at(scales, j, FMT));
+    if (FMT != Q_INT8) {
+        const __m512 m = _mm512_set1_ps(scale_at(mins, j, FMT));
         const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + j * BLOCK / 2)));
         w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, _mm512_set1_epi32(0xf))), d, m);
         w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), d, m);
@@ -114,16 +138,17 @@ static inline __attribute__((always_inline)) void dequantize16(const uint8_t *q,
  * per (row, feature), added up across the blocks, then across its lanes. wf: the FT rows already
  * dequantized ([FT][K] floats, the same values), or NULL to dequantize them here. */
 static inline __attribute__((always_inline)) void tile16(const float *restrict x, int64_t K, const uint8_t *restrict q,
-                                                         int64_t row_bytes, const uint16_t *restrict scales,
-                                                         const uint16_t *restrict mins, const float *wf,
+                                                         int64_t row_bytes, const void *restrict scales,
+                                                         const void *restrict mins, const float *wf,
                                                          const float *bias, float *restrict y, int64_t N, const int BT,
-                                                         const int FT, const int INT4)
+                                                         const int FT, const int FMT)
 {
     const int64_t blocks = K / BLOCK;
     __m512 acc[TILE][FEATURES];
     for (int b = 0; b < BT; ++b)
         for (int f = 0; f < FT; ++f) acc[b][f] = _mm512_setzero_ps();
-    const int64_t step = FT * row_bytes / blocks, scale_step = FT * 2; /* the FT rows' bytes a block */
+    /* the FT rows' bytes a block, of weights and of scales */
+    const int64_t step = FT * row_bytes / blocks, scale_step = FT * (FMT == Q_INT4_F32 ? 4 : 2);
     for (int64_t j = 0; j < blocks; ++j) {
         /* FT rows are one contiguous run of weights (and of scales): ask for it PREFETCH bytes ahead
          * of where the block reads, for the hardware prefetcher does not keep up with a single
@@ -143,7 +168,8 @@ static inline __attribute__((always_inline)) void tile16(const float *restrict x
                 w[0] = _mm512_loadu_ps(wf + f * K + j * BLOCK);
                 w[1] = _mm512_loadu_ps(wf + f * K + j * BLOCK + 16);
             } else
-                dequantize16(q + f * row_bytes, scales + f * blocks, INT4 ? mins + f * blocks : 0, j, w, INT4);
+                dequantize16(q + f * row_bytes, scales_from(scales, f * blocks, FMT),
+                             FMT != Q_INT8 ? scales_from(mins, f * blocks, FMT) : 0, j, w, FMT);
             for (int b = 0; b < BT; ++b)
                 acc[b][f] = _mm512_fmadd_ps(w[1], xv[b][1], _mm512_fmadd_ps(w[0], xv[b][0], acc[b][f]));
         }
@@ -158,9 +184,9 @@ static inline __attribute__((always_inline)) void tile16(const float *restrict x
 /* tile16 over all B rows, TILE at a time. More than a tile of rows: the FT rows of weights are
  * dequantized once into wf (on the stack: FT * K floats) rather than once a tile. */
 static inline __attribute__((always_inline)) void tiles16(const float *x, int64_t B, int64_t K, const uint8_t *q,
-                                                          int64_t row_bytes, const uint16_t *scales,
-                                                          const uint16_t *mins, const float *bias, float *y, int64_t N,
-                                                          const int FT, const int INT4)
+                                                          int64_t row_bytes, const void *scales, const void *mins,
+                                                          const float *bias, float *y, int64_t N, const int FT,
+                                                          const int FMT)
 {
     float dequantized[B > TILE ? FT * K : 1];
     const float *wf = NULL;
@@ -169,7 +195,8 @@ static inline __attribute__((always_inline)) void tiles16(const float *x, int64_
         for (int f = 0; f < FT; ++f)
             for (int64_t j = 0; j < blocks; ++j) {
                 __m512 w[2];
-                dequantize16(q + f * row_bytes, scales + f * blocks, INT4 ? mins + f * blocks : 0, j, w, INT4);
+                dequantize16(q + f * row_bytes, scales_from(scales, f * blocks, FMT),
+                             FMT != Q_INT8 ? scales_from(mins, f * blocks, FMT) : 0, j, w, FMT);
                 _mm512_storeu_ps(dequantized + f * K + j * BLOCK, w[0]);
                 _mm512_storeu_ps(dequantized + f * K + j * BLOCK + 16, w[1]);
             }
@@ -177,9 +204,9 @@ static inline __attribute__((always_inline)) void tiles16(const float *x, int64_
     }
     int64_t b0 = 0;
     for (; b0 + TILE <= B; b0 += TILE)
-        tile16(x + b0 * K, K, q, row_bytes, scales, mins, wf, bias, y + b0 * N, N, TILE, FT, INT4);
+        tile16(x + b0 * K, K, q, row_bytes, scales, mins, wf, bias, y + b0 * N, N, TILE, FT, FMT);
     switch (B - b0) { /* the rest, with the row count known to the compiler */
-#define REST(r) case r: tile16(x + b0 * K, K, q, row_bytes, scales, mins, wf, bias, y + b0 * N, N, r, FT, INT4); break;
+#define REST(r) case r: tile16(x + b0 * K, K, q, row_bytes, scales, mins, wf, bias, y + b0 * N, N, r, FT, FMT); break;
         REST(1) REST(2) REST(3)
 #undef REST
     }
@@ -190,15 +217,15 @@ static inline __attribute__((always_inline)) void tiles16(const float *x, int64_
 /* One output feature for BT input rows: two 8-float sums a row, added up across the blocks, then
  * across their lanes. */
 static inline __attribute__((always_inline)) void row(const float *restrict x, int64_t K, const uint8_t *restrict q,
-                                                      const uint16_t *restrict scales, const uint16_t *restrict mins,
+                                                      const void *restrict scales, const void *restrict mins,
                                                       const float *bias, float *restrict y, int64_t N, const int BT,
-                                                      const int INT4)
+                                                      const int FMT)
 {
     v8 acc[ROWS][2];
     for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
     for (int64_t j = 0; j < K / BLOCK; ++j) {
         v8 w[4];
-        dequantize(q, scales, mins, j, w, INT4);
+        dequantize(q, scales, mins, j, w, FMT);
         for (int b = 0; b < BT; ++b) {
             const float *xb = x + b * K + j * BLOCK;
             acc[b][0] += w[0] * *(const v8 *)xb + w[2] * *(const v8 *)(xb + 16);
@@ -210,32 +237,33 @@ static inline __attribute__((always_inline)) void row(const float *restrict x, i
 #endif
 
 /* y[b * N + f] for b < B, f < count <= FEATURES: output features n0 .. n0 + count - 1 of x [B, K]
- * times the weight, q, scales and mins (int4) pointing at feature n0's row (rows row_bytes and
- * K / 32 apart), bias at its bias (or NULL). K a multiple of 32. Callers share out the groups of
- * FEATURES output features over their threads. */
+ * times the weight of layout FMT, q, scales and mins (int4) pointing at feature n0's row (rows
+ * row_bytes and K / 32 scales apart), bias at its bias (or NULL). K a multiple of 32. Callers share
+ * out the groups of FEATURES output features over their threads. */
 static inline __attribute__((always_inline)) void features(const float *x, int64_t B, int64_t K, const uint8_t *q,
-                                                           int64_t row_bytes, const uint16_t *scales,
-                                                           const uint16_t *mins, const float *bias, float *y, int64_t N,
-                                                           int64_t count, const int INT4)
+                                                           int64_t row_bytes, const void *scales, const void *mins,
+                                                           const float *bias, float *y, int64_t N, int64_t count,
+                                                           const int FMT)
 {
 #ifdef __AVX512F__
     if (count == FEATURES) {
-        tiles16(x, B, K, q, row_bytes, scales, mins, bias, y, N, FEATURES, INT4);
+        tiles16(x, B, K, q, row_bytes, scales, mins, bias, y, N, FEATURES, FMT);
         return;
     }
 #endif
     const int64_t blocks = K / BLOCK;
     for (int64_t f = 0; f < count; ++f) {
         const uint8_t *qf = q + f * row_bytes;
-        const uint16_t *sf = scales + f * blocks, *mf = INT4 ? mins + f * blocks : 0;
+        const void *sf = scales_from(scales, f * blocks, FMT);
+        const void *mf = FMT != Q_INT8 ? scales_from(mins, f * blocks, FMT) : 0;
         const float *bf = bias ? bias + f : 0;
 #ifdef __AVX512F__
-        tiles16(x, B, K, qf, row_bytes, sf, mf, bf, y + f, N, 1, INT4);
+        tiles16(x, B, K, qf, row_bytes, sf, mf, bf, y + f, N, 1, FMT);
 #else
         int64_t b0 = 0;
-        for (; b0 + ROWS <= B; b0 += ROWS) row(x + b0 * K, K, qf, sf, mf, bf, y + f + b0 * N, N, ROWS, INT4);
+        for (; b0 + ROWS <= B; b0 += ROWS) row(x + b0 * K, K, qf, sf, mf, bf, y + f + b0 * N, N, ROWS, FMT);
         switch (B - b0) { /* the rest, with the row count known to the compiler */
-#define REST(r) case r: row(x + b0 * K, K, qf, sf, mf, bf, y + f + b0 * N, N, r, INT4); break;
+#define REST(r) case r: row(x + b0 * K, K, qf, sf, mf, bf, y + f + b0 * N, N, r, FMT); break;
             REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
 #undef REST
         }

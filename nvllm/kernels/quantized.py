@@ -4,7 +4,7 @@ layout the quantized loaders produce:
 - int8: `qweight` int8 [N, K], `scales` float16 [N, K // 32]; w = q * d (GGUF Q8_0's arithmetic)
 - int4: `qweight` uint8 [N, K // 2], in each block of 32 byte i holding weight i in its low nibble
   and weight i + 16 in its high one; `scales`, `mins` float16 [N, K // 32]; w = q * d + m (GGUF
-  Q4_1's; Q4_0 is m = -8 d)
+  Q4_1's; Q4_0 is m = -8 d); or `scales`, `mins` float32 (GGUF Q4_K's sub-block scales and minimums)
 
 Activations and sums are float32: `linear_int8(x, q, d)` equals `x @ dequantized.T` up to the
 order of the sums. `linear_int8_dot` quantizes each row of x to int8 first (one scale a row) and
@@ -27,8 +27,9 @@ def _library():
     lib = load_library("quantized.c", "the quantized matmul", "float weights (quantization=none)")
     lib.nvllm_linear_int8.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, ctypes.c_int]
     lib.nvllm_linear_int4.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i64, _ptr, ctypes.c_int]
+    lib.nvllm_linear_int4_f32.argtypes = lib.nvllm_linear_int4.argtypes
     lib.nvllm_linear_int8_dot.argtypes = lib.nvllm_linear_int8.argtypes
-    lib.nvllm_linear_int8.restype = lib.nvllm_linear_int4.restype = None
+    lib.nvllm_linear_int8.restype = lib.nvllm_linear_int4.restype = lib.nvllm_linear_int4_f32.restype = None
     lib.nvllm_linear_int8_dot.restype = ctypes.c_int
     lib.nvllm_int8_dot_isa.restype = ctypes.c_char_p
     return lib
@@ -72,13 +73,16 @@ def int8_dot_isa() -> str:
 
 
 def linear_int4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> torch.Tensor:
-    """x [..., K] float32 times the int4 weight [N, K] (packed [N, K // 2]) transposed: [..., N] float32."""
+    """x [..., K] float32 times the int4 weight [N, K] (packed [N, K // 2]) transposed: [..., N] float32.
+    `scales` and `mins` both float16, or both float32."""
     x2, n, k, q_shape, s_shape = _inputs(x, qweight, 2)
     _check("qweight", qweight, torch.uint8, q_shape)
-    _check("scales", scales, torch.float16, s_shape)
-    _check("mins", mins, torch.float16, s_shape)
+    dtype = torch.float32 if scales.dtype == torch.float32 else torch.float16
+    _check("scales", scales, dtype, s_shape)
+    _check("mins", mins, dtype, s_shape)
     y = torch.empty(x2.shape[0], n, dtype=torch.float32)
     qweight, scales, mins = qweight.contiguous(), scales.contiguous(), mins.contiguous()
-    _library().nvllm_linear_int4(x2.data_ptr(), x2.shape[0], k, qweight.data_ptr(), scales.data_ptr(),
-                                 mins.data_ptr(), n, y.data_ptr(), torch.get_num_threads())
+    fn = _library().nvllm_linear_int4_f32 if dtype == torch.float32 else _library().nvllm_linear_int4
+    fn(x2.data_ptr(), x2.shape[0], k, qweight.data_ptr(), scales.data_ptr(), mins.data_ptr(), n, y.data_ptr(),
+       torch.get_num_threads())
     return y.reshape(*x.shape[:-1], n)

@@ -1,6 +1,6 @@
 """Weight-only int8 and int4 matmuls in Triton: y = x @ w.T for a weight held in the packed layout
 of nvllm/models/layers/packed.py (groups of 32 along k; int8 q * d; int4 q * d + m, two weights a
-byte in GGUF's nibble order), which the linear layers run on CUDA in place of dequantizing the
+byte in GGUF's nibble order, d and m float16 or float32), which the linear layers run on CUDA in place of dequantizing the
 whole weight with torch before every matmul.
 
 gpt-fast's scheme: each program owns a [BLOCK_M, BLOCK_N] tile of y, walks k a BLOCK_K tile at a

@@ -1,8 +1,9 @@
 """The quantization family: how the weights of the linear layers (attention's q/k/v and output,
-the MLP's gate/up and down) are stored and multiplied. A packed format also holds the embedding
-table and the LM head in the int8 layout (GGUF Q8_0), as llama.cpp keeps them at 8 bits in every
-quantized file, its 4-bit ones included: a tied head shares the embedding's one packed copy. Norms
-(and, with quantization=none, everything) stay in `dtype`. A format's life:
+the MLP's gate/up and down, a mixture of experts' router and experts) are stored and multiplied.
+A packed format also holds the embedding table and the LM head in the int8 layout (GGUF Q8_0), as
+llama.cpp keeps them at 8 bits in every quantized file, its 4-bit ones included: a tied head shares
+the embedding's one packed copy. Norms (and, with quantization=none, everything) stay in `dtype`.
+A format's life:
 
     cls.resolve(config, model_config)     its Config with every `auto`/null filled in (a file to read)
     cls.check(config, hf_config, target)  before anything loads: raise ConfigError naming the key or
@@ -13,8 +14,8 @@ quantized file, its 4-bit ones included: a tied head shares the embedding's one 
     cls.embedding_bytes_per_weight(config, dtype_bytes)  the same for the embedding table and LM head
     method = cls(config)
     method.apply(model, path)             once the float weights are loaded: pack each linear layer's
-                                          weight (nvllm/models/layers/packed.py), the embedding's and
-                                          the head's, freeing the float ones
+                                          weight (nvllm/models/layers/packed.py), each expert's, the
+                                          embedding's and the head's, freeing the float ones
 """
 from typing import ClassVar
 
@@ -30,6 +31,15 @@ def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
     return [("q/k/v_proj, gate/up_proj", "hidden_size", hf_config.hidden_size, False),
             ("o_proj", "num_attention_heads x head_dim", heads * head_dim, True),
             ("down_proj", "intermediate_size", hf_config.intermediate_size, True)]
+
+
+def expert_inputs(hf_config, arch, expert_parallel: bool) -> list[tuple[str, str, int, bool]]:
+    """The same for a mixture of experts' stacked experts (`arch.moe_keys`: the experts' count and
+    width keys): tp splits each expert's width, the k of its down projection, unless
+    `expert_parallel` places whole experts on ranks."""
+    width = arch.moe_keys[1]
+    return [("the experts' gate/up (w13)", "hidden_size", hf_config.hidden_size, False),
+            ("the experts' down (w2)", width, getattr(hf_config, width), not expert_parallel)]
 
 
 class QuantizationMethod:
@@ -60,10 +70,10 @@ class QuantizationMethod:
                 f"the float (or 16-bit) checkpoint")
         if cls.forwards is None:
             return
-        if getattr(target.model, "expert_weights_mapping", None):
-            raise ConfigError(f"quantization={config.name} packs the dense linear layers, and model={target.model.name} "
-                              f"keeps its MLP in experts, which no format packs yet: use quantization=none")
-        for layers, what, k, split in linear_inputs(hf_config):
+        inputs = linear_inputs(hf_config)
+        if getattr(target.model, "moe_keys", None):
+            inputs += expert_inputs(hf_config, target.model, target.expert_parallel)
+        for layers, what, k, split in inputs:
             if k % GROUP:
                 raise ConfigError(f"quantization={config.name}: the k of {layers} ({what}) is {k}, not a multiple of "
                                   f"{GROUP} (the group size of every packed format); use quantization=none")
@@ -72,7 +82,8 @@ class QuantizationMethod:
                 raise ConfigError(f"quantization={config.name} with tp={target.tp}: {layers} splits its k ({what} = "
                                   f"{k}) into {k // target.tp} per rank, which is not a multiple of {GROUP}: a group "
                                   f"would straddle two ranks. Use a tp whose share is a multiple of {GROUP} "
-                                  f"(tp in {fits}), or quantization=none")
+                                  f"(tp in {fits})" + (", moe.expert_parallel=true (whole experts on each rank)"
+                                                       if "experts'" in layers else "") + ", or quantization=none")
 
     @classmethod
     def check_forward(cls, forward: str, config=None) -> None:
@@ -125,11 +136,14 @@ def pack_embeddings(model, pack) -> None:
 
 def resident_weight_bytes(model) -> int:
     """Bytes the model's weights hold: every parameter once (tied ones once), and the packed buffers
-    (a tied head's, the embedding's, once)."""
+    (the linear layers', the embedding's and the LM head's (a tied head's once), and the experts')."""
     from nvllm.models.layers.linear import PackedWeight
+    from nvllm.models.layers.moe import FusedMoE
 
     tensors = {id(t): t for t in model.parameters()}
     for m in model.modules():
         if isinstance(m, PackedWeight):
             tensors.update({id(t): t for t in (m.qweight, m.scales, m.mins) if t is not None})
+        if isinstance(m, FusedMoE):
+            tensors.update({id(t): t for t in m.packed_experts().values() if t is not None})
     return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,5 +1,11 @@
 """quantization=gguf: the linear layers keep a GGUF file's own blocks, moved into the shared layout
-(nvllm/models/layers/packed.py) without dequantizing: Q8_0 as int8, Q4_1 as int4, Q4_0 as int4 with min = -8 * d.
+(nvllm/models/layers/packed.py) without dequantizing: Q8_0 as int8, Q4_1 as int4, Q4_0 as int4 with min = -8 * d,
+Q4_K as int4 with float32 scales and minimums. Q4_K's super-block of 256 (float16 d and dmin, a 6-bit
+scale sc and minimum m per sub-block of 32) stands for w = d * sc * q - dmin * m; d * sc has up to 17
+significant bits, which float16 cannot hold, so each sub-block's d * sc and -dmin * m are kept as the
+float32 gguf's dequantizer computes (exact), and its quants as int4's nibbles: 6 bits a weight (16
+bytes of quants and 8 of scale and minimum per 32) where the file takes 4.5, for weights bit for bit
+the file's.
 The embedding table (`token_embd`) and the LM head (`output`, or tied, the table) keep the file's
 blocks too where it stores them as Q8_0, as llama.cpp's quantized files do (F16, F32 or another
 type: they come from the safetensors, in `dtype`). Everything else (norms) comes from the model
@@ -17,11 +23,12 @@ import torch
 
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
-from nvllm.models.layers.packed import GROUP
+from nvllm.models.layers.packed import GROUP, pack_nibbles
 from nvllm.quantization.base import QuantizationMethod, linear_layers, pack_embeddings
 
-# block type -> (the layout it maps into, bytes per block of 32)
-SUPPORTED = {"Q8_0": ("int8", 34), "Q4_0": ("int4", 18), "Q4_1": ("int4", 20)}
+# block type -> (the layout it maps into, bytes it is held in per 32 weights: quants, scales and minimums)
+SUPPORTED = {"Q8_0": ("int8", 34), "Q4_0": ("int4", 20), "Q4_1": ("int4", 20), "Q4_K": ("int4, float32 scales", 24)}
+SUPER_BLOCK = 256  # Q4_K's weights along k a block
 # nvllm's linear layers (name suffix) and the GGUF tensors of one block each is made of, with their shard id
 MODULES = {"self_attn.qkv_proj": (("attn_q", "q"), ("attn_k", "k"), ("attn_v", "v")),
            "self_attn.o_proj": (("attn_output", None),),
@@ -63,11 +70,15 @@ def _expected_shapes(hf_config) -> dict[str, tuple[int, int]]:
 
 def blocks(data: np.ndarray, block_type: str, name: str) -> dict[str, torch.Tensor]:
     """A GGUF tensor's bytes ([N, bytes per row]) of a supported block type as the shared layout's
-    tensors: bytes moved, nothing dequantized."""
-    size = SUPPORTED[block_type][1]
+    tensors: bytes moved, nothing dequantized (Q4_K: its scales multiplied out, exactly)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    size = GGML_QUANT_SIZES[GGMLQuantizationType[block_type]][1]
     raw = torch.from_numpy(np.array(data, dtype=np.uint8))
     n = raw.shape[0]
     raw = raw.view(n, -1, size)
+    if block_type == "Q4_K":
+        return _q4_k(raw)
 
     def half(start):
         return raw[..., start:start + 2].contiguous().view(torch.float16).squeeze(-1)
@@ -83,6 +94,25 @@ def blocks(data: np.ndarray, block_type: str, name: str) -> dict[str, torch.Tens
     return {"qweight": raw[..., 2:].reshape(n, -1).contiguous(), "scales": d, "mins": mins}
 
 
+def _q4_k(raw: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Q4_K super-blocks ([N, K // 256, 144] bytes: d, dmin, 12 bytes of 6-bit scales and minimums,
+    128 of quants) as int4 with float32 scales: sub-block s's scale d * sc[s] and minimum
+    -(dmin * m[s]), computed in float32 as gguf's dequantizer does (exact), so q * scale + min is its
+    d * sc * q - dmin * m."""
+    n, supers = raw.shape[:2]
+    d, dmin = (raw[..., i:i + 2].contiguous().view(torch.float16).float() for i in (0, 2))
+    # llama.cpp's get_scale_min_k4 packing: sub-blocks 0-3's sc and m in the low 6 bits of bytes 4-7
+    # and 8-11, sub-blocks 4-7's low 4 bits in bytes 12-15 and their top 2 in the top bits of 4-11
+    sc_bytes, m_bytes, low_bits = raw[..., 4:8], raw[..., 8:12], raw[..., 12:16]
+    sc = torch.cat([sc_bytes & 63, (low_bits & 15) | ((sc_bytes >> 2) & 48)], dim=-1).float()
+    m = torch.cat([m_bytes & 63, (low_bits >> 4) | ((m_bytes >> 2) & 48)], dim=-1).float()
+    # each 32 bytes of quants: sub-block 2j's 32 weights in the low nibbles, 2j + 1's in the high ones
+    qs = raw[..., 16:].reshape(n, supers, 4, 1, 32)
+    q = torch.cat([qs & 15, qs >> 4], dim=3).reshape(n, supers * 8, 32)
+    return {"qweight": pack_nibbles(q).reshape(n, -1), "scales": (d * sc).reshape(n, -1),
+            "mins": -(dmin * m).reshape(n, -1)}
+
+
 def unpermute_rotary(t: torch.Tensor, heads: int) -> torch.Tensor:
     """llama.cpp's rotary row order (adjacent pairs) back to Hugging Face's (halves) — the inverse
     of convert_hf_to_gguf.py's permute, on whole rows."""
@@ -90,7 +120,8 @@ def unpermute_rotary(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class GGUF(QuantizationMethod):
-    """A GGUF file's Q8_0, Q4_0 or Q4_1 blocks as stored, its Q8_0 embedding too (default: the embedded model's Q4_1 file)."""
+    """The linear layers keep a GGUF file's Q8_0, Q4_0, Q4_1 or Q4_K blocks, the embedding and LM head its
+    Q8_0 ones (default: the embedded model's Q4_1 file)."""
 
     name = "gguf"
 
@@ -123,6 +154,11 @@ class GGUF(QuantizationMethod):
 
     @classmethod
     def check(cls, config, hf_config, target) -> None:
+        if getattr(target.model, "expert_weights_mapping", None):
+            raise ConfigError(f"quantization=gguf reads a llama GGUF file's dense linear layers, and "
+                              f"model={target.model.name} keeps its MLP in experts, whose GGUF tensors it does not "
+                              f"read; use quantization=int8 or int4 (which pack the experts too) on the float "
+                              f"checkpoint")
         super().check(config, hf_config, target)
         if "llama" not in target.model.hf_model_types:
             raise ConfigError(f"quantization=gguf reads llama GGUF files, and model={target.model.name} runs "
@@ -154,6 +190,12 @@ class GGUF(QuantizationMethod):
                                           f"{', '.join(SUPPORTED)}. Use a file quantized to one of those (llama.cpp's "
                                           f"llama-quantize ... Q8_0), or quantization=int8 or int4 on the float checkpoint")
                     n, k = shapes[kind]
+                    if block_type == "Q4_K" and k % SUPER_BLOCK:
+                        raise ConfigError(f"quantization.file={config.file}: tensor {name} is stored as Q4_K, "
+                                          f"whose blocks are {SUPER_BLOCK} weights along k, and the model at "
+                                          f"model.path needs it of shape (n={n}, k={k}), k not a multiple of "
+                                          f"{SUPER_BLOCK}; use a file that stores it in another type (llama.cpp's "
+                                          f"llama-quantize falls back to one), or quantization=int4")
                     if [int(x) for x in t.shape] != [k, n]:
                         raise ConfigError(f"quantization.file={config.file}: tensor {name} has shape (n={int(t.shape[1])}, "
                                           f"k={int(t.shape[0])}) and the model at model.path needs (n={n}, k={k}): the "
@@ -172,7 +214,8 @@ class GGUF(QuantizationMethod):
 
     @classmethod
     def bytes_per_weight(cls, config, dtype_bytes: int) -> float:
-        """The file's linear layers' bytes over their weights (its block types may differ by tensor)."""
+        """The linear layers' bytes as held (SUPPORTED) over their weights (the file's block types may
+        differ by tensor)."""
         linear = [t for t in linear_tensors(config.file) if t.tensor_type.name in SUPPORTED]
         weights = sum(int(t.n_elements) for t in linear)
         return sum(int(t.n_elements) // GROUP * SUPPORTED[t.tensor_type.name][1] for t in linear) / weights

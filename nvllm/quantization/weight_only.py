@@ -1,13 +1,16 @@
-"""quantization=int8 and int4: weight-only, quantized at load from a float checkpoint, per group
-of 32 weights along k: int8 symmetric (like GGUF Q8_0), int4 with a scale and a minimum (like
-Q4_1). The embedding table and the LM head are int8 in both, as llama.cpp keeps them Q8_0 in its
-4-bit files too (base.py). Activations and sums stay in `dtype`, unless
-quantization.activations=int8 (int8 only): forward=fused_cpu then quantizes each row of activations
-of the linear layers to int8 and sums int8 x int8 products."""
+"""quantization=int8 and int4: weight-only, quantized at load from a float checkpoint (the linear
+layers, a mixture of experts' router and each of its experts), per group of 32 weights along k:
+int8 symmetric (like GGUF Q8_0), int4 with a scale and a minimum (like Q4_1). The embedding table
+and the LM head are int8 in both, as llama.cpp keeps them Q8_0 in its 4-bit files too (base.py).
+Activations and sums stay in `dtype`, unless quantization.activations=int8 (int8 only):
+forward=fused_cpu then quantizes each row of activations to int8 and sums int8 x int8 products (the
+attention's and dense MLP's layers; a mixture of experts' router and experts, and the LM head, keep
+float activations)."""
 from dataclasses import dataclass
 
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
+from nvllm.models.layers.moe import FusedMoE
 from nvllm.models.layers.packed import GROUP, quantize_int4, quantize_int8
 from nvllm.quantization.base import QuantizationMethod, linear_layers, pack_embeddings
 
@@ -33,6 +36,13 @@ class WeightOnly(QuantizationMethod):
                 raise ValueError(f"quantization={self.name}: {name} has k={k}, not a multiple of {GROUP}; "
                                  f"use quantization=none")
             module.quantize(self.pack(module.weight.float()))
+        for name, module in model.named_modules():  # a mixture of experts' experts (the router is a linear layer)
+            if isinstance(module, FusedMoE):
+                for w in (module.w13, module.w2):
+                    if w.shape[2] % GROUP:
+                        raise ValueError(f"quantization={self.name}: {name}'s experts have k={w.shape[2]}, not a "
+                                         f"multiple of {GROUP}; use quantization=none")
+                module.quantize(self.pack)
         pack_embeddings(model, lambda name, module: quantize_int8(module.weight.float()))
 
 

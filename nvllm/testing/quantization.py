@@ -1,11 +1,13 @@
 """QuantizationSuite: a weight format computes exactly what transformers computes on the weights
 the format stands for; `write_gguf`, a GGUF file of a checkpoint's linear layers and embedding
-(llama.cpp's layout, gguf's own quantizer) for tests of quantization=gguf."""
+(llama.cpp's layout, gguf's own quantizer, or `quantize_q4_k` where gguf has none) for tests of
+quantization=gguf."""
 import json
 import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,11 +39,12 @@ def with_weights(checkpoint: str, out: Path, weights: dict[str, torch.Tensor]) -
 
 
 def linear_weights(checkpoint: str) -> dict[str, torch.Tensor]:
-    """The checkpoint's Llama-family linear layer weights, under their Hugging Face names."""
+    """The checkpoint's linear layer weights, under their Hugging Face names: every matrix but the
+    embedding and the LM head (a mixture of experts' router and each expert's included)."""
     from safetensors.torch import load_file
 
     return {k: v for k, v in load_file(str(Path(checkpoint) / "model.safetensors")).items()
-            if any(f".{m}." in k for m in LINEAR_GGUF_NAMES)}
+            if v.dim() == 2 and "embed_tokens" not in k and "lm_head" not in k}
 
 
 def embedding_weights(checkpoint: str) -> dict[str, torch.Tensor]:
@@ -87,8 +90,46 @@ def dequantized_weights(model, hf_config) -> dict[str, torch.Tensor]:
     return out
 
 
+def quantize_q4_k(w: np.ndarray) -> np.ndarray:
+    """w [N, K] (K a multiple of 256) as GGUF Q4_K blocks, [N, K // 256 * 144] bytes: per sub-block of
+    32, scale (max - min) / 15 and minimum min (at most 0) rounded to 6-bit multiples of the
+    super-block's float16 d and dmin, q = round((w + dmin * m) / (d * sc)) in 0..15. Round to nearest
+    (llama.cpp's quantizer searches for better scales): a valid file for tests, whose reference is
+    gguf's dequantizer of these bytes."""
+    n, k = w.shape
+    sub = w.astype(np.float32).reshape(n, k // 256, 8, 32)
+    low = np.minimum(sub.min(-1), 0)
+
+    def six_bits(v):  # v [N, S, 8] >= 0 as a float16 per super-block times 0..63
+        unit = (v.max(-1) / 63).astype(np.float16)
+        safe = np.where(unit > 0, unit.astype(np.float32), 1)[..., None]
+        return unit, np.clip(np.round(v / safe), 0, 63).astype(np.uint8)
+
+    d, sc = six_bits((sub.max(-1) - low) / 15)
+    dmin, m = six_bits(-low)
+    scale = d.astype(np.float32)[..., None] * sc
+    safe = np.where(scale > 0, scale, 1)[..., None]
+    q = np.clip(np.round((sub + (dmin.astype(np.float32)[..., None] * m)[..., None]) / safe), 0, 15).astype(np.uint8)
+    q = np.where(scale[..., None] > 0, q, 0)
+    packed = np.concatenate([  # llama.cpp's get_scale_min_k4 packing: 6 bits each of 8 scales and 8 minimums
+        sc[..., :4] | (sc[..., 4:] >> 4) << 6, m[..., :4] | (m[..., 4:] >> 4) << 6,
+        (sc[..., 4:] & 15) | (m[..., 4:] & 15) << 4], axis=-1)
+    qs = (q[..., 0::2, :] | q[..., 1::2, :] << 4).reshape(n, k // 256, 128)  # sub-blocks 2j, 2j + 1 in one 32 bytes
+    blocks = np.concatenate([d[..., None].view(np.uint8), dmin[..., None].view(np.uint8), packed, qs], axis=-1)
+    return blocks.reshape(n, -1)
+
+
+def gguf_quantize(w: np.ndarray, block_type: str) -> np.ndarray:
+    """w [N, K] float32 as the bytes of GGUF blocks of `block_type` (gguf's quantizer, or quantize_q4_k)."""
+    import gguf
+
+    if block_type == "Q4_K":
+        return quantize_q4_k(w)
+    return gguf.quants.quantize(w.astype("float32"), gguf.GGMLQuantizationType[block_type])
+
+
 def write_gguf(checkpoint: str, out: str, block_type: str = "Q8_0", types: dict[str, str] | None = None) -> str:
-    """A llama GGUF file holding `checkpoint`'s linear layers quantized by gguf's own quantizer to
+    """A llama GGUF file holding `checkpoint`'s linear layers quantized (gguf_quantize) to
     `block_type`, and its embedding table (and untied LM head) to Q8_0, as llama.cpp's quantized
     files store them (`types`: GGUF tensor name -> another type for that tensor), q and k rows in
     llama.cpp's rotary order, as convert_hf_to_gguf.py writes them."""
@@ -101,21 +142,20 @@ def write_gguf(checkpoint: str, out: str, block_type: str = "Q8_0", types: dict[
     writer = gguf.GGUFWriter(out, arch="llama")
     writer.add_block_count(config["num_hidden_layers"])
     for name, w in load_file(str(Path(checkpoint) / "model.safetensors")).items():
+        module = next((m for m in LINEAR_GGUF_NAMES if f".{m}." in name), None)
         if name in EMBEDDING_GGUF_NAMES:
             gguf_name = EMBEDDING_GGUF_NAMES[name]
-            kind = gguf.GGMLQuantizationType[(types or {}).get(gguf_name, "Q8_0")]
-            writer.add_tensor(gguf_name, gguf.quants.quantize(w.astype("float32"), kind), raw_dtype=kind)
+            kind = (types or {}).get(gguf_name, "Q8_0")
+        elif module is None:
             continue
-        module = next((m for m in LINEAR_GGUF_NAMES if f".{m}." in name), None)
-        if module is None:
-            continue
-        if module == "self_attn.q_proj":
-            w = permute_rotary(w, config["num_attention_heads"])
-        elif module == "self_attn.k_proj":
-            w = permute_rotary(w, config["num_key_value_heads"])
-        gguf_name = f"blk.{name.split('.')[2]}.{LINEAR_GGUF_NAMES[module]}.weight"
-        kind = gguf.GGMLQuantizationType[(types or {}).get(gguf_name, block_type)]
-        writer.add_tensor(gguf_name, gguf.quants.quantize(w.astype("float32"), kind), raw_dtype=kind)
+        else:
+            if module == "self_attn.q_proj":
+                w = permute_rotary(w, config["num_attention_heads"])
+            elif module == "self_attn.k_proj":
+                w = permute_rotary(w, config["num_key_value_heads"])
+            gguf_name = f"blk.{name.split('.')[2]}.{LINEAR_GGUF_NAMES[module]}.weight"
+            kind = (types or {}).get(gguf_name, block_type)
+        writer.add_tensor(gguf_name, gguf_quantize(w, kind), raw_dtype=gguf.GGMLQuantizationType[kind])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -286,13 +286,15 @@ def test_a_weight_format_streams_its_bytes():
         pytest.approx(RooflineCost(dims, h200, "bfloat16").step_seconds(prefill), rel=1e-3)
 
 
+@pytest.mark.parametrize("arch, shape", [("qwen3", "qwen3-8b"), ("qwen3_moe", "qwen3-30b-a3b")])
 @pytest.mark.parametrize("quantization, linear_bytes", [("int8", 34 / 32), ("int4", 20 / 32)])
-def test_a_simulated_run_takes_the_weight_format(quantization, linear_bytes):
+def test_a_simulated_run_takes_the_weight_format(quantization, linear_bytes, arch, shape):
     """forward=simulated accepts quantization=int8 and int4; a single stream's TPOT drops by the
-    bytes ratio (the embedding and LM head at int8's bytes in both), and the KV cache gets the memory
-    the format frees."""
-    model = {"name": "qwen3", "shape": "qwen3-8b"}
-    dims = ModelDims.of(AutoConfig.from_pretrained(shape_path("qwen3", "qwen3-8b")))
+    bytes ratio of the weights it reads (a mixture of experts: the shared ones and its token's
+    experts, all in the format; the embedding and LM head at int8's bytes), and the KV cache gets
+    the memory the format frees."""
+    model = {"name": arch, "shape": shape}
+    dims = ModelDims.of(AutoConfig.from_pretrained(shape_path(arch, shape)))
     greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     tpot, blocks = {}, {}
     for name in ("none", quantization):
@@ -303,7 +305,8 @@ def test_a_simulated_run_takes_the_weight_format(quantization, linear_bytes):
             sim = llm.engine.executor.describe()
         assert sim["quantization"] == name and sim["linear_bytes_per_weight"] == (2 if name == "none" else linear_bytes)
         assert sim["embedding_bytes_per_weight"] == (2 if name == "none" else 34 / 32)
-    expected = dims.weight_bytes(2, linear_bytes, embedding_bytes=34 / 32) / dims.weight_bytes(2, 2)
+    active = dims.active_linear_params
+    expected = dims.weight_bytes(2, linear_bytes, active, 34 / 32) / dims.weight_bytes(2, 2, active)
     assert tpot[quantization] / tpot["none"] == pytest.approx(expected, rel=1e-3)  # the KV read is < 0.1 % of it
     assert blocks[quantization] >= blocks["none"]
 

@@ -1,6 +1,7 @@
 """The quantized matmul kernels (nvllm/kernels/quantized.c) read the shared int8 and int4 block
-layout and compute x times the dequantized float32 weights, in the AVX-512 build and the AVX2 one;
-the layout is built here by a small quantizer written from its definition."""
+layout (int4's scales and minimums in float16, or float32 as GGUF Q4_K's are held) and compute x
+times the dequantized float32 weights, in the AVX-512 build, the AVX2 one and the portable C; the
+layout is built here by a small quantizer written from its definition."""
 import pytest
 import torch
 
@@ -71,12 +72,38 @@ def test_matmuls_equal_the_dequantized_float32_matmul(build, rows):
     assert quantized.linear_int8(x[0], *quantize_int8(w)).shape == (n,)  # a vector in, a vector out
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+def test_int4_with_float32_scales_equals_the_dequantized_float32_matmul(build, rows):
+    """GGUF Q4_K's sub-blocks: scale d * sc and minimum -dmin * m (float16 d, dmin times 6-bit sc, m),
+    float32 values float16 cannot hold, read as float32."""
+    torch.manual_seed(rows)
+    n, k = 70, 512
+    packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
+    supers = k // 256  # a super-block's d and dmin, and its 8 sub-blocks' sc and m
+    d, dmin = ((torch.rand(n, supers, 1) * 1e-2).half().float() for _ in range(2))
+    scales = (d * torch.randint(0, 64, (n, supers, 8))).reshape(n, -1)
+    mins = -(dmin * torch.randint(0, 64, (n, supers, 8))).reshape(n, -1)
+    assert (scales.half().float() != scales).any()  # not float16 values
+    x = torch.randn(rows, k)
+    want = x @ dequantize_int4(packed, scales, mins).T
+    torch.testing.assert_close(quantized.linear_int4(x, packed, scales, mins), want, rtol=1e-5, atol=1e-4)
+    e0 = torch.zeros(1, k)  # each weight itself, exactly: q * d is exact in float32, + m rounds once
+    for i in (0, 17, 32 + 5, k - 1):
+        e0.zero_()
+        e0[0, i] = 1
+        want = dequantize_int4(packed, scales, mins)[:, i]
+        assert torch.equal(quantized.linear_int4(e0, packed, scales, mins)[0], want)
+
+
 def test_bad_shapes_are_refused_naming_the_tensor():
     with pytest.raises(ValueError, match="48 input features, not a multiple of 32 .* leave this weight unquantized"):
         quantized.linear_int8(torch.randn(1, 48), torch.zeros(4, 48, dtype=torch.int8), torch.zeros(4, 1).half())
     q, d = quantize_int8(torch.randn(4, 64))
     with pytest.raises(ValueError, match=r"scales: expected a CPU float16 tensor of shape \[4, 2\], got float32"):
         quantized.linear_int8(torch.randn(1, 64), q, d.float())
+    packed, d, m = quantize_int4(torch.randn(4, 64))
+    with pytest.raises(ValueError, match=r"mins: expected a CPU float32 tensor of shape \[4, 2\], got float16"):
+        quantized.linear_int4(torch.randn(1, 64), packed, d.float(), m)
 
 
 def test_every_finite_float16_scale_is_read_exactly(build):

@@ -2,14 +2,15 @@
 CUDA only, so here each layer's device test (`use_kernels`) is made to answer yes for CPU tensors
 and the kernels run in Triton's interpreter through a whole forward=eager generate: quantization=int8
 and int4 (every packed linear layer's matmul) against transformers on the weights the format stands
-for, and tiny Qwen3-MoE and Mixtral models (every MoE layer's fused step) against transformers."""
+for, and tiny Qwen3-MoE and Mixtral models (every MoE layer's fused step) against transformers,
+Qwen3-MoE also with int8 and int4 experts (on the weights they stand for)."""
 import random
 
 import pytest
 
 from nvllm import LLM, SamplingParams
 from nvllm.models.layers import linear, moe
-from nvllm.testing.quantization import dequantized_weights, with_weights
+from nvllm.testing.quantization import dequantized_weights, round_tripped, with_weights
 from nvllm.tools.checkpoint import make_random_checkpoint
 from tests.attention.conftest import triton_kernels
 from tests.conftest import hf_greedy
@@ -61,3 +62,15 @@ def test_moe_greedy_tokens_equal_transformers(kernels_on_cpu, arch, tmp_path):
         got = [o.outputs[0].token_ids for o in llm.generate(prompts(512), GREEDY, use_tqdm=False)]
     assert kernels_on_cpu, "no MoE layer ran its kernels"
     assert got == hf_greedy(path, prompts(512), 8)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_quantized_moe_greedy_tokens_equal_transformers_on_the_round_tripped_weights(kernels_on_cpu, fmt, tmp_path):
+    """quantization=int8 and int4 on tiny Qwen3-MoE: the router through the weight-only matmul, the
+    packed experts through the fused MoE's kernels, against transformers on the dequantized weights."""
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path / "moe"), preset="tiny", seed=0)
+    with LLM(path, quantization=fmt, forward="eager", max_model_len=64) as llm:
+        assert llm.engine.executor.model.model.layers[1].mlp.w13 is None  # packed
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts(512), GREEDY, use_tqdm=False)]
+    assert kernels_on_cpu, "no MoE layer ran its kernels"
+    assert got == hf_greedy(round_tripped(path, tmp_path / "round-trip", fmt), prompts(512), 8)

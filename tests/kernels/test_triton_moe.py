@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nvllm.models.layers.moe import FusedMoE, route
+from nvllm.models.layers.packed import quantize_int4, quantize_int8
 from tests.attention.conftest import DEVICE_DTYPES, TOLERANCE, triton_kernels
 
 # float16 takes bfloat16's path through the kernels: left out, so that the device check's kernels
@@ -77,6 +78,29 @@ def test_equals_the_layers_torch_forward(device_dtype, tokens, top_k, renormaliz
             _, experts = route(moe.gate(x), top_k, renormalize)
             assert torch.bincount(experts.flatten()).max() > 16
     assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), want.float(), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("tokens, top_k", [(1, 2), (70, 2), (300, 1)])
+@pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4], ids=["int8", "int4"])
+def test_packed_experts_equal_the_layers_torch_forward_on_their_dequantized_weights(device_dtype, quantize, tokens,
+                                                                                    top_k):
+    """quantization=int8 and int4's experts (FusedMoE.quantize): the kernels read the packed bytes and
+    dequantize in registers; the torch forward multiplies by each chosen expert's dequantized weights.
+    A hidden size off the 64-column blocks, so the down projection's last block is partial."""
+    device, dtype = device_dtype
+    moe = FusedMoE(EXPERTS, top_k, 96, 32, renormalize=True)
+    gen = torch.Generator().manual_seed(tokens)
+    with torch.no_grad():
+        for param in moe.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    moe.quantize(quantize)
+    assert moe.w13 is None and moe.w13_qweight.shape[:2] == (EXPERTS, 64) and moe.w2_scales.shape == (EXPERTS, 96, 1)
+    moe.to(device)  # the packed tensors keep their dtypes; the router and activations in `dtype`
+    moe.gate.to(dtype)
+    x = torch.randn(tokens, 96, generator=gen).to(device, dtype)
+    with torch.no_grad():
+        want, got = both_forwards(moe, x)
     torch.testing.assert_close(got.float(), want.float(), **TOLERANCE[dtype])
 
 

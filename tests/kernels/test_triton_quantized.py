@@ -1,7 +1,7 @@
 """The Triton weight-only matmuls (nvllm/kernels/triton_quantized.py) against x @ the dequantized
-weight (nvllm/models/layers/packed.py) for int8, int4 (Q4_1's scale and minimum) and Q4_0's
-minimum of -8 d: one row, a few, and counts of rows, outputs and inputs that are no multiple of
-the block sizes. On a CPU they run in Triton's interpreter; the cuda cases also run the linear
+weight (nvllm/models/layers/packed.py) for int8, int4 (Q4_1's scale and minimum), Q4_0's
+minimum of -8 d and int4 with float32 scales and minimums (Q4_K's d * sc and -dmin * m): one row,
+a few, and counts of rows, outputs and inputs that are no multiple of the block sizes. On a CPU they run in Triton's interpreter; the cuda cases also run the linear
 layer, which takes the kernels on CUDA."""
 import pytest
 import torch
@@ -23,6 +23,10 @@ def random_layout(fmt: str, n: int, k: int, gen: torch.Generator) -> dict[str, t
     if fmt == "int8":
         return {"qweight": torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8), "scales": scales}
     qweight = torch.randint(0, 256, (n, k // 2), generator=gen, dtype=torch.uint8)
+    if fmt == "q4_k":  # a float16 d and dmin times 6-bit integers, in float32
+        d = (scales / 64).float()
+        sc, m = (torch.randint(0, 64, (n, k // GROUP), generator=gen).float() for _ in range(2))
+        return {"qweight": qweight, "scales": d * sc, "mins": -(d * 8 * m)}
     mins = (scales.float() * -8).half() if fmt == "q4_0" else (torch.randn(n, k // GROUP, generator=gen) * 0.1).half()
     return {"qweight": qweight, "scales": scales, "mins": mins}
 
@@ -52,7 +56,7 @@ def test_a_packed_linear_layer_on_cuda_runs_the_kernel(quantize):
     torch.testing.assert_close(got.cpu(), want, **TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4", "q4_0"])
+@pytest.mark.parametrize("fmt", ["int8", "int4", "q4_0", "q4_k"])
 @pytest.mark.parametrize("rows, n, k", SHAPES, ids=[f"m{m}-n{n}-k{k}" for m, n, k in SHAPES])
 def test_equals_x_times_the_dequantized_weight(device_dtype, fmt, rows, n, k):
     from nvllm.kernels.triton_quantized import linear_packed

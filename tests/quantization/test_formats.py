@@ -16,7 +16,7 @@ from nvllm.errors import ConfigError
 from nvllm.quantization.gguf import blocks
 from nvllm.models.layers.packed import GROUP, dequantize, quantize_int4, quantize_int8
 from nvllm.testing import hf_greedy, write_gguf
-from nvllm.testing.quantization import embedding_weights, linear_weights, round_tripped, with_weights
+from nvllm.testing.quantization import embedding_weights, gguf_quantize, linear_weights, round_tripped, with_weights
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
 
@@ -27,12 +27,16 @@ def prompts_for(vocab: int) -> list[list[int]]:
 
 
 def nvllm_greedy(path, prompts, **overrides):
-    """Greedy tokens, and the engine (closed), having checked that every linear layer is packed."""
+    """Greedy tokens, and the engine (closed), having checked that every linear layer is packed (and
+    a mixture of experts' experts)."""
+    from nvllm.models.layers.moe import FusedMoE
     from nvllm.quantization.base import linear_layers
 
     with LLM(path, max_model_len=256, max_num_batched_tokens=512, kv_cache={"block_size": 16}, **overrides) as llm:
-        layers = linear_layers(llm.engine.executor.model)
+        model = llm.engine.executor.model
+        layers = linear_layers(model)
         assert layers and all(m.qweight is not None and m.weight is None for _, m in layers)
+        assert all(m.w13 is None and m.w2_qweight is not None for m in model.modules() if isinstance(m, FusedMoE))
         return [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY, use_tqdm=False)], llm.engine
 
 
@@ -58,6 +62,30 @@ def test_gguf_blocks_move_into_the_layout_and_dequantize_as_gguf_does(block_type
     packed = blocks(stored, block_type, "blk.0.attn_q.weight")
     assert torch.equal(dequantize(packed["qweight"], packed["scales"], packed.get("mins")),
                        torch.from_numpy(gguf.quants.dequantize(stored, kind)))
+
+
+def random_q4_k(rows: int, super_blocks: int, rng) -> np.ndarray:
+    """Valid Q4_K bytes drawn over everything the block holds: any 6-bit scales, minimums and quants,
+    float16 d and dmin of any exponent (subnormals too) and sign."""
+    raw = rng.integers(0, 256, (rows, super_blocks, 144), dtype=np.uint8)
+    scales = rng.standard_normal((rows, super_blocks, 2)) * np.exp2(rng.integers(-24, 4, (rows, super_blocks, 2)))
+    raw[..., :4] = scales.astype(np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def test_q4_k_blocks_move_into_int4_with_float32_scales_bit_for_bit():
+    """Q4_K's d * sc and -dmin * m in float32 and its quants as int4 nibbles: dequantized, bit for bit
+    gguf's own dequantizer's weights, at 24 bytes per 32 (float16 scales could not hold d * sc)."""
+    import gguf
+
+    rng = np.random.default_rng(0)
+    for stored in (random_q4_k(12, 3, rng), gguf_quantize(rng.standard_normal((8, 512)).astype(np.float32), "Q4_K")):
+        packed = blocks(stored, "Q4_K", "blk.0.ffn_down.weight")
+        want = torch.from_numpy(gguf.quants.dequantize(stored, gguf.GGMLQuantizationType.Q4_K))
+        assert packed["scales"].dtype == packed["mins"].dtype == torch.float32
+        assert sum(t.numel() * t.element_size() for t in packed.values()) == want.numel() // GROUP * 24
+        assert torch.equal(dequantize(packed["qweight"], packed["scales"], packed["mins"]), want)
+    assert (packed["scales"].half().float() != packed["scales"]).any()  # float16 would round them
 
 
 FORWARDS = ["eager", "fused_cpu"]  # the torch modules' dequantizing linear, and the C step's kernels
@@ -120,20 +148,75 @@ def test_gguf_keeps_a_q8_0_embedding_as_stored_and_an_f16_one_in_dtype(tiny_llam
         assert torch.equal(table.qweight, blocks(stored.data, "Q8_0", stored.name)["qweight"])
 
 
-def test_resident_bytes_are_the_packed_layers_and_one_int8_table_plus_the_norms_in_float32(tiny_llama_path):
-    """The tied embedding and LM head are one int8 table (8.5 bits a weight) in every packed format."""
+@pytest.fixture(scope="module")
+def q4_k_llama_path(tmp_path_factory) -> str:
+    """A tiny random Llama whose linear layers' k (hidden, q heads, intermediate) are multiples of 256."""
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    return make_random_checkpoint("llama", str(tmp_path_factory.mktemp("q4-k-llama")), preset="tiny", seed=1,
+                                  hidden_size=256, intermediate_size=512, head_dim=64)
+
+
+@pytest.fixture(scope="module")
+def q4_k_file_and_tokens(q4_k_llama_path, tmp_path_factory):
+    """A Q4_K file of the checkpoint's linear layers (its embedding Q8_0), and transformers' greedy
+    tokens (float32) on the weights gguf's dequantizer makes of its blocks."""
+    import gguf
+
+    tmp = tmp_path_factory.mktemp("q4-k")
+    file = write_gguf(q4_k_llama_path, str(tmp / "q4_k.gguf"), "Q4_K")
+    kind = gguf.GGMLQuantizationType.Q4_K
+    weights = {k: torch.from_numpy(gguf.quants.dequantize(gguf_quantize(w.numpy(), "Q4_K"), kind))
+               for k, w in linear_weights(q4_k_llama_path).items()}
+    q8 = gguf.GGMLQuantizationType.Q8_0  # the (tied) embedding, as write_gguf stores it
+    weights |= {k: torch.from_numpy(gguf.quants.dequantize(gguf_quantize(w.numpy(), "Q8_0"), q8))
+                for k, w in embedding_weights(q4_k_llama_path).items()}
+    want = hf_greedy(with_weights(q4_k_llama_path, tmp / "dequantized", weights), prompts_for(512), GREEDY.max_tokens)
+    assert want != hf_greedy(q4_k_llama_path, prompts_for(512), GREEDY.max_tokens)  # the blocks' weights show
+    return file, want
+
+
+@pytest.mark.parametrize("forward, isa", [(None, None), ("eager", None), ("fused_cpu", None),
+                                          ("fused_cpu", "avx2"), ("fused_cpu", "portable")],
+                         ids=["auto", "eager", "fused_cpu", "fused_cpu-avx2", "fused_cpu-portable"])
+def test_gguf_q4_k_greedy_equals_transformers_on_gguf_dequantized_weights(forward, isa, q4_k_llama_path,
+                                                                         q4_k_file_and_tokens, monkeypatch):
+    """Through the torch modules and the C step (as built for this CPU, without AVX-512, without AVX2)."""
+    from nvllm.forward import fused_cpu
+
+    file, want = q4_k_file_and_tokens
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", {None: "", "avx2": "-mno-avx512f", "portable": "-mno-avx2 -mno-f16c"}[isa])
+    fused_cpu.kernel.cache_clear()
+    try:
+        assert isa is None or fused_cpu.isa() == isa
+        got, engine = nvllm_greedy(q4_k_llama_path, prompts_for(512), quantization={"name": "gguf", "file": file},
+                                   **({"forward": forward} if forward else {}))
+    finally:
+        fused_cpu.kernel.cache_clear()
+    if forward is None:  # forward=auto: the C step
+        assert engine.config.forward.name == "fused_cpu"
+    assert got == want
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_resident_bytes_are_the_packed_layers_and_int8_tables_plus_the_norms_in_float32(arch, tiny_llama_path,
+                                                                                          moe_checkpoint):
+    """The embedding and LM head are int8 (8.5 bits a weight) in every packed format, one table where
+    they are tied (the tiny Llama); a mixture of experts: its router and experts count among the
+    packed weights."""
     from nvllm.engine.startup import startup_line
 
-    with LLM(tiny_llama_path, max_model_len=256) as llm:
+    path = tiny_llama_path if arch == "llama" else moe_checkpoint
+    with LLM(path, max_model_len=256) as llm:
         float_bytes = llm.engine.executor.weight_bytes()
-    linear = sum(w.numel() for w in linear_weights(tiny_llama_path).values())
-    embedding = sum(w.numel() for w in embedding_weights(tiny_llama_path).values())
-    assert json.loads((Path(tiny_llama_path) / "config.json").read_text())["tie_word_embeddings"]
+    linear = sum(w.numel() for w in linear_weights(path).values())
+    embedding = sum(w.numel() for w in embedding_weights(path).values())
     rest = float_bytes - 4 * (linear + embedding)
     for fmt, bits in (("int8", 8.5), ("int4", 5.0)):
-        with LLM(tiny_llama_path, max_model_len=256, quantization=fmt) as llm:
+        with LLM(path, max_model_len=256, quantization=fmt) as llm:
             model = llm.engine.executor.model
-            assert model.lm_head.qweight is model.model.embed_tokens.qweight is not None
+            assert model.lm_head.qweight is not None
+            assert (model.lm_head.qweight is model.model.embed_tokens.qweight) == (arch == "llama")
             want = rest + linear * bits / 8 + embedding * 8.5 / 8
             assert llm.engine.executor.weight_bytes() == want
             line = startup_line(llm.engine)
@@ -147,6 +230,50 @@ def test_an_unsupported_gguf_block_type_is_refused_naming_the_tensor_and_type(ti
     file = write_gguf(tiny_llama_path, str(tmp_path / "mixed.gguf"), "Q8_0", {"blk.1.ffn_down.weight": "Q5_0"})
     with pytest.raises(ConfigError, match=r"tensor blk\.1\.ffn_down\.weight is stored as Q5_0.*Q8_0, Q4_0, Q4_1"):
         LLM(tiny_llama_path, quantization={"name": "gguf", "file": file})
+
+
+def test_q4_k_is_held_at_24_bytes_per_32_weights_and_priced_so(q4_k_llama_path, tmp_path):
+    from nvllm.quantization.gguf import GGUF
+
+    file = write_gguf(q4_k_llama_path, str(tmp_path / "q4_k.gguf"), "Q4_K", {"blk.1.ffn_down.weight": "Q8_0"})
+    linear = linear_weights(q4_k_llama_path)
+    q8_0 = linear["model.layers.1.mlp.down_proj.weight"].numel()
+    total = sum(w.numel() for w in linear.values())
+    assert GGUF.bytes_per_weight(GGUF.Config(file=file), 4) == ((total - q8_0) * 24 + q8_0 * 34) / 32 / total
+    with LLM(q4_k_llama_path, max_model_len=256) as llm:
+        rest = llm.engine.executor.weight_bytes() - 4 * total
+    with LLM(q4_k_llama_path, max_model_len=256, quantization={"name": "gguf", "file": file}) as llm:
+        assert llm.engine.executor.weight_bytes() == rest + ((total - q8_0) * 24 + q8_0 * 34) / 32
+
+
+def test_q4_k_and_q4_1_in_one_fused_layer_are_refused(q4_k_llama_path, tmp_path):
+    """Both int4, but Q4_K's scales are float32 and Q4_1's float16: two layouts."""
+    file = write_gguf(q4_k_llama_path, str(tmp_path / "mixed.gguf"), "Q4_K", {"blk.0.ffn_up.weight": "Q4_1"})
+    with pytest.raises(ConfigError, match=r"blk\.0\.ffn_gate\.weight \(int4, float32 scales\), "
+                                          r"blk\.0\.ffn_up\.weight \(int4\) make one fused linear layer"):
+        LLM(q4_k_llama_path, quantization={"name": "gguf", "file": file})
+
+
+def test_a_q4_k_tensor_whose_k_is_no_multiple_of_256_is_refused_naming_it(q4_k_llama_path, tmp_path):
+    """Q4_K's blocks are 256 weights along k: a model whose k is not a multiple of 256 cannot take a Q4_K
+    tensor (llama.cpp stores such tensors in another type), and a file that claims one is unreadable."""
+    import gguf
+
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    file = write_gguf(q4_k_llama_path, str(tmp_path / "q4_k.gguf"), "Q4_K")
+    odd = make_random_checkpoint("llama", str(tmp_path / "odd"), preset="tiny", hidden_size=320, head_dim=64)
+    with pytest.raises(ConfigError, match=r"tensor blk\.0\.attn_q\.weight is stored as Q4_K, whose blocks are "
+                                          r"256 weights along k.*\(n=256, k=320\), k not a multiple of 256"):
+        LLM(odd, quantization={"name": "gguf", "file": file})
+    writer = gguf.GGUFWriter(str(tmp_path / "bad.gguf"), arch="llama")
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((256, 162), dtype=np.int8), raw_shape=(256, 320),
+                      raw_dtype=gguf.GGMLQuantizationType.Q4_K)  # 320 weights a row claimed, in 1.25 blocks
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file,
+                  writer.close):
+        write()
+    with pytest.raises(ConfigError, match=r"bad\.gguf is not a readable GGUF file .*320.*Q4_K"):
+        LLM(odd, quantization={"name": "gguf", "file": str(tmp_path / "bad.gguf")})
 
 
 def test_a_fused_layer_of_two_layouts_is_refused(tiny_llama_path, tmp_path):
@@ -313,10 +440,81 @@ def test_tp2_shards_packed_weights_and_gives_tp1s_tokens(fmt, tiny_llama_path, t
     assert tp2 == tp1
 
 
-def test_a_mixture_of_experts_is_refused_rather_than_packed_in_part(tmp_path):
+# -- a mixture of experts: router and experts packed --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moe_checkpoint(tmp_path_factory) -> str:
+    """Tiny Qwen3-MoE (a dense layer, then two of 8 experts, 2 chosen per token; experts 32 wide), one file."""
     from nvllm.tools.checkpoint import make_random_checkpoint
 
-    path = make_random_checkpoint("qwen3_moe", str(tmp_path / "moe"), preset="tiny")
-    with pytest.raises(ConfigError, match=r"quantization=int8 packs the dense linear layers, and model=qwen3_moe keeps "
-                                          r"its MLP in experts"):
-        LLM(path, quantization="int8")
+    return make_random_checkpoint("qwen3_moe", str(tmp_path_factory.mktemp("qwen3-moe")), preset="tiny", seed=0)
+
+
+@pytest.mark.parametrize("forward", ["eager", "fused_cpu", "fused_cpu-avx2"])
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_a_mixture_of_experts_greedy_equals_transformers_on_the_round_tripped_weights(fmt, forward, moe_checkpoint,
+                                                                                      tmp_path, monkeypatch):
+    """Every expert's gate, up and down and the router quantized alone and dequantized for
+    transformers: the torch modules (dequantizing the experts a step's tokens chose) and the C step
+    (reading their packed rows; also built without AVX-512, as on an AVX2-only CPU) compute the same tokens."""
+    from nvllm.forward import fused_cpu
+
+    reference = round_tripped(moe_checkpoint, tmp_path / "round-trip", fmt)
+    prompts = prompts_for(512)
+    if forward.endswith("-avx2"):
+        monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f")
+        fused_cpu.kernel.cache_clear()
+    try:
+        if forward.endswith("-avx2"):
+            assert fused_cpu.isa() == "avx2"
+        got, _ = nvllm_greedy(moe_checkpoint, prompts, quantization=fmt, forward=forward.removesuffix("-avx2"))
+    finally:
+        fused_cpu.kernel.cache_clear()
+    assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
+
+
+def test_the_c_step_reads_each_chosen_packed_expert_once(moe_checkpoint):
+    """The C step's expert counters with int4 experts: the bytes its matmuls read are each chosen
+    expert's packed rows, scales and minimums (gate|up and down), once."""
+    with LLM(moe_checkpoint, forward="fused_cpu", quantization="int4", max_model_len=64) as llm:
+        step = llm.engine.executor.forward_strategy
+        counters = step.count_experts()
+        llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)
+        layers = [m for m in llm.engine.executor.model.modules() if hasattr(m, "w13_qweight")]
+        for layer, counts in zip(layers, counters):
+            expert_bytes = sum(t[0].nbytes for t in layer.packed_experts().values() if t is not None)
+            used = int(counts[-1]) // expert_bytes  # the experts read, over the prefill (3 rows) and one decode step
+            assert counts[:-1].sum() == (3 + 1) * layer.top_k
+            assert counts[-1] == used * expert_bytes and 2 * layer.top_k <= used <= (3 + 1) * layer.top_k
+
+
+@pytest.mark.slow  # tp=2 worker processes
+def test_tp2_expert_parallel_int8_greedy_equals_transformers_on_the_round_tripped_weights(moe_checkpoint, tmp_path):
+    reference = round_tripped(moe_checkpoint, tmp_path / "round-trip", "int8")
+    prompts = prompts_for(512)
+    got, _ = nvllm_greedy(moe_checkpoint, prompts, quantization="int8", tp=2, moe={"expert_parallel": True})
+    assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
+
+
+def test_experts_whose_k_is_no_multiple_of_32_are_refused(tmp_path):
+    from nvllm.tools.checkpoint import make_random_checkpoint
+
+    path = make_random_checkpoint("qwen3_moe", str(tmp_path / "odd"), preset="tiny", moe_intermediate_size=24)
+    with pytest.raises(ConfigError, match=r"quantization=int4: the k of the experts' down \(w2\) "
+                                          r"\(moe_intermediate_size\) is 24, not a multiple of 32"):
+        LLM(path, quantization="int4")
+
+
+def test_a_tp_that_would_split_an_experts_group_is_refused_and_expert_parallel_named(moe_checkpoint):
+    """tp splits each expert's width (32 -> 16 a rank); moe.expert_parallel=true keeps experts whole."""
+    with pytest.raises(ConfigError, match=r"quantization=int8 with tp=2: the experts' down \(w2\) splits its k "
+                                          r"\(moe_intermediate_size = 32\) into 16 per rank, which is not a multiple "
+                                          r"of 32.*tp in \[1\]\), moe.expert_parallel=true"):
+        LLM(moe_checkpoint, quantization="int8", tp=2)
+
+
+def test_gguf_on_a_mixture_of_experts_is_refused_naming_what_packs_it(moe_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match=r"quantization=gguf reads a llama GGUF file's dense linear layers, and "
+                                          r"model=qwen3_moe keeps its MLP in experts.*quantization=int8 or int4"):
+        LLM(moe_checkpoint, quantization={"name": "gguf", "file": str(tmp_path / "model.gguf")})

@@ -6,6 +6,9 @@ and its weights are read once per step: in torch on a CPU (and on CUDA without T
 the host reads each expert's group size; on CUDA by the Triton fused MoE
 (nvllm/kernels/triton_moe.py), which reads nothing back to the host, so CUDA graphs capture it.
 forward=fused_cpu computes the same layer in C (nvllm/kernels/moe_step.h), reading these parameters.
+A weight format (quantization=int8, int4) packs each expert's w13 and w2 in packed.py's layout,
+expert after expert (`quantize`): torch dequantizes the experts that have tokens, the Triton
+kernels and the C step read the packed bytes and dequantize in registers.
 
 Under tensor parallelism either every rank holds every expert with its intermediate dimension
 split (the default), or, with `moe.expert_parallel=true`, whole experts are placed on ranks
@@ -23,6 +26,9 @@ from nvllm.distributed import all_reduce, tp_rank, tp_size
 from nvllm.kernels.triton_mode import use_kernels, why_no_compiled_kernels
 from nvllm.kernels.triton_moe import fused_moe
 from nvllm.models.layers.linear import LinearBase, divide
+from nvllm.models.layers.packed import dequantize
+
+PACKED = ("qweight", "scales", "mins")  # a packed weight's tensors (packed.py), in dequantize's order
 
 _expert_parallel = False
 
@@ -81,6 +87,8 @@ class FusedMoE(nn.Module):
             param.weight_loader = self.weight_loader
             param.num_experts = num_experts  # the checkpoint holds this many per layer, whatever this rank keeps
             param.holds_expert = self.holds_expert  # the loader reads only this rank's experts' tensors
+        for name in self.packed_experts():  # set by `quantize`
+            self.register_buffer(name, None, persistent=False)
 
     def holds_expert(self, expert: int) -> bool:
         return 0 <= expert - self.first_expert < self.num_local_experts
@@ -104,6 +112,34 @@ class FusedMoE(nn.Module):
         else:
             param.data[local].copy_(loaded.narrow(1, rank * size, size))
 
+    def quantize(self, pack):
+        """Hold w13 and w2 packed from now on, each expert's [N, K] by `pack` (packed.py's
+        quantize_int8 or quantize_int4) and stacked: `w13_qweight` [E, N, K] (int4: [E, N, K // 2]),
+        `w13_scales` (and int4's `w13_mins`) [E, N, K // 32], the same for w2; the float ones are freed."""
+        for name in ("w13", "w2"):
+            w = getattr(self, name)
+            parts = [pack(w[e].float()) for e in range(w.shape[0])]
+            delattr(self, name)
+            setattr(self, name, None)
+            for key in parts[0]:
+                setattr(self, f"{name}_{key}", torch.stack([p[key] for p in parts]))
+
+    def packed_experts(self) -> dict[str, torch.Tensor | None]:
+        """The packed experts' tensors by name (None: not packed)."""
+        return {f"{w}_{key}": getattr(self, f"{w}_{key}", None) for w in ("w13", "w2") for key in PACKED}
+
+    def expert_weights(self, name: str):
+        """`name` (w13 or w2) as the matmuls read it: the float stack, or its packed (qweight, scales, mins)."""
+        w = getattr(self, name)
+        return w if w is not None else tuple(getattr(self, f"{name}_{key}") for key in PACKED)
+
+    def expert_weight(self, name: str, local: int, dtype: torch.dtype) -> torch.Tensor:
+        """This rank's expert `local`'s `name` weight in `dtype`, dequantized where it is packed."""
+        w = self.expert_weights(name)
+        if isinstance(w, torch.Tensor):
+            return w[local]
+        return dequantize(*(t[local] if t is not None else None for t in w), dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores, experts = route(self.gate(x), self.top_k, self.renormalize)
         if not self.scores_in_float32:
@@ -119,10 +155,11 @@ class FusedMoE(nn.Module):
 
     def experts_triton(self, x: torch.Tensor, scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
         """This rank's experts' weighted sum for every token, by the Triton fused MoE."""
-        return fused_moe(x, self.w13, self.w2, scores, experts, self.first_expert)
+        return fused_moe(x, self.expert_weights("w13"), self.expert_weights("w2"), scores, experts, self.first_expert)
 
     def experts_torch(self, x: torch.Tensor, scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-        """The same in torch, one matmul pair per expert that has tokens (group sizes read on the host)."""
+        """The same in torch, one matmul pair per expert that has tokens (group sizes read on the host;
+        a packed expert dequantized when it has tokens)."""
         if x.is_cuda and torch.cuda.is_current_stream_capturing():
             why = why_no_compiled_kernels() or f"Triton cannot compile kernels for {x.device}"
             raise RuntimeError(f"a CUDA graph is capturing a MoE layer that cannot run its Triton kernels ({why}), "
@@ -140,7 +177,7 @@ class FusedMoE(nn.Module):
                 continue
             pairs = order[start:end]
             tokens = pairs // self.top_k
-            gate, up = F.linear(x[tokens], self.w13[local]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.w2[local]) * scores[pairs, None]
+            gate, up = F.linear(x[tokens], self.expert_weight("w13", local, x.dtype)).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.expert_weight("w2", local, x.dtype)) * scores[pairs, None]
             out.index_add_(0, tokens, y.to(out.dtype))
         return out

@@ -5,7 +5,8 @@
 - int4 (GGUF Q4_1): `qweight` uint8 [N, K // 2]: in each block of 32 weights along k, byte i
   (0..15) holds weight i in its low nibble and weight i + 16 in its high nibble (GGUF's order);
   `scales` and `mins` float16 [N, K // 32]; weight = q * scale + min, q in 0..15. GGUF Q4_0
-  ((q - 8) * d) is this with min = -8 * d, exact in float16.
+  ((q - 8) * d) is this with min = -8 * d, exact in float16. GGUF Q4_K is this with `scales` and
+  `mins` float32 (its sub-blocks' d * sc and -dmin * m, which float16 cannot hold exactly).
 
 N is the output features, K the input features, and K must be a multiple of GROUP. Dequantizing
 is float32 arithmetic in this order, as gguf's own dequantizer does it, so a float32 model given

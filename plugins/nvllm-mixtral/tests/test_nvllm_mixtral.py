@@ -74,6 +74,21 @@ def test_greedy_tokens_match_transformers_with_prefix_caching(checkpoint, refere
     assert tokens == reference
 
 
+def test_int8_experts_in_the_fused_step_match_transformers_on_the_round_tripped_weights(tmp_path):
+    """quantization=int8 packs the router and each expert (nvllm's weight formats): the C step reads
+    the packed experts and gives the tokens transformers gives on the weights they stand for."""
+    from nvllm.testing.quantization import round_tripped
+
+    path = make_random_checkpoint("mixtral", str(tmp_path / "mixtral"), preset="tiny", seed=0)
+    reference = round_tripped(path, tmp_path / "round-trip", "int8")
+
+    def packed(engine):
+        assert all(layer.block_sparse_moe.w2_qweight is not None for layer in engine.executor.model.model.layers)
+
+    tokens, _ = generate(path, "fused_cpu", packed, quantization="int8")
+    assert tokens == hf_greedy(reference, prompts(), MAX_NEW)
+
+
 @pytest.mark.parametrize("forward", FORWARDS)
 def test_greedy_tokens_match_transformers_under_chunked_prefill_and_preemption(checkpoint, reference, forward):
     tokens, engine = generate(checkpoint, forward, scheduler="chunked", max_num_batched_tokens=24,
