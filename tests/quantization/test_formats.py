@@ -240,10 +240,11 @@ def test_q4_k_is_held_at_24_bytes_per_32_weights_and_priced_so(q4_k_llama_path, 
     q8_0 = linear["model.layers.1.mlp.down_proj.weight"].numel()
     total = sum(w.numel() for w in linear.values())
     assert GGUF.bytes_per_weight(GGUF.Config(file=file), 4) == ((total - q8_0) * 24 + q8_0 * 34) / 32 / total
+    embedding = sum(w.numel() for w in embedding_weights(q4_k_llama_path).values())  # the file's Q8_0 table
     with LLM(q4_k_llama_path, max_model_len=256) as llm:
-        rest = llm.engine.executor.weight_bytes() - 4 * total
+        rest = llm.engine.executor.weight_bytes() - 4 * (total + embedding)
     with LLM(q4_k_llama_path, max_model_len=256, quantization={"name": "gguf", "file": file}) as llm:
-        assert llm.engine.executor.weight_bytes() == rest + ((total - q8_0) * 24 + q8_0 * 34) / 32
+        assert llm.engine.executor.weight_bytes() == rest + ((total - q8_0) * 24 + (q8_0 + embedding) * 34) / 32
 
 
 def test_q4_k_and_q4_1_in_one_fused_layer_are_refused(q4_k_llama_path, tmp_path):
