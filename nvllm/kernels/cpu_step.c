@@ -220,6 +220,19 @@ static inline __attribute__((always_inline)) void linear_as(const float *x, int6
     }
 }
 
+/* linear_any for quantized rows in layout FMT (a constant where it is called, so each layout gets its
+ * own compiled loop): FEATURES output features at a time, the threads sharing them out */
+static inline __attribute__((always_inline)) void linear_rows(const float *x, int64_t B, int64_t K, const Weight *w,
+                                                              const float *bias, int64_t N, float *y, const int FMT)
+{
+    const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n += FEATURES)
+        features(x, B, K, (const uint8_t *)w->data + n * row_bytes, row_bytes, scales_from(w->scales, n * blocks, FMT),
+                 FMT != Q_INT8 ? scales_from(w->mins, n * blocks, FMT) : NULL, bias ? bias + n : NULL, y + n, N,
+                 N - n < FEATURES ? N - n : FEATURES, FMT);
+}
+
 /* y [B, N] = x [B, K] w^T (+ bias) for a weight in any format, each compiled with its format known:
  * the packed panels (linear_as), or the quantized rows (quantized.h), FEATURES output features at a
  * time, the threads sharing out the features (INT8_DOT: x's rows quantized to int8 first, into
@@ -233,26 +246,9 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     const int64_t blocks = K / BLOCK;
     const uint8_t *q = w->data;
     switch (w->format) {
-    case INT8:
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n += FEATURES)
-            features(x, B, K, q + n * K, K, scales_from(w->scales, n * blocks, Q_INT8), NULL, bias ? bias + n : NULL,
-                     y + n, N, N - n < FEATURES ? N - n : FEATURES, Q_INT8);
-        break;
-    case INT4:
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n += FEATURES)
-            features(x, B, K, q + n * K / 2, K / 2, scales_from(w->scales, n * blocks, Q_INT4),
-                     scales_from(w->mins, n * blocks, Q_INT4), bias ? bias + n : NULL, y + n, N,
-                     N - n < FEATURES ? N - n : FEATURES, Q_INT4);
-        break;
-    case INT4_F32:
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n += FEATURES)
-            features(x, B, K, q + n * K / 2, K / 2, scales_from(w->scales, n * blocks, Q_INT4_F32),
-                     scales_from(w->mins, n * blocks, Q_INT4_F32), bias ? bias + n : NULL, y + n, N,
-                     N - n < FEATURES ? N - n : FEATURES, Q_INT4_F32);
-        break;
+    case INT8: linear_rows(x, B, K, w, bias, N, y, Q_INT8); break;
+    case INT4: linear_rows(x, B, K, w, bias, N, y, Q_INT4); break;
+    case INT4_F32: linear_rows(x, B, K, w, bias, N, y, Q_INT4_F32); break;
     case INT8_DOT: {
         int8_t *xq = (int8_t *)(act8 + B);
 #pragma omp for schedule(static)

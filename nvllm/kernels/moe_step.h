@@ -84,7 +84,7 @@ static inline __attribute__((always_inline)) void expert_cols(const float *x, in
         for (int64_t f = 0; f < cols; f += FEATURES)
             features(x, rows, K, (const uint8_t *)w + (n0 + f) * row_bytes, row_bytes, s + (n0 + f) * blocks,
                      F == INT4 ? mn + (n0 + f) * blocks : NULL, NULL, y + f, ld,
-                     cols - f < FEATURES ? cols - f : FEATURES, F == INT4);
+                     cols - f < FEATURES ? cols - f : FEATURES, F == INT4 ? Q_INT4 : Q_INT8);
         return;
     }
     panel_rows(x, rows, K, w + n0 * K * (F == F32 ? 4 : 2), cols, y, ld, F);
