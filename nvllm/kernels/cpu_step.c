@@ -302,19 +302,55 @@ static inline void rotate(float *x, const float *cs, int64_t head_dim)
     }
 }
 
-/* After a layer's output h: residual += h, x = norm(residual) (the first layer: residual = h). */
+/* After a layer's output row h: residual += h, x = norm(residual) (the first layer: residual = h).
+ * Not inlined: the step's one-row and many-row paths run the same compiled loop, so a row's result
+ * does not depend on which path it took. */
+static __attribute__((noinline)) void add_norm_row(const float *h, float *residual, const float *w, const Model *m,
+                                                   int first, float *x)
+{
+    const int64_t H = m->hidden;
+    if (first)
+        memcpy(residual, h, sizeof(float) * (size_t)H);
+    else
+        for (int64_t i = 0; i < H; ++i) residual[i] += h[i];
+    rms_norm_row(residual, w, H, m->eps, x);
+}
+
+/* add_norm_row over B rows, shared out over the threads */
 static void add_norm(float *h, float *residual, const float *w, const Model *m, int64_t B, int first, float *x)
 {
     const int64_t H = m->hidden;
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-        float *r = residual + b * H;
-        const float *hb = h + b * H;
-        if (first)
-            memcpy(r, hb, sizeof(float) * (size_t)H);
-        else
-            for (int64_t i = 0; i < H; ++i) r[i] += hb[i];
-        rms_norm_row(r, w, H, m->eps, x + b * H);
+    for (int64_t b = 0; b < B; ++b) add_norm_row(h + b * H, residual + b * H, w, m, first, x + b * H);
+}
+
+/* act = SiLU(gate) x up over one row's [gate | up] (not inlined: as add_norm_row) */
+static __attribute__((noinline)) void silu_row(const float *gate_up, int64_t I, float *act)
+{
+    for (int64_t i = 0; i < I; ++i) act[i] = gate_up[i] / (1.f + expf(-gate_up[i])) * gate_up[I + i];
+}
+
+/* Row b's head hd of this step's qkv (query heads, then KV heads): QK-norm and rotary, a query head
+ * into q, a KV head's k and v into the cache (rows with slot -1 store nothing); not inlined: as
+ * add_norm_row */
+static __attribute__((noinline)) void prepare_head(const Model *m, const Layer *L, float *qkv, float *q, const int64_t *positions,
+                         const int64_t *slots, int64_t b, int64_t hd)
+{
+    const int64_t D = m->head_dim, NQ = m->num_heads * D, NKV = m->num_kv_heads * D, QKV = NQ + 2 * NKV;
+    const float *cs = m->cos_sin + positions[b] * D;
+    const int is_q = hd < m->num_heads;
+    float *src = qkv + b * QKV + hd * D;
+    float *dst = is_q ? q + b * NQ + hd * D : src;
+    const float *norm_w = is_q ? L->q_norm : L->k_norm;
+    if (norm_w)
+        rms_norm_row(src, norm_w, D, m->eps, dst);
+    else if (dst != src)
+        memcpy(dst, src, sizeof(float) * (size_t)D);
+    rotate(dst, cs, D);
+    if (!is_q && slots[b] >= 0) {
+        const int64_t kvh = hd - m->num_heads;
+        memcpy(L->k_cache + slots[b] * NKV + kvh * D, dst, sizeof(float) * (size_t)D);
+        memcpy(L->v_cache + slots[b] * NKV + kvh * D, qkv + b * QKV + NQ + NKV + kvh * D, sizeof(float) * (size_t)D);
     }
 }
 
@@ -336,62 +372,76 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
     float *gate_up = attn + B * NQ, *act = gate_up + B * 2 * I, *q = act + B * I; /* q: [B, NQ] for attention */
     float *act8 = q + B * NQ; /* int8 activations: linear_any (a mixture of experts' scratch is the same room) */
     const int64_t scratch = m->num_heads / m->num_kv_heads * longest(context_lens, B) + 1;
+    /* a single row (single-stream decode): every thread keeps its own residual, x and SiLU output,
+     * computing the row itself rather than waiting on a barrier for one thread to, and each KV
+     * head's item also prepares its heads (no other row reads its K/V, so none wait to be stored) */
+    const int one = B == 1;
     int failed = 0;
 
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = score_scratch(scratch, &failed);
+        float *scores = score_scratch(scratch + (one ? 2 * H + I : 0), &failed);
+        float *own_residual = scores + scratch, *own_x = own_residual + H, *own_act = own_x + H;
+        float *res = one ? own_residual : residual, *xs = one ? own_x : x; /* the residual and x this thread reads */
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) embed_row(m, ids[b], h + b * H);
         /* the implicit barrier above also makes `failed` seen by all */
         if (!failed) {
             for (int64_t l = 0; l < m->num_layers; ++l) {
                 const Layer *L = m->layers + l;
-                add_norm(h, residual, L->input_norm, m, B, l == 0, x);
-                linear_any(x, B, H, &L->qkv, L->qkv_bias, QKV, qkv, act8);
-                /* per (sequence, head): QK-norm, rotary, then k and v into the cache */
-#pragma omp for schedule(static)
-                for (int64_t bh = 0; bh < B * (m->num_heads + m->num_kv_heads); ++bh) {
-                    const int64_t b = bh / (m->num_heads + m->num_kv_heads), hd = bh % (m->num_heads + m->num_kv_heads);
-                    const float *cs = m->cos_sin + positions[b] * D;
-                    const int is_q = hd < m->num_heads;
-                    float *src = qkv + b * QKV + hd * D;
-                    float *dst = is_q ? q + b * NQ + hd * D : src;
-                    const float *norm_w = is_q ? L->q_norm : L->k_norm;
-                    if (norm_w)
-                        rms_norm_row(src, norm_w, D, m->eps, dst);
-                    else if (dst != src)
-                        memcpy(dst, src, sizeof(float) * (size_t)D);
-                    rotate(dst, cs, D);
-                    if (!is_q && slots[b] >= 0) {
-                        const int64_t kvh = hd - m->num_heads;
-                        memcpy(L->k_cache + slots[b] * NKV + kvh * D, dst, sizeof(float) * (size_t)D);
-                        memcpy(L->v_cache + slots[b] * NKV + kvh * D, qkv + b * QKV + NQ + NKV + kvh * D,
-                               sizeof(float) * (size_t)D);
+                if (one)
+                    add_norm_row(h, res, L->input_norm, m, l == 0, xs);
+                else
+                    add_norm(h, residual, L->input_norm, m, B, l == 0, x);
+                linear_any(xs, B, H, &L->qkv, L->qkv_bias, QKV, qkv, act8);
+                if (one) {
+                    /* per KV head: its heads prepared (prepare_head), then its attention */
+                    const int64_t group = m->num_heads / m->num_kv_heads;
+#pragma omp for schedule(dynamic, 1)
+                    for (int64_t kvh = 0; kvh < m->num_kv_heads; ++kvh) {
+                        prepare_head(m, L, qkv, q, positions, slots, 0, m->num_heads + kvh);
+                        for (int64_t g = 0; g < group; ++g) prepare_head(m, L, qkv, q, positions, slots, 0, kvh * group + g);
+                        attend_head(q, L->k_cache, L->v_cache, block_tables, table_width, context_lens, 0, kvh,
+                                    m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
                     }
+                } else {
+                    /* per (sequence, head): QK-norm, rotary, then k and v into the cache */
+#pragma omp for schedule(static)
+                    for (int64_t bh = 0; bh < B * (m->num_heads + m->num_kv_heads); ++bh)
+                        prepare_head(m, L, qkv, q, positions, slots, bh / (m->num_heads + m->num_kv_heads),
+                                     bh % (m->num_heads + m->num_kv_heads));
+                    paged_attention(q, L->k_cache, L->v_cache, block_tables, table_width, context_lens, B,
+                                    m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
                 }
-                paged_attention(q, L->k_cache, L->v_cache, block_tables, table_width, context_lens, B,
-                                m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
                 linear_any(attn, B, NQ, &L->o, L->o_bias, H, h, act8);
-                add_norm(h, residual, L->post_norm, m, B, 0, x);
+                if (one)
+                    add_norm_row(h, res, L->post_norm, m, 0, xs);
+                else
+                    add_norm(h, residual, L->post_norm, m, B, 0, x);
                 if (L->moe) { /* its scratch follows the dense step's in `work` */
-                    moe_mlp(m, L->moe, x, B, q + B * NQ, h);
+                    moe_mlp(m, L->moe, xs, B, q + B * NQ, h);
                     continue;
                 }
-                linear_any(x, B, H, &L->gate_up, L->gate_up_bias, 2 * I, gate_up, act8);
+                linear_any(xs, B, H, &L->gate_up, L->gate_up_bias, 2 * I, gate_up, act8);
+                if (one)
+                    silu_row(gate_up, I, own_act);
+                else {
 #pragma omp for schedule(static)
-                for (int64_t b = 0; b < B; ++b) {
-                    const float *g = gate_up + b * 2 * I;
-                    for (int64_t i = 0; i < I; ++i) act[b * I + i] = g[i] / (1.f + expf(-g[i])) * g[I + i];
+                    for (int64_t b = 0; b < B; ++b) silu_row(gate_up + b * 2 * I, I, act + b * I);
                 }
-                linear_any(act, B, I, &L->down, L->down_bias, H, h, act8);
+                linear_any(one ? own_act : act, B, I, &L->down, L->down_bias, H, h, act8);
             }
-            add_norm(h, residual, m->norm, m, B, 0, x);
-            /* logits only for the rows that are sampled (a prompt's last token), gathered into h */
+            if (one) {
+                add_norm_row(h, res, m->norm, m, 0, xs);
+                linear_any(xs, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8); /* row 0, or none */
+            } else {
+                add_norm(h, residual, m->norm, m, B, 0, x);
+                /* logits only for the rows that are sampled (a prompt's last token), gathered into h */
 #pragma omp for schedule(static)
-            for (int64_t i = 0; i < num_logits; ++i)
-                memcpy(h + i * H, x + logit_rows[i] * H, sizeof(float) * (size_t)H);
-            linear_any(h, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8);
+                for (int64_t i = 0; i < num_logits; ++i)
+                    memcpy(h + i * H, x + logit_rows[i] * H, sizeof(float) * (size_t)H);
+                linear_any(h, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8);
+            }
         }
         free(scores);
     }
