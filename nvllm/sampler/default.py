@@ -33,6 +33,14 @@ def per_row(values: list, dtype: torch.dtype, device: torch.device) -> torch.Ten
     return host if device.type == "cpu" else host.pin_memory().to(device, non_blocking=True)
 
 
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor | list[int]:
+    """Each row's argmax (the first, on ties): float32 on a CPU through numpy, a list (torch's CPU
+    argmax over a vocabulary-wide row takes several times as long), else a tensor on the device."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return logits.numpy().argmax(axis=-1).tolist()
+    return logits.argmax(dim=-1)
+
+
 class DefaultSampler(Sampler):
     name = "default"
 
@@ -48,7 +56,7 @@ class DefaultSampler(Sampler):
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         logits = self.process(logits, seqs)
         if not any(seq.sampling_params.temperature for seq in seqs):
-            return logits.argmax(dim=-1)
+            return argmax_rows(logits)
         params = [seq.sampling_params for seq in seqs]
         temperature = [sp.temperature for sp in params]
         greedy = temperature.count(0)

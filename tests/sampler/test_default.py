@@ -50,6 +50,16 @@ def test_temperature_zero_is_argmax():
         assert sampler(logits, seqs) == logits.argmax(dim=-1).tolist()
 
 
+def test_temperature_zero_takes_the_first_of_tied_maxima():
+    """A greedy batch on a CPU is argmax'd through numpy: ties, inf and NaN go as torch's argmax."""
+    logits = torch.zeros(4, 300)
+    logits[0, [7, 250]] = 3.0
+    logits[1, [5, 9]] = float("inf")
+    logits[2, [11, 40]] = float("nan")
+    logits[3, 0] = float("-inf")
+    assert make_sampler()(logits, [seq(temperature=0) for _ in range(4)]) == logits.argmax(dim=-1).tolist() == [7, 5, 11, 1]
+
+
 def test_temperature_zero_ignores_seed_top_k_top_p():
     sampler = make_sampler()
     logits = torch.randn(4, 500)
