@@ -171,6 +171,8 @@ class FusedCPUForward(EagerForward):
         # the C model (under None), and copies cut after their first layers (under their number)
         self.early_exits: dict[int | None, _Model] = {}
         self.moe_layers: list[_MoeLayer] = []  # the C step's view of each mixture of experts (moe_step.h)
+        # a decode step's scored rows and the C step's scratch, kept from step to step (_every_row, _work)
+        self.rows, self.work = torch.empty(0, dtype=torch.int64), torch.empty(0)
 
     def bind_kv_cache(self):
         """Pack the matmul weights and point the C model at the weights and this cache."""
@@ -292,7 +294,17 @@ class FusedCPUForward(EagerForward):
         if not (meta.is_decode or self.runs(meta)):
             return super().__call__(input_ids, positions, meta)
         c_model = self.early_exits.get(meta.num_layers) or self._early_exit(meta.num_layers)
-        n, last = len(input_ids), logits_rows(meta)
+        n = len(input_ids)
+        if meta.is_decode and meta.num_logits is None and n <= CHUNK:  # a decode: one call, every row scored
+            logits = torch.empty(n, self.vocab, dtype=torch.float32)
+            status = self.fn(ctypes.byref(c_model), input_ids.data_ptr(), positions.data_ptr(),
+                             meta.slot_mapping.data_ptr(), meta.block_tables.data_ptr(), meta.block_tables.shape[1],
+                             meta.context_lens.data_ptr(), n, self._every_row(n).data_ptr(), n,
+                             self._work(n).data_ptr(), logits.data_ptr(), torch.get_num_threads())
+            if status != 0:
+                raise MemoryError("forward=fused_cpu: the step could not allocate its attention scores")
+            return logits
+        last = logits_rows(meta)
         # a row per token: its sequence's block table, and the tokens up to it as context
         tables, context_lens = ((meta.block_tables, meta.context_lens) if meta.is_decode else
                                 (meta.block_tables.repeat_interleave(torch.tensor(meta.query_lens), dim=0),
@@ -310,8 +322,21 @@ class FusedCPUForward(EagerForward):
                 raise MemoryError("forward=fused_cpu: the step could not allocate its attention scores")
         return logits
 
+    def _every_row(self, n: int) -> torch.Tensor:
+        """0 .. n-1 (int64): a decode step's scored rows, kept from step to step."""
+        if len(self.rows) < n:
+            self.rows = torch.arange(max(n, 2 * len(self.rows)), dtype=torch.int64)
+        return self.rows
+
+    def _work(self, n: int) -> torch.Tensor:
+        """The C step's scratch for n rows, kept from step to step (the step runs one call at a time)."""
+        if len(self.work) < n * self.work_per_seq:
+            self.work = torch.empty(n * self.work_per_seq, dtype=torch.float32)
+        return self.work
+
     def close(self):
         self.packed.clear()
+        self.rows = self.work = torch.empty(0)
         self.layers = self.c_model = None  # pointers into the weights and the cache
         self.moe_layers = []
         self.early_exits.clear()
