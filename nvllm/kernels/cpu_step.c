@@ -266,12 +266,13 @@ static inline __attribute__((always_inline)) void linear_dot(const float *x, int
     const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < B; ++b) quantize_dot_row(x + b * K, K, act + b * dot_row_bytes(K), FMT);
+    const int64_t group = dot_features(B);
 #pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; n += FEATURES)
+    for (int64_t n = 0; n < N; n += group)
         features_dot(act, B, K, (const uint8_t *)w->data + n * row_bytes, row_bytes,
                      scales_from(w->scales, n * blocks, FMT),
                      FMT != Q_INT8 ? scales_from(w->mins, n * blocks, FMT) : NULL, bias ? bias + n : NULL, y + n,
-                     N, N - n < FEATURES ? N - n : FEATURES, FMT);
+                     N, N - n < group ? N - n : group, FMT);
 }
 
 /* y [B, N] = x [B, K] w^T (+ bias) for a weight in any format, each compiled with its format known:

@@ -60,11 +60,12 @@ static int matmul_dot(const float *x, int64_t B, int64_t K, const uint8_t *q, co
     {
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) quantize_dot_row(x + b * K, K, act + b * dot_row_bytes(K), FMT);
+        const int64_t group = dot_features(B);
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n += FEATURES)
+        for (int64_t n = 0; n < N; n += group)
             features_dot(act, B, K, q + n * row_bytes, row_bytes, scales_from(scales, n * blocks, FMT),
                          FMT != Q_INT8 ? scales_from(mins, n * blocks, FMT) : 0, 0, y + n, N,
-                         N - n < FEATURES ? N - n : FEATURES, FMT);
+                         N - n < group ? N - n : group, FMT);
     }
     free(act);
     return 0;
