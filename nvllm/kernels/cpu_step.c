@@ -264,8 +264,7 @@ static inline __attribute__((always_inline)) void linear_dot(const float *x, int
                                                              const int FMT)
 {
     const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) quantize_dot_row(x + b * K, K, act + b * dot_row_bytes(K), FMT);
+    quantize_dot_rows(x, B, K, act, FMT);
     const int64_t group = dot_features(B);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n += group)

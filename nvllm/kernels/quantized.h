@@ -276,7 +276,7 @@ static inline __attribute__((always_inline)) void features(const float *x, int64
  * int32, then scaled in float32:
  *     y = sum over blocks j of s_j * (d_j * sum_i qw_i qx_i + m_j * sum_i qx_i)    (int8: m = 0)
  * It changes the numerics (the activations are rounded to 8 bits), so it is an option asked for by
- * name, never the default. `quantize_dot_row` rounds a row once per matmul into the layout below;
+ * name, never the default. `quantize_dot_rows` rounds the rows once per matmul into the layout below;
  * `features_dot` multiplies it by a group of output features, as `features` does float rows.
  *
  * The int32 sums: with AVX512_VNNI, vpdpbusd over 64 bytes: 2 blocks of int8 weights a step (the
@@ -313,27 +313,36 @@ static inline int64_t dot_row_bytes(int64_t K) { return dot_blocks(K) * (BLOCK +
 #define DOT_AT(j, i, FMT) ((j) * BLOCK + (i))
 #endif
 
-static inline __attribute__((always_inline)) void quantize_dot_row(const float *restrict x, int64_t K,
-                                                                   int8_t *restrict out, const int FMT)
+/* Block j < dot_blocks(K) of a row x of K activations into its row of int8 activations `out` */
+static inline __attribute__((always_inline)) void quantize_dot_block(const float *restrict x, int64_t K, int64_t j,
+                                                                     int8_t *restrict out, const int FMT)
 {
-    const int64_t blocks = K / BLOCK, P = dot_blocks(K);
+    const int64_t P = dot_blocks(K);
     float *s = (float *)(out + P * BLOCK), *sums = s + P;
-    for (int64_t j = 0; j < P; ++j) {
-        int8_t q[BLOCK] = {0};
-        float amax = 0.f;
-        int32_t sum = 0;
-        if (j < blocks) {
-            for (int i = 0; i < BLOCK; ++i) amax = fmaxf(amax, fabsf(x[j * BLOCK + i]));
-            const float inv = amax > 0.f ? 127.f / amax : 0.f;
-            for (int i = 0; i < BLOCK; ++i) {
-                q[i] = (int8_t)lrintf(x[j * BLOCK + i] * inv);
-                sum += q[i];
-            }
+    int8_t q[BLOCK] = {0};
+    float amax = 0.f;
+    int32_t sum = 0;
+    if (j < K / BLOCK) {
+        for (int i = 0; i < BLOCK; ++i) amax = fmaxf(amax, fabsf(x[j * BLOCK + i]));
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        for (int i = 0; i < BLOCK; ++i) {
+            q[i] = (int8_t)lrintf(x[j * BLOCK + i] * inv);
+            sum += q[i];
         }
-        for (int i = 0; i < BLOCK; ++i) out[DOT_AT(j, i, FMT)] = q[i];
-        s[j] = amax / 127.f;
-        sums[j] = s[j] * (float)sum * DOT_SUM(FMT);
     }
+    for (int i = 0; i < BLOCK; ++i) out[DOT_AT(j, i, FMT)] = q[i];
+    s[j] = amax / 127.f;
+    sums[j] = s[j] * (float)sum * DOT_SUM(FMT);
+}
+
+/* The B rows of x [B, K] into rows of int8 activations (dot_row_bytes(K) apart), the blocks shared
+ * out over the threads (inside a parallel region) */
+static inline __attribute__((always_inline)) void quantize_dot_rows(const float *x, int64_t B, int64_t K, int8_t *act,
+                                                                    const int FMT)
+{
+    const int64_t P = dot_blocks(K);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < B * P; ++i) quantize_dot_block(x + i / P * K, K, i % P, act + i / P * dot_row_bytes(K), FMT);
 }
 
 #ifdef DOT512
@@ -602,7 +611,7 @@ static inline int64_t dot_features(int64_t B)
 #endif
 }
 
-/* features() for rows of int8 activations `act` (quantize_dot_row's, dot_row_bytes(K) apart), count
+/* features() for rows of int8 activations `act` (quantize_dot_rows', dot_row_bytes(K) apart), count
  * <= dot_features(B) output features */
 static inline __attribute__((always_inline)) void features_dot(const int8_t *act, int64_t B, int64_t K,
                                                                const uint8_t *q, int64_t row_bytes, const void *scales,
