@@ -40,8 +40,9 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 enum {
     F32 = 0, BF16 = 1, F16 = 2, /* packed panels (`linear_as`) */
     INT8 = 3, INT4 = 4,         /* quantized.h's layout: qweight, scales (and int4's mins) */
-    INT8_DOT = 5,               /* INT8's layout, multiplied by int8 activations (quantization.activations=int8) */
-    INT4_F32 = 6                /* INT4's with float32 scales and mins (GGUF Q4_K's sub-blocks) */
+    INT4_F32 = 6,               /* INT4's with float32 scales and mins (GGUF Q4_K's sub-blocks) */
+    /* INT8, INT4, INT4_F32 multiplied by int8 activations (quantization.activations=int8: quantized.h) */
+    INT8_DOT = 5, INT4_DOT = 7, INT4_F32_DOT = 8
 };
 
 /* A layer's matmul weight: packed panels in a float format, or quantized rows */
@@ -120,9 +121,23 @@ static inline __attribute__((always_inline)) v8 load8(const void *p, const int F
 #endif
 }
 
+/* 8 rows' bfloat16 weights at k (odd = k % 2) from the 8 lanes at p of a k pair (see below) */
+static inline __attribute__((always_inline)) v8 pair8(const void *p, int odd)
+{
+#if defined(__AVX2__)
+    const __m256i pair = _mm256_loadu_si256((const __m256i *)p);
+    return (v8)(odd ? _mm256_and_si256(pair, _mm256_set1_epi32((int)0xffff0000u)) : _mm256_slli_epi32(pair, 16));
+#else
+    v8 w;
+    for (int i = 0; i < 8; ++i) w[i] = widen1(p, 2 * i + odd, BF16);
+    return w;
+#endif
+}
+
 /* Weights are packed once (fused_cpu.py `pack`) into panels of 16 output rows laid out k-major:
- * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream,
- * of 64 bytes a k in float32, 32 in a 16-bit format. */
+ * panel p holds w[16p + j, k] at [p][k][j], zero rows past N; bfloat16 at [p][k / 2][j][k % 2] (K
+ * even), so that a 32-bit lane holds a row's weights at k and k + 1 and widening each is one shift
+ * or one mask. A panel is one contiguous stream, of 64 bytes a k in float32, 32 in a 16-bit format. */
 #define PANEL 16
 /* input rows per tile, each row's 16 sums in vector registers: with AVX-512, one 16-float register
  * a row, 12 rows (a verify step's 9 rows at k = 8 read each panel once; 16 gained nothing, 24 spill);
@@ -161,7 +176,13 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
         for (int b = 0; b < BT; ++b) odd[b] = (v16){0};
         for (; k + 1 < K; k += 2) {
             __builtin_prefetch(p + k * step + PREFETCH); /* a cache line: two k */
-            const v16 w0 = load16(p + k * step, F), w1 = load16(p + (k + 1) * step, F);
+            v16 w0, w1;
+            if (F == BF16) { /* each lane: the row's weight at k in its low half, at k + 1 in its high one */
+                const __m512i pair = _mm512_loadu_si512(p + k * step);
+                w0 = (v16)_mm512_slli_epi32(pair, 16);
+                w1 = (v16)_mm512_and_si512(pair, _mm512_set1_epi32((int)0xffff0000u));
+            } else
+                w0 = load16(p + k * step, F), w1 = load16(p + (k + 1) * step, F);
             for (int b = 0; b < BT; ++b) {
                 acc[b] += x[b * K + k] * w0;
                 odd[b] += x[b * K + k + 1] * w1;
@@ -181,7 +202,11 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
     for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
     for (int64_t k = 0; k < K; ++k) {
         __builtin_prefetch(p + k * step + PREFETCH); /* never faults, even past the end */
-        const v8 w0 = load8(p + k * step, F), w1 = load8(p + k * step + step / 2, F);
+        v8 w0, w1;
+        if (F == BF16) /* k's and k + 1's weights side by side: rows 0-7 in the pair's first 32 bytes */
+            w0 = pair8(p + k / 2 * 2 * step, k % 2), w1 = pair8(p + k / 2 * 2 * step + step, k % 2);
+        else
+            w0 = load8(p + k * step, F), w1 = load8(p + k * step + step / 2, F);
         for (int b = 0; b < BT; ++b) {
             const float xk = x[b * K + k];
             acc[b][0] += xk * w0;
@@ -233,37 +258,47 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, in
                  N - n < FEATURES ? N - n : FEATURES, FMT);
 }
 
+/* linear_rows with x's rows rounded to int8 first, into `act` (dot_row_bytes(K) a row) */
+static inline __attribute__((always_inline)) void linear_dot(const float *x, int64_t B, int64_t K, const Weight *w,
+                                                             const float *bias, int64_t N, float *y, int8_t *act,
+                                                             const int FMT)
+{
+    const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
+    quantize_dot_rows(x, B, K, act, FMT);
+    const int64_t group = dot_features(B);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n += group)
+        features_dot(act, B, K, (const uint8_t *)w->data + n * row_bytes, row_bytes,
+                     scales_from(w->scales, n * blocks, FMT),
+                     FMT != Q_INT8 ? scales_from(w->mins, n * blocks, FMT) : NULL, bias ? bias + n : NULL, y + n,
+                     N, N - n < group ? N - n : group, FMT);
+}
+
 /* y [B, N] = x [B, K] w^T (+ bias) for a weight in any format, each compiled with its format known:
  * the packed panels (linear_as), or the quantized rows (quantized.h), FEATURES output features at a
- * time, the threads sharing out the features (INT8_DOT: x's rows quantized to int8 first, into
- * `act8`: B scales, then B * K bytes). */
+ * time, the threads sharing out the features (the *_DOT formats: x's rows rounded to int8 first, into
+ * `act`, dot_row_bytes(K) a row). */
 static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, const float *bias,
-                       int64_t N, float *y, float *act8)
+                       int64_t N, float *y, int8_t *act)
 {
 #ifdef SKIP_LINEAR
     return;
 #endif
-    const int64_t blocks = K / BLOCK;
-    const uint8_t *q = w->data;
     switch (w->format) {
     case INT8: linear_rows(x, B, K, w, bias, N, y, Q_INT8); break;
     case INT4: linear_rows(x, B, K, w, bias, N, y, Q_INT4); break;
     case INT4_F32: linear_rows(x, B, K, w, bias, N, y, Q_INT4_F32); break;
-    case INT8_DOT: {
-        int8_t *xq = (int8_t *)(act8 + B);
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; ++b) quantize_row(x + b * K, K, xq + b * K, act8 + b);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; ++n)
-            feature_int8_dot(xq, act8, B, K, (const int8_t *)q + n * K, w->scales + n * blocks,
-                             bias ? bias + n : NULL, y + n, N);
-        break;
-    }
+    case INT8_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT8); break;
+    case INT4_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT4); break;
+    case INT4_F32_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT4_F32); break;
     case BF16: linear_as(x, B, K, w->data, bias, N, y, BF16); break;
     case F16: linear_as(x, B, K, w->data, bias, N, y, F16); break;
     default: linear_as(x, B, K, w->data, bias, N, y, F32);
     }
 }
+
+/* The bytes a row of int8 activations takes in the step's scratch (fused_cpu.py sizes it) */
+int64_t nvllm_dot_row_bytes(int64_t K) { return dot_row_bytes(K); }
 
 /* A token's embedding row, as floats (INT8: q * d in float32, as packed.py's dequantize) */
 static void embed_row(const Model *m, int64_t id, float *out)
@@ -370,7 +405,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
     const int64_t QKV = NQ + 2 * NKV, I = m->intermediate;
     float *h = work, *residual = h + B * H, *x = residual + B * H, *qkv = x + B * H, *attn = qkv + B * QKV;
     float *gate_up = attn + B * NQ, *act = gate_up + B * 2 * I, *q = act + B * I; /* q: [B, NQ] for attention */
-    float *act8 = q + B * NQ; /* int8 activations: linear_any (a mixture of experts' scratch is the same room) */
+    int8_t *act8 = (int8_t *)(q + B * NQ); /* int8 activations: linear_any (a mixture of experts' scratch is the same room) */
     const int64_t scratch = m->num_heads / m->num_kv_heads * longest(context_lens, B) + 1;
     /* a single row (single-stream decode): every thread keeps its own residual, x and SiLU output,
      * computing the row itself rather than waiting on a barrier for one thread to, and each KV

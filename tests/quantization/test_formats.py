@@ -344,25 +344,47 @@ def test_int8_activations_are_a_named_option_of_the_c_step(tiny_llama_path):
         LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int8"}, forward="eager")
     with pytest.raises(ConfigError, match=r"quantization.activations='int4' is not allowed: use float or int8"):
         LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int4"})
-    with LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int8"}, max_model_len=256) as llm:
-        assert llm.engine.config.forward.name == "fused_cpu"
+    for fmt in ("int8", "int4"):
+        with LLM(tiny_llama_path, quantization={"name": fmt, "activations": "int8"}, max_model_len=256) as llm:
+            assert llm.engine.config.forward.name == "fused_cpu"
 
 
-def test_int8_activations_stay_close_to_float_activations(tiny_qwen3_path):
-    """Not exact (the activations are rounded to 8 bits): each prefill position's next-token
-    distribution stays close to the weight-only int8 step's, and mostly puts the same token first."""
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_int8_activations_stay_close_to_float_activations(tiny_qwen3_path, fmt):
+    """Not exact (the activations are rounded to 8 bits a block): each prefill position's next-token
+    distribution stays close to the weight-only step's, and mostly puts the same token first."""
     from nvllm.tools.perplexity import scored_logprobs
 
     chunk = prompts_for(512)[-1]
     logprobs = {}
     for activations in ("float", "int8"):
-        with LLM(tiny_qwen3_path, quantization={"name": "int8", "activations": activations}, forward="fused_cpu",
+        with LLM(tiny_qwen3_path, quantization={"name": fmt, "activations": activations}, forward="fused_cpu",
                  max_model_len=256, kv_cache={"block_size": 16}) as llm:
             logprobs[activations] = scored_logprobs(llm.engine, chunk)
     exact, int8 = logprobs["float"], logprobs["int8"]
     assert not torch.equal(exact, int8)  # the option does change the numerics
     kl = (exact.exp() * (exact - int8)).sum(-1)
     assert kl.mean() < 0.01, kl
+    assert (exact.argmax(-1) == int8.argmax(-1)).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_K"])
+def test_int8_activations_run_a_gguf_files_blocks(block_type, tiny_llama_path, q4_k_llama_path, tmp_path):
+    """quantization=gguf with activations=int8: the file's int8, int4 and Q4_K (float32 scales) layouts
+    through the C step's integer dot products, close to the same blocks with float activations."""
+    from nvllm.tools.perplexity import scored_logprobs
+
+    path = q4_k_llama_path if block_type == "Q4_K" else tiny_llama_path
+    file = write_gguf(path, str(tmp_path / "tiny.gguf"), block_type)
+    logprobs = {}
+    for activations in ("float", "int8"):
+        with LLM(path, quantization={"name": "gguf", "file": file, "activations": activations}, max_model_len=256,
+                 kv_cache={"block_size": 16}) as llm:
+            assert llm.engine.config.forward.name == "fused_cpu"
+            logprobs[activations] = scored_logprobs(llm.engine, prompts_for(512)[-1])
+    exact, int8 = logprobs["float"], logprobs["int8"]
+    assert not torch.equal(exact, int8)
+    assert (exact.exp() * (exact - int8)).sum(-1).mean() < 0.01
     assert (exact.argmax(-1) == int8.argmax(-1)).float().mean() >= 0.9
 
 
@@ -377,7 +399,7 @@ def test_nvllm_run_reports_the_format_and_its_bytes(tmp_path, tiny_qwen3_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "weights 0.1 MiB (quantization=int4, linear layers and embedding packed, norms float32)" in proc.stdout, proc.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["effective_config"]["quantization"] == {"name": "int4"}
+    assert metrics["effective_config"]["quantization"] == {"name": "int4", "activations": "float"}
     assert 0 < metrics["weight_bytes"] < 0.3 * 2**20
 
 
