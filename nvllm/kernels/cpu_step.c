@@ -296,9 +296,27 @@ static inline __attribute__((always_inline)) void dequantize_panel(const uint8_t
  * below it, dequantizing a panel costs more than it saves. */
 #define DEQUANTIZED_ROWS 16
 
+/* Whether a weight is quantized rows (linear_rows), and whether a model has any: only then does a
+ * step of DEQUANTIZED_ROWS rows or more give each thread a panel's scratch. */
+static inline int is_rows(const Weight *w)
+{
+    return w->format == INT8 || w->format == INT4 || w->format == INT4_F32;
+}
+
+static int has_rows(const Model *m)
+{
+    for (int64_t l = 0; l < m->num_layers; ++l) {
+        const Layer *L = m->layers + l;
+        if (is_rows(&L->qkv) || is_rows(&L->o) || is_rows(&L->gate_up) || is_rows(&L->down)) return 1;
+    }
+    return is_rows(&m->lm_head);
+}
+
 /* linear_any for quantized rows in layout FMT (a constant where it is called, so each layout gets its
  * own compiled loop): FEATURES output features at a time, the threads sharing them out; or with
- * DEQUANTIZED_ROWS rows or more and a thread's scratch `panel` (PANEL * K floats), a panel at a time */
+ * DEQUANTIZED_ROWS rows or more and a thread's scratch `panel` (PANEL * K floats), a panel at a time.
+ * Every thread takes the same branch, so meets the same `omp for`: `panel` is NULL in all of them or
+ * set in all of them (a thread that could not allocate it fails the whole step before any matmul). */
 static inline __attribute__((always_inline)) void linear_rows(const float *x, int64_t B, int64_t K, const Weight *w,
                                                               const float *bias, int64_t N, float *y, float *panel,
                                                               const int FMT)
@@ -425,13 +443,15 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
     float *act8 = q + B * NQ; /* int8 activations: linear_any (a mixture of experts' scratch is the same room) */
     const int64_t scratch = m->num_heads / m->num_kv_heads * longest(context_lens, B) + 1;
     int failed = 0;
+    const int64_t widest = H > NQ ? (H > I ? H : I) : (NQ > I ? NQ : I);
+    const int dequantizes = B >= DEQUANTIZED_ROWS && has_rows(m);
 
 #pragma omp parallel num_threads(num_threads)
     {
         float *scores = score_scratch(scratch, &failed);
-        /* a panel of dequantized weights (linear_rows), for the widest K */
-        const int64_t widest = H > NQ ? (H > I ? H : I) : (NQ > I ? NQ : I);
-        float *panel = B >= DEQUANTIZED_ROWS ? score_scratch(PANEL * widest, &failed) : NULL;
+        /* a panel of dequantized weights (linear_rows) for the widest K: a size set by the model alone,
+         * whatever the rows; the same choice in every thread */
+        float *panel = dequantizes ? score_scratch(PANEL * widest, &failed) : NULL;
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) embed_row(m, ids[b], h + b * H);
         /* the implicit barrier above also makes `failed` seen by all */
