@@ -20,9 +20,10 @@ A packed format (quantization=int8, int4, gguf) is read in place: each linear la
 rows (nvllm/models/layers/packed.py), dequantized in registers by nvllm/kernels/quantized.h, so the
 step computes x times the dequantized float32 weights; the embedding table and the LM head are the
 model's int8 rows too (tied: one table), a looked-up row dequantized, the head multiplied as an int8
-linear layer with float activations. quantization.activations=int8 multiplies the linear layers'
-int8 weights by activations rounded to int8 (a numerics change, asked for by name). Such a run,
-too, takes every prefill in C."""
+linear layer. quantization.activations=int8 multiplies the linear layers' and the LM head's packed
+weights by activations rounded to int8 a block of 32 at a time (llama.cpp's arithmetic: a numerics
+change, asked for by name); a mixture of experts' router and experts keep float activations. Such a
+run, too, takes every prefill in C."""
 import ctypes
 import functools
 from dataclasses import dataclass
@@ -85,9 +86,17 @@ def isa() -> str:
     return fn().decode()
 
 
+def dot_row_bytes(k: int) -> int:
+    """The bytes of scratch one row of int8 activations takes (quantized.h `dot_row_bytes`)."""
+    fn = load_library("cpu_step.c", "forward=fused_cpu", "forward=eager").nvllm_dot_row_bytes
+    fn.argtypes, fn.restype = [_i64], _i64
+    return fn(k)
+
+
 PANEL = 16  # cpu_step.c's PANEL
 WEIGHTS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # cpu_step.c's Model.weights
-INT8, INT4, INT8_DOT, INT4_F32 = 3, 4, 5, 6  # cpu_step.c's quantized Weight.format
+INT8, INT4, INT4_F32 = 3, 4, 6  # cpu_step.c's quantized Weight.format
+DOT = {INT8: 5, INT4: 7, INT4_F32: 8}  # each with int8 activations (quantization.activations=int8)
 CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
 
 
@@ -191,9 +200,9 @@ class FusedCPUForward(EagerForward):
             if linear.mins is not None:  # int4: float16 scales, or float32 ones (GGUF Q4_K)
                 fmt = INT4_F32 if linear.scales.dtype == torch.float32 else INT4
             else:
-                fmt = INT8_DOT if int8_dot else INT8
+                fmt = INT8
             return _Weight(_p(linear.qweight, linear.qweight.dtype), _p(linear.scales, linear.scales.dtype),
-                           _p(linear.mins, linear.scales.dtype), fmt)
+                           _p(linear.mins, linear.scales.dtype), DOT[fmt] if int8_dot else fmt)
 
         def f32(t):  # norms and biases: float32, copied where the model holds them in 16 bits
             if t is None or t.dtype == torch.float32:
@@ -205,9 +214,7 @@ class FusedCPUForward(EagerForward):
             """The router like any linear layer (quantized: float activations, whatever
             quantization.activations says), and every expert, expert after expert: packed in panels,
             or a weight format's stacked rows (moe.py `quantize`), read in place."""
-            gate = matmul(moe.gate)
-            if gate.format == INT8_DOT:
-                gate.format = INT8
+            gate = matmul(moe.gate, int8_dot=False)
             if moe.w13 is None:
                 fmt = INT4 if moe.w13_mins is not None else INT8
                 w13, w2 = (_Weight(_p(q, q.dtype), _p(s, torch.float16), _p(m, torch.float16), fmt)
@@ -252,14 +259,15 @@ class FusedCPUForward(EagerForward):
             max((mlp.gate_up_proj.output_sizes[0] for mlp in dense), default=0), self.vocab, len(decoder.layers),
             self.runner.block_size,
             WEIGHTS[self.weights], eps.pop(), attn0.attn.scale, table,
-            f32(decoder.norm.weight), matmul(model.lm_head, int8_dot=False), f32(attn0.rotary_emb.cos_sin_cache),
+            f32(decoder.norm.weight), matmul(model.lm_head), f32(attn0.rotary_emb.cos_sin_cache),
             self.layers)
         self.early_exits[None] = m = self.c_model
         q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
-        # activations (cpu_step.c's `work`), then one room for either a row's int8 activations and
-        # their scale (INT8_DOT) or a mixture of experts' scratch
+        # activations (cpu_step.c's `work`), then one room for either a row's int8 activations
+        # (quantization.activations=int8) or a mixture of experts' scratch
         self.work_per_seq = 3 * m.hidden + 3 * q + 2 * kv + 3 * m.intermediate + max(
-            [1 + max(m.hidden, q, m.intermediate) // 4, *(moe_work_per_row(e, m.hidden) for e in self.moe_layers)])
+            [-(-dot_row_bytes(max(m.hidden, q, m.intermediate)) // 4),
+             *(moe_work_per_row(e, m.hidden) for e in self.moe_layers)])
 
     def count_experts(self) -> list[torch.Tensor] | None:
         """Turn on the C step's expert counters (moe_step.h `counters`, a measurement): one int64 tensor per

@@ -41,8 +41,9 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 enum {
     F32 = 0, BF16 = 1, F16 = 2, /* packed panels (`linear_as`) */
     INT8 = 3, INT4 = 4,         /* quantized.h's layout: qweight, scales (and int4's mins) */
-    INT8_DOT = 5,               /* INT8's layout, multiplied by int8 activations (quantization.activations=int8) */
-    INT4_F32 = 6                /* INT4's with float32 scales and mins (GGUF Q4_K's sub-blocks) */
+    INT4_F32 = 6,               /* INT4's with float32 scales and mins (GGUF Q4_K's sub-blocks) */
+    /* INT8, INT4, INT4_F32 multiplied by int8 activations (quantization.activations=int8: quantized.h) */
+    INT8_DOT = 5, INT4_DOT = 7, INT4_F32_DOT = 8
 };
 
 /* A layer's matmul weight: packed panels in a float format, or quantized rows */
@@ -339,37 +340,47 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, in
                  N - n < FEATURES ? N - n : FEATURES, FMT);
 }
 
+/* linear_rows with x's rows rounded to int8 first, into `act` (dot_row_bytes(K) a row) */
+static inline __attribute__((always_inline)) void linear_dot(const float *x, int64_t B, int64_t K, const Weight *w,
+                                                             const float *bias, int64_t N, float *y, int8_t *act,
+                                                             const int FMT)
+{
+    const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) quantize_dot_row(x + b * K, K, act + b * dot_row_bytes(K), FMT);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n += FEATURES)
+        features_dot(act, B, K, (const uint8_t *)w->data + n * row_bytes, row_bytes,
+                     scales_from(w->scales, n * blocks, FMT),
+                     FMT != Q_INT8 ? scales_from(w->mins, n * blocks, FMT) : NULL, bias ? bias + n : NULL, y + n,
+                     N, N - n < FEATURES ? N - n : FEATURES, FMT);
+}
+
 /* y [B, N] = x [B, K] w^T (+ bias) for a weight in any format, each compiled with its format known:
  * the packed panels (linear_as), or the quantized rows (quantized.h), FEATURES output features at a
- * time, the threads sharing out the features (INT8_DOT: x's rows quantized to int8 first, into
- * `act8`: B scales, then B * K bytes). */
+ * time, the threads sharing out the features (the *_DOT formats: x's rows rounded to int8 first, into
+ * `act`, dot_row_bytes(K) a row). */
 static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, const float *bias,
-                       int64_t N, float *y, float *act8, float *panel)
+                       int64_t N, float *y, int8_t *act, float *panel)
 {
 #ifdef SKIP_LINEAR
     return;
 #endif
-    const int64_t blocks = K / BLOCK;
-    const uint8_t *q = w->data;
     switch (w->format) {
     case INT8: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT8); break;
     case INT4: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT4); break;
     case INT4_F32: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT4_F32); break;
-    case INT8_DOT: {
-        int8_t *xq = (int8_t *)(act8 + B);
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; ++b) quantize_row(x + b * K, K, xq + b * K, act8 + b);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; ++n)
-            feature_int8_dot(xq, act8, B, K, (const int8_t *)q + n * K, w->scales + n * blocks,
-                             bias ? bias + n : NULL, y + n, N);
-        break;
-    }
+    case INT8_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT8); break;
+    case INT4_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT4); break;
+    case INT4_F32_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT4_F32); break;
     case BF16: linear_as(x, B, K, w->data, bias, N, y, BF16); break;
     case F16: linear_as(x, B, K, w->data, bias, N, y, F16); break;
     default: linear_as(x, B, K, w->data, bias, N, y, F32);
     }
 }
+
+/* The bytes a row of int8 activations takes in the step's scratch (fused_cpu.py sizes it) */
+int64_t nvllm_dot_row_bytes(int64_t K) { return dot_row_bytes(K); }
 
 /* A token's embedding row, as floats (INT8: q * d in float32, as packed.py's dequantize) */
 static void embed_row(const Model *m, int64_t id, float *out)
@@ -440,7 +451,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
     const int64_t QKV = NQ + 2 * NKV, I = m->intermediate;
     float *h = work, *residual = h + B * H, *x = residual + B * H, *qkv = x + B * H, *attn = qkv + B * QKV;
     float *gate_up = attn + B * NQ, *act = gate_up + B * 2 * I, *q = act + B * I; /* q: [B, NQ] for attention */
-    float *act8 = q + B * NQ; /* int8 activations: linear_any (a mixture of experts' scratch is the same room) */
+    int8_t *act8 = (int8_t *)(q + B * NQ); /* int8 activations: linear_any (a mixture of experts' scratch is the same room) */
     const int64_t scratch = m->num_heads / m->num_kv_heads * longest(context_lens, B) + 1;
     int failed = 0;
     const int64_t widest = H > NQ ? (H > I ? H : I) : (NQ > I ? NQ : I);

@@ -50,27 +50,39 @@ void nvllm_linear_int4_f32(const float *x, int64_t B, int64_t K, const uint8_t *
     matmul(x, B, K, qweight, scales, mins, N, y, num_threads, Q_INT4_F32);
 }
 
-/* y [B, N] = x [B, K] (qweight, scales)^T with each row of x quantized to int8 first (quantize_row):
- * int8 x int8 dot products, quantization.activations=int8's arithmetic. Returns -1 when its
- * scratch could not be allocated, else 0. */
-int nvllm_linear_int8_dot(const float *x, int64_t B, int64_t K, const int8_t *qweight, const uint16_t *scales,
-                          int64_t N, float *y, int num_threads)
+static int matmul_dot(const float *x, int64_t B, int64_t K, const uint8_t *q, const void *scales, const void *mins,
+                      int64_t N, float *y, int num_threads, const int FMT)
 {
-    int8_t *xq = malloc((size_t)(B * K));
-    float *sx = malloc(sizeof(float) * (size_t)B);
-    if (!xq || !sx) {
-        free(xq);
-        free(sx);
-        return -1;
+    const int64_t row_bytes = FMT == Q_INT8 ? K : K / 2, blocks = K / BLOCK;
+    int8_t *act = malloc((size_t)(B * dot_row_bytes(K)));
+    if (!act) return -1;
+#pragma omp parallel num_threads(num_threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; ++b) quantize_dot_row(x + b * K, K, act + b * dot_row_bytes(K), FMT);
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n += FEATURES)
+            features_dot(act, B, K, q + n * row_bytes, row_bytes, scales_from(scales, n * blocks, FMT),
+                         FMT != Q_INT8 ? scales_from(mins, n * blocks, FMT) : 0, 0, y + n, N,
+                         N - n < FEATURES ? N - n : FEATURES, FMT);
     }
-    for (int64_t b = 0; b < B; ++b) quantize_row(x + b * K, K, xq + b * K, sx + b);
-    const int64_t blocks = K / BLOCK;
-#pragma omp parallel for schedule(static) num_threads(num_threads)
-    for (int64_t n = 0; n < N; ++n) feature_int8_dot(xq, sx, B, K, qweight + n * K, scales + n * blocks, 0, y + n, N);
-    free(xq);
-    free(sx);
+    free(act);
     return 0;
 }
+
+/* The three matmuls above with each block of 32 of x's rows rounded to int8 first (quantize_dot_row):
+ * int8 activations, quantization.activations=int8's arithmetic (fmt: 0 int8, 1 int4, 2 int4 with
+ * float32 scales). Returns -1 when its scratch could not be allocated, else 0. */
+int nvllm_linear_dot(const float *x, int64_t B, int64_t K, const uint8_t *q, const void *scales, const void *mins,
+                     int64_t N, float *y, int num_threads, int fmt)
+{
+    if (fmt == Q_INT8) return matmul_dot(x, B, K, q, scales, mins, N, y, num_threads, Q_INT8);
+    if (fmt == Q_INT4) return matmul_dot(x, B, K, q, scales, mins, N, y, num_threads, Q_INT4);
+    return matmul_dot(x, B, K, q, scales, mins, N, y, num_threads, Q_INT4_F32);
+}
+
+/* The bytes a row of int8 activations takes (cpu_step.c's scratch holds one per row) */
+int64_t nvllm_dot_row_bytes(int64_t K) { return dot_row_bytes(K); }
 
 /* Where the int8 dot products' int32 sums come from in this build: vnni, avx2 or portable */
 const char *nvllm_int8_dot_isa(void) { return INT8_DOT_ISA; }

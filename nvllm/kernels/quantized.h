@@ -25,13 +25,9 @@
  *            weights are dequantized once into a buffer (the same floats) instead of once a tile;
  *   else:    one output feature over tiles of ROWS = 8 input rows, each block dequantized once a tile.
  *
- * `feature_int8_dot` is the int8 x int8 variant (quantization.activations=int8): each input row is
- * quantized to int8 with one scale (`quantize_row`), a block's 32 products are summed exactly in
- * int32, then scaled by the weight's and the row's scales in float32. It changes the numerics (the
- * activations are rounded to 8 bits), so it is a separate option, never the default. The int32
- * sums come from VNNI's vpdpbusd where the CPU has AVX512_VNNI (with AVX512VL) or AVX-VNNI, from
- * AVX2's vpmaddubsw + vpmaddwd elsewhere (no overflow: |q|, |x| <= 127, so a pair sums to at most
- * 2 * 128 * 127 < 2^15), and from portable C without AVX2: the same integers in every build.
+ * `features_dot` is the variant for int8 activations (quantization.activations=int8, llama.cpp's
+ * arithmetic: each block of 32 of a row's activations rounded to int8, integer dot products): see
+ * its section at the end.
  *
  * Vector code: AVX-512 widens a block's bytes 16 at a time into two 16-float vectors; else AVX2 +
  * F16C intrinsics, 8 at a time (GCC 12's __builtin_convertvector widens bytes one at a time);
@@ -271,95 +267,266 @@ static inline __attribute__((always_inline)) void features(const float *x, int64
     }
 }
 
-/* -- int8 weights x int8 activations ------------------------------------------------------------------- */
+/* -- int8 activations (quantization.activations=int8) --------------------------------------------- */
 
-/* The int32 dot products a block of 32 int8 weights makes with a row's 32 int8 activations */
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__)
+/* llama.cpp's arithmetic for its quantized files: each block of 32 of a row's activations is rounded
+ * to int8 with a scale of its own (Q8_0's: s = max |x| / 127, q = round(x / s); s kept in float32),
+ * a block's 32 products of weights (int8, or int4's 0..15) and activations are summed exactly in
+ * int32, then scaled in float32:
+ *     y = sum over blocks j of s_j * (d_j * sum_i qw_i qx_i + m_j * sum_i qx_i)    (int8: m = 0)
+ * It changes the numerics (the activations are rounded to 8 bits), so it is an option asked for by
+ * name, never the default. `quantize_dot_row` rounds a row once per matmul into the layout below;
+ * `features_dot` multiplies it by a group of output features, as `features` does float rows.
+ *
+ * The int32 sums: with AVX512_VNNI, vpdpbusd over 64 bytes: 2 blocks of int8 weights a step (the
+ * weights offset by 128 to make them unsigned, -128 d_j * sum qx_j added back) or 4 of int4 (their
+ * low nibbles, then their high ones, against the row's activations laid out to match); each lane's
+ * int32 sum scaled by its block's scales, spread over the block's lanes. Elsewhere a block at a time
+ * on 8 lanes: AVX-VNNI's vpdpbusd, or AVX2's vpmaddubsw + vpmaddwd (int8 weights' signs moved onto
+ * the activations; no overflow: a pair sums to at most 2 * 127 * 127 < 2^15), or portable C. The
+ * same integers in every build; the float sums differ in order only. */
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define DOT512 1
 #define INT8_DOT_ISA "vnni"
-#elif defined(__AVX2__)
+#elif defined(__AVX2__) && (defined(__AVXVNNI__) || defined(__AVX512VNNI__) && defined(__AVX512VL__))
+#define INT8_DOT_ISA "vnni"
+#elif defined(__AVX2__) && defined(__F16C__)
 #define INT8_DOT_ISA "avx2"
 #else
 #define INT8_DOT_ISA "portable"
 #endif
-#if defined(__AVX2__)
-typedef __m256i i8x32;
-static inline __attribute__((always_inline)) i8x32 load_i8x32(const int8_t *p)
-{
-    return _mm256_loadu_si256((const __m256i *)p);
-}
-/* 8 int32 lanes summing the 32 products w[i] * a[i]; vpdpbusd and vpmaddubsw multiply unsigned
- * bytes by signed ones, so |w| goes in the unsigned operand and w's sign onto a */
-static inline __attribute__((always_inline)) __m256i dot_block(i8x32 w, i8x32 a)
-{
-    const __m256i uw = _mm256_sign_epi8(w, w), sa = _mm256_sign_epi8(a, w);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), uw, sa);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), uw, sa);
+
+/* A row of int8 activations, `dot_row_bytes` apart: the int8 values of P blocks (the row's blocks
+ * rounded up to 4, zeros past them), then P float32 scales s_j, then P sums s_j * sum_i q_ji times
+ * DOT_SUM (the factor the kernel wants). The values are in k order, but for int4 weights with
+ * AVX512_VNNI: per 4 blocks, the 16 first values of each block, then the 16 last (the weights' low
+ * and high nibbles). */
+static inline int64_t dot_blocks(int64_t K) { return (K / BLOCK + 3) / 4 * 4; }
+static inline int64_t dot_row_bytes(int64_t K) { return dot_blocks(K) * (BLOCK + 2 * sizeof(float)); }
+#ifdef DOT512
+/* int8's sums times -128: the weights' offset */
+#define DOT_SUM(FMT) ((FMT) == Q_INT8 ? -128.f : 1.f)
+#define DOT_AT(j, i, FMT) ((FMT) == Q_INT8 ? (j) * BLOCK + (i) : (j) / 4 * 128 + (i) / 16 * 64 + (j) % 4 * 16 + (i) % 16)
 #else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(uw, sa), _mm256_set1_epi16(1));
-#endif
-}
+#define DOT_SUM(FMT) 1.f
+#define DOT_AT(j, i, FMT) ((j) * BLOCK + (i))
 #endif
 
-/* One output feature for BT input rows of int8 activations xq (row scales sx): per row, a block's
- * int32 sums times the block's scale into 8 float lanes, added up across the blocks, then across
- * the lanes and times the row's scale. */
-static inline __attribute__((always_inline)) void row_int8_dot(const int8_t *restrict xq, const float *restrict sx,
-                                                               int64_t K, const int8_t *restrict q,
-                                                               const uint16_t *restrict scales, const float *bias,
-                                                               float *restrict y, int64_t N, const int BT)
+static inline __attribute__((always_inline)) void quantize_dot_row(const float *restrict x, int64_t K,
+                                                                   int8_t *restrict out, const int FMT)
 {
-#if defined(__AVX2__)
-    __m256 acc[ROWS];
-    for (int b = 0; b < BT; ++b) acc[b] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < K / BLOCK; ++j) {
-        const i8x32 w = load_i8x32(q + j * BLOCK);
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(scales[j]));
-        for (int b = 0; b < BT; ++b)
-            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_block(w, load_i8x32(xq + b * K + j * BLOCK))), d, acc[b]);
+    const int64_t blocks = K / BLOCK, P = dot_blocks(K);
+    float *s = (float *)(out + P * BLOCK), *sums = s + P;
+    for (int64_t j = 0; j < P; ++j) {
+        int8_t q[BLOCK] = {0};
+        float amax = 0.f;
+        int32_t sum = 0;
+        if (j < blocks) {
+            for (int i = 0; i < BLOCK; ++i) amax = fmaxf(amax, fabsf(x[j * BLOCK + i]));
+            const float inv = amax > 0.f ? 127.f / amax : 0.f;
+            for (int i = 0; i < BLOCK; ++i) {
+                q[i] = (int8_t)lrintf(x[j * BLOCK + i] * inv);
+                sum += q[i];
+            }
+        }
+        for (int i = 0; i < BLOCK; ++i) out[DOT_AT(j, i, FMT)] = q[i];
+        s[j] = amax / 127.f;
+        sums[j] = s[j] * (float)sum * DOT_SUM(FMT);
     }
-    for (int b = 0; b < BT; ++b) {
-        const float s = lanes_sum((v8)acc[b], NULL) * sx[b];
-        y[b * N] = bias ? s + *bias : s;
-    }
-#else
-    float acc[ROWS];
-    for (int b = 0; b < BT; ++b) acc[b] = 0.f;
-    for (int64_t j = 0; j < K / BLOCK; ++j) {
-        const float d = f16_to_float(scales[j]);
+}
+
+#ifdef DOT512
+/* n <= 16 scales (or minimums) from j on as 16 floats, zeros past them */
+static inline __attribute__((always_inline)) __m512 scales16(const void *s, int64_t j, __mmask16 n, const int FMT)
+{
+    if (FMT == Q_INT4_F32) return _mm512_maskz_loadu_ps(n, (const float *)s + j);
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(n, (const uint16_t *)s + j));
+}
+
+/* FT output features (rows row_bytes apart) for BT rows of int8 activations (dot_row_bytes apart):
+ * per (row, feature) one 16-float sum, added up across the steps, then across its lanes. The scales
+ * are read 16 blocks at a time and spread over a step's lanes (8 a block for int8, 4 for int4) by a
+ * permutation; the minimums' terms (int8: the offset's) are added once a block, unspread. */
+static inline __attribute__((always_inline)) void dot_tile(const int8_t *restrict act, int64_t K,
+                                                           const uint8_t *restrict q, int64_t row_bytes,
+                                                           const void *restrict scales, const void *restrict mins,
+                                                           const float *bias, float *restrict y, int64_t N,
+                                                           const int BT, const int FT, const int FMT)
+{
+    const int G = FMT == Q_INT8 ? 2 : 4; /* blocks a step: 64 bytes of weights */
+    const int64_t blocks = K / BLOCK, P = dot_blocks(K), stride = dot_row_bytes(K);
+    const int64_t step = FT * row_bytes / blocks; /* the FT rows' bytes a block */
+    const __m512i first = FMT == Q_INT8 ? _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0)
+                                        : _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i low = _mm512_set1_epi8(0xf);
+    __m512 acc[TILE][FEATURES];
+    for (int b = 0; b < BT; ++b)
+        for (int f = 0; f < FT; ++f) acc[b][f] = _mm512_setzero_ps();
+    for (int64_t j0 = 0; j0 < blocks; j0 += 16) {
+        const int64_t c = blocks - j0 < 16 ? blocks - j0 : 16; /* blocks in this run of 16 */
+        const __mmask16 run = (__mmask16)((1u << c) - 1);
+        __m512 s[TILE], d[FEATURES];
         for (int b = 0; b < BT; ++b) {
-            int32_t s = 0;
-            for (int i = 0; i < BLOCK; ++i) s += (int32_t)q[j * BLOCK + i] * xq[b * K + j * BLOCK + i];
-            acc[b] += (float)s * d;
+            const float *sb = (const float *)(act + b * stride + P * BLOCK);
+            s[b] = _mm512_maskz_loadu_ps(run, sb + j0);
+        }
+        for (int f = 0; f < FT; ++f) {
+            d[f] = scales16(scales_from(scales, f * blocks, FMT), j0, run, FMT);
+            const __m512 m = FMT == Q_INT8 ? d[f] : scales16(scales_from(mins, f * blocks, FMT), j0, run, FMT);
+            for (int b = 0; b < BT; ++b) {
+                const float *sums = (const float *)(act + b * stride + P * BLOCK) + P;
+                acc[b][f] = _mm512_fmadd_ps(m, _mm512_maskz_loadu_ps(run, sums + j0), acc[b][f]);
+            }
+            if (BT == 1) d[f] = _mm512_mul_ps(d[f], s[0]); /* one row: its scales and the weights' multiplied once */
+        }
+        for (int64_t j = j0; j < j0 + c; j += G) {
+            const int64_t n = j0 + c - j < G ? j0 + c - j : G;
+            for (int64_t line = 0; line < G * step; line += 64) __builtin_prefetch(q + j * step + line + QPREFETCH);
+            const __m512i lanes = _mm512_add_epi32(first, _mm512_set1_epi32((int)(j - j0)));
+            __m512 sl[TILE];
+            for (int b = 0; b < BT && BT > 1; ++b) sl[b] = _mm512_permutexvar_ps(lanes, s[b]);
+            const __mmask64 bytes = n == G ? ~0ull : (1ull << (n * 64 / G)) - 1;
+            for (int f = 0; f < FT; ++f) {
+                const __m512i v = _mm512_maskz_loadu_epi8(bytes, q + f * row_bytes + j * 64 / G);
+                const __m512 dl = _mm512_permutexvar_ps(lanes, d[f]);
+                const __m512i w0 = FMT == Q_INT8 ? _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)) : _mm512_and_si512(v, low);
+                const __m512i w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                for (int b = 0; b < BT; ++b) {
+                    const int8_t *a = act + b * stride + j * BLOCK;
+                    __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_loadu_si512(a));
+                    if (FMT != Q_INT8) dot = _mm512_dpbusd_epi32(dot, w1, _mm512_loadu_si512(a + 64));
+                    const __m512 sums = _mm512_cvtepi32_ps(dot);
+                    acc[b][f] = _mm512_fmadd_ps(BT == 1 ? sums : _mm512_mul_ps(sums, sl[b]), dl, acc[b][f]);
+                }
+            }
         }
     }
-    for (int b = 0; b < BT; ++b) y[b * N] = bias ? acc[b] * sx[b] + *bias : acc[b] * sx[b];
-#endif
+    for (int b = 0; b < BT; ++b)
+        for (int f = 0; f < FT; ++f) {
+            const float sum = _mm512_reduce_add_ps(acc[b][f]);
+            y[b * N + f] = bias ? sum + bias[f] : sum;
+        }
 }
 
-/* feature() for int8 weights and the int8 rows xq [B, K] with their scales sx [B] */
-static inline void feature_int8_dot(const int8_t *xq, const float *sx, int64_t B, int64_t K, const int8_t *q,
-                                    const uint16_t *scales, const float *bias, float *y, int64_t N)
+static inline __attribute__((always_inline)) void dot_tiles(const int8_t *act, int64_t B, int64_t K, const uint8_t *q,
+                                                            int64_t row_bytes, const void *scales, const void *mins,
+                                                            const float *bias, float *y, int64_t N, const int FT,
+                                                            const int FMT)
 {
+    const int64_t stride = dot_row_bytes(K);
     int64_t b0 = 0;
-    for (; b0 + ROWS <= B; b0 += ROWS) row_int8_dot(xq + b0 * K, sx + b0, K, q, scales, bias, y + b0 * N, N, ROWS);
-    switch (B - b0) {
-#define REST(r) case r: row_int8_dot(xq + b0 * K, sx + b0, K, q, scales, bias, y + b0 * N, N, r); break;
-        REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
+    for (; b0 + TILE <= B; b0 += TILE)
+        dot_tile(act + b0 * stride, K, q, row_bytes, scales, mins, bias, y + b0 * N, N, TILE, FT, FMT);
+    switch (B - b0) { /* the rest, with the row count known to the compiler */
+#define REST(r) case r: dot_tile(act + b0 * stride, K, q, row_bytes, scales, mins, bias, y + b0 * N, N, r, FT, FMT); break;
+        REST(1) REST(2) REST(3)
 #undef REST
     }
 }
-
-/* One row of activations as int8 with one scale: s = max |x| / 127, q = round(x / s) in [-127, 127]
- * (s = 0 and q = 0 for a row of zeros). */
-static inline void quantize_row(const float *x, int64_t K, int8_t *q, float *s)
+#else
+#if defined(__AVX2__) && defined(__F16C__)
+/* 8 int32 lanes summing a block's 32 products of weights w (int8, or int4's 0..15) and activations a */
+static inline __attribute__((always_inline)) __m256i dot_block(__m256i w, __m256i a, const int FMT)
 {
-    float amax = 0.f;
-    for (int64_t k = 0; k < K; ++k) amax = fmaxf(amax, fabsf(x[k]));
-    *s = amax / 127.f;
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    for (int64_t k = 0; k < K; ++k) q[k] = (int8_t)lrintf(x[k] * inv);
+    if (FMT == Q_INT8) { /* vpdpbusd and vpmaddubsw take unsigned bytes times signed ones: |w| and a with w's sign */
+        a = _mm256_sign_epi8(a, w);
+        w = _mm256_sign_epi8(w, w);
+    }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, a);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1));
+#endif
+}
+#endif
+
+/* One output feature for BT rows of int8 activations, a block at a time */
+static inline __attribute__((always_inline)) void row_dot(const int8_t *restrict act, int64_t K,
+                                                          const uint8_t *restrict q, const void *restrict scales,
+                                                          const void *restrict mins, const float *bias,
+                                                          float *restrict y, int64_t N, const int BT, const int FMT)
+{
+    const int64_t P = dot_blocks(K), stride = dot_row_bytes(K);
+    float minimums[ROWS];
+#if defined(__AVX2__) && defined(__F16C__)
+    __m256 acc[ROWS];
+    for (int b = 0; b < BT; ++b) acc[b] = _mm256_setzero_ps(), minimums[b] = 0.f;
+#else
+    float acc[ROWS];
+    for (int b = 0; b < BT; ++b) acc[b] = minimums[b] = 0.f;
+#endif
+    for (int64_t j = 0; j < K / BLOCK; ++j) {
+        const float d = scale_at(scales, j, FMT), m = FMT != Q_INT8 ? scale_at(mins, j, FMT) : 0.f;
+#if defined(__AVX2__) && defined(__F16C__)
+        __m256i w;
+        if (FMT == Q_INT8)
+            w = _mm256_loadu_si256((const __m256i *)(q + j * BLOCK));
+        else {
+            const __m128i bytes = _mm_loadu_si128((const __m128i *)(q + j * BLOCK / 2)), low = _mm_set1_epi8(0xf);
+            w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low), _mm_and_si128(bytes, low));
+        }
+#endif
+        for (int b = 0; b < BT; ++b) {
+            const int8_t *a = act + b * stride;
+            const float *s = (const float *)(a + P * BLOCK);
+#if defined(__AVX2__) && defined(__F16C__)
+            const __m256i dot = dot_block(w, _mm256_loadu_si256((const __m256i *)(a + j * BLOCK)), FMT);
+            acc[b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * s[j]), acc[b]);
+#else
+            int32_t dot = 0;
+            for (int i = 0; i < BLOCK; ++i) {
+                const uint8_t byte = q[j * BLOCK / (FMT == Q_INT8 ? 1 : 2) + (FMT == Q_INT8 ? i : i % 16)];
+                const int w = FMT == Q_INT8 ? (int8_t)byte : i < 16 ? byte & 0xf : byte >> 4;
+                dot += w * a[j * BLOCK + i];
+            }
+            acc[b] += (float)dot * (d * s[j]);
+#endif
+            minimums[b] += m * s[P + j];
+        }
+    }
+    for (int b = 0; b < BT; ++b) {
+#if defined(__AVX2__) && defined(__F16C__)
+        const float sum = lanes_sum((v8)acc[b], NULL) + minimums[b];
+#else
+        const float sum = acc[b] + minimums[b];
+#endif
+        y[b * N] = bias ? sum + *bias : sum;
+    }
+}
+#endif
+
+/* features() for rows of int8 activations `act` (quantize_dot_row's, dot_row_bytes(K) apart) */
+static inline __attribute__((always_inline)) void features_dot(const int8_t *act, int64_t B, int64_t K,
+                                                               const uint8_t *q, int64_t row_bytes, const void *scales,
+                                                               const void *mins, const float *bias, float *y,
+                                                               int64_t N, int64_t count, const int FMT)
+{
+#ifdef DOT512
+    if (count == FEATURES) {
+        dot_tiles(act, B, K, q, row_bytes, scales, mins, bias, y, N, FEATURES, FMT);
+        return;
+    }
+#endif
+    const int64_t blocks = K / BLOCK, stride = dot_row_bytes(K);
+    for (int64_t f = 0; f < count; ++f) {
+        const uint8_t *qf = q + f * row_bytes;
+        const void *sf = scales_from(scales, f * blocks, FMT);
+        const void *mf = FMT != Q_INT8 ? scales_from(mins, f * blocks, FMT) : 0;
+        const float *bf = bias ? bias + f : 0;
+#ifdef DOT512
+        dot_tiles(act, B, K, qf, row_bytes, sf, mf, bf, y + f, N, 1, FMT);
+#else
+        int64_t b0 = 0;
+        for (; b0 + ROWS <= B; b0 += ROWS) row_dot(act + b0 * stride, K, qf, sf, mf, bf, y + f + b0 * N, N, ROWS, FMT);
+        switch (B - b0) {
+#define REST(r) case r: row_dot(act + b0 * stride, K, qf, sf, mf, bf, y + f + b0 * N, N, r, FMT); break;
+            REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7)
+#undef REST
+        }
+#endif
+    }
 }
 
 #endif

@@ -22,6 +22,20 @@ from typing import ClassVar
 from nvllm.errors import ConfigError
 from nvllm.models.layers.packed import GROUP
 
+# What a packed format's linear layers and LM head multiply their weights by (quantization.activations):
+# float (the activations in dtype, the weights dequantized: exact), or int8 (each block of 32 of a
+# row's activations rounded to int8 with a scale of its own, max |x| / 127, and each block's products
+# summed in int32: llama.cpp's arithmetic for its quantized files; VNNI's vpdpbusd where the CPU has
+# it). int8 changes the numerics, so it is never the default; forward=fused_cpu's C step only.
+ACTIVATIONS = ("float", "int8")
+
+
+def check_activations(config) -> None:
+    """A format Config's __post_init__: refuse an unknown quantization.activations."""
+    if config.activations not in ACTIVATIONS:
+        raise ConfigError(f"quantization.activations={config.activations!r} is not allowed: use "
+                          f"{' or '.join(ACTIVATIONS)}")
+
 
 def linear_inputs(hf_config) -> list[tuple[str, str, int, bool]]:
     """(layers, what sets their k, k, whether tp splits k) for the Llama-family linear layers: the
@@ -92,6 +106,10 @@ class QuantizationMethod:
             raise ConfigError(f"quantization={cls.name} runs with forward={' or '.join(cls.forwards)}, not "
                               f"forward={forward}, which reads weights in dtype only; use forward=auto, or "
                               f"quantization=none")
+        if getattr(config, "activations", "float") == "int8" and forward != "fused_cpu":
+            raise ConfigError(f"quantization.activations=int8 multiplies int8 activations in forward=fused_cpu's C "
+                              f"step only, not forward={forward}; use forward=fused_cpu (or auto) on a CPU, or "
+                              f"quantization.activations=float")
 
     @classmethod
     def bytes_per_weight(cls, config, dtype_bytes: int) -> float:

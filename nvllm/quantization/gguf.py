@@ -24,7 +24,7 @@ import torch
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 from nvllm.models.layers.packed import GROUP, pack_nibbles
-from nvllm.quantization.base import QuantizationMethod, linear_layers, pack_embeddings
+from nvllm.quantization.base import QuantizationMethod, check_activations, linear_layers, pack_embeddings
 
 # block type -> (the layout it maps into, bytes it is held in per 32 weights: quants, scales and minimums)
 SUPPORTED = {"Q8_0": ("int8", 34), "Q4_0": ("int4", 20), "Q4_1": ("int4", 20), "Q4_K": ("int4, float32 scales", 24)}
@@ -131,6 +131,9 @@ class GGUF(QuantizationMethod):
         # the GGUF file whose blocks the linear layers keep; null: the one *.gguf in model.path, or
         # for the embedded SmolLM2 the Q4_1 file it is converted from
         file: Optional[str] = None
+        activations: str = "float"  # float (exact), or int8 (fused_cpu: llama.cpp's arithmetic; base.py ACTIVATIONS)
+
+        __post_init__ = check_activations
 
     @classmethod
     def resolve(cls, config, model_config):

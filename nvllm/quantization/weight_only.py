@@ -2,17 +2,16 @@
 layers, a mixture of experts' router and each of its experts), per group of 32 weights along k:
 int8 symmetric (like GGUF Q8_0), int4 with a scale and a minimum (like Q4_1). The embedding table
 and the LM head are int8 in both, as llama.cpp keeps them Q8_0 in its 4-bit files too (base.py).
-Activations and sums stay in `dtype`, unless quantization.activations=int8 (int8 only):
-forward=fused_cpu then quantizes each row of activations to int8 and sums int8 x int8 products (the
-attention's and dense MLP's layers; a mixture of experts' router and experts, and the LM head, keep
-float activations)."""
+Activations and sums stay in `dtype`, unless quantization.activations=int8 (base.py ACTIVATIONS):
+forward=fused_cpu then rounds each block of 32 of the activations to int8 and sums integer products
+(the attention's and dense MLP's layers and the LM head; a mixture of experts' router and experts
+keep float activations)."""
 from dataclasses import dataclass
 
-from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
 from nvllm.models.layers.moe import FusedMoE
 from nvllm.models.layers.packed import GROUP, quantize_int4, quantize_int8
-from nvllm.quantization.base import QuantizationMethod, linear_layers, pack_embeddings
+from nvllm.quantization.base import QuantizationMethod, check_activations, linear_layers, pack_embeddings
 
 
 class WeightOnly(QuantizationMethod):
@@ -47,32 +46,16 @@ class WeightOnly(QuantizationMethod):
 
 
 class Int8(WeightOnly):
-    """Weight-only int8, symmetric per group of 32 along k (like GGUF Q8_0: 8.5 bits a weight); activations=int8: int8 x int8 products (fused_cpu)."""
+    """Weight-only int8, symmetric per group of 32 along k (like GGUF Q8_0: 8.5 bits a weight)."""
 
     name = "int8"
-    ACTIVATIONS = ("float", "int8")
 
     @dataclass
     class Config:
         name: str = "int8"
-        # what the linear layers multiply the int8 weights by: float (the activations in dtype, the
-        # weights dequantized: exact), or int8 (each row of activations rounded to int8 with one
-        # scale, max |x| / 127, and int8 x int8 products summed in int32: VNNI's vpdpbusd where the
-        # CPU has it; it changes the numerics, so it is never the default; forward=fused_cpu only)
-        activations: str = "float"
+        activations: str = "float"  # float (exact), or int8 (fused_cpu: llama.cpp's arithmetic; base.py ACTIVATIONS)
 
-        def __post_init__(self):
-            if self.activations not in Int8.ACTIVATIONS:
-                raise ConfigError(f"quantization.activations={self.activations!r} is not allowed: use "
-                                  f"{' or '.join(Int8.ACTIVATIONS)}")
-
-    @classmethod
-    def check_forward(cls, forward: str, config=None) -> None:
-        super().check_forward(forward, config)
-        if config is not None and config.activations == "int8" and forward != "fused_cpu":
-            raise ConfigError(f"quantization.activations=int8 multiplies int8 activations in forward=fused_cpu's C "
-                              f"step only, not forward={forward}; use forward=fused_cpu (or auto) on a CPU, or "
-                              f"quantization.activations=float")
+        __post_init__ = check_activations
 
 
 class Int4(WeightOnly):
@@ -85,6 +68,9 @@ class Int4(WeightOnly):
     @dataclass
     class Config:
         name: str = "int4"
+        activations: str = "float"  # float (exact), or int8 (fused_cpu: llama.cpp's arithmetic; base.py ACTIVATIONS)
+
+        __post_init__ = check_activations
 
 
 @hookimpl

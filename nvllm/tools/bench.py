@@ -30,7 +30,9 @@ or with `gguf=q8_0|q4_0|q4_1` the very file llama.cpp's quantizer wrote for the 
 the same blocks). nvllm keeps the embedding and the LM head in int8 (Q8_0's scheme) in every
 packed format, `dtype` with none; llama.cpp keeps them as its quantizer's mixture picks (each run's
 `settings.tensor_types`: Q8_0 in its q8_0, q4_0 and q4_1 files), and each run's `weight_bytes`
-says what the weights take. `--rounds 3` runs the whole plan three times,
+says what the weights take. A packed format's name with `:a8` (int8:a8, gguf=q4_0:a8) runs it with
+quantization.activations=int8: activations rounded to int8 a block of 32, as llama.cpp computes with
+its quantized files. `--rounds 3` runs the whole plan three times,
 alternating, and keeps each run's median (every round's numbers stay in the JSON).
 
     python -m nvllm.tools.bench --peers nvllm,llamacpp --llamacpp-weights f32,f16,q8_0,q4_0,q4_1 \
@@ -89,8 +91,12 @@ PACKED_LIKE = {"int8": "q8_0", "int4": "q4_1"}
 
 def nvllm_options(dtype: str, quantization: str) -> dict:
     """LLM() overrides for one nvllm run: `quantization` is a format's name, or gguf=TYPE (the file
-    llama.cpp's quantizer writes for the peer at TYPE, as quantization.file)."""
+    llama.cpp's quantizer writes for the peer at TYPE, as quantization.file), either followed by :a8
+    for quantization.activations=int8."""
     options = {"dtype": dtype} if dtype else {}
+    quantization, _, activations = quantization.partition(":")
+    if activations:
+        options["quantization.activations"] = "int8"
     name, _, weights = quantization.partition("=")
     if name != "none":
         options["quantization.name"] = name
@@ -363,7 +369,8 @@ def parse_args(argv=None):
                         help="nvllm runs, one per weight dtype: float32, bfloat16, float16 (default: one run, dtype=auto)")
     parser.add_argument("--nvllm-quantizations", default="none",
                         help="nvllm runs, one per weight format: none, int8, int4, gguf (the embedded Q4_1 file), "
-                             "gguf=q8_0|q4_0|q4_1 (the file llama.cpp's quantizer writes for the peer)")
+                             "gguf=q8_0|q4_0|q4_1 (the file llama.cpp's quantizer writes for the peer); "
+                             "any of those but none with :a8: quantization.activations=int8")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the whole plan this many times, alternating, and keep each run's median")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
@@ -383,7 +390,8 @@ def parse_args(argv=None):
     if set(args.nvllm_dtypes) - {"", "float32", "bfloat16", "float16"}:
         parser.error("--nvllm-dtypes takes float32, bfloat16 and/or float16")
     args.nvllm_quantizations = [q.strip() for q in args.nvllm_quantizations.split(",")]
-    known = {"none", "int8", "int4", "gguf", *(f"gguf={w}" for w in llamacpp.QUANTIZED_WEIGHTS)}
+    packed = {"int8", "int4", "gguf", *(f"gguf={w}" for w in llamacpp.QUANTIZED_WEIGHTS)}
+    known = {"none", *packed, *(f"{q}:a8" for q in packed)}
     if set(args.nvllm_quantizations) - known:
         parser.error(f"--nvllm-quantizations takes {', '.join(sorted(known))}")
     if any(k.split(".")[0] == "quantization" for k in args.nvllm) and args.nvllm_quantizations != ["none"]:

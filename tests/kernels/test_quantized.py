@@ -119,23 +119,41 @@ def test_every_finite_float16_scale_is_read_exactly(build):
     assert (y == scales[:, 0].float()).all()
 
 
+def quantize_activations(x: torch.Tensor) -> torch.Tensor:
+    """Each block of 32 rounded to int8 with its own scale (Q8_0's: max |x| / 127), as floats again."""
+    blocks = x.view(x.shape[0], -1, BLOCK)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    q = torch.round(blocks * torch.where(amax > 0, 127 / amax, 0)).clamp(-127, 127)
+    return (q.double() * (amax.double() / 127)).view_as(x)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8, 13])
-def test_int8_activations_equal_the_int8_rows_times_the_dequantized_weights(build, rows):
-    """activations="int8": each row of x rounded to int8 with one scale (max |x| / 127), the products
-    summed exactly in int32 (vpdpbusd, vpmaddubsw or C, as the build has them), then scaled."""
+@pytest.mark.parametrize("fmt", ["int8", "q4_1", "q4_0", "int4-float32"])
+@pytest.mark.parametrize("k", [256, 96, 576])
+def test_int8_activations_equal_the_rounded_activations_times_the_dequantized_weights(build, rows, fmt, k):
+    """activations="int8": each block of 32 of x rounded to int8 with its own scale, a block's products
+    summed exactly in int32 (vpdpbusd, vpmaddubsw or C, as the build has them), then scaled: x's
+    rounded blocks times the dequantized weights. k = 96 and 576 leave blocks past the last full step
+    of the AVX-512 kernel (2 blocks of int8 a step, 4 of int4)."""
     torch.manual_seed(rows)
-    n, k = 70, 256
+    n = 70
     w, x = torch.randn(n, k), torch.randn(rows, k) * torch.logspace(-2, 2, rows)[:, None]
-    x[0, :5] = 0  # zeros, and a row the rounding cannot widen past 127
-    q, d = quantize_int8(w)
-    amax = x.abs().amax(-1, keepdim=True)
-    xq = torch.round(x * (127 / amax)).clamp(-127, 127)
-    want = (xq.double() @ dequantize_int8(q, d).double().T) * (amax.double() / 127)
-    got = quantized.linear_int8(x, q, d, activations="int8")
+    x[0, :40] = 0  # a block of zeros, and zeros in the next
+    if fmt == "int8":
+        q, d = quantize_int8(w)
+        dequantized = dequantize_int8(q, d)
+        got = quantized.linear_int8(x, q, d, activations="int8")
+    else:
+        q, d, m = quantize_int4(w, q4_0=fmt == "q4_0")
+        if fmt == "int4-float32":
+            d, m = d.float() * 1.0001, m.float() * 0.9999  # values float16 cannot hold
+        dequantized = dequantize_int4(q, d, m)
+        got = quantized.linear_int4(x, q, d, m, activations="int8")
+    want = quantize_activations(x) @ dequantized.double().T
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
-    exact = x @ dequantize_int8(q, d).T  # what the rounding of the activations costs: a little
-    assert ((got - exact).abs().amax(-1) < 0.05 * exact.abs().amax(-1)).all()
-    assert quantized.linear_int8(torch.zeros(1, k), q, d, activations="int8").abs().max() == 0
+    exact = x @ dequantized.T  # what the rounding of the activations costs: a little
+    assert ((got - exact).abs().amax(-1) < 0.02 * exact.abs().amax(-1)).all()
+    assert quantized.linear_int8(torch.zeros(1, k), *quantize_int8(w), activations="int8").abs().max() == 0
     if build != "native":  # without AVX-512 (and no AVX-VNNI here): vpmaddubsw; without AVX2: C
         assert quantized.int8_dot_isa() == build
 

@@ -367,19 +367,21 @@ def test_int8_activations_are_a_named_option_of_the_c_step(tiny_llama_path):
         LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int8"}, forward="eager")
     with pytest.raises(ConfigError, match=r"quantization.activations='int4' is not allowed: use float or int8"):
         LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int4"})
-    with LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int8"}, max_model_len=256) as llm:
-        assert llm.engine.config.forward.name == "fused_cpu"
+    for fmt in ("int8", "int4"):
+        with LLM(tiny_llama_path, quantization={"name": fmt, "activations": "int8"}, max_model_len=256) as llm:
+            assert llm.engine.config.forward.name == "fused_cpu"
 
 
-def test_int8_activations_stay_close_to_float_activations(tiny_qwen3_path):
-    """Not exact (the activations are rounded to 8 bits): each prefill position's next-token
-    distribution stays close to the weight-only int8 step's, and mostly puts the same token first."""
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_int8_activations_stay_close_to_float_activations(tiny_qwen3_path, fmt):
+    """Not exact (the activations are rounded to 8 bits a block): each prefill position's next-token
+    distribution stays close to the weight-only step's, and mostly puts the same token first."""
     from nvllm.tools.perplexity import scored_logprobs
 
     chunk = prompts_for(512)[-1]
     logprobs = {}
     for activations in ("float", "int8"):
-        with LLM(tiny_qwen3_path, quantization={"name": "int8", "activations": activations}, forward="fused_cpu",
+        with LLM(tiny_qwen3_path, quantization={"name": fmt, "activations": activations}, forward="fused_cpu",
                  max_model_len=256, kv_cache={"block_size": 16}) as llm:
             logprobs[activations] = scored_logprobs(llm.engine, chunk)
     exact, int8 = logprobs["float"], logprobs["int8"]
@@ -400,7 +402,7 @@ def test_nvllm_run_reports_the_format_and_its_bytes(tmp_path, tiny_qwen3_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "weights 0.1 MiB (quantization=int4, linear layers and embedding packed, norms float32)" in proc.stdout, proc.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["effective_config"]["quantization"] == {"name": "int4"}
+    assert metrics["effective_config"]["quantization"] == {"name": "int4", "activations": "float"}
     assert 0 < metrics["weight_bytes"] < 0.3 * 2**20
 
 
