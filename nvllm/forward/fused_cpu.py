@@ -102,11 +102,16 @@ CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
     """[N, K] -> panels of 16 rows, k-major ([ceil(N/16), K, 16], zero rows past N): the layout
-    cpu_step.c's `linear` streams."""
+    cpu_step.c's `linear_as` streams. bfloat16: k in pairs, each row's two weights side by side
+    ([ceil(N/16), K/2, 16, 2]), so that one 32-bit lane holds both and a shift or a mask widens each."""
     n, k = weight.shape
     padded = torch.zeros(-(-n // PANEL) * PANEL, k, dtype=weight.dtype)
     padded[:n] = weight.detach()
-    return padded.view(-1, PANEL, k).transpose(1, 2).contiguous()
+    if weight.dtype != torch.bfloat16:
+        return padded.view(-1, PANEL, k).transpose(1, 2).contiguous()
+    if k % 2:
+        raise ValueError(f"a bfloat16 weight packs k in pairs, and this one has k={k}; use dtype=float16 or float32")
+    return padded.view(-1, PANEL, k // 2, 2).transpose(1, 2).contiguous()
 
 
 def decoder_mlp(layer: torch.nn.Module) -> torch.nn.Module:

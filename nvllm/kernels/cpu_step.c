@@ -122,9 +122,23 @@ static inline __attribute__((always_inline)) v8 load8(const void *p, const int F
 #endif
 }
 
+/* 8 rows' bfloat16 weights at k (odd = k % 2) from the 8 lanes at p of a k pair (see below) */
+static inline __attribute__((always_inline)) v8 pair8(const void *p, int odd)
+{
+#if defined(__AVX2__)
+    const __m256i pair = _mm256_loadu_si256((const __m256i *)p);
+    return (v8)(odd ? _mm256_and_si256(pair, _mm256_set1_epi32((int)0xffff0000u)) : _mm256_slli_epi32(pair, 16));
+#else
+    v8 w;
+    for (int i = 0; i < 8; ++i) w[i] = widen1(p, 2 * i + odd, BF16);
+    return w;
+#endif
+}
+
 /* Weights are packed once (fused_cpu.py `pack`) into panels of 16 output rows laid out k-major:
- * panel p holds w[16p + j, k] at [p][k][j], zero rows past N. A panel is one contiguous stream,
- * of 64 bytes a k in float32, 32 in a 16-bit format. */
+ * panel p holds w[16p + j, k] at [p][k][j], zero rows past N; bfloat16 at [p][k / 2][j][k % 2] (K
+ * even), so that a 32-bit lane holds a row's weights at k and k + 1 and widening each is one shift
+ * or one mask. A panel is one contiguous stream, of 64 bytes a k in float32, 32 in a 16-bit format. */
 #define PANEL 16
 /* input rows per tile, each row's 16 sums in vector registers: with AVX-512, one 16-float register
  * a row, 12 rows (a verify step's 9 rows at k = 8 read each panel once; 16 gained nothing, 24 spill);
@@ -163,7 +177,13 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
         for (int b = 0; b < BT; ++b) odd[b] = (v16){0};
         for (; k + 1 < K; k += 2) {
             __builtin_prefetch(p + k * step + PREFETCH); /* a cache line: two k */
-            const v16 w0 = load16(p + k * step, F), w1 = load16(p + (k + 1) * step, F);
+            v16 w0, w1;
+            if (F == BF16) { /* each lane: the row's weight at k in its low half, at k + 1 in its high one */
+                const __m512i pair = _mm512_loadu_si512(p + k * step);
+                w0 = (v16)_mm512_slli_epi32(pair, 16);
+                w1 = (v16)_mm512_and_si512(pair, _mm512_set1_epi32((int)0xffff0000u));
+            } else
+                w0 = load16(p + k * step, F), w1 = load16(p + (k + 1) * step, F);
             for (int b = 0; b < BT; ++b) {
                 acc[b] += x[b * K + k] * w0;
                 odd[b] += x[b * K + k + 1] * w1;
@@ -183,7 +203,11 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
     for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
     for (int64_t k = 0; k < K; ++k) {
         __builtin_prefetch(p + k * step + PREFETCH); /* never faults, even past the end */
-        const v8 w0 = load8(p + k * step, F), w1 = load8(p + k * step + step / 2, F);
+        v8 w0, w1;
+        if (F == BF16) /* k's and k + 1's weights side by side: rows 0-7 in the pair's first 32 bytes */
+            w0 = pair8(p + k / 2 * 2 * step, k % 2), w1 = pair8(p + k / 2 * 2 * step + step, k % 2);
+        else
+            w0 = load8(p + k * step, F), w1 = load8(p + k * step + step / 2, F);
         for (int b = 0; b < BT; ++b) {
             const float xk = x[b * K + k];
             acc[b][0] += xk * w0;
@@ -346,14 +370,14 @@ static inline __attribute__((always_inline)) void linear_dot(const float *x, int
                                                              const int FMT)
 {
     const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
+    quantize_dot_rows(x, B, K, act, FMT);
+    const int64_t group = dot_features(B);
 #pragma omp for schedule(static)
-    for (int64_t b = 0; b < B; ++b) quantize_dot_row(x + b * K, K, act + b * dot_row_bytes(K), FMT);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; n += FEATURES)
+    for (int64_t n = 0; n < N; n += group)
         features_dot(act, B, K, (const uint8_t *)w->data + n * row_bytes, row_bytes,
                      scales_from(w->scales, n * blocks, FMT),
                      FMT != Q_INT8 ? scales_from(w->mins, n * blocks, FMT) : NULL, bias ? bias + n : NULL, y + n,
-                     N, N - n < FEATURES ? N - n : FEATURES, FMT);
+                     N, N - n < group ? N - n : group, FMT);
 }
 
 /* y [B, N] = x [B, K] w^T (+ bias) for a weight in any format, each compiled with its format known:

@@ -58,19 +58,19 @@ static int matmul_dot(const float *x, int64_t B, int64_t K, const uint8_t *q, co
     if (!act) return -1;
 #pragma omp parallel num_threads(num_threads)
     {
+        quantize_dot_rows(x, B, K, act, FMT);
+        const int64_t group = dot_features(B);
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; ++b) quantize_dot_row(x + b * K, K, act + b * dot_row_bytes(K), FMT);
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n += FEATURES)
+        for (int64_t n = 0; n < N; n += group)
             features_dot(act, B, K, q + n * row_bytes, row_bytes, scales_from(scales, n * blocks, FMT),
                          FMT != Q_INT8 ? scales_from(mins, n * blocks, FMT) : 0, 0, y + n, N,
-                         N - n < FEATURES ? N - n : FEATURES, FMT);
+                         N - n < group ? N - n : group, FMT);
     }
     free(act);
     return 0;
 }
 
-/* The three matmuls above with each block of 32 of x's rows rounded to int8 first (quantize_dot_row):
+/* The three matmuls above with each block of 32 of x's rows rounded to int8 first (quantize_dot_rows):
  * int8 activations, quantization.activations=int8's arithmetic (fmt: 0 int8, 1 int4, 2 int4 with
  * float32 scales). Returns -1 when its scratch could not be allocated, else 0. */
 int nvllm_linear_dot(const float *x, int64_t B, int64_t K, const uint8_t *q, const void *scales, const void *mins,

@@ -38,6 +38,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 #if defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -275,7 +276,7 @@ static inline __attribute__((always_inline)) void features(const float *x, int64
  * int32, then scaled in float32:
  *     y = sum over blocks j of s_j * (d_j * sum_i qw_i qx_i + m_j * sum_i qx_i)    (int8: m = 0)
  * It changes the numerics (the activations are rounded to 8 bits), so it is an option asked for by
- * name, never the default. `quantize_dot_row` rounds a row once per matmul into the layout below;
+ * name, never the default. `quantize_dot_rows` rounds the rows once per matmul into the layout below;
  * `features_dot` multiplies it by a group of output features, as `features` does float rows.
  *
  * The int32 sums: with AVX512_VNNI, vpdpbusd over 64 bytes: 2 blocks of int8 weights a step (the
@@ -312,27 +313,36 @@ static inline int64_t dot_row_bytes(int64_t K) { return dot_blocks(K) * (BLOCK +
 #define DOT_AT(j, i, FMT) ((j) * BLOCK + (i))
 #endif
 
-static inline __attribute__((always_inline)) void quantize_dot_row(const float *restrict x, int64_t K,
-                                                                   int8_t *restrict out, const int FMT)
+/* Block j < dot_blocks(K) of a row x of K activations into its row of int8 activations `out` */
+static inline __attribute__((always_inline)) void quantize_dot_block(const float *restrict x, int64_t K, int64_t j,
+                                                                     int8_t *restrict out, const int FMT)
 {
-    const int64_t blocks = K / BLOCK, P = dot_blocks(K);
+    const int64_t P = dot_blocks(K);
     float *s = (float *)(out + P * BLOCK), *sums = s + P;
-    for (int64_t j = 0; j < P; ++j) {
-        int8_t q[BLOCK] = {0};
-        float amax = 0.f;
-        int32_t sum = 0;
-        if (j < blocks) {
-            for (int i = 0; i < BLOCK; ++i) amax = fmaxf(amax, fabsf(x[j * BLOCK + i]));
-            const float inv = amax > 0.f ? 127.f / amax : 0.f;
-            for (int i = 0; i < BLOCK; ++i) {
-                q[i] = (int8_t)lrintf(x[j * BLOCK + i] * inv);
-                sum += q[i];
-            }
+    int8_t q[BLOCK] = {0};
+    float amax = 0.f;
+    int32_t sum = 0;
+    if (j < K / BLOCK) {
+        for (int i = 0; i < BLOCK; ++i) amax = fmaxf(amax, fabsf(x[j * BLOCK + i]));
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        for (int i = 0; i < BLOCK; ++i) {
+            q[i] = (int8_t)lrintf(x[j * BLOCK + i] * inv);
+            sum += q[i];
         }
-        for (int i = 0; i < BLOCK; ++i) out[DOT_AT(j, i, FMT)] = q[i];
-        s[j] = amax / 127.f;
-        sums[j] = s[j] * (float)sum * DOT_SUM(FMT);
     }
+    for (int i = 0; i < BLOCK; ++i) out[DOT_AT(j, i, FMT)] = q[i];
+    s[j] = amax / 127.f;
+    sums[j] = s[j] * (float)sum * DOT_SUM(FMT);
+}
+
+/* The B rows of x [B, K] into rows of int8 activations (dot_row_bytes(K) apart), the blocks shared
+ * out over the threads (inside a parallel region) */
+static inline __attribute__((always_inline)) void quantize_dot_rows(const float *x, int64_t B, int64_t K, int8_t *act,
+                                                                    const int FMT)
+{
+    const int64_t P = dot_blocks(K);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < B * P; ++i) quantize_dot_block(x + i / P * K, K, i % P, act + i / P * dot_row_bytes(K), FMT);
 }
 
 #ifdef DOT512
@@ -406,6 +416,99 @@ static inline __attribute__((always_inline)) void dot_tile(const int8_t *restric
             const float sum = _mm512_reduce_add_ps(acc[b][f]);
             y[b * N + f] = bias ? sum + bias[f] : sum;
         }
+}
+
+/* From DOT_PANEL_FROM rows: DOT_PANEL output features at a time, their weights first repacked (on the
+ * stack, gathered) four k to a 32-bit lane, the features side by side ([K/4][16] lanes: int8 + 128, int4's
+ * 0..15), their scales and minimums [blocks][16] floats; then per row a block's 8 vpdpbusd sum
+ * 16 features' products over its 32 k in one register (the row's 4 activations a step broadcast),
+ * scaled once a block: a block's weights are read once for DOT_ROWS rows. */
+#define DOT_PANEL 16
+#define DOT_ROWS 12 /* rows a panel tile: their int32 and float sums, 24 of the 32 registers */
+#define DOT_PANEL_FROM 16 /* rows from which the repacking pays (below it, dot_tiles) */
+
+static inline __attribute__((always_inline)) void dot_panel_pack(const uint8_t *q, int64_t row_bytes,
+                                                                 const void *scales, const void *mins, int64_t blocks,
+                                                                 int64_t cols, uint32_t *restrict wp,
+                                                                 float *restrict dp, float *restrict mp, const int FMT)
+{
+    /* a feature's four bytes at a time, gathered across the 16 features (rows past cols: zeros) */
+    const __mmask16 real = (__mmask16)((1u << cols) - 1);
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32((int)row_bytes));
+    const __m512i low = _mm512_set1_epi8(0xf);
+    for (int64_t j = 0; j < blocks; ++j) {
+        uint32_t *out = wp + j * (BLOCK / 4) * DOT_PANEL;
+        if (FMT == Q_INT8)
+            for (int t = 0; t < BLOCK / 4; ++t) {
+                const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real, rows, q + j * BLOCK + 4 * t, 1);
+                _mm512_storeu_si512(out + t * DOT_PANEL, _mm512_maskz_xor_epi32(real, v, _mm512_set1_epi8((char)0x80)));
+            }
+        else
+            for (int t = 0; t < BLOCK / 8; ++t) { /* bytes 4t..4t+3: weights 4t.. (low nibbles) and 16 + 4t.. (high) */
+                const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real, rows, q + j * BLOCK / 2 + 4 * t, 1);
+                _mm512_storeu_si512(out + t * DOT_PANEL, _mm512_and_si512(v, low));
+                _mm512_storeu_si512(out + (t + 4) * DOT_PANEL, _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+            }
+    }
+    for (int64_t f = 0; f < DOT_PANEL; ++f) {
+        const void *sf = scales_from(scales, f * blocks, FMT), *mf = FMT != Q_INT8 ? scales_from(mins, f * blocks, FMT) : 0;
+        for (int64_t j = 0; j < blocks; ++j) {
+            dp[j * DOT_PANEL + f] = f < cols ? scale_at(sf, j, FMT) : 0.f;
+            mp[j * DOT_PANEL + f] = f >= cols ? 0.f : FMT == Q_INT8 ? dp[j * DOT_PANEL + f] : scale_at(mf, j, FMT);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void dot_panel_tile(const int8_t *restrict act, int64_t K,
+                                                                 const uint32_t *restrict wp, const float *restrict dp,
+                                                                 const float *restrict mp, const float *bias,
+                                                                 int64_t cols, float *restrict y, int64_t N,
+                                                                 const int BT, const int FMT)
+{
+    const int64_t blocks = K / BLOCK, P = dot_blocks(K), stride = dot_row_bytes(K);
+    __m512 acc[DOT_ROWS];
+    for (int b = 0; b < BT; ++b) acc[b] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < blocks; ++j) {
+        __m512i sums[DOT_ROWS];
+        for (int b = 0; b < BT; ++b) sums[b] = _mm512_setzero_si512();
+        for (int t = 0; t < BLOCK / 4; ++t) {
+            const __m512i w = _mm512_loadu_si512(wp + (j * (BLOCK / 4) + t) * DOT_PANEL);
+            const int64_t at = DOT_AT(j, 4 * t, FMT); /* the row's 4 activations these 4 k meet */
+            for (int b = 0; b < BT; ++b) {
+                int32_t four;
+                memcpy(&four, act + b * stride + at, 4);
+                sums[b] = _mm512_dpbusd_epi32(sums[b], w, _mm512_set1_epi32(four));
+            }
+        }
+        const __m512 d = _mm512_loadu_ps(dp + j * DOT_PANEL), m = _mm512_loadu_ps(mp + j * DOT_PANEL);
+        for (int b = 0; b < BT; ++b) {
+            const float *sb = (const float *)(act + b * stride + P * BLOCK);
+            const __m512 scaled = _mm512_mul_ps(d, _mm512_set1_ps(sb[j]));
+            acc[b] = _mm512_fmadd_ps(m, _mm512_set1_ps(sb[P + j]), _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[b]), scaled, acc[b]));
+        }
+    }
+    for (int b = 0; b < BT; ++b)
+        for (int64_t f = 0; f < cols; ++f) y[b * N + f] = bias ? acc[b][f] + bias[f] : acc[b][f];
+}
+
+static inline __attribute__((always_inline)) void dot_panel(const int8_t *act, int64_t B, int64_t K, const uint8_t *q,
+                                                            int64_t row_bytes, const void *scales, const void *mins,
+                                                            const float *bias, float *y, int64_t N, int64_t cols,
+                                                            const int FMT)
+{
+    const int64_t blocks = K / BLOCK, stride = dot_row_bytes(K);
+    uint32_t wp[K / 4 * DOT_PANEL];
+    float dp[blocks * DOT_PANEL], mp[blocks * DOT_PANEL];
+    dot_panel_pack(q, row_bytes, scales, mins, blocks, cols, wp, dp, mp, FMT);
+    int64_t b0 = 0;
+    for (; b0 + DOT_ROWS <= B; b0 += DOT_ROWS)
+        dot_panel_tile(act + b0 * stride, K, wp, dp, mp, bias, cols, y + b0 * N, N, DOT_ROWS, FMT);
+    switch (B - b0) { /* the rest, with the row count known to the compiler */
+#define REST(r) case r: dot_panel_tile(act + b0 * stride, K, wp, dp, mp, bias, cols, y + b0 * N, N, r, FMT); break;
+        REST(1) REST(2) REST(3) REST(4) REST(5) REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
+#undef REST
+    }
 }
 
 static inline __attribute__((always_inline)) void dot_tiles(const int8_t *act, int64_t B, int64_t K, const uint8_t *q,
@@ -497,13 +600,29 @@ static inline __attribute__((always_inline)) void row_dot(const int8_t *restrict
 }
 #endif
 
-/* features() for rows of int8 activations `act` (quantize_dot_row's, dot_row_bytes(K) apart) */
+/* Output features a call of features_dot takes for B rows (the callers share out groups of it) */
+static inline int64_t dot_features(int64_t B)
+{
+#ifdef DOT512
+    return B >= DOT_PANEL_FROM ? DOT_PANEL : FEATURES;
+#else
+    (void)B;
+    return FEATURES;
+#endif
+}
+
+/* features() for rows of int8 activations `act` (quantize_dot_rows', dot_row_bytes(K) apart), count
+ * <= dot_features(B) output features */
 static inline __attribute__((always_inline)) void features_dot(const int8_t *act, int64_t B, int64_t K,
                                                                const uint8_t *q, int64_t row_bytes, const void *scales,
                                                                const void *mins, const float *bias, float *y,
                                                                int64_t N, int64_t count, const int FMT)
 {
 #ifdef DOT512
+    if (B >= DOT_PANEL_FROM) {
+        dot_panel(act, B, K, q, row_bytes, scales, mins, bias, y, N, count, FMT);
+        return;
+    }
     if (count == FEATURES) {
         dot_tiles(act, B, K, q, row_bytes, scales, mins, bias, y, N, FEATURES, FMT);
         return;

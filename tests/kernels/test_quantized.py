@@ -127,14 +127,15 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     return (q.double() * (amax.double() / 127)).view_as(x)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 13])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 29])
 @pytest.mark.parametrize("fmt", ["int8", "q4_1", "q4_0", "int4-float32"])
 @pytest.mark.parametrize("k", [256, 96, 576])
 def test_int8_activations_equal_the_rounded_activations_times_the_dequantized_weights(build, rows, fmt, k):
     """activations="int8": each block of 32 of x rounded to int8 with its own scale, a block's products
     summed exactly in int32 (vpdpbusd, vpmaddubsw or C, as the build has them), then scaled: x's
     rounded blocks times the dequantized weights. k = 96 and 576 leave blocks past the last full step
-    of the AVX-512 kernel (2 blocks of int8 a step, 4 of int4)."""
+    of the AVX-512 kernel (2 blocks of int8 a step, 4 of int4); 29 rows take its repacked panels of
+    16 features (n = 70: a last panel of 6)."""
     torch.manual_seed(rows)
     n = 70
     w, x = torch.randn(n, k), torch.randn(rows, k) * torch.logspace(-2, 2, rows)[:, None]

@@ -391,6 +391,26 @@ def test_int8_activations_stay_close_to_float_activations(tiny_qwen3_path, fmt):
     assert (exact.argmax(-1) == int8.argmax(-1)).float().mean() >= 0.9
 
 
+@pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_K"])
+def test_int8_activations_run_a_gguf_files_blocks(block_type, tiny_llama_path, q4_k_llama_path, tmp_path):
+    """quantization=gguf with activations=int8: the file's int8, int4 and Q4_K (float32 scales) layouts
+    through the C step's integer dot products, close to the same blocks with float activations."""
+    from nvllm.tools.perplexity import scored_logprobs
+
+    path = q4_k_llama_path if block_type == "Q4_K" else tiny_llama_path
+    file = write_gguf(path, str(tmp_path / "tiny.gguf"), block_type)
+    logprobs = {}
+    for activations in ("float", "int8"):
+        with LLM(path, quantization={"name": "gguf", "file": file, "activations": activations}, max_model_len=256,
+                 kv_cache={"block_size": 16}) as llm:
+            assert llm.engine.config.forward.name == "fused_cpu"
+            logprobs[activations] = scored_logprobs(llm.engine, prompts_for(512)[-1])
+    exact, int8 = logprobs["float"], logprobs["int8"]
+    assert not torch.equal(exact, int8)
+    assert (exact.exp() * (exact - int8)).sum(-1).mean() < 0.01
+    assert (exact.argmax(-1) == int8.argmax(-1)).float().mean() >= 0.9
+
+
 def test_nvllm_run_reports_the_format_and_its_bytes(tmp_path, tiny_qwen3_path):
     import subprocess
     import sys
