@@ -352,7 +352,11 @@ def test_a_maximal_request_does_not_hold_up_a_running_stream(tmp_path, tiny_text
 
         reader = threading.Thread(target=stream)
         reader.start()
-        while len(times) < 5:
+        deadline = time.monotonic() + 300
+        while len(times) < 5:  # a stream that ends or stalls first fails here, never waits for ever
+            assert reader.is_alive() and time.monotonic() < deadline, \
+                f"the stream gave {len(times)} tokens and {'stalled' if reader.is_alive() else 'ended'}:\n" \
+                f"{server.output[-3000:]}"
             time.sleep(0.01)
         time.sleep(2.0)
         # its own pace: tokens per second over the last two seconds (a rate, not a median gap: with a

@@ -332,7 +332,8 @@ class FusedCPUForward(EagerForward):
             status = self.fn(ctypes.byref(c_model), *ptrs[:4], tables.shape[1], ptrs[4], end - start, rows.data_ptr(),
                              len(rows), work.data_ptr(), out.data_ptr(), torch.get_num_threads())
             if status != 0:
-                raise MemoryError("forward=fused_cpu: the step could not allocate its attention scores")
+                raise MemoryError("forward=fused_cpu: a thread of the step could not allocate its scratch (attention "
+                                  "scores, a dequantized weight panel)")
         return logits
 
     def _every_row(self, n: int) -> torch.Tensor:

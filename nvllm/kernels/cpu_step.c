@@ -18,7 +18,8 @@
  * Weights (the packed matmul panels and the embedding table) are float32, bfloat16 or float16
  * (Model.weights); norms, biases, rotary table and KV cache are always float32. A layer's matmul
  * weight may instead be quantized (Weight.format: quantization=int8, int4, gguf), read in its own
- * row-major layout by quantized.h's kernels, which dequantize it in registers; with those formats
+ * row-major layout by quantized.h's kernels, which dequantize it in registers (at many rows, a panel
+ * at a time into float32 for `tile`: linear_rows); with those formats
  * the embedding table and the LM head are INT8 rows (one copy when tied). A 16-bit weight is
  * widened to float32 in registers as it is loaded (bfloat16: a 16-bit shift; float16: F16C's
  * vcvtph2ps), both exact, and multiplied and summed in float32: the arithmetic is the float32
@@ -221,6 +222,24 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
 #endif
 }
 
+/* rows x [rows, K] times one packed panel of format F (+ bias) into cols columns of y (row stride ld),
+ * SEQS rows a tile */
+static inline __attribute__((always_inline)) void panel_rows(const float *x, int64_t rows, int64_t K, const void *panel,
+                                                             const float *bias, int64_t cols, float *y, int64_t ld,
+                                                             const int F)
+{
+    int64_t b0 = 0;
+    for (; b0 + SEQS <= rows; b0 += SEQS) tile(x + b0 * K, K, panel, bias, cols, y + b0 * ld, ld, SEQS, F);
+    switch (rows - b0) { /* the rest, with the row count known to the compiler */
+#define REST(r) case r: tile(x + b0 * K, K, panel, bias, cols, y + b0 * ld, ld, r, F); break;
+        REST(1) REST(2) REST(3) REST(4) REST(5)
+#if SEQS > 6
+        REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
+#endif
+#undef REST
+    }
+}
+
 /* y [B, N] = x [B, K] w[N, K]^T (+ bias) from the packed panels of format F, shared out over the
  * threads in contiguous runs, each panel read once from memory for all B rows (SEQS at a time). */
 static inline __attribute__((always_inline)) void linear_as(const float *x, int64_t B, int64_t K, const void *w,
@@ -230,27 +249,114 @@ static inline __attribute__((always_inline)) void linear_as(const float *x, int6
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
-        const void *panel = (const char *)w + n0 * K * (F == F32 ? 4 : 2);
-        const float *bn = bias ? bias + n0 : NULL;
-        int64_t b0 = 0;
-        for (; b0 + SEQS <= B; b0 += SEQS) tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, SEQS, F);
-        switch (B - b0) { /* the rest, with the row count known to the compiler */
-#define REST(n) case n: tile(x + b0 * K, K, panel, bn, cols, y + b0 * N + n0, N, n, F); break;
-            REST(1) REST(2) REST(3) REST(4) REST(5)
-#if SEQS > 6
-            REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
-#endif
-#undef REST
-        }
+        panel_rows(x, B, K, (const char *)w + n0 * K * (F == F32 ? 4 : 2), bias ? bias + n0 : NULL, cols, y + n0, N, F);
     }
 }
 
+#ifdef __AVX512F__
+/* r[i] = column i of the 16 x 16 floats whose row f is r[f] */
+static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) { /* per 128-bit lane: rows i, i + 1 interleaved */
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) { /* r[i + c]'s lane L: rows i .. i + 3 of column 4L + c */
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int c = 0; c < 4; ++c) { /* gather lane L of r[c], r[4 + c], r[8 + c], r[12 + c]: column 4L + c */
+        const __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), b = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        const __m512 a2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88),
+                     b2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+        t[c] = _mm512_shuffle_f32x4(a, a2, 0x88);
+        t[8 + c] = _mm512_shuffle_f32x4(a, a2, 0xdd);
+        t[4 + c] = _mm512_shuffle_f32x4(b, b2, 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(b, b2, 0xdd);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+#endif
+
+/* cols <= PANEL quantized rows of layout FMT (q, scales and mins at the first one's) as one float32
+ * panel (`pack`'s layout: out[k][j], zeros past cols): the same floats `dequantize` gives */
+static inline __attribute__((always_inline)) void dequantize_panel(const uint8_t *q, int64_t row_bytes,
+                                                                   const void *scales, const void *mins, int64_t K,
+                                                                   int64_t cols, float *restrict out, const int FMT)
+{
+    const int64_t blocks = K / BLOCK;
+#ifdef __AVX512F__
+    for (int64_t j = 0; j < blocks; ++j) {
+        __m512 r[2][PANEL];
+        for (int f = 0; f < PANEL; ++f) {
+            __m512 w[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+            if (f < cols)
+                dequantize16(q + f * row_bytes, scales_from(scales, f * blocks, FMT),
+                             FMT != Q_INT8 ? scales_from(mins, f * blocks, FMT) : 0, j, w, FMT);
+            r[0][f] = w[0], r[1][f] = w[1];
+        }
+        for (int h = 0; h < 2; ++h) {
+            transpose16(r[h]);
+            for (int i = 0; i < 16; ++i) _mm512_storeu_ps(out + (j * BLOCK + 16 * h + i) * PANEL, r[h][i]);
+        }
+    }
+#else
+    for (int64_t f = 0; f < PANEL; ++f)
+        for (int64_t j = 0; j < blocks; ++j) {
+            v8 w[4] = {{0}};
+            if (f < cols)
+                dequantize(q + f * row_bytes, scales_from(scales, f * blocks, FMT),
+                           FMT != Q_INT8 ? scales_from(mins, f * blocks, FMT) : 0, j, w, FMT);
+            for (int i = 0; i < BLOCK; ++i) out[(j * BLOCK + i) * PANEL + f] = w[i / 8][i % 8];
+        }
+#endif
+}
+
+/* From this many rows on, linear_rows dequantizes a panel of weights once into the thread's
+ * scratch and runs the float32 tiles over it: there the multiply-adds bound the step rather than
+ * the weights' bytes, and `tile` spends fewer instructions on them than quantized.h's kernels;
+ * below it, dequantizing a panel costs more than it saves. */
+#define DEQUANTIZED_ROWS 16
+
+/* Whether a weight is quantized rows (linear_rows), and whether a model has any: only then does a
+ * step of DEQUANTIZED_ROWS rows or more give each thread a panel's scratch. */
+static inline int is_rows(const Weight *w)
+{
+    return w->format == INT8 || w->format == INT4 || w->format == INT4_F32;
+}
+
+static int has_rows(const Model *m)
+{
+    for (int64_t l = 0; l < m->num_layers; ++l) {
+        const Layer *L = m->layers + l;
+        if (is_rows(&L->qkv) || is_rows(&L->o) || is_rows(&L->gate_up) || is_rows(&L->down)) return 1;
+    }
+    return is_rows(&m->lm_head);
+}
+
 /* linear_any for quantized rows in layout FMT (a constant where it is called, so each layout gets its
- * own compiled loop): FEATURES output features at a time, the threads sharing them out */
+ * own compiled loop): FEATURES output features at a time, the threads sharing them out; or with
+ * DEQUANTIZED_ROWS rows or more and a thread's scratch `panel` (PANEL * K floats), a panel at a time.
+ * Every thread takes the same branch, so meets the same `omp for`: `panel` is NULL in all of them or
+ * set in all of them (a thread that could not allocate it fails the whole step before any matmul). */
 static inline __attribute__((always_inline)) void linear_rows(const float *x, int64_t B, int64_t K, const Weight *w,
-                                                              const float *bias, int64_t N, float *y, const int FMT)
+                                                              const float *bias, int64_t N, float *y, float *panel,
+                                                              const int FMT)
 {
     const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
+    if (panel && B >= DEQUANTIZED_ROWS) {
+#pragma omp for schedule(static)
+        for (int64_t n0 = 0; n0 < N; n0 += PANEL) {
+            const int64_t cols = N - n0 < PANEL ? N - n0 : PANEL;
+            dequantize_panel((const uint8_t *)w->data + n0 * row_bytes, row_bytes, scales_from(w->scales, n0 * blocks, FMT),
+                             FMT != Q_INT8 ? scales_from(w->mins, n0 * blocks, FMT) : NULL, K, cols, panel, FMT);
+            panel_rows(x, B, K, panel, bias ? bias + n0 : NULL, cols, y + n0, N, F32);
+        }
+        return;
+    }
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n += FEATURES)
         features(x, B, K, (const uint8_t *)w->data + n * row_bytes, row_bytes, scales_from(w->scales, n * blocks, FMT),
@@ -279,15 +385,15 @@ static inline __attribute__((always_inline)) void linear_dot(const float *x, int
  * time, the threads sharing out the features (the *_DOT formats: x's rows rounded to int8 first, into
  * `act`, dot_row_bytes(K) a row). */
 static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, const float *bias,
-                       int64_t N, float *y, int8_t *act)
+                       int64_t N, float *y, int8_t *act, float *panel)
 {
 #ifdef SKIP_LINEAR
     return;
 #endif
     switch (w->format) {
-    case INT8: linear_rows(x, B, K, w, bias, N, y, Q_INT8); break;
-    case INT4: linear_rows(x, B, K, w, bias, N, y, Q_INT4); break;
-    case INT4_F32: linear_rows(x, B, K, w, bias, N, y, Q_INT4_F32); break;
+    case INT8: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT8); break;
+    case INT4: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT4); break;
+    case INT4_F32: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT4_F32); break;
     case INT8_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT8); break;
     case INT4_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT4); break;
     case INT4_F32_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT4_F32); break;
@@ -396,7 +502,7 @@ static __attribute__((noinline)) void prepare_head(const Model *m, const Layer *
  * per prompt token, all of whose K/V are stored before any row attends. Rows may come in several
  * calls (a long prefill in chunks): a later call reads the earlier rows' K/V from the cache.
  * logits: [num_logits, vocab] for rows logit_rows. work: fused_cpu.py sizes it.
- * Returns 0, or -1 when a thread's attention scratch could not be allocated. */
+ * Returns 0, or -1 when a thread's scratch (attention's, a dequantized panel) could not be allocated. */
 int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *positions, const int64_t *slots,
                      const int32_t *block_tables, int64_t table_width, const int32_t *context_lens, int64_t B,
                      const int64_t *logit_rows, int64_t num_logits, float *work, float *logits, int num_threads)
@@ -412,12 +518,17 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
      * head's item also prepares its heads (no other row reads its K/V, so none wait to be stored) */
     const int one = B == 1;
     int failed = 0;
+    const int64_t widest = H > NQ ? (H > I ? H : I) : (NQ > I ? NQ : I);
+    const int dequantizes = B >= DEQUANTIZED_ROWS && has_rows(m);
 
 #pragma omp parallel num_threads(num_threads)
     {
         float *scores = score_scratch(scratch + (one ? 2 * H + I : 0), &failed);
         float *own_residual = scores + scratch, *own_x = own_residual + H, *own_act = own_x + H;
         float *res = one ? own_residual : residual, *xs = one ? own_x : x; /* the residual and x this thread reads */
+        /* a panel of dequantized weights (linear_rows) for the widest K: a size set by the model alone,
+         * whatever the rows; the same choice in every thread */
+        float *panel = dequantizes ? score_scratch(PANEL * widest, &failed) : NULL;
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) embed_row(m, ids[b], h + b * H);
         /* the implicit barrier above also makes `failed` seen by all */
@@ -428,7 +539,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                     add_norm_row(h, res, L->input_norm, m, l == 0, xs);
                 else
                     add_norm(h, residual, L->input_norm, m, B, l == 0, x);
-                linear_any(xs, B, H, &L->qkv, L->qkv_bias, QKV, qkv, act8);
+                linear_any(xs, B, H, &L->qkv, L->qkv_bias, QKV, qkv, act8, panel);
                 if (one) {
                     /* per KV head: its heads prepared (prepare_head), then its attention */
                     const int64_t group = m->num_heads / m->num_kv_heads;
@@ -448,7 +559,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                     paged_attention(q, L->k_cache, L->v_cache, block_tables, table_width, context_lens, B,
                                     m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
                 }
-                linear_any(attn, B, NQ, &L->o, L->o_bias, H, h, act8);
+                linear_any(attn, B, NQ, &L->o, L->o_bias, H, h, act8, panel);
                 if (one)
                     add_norm_row(h, res, L->post_norm, m, 0, xs);
                 else
@@ -457,28 +568,29 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                     moe_mlp(m, L->moe, xs, B, q + B * NQ, h);
                     continue;
                 }
-                linear_any(xs, B, H, &L->gate_up, L->gate_up_bias, 2 * I, gate_up, act8);
+                linear_any(xs, B, H, &L->gate_up, L->gate_up_bias, 2 * I, gate_up, act8, panel);
                 if (one)
                     silu_row(gate_up, I, own_act);
                 else {
 #pragma omp for schedule(static)
                     for (int64_t b = 0; b < B; ++b) silu_row(gate_up + b * 2 * I, I, act + b * I);
                 }
-                linear_any(one ? own_act : act, B, I, &L->down, L->down_bias, H, h, act8);
+                linear_any(one ? own_act : act, B, I, &L->down, L->down_bias, H, h, act8, panel);
             }
             if (one) {
                 add_norm_row(h, res, m->norm, m, 0, xs);
-                linear_any(xs, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8); /* row 0, or none */
+                linear_any(xs, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8, panel); /* row 0, or none */
             } else {
                 add_norm(h, residual, m->norm, m, B, 0, x);
                 /* logits only for the rows that are sampled (a prompt's last token), gathered into h */
 #pragma omp for schedule(static)
                 for (int64_t i = 0; i < num_logits; ++i)
                     memcpy(h + i * H, x + logit_rows[i] * H, sizeof(float) * (size_t)H);
-                linear_any(h, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8);
+                linear_any(h, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8, panel);
             }
         }
         free(scores);
+        free(panel);
     }
     return failed ? -1 : 0;
 }

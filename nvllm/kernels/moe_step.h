@@ -57,22 +57,6 @@ static void route_row(const float *logits, int64_t E, int64_t k, int64_t renorma
     }
 }
 
-/* rows x [rows, K] times one packed panel of format F into cols columns of y (row stride ld): linear_as's tiles */
-static inline __attribute__((always_inline)) void panel_rows(const float *x, int64_t rows, int64_t K, const void *panel,
-                                                             int64_t cols, float *y, int64_t ld, const int F)
-{
-    int64_t b0 = 0;
-    for (; b0 + SEQS <= rows; b0 += SEQS) tile(x + b0 * K, K, panel, NULL, cols, y + b0 * ld, ld, SEQS, F);
-    switch (rows - b0) {
-#define REST(r) case r: tile(x + b0 * K, K, panel, NULL, cols, y + b0 * ld, ld, r, F); break;
-        REST(1) REST(2) REST(3) REST(4) REST(5)
-#if SEQS > 6
-        REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
-#endif
-#undef REST
-    }
-}
-
 /* rows x [rows, K] times the output features n0 .. n0 + cols - 1 (cols <= PANEL) of one expert's
  * weight of format F (data w; quantized: scales s and INT4's mins mn) into y (row stride ld) */
 static inline __attribute__((always_inline)) void expert_cols(const float *x, int64_t rows, int64_t K, const char *w,
@@ -87,7 +71,7 @@ static inline __attribute__((always_inline)) void expert_cols(const float *x, in
                      cols - f < FEATURES ? cols - f : FEATURES, F == INT4 ? Q_INT4 : Q_INT8);
         return;
     }
-    panel_rows(x, rows, K, w + n0 * K * (F == F32 ? 4 : 2), cols, y, ld, F);
+    panel_rows(x, rows, K, w + n0 * K * (F == F32 ? 4 : 2), NULL, cols, y, ld, F);
 }
 
 /* For each expert x in used[0..n), its rows [start[x], start[x + 1]) of xs [., K] times its
@@ -151,7 +135,7 @@ static void moe_mlp(const Model *m, const struct MoeLayer *e, const float *x, in
     float *xs = (float *)(used + E + 1), *gu = xs + R * H, *act = gu + R * 2 * I;
     float *ys = xs; /* the grouped rows are read only by the gate|up matmuls, which all run before the down ones */
 
-    linear_any(x, B, H, &e->gate, NULL, E, logits, NULL);
+    linear_any(x, B, H, &e->gate, NULL, E, logits, NULL, NULL);
 #pragma omp single
     { /* route each row; group the (row, choice) pairs by expert: start[ex] = expert ex's first grouped
        * row, slot[r] = pair r's row, used[0..used[E]) = the experts with rows; then gather the rows */

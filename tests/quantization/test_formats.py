@@ -107,6 +107,29 @@ def test_greedy_equals_transformers_on_the_round_tripped_weights(fmt, arch, forw
     assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
 
 
+@pytest.mark.parametrize("isa", [None, "avx2"], ids=["native", "avx2"])
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_the_c_step_at_many_rows_a_step_equals_transformers(fmt, isa, tiny_llama_path, tmp_path, monkeypatch):
+    """20 sequences at once: every decode step has 20 rows and the prefill 20 rows of logits, so the C
+    step multiplies every layer, the LM head included, a dequantized panel at a time (16 rows or more:
+    cpu_step.c linear_rows), also as built without AVX-512; the tokens are transformers' still."""
+    from nvllm.forward import fused_cpu
+
+    reference = round_tripped(tiny_llama_path, tmp_path / "round-trip", fmt)
+    rng = random.Random(2)
+    vocab = json.loads((Path(tiny_llama_path) / "config.json").read_text())["vocab_size"]
+    prompts = [[rng.randrange(vocab) for _ in range(1 + 3 * i)] for i in range(20)]
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f" if isa else "")
+    fused_cpu.kernel.cache_clear()
+    try:
+        assert isa is None or fused_cpu.isa() == isa
+        got, engine = nvllm_greedy(tiny_llama_path, prompts, quantization=fmt, forward="fused_cpu")
+    finally:
+        fused_cpu.kernel.cache_clear()
+    assert engine.config.forward.name == "fused_cpu"
+    assert got == hf_greedy(reference, prompts, GREEDY.max_tokens)
+
+
 @pytest.mark.parametrize("forward", [None, *FORWARDS])
 @pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_1"])
 def test_gguf_greedy_equals_transformers_on_gguf_dequantized_weights(block_type, forward, tiny_llama_path, tmp_path):
