@@ -367,10 +367,14 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, in
 /* linear_rows with x's rows rounded to int8 first, into `act` (dot_row_bytes(K) a row) */
 static inline __attribute__((always_inline)) void linear_dot(const float *x, int64_t B, int64_t K, const Weight *w,
                                                              const float *bias, int64_t N, float *y, int8_t *act,
-                                                             const int FMT)
+                                                             int own, const int FMT)
 {
     const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
-    quantize_dot_rows(x, B, K, act, FMT);
+    if (own) /* `act` is this thread's: it rounds the row itself rather than wait at a barrier */
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t j = 0; j < dot_blocks(K); ++j) quantize_dot_block(x + b * K, K, j, act + b * dot_row_bytes(K), FMT);
+    else
+        quantize_dot_rows(x, B, K, act, FMT);
     const int64_t group = dot_features(B);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n += group)
@@ -383,9 +387,9 @@ static inline __attribute__((always_inline)) void linear_dot(const float *x, int
 /* y [B, N] = x [B, K] w^T (+ bias) for a weight in any format, each compiled with its format known:
  * the packed panels (linear_as), or the quantized rows (quantized.h), FEATURES output features at a
  * time, the threads sharing out the features (the *_DOT formats: x's rows rounded to int8 first, into
- * `act`, dot_row_bytes(K) a row). */
+ * `act`, dot_row_bytes(K) a row: shared, or with `own` this thread's, every thread given the same x). */
 static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, const float *bias,
-                       int64_t N, float *y, int8_t *act, float *panel)
+                       int64_t N, float *y, int8_t *act, int own, float *panel)
 {
 #ifdef SKIP_LINEAR
     return;
@@ -394,9 +398,9 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     case INT8: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT8); break;
     case INT4: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT4); break;
     case INT4_F32: linear_rows(x, B, K, w, bias, N, y, panel, Q_INT4_F32); break;
-    case INT8_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT8); break;
-    case INT4_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT4); break;
-    case INT4_F32_DOT: linear_dot(x, B, K, w, bias, N, y, act, Q_INT4_F32); break;
+    case INT8_DOT: linear_dot(x, B, K, w, bias, N, y, act, own, Q_INT8); break;
+    case INT4_DOT: linear_dot(x, B, K, w, bias, N, y, act, own, Q_INT4); break;
+    case INT4_F32_DOT: linear_dot(x, B, K, w, bias, N, y, act, own, Q_INT4_F32); break;
     case BF16: linear_as(x, B, K, w->data, bias, N, y, BF16); break;
     case F16: linear_as(x, B, K, w->data, bias, N, y, F16); break;
     default: linear_as(x, B, K, w->data, bias, N, y, F32);
@@ -523,8 +527,9 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
 
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = score_scratch(scratch + (one ? 2 * H + I : 0), &failed);
+        float *scores = score_scratch(scratch + (one ? 2 * H + I + dot_row_bytes(widest) / 4 + 1 : 0), &failed);
         float *own_residual = scores + scratch, *own_x = own_residual + H, *own_act = own_x + H;
+        int8_t *acts = one ? (int8_t *)(own_act + I) : act8; /* its int8 activations (linear_any) */
         float *res = one ? own_residual : residual, *xs = one ? own_x : x; /* the residual and x this thread reads */
         /* a panel of dequantized weights (linear_rows) for the widest K: a size set by the model alone,
          * whatever the rows; the same choice in every thread */
@@ -539,7 +544,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                     add_norm_row(h, res, L->input_norm, m, l == 0, xs);
                 else
                     add_norm(h, residual, L->input_norm, m, B, l == 0, x);
-                linear_any(xs, B, H, &L->qkv, L->qkv_bias, QKV, qkv, act8, panel);
+                linear_any(xs, B, H, &L->qkv, L->qkv_bias, QKV, qkv, acts, one, panel);
                 if (one) {
                     /* per KV head: its heads prepared (prepare_head), then its attention */
                     const int64_t group = m->num_heads / m->num_kv_heads;
@@ -559,7 +564,7 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                     paged_attention(q, L->k_cache, L->v_cache, block_tables, table_width, context_lens, B,
                                     m->num_heads, m->num_kv_heads, D, m->block_size, m->scale, attn, scores);
                 }
-                linear_any(attn, B, NQ, &L->o, L->o_bias, H, h, act8, panel);
+                linear_any(attn, B, NQ, &L->o, L->o_bias, H, h, acts, one, panel);
                 if (one)
                     add_norm_row(h, res, L->post_norm, m, 0, xs);
                 else
@@ -568,25 +573,25 @@ int nvllm_llama_step(const Model *m, const int64_t *ids, const int64_t *position
                     moe_mlp(m, L->moe, xs, B, q + B * NQ, h);
                     continue;
                 }
-                linear_any(xs, B, H, &L->gate_up, L->gate_up_bias, 2 * I, gate_up, act8, panel);
+                linear_any(xs, B, H, &L->gate_up, L->gate_up_bias, 2 * I, gate_up, acts, one, panel);
                 if (one)
                     silu_row(gate_up, I, own_act);
                 else {
 #pragma omp for schedule(static)
                     for (int64_t b = 0; b < B; ++b) silu_row(gate_up + b * 2 * I, I, act + b * I);
                 }
-                linear_any(one ? own_act : act, B, I, &L->down, L->down_bias, H, h, act8, panel);
+                linear_any(one ? own_act : act, B, I, &L->down, L->down_bias, H, h, acts, one, panel);
             }
             if (one) {
                 add_norm_row(h, res, m->norm, m, 0, xs);
-                linear_any(xs, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8, panel); /* row 0, or none */
+                linear_any(xs, num_logits, H, &m->lm_head, NULL, m->vocab, logits, acts, 1, panel); /* row 0, or none */
             } else {
                 add_norm(h, residual, m->norm, m, B, 0, x);
                 /* logits only for the rows that are sampled (a prompt's last token), gathered into h */
 #pragma omp for schedule(static)
                 for (int64_t i = 0; i < num_logits; ++i)
                     memcpy(h + i * H, x + logit_rows[i] * H, sizeof(float) * (size_t)H);
-                linear_any(h, num_logits, H, &m->lm_head, NULL, m->vocab, logits, act8, panel);
+                linear_any(h, num_logits, H, &m->lm_head, NULL, m->vocab, logits, acts, 0, panel);
             }
         }
         free(scores);

@@ -135,7 +135,7 @@ static void moe_mlp(const Model *m, const struct MoeLayer *e, const float *x, in
     float *xs = (float *)(used + E + 1), *gu = xs + R * H, *act = gu + R * 2 * I;
     float *ys = xs; /* the grouped rows are read only by the gate|up matmuls, which all run before the down ones */
 
-    linear_any(x, B, H, &e->gate, NULL, E, logits, NULL, NULL);
+    linear_any(x, B, H, &e->gate, NULL, E, logits, NULL, 0, NULL);
 #pragma omp single
     { /* route each row; group the (row, choice) pairs by expert: start[ex] = expert ex's first grouped
        * row, slot[r] = pair r's row, used[0..used[E]) = the experts with rows; then gather the rows */

@@ -391,6 +391,23 @@ def test_int8_activations_stay_close_to_float_activations(tiny_qwen3_path, fmt):
     assert (exact.argmax(-1) == int8.argmax(-1)).float().mean() >= 0.9
 
 
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_int8_activations_of_a_lone_sequence_equal_its_row_in_a_batch(tiny_qwen3_path, fmt):
+    """A single sequence's decode step rounds its activations in each thread (no barrier); in a batch
+    the threads share the rounding out. The decode step's distribution is the same either way (up to
+    the order of the float sums)."""
+    prompts = prompts_for(512)[:3]
+    sp = SamplingParams(temperature=0, max_tokens=2, logprobs=5)
+    with LLM(tiny_qwen3_path, quantization={"name": fmt, "activations": "int8"}, max_model_len=256) as llm:
+        alone = llm.generate([{"prompt_token_ids": prompts[0]}], sp)[0].outputs[0]
+        batched = llm.generate([{"prompt_token_ids": p} for p in prompts], sp)[0].outputs[0]
+    assert alone.token_ids == batched.token_ids
+    step = alone.logprobs[1]  # the decode step's (the first token came from the prefill)
+    assert step.keys() == batched.logprobs[1].keys()
+    for token, logprob in step.items():
+        assert abs(logprob.logprob - batched.logprobs[1][token].logprob) < 1e-4
+
+
 @pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_K"])
 def test_int8_activations_run_a_gguf_files_blocks(block_type, tiny_llama_path, q4_k_llama_path, tmp_path):
     """quantization=gguf with activations=int8: the file's int8, int4 and Q4_K (float32 scales) layouts
