@@ -370,11 +370,7 @@ static inline __attribute__((always_inline)) void linear_dot(const float *x, int
                                                              int own, const int FMT)
 {
     const int64_t blocks = K / BLOCK, row_bytes = FMT == Q_INT8 ? K : K / 2;
-    if (own) /* `act` is this thread's: it rounds the row itself rather than wait at a barrier */
-        for (int64_t b = 0; b < B; ++b)
-            for (int64_t j = 0; j < dot_blocks(K); ++j) quantize_dot_block(x + b * K, K, j, act + b * dot_row_bytes(K), FMT);
-    else
-        quantize_dot_rows(x, B, K, act, FMT);
+    quantize_dot_rows(x, B, K, act, own, FMT); /* own: `act` is this thread's, it rounds the row itself */
     const int64_t group = dot_features(B);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n += group)

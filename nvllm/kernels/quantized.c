@@ -58,7 +58,7 @@ static int matmul_dot(const float *x, int64_t B, int64_t K, const uint8_t *q, co
     if (!act) return -1;
 #pragma omp parallel num_threads(num_threads)
     {
-        quantize_dot_rows(x, B, K, act, FMT);
+        quantize_dot_rows(x, B, K, act, 0, FMT);
         const int64_t group = dot_features(B);
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n += group)

@@ -336,11 +336,16 @@ static inline __attribute__((always_inline)) void quantize_dot_block(const float
 }
 
 /* The B rows of x [B, K] into rows of int8 activations (dot_row_bytes(K) apart), the blocks shared
- * out over the threads (inside a parallel region) */
+ * out over the threads (inside a parallel region), or with `own` (act this thread's alone) all
+ * rounded by this thread, no barrier */
 static inline __attribute__((always_inline)) void quantize_dot_rows(const float *x, int64_t B, int64_t K, int8_t *act,
-                                                                    const int FMT)
+                                                                    int own, const int FMT)
 {
     const int64_t P = dot_blocks(K);
+    if (own) {
+        for (int64_t i = 0; i < B * P; ++i) quantize_dot_block(x + i / P * K, K, i % P, act + i / P * dot_row_bytes(K), FMT);
+        return;
+    }
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < B * P; ++i) quantize_dot_block(x + i / P * K, K, i % P, act + i / P * dot_row_bytes(K), FMT);
 }
