@@ -313,15 +313,30 @@ static inline int64_t dot_row_bytes(int64_t K) { return dot_blocks(K) * (BLOCK +
 #define DOT_AT(j, i, FMT) ((j) * BLOCK + (i))
 #endif
 
-/* Block j < dot_blocks(K) of a row x of K activations into its row of int8 activations `out` */
+/* Block j < dot_blocks(K) of a row x of K activations into its row of int8 activations `out`
+ * (AVX-512: the same values, 16 lanes at a time: lrintf and vcvtps2dq both round to nearest even) */
 static inline __attribute__((always_inline)) void quantize_dot_block(const float *restrict x, int64_t K, int64_t j,
                                                                      int8_t *restrict out, const int FMT)
 {
     const int64_t P = dot_blocks(K);
     float *s = (float *)(out + P * BLOCK), *sums = s + P;
-    int8_t q[BLOCK] = {0};
     float amax = 0.f;
     int32_t sum = 0;
+#ifdef __AVX512F__
+    __m128i q[2] = {_mm_setzero_si128(), _mm_setzero_si128()}; /* values 0-15 and 16-31 */
+    if (j < K / BLOCK) {
+        const __m512 a = _mm512_loadu_ps(x + j * BLOCK), b = _mm512_loadu_ps(x + j * BLOCK + 16);
+        amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        const __m512 inv = _mm512_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inv));
+        sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+        q[0] = _mm512_cvtepi32_epi8(qa);
+        q[1] = _mm512_cvtepi32_epi8(qb);
+    }
+    _mm_storeu_si128((__m128i *)(out + DOT_AT(j, 0, FMT)), q[0]); /* (16 values in a row in either layout) */
+    _mm_storeu_si128((__m128i *)(out + DOT_AT(j, 16, FMT)), q[1]);
+#else
+    int8_t q[BLOCK] = {0};
     if (j < K / BLOCK) {
         for (int i = 0; i < BLOCK; ++i) amax = fmaxf(amax, fabsf(x[j * BLOCK + i]));
         const float inv = amax > 0.f ? 127.f / amax : 0.f;
@@ -331,6 +346,7 @@ static inline __attribute__((always_inline)) void quantize_dot_block(const float
         }
     }
     for (int i = 0; i < BLOCK; ++i) out[DOT_AT(j, i, FMT)] = q[i];
+#endif
     s[j] = amax / 127.f;
     sums[j] = s[j] * (float)sum * DOT_SUM(FMT);
 }
@@ -341,13 +357,15 @@ static inline __attribute__((always_inline)) void quantize_dot_block(const float
 static inline __attribute__((always_inline)) void quantize_dot_rows(const float *x, int64_t B, int64_t K, int8_t *act,
                                                                     int own, const int FMT)
 {
-    const int64_t P = dot_blocks(K);
+    const int64_t P = dot_blocks(K), stride = dot_row_bytes(K);
     if (own) {
-        for (int64_t i = 0; i < B * P; ++i) quantize_dot_block(x + i / P * K, K, i % P, act + i / P * dot_row_bytes(K), FMT);
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t j = 0; j < P; ++j) quantize_dot_block(x + b * K, K, j, act + b * stride, FMT);
         return;
     }
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < B * P; ++i) quantize_dot_block(x + i / P * K, K, i % P, act + i / P * dot_row_bytes(K), FMT);
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < P; ++j) quantize_dot_block(x + b * K, K, j, act + b * stride, FMT);
 }
 
 #ifdef DOT512
@@ -424,7 +442,7 @@ static inline __attribute__((always_inline)) void dot_tile(const int8_t *restric
 }
 
 /* From DOT_PANEL_FROM rows: DOT_PANEL output features at a time, their weights first repacked (on the
- * stack, gathered) four k to a 32-bit lane, the features side by side ([K/4][16] lanes: int8 + 128, int4's
+ * stack: 16 rows' bytes loaded and transposed, dot_panel_rows16) four k to a 32-bit lane, the features side by side ([K/4][16] lanes: int8 + 128, int4's
  * 0..15), their scales and minimums [blocks][16] floats; then per row a block's 8 vpdpbusd sum
  * 16 features' products over its 32 k in one register (the row's 4 activations a step broadcast),
  * scaled once a block: a block's weights are read once for DOT_ROWS rows. */
@@ -432,36 +450,73 @@ static inline __attribute__((always_inline)) void dot_tile(const int8_t *restric
 #define DOT_ROWS 12 /* rows a panel tile: their int32 and float sums, 24 of the 32 registers */
 #define DOT_PANEL_FROM 16 /* rows from which the repacking pays (below it, dot_tiles) */
 
+/* 16 bytes from byte `at` of each of the 16 features' rows (zeros past cols), transposed: out[t]'s
+ * lane f holds bytes 4t..4t+3 of feature f's. Feature 4l + g is loaded into lane l of z[g], so that
+ * the in-lane 4 x 4 transpose of 32-bit values leaves the features in order. */
+static inline __attribute__((always_inline)) void dot_panel_rows16(const uint8_t *q, int64_t row_bytes, int64_t at,
+                                                                   int64_t cols, __m512i out[4])
+{
+    __m512i z[4];
+    for (int g = 0; g < 4; ++g) {
+        __m128i lane[4];
+        for (int l = 0; l < 4; ++l)
+            lane[l] = 4 * l + g < cols ? _mm_loadu_si128((const __m128i *)(q + (4 * l + g) * row_bytes + at))
+                                       : _mm_setzero_si128();
+        z[g] = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(lane[0]), lane[1], 1),
+                                                     lane[2], 2), lane[3], 3);
+    }
+    const __m512i a = _mm512_unpacklo_epi32(z[0], z[1]), b = _mm512_unpackhi_epi32(z[0], z[1]);
+    const __m512i c = _mm512_unpacklo_epi32(z[2], z[3]), d = _mm512_unpackhi_epi32(z[2], z[3]);
+    out[0] = _mm512_unpacklo_epi64(a, c);
+    out[1] = _mm512_unpackhi_epi64(a, c);
+    out[2] = _mm512_unpacklo_epi64(b, d);
+    out[3] = _mm512_unpackhi_epi64(b, d);
+}
+
 static inline __attribute__((always_inline)) void dot_panel_pack(const uint8_t *q, int64_t row_bytes,
                                                                  const void *scales, const void *mins, int64_t blocks,
                                                                  int64_t cols, uint32_t *restrict wp,
                                                                  float *restrict dp, float *restrict mp, const int FMT)
 {
-    /* a feature's four bytes at a time, gathered across the 16 features (rows past cols: zeros) */
+    /* a feature's four bytes at a time, side by side across the 16 features (rows past cols: zeros) */
     const __mmask16 real = (__mmask16)((1u << cols) - 1);
-    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32((int)row_bytes));
     const __m512i low = _mm512_set1_epi8(0xf);
     for (int64_t j = 0; j < blocks; ++j) {
         uint32_t *out = wp + j * (BLOCK / 4) * DOT_PANEL;
+        __m512i v[4];
         if (FMT == Q_INT8)
-            for (int t = 0; t < BLOCK / 4; ++t) {
-                const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real, rows, q + j * BLOCK + 4 * t, 1);
-                _mm512_storeu_si512(out + t * DOT_PANEL, _mm512_maskz_xor_epi32(real, v, _mm512_set1_epi8((char)0x80)));
+            for (int h = 0; h < 2; ++h) { /* bytes 16h.. of the block: weights 16h.. */
+                dot_panel_rows16(q, row_bytes, j * BLOCK + 16 * h, cols, v);
+                for (int t = 0; t < 4; ++t)
+                    _mm512_storeu_si512(out + (4 * h + t) * DOT_PANEL, _mm512_maskz_xor_epi32(real, v[t], _mm512_set1_epi8((char)0x80)));
             }
-        else
-            for (int t = 0; t < BLOCK / 8; ++t) { /* bytes 4t..4t+3: weights 4t.. (low nibbles) and 16 + 4t.. (high) */
-                const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), real, rows, q + j * BLOCK / 2 + 4 * t, 1);
-                _mm512_storeu_si512(out + t * DOT_PANEL, _mm512_and_si512(v, low));
-                _mm512_storeu_si512(out + (t + 4) * DOT_PANEL, _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+        else {
+            dot_panel_rows16(q, row_bytes, j * BLOCK / 2, cols, v);
+            for (int t = 0; t < 4; ++t) { /* bytes 4t..4t+3: weights 4t.. (low nibbles) and 16 + 4t.. (high) */
+                _mm512_storeu_si512(out + t * DOT_PANEL, _mm512_and_si512(v[t], low));
+                _mm512_storeu_si512(out + (t + 4) * DOT_PANEL, _mm512_and_si512(_mm512_srli_epi16(v[t], 4), low));
             }
-    }
-    for (int64_t f = 0; f < DOT_PANEL; ++f) {
-        const void *sf = scales_from(scales, f * blocks, FMT), *mf = FMT != Q_INT8 ? scales_from(mins, f * blocks, FMT) : 0;
-        for (int64_t j = 0; j < blocks; ++j) {
-            dp[j * DOT_PANEL + f] = f < cols ? scale_at(sf, j, FMT) : 0.f;
-            mp[j * DOT_PANEL + f] = f >= cols ? 0.f : FMT == Q_INT8 ? dp[j * DOT_PANEL + f] : scale_at(mf, j, FMT);
         }
+    }
+    /* the scales and minimums [blocks][16]: copied as they are stored (float16, or float32), then
+     * widened 16 at a time */
+    const int wide = FMT == Q_INT4_F32;
+    uint32_t raw[wide ? 2 * blocks * DOT_PANEL : 1];
+    uint16_t half[wide ? 1 : 2 * blocks * DOT_PANEL];
+    for (int64_t f = 0; f < DOT_PANEL; ++f)
+        for (int64_t j = 0; j < blocks; ++j)
+            for (int k = 0; k < 2; ++k) { /* k = 0: scale, 1: minimum (int8: the scale again) */
+                const void *run = k && FMT != Q_INT8 ? mins : scales;
+                const int64_t at = (k * blocks + j) * DOT_PANEL + f;
+                if (wide)
+                    raw[at] = f < cols ? ((const uint32_t *)run)[f * blocks + j] : 0;
+                else
+                    half[at] = f < cols ? ((const uint16_t *)run)[f * blocks + j] : 0;
+            }
+    for (int64_t i = 0; i < 2 * blocks; ++i) {
+        float *to = i < blocks ? dp + i * DOT_PANEL : mp + (i - blocks) * DOT_PANEL;
+        _mm512_storeu_ps(to, wide ? _mm512_castsi512_ps(_mm512_loadu_si512(raw + i * DOT_PANEL))
+                                  : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(half + i * DOT_PANEL))));
     }
 }
 
