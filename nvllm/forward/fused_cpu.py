@@ -34,7 +34,7 @@ from nvllm.errors import ConfigError
 from nvllm.forward.base import ForwardTarget, logits_rows
 from nvllm.forward.eager import EagerForward
 from nvllm.hookspecs import hookimpl
-from nvllm.kernels import load_library
+from nvllm.kernels import hugepages, load_library
 from nvllm.models.base import fused_layout
 from nvllm.models.layers.moe import FusedMoE
 
@@ -176,7 +176,8 @@ class FusedCPUForward(EagerForward):
     def __init__(self, config, runner):
         super().__init__(config, runner)
         self.fn = kernel()
-        self.packed: list[torch.Tensor] = []  # the packed (and float32) copies the step reads (kept alive here)
+        # the packed (and float32) copies the step reads, by what they copy (kept alive here)
+        self.packed: dict[object, torch.Tensor] = {}
         self.weights = runner.dtype  # the packed weights' and the embedding's dtype; all else float32
         quantization = runner.config.quantization
         # a packed format (quantization=int8, int4, gguf): the linear layers' quantized rows, read in place
@@ -189,15 +190,28 @@ class FusedCPUForward(EagerForward):
         self.rows, self.work = torch.empty(0, dtype=torch.int64), torch.empty(0)
 
     def bind_kv_cache(self):
-        """Pack the matmul weights and point the C model at the weights and this cache."""
+        """Pack the matmul weights, move everything the step streams (the model's tensors, the packed
+        copies) into huge pages (nvllm/kernels/hugepages.py), then point the C model at them and at
+        this cache: two passes of `_bind`, the second finding every copy made."""
+        self._bind()
+        hugepages.move([*self.model.parameters(), *self.model.buffers(), *self.packed.values()])
+        self._bind()
+
+    def _bind(self):
+        """Build the C model over the weights and the cache (packing each weight once: self.packed)."""
         self.early_exits.clear()
         model = self.model
         decoder, first = model.model, model.model.layers[0]
         attn0 = first.self_attn
 
+        def copy(key, make) -> torch.Tensor:
+            """A copy the step reads (packed, widened), made once: the same tensor in either pass"""
+            if key not in self.packed:
+                self.packed[key] = make()
+            return self.packed[key]
+
         def packed(weight):
-            self.packed.append(pack(weight))
-            return _p(self.packed[-1], self.weights)
+            return _p(copy(id(weight), lambda: pack(weight)), self.weights)
 
         def matmul(linear, int8_dot: bool = self.int8_activations) -> _Weight:
             """A linear layer's (or the LM head's) weight as the step reads it: panels packed in dtype,
@@ -214,8 +228,7 @@ class FusedCPUForward(EagerForward):
         def f32(t):  # norms and biases: float32, copied where the model holds them in 16 bits
             if t is None or t.dtype == torch.float32:
                 return _p(t)
-            self.packed.append(t.detach().float().contiguous())
-            return _p(self.packed[-1])
+            return _p(copy(id(t), lambda: t.detach().float().contiguous()))
 
         def experts(moe: FusedMoE) -> _MoeLayer:
             """The router like any linear layer (quantized: float activations, whatever
@@ -229,9 +242,9 @@ class FusedCPUForward(EagerForward):
                 strides = moe.w13_qweight[0].nbytes, moe.w2_qweight[0].nbytes
             else:
                 # gate and up each in panels
-                gate_up = [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]
-                w13, w2 = torch.stack(gate_up), torch.stack([pack(w) for w in moe.w2])
-                self.packed += [w13, w2]
+                w13 = copy((id(moe), "w13"), lambda: torch.stack(
+                    [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]))
+                w2 = copy((id(moe), "w2"), lambda: torch.stack([pack(w) for w in moe.w2]))
                 strides = w13[0].nbytes, w2[0].nbytes
                 w13, w2 = (_Weight(_p(w, self.weights), None, None, WEIGHTS[self.weights]) for w in (w13, w2))
             self.moe_layers.append(_MoeLayer(moe.num_experts, moe.top_k, moe.intermediate_size, moe.renormalize,

@@ -59,7 +59,7 @@ def test_fused_step_equals_transformers_on_the_rounded_weights(tiny_path, prompt
     """max_prefill_context=8 would send the longer prompts' prefills to the torch modules in float32;
     with 16-bit weights the C step takes them all."""
     def resident(runner):
-        assert {t.dtype for t in runner.forward_strategy.packed} == {DTYPES[dtype], torch.float32}  # norms float32
+        assert {t.dtype for t in runner.forward_strategy.packed.values()} == {DTYPES[dtype], torch.float32}  # norms float32
         assert runner.model.model.embed_tokens.weight.dtype == DTYPES[dtype]
         assert all(m.k_cache.dtype == torch.float32 for m in runner._attention_layers())
 

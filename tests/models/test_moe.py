@@ -137,7 +137,7 @@ def test_the_fused_step_with_16_bit_weights_matches_transformers_on_the_rounded_
     """Router and experts packed in 16 bits and widened in registers: the float32 arithmetic on the
     rounded weights."""
     def resident(engine):
-        assert {t.dtype for t in engine.executor.forward_strategy.packed} == {dtype, torch.float32}
+        assert {t.dtype for t in engine.executor.forward_strategy.packed.values()} == {dtype, torch.float32}
 
     tokens, _ = generate(checkpoint, "fused_cpu", resident, dtype=str(dtype).removeprefix("torch."))
     assert tokens == hf_greedy(checkpoint, prompts(), MAX_NEW, round_to=dtype)
