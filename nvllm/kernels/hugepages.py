@@ -3,43 +3,42 @@
 A CPU decode step streams every weight, and a batch's decode every cached K/V row, once: with 4 KiB
 pages that is a TLB miss every 4 KiB and the hardware prefetcher stops at each page's end. Memory
 that the kernel backs with 2 MiB pages streams faster. Linux gives anonymous memory huge pages only
-where asked (transparent_hugepage=madvise, the common setting), and only for whole 2 MiB-aligned
-runs, so the tensors a step streams are moved into one arena (`move`), and a cache is advised
-before it is first written (`zeros`). Elsewhere (not Linux, madvise refused) nothing changes:
-the memory is the same, only its pages differ."""
-import ctypes
-import ctypes.util
-import functools
-import sys
+where asked (transparent_hugepage=madvise, the common setting), for whole 2 MiB-aligned runs, and
+when the memory is first touched, so the memory comes from a fresh mapping advised before any
+write: `move` puts the tensors a step streams into one such arena, `zeros` allocates a cache in
+one. Elsewhere (not Linux, no madvise) nothing changes: the memory is the same, only its pages
+differ."""
+import mmap
 
 import torch
 
 PAGE = 2 << 20
-MADV_HUGEPAGE = 14
+_ADVICE = getattr(mmap, "MADV_HUGEPAGE", None)  # Linux only
 
 
-@functools.cache
-def _madvise():
-    if not sys.platform.startswith("linux"):
+def _fresh(nbytes: int) -> torch.Tensor | None:
+    """nbytes of untouched, zeroed memory starting on a 2 MiB boundary, advised to huge pages (a
+    uint8 tensor that keeps its mapping alive), or None where huge pages cannot be asked for."""
+    if _ADVICE is None:
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc.madvise
-
-
-def advise(t: torch.Tensor) -> bool:
-    """Ask for huge pages over the whole 2 MiB pages inside t's memory (before it is written)."""
-    madvise = _madvise()
-    start = -(-t.data_ptr() // PAGE) * PAGE
-    end = (t.data_ptr() + t.untyped_storage().nbytes()) // PAGE * PAGE
-    return madvise is not None and end > start and madvise(start, end - start, MADV_HUGEPAGE) == 0
+    mapping = mmap.mmap(-1, nbytes + PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mapping.madvise(_ADVICE)
+    except OSError:  # a kernel without transparent huge pages
+        mapping.close()
+        return None
+    whole = torch.frombuffer(mapping, dtype=torch.uint8)  # (holds the mapping)
+    start = -whole.data_ptr() % PAGE
+    return whole[start:start + nbytes]
 
 
 def zeros(shape, dtype: torch.dtype) -> torch.Tensor:
-    """torch.zeros on the CPU, in huge pages where the kernel grants them."""
-    t = torch.empty(shape, dtype=dtype)
-    advise(t)
-    return t.zero_()
+    """torch.zeros on the CPU, in huge pages where the kernel grants them (a fresh mapping is zeros)."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    memory = _fresh(numel * dtype.itemsize)
+    return torch.zeros(shape, dtype=dtype) if memory is None else memory.view(dtype).view(shape)
 
 
 def move(tensors) -> None:
@@ -56,16 +55,14 @@ def move(tensors) -> None:
     for ptr, size in sizes.items():
         offsets[ptr] = total
         total += -(-size // 64) * 64
-    if total < PAGE:
+    arena = _fresh(total) if total >= PAGE else None
+    if arena is None:
         return
-    arena = torch.empty(total + PAGE, dtype=torch.uint8)
-    if not advise(arena):
-        return
-    base = -(-arena.data_ptr() // PAGE) * PAGE - arena.data_ptr()  # the arena's first whole page
-    storage = arena.untyped_storage()
+    storage, base = arena.untyped_storage(), arena.storage_offset()  # (the mapping's whole buffer)
     for ptr, ts in storages.items():
         at = base + offsets[ptr]
-        arena[at:at + sizes[ptr]].copy_(torch.empty(0, dtype=torch.uint8).set_(ts[0].untyped_storage()))
+        storage_bytes = torch.empty(0, dtype=torch.uint8).set_(ts[0].untyped_storage())
+        arena[offsets[ptr]:offsets[ptr] + sizes[ptr]].copy_(storage_bytes)
         for t in ts:
             t.data = torch.empty(0, dtype=t.dtype).set_(storage, at // t.element_size() + t.storage_offset(),
                                                         t.shape, t.stride())
