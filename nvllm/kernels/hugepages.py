@@ -33,12 +33,14 @@ def _fresh(nbytes: int) -> torch.Tensor | None:
 
 
 def zeros(shape, dtype: torch.dtype) -> torch.Tensor:
-    """torch.zeros on the CPU, in huge pages where the kernel grants them (a fresh mapping is zeros)."""
+    """torch.zeros on the CPU, in huge pages where the kernel grants them. Written once here, as
+    torch.zeros writes it: every page is faulted in (and found or compacted) now, not by the
+    first steps that store into it."""
     numel = 1
     for n in shape:
         numel *= n
     memory = _fresh(numel * dtype.itemsize)
-    return torch.zeros(shape, dtype=dtype) if memory is None else memory.view(dtype).view(shape)
+    return torch.zeros(shape, dtype=dtype) if memory is None else memory.view(dtype).view(shape).zero_()
 
 
 def move(tensors) -> None:
