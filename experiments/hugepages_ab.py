@@ -1,5 +1,5 @@
-"""What 2 MiB pages buy the fused CPU step: two engines in one process, one with the weights and KV
-cache in huge pages (nvllm/kernels/hugepages.py) and one without, their captured decode step (one
+"""What 2 MiB pages buy the fused CPU step: two engines in one process, one with the weights in huge
+pages (nvllm/kernels/hugepages.py) and one without, their captured decode step (one
 sequence, the embedded SmolLM2) called alternately, so that both see the same machine.
 
     python experiments/hugepages_ab.py bfloat16 --steps 200

@@ -11,7 +11,6 @@ samples.
 yet on the host, is filled in on the device: nvllm/engine/overlap.py), `sample` draws the tokens
 without waiting for the host, `collect` brings them over. CUDA runs asynchronously to the host by
 itself; on a CPU the forward pass runs on a worker thread instead."""
-import functools
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -24,7 +23,6 @@ from nvllm import registry
 from nvllm.attention.base import AttentionMetadata
 from nvllm.config import Config
 from nvllm.engine.overlap import InFlight, fill_pending
-from nvllm.kernels import hugepages
 from nvllm.kv_cache.base import CPU_DEFAULT_BUDGET_GB
 from nvllm.distributed import tp_rank
 from nvllm.models.layers.moe import FusedMoE, expert_parallel
@@ -167,12 +165,10 @@ class ModelRunner(Executor):
 
     def _allocate_kv_cache(self, num_blocks: int | None = None):
         # one block more than the allocator hands out: padding slots (-1) land in its last slot
-        # (on a CPU in huge pages: a decode step streams every sequence's cached K/V)
-        zeros = hugepages.zeros if self.device.type == "cpu" else functools.partial(torch.zeros, device=self.device)
         for m in self._attention_layers():
             shape = ((num_blocks or self.num_blocks) + 1, self.block_size, m.num_kv_heads, m.head_dim)
-            m.k_cache = zeros(shape, dtype=self.attention.cache_dtype)
-            m.v_cache = zeros(shape, dtype=self.attention.cache_dtype)
+            m.k_cache = torch.zeros(shape, dtype=self.attention.cache_dtype, device=self.device)
+            m.v_cache = torch.zeros(shape, dtype=self.attention.cache_dtype, device=self.device)
 
     # -- one step ------------------------------------------------------------------------
     def prepare(self, inputs: list[StepInput], num_logits: list[int] | None = None, pad_to: int | None = None,

@@ -1,13 +1,14 @@
-"""Weights and KV cache in 2 MiB pages (Linux transparent huge pages, asked for by madvise).
+"""The weights a CPU step streams in 2 MiB pages (Linux transparent huge pages, asked for by madvise).
 
-A CPU decode step streams every weight, and a batch's decode every cached K/V row, once: with 4 KiB
-pages that is a TLB miss every 4 KiB and the hardware prefetcher stops at each page's end. Memory
-that the kernel backs with 2 MiB pages streams faster. Linux gives anonymous memory huge pages only
-where asked (transparent_hugepage=madvise, the common setting), for whole 2 MiB-aligned runs, and
-when the memory is first touched, so the memory comes from a fresh mapping advised before any
-write: `move` puts the tensors a step streams into one such arena, `zeros` allocates a cache in
-one. Elsewhere (not Linux, no madvise) nothing changes: the memory is the same, only its pages
-differ."""
+A CPU decode step streams every weight once: with 4 KiB pages that is a TLB miss every 4 KiB and
+the hardware prefetcher stops at each page's end. Memory that the kernel backs with 2 MiB pages
+streams faster. Linux gives anonymous memory huge pages only where asked
+(transparent_hugepage=madvise, the common setting), for whole 2 MiB-aligned runs, and when the
+memory is first touched, so `move` puts the tensors a step streams into one fresh mapping advised
+before any write. Elsewhere (not Linux, no madvise) nothing changes: the memory is the same, only
+its pages differ. The KV cache stays in 4 KiB pages: faulting in a cache of gigabytes as huge
+pages can cost seconds of compaction at start-up (2 s for 1 GiB measured here), and a batch's
+decode, which streams the cache, was no faster for it within this machine's noise."""
 import mmap
 
 import torch
@@ -30,17 +31,6 @@ def _fresh(nbytes: int) -> torch.Tensor | None:
     whole = torch.frombuffer(mapping, dtype=torch.uint8)  # (holds the mapping)
     start = -whole.data_ptr() % PAGE
     return whole[start:start + nbytes]
-
-
-def zeros(shape, dtype: torch.dtype) -> torch.Tensor:
-    """torch.zeros on the CPU, in huge pages where the kernel grants them. Written once here, as
-    torch.zeros writes it: every page is faulted in (and found or compacted) now, not by the
-    first steps that store into it."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    memory = _fresh(numel * dtype.itemsize)
-    return torch.zeros(shape, dtype=dtype) if memory is None else memory.view(dtype).view(shape).zero_()
 
 
 def move(tensors) -> None:

@@ -39,11 +39,6 @@ def test_a_small_set_is_left_where_it_is():
     assert t.data_ptr() == ptr
 
 
-def test_zeros():
-    t = hugepages.zeros((3, 1 << 20), torch.float32)
-    assert t.shape == (3, 1 << 20) and t.dtype == torch.float32 and not t.any()
-
-
 def _thp_mode() -> str | None:
     path = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not sys.platform.startswith("linux") or not path.exists():
