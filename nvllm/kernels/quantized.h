@@ -441,9 +441,10 @@ static inline __attribute__((always_inline)) void dot_tile(const int8_t *restric
         }
 }
 
-/* From DOT_PANEL_FROM rows: DOT_PANEL output features at a time, their weights first repacked (on the
- * stack: 16 rows' bytes loaded and transposed, dot_panel_rows16) four k to a 32-bit lane, the features side by side ([K/4][16] lanes: int8 + 128, int4's
- * 0..15), their scales and minimums [blocks][16] floats; then per row a block's 8 vpdpbusd sum
+/* From DOT_PANEL_FROM rows: DOT_PANEL output features at a time, their weights first repacked on the
+ * stack (16 rows' bytes loaded and transposed: dot_panel_rows16) four k to a 32-bit lane, the
+ * features side by side ([K/4][16] lanes: int8 + 128, int4's 0..15), their scales and minimums
+ * [blocks][16] floats; then per row a block's 8 vpdpbusd sum
  * 16 features' products over its 32 k in one register (the row's 4 activations a step broadcast),
  * scaled once a block: a block's weights are read once for DOT_ROWS rows. */
 #define DOT_PANEL 16
@@ -498,26 +499,21 @@ static inline __attribute__((always_inline)) void dot_panel_pack(const uint8_t *
             }
         }
     }
-    /* the scales and minimums [blocks][16]: copied as they are stored (float16, or float32), then
-     * widened 16 at a time */
-    const int wide = FMT == Q_INT4_F32;
-    uint32_t raw[wide ? 2 * blocks * DOT_PANEL : 1];
-    uint16_t half[wide ? 1 : 2 * blocks * DOT_PANEL];
+    /* the scales and minimums [blocks][16] (int8: the scale again as the minimum's): float32 ones
+     * copied in place; float16 ones copied as they are stored, then widened 16 at a time */
+    uint16_t half[FMT == Q_INT4_F32 ? 1 : 2 * blocks * DOT_PANEL];
     for (int64_t f = 0; f < DOT_PANEL; ++f)
         for (int64_t j = 0; j < blocks; ++j)
-            for (int k = 0; k < 2; ++k) { /* k = 0: scale, 1: minimum (int8: the scale again) */
+            for (int k = 0; k < 2; ++k) { /* k = 0: scale, 1: minimum */
                 const void *run = k && FMT != Q_INT8 ? mins : scales;
-                const int64_t at = (k * blocks + j) * DOT_PANEL + f;
-                if (wide)
-                    raw[at] = f < cols ? ((const uint32_t *)run)[f * blocks + j] : 0;
+                if (FMT == Q_INT4_F32)
+                    (k ? mp : dp)[j * DOT_PANEL + f] = f < cols ? ((const float *)run)[f * blocks + j] : 0.f;
                 else
-                    half[at] = f < cols ? ((const uint16_t *)run)[f * blocks + j] : 0;
+                    half[(k * blocks + j) * DOT_PANEL + f] = f < cols ? ((const uint16_t *)run)[f * blocks + j] : 0;
             }
-    for (int64_t i = 0; i < 2 * blocks; ++i) {
-        float *to = i < blocks ? dp + i * DOT_PANEL : mp + (i - blocks) * DOT_PANEL;
-        _mm512_storeu_ps(to, wide ? _mm512_castsi512_ps(_mm512_loadu_si512(raw + i * DOT_PANEL))
-                                  : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(half + i * DOT_PANEL))));
-    }
+    for (int64_t i = 0; FMT != Q_INT4_F32 && i < 2 * blocks; ++i)
+        _mm512_storeu_ps(i < blocks ? dp + i * DOT_PANEL : mp + (i - blocks) * DOT_PANEL,
+                         _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(half + i * DOT_PANEL))));
 }
 
 static inline __attribute__((always_inline)) void dot_panel_tile(const int8_t *restrict act, int64_t K,
