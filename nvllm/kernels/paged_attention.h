@@ -89,6 +89,30 @@ static inline __attribute__((always_inline)) void weigh_values(
 }
 #endif
 
+/* How many keys ahead of the one pass 1 reads `attend` asks for K and V rows. A slot holds every KV
+ * head's row side by side, so one head's rows lie num_kv_heads * head_dim floats apart and, read key
+ * by key, each is a round trip to memory: asked for ahead, they stream, and pass 2 finds V in the
+ * cache (experiments/kernel_flags_ab.py measures it: built with -DAHEAD=0 nothing is asked for). */
+#ifndef AHEAD
+#define AHEAD 32
+#endif
+
+/* Ask for the K and V rows of keys t0 .. t1 - 1 (those below ctx) into the L2 cache: a prefetch,
+ * which never faults and changes no value */
+static inline __attribute__((always_inline)) void ask_rows(const float *k_cache, const float *v_cache,
+                                                           const int32_t *table, int64_t row, int64_t block_size,
+                                                           int64_t head_dim, int64_t t0, int64_t t1, int64_t ctx)
+{
+    if (AHEAD == 0) return;
+    for (int64_t t = t0; t < t1 && t < ctx; ++t) {
+        const int64_t at = (int64_t)table[t / block_size] * block_size * row + t % block_size * row;
+        for (int64_t d = 0; d < head_dim; d += 16) { /* a 64-byte line a time */
+            __builtin_prefetch(k_cache + at + d, 0, 2);
+            __builtin_prefetch(v_cache + at + d, 0, 2);
+        }
+    }
+}
+
 /* One sequence, one KV head: its `group` query rows against the sequence's `ctx` cached tokens.
  * Inlined with a constant head_dim for the common sizes, so the loops over it are unrolled into
  * registers. */
@@ -96,18 +120,24 @@ static inline __attribute__((always_inline)) void attend(
     const float *qh, const float *k_cache, const float *v_cache, const int32_t *table, int64_t ctx,
     int64_t group, int64_t row, int64_t head_dim, int64_t block_size, float scale, float *scores, float *oh)
 {
-    /* pass 1: scores[g][t] = scale * q_g . k_t (AVX-512: 16 keys at a time, then key by key) */
+    /* pass 1: scores[g][t] = scale * q_g . k_t (AVX-512: 16 keys at a time, then key by key), the
+     * K and V rows AHEAD keys on asked for 16 keys at a time */
+    ask_rows(k_cache, v_cache, table, row, block_size, head_dim, 0, AHEAD, ctx);
     for (int64_t start = 0; start < ctx; start += block_size) {
         const float *kb = k_cache + (int64_t)table[start / block_size] * block_size * row;
         const int64_t n = ctx - start < block_size ? ctx - start : block_size;
         int64_t j = 0;
 #if defined(__AVX512F__)
         if (head_dim % 16 == 0)
-            for (; j + 16 <= n; j += 16)
+            for (; j + 16 <= n; j += 16) {
+                ask_rows(k_cache, v_cache, table, row, block_size, head_dim, start + j + AHEAD, start + j + AHEAD + 16, ctx);
                 for (int64_t g = 0; g < group; ++g)
                     scores16(qh + g * head_dim, kb + j * row, row, head_dim, scale, scores + g * ctx + start + j);
+            }
 #endif
         for (; j < n; ++j) {
+            if (j % 16 == 0)
+                ask_rows(k_cache, v_cache, table, row, block_size, head_dim, start + j + AHEAD, start + j + AHEAD + 16, ctx);
             const float *k = kb + j * row;
             for (int64_t g = 0; g < group; ++g) {
                 const float *qg = qh + g * head_dim;
