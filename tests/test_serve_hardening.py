@@ -154,6 +154,10 @@ BAD = {
                                "stop_token_ids", "serve.max_stop_token_ids"),
     "2,000 messages": (CHAT, {"messages": MSG * 2000}, 400, "messages", "serve.max_messages"),
     "a body over the limit": ("/v1/completions", {"prompt": "word " * 300_000}, 413, None, "serve.max_body_bytes"),
+    # a field accepted only at its neutral value: refused without echoing a large value back
+    "5,000 tools": (CHAT, {"messages": MSG, "tools": [None] * 5000}, 400, "tools", "not supported"),
+    "a 5,000-key logit_bias": ("/v1/completions", {"prompt": "hi", "logit_bias": {str(i): 1 for i in range(5000)}},
+                               400, "logit_bias", "not supported"),
 }
 
 

@@ -79,7 +79,7 @@ class _Request(BaseModel):
     def _neutral_only(cls, value, info):
         neutral = cls.NEUTRAL.get(info.field_name)
         if neutral is not None and value is not None and value not in neutral:
-            raise ValueError(f"{info.field_name}={value!r} is not supported by nvllm's server; leave it out "
+            raise ValueError(f"{info.field_name}={_short(value)} is not supported by nvllm's server; leave it out "
                              f"(or send {neutral[0]!r})")
         return value
 
