@@ -16,9 +16,9 @@ from nvllm.engine import intake
 from nvllm.engine.driver import check_idle
 from nvllm.engine.llm_engine import LLMEngine
 from nvllm.engine.outputs import RequestDelta, RequestOutput
-from nvllm.errors import ConfigError
+from nvllm.errors import ConfigError, short_repr
 from nvllm.log import configure_default
-from nvllm.sampling_params import SamplingParams, _short
+from nvllm.sampling_params import SamplingParams
 from nvllm.sequence import Sequence
 from nvllm.vllm_args import GENERATE_ARGS, LLM_ARGS, check, refuse_unknown
 
@@ -68,7 +68,7 @@ class LLM:
         arrival_times = _arrival_times(arrival_times, len(seqs))
         if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, Integral)
                                             or max_concurrency < 1):
-            raise ValueError(f"max_concurrency must be an integer >= 1 or None, got {_short(max_concurrency)}")
+            raise ValueError(f"max_concurrency must be an integer >= 1 or None, got {short_repr(max_concurrency)}")
         self._claim("generate()")
         try:
             outputs = self.engine.generate([s.token_ids for s in seqs], [s.sampling_params for s in seqs], use_tqdm,
@@ -116,12 +116,12 @@ class LLM:
             sampling_params = [sampling_params] * len(prompts)
         if not isinstance(sampling_params, (list, tuple)) or len(sampling_params) != len(prompts):
             raise ValueError(f"sampling_params must be a SamplingParams or a list of them, one per prompt "
-                             f"({len(prompts)}), got {_short(sampling_params)}")
+                             f"({len(prompts)}), got {short_repr(sampling_params)}")
         if priorities is None:
             priorities = [0] * len(prompts)
         if not isinstance(priorities, (list, tuple)) or len(priorities) != len(prompts):
             raise ValueError(f"priorities must be a list of integers, one per prompt ({len(prompts)}), "
-                             f"got {_short(priorities)}")
+                             f"got {short_repr(priorities)}")
         texts, seqs = [], []
         for i, (prompt, params, priority) in enumerate(zip(prompts, sampling_params, priorities)):
             try:
@@ -162,12 +162,12 @@ class LLM:
         self._check_open()
         _flag("add_generation_prompt", add_generation_prompt)
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
-            raise ValueError(f"chat_template_kwargs must be a dict or None, got {_short(chat_template_kwargs)}")
+            raise ValueError(f"chat_template_kwargs must be a dict or None, got {short_repr(chat_template_kwargs)}")
         one = isinstance(messages, (list, tuple)) and bool(messages) and isinstance(messages[0], dict)
         conversations = [messages] if one else messages
         if not isinstance(conversations, (list, tuple)) or not all(isinstance(c, (list, tuple)) for c in conversations):
             raise ValueError("LLM.chat takes a conversation, a list of {'role': ..., 'content': ...} dicts, or a "
-                             f"list of conversations; got {_short(messages)}")
+                             f"list of conversations; got {short_repr(messages)}")
         texts, prompts = [], []
         for i, conversation in enumerate(conversations):
             try:
@@ -212,7 +212,7 @@ def _prompt_list(prompts) -> list:
         if prompts and all(isinstance(t, Integral) for t in prompts):
             return [list(prompts)]  # one prompt of token ids
         return list(prompts)
-    raise ValueError(f"prompts must be {intake.PROMPT_SHAPES}, or a list of them; got {_short(prompts)}")
+    raise ValueError(f"prompts must be {intake.PROMPT_SHAPES}, or a list of them; got {short_repr(prompts)}")
 
 
 def _arrival_times(arrival_times, n: int) -> list[float] | None:
@@ -220,17 +220,17 @@ def _arrival_times(arrival_times, n: int) -> list[float] | None:
         return None
     if not isinstance(arrival_times, (list, tuple)) or len(arrival_times) != n:
         raise ValueError(f"arrival_times must be a list of seconds after the call, one per prompt ({n}), "
-                         f"got {_short(arrival_times)}")
+                         f"got {short_repr(arrival_times)}")
     for i, t in enumerate(arrival_times):
         if isinstance(t, bool) or not isinstance(t, Real) or not (math.isfinite(t) and 0 <= t <= intake.MAX_WAIT):
             raise ValueError(f"prompt {i}: arrival_times[{i}] must be a number of seconds after the call in "
-                             f"[0, {intake.MAX_WAIT:.0f}] (a week), got {_short(t)}")
+                             f"[0, {intake.MAX_WAIT:.0f}] (a week), got {short_repr(t)}")
     return [float(t) for t in arrival_times]
 
 
 def _flag(name: str, value):
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {_short(value)}")
+        raise ValueError(f"{name} must be True or False, got {short_repr(value)}")
 
 
 def _check_options(choices: dict):

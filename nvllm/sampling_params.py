@@ -2,6 +2,7 @@ import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 
+from nvllm.errors import short_repr
 from nvllm.vllm_args import SAMPLING, refuse_unknown
 
 INT64 = 2**63  # every integer a request carries fits the engine's int64 tensors (and a seed torch's uint64)
@@ -57,7 +58,7 @@ class SamplingParams:
         self.n = _integer("n", self.n)
         if not 1 <= self.n <= MAX_N:
             raise ValueError(f"n must be an integer in [1, {MAX_N}] (completions of one prompt; for more, send the "
-                             f"prompt again), got {_short(self.n)}")
+                             f"prompt again), got {short_repr(self.n)}")
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             setattr(self, name, _number(name, getattr(self, name)))
         self.top_k, self.max_tokens = _integer("top_k", self.top_k), _integer("max_tokens", self.max_tokens)
@@ -67,9 +68,9 @@ class SamplingParams:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {_short(self.top_k)}")
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {short_repr(self.top_k)}")
         if self.top_k >= INT64:
-            raise ValueError(f"top_k must be an integer in [0, 2**63) (0 = off), got {_short(self.top_k)}")
+            raise ValueError(f"top_k must be an integer in [0, 2**63) (0 = off), got {short_repr(self.top_k)}")
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
@@ -78,37 +79,37 @@ class SamplingParams:
             if not -2 <= getattr(self, name) <= 2:
                 raise ValueError(f"{name} must be in [-2, 2] (0 = off), got {getattr(self, name)}")
         if self.max_tokens <= 0:
-            raise ValueError(f"max_tokens must be >= 1, got {_short(self.max_tokens)}")
+            raise ValueError(f"max_tokens must be >= 1, got {short_repr(self.max_tokens)}")
         if self.max_tokens >= INT64:
-            raise ValueError(f"max_tokens must be an integer in [1, 2**63), got {_short(self.max_tokens)}")
+            raise ValueError(f"max_tokens must be an integer in [1, 2**63), got {short_repr(self.max_tokens)}")
         if not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {_short(self.min_tokens)}")
+            raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {short_repr(self.min_tokens)}")
         if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, Integral)
                                           or not 0 <= self.logprobs <= 20):
             raise ValueError(f"logprobs must be None or an integer in [0, 20] (0: the sampled token's only), "
-                             f"got {_short(self.logprobs)}")
+                             f"got {short_repr(self.logprobs)}")
         self.logprobs = None if self.logprobs is None else int(self.logprobs)
         if not isinstance(self.ignore_eos, bool):
-            raise ValueError(f"ignore_eos must be True or False, got {_short(self.ignore_eos)}")
+            raise ValueError(f"ignore_eos must be True or False, got {short_repr(self.ignore_eos)}")
         if self.seed is not None:
             if not isinstance(self.seed, Integral) or isinstance(self.seed, bool):
-                raise ValueError(f"seed must be an integer or None, got {_short(self.seed)}")
+                raise ValueError(f"seed must be an integer or None, got {short_repr(self.seed)}")
             self.seed = int(self.seed)
             # completion i of n uses seed + i: every one must be a seed torch.Generator takes
             if not -INT64 <= self.seed <= 2 * INT64 - self.n:
                 raise ValueError(f"seed must be an integer in [-2**63, 2**64) (what torch.Generator takes; "
-                                 f"seed + n - 1 too), got {_short(self.seed)}")
+                                 f"seed + n - 1 too), got {short_repr(self.seed)}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is not None:
             if not (isinstance(self.stop, (list, tuple)) and all(isinstance(s, str) and s for s in self.stop)):
-                raise ValueError(f"stop must be a string or a list of non-empty strings, got {_short(self.stop)}")
+                raise ValueError(f"stop must be a string or a list of non-empty strings, got {short_repr(self.stop)}")
             self.stop = list(self.stop)
         if self.stop_token_ids is not None:
             if not (isinstance(self.stop_token_ids, (list, tuple)) and all(
                     isinstance(t, Integral) and not isinstance(t, bool) and 0 <= t < INT64 for t in self.stop_token_ids)):
                 raise ValueError(f"stop_token_ids must be a list of token ids (integers in [0, 2**63)), "
-                                 f"got {_short(self.stop_token_ids)}")
+                                 f"got {short_repr(self.stop_token_ids)}")
             self.stop_token_ids = [int(t) for t in self.stop_token_ids]
         return self
 
@@ -119,20 +120,16 @@ SamplingParams.__init__ = refuse_unknown(SAMPLING)(SamplingParams.__init__)
 
 def _number(name: str, value) -> float:
     if not isinstance(value, Real) or isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {_short(value)}")
+        raise ValueError(f"{name} must be a number, got {short_repr(value)}")
     try:
         return float(value)
     except OverflowError:  # an int beyond any float
-        raise ValueError(f"{name} must be a number within float range, got {_short(value)}") from None
+        raise ValueError(f"{name} must be a number within float range, got {short_repr(value)}") from None
 
 
 def _integer(name: str, value) -> int:
     if not isinstance(value, Integral) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {_short(value)}")
+        raise ValueError(f"{name} must be an integer, got {short_repr(value)}")
     return int(value)
 
 
-def _short(value, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters: an error message never echoes a huge request back."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -158,6 +158,10 @@ BAD = {
     "5,000 tools": (CHAT, {"messages": MSG, "tools": [None] * 5000}, 400, "tools", "not supported"),
     "a 5,000-key logit_bias": ("/v1/completions", {"prompt": "hi", "logit_bias": {str(i): 1 for i in range(5000)}},
                                400, "logit_bias", "not supported"),
+    "a 10,000-character unknown field": ("/v1/completions", {"prompt": "hi", "x" * 10_000: 1}, 400, "x" * 200,
+                                         "unknown field"),
+    "a 10,000-character model name": ("/v1/completions", {"prompt": "hi", "model": "m" * 10_000}, 404, "model",
+                                      "not served here"),
 }
 
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 from numbers import Integral, Real
 
 from nvllm.clock import Clock
-from nvllm.sampling_params import INT64, SamplingParams, _short
+from nvllm.errors import short_repr
+from nvllm.sampling_params import INT64, SamplingParams
 from nvllm.sequence import Sequence
 
 # the furthest ahead of the engine's clock a request may arrive: a week (a longer wait is a mistake,
@@ -39,12 +40,12 @@ def prompt_of(prompt) -> str | list[int]:
             return list(prompt["prompt_token_ids"])
         others = sorted(map(str, set(prompt) - {"prompt", "prompt_token_ids"}))
         raise ValueError(f"prompt must be {PROMPT_SHAPES}"
-                         + (f"; nvllm does not take {', '.join(others)}" if others else "") + f", got {_short(prompt)}")
+                         + (f"; nvllm does not take {', '.join(others)}" if others else "") + f", got {short_repr(prompt)}")
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, (list, tuple)):
         return list(prompt)
-    raise ValueError(f"prompt must be {PROMPT_SHAPES}, got {_short(prompt)}")
+    raise ValueError(f"prompt must be {PROMPT_SHAPES}, got {short_repr(prompt)}")
 
 
 def encode(prompt: str | list[int], tokenizer, model_path: str) -> list[int]:
@@ -65,22 +66,22 @@ def chat_messages(conversation) -> list[dict]:
     parts [{"type": "text", "text": ...}] (joined); other keys (name, ...) pass to the template."""
     if not isinstance(conversation, (list, tuple)) or not conversation:
         raise ValueError(f"a conversation is a non-empty list of {{'role': ..., 'content': ...}} dicts, "
-                         f"got {_short(conversation)}")
+                         f"got {short_repr(conversation)}")
     messages = []
     for i, message in enumerate(conversation):
         if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
             raise ValueError(f"message {i} must be a dict whose role is one of {', '.join(CHAT_ROLES)}, "
-                             f"got {_short(message)}")
+                             f"got {short_repr(message)}")
         content = message.get("content")
         if isinstance(content, (list, tuple)):
             if not all(isinstance(part, dict) and part.keys() == {"type", "text"} and part["type"] == "text"
                        and isinstance(part["text"], str) for part in content):
                 raise ValueError(f"message {i}: content parts must be {{'type': 'text', 'text': str}} (nvllm's models "
-                                 f"read text only), got {_short(content)}")
+                                 f"read text only), got {short_repr(content)}")
             content = "".join(part["text"] for part in content)
         elif content is not None and not isinstance(content, str):
             raise ValueError(f"message {i}: content must be a string, a list of {{'type': 'text', 'text': str}} "
-                             f"parts or None, got {_short(content)}")
+                             f"parts or None, got {short_repr(content)}")
         messages.append({**message, "content": content or ""})
     return messages
 
@@ -109,23 +110,23 @@ def new_sequence(engine, request_id: str, prompt, params: SamplingParams, arriva
     out of the vocabulary; stop strings without a tokenizer; what the forward strategy cannot run.
     Its params are a checked copy of `params`: a change to the caller's object never reaches a step."""
     if not isinstance(request_id, str):
-        raise ValueError(f"request_id must be a string, got {_short(request_id)}")
+        raise ValueError(f"request_id must be a string, got {short_repr(request_id)}")
     prompt = prompt_of(prompt)
     if not isinstance(params, SamplingParams):
-        raise ValueError(f"sampling_params must be a SamplingParams, got {_short(params)}")
+        raise ValueError(f"sampling_params must be a SamplingParams, got {short_repr(params)}")
     params = copy(params).validate()
     if isinstance(priority, bool) or not isinstance(priority, Integral) or not -INT64 <= priority < INT64:
         raise ValueError(f"priority must be an integer in [-2**63, 2**63) (smaller is served first under "
-                         f"scheduler=priority), got {_short(priority)}")
+                         f"scheduler=priority), got {short_repr(priority)}")
     if not isinstance(stream, bool):
-        raise ValueError(f"stream must be True or False, got {_short(stream)}")
+        raise ValueError(f"stream must be True or False, got {short_repr(stream)}")
     now = engine.clock.now()
     if arrival_time is None:
         arrival_time = now
     elif isinstance(arrival_time, bool) or not isinstance(arrival_time, Real) or not math.isfinite(arrival_time) \
             or arrival_time > now + MAX_WAIT:
         raise ValueError(f"arrival_time must be a finite time on the engine's clock (engine.clock.now() is {now:.3f}) "
-                         f"at most a week ahead, or None for now; got {_short(arrival_time)}")
+                         f"at most a week ahead, or None for now; got {short_repr(arrival_time)}")
     engine.executor.check_request(prompt, params)
     token_ids = encode(prompt, engine.tokenizer, engine.model_path)
     vocab_size, max_model_len, kv_cache = engine.vocab_size, engine.config.max_model_len, engine.kv_cache

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from nvllm.config import ServeConfig
+from nvllm.errors import short_repr
 from nvllm.sampling_params import DEFAULT_MAX_TOKENS
 from nvllm.server.engine_loop import EngineFault, EngineLoop, RequestStream
 from nvllm.server.guard import LOOPBACK_HOSTS, Guard, is_loopback
@@ -217,7 +218,7 @@ def build_app(engine_loop: EngineLoop, model_name: str, serve_config: ServeConfi
     def admit(req):
         """The checks that need no tokenizer: the model's name and the size limits."""
         if req.model is not None and req.model not in served:
-            raise RequestError(f"model {req.model!r} is not served here; this server serves "
+            raise RequestError(f"model {short_repr(req.model)} is not served here; this server serves "
                                f"{' or '.join(map(repr, served))} (GET /v1/models)", param="model", status=404,
                                code="model_not_found")
         limits.check(req)

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import socket
 
+from nvllm.errors import short_repr
 from nvllm.server.protocol import RequestError
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -58,7 +59,7 @@ class Guard:
     def check(self, scope, headers: dict):
         host = host_name(headers.get("host", "")).lower()
         if self.allowed_hosts is not None and host not in self.allowed_hosts:
-            raise RequestError(f"Host {host!r} is not allowed: this server answers {', '.join(sorted(self.allowed_hosts))} "
+            raise RequestError(f"Host {short_repr(host)} is not allowed: this server answers {', '.join(sorted(self.allowed_hosts))} "
                                f"(serve.allowed_hosts)", code="host_not_allowed")
         if self.state.draining:
             raise RequestError("the server is shutting down and takes no new requests", status=503,

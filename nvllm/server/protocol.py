@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nvllm.errors import short_repr
 from nvllm.sampling_params import INT64, SamplingParams
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -79,7 +80,7 @@ class _Request(BaseModel):
     def _neutral_only(cls, value, info):
         neutral = cls.NEUTRAL.get(info.field_name)
         if neutral is not None and value is not None and value not in neutral:
-            raise ValueError(f"{info.field_name}={_short(value)} is not supported by nvllm's server; leave it out "
+            raise ValueError(f"{info.field_name}={short_repr(value)} is not supported by nvllm's server; leave it out "
                              f"(or send {neutral[0]!r})")
         return value
 
@@ -183,6 +184,9 @@ class ChatCompletionRequest(_Request):
         return [{**msg.model_dump(exclude={"content"}), "content": msg.text()} for msg in self.messages]
 
 
+PARAM_CHARS = 200  # an error's `param`: the field's path, cut to this many characters
+
+
 def parse(model: type[BaseModel], body: bytes) -> BaseModel:
     """The request `body` (JSON) as `model`, or a RequestError naming the first bad field."""
     try:
@@ -191,7 +195,7 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel:
         errors = e.errors(include_url=False)
         err = max(errors, key=lambda error: len(error["loc"]))  # of a union's members, the one that got furthest
         loc = [str(part) for part in err["loc"] if not _is_type_tag(part)]
-        param = ".".join(loc) or None
+        param = ".".join(loc)[:PARAM_CHARS] or None  # (a key may be any length: cut, never echoed whole)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "json_invalid":
             raise RequestError(f"the request body is not valid JSON ({message}); send a JSON object",
@@ -202,21 +206,15 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel:
         if err["type"] == "missing":
             message = f"{param} is required"
         elif err["type"] == "extra_forbidden":
-            message = f"unknown field {param!r}: nvllm's server does not know it; leave it out"
+            message = f"unknown field {short_repr(param)}: nvllm's server does not know it; leave it out"
         elif err["type"] != "value_error":
-            message = f"{param}: {message} (got {_short(err.get('input'))})" if param else message
+            message = f"{param}: {message} (got {short_repr(err.get('input'))})" if param else message
         raise RequestError(message, param=param, code="invalid_value") from None
 
 
 def _json_kind(body: bytes) -> str:
     first = body.lstrip()[:1]
     return {b"[": "an array", b'"': "a string"}.get(first, "a number, boolean or null")
-
-
-def _short(value, limit: int = 80) -> str:
-    """repr(value) cut to `limit` characters: an error never echoes a large input back."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _is_type_tag(part) -> bool:
