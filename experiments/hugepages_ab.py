@@ -28,11 +28,9 @@ def options(variant: str) -> dict:
     return dict(quantization=quantization)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("variant", help="float32, bfloat16, float16, int8, int4, gguf=q4_0 ... (:a8: int8 activations)")
-    parser.add_argument("--steps", type=int, default=200)
-    args = parser.parse_args()
+def capture_decode_steps():
+    """From here on, each fused CPU step keeps its first decode call's inputs, {strategy: (input_ids,
+    positions, meta)}, to be called again; returns the unpatched call and that dict."""
     call, captured = FusedCPUForward.__call__, {}
 
     def capture(self, input_ids, positions, meta):
@@ -41,6 +39,15 @@ def main():
         return call(self, input_ids, positions, meta)
 
     FusedCPUForward.__call__ = capture
+    return call, captured
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variant", help="float32, bfloat16, float16, int8, int4, gguf=q4_0 ... (:a8: int8 activations)")
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args()
+    call, captured = capture_decode_steps()
     advice, engines = hugepages._ADVICE, {}
     for name in ("4 KiB pages", "2 MiB pages"):
         hugepages._ADVICE = advice if name == "2 MiB pages" else None  # None: hugepages changes nothing

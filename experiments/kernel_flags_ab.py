@@ -11,9 +11,9 @@ import os
 import statistics
 import time
 
+from hugepages_ab import capture_decode_steps  # (experiments/, this script's directory)
 from nvllm import LLM, SamplingParams
 from nvllm.forward import fused_cpu
-from nvllm.forward.fused_cpu import FusedCPUForward
 
 
 def main():
@@ -24,14 +24,7 @@ def main():
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--run", type=int, default=5, help="steps in a row on one engine, as a decode runs them")
     args = parser.parse_args()
-    call, captured = FusedCPUForward.__call__, {}
-
-    def capture(self, input_ids, positions, meta):
-        if meta.is_decode and self not in captured:
-            captured[self] = (input_ids.clone(), positions.clone(), meta)
-        return call(self, input_ids, positions, meta)
-
-    FusedCPUForward.__call__ = capture
+    call, captured = capture_decode_steps()
     prompt = {"prompt_token_ids": [(17 * i) % 10000 for i in range(args.context - 1)]}
     engines, flags = {}, os.environ.get("NVLLM_KERNEL_FLAGS", "")
     for name, extra in (("default build", ""), (args.flags, args.flags)):
