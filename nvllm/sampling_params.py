@@ -131,5 +131,3 @@ def _integer(name: str, value) -> int:
     if not isinstance(value, Integral) or isinstance(value, bool):
         raise ValueError(f"{name} must be an integer, got {short_repr(value)}")
     return int(value)
-
-

@@ -195,7 +195,8 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel:
         errors = e.errors(include_url=False)
         err = max(errors, key=lambda error: len(error["loc"]))  # of a union's members, the one that got furthest
         loc = [str(part) for part in err["loc"] if not _is_type_tag(part)]
-        param = ".".join(loc)[:PARAM_CHARS] or None  # (a key may be any length: cut, never echoed whole)
+        path = ".".join(loc)
+        param = path[:PARAM_CHARS] or None  # (a key may be any length: cut, never echoed whole)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "json_invalid":
             raise RequestError(f"the request body is not valid JSON ({message}); send a JSON object",
@@ -206,7 +207,7 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel:
         if err["type"] == "missing":
             message = f"{param} is required"
         elif err["type"] == "extra_forbidden":
-            message = f"unknown field {short_repr(param)}: nvllm's server does not know it; leave it out"
+            message = f"unknown field {short_repr(path)}: nvllm's server does not know it; leave it out"
         elif err["type"] != "value_error":
             message = f"{param}: {message} (got {short_repr(err.get('input'))})" if param else message
         raise RequestError(message, param=param, code="invalid_value") from None
