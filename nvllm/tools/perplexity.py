@@ -74,7 +74,8 @@ def measure(overrides: list[str], text: str, ctx: int, log=print) -> dict:
                     agree += int((ref.argmax(-1) == logprobs.argmax(-1)).sum())
             c = engine.config
             results[role] = {
-                "overrides": run, "quantization": c.quantization.name, "dtype": c.dtype, "forward": c.forward.name,
+                "overrides": run, "quantization": c.quantization.name,
+                "activations": getattr(c.quantization, "activations", "float"), "dtype": c.dtype, "forward": c.forward.name,
                 "weight_bytes": engine.executor.weight_bytes(), "perplexity": math.exp(nll / count),
                 "tokens_scored": count, "chunks": len(pieces), "seconds": round(time.perf_counter() - started, 1)}
             if role == "run":

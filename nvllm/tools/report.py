@@ -568,32 +568,46 @@ def _slo(runs: pd.DataFrame) -> str:
 
 # -- speed against quality --------------------------------------------------------------------------
 QUALITY_AXIS = "quantization"
+# what names a format: its layout (quantization) and what its weights multiply (quantization.activations)
+FORMAT_AXES = (QUALITY_AXIS, "quantization.activations")
+
+
+def format_name(quantization: str, activations: str | None = None) -> str:
+    """A format as the report names it: `int8`, or `int8, activations=int8`."""
+    return quantization if activations in (None, "float") else f"{quantization}, activations={activations}"
+
+
 
 
 def load_quality(files: list[Path]) -> dict[str, dict]:
-    """What nvllm.tools.perplexity measured (its --json files), by the weight format of the run it
-    scored: perplexity, the float32 model's, mean KL divergence and top-1 agreement against it."""
+    """What nvllm.tools.perplexity measured (its --json files), by the format of the run it scored
+    (format_name): perplexity, the float32 model's, mean KL divergence and top-1 agreement against it."""
     quality = {}
     for file in files:
         data = json.loads(Path(file).read_text())
         run, reference = data["run"], data["float32"]
-        if run["quantization"] in quality:
-            raise SystemExit(f"{file} and {quality[run['quantization']]['file']} both measured "
-                             f"quantization={run['quantization']}; keep one")
-        quality[run["quantization"]] = {
+        # (files written before perplexity.py recorded `activations` have it in their overrides only)
+        activations = run.get("activations") or next(
+            (o.split("=", 1)[1] for o in run.get("overrides", []) if o.startswith(f"{FORMAT_AXES[1]}=")), "float")
+        name = format_name(run["quantization"], activations)
+        if name in quality:
+            raise SystemExit(f"{file} and {quality[name]['file']} both measured {name}; keep one")
+        quality[name] = {
             "perplexity": run["perplexity"], "float32_perplexity": reference["perplexity"],
             "mean_kl_divergence": run.get("mean_kl_divergence"), "top1_agreement": run.get("top1_agreement"),
             "weight_bytes": run.get("weight_bytes"), "text": data.get("text"), "file": str(file)}
     return quality
 
 
-def frontier_table(axes: list[str], table: pd.DataFrame, quality: dict[str, dict]) -> pd.DataFrame:
+def frontier_table(axes: list[str], table: pd.DataFrame, quality: dict[str, dict], fixed: dict) -> pd.DataFrame:
     """The configurations whose format was measured for quality, with its perplexity, and
     `frontier`: whether no other format at the same settings of the other axes is both faster
     (output throughput) and at most as perplexed."""
-    rows = table[table[QUALITY_AXIS].isin(list(quality)) & table["output_throughput_median"].notna()].copy()
-    rows["perplexity"] = [quality[q]["perplexity"] for q in rows[QUALITY_AXIS]]
-    others = [a for a in axes if a != QUALITY_AXIS]
+    activations = table[FORMAT_AXES[1]] if FORMAT_AXES[1] in axes else [fixed.get(FORMAT_AXES[1])] * len(table)
+    table = table.assign(format=[format_name(q, a) for q, a in zip(table[QUALITY_AXIS], activations)])
+    rows = table[table["format"].isin(list(quality)) & table["output_throughput_median"].notna()].copy()
+    rows["perplexity"] = [quality[q]["perplexity"] for q in rows["format"]]
+    others = [a for a in axes if a not in FORMAT_AXES]
     rows["frontier"] = False
     for _, group in (rows.groupby(others, sort=False) if others else [((), rows)]):
         for i, row in group.iterrows():
@@ -604,19 +618,19 @@ def frontier_table(axes: list[str], table: pd.DataFrame, quality: dict[str, dict
 
 
 def quality_markdown(axes: list[str], rows: pd.DataFrame, quality: dict[str, dict]) -> list[str]:
-    others = [a for a in axes if a != QUALITY_AXIS]
+    others = [a for a in axes if a not in FORMAT_AXES]
     reference = next(iter(quality.values()))
     files = ", ".join(f"`{Path(q['file']).name}`" for q in quality.values())
     shown = pd.DataFrame({
-        **{f"`{a}`": list(rows[a]) for a in [QUALITY_AXIS, *others]},
+        **{f"`{a}`": list(rows[a]) for a in [*(a for a in FORMAT_AXES if a in axes), *others]},
         "perplexity": [f"{p:.4f}" for p in rows["perplexity"]],
         "vs float32": [f"{100 * (quality[q]['perplexity'] / quality[q]['float32_perplexity'] - 1):+.2f} %"
-                       for q in rows[QUALITY_AXIS]],
-        "mean KL divergence": [_fmt_small(quality[q]["mean_kl_divergence"]) for q in rows[QUALITY_AXIS]],
+                       for q in rows["format"]],
+        "mean KL divergence": [_fmt_small(quality[q]["mean_kl_divergence"]) for q in rows["format"]],
         "top-1 agreement": ["—" if quality[q]["top1_agreement"] is None else f"{100 * quality[q]['top1_agreement']:.2f} %"
-                            for q in rows[QUALITY_AXIS]],
+                            for q in rows["format"]],
         "weights (MiB)": ["—" if not quality[q]["weight_bytes"] else f"{quality[q]['weight_bytes'] / 2**20:.1f}"
-                          for q in rows[QUALITY_AXIS]],
+                          for q in rows["format"]],
         _header(rows, "output_throughput"): [_cell(r, rows, "output_throughput") for _, r in rows.iterrows()],
         "on the frontier": ["yes" if f else "" for f in rows["frontier"]]})
     return ["", f"## {_marked('Speed against quality', rows)}", "",
@@ -639,7 +653,7 @@ def plot_frontier(out_dir: Path, title: str, axes: list[str], rows: pd.DataFrame
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    others = [a for a in axes if a != QUALITY_AXIS]
+    others = [a for a in axes if a not in FORMAT_AXES]
     fig, panel = plt.subplots(figsize=(7, 4.5), layout="constrained")
     groups = rows.groupby(others, sort=False) if others else [((), rows)]
     for i, (label, group) in enumerate(groups):
@@ -651,7 +665,7 @@ def plot_frontier(out_dir: Path, title: str, axes: list[str], rows: pd.DataFrame
         panel.plot(front["perplexity"], front["output_throughput_median"], color=f"C{i}", marker="o", markersize=11,
                    markerfacecolor="none", label=_sim(name, group.iloc[0]))
         for _, r in group.iterrows():
-            panel.annotate(r[QUALITY_AXIS], (r["perplexity"], r["output_throughput_median"]), fontsize="small",
+            panel.annotate(r["format"], (r["perplexity"], r["output_throughput_median"]), fontsize="small",
                            xytext=(4, 4), textcoords="offset points")
     panel.set_xlabel("perplexity (lower is better)")
     panel.set_ylabel(_header(rows, "output_throughput"))
@@ -674,7 +688,7 @@ def report(sweep_dir: Path, out_dir: Path | None = None, quality_files: list[Pat
     axes, fixed, table = summarise(runs)
     _, _, runs = with_configs(runs)
     quality = load_quality(sorted(sweep_dir.glob("perplexity-*.json")) if quality_files is None else quality_files)
-    frontier = frontier_table(axes, table, quality) if quality and QUALITY_AXIS in axes else None
+    frontier = frontier_table(axes, table, quality, fixed) if quality and QUALITY_AXIS in axes else None
     try:
         title = sweep_title(axes, fixed)
         plots = plot(out_dir, title, axes, table) + plot_load(out_dir, title, axes, table, _slo(runs))

@@ -99,10 +99,10 @@ def test_plots_of_two_configurations_lay_out_without_warnings(tmp_path, spec_swe
     assert (tmp_path / "spec" / f"by_{K}.png").stat().st_size > 1000
 
 
-def write_perplexity(path, quantization: str, perplexity: float):
+def write_perplexity(path, quantization: str, perplexity: float, **run):
     """A JSON as python -m nvllm.tools.perplexity --json writes it."""
     run = {"quantization": quantization, "dtype": "float32", "perplexity": perplexity, "weight_bytes": 2**20,
-           "mean_kl_divergence": 0.01, "top1_agreement": 0.9}
+           "mean_kl_divergence": 0.01, "top1_agreement": 0.9, **run}
     path.write_text(json.dumps({"text": "alice.txt", "ctx": 512, "float32": {"perplexity": 20.0}, "run": run}))
 
 
@@ -128,5 +128,36 @@ def test_a_formats_sweep_gets_speed_against_quality(tmp_path):
     assert "+0.50 %" in section and "perplexity-int8.json" in section
     pytest.importorskip("matplotlib")
     assert (sweep / "frontier.png").stat().st_size > 1000 and "(frontier.png)" in md
-    with pytest.raises(SystemExit, match="both measured quantization=int8"):
+    with pytest.raises(SystemExit, match="both measured int8; keep one"):
         report(sweep, quality_files=[sweep / "perplexity-int8.json", sweep / "perplexity-int8.json"])
+
+
+def test_int8_activations_are_a_format_of_their_own(tmp_path):
+    """quantization x quantization.activations x workload.num_seqs: each (layout, activations) pair is
+    a format with its own perplexity; none with int8 activations was refused (skipped), so it is no
+    point; a perplexity file that names its activations only in its overrides (written before the
+    field) still matches."""
+    sweep, n = tmp_path / "quantization", 0
+    speed = {("none", "float"): 10.0, ("int8", "float"): 12.0, ("int8", "int8"): 15.0}
+    for seqs in (1, 8):
+        for (q, act), tok_s in [*speed.items(), (("none", "int8"), None)]:
+            overrides = [f"quantization={q}", f"quantization.activations={act}", f"workload.num_seqs={seqs}"]
+            if tok_s is None:
+                (sweep / str(n)).mkdir(parents=True)
+                (sweep / str(n) / "metrics.json").write_text(json.dumps(
+                    {"status": "skipped", "reason": "refused", "overrides": overrides, "device": "cpu: test",
+                     "versions": {}}))
+            else:
+                write_run(sweep, n, overrides, output_throughput=tok_s * seqs)
+            n += 1
+    write_perplexity(sweep / "perplexity-none.json", "none", 20.0, activations="float")
+    write_perplexity(sweep / "perplexity-int8.json", "int8", 20.1, activations="float")
+    write_perplexity(sweep / "perplexity-int8-a8.json", "int8", 20.2,
+                     overrides=["quantization=int8", "quantization.activations=int8"])
+    md = report(sweep).read_text()
+    section = md.split("## Speed against quality")[1]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in ("none", "int8")]
+    assert {(r[0], r[1], r[2]): (r[3], r[-1] == "yes") for r in rows} == {
+        (q, act, str(seqs)): (ppl, True) for seqs in (1, 8)
+        for q, act, ppl in (("none", "float", "20.0000"), ("int8", "float", "20.1000"), ("int8", "int8", "20.2000"))}
