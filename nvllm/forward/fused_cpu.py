@@ -13,8 +13,11 @@ each row routed in C, and only the experts the step's rows chose run, each over 
 
 dtype=bfloat16 or float16 keeps the packed matmul weights (the LM head's too) and the embedding
 table in 16 bits, half the bytes a step streams, and widens them to float32 in registers: the step
-computes what the float32 step computes on the 16-bit-rounded weights. Such a run takes every
-prefill in C (the torch modules would compute in 16 bits), whatever max_prefill_context says.
+computes what the float32 step computes on the 16-bit-rounded weights. Where the compiled step
+unpacks them in vector code (AVX-512 VBMI: codes_bf16), bfloat16 panels are held in about 12 bits a
+weight without losing a bit (code12): the same weights and logits, a quarter fewer bytes a step.
+Such a run takes every prefill in C (the torch modules would compute in 16 bits), whatever
+max_prefill_context says.
 
 A packed format (quantization=int8, int4, gguf) is read in place: each linear layer's quantized
 rows (nvllm/models/layers/packed.py), dequantized in registers by nvllm/kernels/quantized.h, so the
@@ -42,7 +45,8 @@ _ptr, _i64, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
 
 class _Weight(ctypes.Structure):
-    _fields_ = [("data", _ptr), ("scales", _ptr), ("mins", _ptr), ("format", _i64)]
+    _fields_ = [("data", _ptr), ("scales", _ptr), ("mins", _ptr), ("format", _i64), ("escapes", _ptr),
+                ("escape_start", _ptr)]
 
 
 MATMULS = ("qkv", "o", "gate_up", "down")  # a layer's Weight fields
@@ -86,6 +90,13 @@ def isa() -> str:
     return fn().decode()
 
 
+def codes_bf16() -> bool:
+    """Whether bfloat16 panels are stored in 12 bits a weight (`code12`): where the compiled step
+    unpacks them in vector code (AVX-512 with VBMI's byte permutes); elsewhere that is slower than
+    reading the plain 16 bits."""
+    return bool(load_library("cpu_step.c", "forward=fused_cpu", "forward=eager").nvllm_step_vector12())
+
+
 def dot_row_bytes(k: int) -> int:
     """The bytes of scratch one row of int8 activations takes (quantized.h `dot_row_bytes`)."""
     fn = load_library("cpu_step.c", "forward=fused_cpu", "forward=eager").nvllm_dot_row_bytes
@@ -96,6 +107,7 @@ def dot_row_bytes(k: int) -> int:
 PANEL = 16  # cpu_step.c's PANEL
 WEIGHTS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # cpu_step.c's Model.weights
 INT8, INT4, INT4_F32 = 3, 4, 6  # cpu_step.c's quantized Weight.format
+BF16_12 = 9  # cpu_step.c's bfloat16 panels in 12 bits a weight (code12)
 DOT = {INT8: 5, INT4: 7, INT4_F32: 8}  # each with int8 activations (quantization.activations=int8)
 CHUNK = 1024  # most rows (tokens) in one call: their activations stay in cache
 
@@ -112,6 +124,32 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     if k % 2:
         raise ValueError(f"a bfloat16 weight packs k in pairs, and this one has k={k}; use dtype=float16 or float32")
     return padded.view(-1, PANEL, k // 2, 2).transpose(1, 2).contiguous()
+
+
+def code12(panels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bfloat16 panels (`pack`'s [P, K/2, 16, 2]) in cpu_step.c's BF16_12 layout, every bit kept:
+    (data: uint8 [P, panel bytes], escapes: uint8 [E + 1, 64], escape_start: int32 [P]). Each k pair's
+    32 weights keep their low bytes (exponent's last bit, mantissa) and hold their high bytes (sign,
+    exponent's upper 7 bits) as nibbles: the sign, and 0 for exponent bits 0 (a zero) or 1-7 over the
+    pair's least nonzero one, its base: 48 bytes and a base byte for 64. A pair whose nonzero exponent
+    bits span more than 7 values is stored whole in `escapes`, its base 255."""
+    p, pairs = panels.shape[:2]
+    bits = panels.view(torch.int16).to(torch.int32) & 0xFFFF  # [P, K/2, 16, 2]
+    high = bits >> 8
+    exponent = high & 0x7F
+    base = torch.where(exponent > 0, exponent, 127).amin(dim=(2, 3)).clamp(min=1)
+    code = torch.where(exponent > 0, exponent - base[..., None, None] + 1, 0)
+    escaped = code.amax(dim=(2, 3)) > 7
+    nibble = code.clamp(max=7) | (high >> 7) << 3
+    lines = torch.cat([(bits & 0xFF).reshape(p, pairs, 32), nibble[..., 0] | nibble[..., 1] << 4], dim=2)
+    stride = -(-pairs * 49 // 64) * 64  # cpu_step.c's panel_bytes
+    data = torch.zeros(p, stride, dtype=torch.uint8)
+    data[:, :pairs * 48] = lines.reshape(p, -1).to(torch.uint8)
+    data[:, pairs * 48:pairs * 49] = torch.where(escaped, 255, base).to(torch.uint8)
+    whole = panels.view(torch.uint8).reshape(p, pairs, 64)[escaped]
+    escapes = torch.cat([whole, torch.zeros(1, 64, dtype=torch.uint8)])  # (never empty)
+    counts = escaped.sum(1)
+    return data, escapes, (counts.cumsum(0) - counts).to(torch.int32)
 
 
 def decoder_mlp(layer: torch.nn.Module) -> torch.nn.Module:
@@ -179,6 +217,7 @@ class FusedCPUForward(EagerForward):
         # the packed (and float32) copies the step reads, by what they copy (kept alive here)
         self.packed: dict[object, torch.Tensor] = {}
         self.weights = runner.dtype  # the packed weights' and the embedding's dtype; all else float32
+        self.code12 = self.weights == torch.bfloat16 and codes_bf16()  # bfloat16 panels in 12 bits (code12)
         quantization = runner.config.quantization
         # a packed format (quantization=int8, int4, gguf): the linear layers' quantized rows, read in place
         self.quantized = quantization is not None and quantization.name != "none"
@@ -213,11 +252,20 @@ class FusedCPUForward(EagerForward):
         def packed(weight):
             return _p(copy(id(weight), lambda: pack(weight)), self.weights)
 
+        def coded(weight) -> _Weight:
+            """A bfloat16 weight's panels in 12 bits a weight (code12), their escapes and where each panel's start"""
+            if (id(weight), "data") not in self.packed:
+                for part, t in zip(("data", "escapes", "start"), code12(pack(weight))):
+                    self.packed[(id(weight), part)] = t
+            data, escapes, start = (self.packed[(id(weight), part)] for part in ("data", "escapes", "start"))
+            return _Weight(_p(data, torch.uint8), None, None, BF16_12, _p(escapes, torch.uint8), _p(start, torch.int32))
+
         def matmul(linear, int8_dot: bool = self.int8_activations) -> _Weight:
             """A linear layer's (or the LM head's) weight as the step reads it: panels packed in dtype,
             or the layer's own quantized rows (nvllm/models/layers/packed.py), in place."""
             if linear.qweight is None:
-                return _Weight(packed(linear.weight), None, None, WEIGHTS[self.weights])
+                return coded(linear.weight) if self.code12 else \
+                    _Weight(packed(linear.weight), None, None, WEIGHTS[self.weights])
             if linear.mins is not None:  # int4: float16 scales, or float32 ones (GGUF Q4_K)
                 fmt = INT4_F32 if linear.scales.dtype == torch.float32 else INT4
             else:

@@ -23,7 +23,9 @@
  * the embedding table and the LM head are INT8 rows (one copy when tied). A 16-bit weight is
  * widened to float32 in registers as it is loaded (bfloat16: a 16-bit shift; float16: F16C's
  * vcvtph2ps), both exact, and multiplied and summed in float32: the arithmetic is the float32
- * step's on the 16-bit-rounded weights, at half the bytes streamed. Which vector code runs is fixed
+ * step's on the 16-bit-rounded weights, at half the bytes streamed. bfloat16 panels may be held in
+ * 12 bits a weight instead (BF16_12, `line12`): the same values bit for bit, unpacked in registers,
+ * three quarters of the bytes. Which vector code runs is fixed
  * when the kernel is compiled for the CPU at hand (-march=native, nvllm/kernels/__init__.py):
  * AVX-512 where the CPU has it, else AVX2 + F16C, else portable scalar widening. */
 #include "paged_attention.h"
@@ -43,7 +45,8 @@ enum {
     INT8 = 3, INT4 = 4,         /* quantized.h's layout: qweight, scales (and int4's mins) */
     INT4_F32 = 6,               /* INT4's with float32 scales and mins (GGUF Q4_K's sub-blocks) */
     /* INT8, INT4, INT4_F32 multiplied by int8 activations (quantization.activations=int8: quantized.h) */
-    INT8_DOT = 5, INT4_DOT = 7, INT4_F32_DOT = 8
+    INT8_DOT = 5, INT4_DOT = 7, INT4_F32_DOT = 8,
+    BF16_12 = 9 /* bfloat16 panels stored in 12 bits a weight, losslessly (see `line12`) */
 };
 
 /* A layer's matmul weight: packed panels in a float format, or quantized rows */
@@ -53,6 +56,10 @@ typedef struct {
      * float32 (read through quantized.h's scales_from and scale_at) */
     const uint16_t *scales, *mins;
     int64_t format;
+    /* BF16_12: the k pairs stored whole (64 bytes each, in the order met) and, per panel, the index of
+     * its first one there */
+    const void *escapes;
+    const int32_t *escape_start;
 } Weight;
 
 typedef struct {
@@ -155,6 +162,85 @@ static inline __attribute__((always_inline)) v8 pair8(const void *p, int odd)
  * plus the multiply-adds rather than the larger of the two (experiments/results/ says how much). */
 #define PREFETCH 16384
 
+/* BF16_12: a bfloat16 panel's k pairs (each 64 bytes: 16 lanes, the row's weight at k in a lane's low
+ * half, at k + 1 in its high one) in 48 bytes each, without losing a bit (fused_cpu.py `code12`). A
+ * bfloat16 is a high byte (sign, exponent's upper 7 bits) and a low byte (exponent's lowest bit, 7
+ * mantissa bits); a pair's 32 high bytes mostly span a few exponents, so each is held as a nibble:
+ * bit 3 its sign, bits 0-2 `e`: exponent bits 0 (a zero, or as small) where e is 0, else base - 1 + e,
+ * over the pair's `base` (1-127, one byte a pair). A pair: its 32 low bytes (lane j's k at 2j, k + 1
+ * at 2j + 1), then 16 nibble bytes (lane j's k in the low nibble, k + 1 in the high one). A panel: its
+ * K / 2 pairs, then their K / 2 bases, padded to 64 bytes. A pair whose nonzero high bytes span more
+ * than 7 values has the base ESCAPED and is read whole from the weight's `escapes`, in order. The
+ * values are the plain panel's, bit for bit, so the sums are too. */
+#define LINE12 48
+#define ESCAPED 0xff
+
+/* the bytes of one panel of K in format F (linear_as) */
+static inline int64_t panel_bytes(int64_t K, const int F)
+{
+    if (F == BF16_12) return (K / 2 * (LINE12 + 1) + 63) / 64 * 64;
+    return K * PANEL * (F == F32 ? 4 : 2);
+}
+
+/* One BF16_12 pair as the plain panel's 16 lanes (portable: the AVX2 and scalar code) */
+static inline void unpack12(const uint8_t *pair, uint8_t base, const char **escapes, uint32_t lanes[16])
+{
+    if (base == ESCAPED) {
+        memcpy(lanes, *escapes, 64);
+        *escapes += 64;
+        return;
+    }
+    for (int j = 0; j < 16; ++j) {
+        const uint32_t n = pair[32 + j], lo = n & 15, hi = n >> 4;
+        const uint32_t h0 = ((lo & 8) << 4) | (lo & 7 ? base - 1 + (lo & 7) : 0);
+        const uint32_t h1 = ((hi & 8) << 4) | (hi & 7 ? base - 1 + (hi & 7) : 0);
+        lanes[j] = h1 << 24 | (uint32_t)pair[2 * j + 1] << 16 | h0 << 8 | pair[2 * j];
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VBMI__)
+#define VECTOR12 1
+/* One BF16_12 pair as float32 vectors: w0 the 16 rows' weights at k, w1 at k + 1 */
+static inline __attribute__((always_inline)) void line12(const char *pair, uint8_t base, const char **escapes,
+                                                         __m512i idx0, __m512i idx1, v16 *w0, v16 *w1)
+{
+    if (__builtin_expect(base == ESCAPED, 0)) {
+        const __m512i whole = _mm512_loadu_si512(*escapes);
+        *escapes += 64;
+        *w0 = (v16)_mm512_slli_epi32(whole, 16);
+        *w1 = (v16)_mm512_and_si512(whole, _mm512_set1_epi32((int)0xffff0000u));
+        return;
+    }
+    /* a nibble's high byte (pshufb's table): its bit 3 as the sign, and base - 1 + its bits 0-2 where
+     * those are not 0 (nibbles 0 and 8: bytes 0 and 8 keep their 0; never a carry into the sign:
+     * base - 1 + 7 is an exponent's upper bits, < 128). 128-bit work: the 16 nibble bytes alone. */
+    const __m128i signs = _mm_set_epi32(0x87868584, 0x83828180, 0x07060504, 0x03020100);
+    const __m128i high = _mm_mask_add_epi8(signs, 0xfefe, signs, _mm_set1_epi8((char)(base - 1)));
+    const __m128i nibbles = _mm_loadu_si128((const __m128i *)(pair + 32)), low4 = _mm_set1_epi8(15);
+    const __m128i h0 = _mm_shuffle_epi8(high, _mm_and_si128(nibbles, low4));
+    const __m128i h1 = _mm_shuffle_epi8(high, _mm_and_si128(_mm_srli_epi16(nibbles, 4), low4));
+    const __m512i lows = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)pair));
+    /* lane j: its low byte at byte 2, its high byte at byte 3, bytes 0-1 zero: the float32 */
+    *w0 = (v16)_mm512_maskz_permutex2var_epi8(0xccccccccccccccccull, lows, idx0, _mm512_castsi128_si512(h0));
+    *w1 = (v16)_mm512_maskz_permutex2var_epi8(0xccccccccccccccccull, lows, idx1, _mm512_castsi128_si512(h1));
+}
+
+/* line12's byte indices: lane j's bytes 2 and 3 from the pair's low byte (2j + odd) and the high
+ * bytes' byte j (64 + : the second source); bytes 0 and 1 are masked to zero */
+#define IDX12(j, odd) 0, 0, 2 * (j) + (odd), 64 + (j)
+#define IDX12_ROW(odd)                                                                                     \
+    IDX12(0, odd), IDX12(1, odd), IDX12(2, odd), IDX12(3, odd), IDX12(4, odd), IDX12(5, odd), IDX12(6, odd), \
+        IDX12(7, odd), IDX12(8, odd), IDX12(9, odd), IDX12(10, odd), IDX12(11, odd), IDX12(12, odd),         \
+        IDX12(13, odd), IDX12(14, odd), IDX12(15, odd)
+static const uint8_t index12[2][64] __attribute__((aligned(64))) = {{IDX12_ROW(0)}, {IDX12_ROW(1)}};
+#else
+#define VECTOR12 0
+#endif
+
+/* Whether this build reads BF16_12 with vector code (else unpack12, slower than plain bfloat16):
+ * fused_cpu.py stores bfloat16 in 12 bits only where it does. */
+int nvllm_step_vector12(void) { return VECTOR12; }
+
 /* y[b, n0 + j] for BT input rows and one panel of format F: for each k, the panel's 16 weights in
  * one vector (two without AVX-512) and a broadcast of x[b, k] per row. Every sum runs over k in
  * order (16-bit weights with AVX-512: the even k and the odd k each in order, then added), the
@@ -162,9 +248,9 @@ static inline __attribute__((always_inline)) v8 pair8(const void *p, int odd)
 static inline __attribute__((always_inline)) void tile(const float *restrict x, int64_t K,
                                                        const void *restrict panel, const float *bias,
                                                        int64_t cols, float *restrict y, int64_t N, const int BT,
-                                                       const int F)
+                                                       const int F, const uint8_t *bases, const char *escapes)
 {
-    const int64_t step = PANEL * (F == F32 ? 4 : 2); /* bytes a k */
+    const int64_t step = PANEL * (F == F32 ? 4 : 2); /* bytes a k (BF16_12: LINE12 a k pair) */
     const char *p = panel;
 #ifdef __AVX512F__
     v16 acc[SEQS];
@@ -175,7 +261,31 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
          * multiply-adds, not memory, bounds a 16-bit panel's pace at one or two rows */
         v16 odd[SEQS];
         for (int b = 0; b < BT; ++b) odd[b] = (v16){0};
-        for (; k + 1 < K; k += 2) {
+        if (F == BF16_12) { /* a k pair a LINE12 bytes, walked with its own pointer */
+#if VECTOR12
+            const __m512i idx0 = _mm512_load_si512(index12[0]), idx1 = _mm512_load_si512(index12[1]);
+#endif
+            const char *line = p;
+            for (int64_t pair = 0; pair < K / 2; ++pair, line += LINE12) {
+                __builtin_prefetch(line + PREFETCH);
+                v16 w0, w1;
+#if VECTOR12
+                line12(line, bases[pair], &escapes, idx0, idx1, &w0, &w1);
+#else
+                uint32_t lanes[16];
+                unpack12((const uint8_t *)line, bases[pair], &escapes, lanes);
+                const __m512i both = _mm512_loadu_si512(lanes);
+                w0 = (v16)_mm512_slli_epi32(both, 16);
+                w1 = (v16)_mm512_and_si512(both, _mm512_set1_epi32((int)0xffff0000u));
+#endif
+                for (int b = 0; b < BT; ++b) {
+                    acc[b] += x[b * K + 2 * pair] * w0;
+                    odd[b] += x[b * K + 2 * pair + 1] * w1;
+                }
+            }
+            k = K;
+        }
+        for (; F != BF16_12 && k + 1 < K; k += 2) {
             __builtin_prefetch(p + k * step + PREFETCH); /* a cache line: two k */
             v16 w0, w1;
             if (F == BF16) { /* each lane: the row's weight at k in its low half, at k + 1 in its high one */
@@ -191,7 +301,7 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
         }
         for (int b = 0; b < BT; ++b) acc[b] += odd[b];
     }
-    for (; k < K; ++k) {
+    for (; F != BF16_12 && k < K; ++k) { /* (BF16_12: K is even) */
         __builtin_prefetch(p + k * step + PREFETCH); /* never faults, even past the end */
         const v16 w = load16(p + k * step, F);
         for (int b = 0; b < BT; ++b) acc[b] += x[b * K + k] * w;
@@ -201,13 +311,20 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
 #else
     v8 acc[SEQS][2];
     for (int b = 0; b < BT; ++b) acc[b][0] = acc[b][1] = (v8){0};
+    uint32_t lanes[16]; /* BF16_12: the k pair unpacked */
     for (int64_t k = 0; k < K; ++k) {
-        __builtin_prefetch(p + k * step + PREFETCH); /* never faults, even past the end */
         v8 w0, w1;
-        if (F == BF16) /* k's and k + 1's weights side by side: rows 0-7 in the pair's first 32 bytes */
-            w0 = pair8(p + k / 2 * 2 * step, k % 2), w1 = pair8(p + k / 2 * 2 * step + step, k % 2);
-        else
-            w0 = load8(p + k * step, F), w1 = load8(p + k * step + step / 2, F);
+        if (F == BF16_12) {
+            __builtin_prefetch(p + k / 2 * LINE12 + PREFETCH);
+            if (k % 2 == 0) unpack12((const uint8_t *)p + k / 2 * LINE12, bases[k / 2], &escapes, lanes);
+            w0 = pair8(lanes, k % 2), w1 = pair8(lanes + 8, k % 2);
+        } else {
+            __builtin_prefetch(p + k * step + PREFETCH); /* never faults, even past the end */
+            if (F == BF16) /* k's and k + 1's weights side by side: rows 0-7 in the pair's first 32 bytes */
+                w0 = pair8(p + k / 2 * 2 * step, k % 2), w1 = pair8(p + k / 2 * 2 * step + step, k % 2);
+            else
+                w0 = load8(p + k * step, F), w1 = load8(p + k * step + step / 2, F);
+        }
         for (int b = 0; b < BT; ++b) {
             const float xk = x[b * K + k];
             acc[b][0] += xk * w0;
@@ -226,12 +343,14 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
  * SEQS rows a tile */
 static inline __attribute__((always_inline)) void panel_rows(const float *x, int64_t rows, int64_t K, const void *panel,
                                                              const float *bias, int64_t cols, float *y, int64_t ld,
-                                                             const int F)
+                                                             const int F, const char *escapes)
 {
+    const uint8_t *bases = F == BF16_12 ? (const uint8_t *)panel + K / 2 * LINE12 : NULL;
     int64_t b0 = 0;
-    for (; b0 + SEQS <= rows; b0 += SEQS) tile(x + b0 * K, K, panel, bias, cols, y + b0 * ld, ld, SEQS, F);
+    for (; b0 + SEQS <= rows; b0 += SEQS)
+        tile(x + b0 * K, K, panel, bias, cols, y + b0 * ld, ld, SEQS, F, bases, escapes);
     switch (rows - b0) { /* the rest, with the row count known to the compiler */
-#define REST(r) case r: tile(x + b0 * K, K, panel, bias, cols, y + b0 * ld, ld, r, F); break;
+#define REST(r) case r: tile(x + b0 * K, K, panel, bias, cols, y + b0 * ld, ld, r, F, bases, escapes); break;
         REST(1) REST(2) REST(3) REST(4) REST(5)
 #if SEQS > 6
         REST(6) REST(7) REST(8) REST(9) REST(10) REST(11)
@@ -242,14 +361,15 @@ static inline __attribute__((always_inline)) void panel_rows(const float *x, int
 
 /* y [B, N] = x [B, K] w[N, K]^T (+ bias) from the packed panels of format F, shared out over the
  * threads in contiguous runs, each panel read once from memory for all B rows (SEQS at a time). */
-static inline __attribute__((always_inline)) void linear_as(const float *x, int64_t B, int64_t K, const void *w,
+static inline __attribute__((always_inline)) void linear_as(const float *x, int64_t B, int64_t K, const Weight *w,
                                                             const float *bias, int64_t N, float *y, const int F)
 {
-    const int64_t panels = (N + PANEL - 1) / PANEL;
+    const int64_t panels = (N + PANEL - 1) / PANEL, bytes = panel_bytes(K, F);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
-        panel_rows(x, B, K, (const char *)w + n0 * K * (F == F32 ? 4 : 2), bias ? bias + n0 : NULL, cols, y + n0, N, F);
+        panel_rows(x, B, K, (const char *)w->data + p * bytes, bias ? bias + n0 : NULL, cols, y + n0, N, F,
+                   F == BF16_12 ? (const char *)w->escapes + 64 * (int64_t)w->escape_start[p] : NULL);
     }
 }
 
@@ -353,7 +473,7 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, in
             const int64_t cols = N - n0 < PANEL ? N - n0 : PANEL;
             dequantize_panel((const uint8_t *)w->data + n0 * row_bytes, row_bytes, scales_from(w->scales, n0 * blocks, FMT),
                              FMT != Q_INT8 ? scales_from(w->mins, n0 * blocks, FMT) : NULL, K, cols, panel, FMT);
-            panel_rows(x, B, K, panel, bias ? bias + n0 : NULL, cols, y + n0, N, F32);
+            panel_rows(x, B, K, panel, bias ? bias + n0 : NULL, cols, y + n0, N, F32, NULL);
         }
         return;
     }
@@ -397,9 +517,10 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     case INT8_DOT: linear_dot(x, B, K, w, bias, N, y, act, own, Q_INT8); break;
     case INT4_DOT: linear_dot(x, B, K, w, bias, N, y, act, own, Q_INT4); break;
     case INT4_F32_DOT: linear_dot(x, B, K, w, bias, N, y, act, own, Q_INT4_F32); break;
-    case BF16: linear_as(x, B, K, w->data, bias, N, y, BF16); break;
-    case F16: linear_as(x, B, K, w->data, bias, N, y, F16); break;
-    default: linear_as(x, B, K, w->data, bias, N, y, F32);
+    case BF16: linear_as(x, B, K, w, bias, N, y, BF16); break;
+    case BF16_12: linear_as(x, B, K, w, bias, N, y, BF16_12); break;
+    case F16: linear_as(x, B, K, w, bias, N, y, F16); break;
+    default: linear_as(x, B, K, w, bias, N, y, F32);
     }
 }
 

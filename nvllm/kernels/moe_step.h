@@ -71,7 +71,7 @@ static inline __attribute__((always_inline)) void expert_cols(const float *x, in
                      cols - f < FEATURES ? cols - f : FEATURES, F == INT4 ? Q_INT4 : Q_INT8);
         return;
     }
-    panel_rows(x, rows, K, w + n0 * K * (F == F32 ? 4 : 2), NULL, cols, y, ld, F);
+    panel_rows(x, rows, K, w + n0 * K * (F == F32 ? 4 : 2), NULL, cols, y, ld, F, NULL);
 }
 
 /* For each expert x in used[0..n), its rows [start[x], start[x + 1]) of xs [., K] times its

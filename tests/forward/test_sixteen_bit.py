@@ -59,7 +59,10 @@ def test_fused_step_equals_transformers_on_the_rounded_weights(tiny_path, prompt
     """max_prefill_context=8 would send the longer prompts' prefills to the torch modules in float32;
     with 16-bit weights the C step takes them all."""
     def resident(runner):
-        assert {t.dtype for t in runner.forward_strategy.packed.values()} == {DTYPES[dtype], torch.float32}  # norms float32
+        # the matmul panels in dtype (bfloat16 where the step reads them in 12 bits: bytes), norms float32
+        twelve = dtype == "bfloat16" and fused_cpu.codes_bf16()
+        assert {t.dtype for t in runner.forward_strategy.packed.values()} == (
+            {torch.uint8, torch.int32, torch.float32} if twelve else {DTYPES[dtype], torch.float32})
         assert runner.model.model.embed_tokens.weight.dtype == DTYPES[dtype]
         assert all(m.k_cache.dtype == torch.float32 for m in runner._attention_layers())
 
@@ -105,6 +108,77 @@ def test_packed_formats_from_16_bit_weights(tiny_path, prompts, references, tmp_
     got, config = generate(tiny_path, prompts, dtype="bfloat16", quantization=fmt)
     assert config.forward.name == "fused_cpu"
     assert got == want
+
+
+def unpack12(data: torch.Tensor, escapes: torch.Tensor, escape_start: torch.Tensor, pairs: int) -> torch.Tensor:
+    """code12's layout read back as bfloat16 bits ([P, K/2, 16, 2] int32), as cpu_step.c's unpack12 reads it."""
+    lines = data[:, :pairs * 48].reshape(len(data), pairs, 48).to(torch.int32)
+    base = data[:, pairs * 48:pairs * 49].to(torch.int32)[..., None, None]
+    low = lines[..., :32].reshape(len(data), pairs, 16, 2)
+    nibble = torch.stack([lines[..., 32:] & 15, lines[..., 32:] >> 4], dim=-1)
+    code = nibble & 7
+    high = (nibble & 8) << 4 | torch.where(code > 0, base - 1 + code, 0)
+    bits = high << 8 | low
+    escaped = (base == 255)[..., 0, 0]
+    whole = escapes[:-1].view(torch.int16).to(torch.int32).reshape(-1, 16, 2) & 0xFFFF
+    assert len(whole) == int(escaped.sum()) and escape_start.tolist() == \
+        (escaped.sum(1).cumsum(0) - escaped.sum(1)).tolist()
+    bits[escaped] = whole
+    return bits
+
+
+def test_bfloat16_in_12_bits_keeps_every_bit():
+    """fused_cpu.code12 on weights with rows of very different scales, exact zeros (signed),
+    subnormals, infinities and NaNs: read back, every bit is the plain panel's; the pairs whose
+    exponents span too much are kept whole, and the rest take 49 bytes for 64."""
+    torch.manual_seed(0)
+    w = torch.randn(70, 96) * torch.exp(0.3 * torch.randn(70, 1))  # rows of a trained layer's spread
+    w[3, :40] = 0.0
+    w[5, 7] = -0.0
+    w[9, 11] = 1e-40  # a float32 subnormal: bfloat16's smallest exponent
+    w[11, 2], w[12, 3], w[13, 4] = float("inf"), float("-inf"), float("nan")
+    w[48:] *= torch.exp(3 * torch.randn(22, 1))  # the last two panels' rows a thousandfold apart
+    panels = fused_cpu.pack(w.bfloat16())
+    data, escapes, start = fused_cpu.code12(panels)
+    plain = panels.view(torch.int16).to(torch.int32) & 0xFFFF
+    assert torch.equal(unpack12(data, escapes, start, panels.shape[1]), plain)
+    escaped = (data[:, 48 * 48:48 * 49] == 255).sum(1).tolist()  # per panel, of its 48 pairs
+    assert sum(escaped[1:3]) <= 2 and min(escaped[3:]) > 24 and escaped[0] > 0  # (zeros and specials: few)
+    assert data.shape == (5, -(-48 * 49 // 64) * 64) and escapes.shape == (sum(escaped) + 1, 64)
+
+
+@pytest.mark.parametrize("isa, flags, needs", [
+    ("avx512", "", " avx512vbmi "), ("avx512", "-mno-avx512vbmi", " avx512f "), ("avx2", "-mno-avx512f", ""),
+    ("portable", "-mno-avx2 -mno-f16c", "")])
+def test_12_bit_panels_give_the_plain_panels_logits(tiny_path, prompts, isa, flags, needs, monkeypatch):
+    """The C step reading bfloat16 panels in 12 bits (AVX-512 VBMI's vector code, or the portable
+    unpacking the other builds fall back to) computes the plain panels' log-probabilities bit for bit;
+    the tiny model's wide weights leave some pairs escaped, so that path runs too."""
+    if needs and needs not in open("/proc/cpuinfo").read():
+        pytest.skip(f"this CPU has no{needs}")
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", flags)
+    fused_cpu.kernel.cache_clear()
+    sampling = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True, logprobs=5)
+    got = {}
+    try:
+        assert fused_cpu.isa() == isa
+        for twelve in (False, True):
+            monkeypatch.setattr(fused_cpu, "codes_bf16", lambda twelve=twelve: twelve)
+
+            def escaped(runner):
+                fw = runner.forward_strategy
+                assert fw.code12 == twelve
+                if twelve:
+                    assert sum(len(t) - 1 for k, t in fw.packed.items() if isinstance(k, tuple) and k[1] == "escapes")
+
+            with LLM(tiny_path, kv_cache={"block_size": 8}, max_model_len=256, dtype="bfloat16",
+                     forward="fused_cpu") as llm:
+                escaped(llm.engine.executor)
+                got[twelve] = [(o.outputs[0].token_ids, o.outputs[0].logprobs)
+                               for o in llm.generate(prompts, sampling, use_tqdm=False)]
+    finally:
+        fused_cpu.kernel.cache_clear()
+    assert got[True] == got[False]
 
 
 def test_this_cpu_builds_its_widest_code():
