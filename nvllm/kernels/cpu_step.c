@@ -441,11 +441,50 @@ static inline __attribute__((always_inline)) void dequantize_panel(const uint8_t
  * below it, dequantizing a panel costs more than it saves. */
 #define DEQUANTIZED_ROWS 16
 
-/* Whether a weight is quantized rows (linear_rows), and whether a model has any: only then does a
- * step of DEQUANTIZED_ROWS rows or more give each thread a panel's scratch. */
+/* Whether a weight is quantized rows (linear_rows) or 12-bit bfloat16 panels (linear_12), and whether a
+ * model has any: only then does a step of DEQUANTIZED_ROWS rows or more give each thread a panel's
+ * scratch. */
 static inline int is_rows(const Weight *w)
 {
-    return w->format == INT8 || w->format == INT4 || w->format == INT4_F32;
+    return w->format == INT8 || w->format == INT4 || w->format == INT4_F32 || w->format == BF16_12;
+}
+
+/* A BF16_12 panel as the plain bfloat16 panel (its K / 2 pairs of 16 lanes) into `plain` */
+static void unpack_panel12(const char *panel, int64_t K, const char *escapes, uint32_t *plain)
+{
+    const uint8_t *bases = (const uint8_t *)panel + K / 2 * LINE12;
+#if VECTOR12
+    const __m512i idx0 = _mm512_load_si512(index12[0]), idx1 = _mm512_load_si512(index12[1]);
+    for (int64_t pair = 0; pair < K / 2; ++pair) {
+        v16 w0, w1;
+        line12(panel + pair * LINE12, bases[pair], &escapes, idx0, idx1, &w0, &w1);
+        _mm512_storeu_si512(plain + 16 * pair, _mm512_or_si512(_mm512_srli_epi32((__m512i)w0, 16), (__m512i)w1));
+    }
+#else
+    for (int64_t pair = 0; pair < K / 2; ++pair)
+        unpack12((const uint8_t *)panel + pair * LINE12, bases[pair], &escapes, plain + 16 * pair);
+#endif
+}
+
+/* linear_any for 12-bit bfloat16 panels: with DEQUANTIZED_ROWS rows or more and a thread's scratch
+ * `panel`, each panel unpacked once into the plain layout there and the bfloat16 tiles run over it
+ * (the same weights and sums as the plain panel's), rather than unpacked again by every tile of SEQS
+ * rows; fewer rows read the 12-bit pairs directly (linear_as). */
+static void linear_12(const float *x, int64_t B, int64_t K, const Weight *w, const float *bias, int64_t N,
+                      float *y, float *panel)
+{
+    if (!panel || B < DEQUANTIZED_ROWS) {
+        linear_as(x, B, K, w, bias, N, y, BF16_12);
+        return;
+    }
+    const int64_t panels = (N + PANEL - 1) / PANEL, bytes = panel_bytes(K, BF16_12);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels; ++p) {
+        const int64_t n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
+        unpack_panel12((const char *)w->data + p * bytes, K, (const char *)w->escapes + 64 * (int64_t)w->escape_start[p],
+                       (uint32_t *)panel);
+        panel_rows(x, B, K, panel, bias ? bias + n0 : NULL, cols, y + n0, N, BF16, NULL);
+    }
 }
 
 static int has_rows(const Model *m)
@@ -518,7 +557,7 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
     case INT4_DOT: linear_dot(x, B, K, w, bias, N, y, act, own, Q_INT4); break;
     case INT4_F32_DOT: linear_dot(x, B, K, w, bias, N, y, act, own, Q_INT4_F32); break;
     case BF16: linear_as(x, B, K, w, bias, N, y, BF16); break;
-    case BF16_12: linear_as(x, B, K, w, bias, N, y, BF16_12); break;
+    case BF16_12: linear_12(x, B, K, w, bias, N, y, panel); break;
     case F16: linear_as(x, B, K, w, bias, N, y, F16); break;
     default: linear_as(x, B, K, w, bias, N, y, F32);
     }
