@@ -8,11 +8,10 @@ logits are equal.
 """
 import argparse
 import statistics
-import time
 
 import torch
 
-from hugepages_ab import capture_decode_steps  # (experiments/, this script's directory)
+from hugepages_ab import capture_decode_steps, report, time_in_turn  # (experiments/, this script's directory)
 from nvllm import LLM, SamplingParams
 from nvllm.forward import fused_cpu
 
@@ -42,16 +41,8 @@ def main():
         held = sum(t.nbytes for t in strategy.packed.values() if t.dtype != torch.float32)
         print(f"{name}: matmul weights held {held / 2**20:.1f} MiB; logprobs equal to plain #0's: "
               f"{logprobs[name] == logprobs['plain #0']}")
-    times = {name: [] for name in engines}
-    for _ in range(args.steps // args.run):
-        for name, (strategy, (ids, positions, meta)) in zip(engines, captured.items()):
-            for _ in range(args.run):
-                start = time.perf_counter()
-                call(strategy, ids, positions, meta)
-                times[name].append(time.perf_counter() - start)
-    for name, t in times.items():
-        q = statistics.quantiles(t)
-        print(f"{name}: decode step median {statistics.median(t) * 1e3:.3f} ms, quartiles {q[0] * 1e3:.3f}-{q[2] * 1e3:.3f} ms")
+    times = time_in_turn(call, engines, captured, args.steps, args.run)
+    report(times)
     plain = statistics.median([x for n, t in times.items() if n.startswith("plain") for x in t])
     twelve = statistics.median([x for n, t in times.items() if n.startswith("12") for x in t])
     print(f"12-bit panels: the step {plain / twelve:.3f}x as fast (medians over the engines of each kind)")

@@ -42,6 +42,27 @@ def capture_decode_steps():
     return call, captured
 
 
+def time_in_turn(call, names, captured, steps: int, run: int = 1) -> dict[str, list[float]]:
+    """Each engine's captured decode step (`names` in the order their engines were built) called
+    `steps` times, `run` steps in a row on one engine before the next: {name: seconds per step}."""
+    times = {name: [] for name in names}
+    for _ in range(steps // run):
+        for name, (strategy, (ids, positions, meta)) in zip(names, captured.items()):
+            for _ in range(run):
+                start = time.perf_counter()
+                call(strategy, ids, positions, meta)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(times: dict[str, list[float]], label: str = "") -> None:
+    """Each engine's median step and quartiles."""
+    for name, t in times.items():
+        q = statistics.quantiles(t)
+        print(f"{label}{name}: decode step median {statistics.median(t) * 1e3:.3f} ms, "
+              f"quartiles {q[0] * 1e3:.3f}-{q[2] * 1e3:.3f} ms")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variant", help="float32, bfloat16, float16, int8, int4, gguf=q4_0 ... (:a8: int8 activations)")
@@ -55,15 +76,8 @@ def main():
         engines[name].generate(["The history of the city of " * 20],
                                SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)
     hugepages._ADVICE = advice
-    times = {name: [] for name in engines}
-    for _ in range(args.steps):
-        for name, (strategy, (ids, positions, meta)) in zip(engines, captured.items()):
-            start = time.perf_counter()
-            call(strategy, ids, positions, meta)
-            times[name].append(time.perf_counter() - start)
-    for name, t in times.items():
-        print(f"{args.variant} {name}: decode step median {statistics.median(t) * 1e3:.3f} ms, "
-              f"quartiles {statistics.quantiles(t)[0] * 1e3:.3f}-{statistics.quantiles(t)[2] * 1e3:.3f} ms")
+    times = time_in_turn(call, engines, captured, args.steps)
+    report(times, f"{args.variant} ")
     ratio = statistics.median(times["4 KiB pages"]) / statistics.median(times["2 MiB pages"])
     print(f"{args.variant}: 2 MiB pages {ratio:.3f}x as fast (median step)")
 

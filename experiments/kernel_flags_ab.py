@@ -9,9 +9,8 @@ alternately, a few steps at a time as a decode runs them, so that both see the s
 import argparse
 import os
 import statistics
-import time
 
-from hugepages_ab import capture_decode_steps  # (experiments/, this script's directory)
+from hugepages_ab import capture_decode_steps, report, time_in_turn  # (experiments/, this script's directory)
 from nvllm import LLM, SamplingParams
 from nvllm.forward import fused_cpu
 
@@ -33,17 +32,8 @@ def main():
         engines[name] = LLM("smollm2", dtype=args.dtype)
         engines[name].generate([prompt], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True), use_tqdm=False)
     os.environ["NVLLM_KERNEL_FLAGS"] = flags
-    times = {name: [] for name in engines}
-    for _ in range(args.steps // args.run):
-        for name, (strategy, (ids, positions, meta)) in zip(engines, captured.items()):
-            for _ in range(args.run):
-                start = time.perf_counter()
-                call(strategy, ids, positions, meta)
-                times[name].append(time.perf_counter() - start)
-    for name, t in times.items():
-        q = statistics.quantiles(t)
-        print(f"{args.dtype}, context {args.context}, {name}: decode step median {statistics.median(t) * 1e3:.3f} ms, "
-              f"quartiles {q[0] * 1e3:.3f}-{q[2] * 1e3:.3f} ms")
+    times = time_in_turn(call, engines, captured, args.steps, args.run)
+    report(times, f"{args.dtype}, context {args.context}, ")
     default, other = (statistics.median(t) for t in times.values())
     print(f"{args.dtype}, context {args.context}: the default build {other / default:.3f}x as fast as {args.flags} (median step)")
 
