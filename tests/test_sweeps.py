@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from nvllm import registry
 from nvllm.config import DEFAULT_MAX_MODEL_LEN, Config, setup
+from nvllm.errors import ConfigError
 from nvllm.tools.report import main, report
 from nvllm.workloads import assign_priorities, build_requests
 
@@ -175,21 +176,31 @@ def test_an_experiment_kept_outside_the_package(tmp_path):
         assert "name: file" in proc.stdout and "path: prompts.txt" in proc.stdout and "print_outputs: false" in proc.stdout
 
 
+# cells an experiment sweeps knowing nvllm refuses them (its report shows them skipped): all of
+# these overrides together
+REFUSED = {"quantization": ("quantization=none", "quantization.activations=int8")}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_cell_of_every_experiment_composes(experiment):
     """Every configuration the sweep would run composes, its components' configs type-check, and
     its workload builds (each distinct workload once); nothing runs. Repeats are swept. An experiment
-    of an architecture that is not registered here (a plugin's, not installed) is skipped, named."""
+    of an architecture that is not registered here (a plugin's, not installed) is skipped, named.
+    The cells REFUSED names are refused by name (a ConfigError), and only those."""
     model = re.search(r"^  - override /model: (\w+)", (EXPERIMENT_DIR / f"{experiment}.yaml").read_text(), re.M)
     if model and model.group(1) not in registry.names("model"):
         pytest.skip(f"experiment={experiment} runs model={model.group(1)}, which is not registered here")
     cfg, grid = cells(experiment)
     assert cfg.hydra.sweep.dir.startswith(f"multirun/{experiment}/")
     assert "repeat" in cfg.hydra.sweeper.params and len(grid) > 1
-    built = set()
+    built, refused = set(), REFUSED.get(experiment)
     for overrides in grid:
         with initialize_config_module("nvllm.conf", version_base="1.3"):
             cfg = compose("config", overrides=overrides)
+        if refused and set(refused) <= set(overrides):
+            with pytest.raises(ConfigError):
+                Config.from_cfg(cfg)
+            continue
         typed = Config.from_cfg(cfg)
         for group in registry.FAMILIES:
             component = getattr(typed, group)  # attention=auto, forward=auto stay "auto" until the engine resolves them

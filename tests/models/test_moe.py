@@ -137,7 +137,9 @@ def test_the_fused_step_with_16_bit_weights_matches_transformers_on_the_rounded_
     """Router and experts packed in 16 bits and widened in registers: the float32 arithmetic on the
     rounded weights."""
     def resident(engine):
-        assert {t.dtype for t in engine.executor.forward_strategy.packed.values()} == {dtype, torch.float32}
+        # (the router and the dense layers' panels in 12 bits where the step reads them: bytes)
+        twelve = {torch.uint8, torch.int32} if dtype == torch.bfloat16 and fused_cpu.codes_bf16() else set()
+        assert {t.dtype for t in engine.executor.forward_strategy.packed.values()} == {dtype, torch.float32} | twelve
 
     tokens, _ = generate(checkpoint, "fused_cpu", resident, dtype=str(dtype).removeprefix("torch."))
     assert tokens == hf_greedy(checkpoint, prompts(), MAX_NEW, round_to=dtype)
