@@ -182,6 +182,13 @@ static inline int64_t panel_bytes(int64_t K, const int F)
     return K * PANEL * (F == F32 ? 4 : 2);
 }
 
+/* BF16_12: a panel's bases (after its pairs), and panel p's first pair stored whole in w's escapes */
+static inline const uint8_t *bases12(const void *panel, int64_t K) { return (const uint8_t *)panel + K / 2 * LINE12; }
+static inline const char *escapes12(const Weight *w, int64_t p)
+{
+    return (const char *)w->escapes + 64 * (int64_t)w->escape_start[p];
+}
+
 /* One BF16_12 pair as the plain panel's 16 lanes (portable: the AVX2 and scalar code) */
 static inline void unpack12(const uint8_t *pair, uint8_t base, const char **escapes, uint32_t lanes[16])
 {
@@ -345,7 +352,7 @@ static inline __attribute__((always_inline)) void panel_rows(const float *x, int
                                                              const float *bias, int64_t cols, float *y, int64_t ld,
                                                              const int F, const char *escapes)
 {
-    const uint8_t *bases = F == BF16_12 ? (const uint8_t *)panel + K / 2 * LINE12 : NULL;
+    const uint8_t *bases = F == BF16_12 ? bases12(panel, K) : NULL;
     int64_t b0 = 0;
     for (; b0 + SEQS <= rows; b0 += SEQS)
         tile(x + b0 * K, K, panel, bias, cols, y + b0 * ld, ld, SEQS, F, bases, escapes);
@@ -369,7 +376,7 @@ static inline __attribute__((always_inline)) void linear_as(const float *x, int6
     for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
         panel_rows(x, B, K, (const char *)w->data + p * bytes, bias ? bias + n0 : NULL, cols, y + n0, N, F,
-                   F == BF16_12 ? (const char *)w->escapes + 64 * (int64_t)w->escape_start[p] : NULL);
+                   F == BF16_12 ? escapes12(w, p) : NULL);
     }
 }
 
@@ -452,7 +459,7 @@ static inline int is_rows(const Weight *w)
 /* A BF16_12 panel as the plain bfloat16 panel (its K / 2 pairs of 16 lanes) into `plain` */
 static void unpack_panel12(const char *panel, int64_t K, const char *escapes, uint32_t *plain)
 {
-    const uint8_t *bases = (const uint8_t *)panel + K / 2 * LINE12;
+    const uint8_t *bases = bases12(panel, K);
 #if VECTOR12
     const __m512i idx0 = _mm512_load_si512(index12[0]), idx1 = _mm512_load_si512(index12[1]);
     for (int64_t pair = 0; pair < K / 2; ++pair) {
@@ -481,8 +488,7 @@ static void linear_12(const float *x, int64_t B, int64_t K, const Weight *w, con
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * PANEL, cols = N - n0 < PANEL ? N - n0 : PANEL;
-        unpack_panel12((const char *)w->data + p * bytes, K, (const char *)w->escapes + 64 * (int64_t)w->escape_start[p],
-                       (uint32_t *)panel);
+        unpack_panel12((const char *)w->data + p * bytes, K, escapes12(w, p), (uint32_t *)panel);
         panel_rows(x, B, K, panel, bias ? bias + n0 : NULL, cols, y + n0, N, BF16, NULL);
     }
 }
