@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 from nvllm.errors import ConfigError
 from nvllm.hookspecs import hookimpl
-from nvllm.quantization.base import QuantizationMethod
+from nvllm.quantization.base import QuantizationMethod, check_activations
 
 
 class NoQuantization(QuantizationMethod):
@@ -20,6 +20,7 @@ class NoQuantization(QuantizationMethod):
         activations: str = "float"
 
         def __post_init__(self):
+            check_activations(self)  # an unknown value: refused naming the allowed ones
             if self.activations != "float":
                 raise ConfigError(f"quantization.activations={self.activations!r} rounds the activations a packed "
                                   f"format's weights multiply, and quantization=none packs none: use "

@@ -369,6 +369,8 @@ def test_int8_activations_are_a_named_option_of_the_c_step(tiny_llama_path):
         LLM(tiny_llama_path, quantization={"name": "int8", "activations": "int4"})
     with pytest.raises(ConfigError, match=r"quantization=none packs none: use quantization=int8, int4 or gguf with it"):
         LLM(tiny_llama_path, quantization={"name": "none", "activations": "int8"})
+    with pytest.raises(ConfigError, match=r"quantization.activations='int4' is not allowed: use float or int8"):
+        LLM(tiny_llama_path, quantization={"name": "none", "activations": "int4"})
     for fmt in ("int8", "int4"):
         with LLM(tiny_llama_path, quantization={"name": fmt, "activations": "int8"}, max_model_len=256) as llm:
             assert llm.engine.config.forward.name == "fused_cpu"
