@@ -5,9 +5,11 @@ each reading its context from the cache like a decode row) and early-exit draft 
 the C model cut after its first layers); a prefill runs as calls of at most CHUNK token rows (its
 rows read each other's K/V through the cache) unless its context is longer than
 `forward.max_prefill_context`, where the torch modules (forward=eager, SDPA) are faster. It reads
-the model's norms, biases and KV cache in place and its matmul weights from packed copies made
-once, and returns the logits of the sampled rows only. Its attention is attention=cpu's kernel
-(nvllm/kernels/paged_attention.h), so it runs with attention=cpu (whose KV cache is float32). A
+the model's norms, biases and KV cache in place, and its matmul weights and embedding table as
+panels packed once, which the modules hold in their float weights' place (one copy resident; the
+torch modules unpack a layer's where they run), and returns the logits of the sampled rows only.
+Its attention is attention=cpu's kernel (nvllm/kernels/paged_attention.h), so it runs with
+attention=cpu (whose KV cache is float32). A
 mixture of experts' layer (a FusedMoE: qwen3_moe, the Mixtral plugin) runs nvllm/kernels/moe_step.h:
 each row routed in C, and only the experts the step's rows chose run, each over its rows.
 
@@ -39,6 +41,7 @@ from nvllm.forward.eager import EagerForward
 from nvllm.hookspecs import hookimpl
 from nvllm.kernels import hugepages, load_library
 from nvllm.models.base import fused_layout
+from nvllm.models.layers.linear import PackedWeight
 from nvllm.models.layers.moe import FusedMoE
 
 _ptr, _i64, _f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
@@ -152,6 +155,82 @@ def code12(panels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return data, escapes, (counts.cumsum(0) - counts).to(torch.int32)
 
 
+def unpack(panels: torch.Tensor, rows: int) -> torch.Tensor:
+    """`pack`'s inverse: the weight [rows, K] of its panels."""
+    if panels.dim() == 3:  # [P, K, 16]
+        return panels.transpose(1, 2).reshape(-1, panels.shape[1])[:rows]
+    return panels.transpose(1, 2).reshape(-1, 2 * panels.shape[1])[:rows]  # bfloat16: [P, K/2, 16, 2]
+
+
+def decode12(data: torch.Tensor, escapes: torch.Tensor, k: int) -> torch.Tensor:
+    """`code12`'s inverse: the bfloat16 panels ([P, K/2, 16, 2]) of its data and escapes."""
+    p, pairs = data.shape[0], k // 2
+    lines = data[:, :pairs * 48].reshape(p, pairs, 48).to(torch.int32)
+    base = data[:, pairs * 48:pairs * 49].to(torch.int32)[..., None, None]
+    nibble = torch.stack([lines[..., 32:] & 15, lines[..., 32:] >> 4], dim=-1)  # [P, K/2, 16, 2]: k, k + 1
+    high = (nibble & 8) << 4 | torch.where(nibble & 7 > 0, base - 1 + (nibble & 7), 0)
+    plain = torch.stack([lines[..., :32].reshape(p, pairs, 16, 2), high], dim=-1).to(torch.uint8)
+    escaped = data[:, pairs * 48:pairs * 49] == 255
+    plain.view(p, pairs, 64)[escaped] = escapes[:-1]
+    return plain.view(torch.bfloat16).reshape(p, pairs, 16, 2)
+
+
+@dataclass(eq=False)
+class Panels:
+    """A float weight [rows, K] as the C step reads it, held by its module in the weight's place
+    (PackedWeight.hold): `pack`'s panels, or bfloat16 ones in 12 bits (`code12`'s data, escapes,
+    escape_start)."""
+    rows: int
+    k: int
+    tensors: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, in_12_bits: bool) -> "Panels":
+        panels = pack(weight)
+        return cls(*weight.shape, code12(panels) if in_12_bits else (panels,))
+
+    def dense(self) -> torch.Tensor:
+        panels = self.tensors[0] if len(self.tensors) == 1 else decode12(*self.tensors[:2], self.k)
+        return unpack(panels, self.rows)
+
+    def rows_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """The weight's rows `ids` (an embedding's lookup), the rest left packed (12 bits: unpacked)."""
+        if len(self.tensors) > 1:
+            return self.dense()[ids]
+        panels, flat = self.tensors[0], ids.reshape(-1)
+        rows = panels[flat // PANEL, :, flat % PANEL]  # [n, K] or bfloat16's [n, K/2, 2]
+        return rows.reshape(*ids.shape, self.k)
+
+    def weight(self) -> _Weight:
+        """The C step's view of it."""
+        if len(self.tensors) == 1:
+            panels = self.tensors[0]
+            return _Weight(_p(panels, panels.dtype), None, None, WEIGHTS[panels.dtype])
+        data, escapes, start = self.tensors
+        return _Weight(_p(data, torch.uint8), None, None, BF16_12, _p(escapes, torch.uint8), _p(start, torch.int32))
+
+
+@dataclass(eq=False)
+class ExpertPanels:
+    """A mixture of experts' w13 or w2 ([E, N, K]) as the C step reads it, held by the FusedMoE in its
+    place (FusedMoE.hold): each expert's panels (w13: its gate's, then its up's, each packed alone), stacked."""
+    stack: torch.Tensor
+    parts: int
+    rows: int
+
+    @classmethod
+    def of(cls, weights: torch.Tensor, parts: int) -> "ExpertPanels":
+        return cls(torch.stack([torch.cat([pack(part) for part in w.chunk(parts)]) for w in weights]), parts,
+                   weights.shape[1])
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor]:
+        return (self.stack,)
+
+    def expert(self, local: int) -> torch.Tensor:
+        return torch.cat([unpack(part, self.rows // self.parts) for part in self.stack[local].chunk(self.parts)])
+
+
 def decoder_mlp(layer: torch.nn.Module) -> torch.nn.Module:
     """A decoder layer's MLP: its FusedMoE, whatever the attribute's name (Qwen3-MoE's `mlp`, Mixtral's
     `block_sparse_moe`), else its dense `mlp`."""
@@ -214,7 +293,9 @@ class FusedCPUForward(EagerForward):
     def __init__(self, config, runner):
         super().__init__(config, runner)
         self.fn = kernel()
-        # the packed (and float32) copies the step reads, by what they copy (kept alive here)
+        # the panels the modules hold in their float weights' place (`hold_weights`), and the float32
+        # copies of 16-bit norms and biases the step reads, by what they copy (kept alive here)
+        self.held: list[Panels | ExpertPanels] = []
         self.packed: dict[object, torch.Tensor] = {}
         self.weights = runner.dtype  # the packed weights' and the embedding's dtype; all else float32
         self.code12 = self.weights == torch.bfloat16 and codes_bf16()  # bfloat16 panels in 12 bits (code12)
@@ -229,12 +310,32 @@ class FusedCPUForward(EagerForward):
         self.rows, self.work = torch.empty(0, dtype=torch.int64), torch.empty(0)
 
     def bind_kv_cache(self):
-        """Pack the matmul weights, move everything the step streams (the model's tensors, the packed
-        copies) into huge pages (nvllm/kernels/hugepages.py), then point the C model at them and at
-        this cache: two passes of `_bind`, the second finding every copy made."""
+        """Hold the float weights as the step's panels (`hold_weights`), move everything the step
+        streams (the model's tensors, the copies) into huge pages (nvllm/kernels/hugepages.py), then
+        point the C model at them and at this cache: two passes of `_bind`, the second finding every
+        copy made."""
+        self.held = self.hold_weights()
         self._bind()
-        hugepages.move([*self.model.parameters(), *self.model.buffers(), *self.packed.values()])
+        hugepages.move([*self.model.parameters(), *self.model.buffers(), *self.packed.values(),
+                        *(t for panels in self.held for t in panels.tensors)])
         self._bind()
+
+    def hold_weights(self) -> list[Panels]:
+        """Pack every float weight the step multiplies by (the linear layers', the embedding table's, the
+        LM head's) into its panels once, and have its module hold them in the float weight's place
+        (PackedWeight.hold: tied modules share them): one copy stays resident, which the torch modules
+        unpack where they run (a float32 prefill longer than max_prefill_context)."""
+        held: dict[int, Panels | ExpertPanels] = {}
+        for module in self.model.modules():
+            if isinstance(module, PackedWeight) and module.weight is not None:
+                if id(module.weight) not in held:
+                    held[id(module.weight)] = Panels.of(module.weight.detach(), self.code12)
+                module.hold(held[id(module.weight)])
+            if isinstance(module, FusedMoE) and module.w13 is not None:
+                for name, parts in (("w13", 2), ("w2", 1)):
+                    held[id(module), name] = ExpertPanels.of(getattr(module, name).detach(), parts)
+                    module.hold(name, held[id(module), name])
+        return list(held.values())
 
     def _bind(self):
         """Build the C model over the weights and the cache (packing each weight once: self.packed)."""
@@ -244,28 +345,16 @@ class FusedCPUForward(EagerForward):
         attn0 = first.self_attn
 
         def copy(key, make) -> torch.Tensor:
-            """A copy the step reads (packed, widened), made once: the same tensor in either pass"""
+            """A copy the step reads (widened, stacked), made once: the same tensor in either pass"""
             if key not in self.packed:
                 self.packed[key] = make()
             return self.packed[key]
 
-        def packed(weight):
-            return _p(copy(id(weight), lambda: pack(weight)), self.weights)
-
-        def coded(weight) -> _Weight:
-            """A bfloat16 weight's panels in 12 bits a weight (code12), their escapes and where each panel's start"""
-            if (id(weight), "data") not in self.packed:
-                for part, t in zip(("data", "escapes", "start"), code12(pack(weight))):
-                    self.packed[(id(weight), part)] = t
-            data, escapes, start = (self.packed[(id(weight), part)] for part in ("data", "escapes", "start"))
-            return _Weight(_p(data, torch.uint8), None, None, BF16_12, _p(escapes, torch.uint8), _p(start, torch.int32))
-
         def matmul(linear, int8_dot: bool = self.int8_activations) -> _Weight:
-            """A linear layer's (or the LM head's) weight as the step reads it: panels packed in dtype,
-            or the layer's own quantized rows (nvllm/models/layers/packed.py), in place."""
+            """A linear layer's (or the embedding's, the LM head's) weight as the step reads it: the panels
+            it holds (`hold_weights`), or the layer's own quantized rows (nvllm/models/layers/packed.py), in place."""
             if linear.qweight is None:
-                return coded(linear.weight) if self.code12 else \
-                    _Weight(packed(linear.weight), None, None, WEIGHTS[self.weights])
+                return linear.held.weight()
             if linear.mins is not None:  # int4: float16 scales, or float32 ones (GGUF Q4_K)
                 fmt = INT4_F32 if linear.scales.dtype == torch.float32 else INT4
             else:
@@ -283,16 +372,13 @@ class FusedCPUForward(EagerForward):
             quantization.activations says), and every expert, expert after expert: packed in panels,
             or a weight format's stacked rows (moe.py `quantize`), read in place."""
             gate = matmul(moe.gate, int8_dot=False)
-            if moe.w13 is None:
+            if not moe.held:
                 fmt = INT4 if moe.w13_mins is not None else INT8
                 w13, w2 = (_Weight(_p(q, q.dtype), _p(s, torch.float16), _p(m, torch.float16), fmt)
                            for q, s, m in (moe.expert_weights("w13"), moe.expert_weights("w2")))
                 strides = moe.w13_qweight[0].nbytes, moe.w2_qweight[0].nbytes
-            else:
-                # gate and up each in panels
-                w13 = copy((id(moe), "w13"), lambda: torch.stack(
-                    [torch.cat([pack(half) for half in w.chunk(2)]) for w in moe.w13]))
-                w2 = copy((id(moe), "w2"), lambda: torch.stack([pack(w) for w in moe.w2]))
+            else:  # the stacked panels it holds (`hold_weights`)
+                w13, w2 = moe.held["w13"].stack, moe.held["w2"].stack
                 strides = w13[0].nbytes, w2[0].nbytes
                 w13, w2 = (_Weight(_p(w, self.weights), None, None, WEIGHTS[self.weights]) for w in (w13, w2))
             self.moe_layers.append(_MoeLayer(moe.num_experts, moe.top_k, moe.intermediate_size, moe.renormalize,
@@ -320,8 +406,7 @@ class FusedCPUForward(EagerForward):
         assert len(eps) == 1
         embed = decoder.embed_tokens
         self.vocab = embed.vocab_size  # (tp=1: the table's and the head's rows)
-        table = matmul(embed, int8_dot=False) if embed.qweight is not None else \
-            _Weight(_p(embed.weight, self.weights), None, None, WEIGHTS[self.weights])  # read in place
+        table = matmul(embed, int8_dot=False)
         self.c_model = _Model(
             decoder.norm.weight.shape[0], attn0.num_heads, attn0.num_kv_heads, attn0.head_dim,
             max((mlp.gate_up_proj.output_sizes[0] for mlp in dense), default=0), self.vocab, len(decoder.layers),
@@ -411,6 +496,7 @@ class FusedCPUForward(EagerForward):
 
     def close(self):
         self.packed.clear()
+        self.held = []
         self.rows = self.work = torch.empty(0)
         self.layers = self.c_model = None  # pointers into the weights and the cache
         self.moe_layers = []

@@ -12,10 +12,11 @@
  * Compiled on first use by nvllm/kernels/__init__.py and called through ctypes by forward=fused_cpu
  * (nvllm/forward/fused_cpu.py). Its attention is attention=cpu's (paged_attention.h); a mixture of
  * experts' layer runs moe_step.h's MLP in place of the dense one. The cache is
- * the torch modules' [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights are packed
- * copies (see `linear_as`). Profiling: built with -DSKIP_LINEAR it leaves the matmuls out.
+ * the torch modules' [num_blocks, block_size, num_kv_heads, head_dim]; the matmul weights and the embedding
+ * table are packed panels (see `linear_as`), which the torch modules hold in their float weights'
+ * place. Profiling: built with -DSKIP_LINEAR it leaves the matmuls out.
  *
- * Weights (the packed matmul panels and the embedding table) are float32, bfloat16 or float16
+ * Weights (the packed panels of the matmuls and the embedding table) are float32, bfloat16 or float16
  * (Model.weights); norms, biases, rotary table and KV cache are always float32. A layer's matmul
  * weight may instead be quantized (Weight.format: quantization=int8, int4, gguf), read in its own
  * row-major layout by quantized.h's kernels, which dequantize it in registers (at many rows, a panel
@@ -79,7 +80,7 @@ typedef struct {
 typedef struct {
     int64_t hidden, num_heads, num_kv_heads, head_dim, intermediate, vocab, num_layers, block_size, weights;
     float eps, scale;
-    Weight embed;         /* [vocab, hidden]: in the weights' format, or INT8 rows (a packed format), as is lm_head */
+    Weight embed;         /* [vocab, hidden]: panels (tied: the LM head's), or INT8 rows (a packed format) */
     const float *norm;
     Weight lm_head;       /* panels, or INT8 rows (a tied head: the embedding's own) */
     const float *cos_sin; /* [max_position, head_dim]: cos | sin */
@@ -572,21 +573,35 @@ static void linear_any(const float *x, int64_t B, int64_t K, const Weight *w, co
 /* The bytes a row of int8 activations takes in the step's scratch (fused_cpu.py sizes it) */
 int64_t nvllm_dot_row_bytes(int64_t K) { return dot_row_bytes(K); }
 
-/* A token's embedding row, as floats (INT8: q * d in float32, as packed.py's dequantize) */
+/* A token's embedding row, as floats: INT8 rows (q * d in float32, as packed.py's dequantize), or
+ * panels like any matmul weight's (tied: the LM head's own), the row lane id % PANEL of panel id / PANEL */
 static void embed_row(const Model *m, int64_t id, float *out)
 {
-    const int64_t H = m->hidden;
-    const void *e = m->embed.data;
-    if (m->embed.format == INT8) {
-        const int8_t *q = (const int8_t *)e + id * H;
-        const uint16_t *d = m->embed.scales + id * (H / BLOCK);
+    const int64_t H = m->hidden, lane = id % PANEL;
+    const Weight *w = &m->embed;
+    if (w->format == INT8) {
+        const int8_t *q = (const int8_t *)w->data + id * H;
+        const uint16_t *d = w->scales + id * (H / BLOCK);
         for (int64_t i = 0; i < H; ++i) out[i] = (float)q[i] * f16_to_float(d[i / BLOCK]);
-    } else if (m->embed.format == F32)
-        memcpy(out, (const float *)e + id * H, sizeof(float) * (size_t)H);
-    else if (m->embed.format == BF16)
-        for (int64_t i = 0; i < H; ++i) out[i] = widen1(e, id * H + i, BF16);
-    else
-        for (int64_t i = 0; i < H; ++i) out[i] = widen1(e, id * H + i, F16);
+        return;
+    }
+    const char *panel = (const char *)w->data + id / PANEL * panel_bytes(H, (int)w->format);
+    if (w->format == F32) {
+        for (int64_t i = 0; i < H; ++i) out[i] = ((const float *)panel)[i * PANEL + lane];
+    } else if (w->format == F16) {
+        for (int64_t i = 0; i < H; ++i) out[i] = widen1(panel, i * PANEL + lane, F16);
+    } else if (w->format == BF16) { /* k in pairs: [K / 2, PANEL, 2] */
+        for (int64_t i = 0; i < H; ++i) out[i] = widen1(panel, i / 2 * 2 * PANEL + 2 * lane + i % 2, BF16);
+    } else { /* BF16_12: each pair's 16 lanes unpacked, this row's two weights kept */
+        const uint8_t *bases = bases12(panel, H);
+        const char *escapes = escapes12(w, id / PANEL);
+        uint32_t lanes[PANEL];
+        for (int64_t pair = 0; pair < H / 2; ++pair) {
+            unpack12((const uint8_t *)panel + pair * LINE12, bases[pair], &escapes, lanes);
+            out[2 * pair] = bits_to_float(lanes[lane] << 16);
+            out[2 * pair + 1] = bits_to_float(lanes[lane] & 0xffff0000u);
+        }
+    }
 }
 
 /* out = w * (x / rms(x)) over one row of `width` floats (RMSNorm) */

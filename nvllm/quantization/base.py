@@ -154,7 +154,8 @@ def pack_embeddings(model, pack) -> None:
 
 def resident_weight_bytes(model) -> int:
     """Bytes the model's weights hold: every parameter once (tied ones once), and the packed buffers
-    (the linear layers', the embedding's and the LM head's (a tied head's once), and the experts')."""
+    (the linear layers', the embedding's and the LM head's (a tied head's once), and the experts'),
+    and the copies held in the float weights' place (forward=fused_cpu's panels: PackedWeight.hold)."""
     from nvllm.models.layers.linear import PackedWeight
     from nvllm.models.layers.moe import FusedMoE
 
@@ -162,6 +163,8 @@ def resident_weight_bytes(model) -> int:
     for m in model.modules():
         if isinstance(m, PackedWeight):
             tensors.update({id(t): t for t in (m.qweight, m.scales, m.mins) if t is not None})
+            tensors.update({id(t): t for t in (m.held.tensors if m.held is not None else ())})
         if isinstance(m, FusedMoE):
             tensors.update({id(t): t for t in m.packed_experts().values() if t is not None})
+            tensors.update({id(t): t for held in m.held.values() for t in held.tensors})
     return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -2,7 +2,8 @@
 weights and embedding in 16 bits and computes in float32, so its greedy tokens equal transformers'
 in float32 on the same weights rounded to 16 bits, through the AVX-512 build of the C step and the
 AVX2 one (and so do the quantized formats, on the weights they stand for); forward=eager runs the
-torch modules in 16 bits with attention=cpu's float32 cache."""
+torch modules in 16 bits with attention=cpu's float32 cache. The modules hold the C step's panels
+as their weights' one copy."""
 import random
 
 import pytest
@@ -59,11 +60,14 @@ def test_fused_step_equals_transformers_on_the_rounded_weights(tiny_path, prompt
     """max_prefill_context=8 would send the longer prompts' prefills to the torch modules in float32;
     with 16-bit weights the C step takes them all."""
     def resident(runner):
-        # the matmul panels in dtype (bfloat16 where the step reads them in 12 bits: bytes), norms float32
+        # the matmul weights and the embedding held as panels in dtype only (bfloat16 where the step
+        # reads them in 12 bits: bytes), the norms copied to float32
         twelve = dtype == "bfloat16" and fused_cpu.codes_bf16()
-        assert {t.dtype for t in runner.forward_strategy.packed.values()} == (
-            {torch.uint8, torch.int32, torch.float32} if twelve else {DTYPES[dtype], torch.float32})
-        assert runner.model.model.embed_tokens.weight.dtype == DTYPES[dtype]
+        step = runner.forward_strategy
+        assert {t.dtype for panels in step.held for t in panels.tensors} == (
+            {torch.uint8, torch.int32} if twelve else {DTYPES[dtype]})
+        assert {t.dtype for t in step.packed.values()} == {torch.float32}
+        assert runner.model.model.embed_tokens.weight is None
         assert all(m.k_cache.dtype == torch.float32 for m in runner._attention_layers())
 
     got, config = generate(tiny_path, prompts, resident, dtype=dtype,
@@ -110,27 +114,11 @@ def test_packed_formats_from_16_bit_weights(tiny_path, prompts, references, tmp_
     assert got == want
 
 
-def unpack12(data: torch.Tensor, escapes: torch.Tensor, escape_start: torch.Tensor, pairs: int) -> torch.Tensor:
-    """code12's layout read back as bfloat16 bits ([P, K/2, 16, 2] int32), as cpu_step.c's unpack12 reads it."""
-    lines = data[:, :pairs * 48].reshape(len(data), pairs, 48).to(torch.int32)
-    base = data[:, pairs * 48:pairs * 49].to(torch.int32)[..., None, None]
-    low = lines[..., :32].reshape(len(data), pairs, 16, 2)
-    nibble = torch.stack([lines[..., 32:] & 15, lines[..., 32:] >> 4], dim=-1)
-    code = nibble & 7
-    high = (nibble & 8) << 4 | torch.where(code > 0, base - 1 + code, 0)
-    bits = high << 8 | low
-    escaped = (base == 255)[..., 0, 0]
-    whole = escapes[:-1].view(torch.int16).to(torch.int32).reshape(-1, 16, 2) & 0xFFFF
-    assert len(whole) == int(escaped.sum()) and escape_start.tolist() == \
-        (escaped.sum(1).cumsum(0) - escaped.sum(1)).tolist()
-    bits[escaped] = whole
-    return bits
-
-
 def test_bfloat16_in_12_bits_keeps_every_bit():
     """fused_cpu.code12 on weights with rows of very different scales, exact zeros (signed),
     subnormals, infinities and NaNs: read back, every bit is the plain panel's; the pairs whose
-    exponents span too much are kept whole, and the rest take 49 bytes for 64."""
+    exponents span too much are kept whole, and the rest take 49 bytes for 64. And the weight a
+    module holds as such panels is the weight again where the torch modules unpack it."""
     torch.manual_seed(0)
     w = torch.randn(70, 96) * torch.exp(0.3 * torch.randn(70, 1))  # rows of a trained layer's spread
     w[3, :40] = 0.0
@@ -140,11 +128,16 @@ def test_bfloat16_in_12_bits_keeps_every_bit():
     w[48:] *= torch.exp(3 * torch.randn(22, 1))  # the last two panels' rows a thousandfold apart
     panels = fused_cpu.pack(w.bfloat16())
     data, escapes, start = fused_cpu.code12(panels)
-    plain = panels.view(torch.int16).to(torch.int32) & 0xFFFF
-    assert torch.equal(unpack12(data, escapes, start, panels.shape[1]), plain)
+    assert torch.equal(fused_cpu.decode12(data, escapes, 96).view(torch.int16), panels.view(torch.int16))
     escaped = (data[:, 48 * 48:48 * 49] == 255).sum(1).tolist()  # per panel, of its 48 pairs
+    assert start.tolist() == [sum(escaped[:p]) for p in range(len(escaped))]
     assert sum(escaped[1:3]) <= 2 and min(escaped[3:]) > 24 and escaped[0] > 0  # (zeros and specials: few)
     assert data.shape == (5, -(-48 * 49 // 64) * 64) and escapes.shape == (sum(escaped) + 1, 64)
+    for weight, in_12_bits in ((w.bfloat16(), True), (w.bfloat16(), False), (w.half(), False), (w, False)):
+        held = fused_cpu.Panels.of(weight, in_12_bits)
+        dense, ids = held.dense(), torch.tensor([[0, 69], [17, 17]])
+        assert dense.dtype == weight.dtype and torch.equal(dense.view(torch.uint8), weight.view(torch.uint8))
+        assert torch.equal(held.rows_of(ids).view(torch.uint8), weight[ids].view(torch.uint8))
 
 
 @pytest.mark.parametrize("isa, flags, needs", [
@@ -169,7 +162,7 @@ def test_12_bit_panels_give_the_plain_panels_logits(tiny_path, prompts, isa, fla
                 fw = runner.forward_strategy
                 assert fw.code12 == twelve
                 if twelve:
-                    assert sum(len(t) - 1 for k, t in fw.packed.items() if isinstance(k, tuple) and k[1] == "escapes")
+                    assert sum(len(panels.tensors[1]) - 1 for panels in fw.held if len(panels.tensors) == 3)
 
             with LLM(tiny_path, kv_cache={"block_size": 8}, max_model_len=256, dtype="bfloat16",
                      forward="fused_cpu") as llm:
@@ -179,6 +172,21 @@ def test_12_bit_panels_give_the_plain_panels_logits(tiny_path, prompts, isa, fla
     finally:
         fused_cpu.kernel.cache_clear()
     assert got[True] == got[False]
+
+
+@pytest.mark.parametrize("dtype", ["float32", *DTYPES])
+def test_the_modules_hold_the_steps_panels_as_the_one_copy_of_their_weights(tiny_path, dtype):
+    """Packed once, the C step's panels replace the float weights the modules held (a tied table and
+    head share one): the resident weights are the format's bytes a parameter, plus the panels' rows
+    padded to 16 and the 16-bit norms' float32 copies, not a model copy beside a packed one."""
+    from safetensors.torch import load_file
+
+    parameters = sum(t.numel() for t in load_file(f"{tiny_path}/model.safetensors").values())
+    with LLM(tiny_path, dtype=dtype, max_model_len=256) as llm:
+        runner = llm.engine.executor
+        assert llm.engine.config.forward.name == "fused_cpu"
+        assert [name for name, p in runner.model.named_parameters() if p.dim() > 1] == []
+        assert runner.weight_bytes() <= 1.05 * parameters * torch.tensor([], dtype=runner.dtype).element_size()
 
 
 def test_this_cpu_builds_its_widest_code():

@@ -137,9 +137,11 @@ def test_the_fused_step_with_16_bit_weights_matches_transformers_on_the_rounded_
     """Router and experts packed in 16 bits and widened in registers: the float32 arithmetic on the
     rounded weights."""
     def resident(engine):
-        # (the router and the dense layers' panels in 12 bits where the step reads them: bytes)
+        # (the router and the dense layers' panels in 12 bits where the step reads them: bytes; the experts' in dtype)
         twelve = {torch.uint8, torch.int32} if dtype == torch.bfloat16 and fused_cpu.codes_bf16() else set()
-        assert {t.dtype for t in engine.executor.forward_strategy.packed.values()} == {dtype, torch.float32} | twelve
+        step = engine.executor.forward_strategy
+        assert {t.dtype for panels in step.held for t in panels.tensors} == {dtype} | twelve
+        assert {t.dtype for t in step.packed.values()} == {torch.float32}
 
     tokens, _ = generate(checkpoint, "fused_cpu", resident, dtype=str(dtype).removeprefix("torch."))
     assert tokens == hf_greedy(checkpoint, prompts(), MAX_NEW, round_to=dtype)

@@ -28,6 +28,8 @@ class VocabParallelEmbedding(PackedWeight):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The table's rows `ids` (of this rank's shard)."""
+        if self.held is not None:
+            return self.held.rows_of(ids)
         if self.qweight is None:
             return F.embedding(ids, self.weight)
         flat = ids.reshape(-1)

@@ -3,7 +3,8 @@
 (nvllm/quantization/) holds its weight packed (`qweight`, `scales`, `mins`: packed.py) in place
 of `weight` (`PackedWeight`, which the embedding and the LM head share): on CUDA (with Triton) a
 weight-only matmul reads the packed weight itself (nvllm/kernels/triton_quantized.py); elsewhere
-it multiplies by the dequantized weight."""
+it multiplies by the dequantized weight. Under forward=fused_cpu a float weight is held as the C
+step's panels instead (`hold`), unpacked where the torch modules run."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +39,7 @@ class PackedWeight(nn.Module):
     table and the LM head."""
 
     packed = None  # forward.onednn's copy of the float weight (`pack_weights`, where a module has it)
+    held = None  # the float weight in another strategy's layout, held in its place (`hold`)
 
     def __init__(self):
         super().__init__()
@@ -53,8 +55,18 @@ class PackedWeight(nn.Module):
         for name, tensor in packed.items():
             setattr(self, name, tensor.contiguous())
 
+    def hold(self, held):
+        """Hold the float weight as `held` from now on: forward=fused_cpu's panels, which its C step
+        reads (`held.tensors`: what stays resident; `held.dense()`: the weight [N, K] again, where the
+        torch modules run). The float one is freed (a tied module given the same object shares it)."""
+        del self.weight
+        self.weight = None
+        self.held = held
+
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        return self.weight if self.qweight is None else dequantize(self.qweight, self.scales, self.mins, dtype)
+        if self.qweight is not None:
+            return dequantize(self.qweight, self.scales, self.mins, dtype)
+        return self.weight if self.held is None else self.held.dense()
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.qweight is not None and use_kernels(x):

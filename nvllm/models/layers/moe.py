@@ -80,6 +80,7 @@ class FusedMoE(nn.Module):
         # tokens routed to each expert since counting started (moe.expert_load: the model runner sets it
         # to zeros on rank 0); None: not counted
         self.expert_tokens: torch.Tensor | None = None
+        self.held = {}  # w13, w2 held in another strategy's layout in their place (`hold`)
         self.gate = LinearBase(hidden_size, num_experts, bias=False, tp_dim=None)
         self.w13 = nn.Parameter(torch.empty(self.num_local_experts, 2 * self.intermediate_size, hidden_size))
         self.w2 = nn.Parameter(torch.empty(self.num_local_experts, hidden_size, self.intermediate_size))
@@ -124,6 +125,14 @@ class FusedMoE(nn.Module):
             for key in parts[0]:
                 setattr(self, f"{name}_{key}", torch.stack([p[key] for p in parts]))
 
+    def hold(self, name: str, held):
+        """Hold w13 or w2 as `held` from now on: forward=fused_cpu's stacked panels, which its C step
+        reads (`held.tensors`: what stays resident; `held.expert(local)`: one expert's weight [N, K]
+        again, where the torch modules run). The float stack is freed."""
+        delattr(self, name)
+        setattr(self, name, None)
+        self.held[name] = held
+
     def packed_experts(self) -> dict[str, torch.Tensor | None]:
         """The packed experts' tensors by name (None: not packed)."""
         return {f"{w}_{key}": getattr(self, f"{w}_{key}", None) for w in ("w13", "w2") for key in PACKED}
@@ -135,6 +144,8 @@ class FusedMoE(nn.Module):
 
     def expert_weight(self, name: str, local: int, dtype: torch.dtype) -> torch.Tensor:
         """This rank's expert `local`'s `name` weight in `dtype`, dequantized where it is packed."""
+        if name in self.held:
+            return self.held[name].expert(local)
         w = self.expert_weights(name)
         if isinstance(w, torch.Tensor):
             return w[local]
