@@ -19,7 +19,7 @@ Each .c is compiled on first use with the system's C compiler and OpenMP into a 
 keyed on its source (and its quoted includes), the compiler, the flags and the CPU, and loaded
 with ctypes. It is compiled for the CPU it runs on (-march=native): the kernels pick their vector
 code (AVX-512, AVX2 + F16C, portable C) by the macros that sets. $NVLLM_KERNEL_FLAGS adds compiler
-flags, say `-mno-avx512f` to build and test the AVX2 code on a CPU that has AVX-512."""
+flags, say OLDER_CPUS["avx2"] to build and test an AVX2-only CPU's code on a CPU that has AVX-512."""
 import hashlib
 import os
 import platform
@@ -36,6 +36,10 @@ FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC")
 # linked apart, without -ffast-math: linking with it adds gcc's crtfastmath.o, which turns on
 # flush-to-zero for the whole process (torch, numpy, everything) as soon as the library loads
 LINK_FLAGS = ("-shared", "-fopenmp")
+# $NVLLM_KERNEL_FLAGS that build, on this CPU, the code an older one runs (the tests build each): an
+# AVX2-only CPU's (no AVX-512, and no AVX-VNNI, which recent Intel and AMD CPUs add beside AVX2), and
+# the portable C
+OLDER_CPUS = {"avx2": "-mno-avx512f -mno-avxvnni", "portable": "-mno-avx2 -mno-f16c"}
 
 
 def _cpu_signature() -> str:

@@ -11,6 +11,7 @@ import torch
 
 from nvllm import LLM, SamplingParams
 from nvllm.forward import fused_cpu
+from nvllm.kernels import OLDER_CPUS
 from nvllm.testing import hf_greedy
 from nvllm.testing.quantization import round_tripped
 from nvllm.tools.checkpoint import make_random_checkpoint
@@ -78,7 +79,7 @@ def test_fused_step_equals_transformers_on_the_rounded_weights(tiny_path, prompt
         assert llm.engine.config.forward.name == "fused_cpu"
 
 
-@pytest.mark.parametrize("isa, flags", [("avx2", "-mno-avx512f"), ("portable", "-mno-avx2 -mno-f16c")])
+@pytest.mark.parametrize("isa, flags", OLDER_CPUS.items())
 @pytest.mark.parametrize("fmt", ["float32", *DTYPES, *QUANTIZED])
 def test_other_builds(tiny_path, prompts, references, fmt, isa, flags, monkeypatch):
     """The C step built without AVX-512 (as on an AVX2-only CPU), and without AVX2 (portable C),
@@ -141,8 +142,7 @@ def test_bfloat16_in_12_bits_keeps_every_bit():
 
 
 @pytest.mark.parametrize("isa, flags, needs", [
-    ("avx512", "", " avx512vbmi "), ("avx512", "-mno-avx512vbmi", " avx512f "), ("avx2", "-mno-avx512f", ""),
-    ("portable", "-mno-avx2 -mno-f16c", "")])
+    ("avx512", "", " avx512vbmi "), ("avx512", "-mno-avx512vbmi", " avx512f "), *((isa, flags, "") for isa, flags in OLDER_CPUS.items())])
 def test_12_bit_panels_give_the_plain_panels_logits(tiny_path, prompts, isa, flags, needs, monkeypatch):
     """The C step reading bfloat16 panels in 12 bits (AVX-512 VBMI's vector code, or the portable
     unpacking the other builds fall back to) computes the plain panels' log-probabilities bit for bit;

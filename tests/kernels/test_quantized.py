@@ -5,7 +5,7 @@ layout is built here by a small quantizer written from its definition."""
 import pytest
 import torch
 
-from nvllm.kernels import quantized
+from nvllm.kernels import OLDER_CPUS, quantized
 
 BLOCK = 32
 
@@ -43,13 +43,17 @@ def dequantize_int4(packed, d, m):
     return (q * d.float()[..., None] + m.float()[..., None]).view(packed.shape[0], -1)
 
 
-BUILDS = {"native": "", "avx2": "-mno-avx512f", "portable": "-mno-avx2 -mno-f16c"}
+# native, an AVX2-only CPU's, AVX2 with AVX-VNNI (8-lane vpdpbusd: where this CPU has it), portable C
+BUILDS = {"native": "", **OLDER_CPUS, "avx-vnni": "-mno-avx512f"}
+ISA = {"avx2": "avx2", "portable": "portable", "avx-vnni": "vnni"}  # each build's int8_dot_isa
 
 
 @pytest.fixture(params=BUILDS)
 def build(request, monkeypatch):
-    """The kernels as compiled for this CPU, without AVX-512 (an AVX2-only CPU's build), and without
-    AVX2 (the portable C)."""
+    """The kernels as compiled for this CPU, without AVX-512 (an AVX2-only CPU's build; with AVX-VNNI
+    where this CPU has it), and without AVX2 (the portable C)."""
+    if request.param == "avx-vnni" and " avx_vnni " not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AVX-VNNI")
     monkeypatch.setenv("NVLLM_KERNEL_FLAGS", BUILDS[request.param])
     quantized._library.cache_clear()
     yield request.param
@@ -155,8 +159,8 @@ def test_int8_activations_equal_the_rounded_activations_times_the_dequantized_we
     exact = x @ dequantized.T  # what the rounding of the activations costs: a little
     assert ((got - exact).abs().amax(-1) < 0.02 * exact.abs().amax(-1)).all()
     assert quantized.linear_int8(torch.zeros(1, k), *quantize_int8(w), activations="int8").abs().max() == 0
-    if build != "native":  # without AVX-512 (and no AVX-VNNI here): vpmaddubsw; without AVX2: C
-        assert quantized.int8_dot_isa() == build
+    if build != "native":  # AVX2 only: vpmaddubsw; with AVX-VNNI: its vpdpbusd; without AVX2: C
+        assert quantized.int8_dot_isa() == ISA[build]
 
 
 def test_int8_dot_products_use_vnni_where_the_cpu_has_it():

@@ -17,6 +17,7 @@ from nvllm.engine.model_runner import step_inputs
 from nvllm.errors import ConfigError
 from nvllm.forward import fused_cpu
 from nvllm.forward.eager import EagerForward
+from nvllm.kernels import OLDER_CPUS
 from nvllm.models.layers import moe
 from nvllm.models.weights import WeightsError
 from nvllm.tools.checkpoint import make_random_checkpoint
@@ -120,7 +121,7 @@ def test_forward_auto_runs_the_fused_step_on_a_cpu(checkpoint):
 def test_the_avx2_build_of_the_fused_step_matches_transformers(checkpoint, reference, monkeypatch):
     """The C step built without AVX-512 (as on an AVX2-only CPU: 6-row tiles, two 8-float vectors a
     panel), with chunked prefill and preemption."""
-    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f")
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", OLDER_CPUS["avx2"])
     fused_cpu.kernel.cache_clear()
     try:
         assert fused_cpu.isa() == "avx2"

@@ -13,6 +13,7 @@ import torch
 
 from nvllm import LLM, SamplingParams
 from nvllm.errors import ConfigError
+from nvllm.kernels import OLDER_CPUS
 from nvllm.quantization.gguf import blocks
 from nvllm.models.layers.packed import GROUP, dequantize, quantize_int4, quantize_int8
 from nvllm.testing import hf_greedy, write_gguf
@@ -119,7 +120,7 @@ def test_the_c_step_at_many_rows_a_step_equals_transformers(fmt, isa, tiny_llama
     rng = random.Random(2)
     vocab = json.loads((Path(tiny_llama_path) / "config.json").read_text())["vocab_size"]
     prompts = [[rng.randrange(vocab) for _ in range(1 + 3 * i)] for i in range(20)]
-    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f" if isa else "")
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", OLDER_CPUS["avx2"] if isa else "")
     fused_cpu.kernel.cache_clear()
     try:
         assert isa is None or fused_cpu.isa() == isa
@@ -208,7 +209,7 @@ def test_gguf_q4_k_greedy_equals_transformers_on_gguf_dequantized_weights(forwar
     from nvllm.forward import fused_cpu
 
     file, want = q4_k_file_and_tokens
-    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", {None: "", "avx2": "-mno-avx512f", "portable": "-mno-avx2 -mno-f16c"}[isa])
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", {None: "", **OLDER_CPUS}[isa])
     fused_cpu.kernel.cache_clear()
     try:
         assert isa is None or fused_cpu.isa() == isa
@@ -530,7 +531,7 @@ def test_a_mixture_of_experts_greedy_equals_transformers_on_the_round_tripped_we
     reference = round_tripped(moe_checkpoint, tmp_path / "round-trip", fmt)
     prompts = prompts_for(512)
     if forward.endswith("-avx2"):
-        monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f")
+        monkeypatch.setenv("NVLLM_KERNEL_FLAGS", OLDER_CPUS["avx2"])
         fused_cpu.kernel.cache_clear()
     try:
         if forward.endswith("-avx2"):

@@ -15,6 +15,7 @@ import pytest
 from nvllm import LLM, SamplingParams
 from nvllm.errors import ConfigError
 from nvllm.forward import fused_cpu
+from nvllm.kernels import OLDER_CPUS
 from nvllm.models.weights import WeightsError
 from nvllm.testing import ModelSuite, hf_greedy
 from nvllm.tools.checkpoint import make_random_checkpoint
@@ -133,7 +134,7 @@ def test_forward_auto_runs_the_fused_step_on_a_cpu(checkpoint):
 
 def test_the_avx2_build_of_the_fused_step_matches_transformers(checkpoint, reference, monkeypatch):
     """nvllm's C step built without AVX-512 (as on an AVX2-only CPU), with chunked prefill and preemption."""
-    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", "-mno-avx512f")
+    monkeypatch.setenv("NVLLM_KERNEL_FLAGS", OLDER_CPUS["avx2"])
     fused_cpu.kernel.cache_clear()
     try:
         assert fused_cpu.isa() == "avx2"
