@@ -29,8 +29,10 @@ linear layer. quantization.activations=int8 multiplies the linear layers' and th
 weights by activations rounded to int8 a block of 32 at a time (llama.cpp's arithmetic: a numerics
 change, asked for by name); a mixture of experts' router and experts keep float activations. Such a
 run, too, takes every prefill in C."""
+import contextlib
 import ctypes
 import functools
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -155,11 +157,13 @@ def code12(panels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return data, escapes, (counts.cumsum(0) - counts).to(torch.int32)
 
 
-def unpack(panels: torch.Tensor, rows: int) -> torch.Tensor:
-    """`pack`'s inverse: the weight [rows, K] of its panels."""
-    if panels.dim() == 3:  # [P, K, 16]
-        return panels.transpose(1, 2).reshape(-1, panels.shape[1])[:rows]
-    return panels.transpose(1, 2).reshape(-1, 2 * panels.shape[1])[:rows]  # bfloat16: [P, K/2, 16, 2]
+def unpack(panels: torch.Tensor, rows: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`pack`'s inverse: the weight [rows, K] of its panels (into `out`, [panels' rows, K], if given)."""
+    lanes = panels.transpose(1, 2)  # [P, 16, K], or bfloat16's [P, 16, K/2, 2]
+    if out is None:
+        return lanes.reshape(len(panels) * PANEL, -1)[:rows]
+    out.view(lanes.shape).copy_(lanes)
+    return out[:rows]
 
 
 def decode12(data: torch.Tensor, escapes: torch.Tensor, k: int) -> torch.Tensor:
@@ -191,7 +195,13 @@ class Panels:
 
     def dense(self) -> torch.Tensor:
         panels = self.tensors[0] if len(self.tensors) == 1 else decode12(*self.tensors[:2], self.k)
-        return unpack(panels, self.rows)
+        buffers = getattr(_unpacked, "buffers", None)
+        if buffers is None:
+            return unpack(panels, self.rows)
+        shape = (len(panels) * PANEL, self.k)
+        if (*shape, panels.dtype) not in buffers:
+            buffers[*shape, panels.dtype] = torch.empty(shape, dtype=panels.dtype)
+        return unpack(panels, self.rows, buffers[*shape, panels.dtype])
 
     def rows_of(self, ids: torch.Tensor) -> torch.Tensor:
         """The weight's rows `ids` (an embedding's lookup), the rest left packed (12 bits: unpacked)."""
@@ -208,6 +218,22 @@ class Panels:
             return _Weight(_p(panels, panels.dtype), None, None, WEIGHTS[panels.dtype])
         data, escapes, start = self.tensors
         return _Weight(_p(data, torch.uint8), None, None, BF16_12, _p(escapes, torch.uint8), _p(start, torch.int32))
+
+
+# while this thread's torch modules run a pass under forward=fused_cpu (`reusing_buffers`): a buffer
+# per shape that each layer's weight is unpacked into, the layer before it done with it (fresh memory
+# for each would have its pages faulted in anew: a float32 prefill 1.2x as slow)
+_unpacked = threading.local()
+
+
+@contextlib.contextmanager
+def reusing_buffers():
+    """Within it, this thread's `Panels.dense` unpacks into one buffer per shape."""
+    _unpacked.buffers = {}
+    try:
+        yield
+    finally:
+        _unpacked.buffers = None
 
 
 @dataclass(eq=False)
@@ -451,7 +477,8 @@ class FusedCPUForward(EagerForward):
 
     def __call__(self, input_ids, positions, meta):
         if not (meta.is_decode or self.runs(meta)):
-            return super().__call__(input_ids, positions, meta)
+            with reusing_buffers():  # (the torch modules: each layer's weight unpacked as it runs)
+                return super().__call__(input_ids, positions, meta)
         c_model = self.early_exits.get(meta.num_layers) or self._early_exit(meta.num_layers)
         n = len(input_ids)
         if meta.is_decode and meta.num_logits is None and n <= CHUNK:  # a decode: one call, every row scored
