@@ -346,12 +346,12 @@ class FusedCPUForward(EagerForward):
                         *(t for panels in self.held for t in panels.tensors)])
         self._bind()
 
-    def hold_weights(self) -> list[Panels]:
+    def hold_weights(self) -> list[Panels | ExpertPanels]:
         """Pack every float weight the step multiplies by (the linear layers', the embedding table's, the
         LM head's) into its panels once, and have its module hold them in the float weight's place
         (PackedWeight.hold: tied modules share them): one copy stays resident, which the torch modules
         unpack where they run (a float32 prefill longer than max_prefill_context)."""
-        held: dict[int, Panels | ExpertPanels] = {}
+        held: dict[object, Panels | ExpertPanels] = {}  # by the weight (a tied one once), or (MoE, name)
         for module in self.model.modules():
             if isinstance(module, PackedWeight) and module.weight is not None:
                 if id(module.weight) not in held:
@@ -364,7 +364,8 @@ class FusedCPUForward(EagerForward):
         return list(held.values())
 
     def _bind(self):
-        """Build the C model over the weights and the cache (packing each weight once: self.packed)."""
+        """Build the C model over the held panels, the quantized rows, the norms (16-bit ones copied to
+        float32 once: self.packed) and the cache."""
         self.early_exits.clear()
         model = self.model
         decoder, first = model.model, model.model.layers[0]
