@@ -9,8 +9,6 @@ logits are equal.
 import argparse
 import statistics
 
-import torch
-
 from hugepages_ab import capture_decode_steps, report, time_in_turn  # (experiments/, this script's directory)
 from nvllm import LLM, SamplingParams
 from nvllm.forward import fused_cpu
@@ -38,8 +36,8 @@ def main():
     finally:
         fused_cpu.codes_bf16 = real
     for name, (strategy, _) in zip(engines, captured.items()):
-        held = sum(t.nbytes for t in strategy.packed.values() if t.dtype != torch.float32)
-        print(f"{name}: matmul weights held {held / 2**20:.1f} MiB; logprobs equal to plain #0's: "
+        held = sum(t.nbytes for panels in strategy.held for t in panels.tensors)
+        print(f"{name}: panels held {held / 2**20:.1f} MiB; logprobs equal to plain #0's: "
               f"{logprobs[name] == logprobs['plain #0']}")
     times = time_in_turn(call, engines, captured, args.steps, args.run)
     report(times)

@@ -359,7 +359,8 @@ def test_onednn_refuses_packed_weights_and_auto_picks_the_c_step(tiny_llama_path
             c = llm.engine.config
             assert c.forward.name == "fused_cpu" and c.forward_choice.startswith("forward=auto chose fused_cpu")
             # the quantized rows, the embedding's and the LM head's included, are read in place: no copies
-            assert llm.engine.executor.forward_strategy.packed == {}
+            step = llm.engine.executor.forward_strategy
+            assert step.packed == {} and step.held == []
 
 
 def test_int8_activations_are_a_named_option_of_the_c_step(tiny_llama_path):
