@@ -108,7 +108,7 @@ def reads(args, paths):
         counters = step.count_experts()
         # an expert's bytes: its weights (packed: and their scales and minimums)
         per_expert = [sum(t[0].nbytes for t in layer.packed_experts().values() if t is not None)
-                      if layer.w13 is None else e.w13_stride + e.w2_stride for layer, e in zip(layers, step.moe_layers)]
+                      if not layer.held else e.w13_stride + e.w2_stride for layer, e in zip(layers, step.moe_layers)]
         for s in range(args.steps):
             plan = engine.scheduler.schedule()
             assert plan.is_decode and len(plan.seqs) == args.seqs, "not a decode step of every sequence"
