@@ -98,7 +98,7 @@ class Run:
     signalled: bool = False
 
 
-def _default_sigint():
+def default_sigint():
     """A job started in the background (`cmd &` in a script) inherits SIGINT ignored, and Python then
     never turns Ctrl-C into KeyboardInterrupt: the command under test gets the default, as from a terminal."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -112,7 +112,7 @@ class Session:
         self.tmp.mkdir(exist_ok=True)
         self.out, self.err = [], []
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd or tmp_path,
-                                     start_new_session=True, preexec_fn=_default_sigint,
+                                     start_new_session=True, preexec_fn=default_sigint,
                                      env={**os.environ, "TMPDIR": str(self.tmp), "PYTHONUNBUFFERED": "1",
                                           **TORCH_CACHE, **(env or {})})
         self.start = time.monotonic()

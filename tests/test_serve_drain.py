@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.test_faults import fault_site  # noqa: F401  (a fixture)
+from tests.test_faults import default_sigint, fault_site  # noqa: F401  (fault_site: a fixture)
 from tests.test_serve import Server
 
 DRAIN_S = 8
@@ -175,7 +175,8 @@ def test_a_signal_stops_a_real_load_within_2_s(tmp_path, command, sig):
     args = [sys.executable, "-m", command, "model=qwen3", "model.shape=qwen3-0.6b", "kv_cache.num_blocks=4",
             "workload=random_tiny", "workload.max_token_id=500", f"hydra.run.dir={tmp_path}/run"]
     proc = subprocess.Popen(args + (["serve.port=0"] if command == "nvllm.serve" else []), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 300
         while _rss_mib(proc.pid) < 1200 and proc.poll() is None and time.monotonic() < deadline:
