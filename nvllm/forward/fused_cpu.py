@@ -179,6 +179,11 @@ def decode12(data: torch.Tensor, escapes: torch.Tensor, k: int) -> torch.Tensor:
     return plain.view(torch.bfloat16).reshape(p, pairs, 16, 2)
 
 
+def plain_panels(panels: torch.Tensor) -> _Weight:
+    """The C step's view of `pack`'s panels (any layer's, or a stack of experts') in their dtype."""
+    return _Weight(_p(panels, panels.dtype), None, None, WEIGHTS[panels.dtype])
+
+
 @dataclass(eq=False)
 class Panels:
     """A float weight [rows, K] as the C step reads it, held by its module in the weight's place
@@ -199,9 +204,10 @@ class Panels:
         if buffers is None:
             return unpack(panels, self.rows)
         shape = (len(panels) * PANEL, self.k)
-        if (*shape, panels.dtype) not in buffers:
-            buffers[*shape, panels.dtype] = torch.empty(shape, dtype=panels.dtype)
-        return unpack(panels, self.rows, buffers[*shape, panels.dtype])
+        key = (*shape, panels.dtype)
+        if key not in buffers:
+            buffers[key] = torch.empty(shape, dtype=panels.dtype)
+        return unpack(panels, self.rows, buffers[key])
 
     def rows_of(self, ids: torch.Tensor) -> torch.Tensor:
         """The weight's rows `ids` (an embedding's lookup), the rest left packed (12 bits: unpacked)."""
@@ -214,8 +220,7 @@ class Panels:
     def weight(self) -> _Weight:
         """The C step's view of it."""
         if len(self.tensors) == 1:
-            panels = self.tensors[0]
-            return _Weight(_p(panels, panels.dtype), None, None, WEIGHTS[panels.dtype])
+            return plain_panels(self.tensors[0])
         data, escapes, start = self.tensors
         return _Weight(_p(data, torch.uint8), None, None, BF16_12, _p(escapes, torch.uint8), _p(start, torch.int32))
 
@@ -407,7 +412,7 @@ class FusedCPUForward(EagerForward):
             else:  # the stacked panels it holds (`hold_weights`)
                 w13, w2 = moe.held["w13"].stack, moe.held["w2"].stack
                 strides = w13[0].nbytes, w2[0].nbytes
-                w13, w2 = (_Weight(_p(w, self.weights), None, None, WEIGHTS[self.weights]) for w in (w13, w2))
+                w13, w2 = plain_panels(w13), plain_panels(w2)
             self.moe_layers.append(_MoeLayer(moe.num_experts, moe.top_k, moe.intermediate_size, moe.renormalize,
                                              gate, w13, w2, *strides, None))
             return self.moe_layers[-1]
